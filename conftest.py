@@ -1,0 +1,97 @@
+"""Shared fixtures. Docker tests run in a namespace of their own and fail if they leak.
+
+Every object the product makes carries the label org.mlcontainer.namespace=<ns>. Each test
+session uses a fresh namespace, so these checks never see another session's (or a user's) objects.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+NAMESPACE = f"mlctest-{uuid.uuid4().hex[:8]}"
+LABEL = "org.mlcontainer.namespace"
+# Kernels that nbval starts for the notebooks inherit this, so they use the session namespace too.
+os.environ["MLCONTAINER_NAMESPACE"] = NAMESPACE
+
+
+def _client():
+    from mlcontainer_magics.engine import connect
+
+    return connect(timeout=120)
+
+
+def _objects(client, namespace=NAMESPACE):
+    flt = {"label": f"{LABEL}={namespace}"}
+    return {
+        "containers": sorted(c.name for c in client.containers.list(all=True, filters=flt)),
+        "volumes": sorted(v.name for v in client.volumes.list(filters=flt)),
+    }
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    return _client()
+
+
+@pytest.fixture(scope="session")
+def namespace(docker_client):
+    return NAMESPACE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cleanup():
+    """At the end, the session's images and cache volume are removed, and anything else still
+    carrying its namespace fails the run."""
+    yield
+    try:
+        docker_client = _client()
+    except Exception:
+        return  # no engine: nothing could have been made
+    flt = {"label": f"{LABEL}={NAMESPACE}"}
+    for image in docker_client.images.list(filters=flt):
+        for tag in image.tags:
+            docker_client.images.remove(tag, force=True)
+        try:
+            docker_client.images.remove(image.id, force=True)
+        except Exception:
+            pass  # already gone with its last tag
+    for volume in docker_client.volumes.list(filters=flt):
+        if volume.name == f"{NAMESPACE}-pip-cache":
+            volume.remove(force=True)
+    left = _objects(docker_client)
+    left["images"] = [i.id for i in docker_client.images.list(all=True, filters=flt)]
+    assert not any(left.values()), f"the test session leaked: {left}"
+
+
+@pytest.fixture
+def no_leaks(docker_client, namespace):
+    """Fails the test if it leaves a container or a build volume of its namespace behind."""
+    before = _objects(docker_client)
+    yield
+    after = _objects(docker_client)
+    leaked = {k: sorted(set(after[k]) - set(before[k])) for k in after}
+    leaked["volumes"] = [v for v in leaked["volumes"] if not v.endswith("-pip-cache")]
+    assert not any(leaked.values()), f"the test leaked: {leaked}"
+
+
+@pytest.fixture
+def ip(namespace):
+    """An IPython shell with the extension loaded, in the session's namespace."""
+    from IPython.testing.globalipapp import get_ipython
+
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "mlcontainer_magics")
+    shell.run_line_magic("config", f"ContainerizeMagics.namespace = {namespace!r}")
+    yield shell
+
+
+def env_images(client, namespace=NAMESPACE):
+    return sorted(i.id for i in client.images.list(filters={"label": f"{LABEL}={namespace}"}))
+
+
+@pytest.fixture(autouse=True)
+def _no_docker_host_leak(monkeypatch):
+    # Tests that point DOCKER_HOST elsewhere must not affect the next test.
+    monkeypatch.setenv("DOCKER_HOST", os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))

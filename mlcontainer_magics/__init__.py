@@ -1,0 +1,15 @@
+"""mlcontainer-magics: run notebook cells in Docker containers, keep every run as a snapshot."""
+
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython):
+    from .magics import ContainerizeMagics
+
+    ipython.register_magics(ContainerizeMagics(ipython))
+
+
+def unload_ipython_extension(ipython):
+    # Magics stay registered until the kernel ends; IPython has no unregister.
+    pass
+

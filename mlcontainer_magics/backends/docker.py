@@ -1,0 +1,343 @@
+"""The Docker backend: environment images by install-and-commit, runs as fresh containers.
+
+Why install-and-commit instead of `docker build`: the host's CA bundle and index credentials are
+handed to pip through a throwaway volume, so they never enter an image layer; and a named volume
+holds pip's wheel cache across every build, which the SDK's classic builder cannot do.
+"""
+from __future__ import annotations
+
+import json
+import threading
+
+import uuid
+
+from .. import render
+from ..archive import tar_bytes, untar_files
+from ..engine import connect
+from ..errors import BaseImageMissing, BuildError, RunError
+from ..pipconfig import BuildNetwork, host_build_network
+from ..requirements import lock_from_report, lock_key
+from ..spec import EnvSpec, RunSpec, digest
+from .base import Backend, Environment, Events, Output, RunResult, no_events
+
+LABEL = "org.mlcontainer"
+RUN_UID = 1000
+
+
+def _labels(namespace: str, **extra) -> dict[str, str]:
+    labels = {f"{LABEL}.managed": "1", f"{LABEL}.namespace": namespace}
+    labels.update({f"{LABEL}.{k}": str(v) for k, v in extra.items()})
+    return labels
+
+
+class DockerBackend(Backend):
+    name = "docker"
+
+    def __init__(self, client=None, namespace: str = "mlcontainer",
+                 network: BuildNetwork | None = None) -> None:
+        self._client = client
+        self.namespace = namespace
+        self._network = network
+        self._runs: dict[str, object] = {}  # run_id -> container, for stop()
+        self._stopped: set[str] = set()
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    @property
+    def repository(self) -> str:
+        return f"{self.namespace}-env"
+
+    @property
+    def cache_volume(self) -> str:
+        return f"{self.namespace}-pip-cache"
+
+    # -- environments -------------------------------------------------------------------------
+
+    def base_image_id(self, base: str) -> str:
+        import docker.errors
+
+        try:
+            return self.client.images.get(base).id
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            repo, _, tag = base.rpartition(":") if ":" in base.split("/")[-1] else (base, "", "")
+            return self.client.images.pull(repo, tag=tag or "latest").id
+        except docker.errors.APIError as e:
+            raise BaseImageMissing(
+                f"Base image {base!r} is not on this engine and cannot be pulled "
+                f"({_short(e)}). Run `mlcontainer doctor --fix` to build python:X.Y-slim "
+                f"offline from Debian packages, `docker load` it from a file, or pass --base "
+                f"with an image that exists (`docker images`).") from None
+
+    def ensure_environment(self, env_spec: EnvSpec, *, events: Events = no_events,
+                           rebuild: bool = False, lock: list | None = None) -> Environment:
+        events("resolving", base=env_spec.base_image)
+        base_id = self.base_image_id(env_spec.base_image)
+        if not env_spec.requirements and not env_spec.apt and not lock:
+            events("cached", image=env_spec.base_image)
+            return Environment(env_spec.base_image, base_id, base_id, [], cached=True,
+                               size=self.client.images.get(base_id).attrs.get("Size"))
+        tag = self._spec_tag(env_spec, base_id, lock)
+        if not rebuild:
+            found = self._find(tag)
+            if found is not None:
+                events("cached", image=tag, size=found.attrs.get("Size"))
+                return self._environment(found, tag, cached=True)
+        events("building", image=tag, apt=list(env_spec.apt),
+               requirements=list(env_spec.requirements))
+        return self._build(env_spec, base_id, tag, lock, events)
+
+    def _spec_tag(self, env_spec: EnvSpec, base_id: str, lock) -> str:
+        key = digest({"spec": env_spec.key(), "base": base_id,
+                      "lock": [(e["name"], e["version"]) for e in lock] if lock else None})
+        return f"{self.repository}:{key[:24]}"
+
+    def _find(self, ref: str):
+        import docker.errors
+
+        try:
+            return self.client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return None
+
+    def _environment(self, image, tag: str, cached: bool, log: str = "") -> Environment:
+        labels = image.attrs["Config"].get("Labels") or {}
+        return Environment(
+            image=tag, image_id=image.id, base_image_id=labels.get(f"{LABEL}.base-id", ""),
+            lock=json.loads(labels.get(f"{LABEL}.lock", "[]")), cached=cached,
+            size=image.attrs.get("Size"), build_log=log)
+
+    def _build(self, env_spec: EnvSpec, base_id: str, tag: str, lock, events: Events):
+        import docker.errors
+
+        net = self._network or host_build_network()
+        ca = _read_optional(net.cert_path)
+        files = render.build_files(net, requirements=env_spec.requirements, apt=env_spec.apt,
+                                   lock=lock, ca_bundle=ca)
+        build_id = uuid.uuid4().hex[:12]
+        labels = _labels(self.namespace, role="build", build=build_id)
+        self._ensure_volume(self.cache_volume)
+        secrets = self.client.volumes.create(f"{self.namespace}-build-{build_id}", labels=labels)
+        container = None
+        log_lines: list[str] = []
+        try:
+            container = self.client.containers.create(
+                base_id, ["sh", f"{render.BUILD_DIR}/install.sh"], labels=labels,
+                volumes={self.cache_volume: {"bind": "/mlc-cache", "mode": "rw"},
+                         secrets.name: {"bind": render.BUILD_DIR, "mode": "rw"}})
+            container.put_archive(render.BUILD_DIR, tar_bytes(files, mode=0o600))
+            container.start()
+            for line in _lines(container.logs(stream=True, follow=True)):
+                log_lines.append(line)
+                events("build-log", line=line)
+            status = container.wait()["StatusCode"]
+            log = "\n".join(log_lines)
+            if status != 0:
+                raise BuildError(_build_failure(log, status), log=log)
+            report = untar_files(container.get_archive(
+                f"{render.BUILD_DIR}/report.json")[0]) .get("report.json", b"{}")
+            new_lock = lock if lock is not None else lock_from_report(report)
+            lkey = lock_key(base_id, env_spec.apt, new_lock)
+            same = self.client.images.list(
+                filters={"label": [f"{LABEL}.lock-key={lkey}",
+                                   f"{LABEL}.namespace={self.namespace}"]})
+            if same:  # another spec already resolved to this exact environment: share it
+                same[0].tag(*tag.split(":"))
+                image = self.client.images.get(tag)
+            else:
+                repo, _, t = tag.partition(":")
+                image = container.commit(repo, t, conf={
+                    "Labels": {**_labels(self.namespace, role="env", **{
+                        "lock-key": lkey, "base-id": base_id, "base": env_spec.base_image,
+                        "apt": json.dumps(list(env_spec.apt)),
+                        "requirements": json.dumps(list(env_spec.requirements)),
+                        "lock": json.dumps(new_lock, separators=(",", ":"))})},
+                    "Cmd": ["python3"]})
+            events("built", image=tag, size=image.attrs.get("Size"))
+            return self._environment(image, tag, cached=False, log=log)
+        except docker.errors.APIError as e:
+            raise BuildError(f"Building the environment failed: {_short(e)}",
+                             log="\n".join(log_lines)) from None
+        finally:
+            if container is not None:
+                _quietly(container.remove, force=True)
+            _quietly(secrets.remove, force=True)
+
+    def _ensure_volume(self, name: str) -> None:
+        import docker.errors
+
+        try:
+            self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            self.client.volumes.create(name, labels=_labels(self.namespace, role="cache"))
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def run(self, spec: RunSpec, env: Environment, files: dict[str, bytes], *, run_id: str,
+            events: Events = no_events, output: Output | None = None) -> RunResult:
+        import docker.errors
+
+        output = output or (lambda stream, text: None)
+        kwargs = self._container_options(spec, run_id)
+        stdout: list[str] = []
+        stderr: list[str] = []
+        timed_out = threading.Event()
+        container = None
+        try:
+            events("starting")
+            container = self.client.containers.create(
+                env.image_id, ["python", f"{render.MLC_DIR}/runner.py"], **kwargs)
+            self._runs[run_id] = container
+            container.put_archive("/", tar_bytes(files, root=render.MLC_DIR.strip("/"),
+                                                 uid=RUN_UID, gid=RUN_UID))
+            stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
+            container.start()
+            events("running", container=container.id[:12])
+            timer = None
+            if spec.timeout:
+                timer = threading.Timer(spec.timeout, self._expire, (container, timed_out))
+                timer.daemon = True
+                timer.start()
+            try:
+                for out, err in stream:
+                    if out:
+                        text = out.decode("utf-8", "replace")
+                        stdout.append(text)
+                        output("stdout", text)
+                    if err:
+                        text = err.decode("utf-8", "replace")
+                        stderr.append(text)
+                        output("stderr", text)
+                code = container.wait()["StatusCode"]
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            container.reload()
+            state = container.attrs["State"]
+            events("collecting")
+            out_files = self._collect(container)
+            reason = self._reason(code, state, timed_out.is_set(), run_id)
+            return RunResult(code, reason, "".join(stdout), "".join(stderr), out_files,
+                             container.id)
+        except docker.errors.APIError as e:
+            raise RunError(f"The engine refused the run: {_short(e)}",
+                           logs="".join(stderr)) from None
+        finally:
+            self._runs.pop(run_id, None)
+            self._stopped.discard(run_id)
+            if container is not None:
+                _quietly(container.remove, force=True)
+
+    def _container_options(self, spec: RunSpec, run_id: str) -> dict:
+        import docker.types
+
+        env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLBACKEND": "Agg",
+               "PYTHONDONTWRITEBYTECODE": "1", **dict(spec.env)}
+        opts = dict(
+            user=render.RUN_USER, environment=env, working_dir=render.MLC_DIR,
+            labels=_labels(self.namespace, role="run", run=run_id, name=spec.name or ""),
+            network_mode=spec.network, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            privileged=False, init=True, pids_limit=4096,
+        )
+        if spec.memory:
+            opts.update(mem_limit=spec.memory, memswap_limit=spec.memory)
+        if spec.cpus:
+            opts["nano_cpus"] = int(spec.cpus * 1e9)
+        if spec.gpus:
+            count = -1 if spec.gpus == "all" else int(spec.gpus)
+            opts["device_requests"] = [docker.types.DeviceRequest(count=count,
+                                                                  capabilities=[["gpu"]])]
+        return opts
+
+    def _collect(self, container) -> dict[str, bytes]:
+        import docker.errors
+
+        try:
+            chunks, _ = container.get_archive(f"{render.MLC_DIR}/out")
+            return untar_files(chunks)
+        except docker.errors.NotFound:
+            return {}
+
+    def _reason(self, code: int, state: dict, timed_out: bool, run_id: str) -> str:
+        if timed_out:
+            return "timeout"
+        if run_id in self._stopped:
+            return "stopped"
+        if state.get("OOMKilled"):
+            return "oom"
+        if code == 0:
+            return "done"
+        return "killed" if code in (137, 143) else "failed"
+
+    @staticmethod
+    def _expire(container, flag: threading.Event) -> None:
+        flag.set()
+        _quietly(container.kill)
+
+    def stop(self, run_id: str) -> bool:
+        container = self._runs.get(run_id)
+        if container is None:
+            found = self.client.containers.list(
+                filters={"label": [f"{LABEL}.run={run_id}"]})
+            container = found[0] if found else None
+        if container is None:
+            return False
+        self._stopped.add(run_id)
+        _quietly(container.kill)
+        return True
+
+    def remove_run(self, run_id: str) -> None:
+        """Force-remove a run's container: on interrupt, at once."""
+        container = self._runs.pop(run_id, None)
+        if container is not None:
+            _quietly(container.remove, force=True)
+
+
+def _lines(chunks):
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace").rstrip("\r")
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
+
+def _build_failure(log: str, status: int) -> str:
+    """The lines of pip's (or apt's) own message that say what went wrong."""
+    lines = log.splitlines()
+    wanted = [i for i, line in enumerate(lines)
+              if line.startswith(("ERROR", "E: ", "error:")) or "No matching distribution" in line]
+    detail = "\n".join(lines[wanted[0]:wanted[0] + 12]) if wanted else "\n".join(lines[-12:])
+    return f"Building the environment failed (exit {status}):\n{detail}"
+
+
+def _read_optional(path: str | None) -> bytes:
+    if not path:
+        return b""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _short(e: Exception) -> str:
+    text = getattr(e, "explanation", None) or str(e)
+    return str(text).splitlines()[0][:300] if text else type(e).__name__
+
+
+def _quietly(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except Exception:  # cleanup must never hide the error that got us here
+        pass
+
+
+

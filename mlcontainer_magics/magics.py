@@ -1,0 +1,177 @@
+"""The IPython magics: arguments -> spec -> run -> output. Thin by design."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Float, Unicode, default
+
+from . import spec as specs
+from .errors import MlcError, RunError, SpecError
+
+ENV_PREFIX = "MLCONTAINER_"
+
+
+def _env(name: str, fallback):
+    return os.environ.get(ENV_PREFIX + name, fallback)
+
+
+@magics_class
+class ContainerizeMagics(Magics):
+    """Run cells in Docker containers.
+
+    Settings (`%config ContainerizeMagics.NAME = VALUE`, or the environment variable given):
+      base_image   default base image           (MLCONTAINER_BASE_IMAGE; python:X.Y-slim)
+      namespace    prefix of images/volumes     (MLCONTAINER_NAMESPACE; mlcontainer)
+      timeout      default --timeout in seconds (MLCONTAINER_TIMEOUT; none)
+      network      default --network            (MLCONTAINER_NETWORK; bridge)
+      raise_error  raise on a nonzero exit      (MLCONTAINER_RAISE_ERROR; true)
+    """
+
+    base_image = Unicode(help="Base image of every environment, unless --base is given. "
+                              "Env: MLCONTAINER_BASE_IMAGE.").tag(config=True)
+    namespace = Unicode(help="Prefix of the images, volumes and labels this package makes. "
+                             "Env: MLCONTAINER_NAMESPACE.").tag(config=True)
+    timeout = Float(None, allow_none=True,
+                    help="Default --timeout in seconds. Env: MLCONTAINER_TIMEOUT.").tag(config=True)
+    network = Unicode(help="Default --network (bridge or none). "
+                           "Env: MLCONTAINER_NETWORK.").tag(config=True)
+    raise_error = Bool(help="Raise when the cell fails. Env: MLCONTAINER_RAISE_ERROR."
+                       ).tag(config=True)
+
+    @default("base_image")
+    def _default_base(self):
+        return _env("BASE_IMAGE", "python:{}.{}-slim".format(*sys.version_info[:2]))
+
+    @default("namespace")
+    def _default_namespace(self):
+        return _env("NAMESPACE", "mlcontainer")
+
+    @default("timeout")
+    def _default_timeout(self):
+        value = _env("TIMEOUT", None)
+        return float(value) if value else None
+
+    @default("network")
+    def _default_network(self):
+        return _env("NETWORK", "bridge")
+
+    @default("raise_error")
+    def _default_raise(self):
+        return _env("RAISE_ERROR", "true").lower() not in ("0", "false", "no")
+
+    def __init__(self, shell=None, **kwargs):
+        super().__init__(shell=shell, **kwargs)
+        self._backend = None
+        if shell is not None:
+            shell.set_custom_exc((MlcError,), _show_error)
+
+    @property
+    def backend(self):
+        from .backends.docker import DockerBackend
+
+        if self._backend is None or self._backend.namespace != self.namespace:
+            self._backend = DockerBackend(namespace=self.namespace)
+        return self._backend
+
+    @magic_arguments()
+    @argument("-n", "--name", help="A name for this run's snapshot.")
+    @argument("-r", "--requirements", nargs="+", action="append", default=[], metavar="SPEC",
+              help="pip requirements (PEP 508), e.g. -r numpy==1.26.4 'pandas>=2'.")
+    @argument("-f", "--requirements-file", metavar="PATH", help="A requirements.txt file.")
+    @argument("--base", metavar="IMAGE", help="Base image (default: the base_image setting).")
+    @argument("--apt", nargs="+", action="append", default=[], metavar="PKG",
+              help="Debian packages to install in the image.")
+    @argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
+              help="An environment variable for the cell (repeatable).")
+    @argument("--cpus", help="CPU limit, e.g. 0.5 or 2.")
+    @argument("--memory", help="Memory limit, e.g. 512m or 2g.")
+    @argument("--gpus", help="GPUs: all or a number.")
+    @argument("--network", help="bridge (default) or none.")
+    @argument("--timeout", help="Stop the container after this many seconds.")
+    @argument("--rebuild", action="store_true", help="Rebuild the environment image.")
+    @argument("--no-raise-error", action="store_true",
+              help="Do not raise when the cell fails; the failure is still reported.")
+    @cell_magic
+    def containerize(self, line, cell):
+        """Run this cell in a fresh Docker container with its own pip packages.
+
+        The environment (base image + apt + pip packages) is built once and reused by every
+        cell that needs the same one; editing the code never reinstalls packages. Output
+        streams into the cell while it runs. Ctrl-C (the stop button) stops and removes the
+        container.
+        """
+        from . import runs
+
+        args = _parse(self.containerize, line)
+        spec = self._spec(args, cell)
+        outcome = runs.execute(spec, self.backend, output=_write_output, rebuild=args.rebuild)
+        if not outcome.ok:
+            error = runs.failure(outcome)
+            if self.raise_error and not args.no_raise_error:
+                raise error
+            print(f"[mlcontainer] {error}", file=sys.stderr)
+
+    def _spec(self, args, cell: str) -> specs.RunSpec:
+        """All validation happens here, before anything is built."""
+        try:
+            specs.check_syntax(cell)
+            reqs = [specs.parse_requirement(r) for group in args.requirements for r in group]
+            if args.requirements_file:
+                path = Path(args.requirements_file).expanduser()
+                try:
+                    text = path.read_text()
+                except OSError as e:
+                    raise SpecError(f"Cannot read requirements file {str(path)!r}: "
+                                    f"{e.strerror}.") from None
+                reqs += specs.parse_requirements_text(text, source=str(path))
+            apt = specs.parse_apt([p for group in args.apt for p in group])
+            env_spec = specs.EnvSpec(base_image=args.base or self.base_image, apt=apt,
+                                     requirements=specs.merge_requirements(reqs))
+            timeout = args.timeout if args.timeout is not None else self.timeout
+            return specs.RunSpec(
+                code=cell,
+                env_spec=env_spec,
+                name=specs.parse_name(args.name) if args.name else None,
+                env=specs.parse_env(args.env),
+                cpus=specs.parse_cpus(args.cpus) if args.cpus is not None else None,
+                memory=specs.parse_memory(args.memory) if args.memory is not None else None,
+                gpus=specs.parse_gpus(args.gpus) if args.gpus is not None else None,
+                network=specs.parse_network(args.network or self.network),
+                timeout=specs.parse_timeout(timeout) if timeout is not None else None,
+            )
+        except SpecError as e:
+            raise UsageError(str(e)) from None
+
+
+def _parse(magic, line: str):
+    # POSIX quoting, as in a shell: -r 'pandas>=2,<3' arrives without its quotes.
+    try:
+        argv = shlex.split(line)
+    except ValueError as e:
+        raise UsageError(f"Cannot parse the options: {e}.") from None
+    return magic.parser.parse_args(argv)
+
+
+def _write_output(stream: str, text: str) -> None:
+    target = sys.stdout if stream == "stdout" else sys.stderr
+    target.write(text)
+    target.flush()  # live: ipykernel otherwise batches output
+
+
+def _show_error(shell, etype, value, tb, tb_offset=None):
+    """Show our errors as their message (and the container's traceback), not our internals."""
+    lines = [f"{etype.__name__}: {value}"]
+    if isinstance(value, RunError) and value.logs:
+        lines += ["", "Container traceback:", value.logs]
+    log = getattr(value, "log", "")
+    if log:
+        lines += ["", "Build log (last lines):", "\n".join(log.splitlines()[-30:])]
+    stb = ["\n".join(lines)]
+    shell._showtraceback(etype, value, stb)
+    return stb

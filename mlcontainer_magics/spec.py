@@ -1,0 +1,209 @@
+"""A frozen description of one containerized run, validated before any work starts.
+
+Pure: standard library and ``packaging`` only. Everything user-typed passes through here, so a
+bad flag fails with a clear SpecError before an image is built or a container started.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from .errors import SpecError
+
+NETWORKS = ("bridge", "none")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Debian package names (policy 5.6.1), optionally with =version or :arch.
+_APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+# Docker refuses a memory limit below 6 MiB; say so before it does.
+MIN_MEMORY = 6 * 1024**2
+
+
+def digest(obj) -> str:
+    """sha256 hex of the canonical JSON of ``obj``."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What goes into an environment image: everything but the cell's code."""
+
+    base_image: str
+    apt: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()
+
+    def key(self) -> str:
+        return digest({"base": self.base_image, "apt": sorted(self.apt),
+                       "requirements": sorted(self.requirements)})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    code: str
+    env_spec: EnvSpec
+    name: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: str | None = None
+    network: str = "bridge"
+    timeout: float | None = None
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    session: str | None = None
+    secret_env: frozenset[str] = field(default_factory=frozenset)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["secret_env"] = sorted(self.secret_env)
+        return d
+
+    def masked_env(self) -> dict[str, str]:
+        """The environment as it may be recorded: values of secrets masked."""
+        return {k: ("***" if k in self.secret_env or looks_secret(k) else v) for k, v in self.env}
+
+
+def looks_secret(key: str) -> bool:
+    return bool(re.search(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|AUTH", key, re.I))
+
+
+def parse_requirement(text: str) -> str:
+    """Validate one PEP 508 specifier and return it in canonical form."""
+    text = text.strip()
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as e:
+        raise SpecError(
+            f"Invalid requirement {text!r}: {e}. Use a PEP 508 specifier such as "
+            f"'numpy==1.26.4' or 'pandas>=2,<3'.") from None
+    if req.url and not req.url.startswith(("https://", "http://")):
+        raise SpecError(f"Requirement {text!r} points at {req.url!r}, which a container cannot "
+                        "reach; use a package name with a version, or an https URL.")
+    return str(req)
+
+
+def parse_requirements_text(text: str, source: str = "requirements") -> list[str]:
+    """Parse requirements-file text: one specifier per line, comments and blanks ignored."""
+    out = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("-"):
+            raise SpecError(f"{source}, line {lineno}: pip options ({line.split()[0]}) are not "
+                            "supported in a cell's requirements; configure the index with pip's "
+                            "own settings (pip config), which builds use.")
+        try:
+            out.append(parse_requirement(line))
+        except SpecError as e:
+            raise SpecError(f"{source}, line {lineno}: {e}") from None
+    return out
+
+
+def merge_requirements(reqs) -> tuple[str, ...]:
+    """Deduplicate by project name; the same project twice with different specifiers is an error."""
+    by_name: dict[str, str] = {}
+    for r in reqs:
+        name = Requirement(r).name.lower().replace("_", "-").replace(".", "-")
+        if name in by_name and by_name[name] != r:
+            raise SpecError(f"{name} is required twice, as {by_name[name]!r} and {r!r}; "
+                            "keep one.")
+        by_name[name] = r
+    return tuple(sorted(by_name.values(), key=str.lower))
+
+
+def parse_memory(text: str) -> int:
+    m = _MEMORY_RE.match(str(text))
+    if not m:
+        raise SpecError(f"--memory {text!r} is not a size; use a number with a unit, "
+                        "such as 512m or 2g.")
+    value = int(float(m.group(1)) * _MEMORY_UNITS[m.group(2).lower()])
+    if value < MIN_MEMORY:
+        raise SpecError(f"--memory {text!r} is below Docker's minimum of 6m; use at least 6m.")
+    return value
+
+
+def parse_cpus(text) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise SpecError(f"--cpus {text!r} is not a number; use for example 0.5 or 2.") from None
+    if not value > 0 or value != value or value > 1024:
+        raise SpecError(f"--cpus {text!r} must be a positive number of CPUs, such as 0.5 or 2.")
+    return value
+
+
+def parse_timeout(text) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise SpecError(f"--timeout {text!r} is not a number of seconds.") from None
+    if not value > 0 or value == float("inf"):
+        raise SpecError(f"--timeout {text!r} must be a positive number of seconds.")
+    return value
+
+
+def parse_gpus(text) -> str:
+    text = str(text).strip()
+    if text == "all" or (text.isdigit() and int(text) > 0):
+        return text
+    raise SpecError(f"--gpus {text!r}: use 'all' or a positive number of GPUs.")
+
+
+def parse_network(text) -> str:
+    if text not in NETWORKS:
+        raise SpecError(f"--network {text!r}: use one of {', '.join(NETWORKS)}.")
+    return text
+
+
+def parse_env(items) -> tuple[tuple[str, str], ...]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _ENV_KEY_RE.match(key):
+            raise SpecError(f"-e {item!r}: use KEY=VALUE with a KEY of letters, digits and _.")
+        out[key] = value
+    return tuple(sorted(out.items()))
+
+
+def parse_name(text) -> str:
+    if not _NAME_RE.match(text or ""):
+        raise SpecError(f"Name {text!r}: use up to 64 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit.")
+    return text
+
+
+def parse_apt(names) -> tuple[str, ...]:
+    for n in names:
+        if not _APT_RE.match(n):
+            raise SpecError(f"--apt {n!r} is not a Debian package name (lowercase letters, "
+                            "digits, '+', '-', '.').")
+    return tuple(sorted(set(names)))
+
+
+def parse_identifiers(text: str, flag: str) -> tuple[str, ...]:
+    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    for n in names:
+        if not _IDENT_RE.match(n):
+            raise SpecError(f"{flag} {n!r} is not a Python variable name.")
+    return tuple(dict.fromkeys(names))
+
+
+def check_syntax(code: str, filename: str = "<cell>") -> None:
+    """Fail on a syntax error before building anything."""
+    try:
+        ast.parse(code, filename=filename)
+    except SyntaxError as e:
+        line = (e.text or "").rstrip()
+        pointer = f"\n    {line}\n    {' ' * max((e.offset or 1) - 1, 0)}^" if line else ""
+        raise SpecError(f"The cell has a syntax error at line {e.lineno}: {e.msg}{pointer}\n"
+                        "Fix the cell; nothing was built.") from None

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: engine and base image set up first, then unit, integration and
+# notebook tests. Extra arguments go to pytest.
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+mlcontainer doctor --fix
+python -m pytest tests notebooks --nbval-lax -p no:cacheprovider "$@"

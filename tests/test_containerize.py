@@ -1,0 +1,213 @@
+"""%%containerize against the real Docker engine."""
+from __future__ import annotations
+
+import io
+import json
+import signal
+import tarfile
+import threading
+import time
+
+import pytest
+from IPython.core.error import UsageError
+
+from conftest import env_images
+from mlcontainer_magics.errors import BaseImageMissing, BuildError, EngineUnavailable, RunError
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("no_leaks")]
+
+
+def run(ip, line, cell, capsys=None):
+    ip.run_cell_magic("containerize", line, cell)
+    return capsys.readouterr() if capsys else None
+
+
+def test_requirement_version_is_the_containers_not_the_kernels(ip, capsys):
+    out = run(ip, "-r six==1.16.0", "import six, os\nprint('six', six.__version__, os.getuid())",
+              capsys)
+    assert "six 1.16.0 1000" in out.out  # and not as root
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        assert version("six") != "1.16.0"  # the kernel's own six is another version
+    except PackageNotFoundError:
+        pass  # or the kernel has none at all
+
+
+def test_same_requirements_other_code_builds_no_new_image(ip, capsys, docker_client):
+    run(ip, "-r six==1.16.0", "print('first')", capsys)
+    before = env_images(docker_client)
+    out = run(ip, "-r six==1.16.0", "import six\nprint('second', six.__version__)", capsys)
+    assert "second 1.16.0" in out.out
+    assert env_images(docker_client) == before
+
+
+def test_equivalent_specs_share_one_environment(ip, capsys, docker_client):
+    run(ip, "-r six==1.16.0", "pass")
+    before = env_images(docker_client)
+    run(ip, "-r 'six>=1.16,<1.17'", "import six; print(six.__version__)", capsys)
+    assert env_images(docker_client) == before  # same lock -> same image, just another tag
+
+
+def test_failing_cell_raises_with_its_traceback(ip, capsys):
+    with pytest.raises(RunError) as e:
+        run(ip, "", "def f():\n    raise ValueError('boom')\nf()")
+    assert e.value.exit_code == 1 and e.value.reason == "failed"
+    assert "ValueError: boom" in e.value.logs and 'File "/mlc/cell.py", line 3' in e.value.logs
+    assert "mlc_runner" not in e.value.logs  # the traceback starts in the cell
+    assert "ValueError: boom" in capsys.readouterr().err  # streamed as it happened
+
+
+def test_failing_cell_shows_the_traceback_in_the_notebook(ip):
+    result = ip.run_cell("%%containerize\nraise KeyError('nope')\n")
+    assert isinstance(result.error_in_exec, RunError)
+
+
+def test_no_raise_error(ip, capsys):
+    run(ip, "--no-raise-error", "import sys; sys.exit(3)")
+    assert "exit code 3" in capsys.readouterr().err
+
+
+def test_output_streams_while_the_cell_runs(ip):
+    seen = []
+    real_write = __import__("mlcontainer_magics.magics", fromlist=["x"])._write_output
+
+    def spy(stream, text):
+        seen.append((time.monotonic(), text))
+        real_write(stream, text)
+
+    import mlcontainer_magics.magics as m
+    m._write_output, original = spy, m._write_output
+    try:
+        run(ip, "", "import time\nprint('a')\ntime.sleep(1.5)\nprint('b')")
+    finally:
+        m._write_output = original
+    times = {text.strip(): t for t, text in seen if text.strip() in ("a", "b")}
+    assert times["b"] - times["a"] > 1.0  # 'a' arrived before the container finished
+
+
+def test_env_resources_and_network(ip, capsys):
+    out = run(ip, "-e MODE=fast -e 'GREETING=hi there' --memory 64m --cpus 0.5 --network none",
+              "import os, socket\nprint(os.environ['MODE'], os.environ['GREETING'])\n"
+              "print(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip())\n"
+              "try:\n    socket.create_connection(('deb.debian.org', 80), timeout=2)\n"
+              "    print('net')\nexcept OSError:\n    print('no network')", capsys)
+    assert "fast hi there" in out.out
+    assert str(64 * 2**20) in out.out
+    assert "no network" in out.out
+
+
+def test_timeout_stops_and_removes_the_container(ip, docker_client):
+    t0 = time.monotonic()
+    with pytest.raises(RunError, match="--timeout") as e:
+        run(ip, "--timeout 2", "import time\nprint('start', flush=True)\ntime.sleep(60)")
+    assert e.value.reason == "timeout"
+    assert time.monotonic() - t0 < 30
+
+
+def test_interrupt_stops_and_removes_the_container_at_once(ip, docker_client, namespace):
+    """Ctrl-C arrives as SIGINT in the kernel's main thread while the cell streams output."""
+    flt = {"label": f"org.mlcontainer.namespace={namespace}"}
+
+    def interrupt_when_running():
+        for _ in range(200):
+            if docker_client.containers.list(filters=flt):
+                time.sleep(0.5)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run(ip, "", "import time\nprint('working', flush=True)\ntime.sleep(120)")
+    assert docker_client.containers.list(all=True, filters=flt) == []
+
+
+def test_bad_requirement_fails_before_any_build(ip, docker_client):
+    before = env_images(docker_client)
+    with pytest.raises(UsageError, match="Invalid requirement 'numpy=='"):
+        run(ip, "-r six==1.16.0 numpy==", "print(1)")
+    assert env_images(docker_client) == before
+
+
+def test_syntax_error_fails_before_any_build(ip):
+    with pytest.raises(UsageError, match="syntax error at line 2"):
+        run(ip, "-r six==1.16.0", "x = 1\nprint(x\n")
+
+
+def test_bad_flags_are_usage_errors(ip):
+    with pytest.raises(UsageError):
+        run(ip, "--no-such-flag", "pass")
+    with pytest.raises(UsageError, match="--memory 'lots'"):
+        run(ip, "--memory lots", "pass")
+    with pytest.raises(UsageError, match="--timeout"):
+        run(ip, "--timeout 0", "pass")
+
+
+def test_help_lists_options_and_settings(ip):
+    from mlcontainer_magics.magics import ContainerizeMagics
+
+    doc = ContainerizeMagics.containerize.__doc__
+    for flag in ("--requirements", "--base", "--apt", "--timeout", "--no-raise-error"):
+        assert flag in doc
+    assert "MLCONTAINER_BASE_IMAGE" in ContainerizeMagics.__doc__
+
+
+def test_config_and_environment_defaults(ip, monkeypatch):
+    from mlcontainer_magics.magics import ContainerizeMagics
+
+    monkeypatch.setenv("MLCONTAINER_BASE_IMAGE", "python:3.11-slim")
+    monkeypatch.setenv("MLCONTAINER_TIMEOUT", "12")
+    fresh = ContainerizeMagics(shell=None)
+    assert fresh.base_image == "python:3.11-slim" and fresh.timeout == 12.0
+    ip.run_line_magic("config", "ContainerizeMagics.timeout = 5")
+    try:
+        magics = ip.magics_manager.registry["ContainerizeMagics"]
+        assert magics.timeout == 5
+    finally:
+        ip.run_line_magic("config", "ContainerizeMagics.timeout = None")
+
+
+def test_missing_base_image_says_how_to_provide_one(ip):
+    with pytest.raises(BaseImageMissing, match="mlcontainer doctor --fix"):
+        run(ip, "--base mlctest-no-such-image:1", "pass")
+
+
+def test_no_engine_says_how_to_start_one(ip, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/mlctest-no-engine.sock")
+    magics = ip.magics_manager.registry["ContainerizeMagics"]
+    saved, magics._backend = magics._backend, None
+    try:
+        with pytest.raises(EngineUnavailable, match="mlcontainer doctor --fix"):
+            run(ip, "", "pass")
+    finally:
+        magics._backend = saved
+
+
+def test_failing_pip_install_shows_pips_message(ip, docker_client):
+    before = env_images(docker_client)
+    with pytest.raises(BuildError) as e:
+        run(ip, "-r mlctest-no-such-package==9.9", "pass")
+    assert "No matching distribution found for mlctest-no-such-package==9.9" in str(e.value)
+    assert env_images(docker_client) == before
+
+
+def test_build_secrets_never_reach_the_image(ip, docker_client, namespace):
+    """The CA bundle and pip settings used while installing are absent from layers and config."""
+    run(ip, "-r six==1.16.0", "pass")
+    image = next(i for i in docker_client.images.list(
+        filters={"label": f"org.mlcontainer.namespace={namespace}"})
+        if "six==1.16.0" in i.labels.get("org.mlcontainer.requirements", ""))
+    assert not any(e.startswith("PIP_") for e in image.attrs["Config"]["Env"])
+    saved = io.BytesIO(b"".join(image.save(named=False)))
+    with tarfile.open(fileobj=saved) as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))
+        top = manifest[0]["Layers"][-1]  # the committed environment layer
+        with tarfile.open(fileobj=outer.extractfile(top)) as layer:
+            names = layer.getnames()
+            assert any("six.py" in n for n in names)
+            for member in layer.getmembers():
+                assert "mlc-build/" not in member.name and "pip.conf" not in member.name
+                if member.isfile():
+                    data = layer.extractfile(member).read()
+                    assert b"BEGIN CERTIFICATE" not in data, member.name

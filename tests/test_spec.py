@@ -1,0 +1,124 @@
+"""The pure spec: validation of everything a user types, before any work."""
+import pytest
+from hypothesis import given, strategies as st
+
+from mlcontainer_magics import spec as s
+from mlcontainer_magics.errors import SpecError
+
+
+def test_requirement_canonical_form():
+    assert s.parse_requirement(" six == 1.16.0 ") == "six==1.16.0"
+    assert s.parse_requirement("pandas>=2,<3") == "pandas<3,>=2"
+
+
+@pytest.mark.parametrize("bad", ["numpy==", "==1.0", "numpy>>1", "nu mpy", "numpy[", ""])
+def test_invalid_requirement_says_what_to_do(bad):
+    with pytest.raises(SpecError, match="PEP 508"):
+        s.parse_requirement(bad)
+
+
+def test_requirement_with_local_path_is_refused():
+    with pytest.raises(SpecError, match="cannot reach"):
+        s.parse_requirement("pkg @ file:///home/me/pkg")
+
+
+def test_requirements_file_text():
+    text = "# comment\nsix==1.16.0  # pinned\n\nnumpy<2\n"
+    assert s.parse_requirements_text(text) == ["six==1.16.0", "numpy<2"]
+    with pytest.raises(SpecError, match="line 2"):
+        s.parse_requirements_text("six\nbad==\n", source="r.txt")
+    with pytest.raises(SpecError, match="pip options"):
+        s.parse_requirements_text("--index-url https://x\n")
+
+
+def test_merge_requirements_dedupes_and_rejects_conflicts():
+    assert s.merge_requirements(["six==1.16.0", "six==1.16.0", "Numpy<2"]) == (
+        "Numpy<2", "six==1.16.0")
+    with pytest.raises(SpecError, match="required twice"):
+        s.merge_requirements(["six==1.16.0", "six==1.15.0"])
+
+
+@pytest.mark.parametrize("text,value", [("512m", 512 * 2**20), ("2g", 2 * 2**30),
+                                        ("1.5GiB", int(1.5 * 2**30)), ("7000000", 7000000)])
+def test_memory(text, value):
+    assert s.parse_memory(text) == value
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1m", "1x", "", "5m"])
+def test_bad_memory(bad):
+    with pytest.raises(SpecError, match="--memory"):
+        s.parse_memory(bad)
+
+
+@pytest.mark.parametrize("bad", ["-1", "0", "nan", "inf", "two", None])
+def test_bad_cpus(bad):
+    with pytest.raises(SpecError, match="--cpus"):
+        s.parse_cpus(bad)
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "soon", "inf"])
+def test_bad_timeout(bad):
+    with pytest.raises(SpecError, match="--timeout"):
+        s.parse_timeout(bad)
+
+
+def test_gpus_network_env_name_apt():
+    assert s.parse_gpus("all") == "all" and s.parse_gpus("2") == "2"
+    with pytest.raises(SpecError):
+        s.parse_gpus("0")
+    with pytest.raises(SpecError, match="bridge, none"):
+        s.parse_network("host")
+    assert s.parse_env(["A=1", "B=x=y", "A=2"]) == (("A", "2"), ("B", "x=y"))
+    with pytest.raises(SpecError, match="KEY=VALUE"):
+        s.parse_env(["NOVALUE"])
+    with pytest.raises(SpecError, match="Name"):
+        s.parse_name("bad;rm -rf /")
+    assert s.parse_apt(["tesseract-ocr", "g++", "libc6=2.36-9"]) == (
+        "g++", "libc6=2.36-9", "tesseract-ocr")
+    with pytest.raises(SpecError, match="Debian package"):
+        s.parse_apt(["Bad Name"])
+
+
+def test_syntax_error_points_at_the_line():
+    with pytest.raises(SpecError, match="line 2") as e:
+        s.check_syntax("x = 1\nif x\n  pass\n")
+    assert "nothing was built" in str(e.value)
+    s.check_syntax("x = 1\nx")  # valid code passes
+
+
+def test_env_key_ignores_order_and_depends_on_content():
+    a = s.EnvSpec("python:3.11-slim", ("b", "a"), ("six==1.16.0", "numpy<2"))
+    b = s.EnvSpec("python:3.11-slim", ("a", "b"), ("numpy<2", "six==1.16.0"))
+    c = s.EnvSpec("python:3.11-slim", ("a", "b"), ("numpy<2", "six==1.15.0"))
+    assert a.key() == b.key() != c.key()
+
+
+def test_masked_env():
+    spec = s.RunSpec("x=1", s.EnvSpec("b"), env=(("API_TOKEN", "abc"), ("MODE", "fast"),
+                                                 ("PLAIN", "p")), secret_env=frozenset({"PLAIN"}))
+    assert spec.masked_env() == {"API_TOKEN": "***", "MODE": "fast", "PLAIN": "***"}
+
+
+@given(st.text(max_size=40))
+def test_parse_name_accepts_only_safe_names(text):
+    try:
+        name = s.parse_name(text)
+    except SpecError:
+        return
+    assert name == text and all(c.isalnum() or c in "_.-" for c in name) and name[0].isalnum()
+
+
+@given(st.text(max_size=60))
+def test_parse_requirement_never_crashes_with_another_error(text):
+    try:
+        out = s.parse_requirement(text)
+    except SpecError:
+        return
+    assert s.parse_requirement(out) == out  # canonical form is a fixed point
+
+
+@given(st.lists(st.sampled_from(["ALPHA", "B_2", "c"]), max_size=5),
+       st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10))
+def test_parse_env_round_trip(keys, value):
+    pairs = s.parse_env([f"{k}={value}" for k in keys])
+    assert dict(pairs) == {k: value for k in keys}
