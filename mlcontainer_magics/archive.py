@@ -34,7 +34,9 @@ def untar_files(chunks, strip: int = 1) -> dict[str, bytes]:
         for member in tar:
             if not member.isfile():
                 continue
-            name = "/".join(member.name.split("/")[strip:])
+            parts = member.name.split("/")
+            # A lone file's archive holds just its name: keep that rather than strip it away.
+            name = "/".join(parts[strip:]) if len(parts) > strip else parts[-1]
             f = tar.extractfile(member)
             if name and f is not None:
                 out[name] = f.read()

@@ -12,7 +12,10 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Unicode, default
 
 from . import spec as specs
+from . import transfer
+from .richoutput import StdoutDemux
 from .errors import MlcError, RunError, SpecError
+from .requirements import capture_pins
 
 ENV_PREFIX = "MLCONTAINER_"
 
@@ -94,6 +97,12 @@ class ContainerizeMagics(Magics):
     @argument("--gpus", help="GPUs: all or a number.")
     @argument("--network", help="bridge (default) or none.")
     @argument("--timeout", help="Stop the container after this many seconds.")
+    @argument("--in", dest="inputs", metavar="A,B", default="",
+              help="Notebook variables to send into the container.")
+    @argument("--out", dest="outputs", metavar="C,D", default="",
+              help="Variables to bring back into the notebook when the cell succeeds.")
+    @argument("--no-capture", action="store_true",
+              help="Do not pin what the cell imports to the kernel's installed versions.")
     @argument("--rebuild", action="store_true", help="Rebuild the environment image.")
     @argument("--no-raise-error", action="store_true",
               help="Do not raise when the cell fails; the failure is still reported.")
@@ -110,12 +119,32 @@ class ContainerizeMagics(Magics):
 
         args = _parse(self.containerize, line)
         spec = self._spec(args, cell)
-        outcome = runs.execute(spec, self.backend, output=_write_output, rebuild=args.rebuild)
-        if not outcome.ok:
-            error = runs.failure(outcome)
-            if self.raise_error and not args.no_raise_error:
-                raise error
-            print(f"[mlcontainer] {error}", file=sys.stderr)
+        try:
+            inputs = transfer.check_inputs(spec.inputs, self.shell.user_ns)
+        except SpecError as e:
+            raise UsageError(str(e)) from None
+        demux = StdoutDemux(lambda text: _write_output("stdout", text), _publish)
+
+        def output(stream, text):
+            if stream == "stdout":
+                demux.feed(text)
+            else:
+                _write_output(stream, text)
+
+        try:
+            outcome = runs.execute(spec, self.backend, inputs=inputs, output=output,
+                                   rebuild=args.rebuild)
+        finally:
+            demux.close()
+        problems = runs.output_errors(outcome)
+        if outcome.ok and not problems:
+            self.shell.user_ns.update(outcome.values)
+            return
+        error = runs.failure(outcome) if not outcome.ok else RunError(
+            "; ".join(problems), exit_code=0, reason="outputs")
+        if self.raise_error and not args.no_raise_error:
+            raise error
+        print(f"[mlcontainer] {error}", file=sys.stderr)
 
     def _spec(self, args, cell: str) -> specs.RunSpec:
         """All validation happens here, before anything is built."""
@@ -131,8 +160,12 @@ class ContainerizeMagics(Magics):
                                     f"{e.strerror}.") from None
                 reqs += specs.parse_requirements_text(text, source=str(path))
             apt = specs.parse_apt([p for group in args.apt for p in group])
+            captured = [] if args.no_capture else capture_pins(cell, reqs)
+            if captured:
+                print("[mlcontainer] pinned from the kernel: " + " ".join(captured)
+                      + "  (--no-capture to turn off)")
             env_spec = specs.EnvSpec(base_image=args.base or self.base_image, apt=apt,
-                                     requirements=specs.merge_requirements(reqs))
+                                     requirements=specs.merge_requirements(reqs + captured))
             timeout = args.timeout if args.timeout is not None else self.timeout
             return specs.RunSpec(
                 code=cell,
@@ -144,6 +177,9 @@ class ContainerizeMagics(Magics):
                 gpus=specs.parse_gpus(args.gpus) if args.gpus is not None else None,
                 network=specs.parse_network(args.network or self.network),
                 timeout=specs.parse_timeout(timeout) if timeout is not None else None,
+                inputs=specs.parse_identifiers(args.inputs, "--in"),
+                outputs=specs.parse_identifiers(args.outputs, "--out"),
+                captured=tuple(captured),
             )
         except SpecError as e:
             raise UsageError(str(e)) from None
@@ -156,6 +192,12 @@ def _parse(magic, line: str):
     except ValueError as e:
         raise UsageError(f"Cannot parse the options: {e}.") from None
     return magic.parser.parse_args(argv)
+
+
+def _publish(bundle: dict) -> None:
+    from IPython.display import publish_display_data
+
+    publish_display_data(bundle)
 
 
 def _write_output(stream: str, text: str) -> None:

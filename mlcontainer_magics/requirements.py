@@ -32,3 +32,71 @@ def lock_key(base_image_id: str, apt, lock) -> str:
     """What an environment image is: its base, its Debian packages and its exact pins."""
     return digest({"base": base_image_id, "apt": sorted(apt),
                    "lock": sorted((e["name"], e["version"]) for e in lock)})
+
+
+def imported_modules(code: str) -> list[str]:
+    """Top-level names of absolute imports anywhere in the code, in first-seen order."""
+    import ast
+
+    names: dict[str, None] = {}
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                names[alias.name.split(".")[0]] = None
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names[node.module.split(".")[0]] = None
+    return list(names)
+
+
+# The kernel's own machinery: the runner provides IPython.display inside the container.
+NOT_CAPTURED = frozenset({"IPython", "ipykernel", "ipywidgets", "matplotlib_inline",
+                          "mlcontainer_magics", "google", "__future__"})
+
+
+def capture_pins(code: str, explicit, installed: dict[str, str] | None = None,
+                 module_dists: dict[str, list[str]] | None = None) -> list[str]:
+    """Pins `dist==version` for what the code imports, as installed in this kernel.
+
+    Skips the standard library, modules the kernel does not have, and distributions already
+    named in ``explicit`` (the user's -r wins).
+    """
+    import sys
+    from importlib import metadata
+
+    if module_dists is None:
+        module_dists = _packages_distributions()
+    named = {canonicalize_name(_req_name(r)) for r in explicit}
+    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    pins: dict[str, str] = {}
+    for module in imported_modules(code):
+        if module in stdlib or module in sys.builtin_module_names or module in NOT_CAPTURED:
+            continue
+        for dist in module_dists.get(module, []):
+            name = canonicalize_name(dist)
+            if name in named or name in pins:
+                continue
+            try:
+                version = (installed or {}).get(name) or metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+            pins[name] = f"{name}=={version}"
+    return sorted(pins.values())
+
+
+def _req_name(requirement: str) -> str:
+    from packaging.requirements import Requirement
+
+    return Requirement(requirement).name
+
+
+_MODULE_DISTS: dict | None = None
+
+
+def _packages_distributions() -> dict[str, list[str]]:
+    # Scanning every installed distribution takes ~0.1 s: once per kernel is enough.
+    global _MODULE_DISTS
+    if _MODULE_DISTS is None:
+        from importlib import metadata
+
+        _MODULE_DISTS = metadata.packages_distributions()
+    return _MODULE_DISTS

@@ -4,11 +4,16 @@ Shared by the magics, the CLI (rerun) and the server extension; knows nothing of
 """
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .backends.base import Backend, Environment, Events, Output, RunResult, no_events
+from . import transfer
 from .errors import RunError
 from .runner import runner_source
 from .spec import RunSpec
@@ -32,32 +37,63 @@ class RunOutcome:
     env: Environment | None = None
     result: RunResult | None = None
     timings: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)  # name -> {format, digest, size}
+    outputs: dict = field(default_factory=dict)  # name -> {format, digest, size} or {error}
+    values: dict = field(default_factory=dict)  # the --out values, read back
 
     @property
     def ok(self) -> bool:
         return self.result is not None and self.result.reason == "done"
 
 
-def payload(spec: RunSpec) -> dict[str, bytes]:
-    """Files the container gets under /mlc."""
-    return {"runner.py": runner_source(), "cell.py": spec.code.encode("utf-8"), "out/.keep": b""}
+def prepare_workdir(spec: RunSpec, inputs: dict) -> tuple[Path, dict]:
+    """The run's own folder, mounted at /mlc: runner, cell, manifest, values in, out/."""
+    workdir = Path(tempfile.mkdtemp(prefix="mlc-run-"))
+    try:
+        workdir.chmod(0o755)
+        (workdir / "runner.py").write_bytes(runner_source())
+        (workdir / "cell.py").write_text(spec.code, encoding="utf-8")
+        records = transfer.write_inputs(inputs, workdir / "in") if inputs else {}
+        manifest = {"inputs": records, "outputs": list(spec.outputs),
+                    "host": transfer.host_capabilities()}
+        (workdir / "manifest.json").write_text(json.dumps(manifest))
+        out = workdir / "out"
+        out.mkdir()
+        out.chmod(0o777)  # the container's non-root user writes here
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return workdir, records
 
 
-def execute(spec: RunSpec, backend: Backend, *, events: Events = no_events,
-            output: Output | None = None, rebuild: bool = False,
+def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
+            events: Events = no_events, output: Output | None = None, rebuild: bool = False,
             run_id: str | None = None) -> RunOutcome:
-    """Build (or reuse) the environment and run the cell; raises nothing for a failed cell."""
+    """Build (or reuse) the environment and run the cell; a failed cell raises nothing."""
     outcome = RunOutcome(run_id or uuid.uuid4().hex[:12], spec)
     t0 = time.perf_counter()
     outcome.env = backend.ensure_environment(spec.env_spec, events=events, rebuild=rebuild)
     t1 = time.perf_counter()
     outcome.timings["environment"] = round(t1 - t0, 3)
+    workdir, outcome.inputs = prepare_workdir(spec, inputs or {})
     try:
-        outcome.result = backend.run(spec, outcome.env, payload(spec), run_id=outcome.run_id,
+        outcome.result = backend.run(spec, outcome.env, workdir, run_id=outcome.run_id,
                                      events=events, output=output)
+        t2 = time.perf_counter()
+        outcome.timings["run"] = round(t2 - t1, 3)
+        if outcome.result.reason == "done" and spec.outputs:
+            events("collecting")
+            outcome.values, outcome.outputs = transfer.read_outputs(workdir / "out",
+                                                                    spec.outputs)
+            outcome.timings["collect"] = round(time.perf_counter() - t2, 3)
     finally:
-        outcome.timings["run"] = round(time.perf_counter() - t1, 3)
+        shutil.rmtree(workdir, ignore_errors=True)
     return outcome
+
+
+def output_errors(outcome: RunOutcome) -> list[str]:
+    return [f"--out {name}: {rec['error']}" for name, rec in outcome.outputs.items()
+            if "error" in rec]
 
 
 def failure(outcome: RunOutcome) -> RunError:

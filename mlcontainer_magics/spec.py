@@ -60,6 +60,7 @@ class RunSpec:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     session: str | None = None
+    captured: tuple[str, ...] = ()  # pins taken from the kernel's installed versions
     secret_env: frozenset[str] = field(default_factory=frozenset)
 
     def to_dict(self) -> dict:

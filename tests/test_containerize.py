@@ -42,6 +42,18 @@ def test_same_requirements_other_code_builds_no_new_image(ip, capsys, docker_cli
     assert env_images(docker_client) == before
 
 
+def test_environment_records_its_lock_and_different_locks_differ(ip, namespace):
+    from mlcontainer_magics.backends.docker import DockerBackend
+    from mlcontainer_magics.spec import EnvSpec
+
+    backend = DockerBackend(namespace=namespace)
+    six = backend.ensure_environment(EnvSpec("python:3.11-slim", (), ("six==1.16.0",)))
+    assert [(e["name"], e["version"]) for e in six.lock] == [("six", "1.16.0")]
+    assert six.lock[0]["hashes"][0].startswith("sha256:")
+    other = backend.ensure_environment(EnvSpec("python:3.11-slim", (), ("six==1.15.0",)))
+    assert other.image_id != six.image_id and other.lock[0]["version"] == "1.15.0"
+
+
 def test_equivalent_specs_share_one_environment(ip, capsys, docker_client):
     run(ip, "-r six==1.16.0", "pass")
     before = env_images(docker_client)

@@ -72,3 +72,10 @@ def test_export_dockerfile():
     assert "--require-hashes -r /tmp/requirements.lock" in text
     assert f"USER {render.RUN_USER}" in text
     assert "requirements.lock" not in render.dockerfile("python:3.11-slim", has_lock=False)
+
+
+def test_untar_keeps_a_lone_files_name():
+    from mlcontainer_magics.archive import tar_bytes, untar_files
+
+    assert untar_files([tar_bytes({"report.json": b"{}"})]) == {"report.json": b"{}"}
+    assert untar_files([tar_bytes({"a/b.txt": b"x"}, root="out")]) == {"a/b.txt": b"x"}

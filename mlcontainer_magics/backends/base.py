@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from ..spec import EnvSpec, RunSpec
@@ -35,7 +36,6 @@ class RunResult:
     reason: str  # done | failed | timeout | oom | interrupted | stopped | killed
     stdout: str = ""
     stderr: str = ""
-    files: dict = field(default_factory=dict)  # files the cell left in /mlc/out
     container_id: str = ""
 
 
@@ -48,9 +48,9 @@ class Backend(ABC):
         """Return an environment image for env_spec, building it only if none exists."""
 
     @abstractmethod
-    def run(self, spec: RunSpec, env: Environment, files: dict[str, bytes], *, run_id: str,
+    def run(self, spec: RunSpec, env: Environment, workdir: Path, *, run_id: str,
             events: Events = no_events, output: Output | None = None) -> RunResult:
-        """Run the cell; ``files`` go to /mlc; stream output as it comes."""
+        """Run the cell with ``workdir`` as /mlc (its out/ writable); stream output as it comes."""
 
     @abstractmethod
     def stop(self, run_id: str) -> bool:

@@ -178,12 +178,12 @@ class DockerBackend(Backend):
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def run(self, spec: RunSpec, env: Environment, files: dict[str, bytes], *, run_id: str,
+    def run(self, spec: RunSpec, env: Environment, workdir, *, run_id: str,
             events: Events = no_events, output: Output | None = None) -> RunResult:
         import docker.errors
 
         output = output or (lambda stream, text: None)
-        kwargs = self._container_options(spec, run_id)
+        kwargs = self._container_options(spec, run_id, workdir)
         stdout: list[str] = []
         stderr: list[str] = []
         timed_out = threading.Event()
@@ -193,8 +193,6 @@ class DockerBackend(Backend):
             container = self.client.containers.create(
                 env.image_id, ["python", f"{render.MLC_DIR}/runner.py"], **kwargs)
             self._runs[run_id] = container
-            container.put_archive("/", tar_bytes(files, root=render.MLC_DIR.strip("/"),
-                                                 uid=RUN_UID, gid=RUN_UID))
             stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
             container.start()
             events("running", container=container.id[:12])
@@ -218,12 +216,8 @@ class DockerBackend(Backend):
                 if timer is not None:
                     timer.cancel()
             container.reload()
-            state = container.attrs["State"]
-            events("collecting")
-            out_files = self._collect(container)
-            reason = self._reason(code, state, timed_out.is_set(), run_id)
-            return RunResult(code, reason, "".join(stdout), "".join(stderr), out_files,
-                             container.id)
+            reason = self._reason(code, container.attrs["State"], timed_out.is_set(), run_id)
+            return RunResult(code, reason, "".join(stdout), "".join(stderr), container.id)
         except docker.errors.APIError as e:
             raise RunError(f"The engine refused the run: {_short(e)}",
                            logs="".join(stderr)) from None
@@ -233,7 +227,7 @@ class DockerBackend(Backend):
             if container is not None:
                 _quietly(container.remove, force=True)
 
-    def _container_options(self, spec: RunSpec, run_id: str) -> dict:
+    def _container_options(self, spec: RunSpec, run_id: str, workdir) -> dict:
         import docker.types
 
         env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLBACKEND": "Agg",
@@ -243,6 +237,9 @@ class DockerBackend(Backend):
             labels=_labels(self.namespace, role="run", run=run_id, name=spec.name or ""),
             network_mode=spec.network, cap_drop=["ALL"], security_opt=["no-new-privileges"],
             privileged=False, init=True, pids_limit=4096,
+            # The run's own folder and nothing else of the host: code in, values out.
+            volumes={str(workdir): {"bind": render.MLC_DIR, "mode": "ro"},
+                     str(workdir / "out"): {"bind": f"{render.MLC_DIR}/out", "mode": "rw"}},
         )
         if spec.memory:
             opts.update(mem_limit=spec.memory, memswap_limit=spec.memory)
@@ -253,15 +250,6 @@ class DockerBackend(Backend):
             opts["device_requests"] = [docker.types.DeviceRequest(count=count,
                                                                   capabilities=[["gpu"]])]
         return opts
-
-    def _collect(self, container) -> dict[str, bytes]:
-        import docker.errors
-
-        try:
-            chunks, _ = container.get_archive(f"{render.MLC_DIR}/out")
-            return untar_files(chunks)
-        except docker.errors.NotFound:
-            return {}
 
     def _reason(self, code: int, state: dict, timed_out: bool, run_id: str) -> str:
         if timed_out:

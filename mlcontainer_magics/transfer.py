@@ -1,0 +1,162 @@
+"""Values across the container boundary, in formats that do not tie the two sides together.
+
+numpy arrays as .npy, DataFrames as Parquet (when pyarrow is on both sides), plain data as JSON,
+bytes as bytes; pickle only as a last resort, and only between equal Python major.minor.
+The runner inside the container (runner/mlc_runner.py) implements the same formats.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import sys
+from pathlib import Path
+
+from .errors import SpecError
+
+EXT = {"json": "json", "npy": "npy", "parquet": "parquet", "bytes": "bin", "pickle": "pkl"}
+PY = "{}.{}".format(*sys.version_info[:2])
+
+
+def json_exact(value, depth: int = 0) -> bool:
+    """True when JSON gives back exactly this value (types included)."""
+    if depth > 100:
+        return False
+    if value is None or type(value) in (str, bool, int):
+        return True
+    if type(value) is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if type(value) is list:
+        return all(json_exact(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and json_exact(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _is_ndarray(value) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and type(value) is np.ndarray and not value.dtype.hasobject
+
+
+def _is_dataframe(value) -> bool:
+    pd = sys.modules.get("pandas")
+    return pd is not None and type(value) is pd.DataFrame
+
+
+def has_module(name: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(name) is not None
+
+
+def host_capabilities() -> dict:
+    """What the kernel can read back: the runner picks output formats from this."""
+    return {"python": PY, "numpy": has_module("numpy"), "pyarrow": has_module("pyarrow"),
+            "pandas": has_module("pandas")}
+
+
+def choose_format(value, *, peer_pyarrow: bool = True) -> str:
+    if isinstance(value, (bytes, bytearray)) and type(value) in (bytes, bytearray):
+        return "bytes"
+    if _is_ndarray(value):
+        return "npy"
+    if _is_dataframe(value) and peer_pyarrow and has_module("pyarrow"):
+        return "parquet"
+    if json_exact(value):
+        return "json"
+    return "pickle"
+
+
+def write_value(value, folder: Path, name: str, fmt: str) -> Path:
+    path = folder / f"{name}.{EXT[fmt]}"
+    if fmt == "bytes":
+        path.write_bytes(bytes(value))
+    elif fmt == "json":
+        path.write_text(json.dumps(value), encoding="utf-8")
+    elif fmt == "npy":
+        import numpy as np
+
+        np.save(path, value, allow_pickle=False)
+    elif fmt == "parquet":
+        value.to_parquet(path)
+    else:
+        with path.open("wb") as f:
+            pickle.dump(value, f, protocol=4)
+    return path
+
+
+def read_value(path: Path, fmt: str):
+    if fmt == "bytes":
+        return path.read_bytes()
+    if fmt == "json":
+        return json.loads(path.read_text(encoding="utf-8"))
+    if fmt == "npy":
+        import numpy as np
+
+        return np.load(path, allow_pickle=False)
+    if fmt == "parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path)
+    if fmt == "pickle":
+        with path.open("rb") as f:
+            return pickle.load(f)  # noqa: S301 - written by the run the user just started
+    raise SpecError(f"Unknown value format {fmt!r}.")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def check_inputs(names, namespace: dict) -> dict:
+    """The values named by --in, or a SpecError before anything is built."""
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        raise SpecError(f"--in {', '.join(missing)}: no such variable in the notebook; define "
+                        "it first or fix the name.")
+    values = {n: namespace[n] for n in names}
+    for name, value in values.items():
+        if choose_format(value) == "pickle":
+            try:
+                pickle.dumps(value, protocol=4)
+            except Exception as e:  # pickle raises many types for unpicklable values
+                raise SpecError(
+                    f"--in {name}: a {type(value).__name__} cannot be sent into a container "
+                    f"({e}). Send plain data, numpy arrays, DataFrames or bytes.") from None
+    return values
+
+
+def write_inputs(values: dict, folder: Path) -> dict:
+    """Write each input; returns the manifest entries {name: {file, format, digest, size}}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name, value in values.items():
+        fmt = choose_format(value)
+        path = write_value(value, folder, name, fmt)
+        entries[name] = {"file": f"in/{path.name}", "format": fmt,
+                         "digest": file_digest(path), "size": path.stat().st_size}
+        if fmt == "pickle":
+            entries[name]["python"] = PY
+    return entries
+
+
+def read_outputs(out_dir: Path, names) -> tuple[dict, dict]:
+    """(values, records) for the --out names the runner wrote; SpecError-free: errors are
+    reported by the runner in outputs.json and raised by the caller."""
+    manifest_path = out_dir / "outputs.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    values, records = {}, {}
+    for name in names:
+        entry = manifest.get(name)
+        if not entry or "error" in entry:
+            records[name] = {"error": (entry or {}).get("error", "no value came back")}
+            continue
+        path = out_dir / entry["file"]
+        values[name] = read_value(path, entry["format"])
+        records[name] = {"format": entry["format"], "digest": file_digest(path),
+                         "size": path.stat().st_size}
+    return values, records

@@ -1,0 +1,332 @@
+"""The snapshot verbs shared by the ``%container`` line magic and the ``mlcontainer`` CLI.
+
+Each verb takes a :class:`~mlcontainer_magics.store.Store` and returns the text to print; the
+``format_*`` functions are pure (records in, text out), so they are tested without a store.
+Errors are :class:`~mlcontainer_magics.errors.StoreError` with a message for the user.
+"""
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+
+from .errors import StoreError
+from .store import ACTIVE_STATUSES, STATUSES
+
+MISSING = "-"
+_STATUS_WIDTH = max(len(s) for s in STATUSES)
+_LABEL = 11  # width of the labels in `show`
+_WRAP = 100
+
+
+# -- small pure formatters ---------------------------------------------------------------------
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    return float(value)
+
+
+def format_duration(seconds) -> str:
+    """``12.3s``, ``4m05s``, ``2h03m``; ``-`` when unknown."""
+    s = _number(seconds)
+    if s is None or s < 0 or s == float("inf"):
+        return MISSING
+    if s < 59.95:  # would print as 60.0s
+        return f"{s:.1f}s"
+    whole = int(round(s))
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def format_time(epoch) -> str:
+    """Local time as ``2024-05-01T12:34:56`` (one word, sorts as text); ``-`` when unknown."""
+    t = _number(epoch)
+    if t is None:
+        return MISSING
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
+    except (OverflowError, OSError, ValueError):
+        return MISSING
+
+
+def format_size(size, binary: bool = False) -> str:
+    """``1.2 GB`` (decimal, as ``docker images`` shows) or ``2.0 GiB`` when ``binary``."""
+    n = _number(size)
+    if n is None or n < 0:
+        return MISSING
+    base, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else \
+        (1000, ("B", "kB", "MB", "GB", "TB"))
+    for unit in units:
+        if n < base or unit == units[-1]:
+            return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= base
+    raise AssertionError("unreachable")
+
+
+def _printable(value) -> str:
+    """``value`` on one line: control characters and line breaks become ``?``."""
+    if value is None:
+        return ""
+    return "".join(c if c.isprintable() or c == " " else "?" for c in str(value)).strip()
+
+
+def _word(value) -> str:
+    """A value as one whitespace-free word, for columns that `awk` splits."""
+    return "_".join(_printable(value).split()) or MISSING
+
+
+def _short_digest(value) -> str:
+    text = str(value)
+    algo, sep, hexpart = text.partition(":")
+    return f"{algo}:{hexpart[:12]}" if sep else text[:12]
+
+
+# -- list ----------------------------------------------------------------------------------------
+
+def format_list(summaries) -> str:
+    """One line per snapshot: id, name, status, duration, created, notebook.
+
+    Every column but the last (notebook) is one word, with ``-`` for a missing value, so
+    ``awk '{print $1}'`` gives the ids; columns are padded to line up. No header, no footer:
+    an empty list is an empty string.
+    """
+    rows = [(_word(s.get("id")), _word(s.get("name")), _word(s.get("status")),
+             format_duration(s.get("duration")), format_time(s.get("created")),
+             _printable(s.get("notebook")) or MISSING) for s in summaries]
+    if not rows:
+        return ""
+    id_w = max(len(r[0]) for r in rows)
+    name_w = max(len(r[1]) for r in rows)
+    status_w = max(_STATUS_WIDTH, *(len(r[2]) for r in rows))
+    dur_w = max(len(r[3]) for r in rows)
+    return "\n".join(
+        f"{i:<{id_w}}  {n:<{name_w}}  {st:<{status_w}}  {d:>{dur_w}}  {c}  {nb}".rstrip()
+        for i, n, st, d, c, nb in rows)
+
+
+def list_snapshots(store, *, limit=50, notebook=None, name=None, as_json=False,
+                   offset=0, status=None) -> str:
+    """The newest ``limit`` snapshots as text lines (see ``format_list``) or a JSON array."""
+    summaries = store.list(limit=limit, offset=offset, notebook=notebook, name=name,
+                           status=status)
+    if as_json:
+        return json.dumps(summaries, indent=2)
+    return format_list(summaries)
+
+
+# -- show ----------------------------------------------------------------------------------------
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _field(label: str, text: str) -> str:
+    lines = str(text).splitlines() or [""]
+    pad = " " * (_LABEL + 1)
+    return "\n".join([f"{label:<{_LABEL}} {lines[0]}".rstrip()]
+                     + [(pad + line).rstrip() for line in lines[1:]])
+
+
+def _wrapped(words, sep: str = ", ", indent: int = _LABEL + 1) -> str:
+    """Words joined by ``sep``, wrapped to the screen; continuation lines are left to _field."""
+    text = sep.join(str(w) for w in words)
+    return "\n".join(textwrap.wrap(text, _WRAP - indent, break_long_words=False,
+                                   break_on_hyphens=False)) or MISSING
+
+
+def _pin(entry) -> str:
+    if isinstance(entry, dict):
+        name, version = entry.get("name"), entry.get("version")
+        if name is None:
+            return json.dumps(entry, sort_keys=True, default=str)
+        return f"{name}=={version}" if version not in (None, "") else str(name)
+    return str(entry)
+
+
+def _status_line(record: dict) -> str:
+    status = record.get("status") or "unknown"
+    parts = [str(status)]
+    if record.get("exit_code") is not None:
+        parts.append(f"exit {record['exit_code']}")
+    text = ", ".join(parts)
+    if record.get("reason"):
+        text += f" ({record['reason']})"
+    return text
+
+
+def _resources(resources: dict) -> str:
+    parts = []
+    for key, value in resources.items():
+        if value is None or value == "" or value == ():
+            continue
+        if key == "memory" and _number(value) is not None:
+            value = format_size(value, binary=True)
+        elif key == "timeout" and _number(value) is not None:
+            value = format_duration(value)
+        parts.append(f"{key} {value}")
+    return ", ".join(parts)
+
+
+def _files(files) -> list[str]:
+    out = []
+    for name, meta in _dict(files).items():
+        meta = _dict(meta)
+        bits = [str(meta[k]) for k in ("format",) if meta.get(k)]
+        if meta.get("size") is not None:
+            bits.append(format_size(meta["size"]))
+        if meta.get("digest"):
+            bits.append(_short_digest(meta["digest"]))
+        out.append(f"{name}: {', '.join(bits)}" if bits else str(name))
+    return out
+
+
+def format_record(record: dict) -> str:
+    """A readable multi-line summary of one snapshot record; tolerant of missing fields."""
+    r = _dict(record)
+    spec = _dict(r.get("spec"))
+    env_spec = _dict(spec.get("env_spec"))
+    lines = [_field("snapshot", r.get("id", MISSING))]
+    if r.get("name"):
+        lines.append(_field("name", r["name"]))
+    lines.append(_field("status", _status_line(r)))
+    if r.get("notebook") or r.get("cell") is not None:
+        where = str(r.get("notebook") or MISSING)
+        if r.get("cell") is not None:
+            where += f", cell {r['cell']}"
+        lines.append(_field("notebook", where))
+    if r.get("session"):
+        lines.append(_field("session", r["session"]))
+    lines.append(_field("created", format_time(r.get("created"))))
+    if r.get("finished") is not None or r.get("duration") is not None:
+        lines.append(_field("finished", f"{format_time(r.get('finished'))} "
+                                        f"(ran {format_duration(r.get('duration'))})"))
+
+    image = r.get("env_image")
+    if image or r.get("env_image_id") or r.get("image_size") is not None:
+        bits = [str(image or MISSING)]
+        if r.get("env_image_id"):
+            bits.append(_short_digest(r["env_image_id"]))
+        if r.get("image_size") is not None:
+            bits.append(format_size(r["image_size"]))
+        lines.append(_field("image", "  ".join(bits)))
+    base = r.get("base_image") or env_spec.get("base_image")
+    if base or r.get("base_image_id"):
+        bits = [str(base or MISSING)]
+        if r.get("base_image_id"):
+            bits.append(_short_digest(r["base_image_id"]))
+        lines.append(_field("base", "  ".join(bits)))
+
+    requirements = _items(r.get("requirements") if r.get("requirements") is not None
+                          else env_spec.get("requirements"))
+    if requirements:
+        lines.append(_field("requires", _wrapped(requirements, "  ")))
+    if _items(env_spec.get("apt")):
+        lines.append(_field("apt", _wrapped(_items(env_spec["apt"]), "  ")))
+    resources = dict(_dict(r.get("resources")))
+    if not resources:
+        resources = {k: spec.get(k) for k in ("cpus", "memory", "gpus", "network", "timeout")
+                     if spec.get(k) is not None}
+    if _resources(resources):
+        lines.append(_field("resources", _wrapped([_resources(resources)])))
+    # Only the recorded env, whose secrets are masked; never the spec's.
+    env = _dict(r.get("env"))
+    if env:
+        lines.append(_field("env", _wrapped(f"{k}={v}" for k, v in env.items())))
+    for key in ("inputs", "outputs"):
+        files = _files(r.get(key))
+        if files:
+            lines.append(_field(key, "\n".join(files)))
+        elif _items(spec.get(key)):
+            lines.append(_field(key, _wrapped(_items(spec[key]))))
+    captured = _items(r.get("captured"))
+    if captured:
+        lines.append(_field("captured", _wrapped((_pin(p) for p in captured), "  ")))
+    lock = _items(r.get("lock"))
+    if lock:
+        lines.append(_field("lock", f"{len(lock)} package{'s' * (len(lock) != 1)}\n"
+                            + _wrapped((_pin(p) for p in lock), "  ")))
+
+    timings = _dict(r.get("timings"))
+    if timings:
+        parts = [f"{phase} {format_duration(sec)}" for phase, sec in timings.items()]
+        total = sum(_number(s) or 0.0 for s in timings.values())
+        if len(timings) > 1:
+            parts.append(f"total {format_duration(total)}")
+        lines.append(_field("timings", _wrapped(parts)))
+    host = r.get("host")
+    if isinstance(host, dict) and host:
+        bits = [str(host[k]) for k in ("hostname", "platform") if host.get(k)]
+        bits += [f"{k} {host[k]}" for k in ("python", "docker") if host.get(k)]
+        bits += [f"{k} {v}" for k, v in host.items()
+                 if k not in ("hostname", "platform", "python", "docker") and v]
+        lines.append(_field("host", _wrapped(bits)))
+    elif host:
+        lines.append(_field("host", str(host)))
+    versions = r.get("versions")
+    if isinstance(versions, dict) and versions:
+        lines.append(_field("versions", _wrapped(f"{k} {v}" for k, v in versions.items())))
+    code = r.get("code") if r.get("code") is not None else spec.get("code")
+    if isinstance(code, str) and code.strip():
+        body = code.rstrip("\n").splitlines()
+        lines.append(f"code ({len(body)} line{'s' * (len(body) != 1)})")
+        lines.extend(("    " + line).rstrip() for line in body)
+    return "\n".join(lines)
+
+
+def show(store, ref, as_json=False) -> str:
+    """One snapshot in full: readable text, or its whole record as JSON."""
+    record = store.get(ref)
+    if as_json:
+        return json.dumps(record, indent=2, sort_keys=True)
+    return format_record(record)
+
+
+# -- logs and rm --------------------------------------------------------------------------------
+
+def format_logs(record: dict) -> str:
+    """The recorded stdout, then stderr (the order within each is kept, not across them)."""
+    out = str(record.get("stdout") or "")
+    err = str(record.get("stderr") or "")
+    if out and err and not out.endswith("\n"):
+        out += "\n"
+    return out + err
+
+
+def logs(store, ref) -> str:
+    return format_logs(store.get(ref))
+
+
+def rm(store, refs, *, force: bool = False) -> str:
+    """Remove snapshots (records and files). Every ref is resolved first, so a typo removes
+    nothing. Running or building snapshots are kept unless ``force``."""
+    if isinstance(refs, str):
+        refs = [refs]
+    records, problems = {}, []
+    for ref in refs:
+        try:
+            record = store.get(ref)
+        except StoreError as e:
+            problems.append(str(e))
+            continue
+        if record.get("status") in ACTIVE_STATUSES and not force:
+            problems.append(f"Snapshot {record['id']} is still {record['status']}; stop it "
+                            "first, or force (--force) if its kernel is gone.")
+            continue
+        records.setdefault(record["id"], record)
+    if problems:
+        raise StoreError("\n".join(problems) + "\nNothing was removed.")
+    if not records:
+        raise StoreError("Name at least one snapshot to remove.")
+    lines = []
+    for sid, record in records.items():
+        store.remove(sid)
+        lines.append(f"removed {sid}" + (f" ({record['name']})" if record.get("name") else ""))
+    return "\n".join(lines)
