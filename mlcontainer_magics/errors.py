@@ -43,3 +43,11 @@ class RunError(MlcError):
 
 class StoreError(MlcError):
     """The snapshot store cannot be read or written, or an id does not resolve."""
+
+
+class VerificationFailed(MlcError):
+    """A rerun did not reproduce the recorded outputs; ``problems`` lists each difference."""
+
+    def __init__(self, message: str, problems=()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)

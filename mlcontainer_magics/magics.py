@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Unicode, default
 
@@ -46,6 +47,14 @@ class ContainerizeMagics(Magics):
                            "Env: MLCONTAINER_NETWORK.").tag(config=True)
     raise_error = Bool(help="Raise when the cell fails. Env: MLCONTAINER_RAISE_ERROR."
                        ).tag(config=True)
+    store_dir = Unicode(help="Where snapshots are kept. Env: MLCONTAINER_STORE; default "
+                             "~/.local/share/mlcontainer.").tag(config=True)
+
+    @default("store_dir")
+    def _default_store(self):
+        from .store import default_root
+
+        return str(default_root())
 
     @default("base_image")
     def _default_base(self):
@@ -71,6 +80,7 @@ class ContainerizeMagics(Magics):
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
         self._backend = None
+        self._store = None
         if shell is not None:
             shell.set_custom_exc((MlcError,), _show_error)
 
@@ -81,6 +91,50 @@ class ContainerizeMagics(Magics):
         if self._backend is None or self._backend.namespace != self.namespace:
             self._backend = DockerBackend(namespace=self.namespace)
         return self._backend
+
+    @property
+    def store(self):
+        from .store import Store
+
+        if self._store is None or str(self._store.root) != self.store_dir:
+            self._store = Store(self.store_dir)
+        return self._store
+
+    def _context(self) -> dict:
+        ns = self.shell.user_ns if self.shell is not None else {}
+        notebook = ns.get("__session__") or os.environ.get("JPY_SESSION_NAME") or ns.get(
+            "__vsc_ipynb_file__")
+        return {"notebook": notebook,
+                "cell": getattr(self.shell, "execution_count", None),
+                "session": f"{socket.gethostname()}:{os.getpid()}"}
+
+    @line_magic
+    def container(self, line):
+        """Work with recorded snapshots:
+
+          %container list [-n N] [--name NAME] [--json]
+          %container show ID [--json]        %container logs ID
+          %container rerun ID [--verify]     %container diff A B
+          %container export ID DIR [--tar]   %container rm ID [ID ...]
+          %container prune
+
+        The same verbs run in a terminal as `mlcontainer VERB ...`.
+        """
+        from .cli import build_parser, run_verb
+
+        try:
+            argv = shlex.split(line)
+        except ValueError as e:
+            raise UsageError(f"Cannot parse {line!r}: {e}.") from None
+        if not argv:
+            raise UsageError(self.container.__doc__)
+        try:
+            args = build_parser(for_magic=True).parse_args(argv)
+        except SystemExit:
+            raise UsageError(f"Usage: {self.container.__doc__}") from None
+        text = run_verb(args, store=self.store, backend=self.backend, output=_write_output)
+        if text:
+            print(text)
 
     @magic_arguments()
     @argument("-n", "--name", help="A name for this run's snapshot.")
@@ -133,7 +187,8 @@ class ContainerizeMagics(Magics):
 
         try:
             outcome = runs.execute(spec, self.backend, inputs=inputs, output=output,
-                                   rebuild=args.rebuild)
+                                   rebuild=args.rebuild, store=self.store,
+                                   context=self._context())
         finally:
             demux.close()
         problems = runs.output_errors(outcome)

@@ -39,6 +39,17 @@ def lock_txt(lock) -> str:
     return "".join(f"{line}\n" for line in out)
 
 
+def download_script() -> str:
+    """Fetch every locked file (checked by hash) into BUILD_DIR/wheels, for `export`."""
+    return "\n".join([
+        "set -eu",
+        f"export PIP_CONFIG_FILE={BUILD_DIR}/pip.conf PIP_CACHE_DIR={PIP_CACHE}",
+        "export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off",
+        f"python -m pip download --no-deps --require-hashes -r {BUILD_DIR}/lock.txt "
+        f"-d {BUILD_DIR}/wheels",
+    ]) + "\n"
+
+
 def install_script(apt=(), has_requirements=True, from_lock=False) -> str:
     """Shell script run in a throwaway container whose filesystem becomes the environment image.
 
@@ -74,7 +85,8 @@ def install_script(apt=(), has_requirements=True, from_lock=False) -> str:
                 f"python -m pip install -r {BUILD_DIR}/requirements.txt "
                 f"--report {BUILD_DIR}/report.json",
             ]
-    lines += [f"mkdir -p {MLC_DIR}/out", f"chown -R {RUN_USER} {MLC_DIR}"]
+    lines.append(f"python -c 'import platform; print(platform.python_version())' "
+                 f"> {BUILD_DIR}/python.txt")
     return "\n".join(lines) + "\n"
 
 
@@ -98,14 +110,24 @@ def _without_cert(net: BuildNetwork) -> BuildNetwork:
     return BuildNetwork(net.index_url, net.extra_index_urls, net.trusted_hosts, None, net.dropped)
 
 
-def dockerfile(base_image: str, apt=(), has_lock=True) -> str:
-    """A plain Dockerfile that rebuilds the environment and runs the cell: used by `export`."""
+def dockerfile(base_image: str, apt=(), has_lock=True, wheels=False) -> str:
+    """A plain Dockerfile that rebuilds the environment and runs the cell: used by `export`.
+
+    With ``wheels``, every locked file ships beside it, so the build needs no index: it works
+    offline, behind any proxy, and after a package is yanked.
+    """
     out = [f"FROM {base_image}"]
     if apt:
         out.append("RUN apt-get update \\\n && DEBIAN_FRONTEND=noninteractive apt-get install -y "
                    "--no-install-recommends " + " ".join(shlex.quote(a) for a in apt) +
                    " \\\n && rm -rf /var/lib/apt/lists/*")
-    if has_lock:
+    if has_lock and wheels:
+        out += ["COPY requirements.lock /tmp/requirements.lock",
+                "COPY wheels/ /tmp/wheels/",
+                "RUN python -m pip install --no-cache-dir --no-index --find-links /tmp/wheels "
+                "--no-deps --require-hashes -r /tmp/requirements.lock \\\n"
+                " && rm -rf /tmp/requirements.lock /tmp/wheels"]
+    elif has_lock:
         out += ["COPY requirements.lock /tmp/requirements.lock",
                 "RUN python -m pip install --no-cache-dir --no-deps --require-hashes "
                 "-r /tmp/requirements.lock && rm /tmp/requirements.lock"]

@@ -4,7 +4,10 @@ Shared by the magics, the CLI (rerun) and the server extension; knows nothing of
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import platform
 import shutil
 import tempfile
 import time
@@ -21,7 +24,7 @@ from .spec import RunSpec
 # Words a person reads in one line, per reason a run ended.
 REASONS = {
     "done": "done",
-    "failed": "the cell raised an error",
+    "failed": "failed",
     "timeout": "timed out",
     "oom": "out of memory",
     "interrupted": "interrupted",
@@ -68,16 +71,30 @@ def prepare_workdir(spec: RunSpec, inputs: dict) -> tuple[Path, dict]:
 
 def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
             events: Events = no_events, output: Output | None = None, rebuild: bool = False,
-            run_id: str | None = None) -> RunOutcome:
-    """Build (or reuse) the environment and run the cell; a failed cell raises nothing."""
-    outcome = RunOutcome(run_id or uuid.uuid4().hex[:12], spec)
-    t0 = time.perf_counter()
-    outcome.env = backend.ensure_environment(spec.env_spec, events=events, rebuild=rebuild)
-    t1 = time.perf_counter()
-    outcome.timings["environment"] = round(t1 - t0, 3)
-    workdir, outcome.inputs = prepare_workdir(spec, inputs or {})
+            store=None, context: dict | None = None, lock: list | None = None) -> RunOutcome:
+    """Build (or reuse) the environment, run the cell and record the snapshot in ``store``.
+
+    A failed cell raises nothing (see ``failure``). A run that never reached its container
+    (bad base, failed build, interrupt while building) leaves no snapshot behind.
+    """
+    run_id = store.new_id({"spec": spec.to_dict()}) if store else uuid.uuid4().hex[:12]
+    outcome = RunOutcome(run_id, spec)
+    if store:
+        store.put(record_start(spec, run_id, context or {}))
+        events("recorded", snapshot=run_id)
+    workdir = None
     try:
-        outcome.result = backend.run(spec, outcome.env, workdir, run_id=outcome.run_id,
+        t0 = time.perf_counter()
+        outcome.env = backend.ensure_environment(spec.env_spec, events=events, rebuild=rebuild,
+                                                 lock=lock)
+        t1 = time.perf_counter()
+        outcome.timings["environment"] = round(t1 - t0, 3)
+        workdir, outcome.inputs = prepare_workdir(spec, inputs or {})
+        if store:
+            keep_inputs(store.artifacts_dir(run_id), workdir)
+            store.update(run_id, status="running", inputs=outcome.inputs,
+                         **record_environment(outcome.env))
+        outcome.result = backend.run(spec, outcome.env, workdir, run_id=run_id,
                                      events=events, output=output)
         t2 = time.perf_counter()
         outcome.timings["run"] = round(t2 - t1, 3)
@@ -86,9 +103,126 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
             outcome.values, outcome.outputs = transfer.read_outputs(workdir / "out",
                                                                     spec.outputs)
             outcome.timings["collect"] = round(time.perf_counter() - t2, 3)
+            if store:
+                keep_outputs(store.artifacts_dir(run_id), workdir / "out", outcome.outputs)
+    except BaseException as e:
+        if store and outcome.result is None:
+            _forget(store, run_id)
+        elif store:
+            store.update(run_id, status="interrupted", reason=type(e).__name__,
+                         finished=time.time())
+        raise
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if store:
+        store.update(run_id, **record_end(outcome))
     return outcome
+
+
+# -- snapshot records (pure builders; the store writes them) -------------------------------
+
+def record_start(spec: RunSpec, run_id: str, context: dict) -> dict:
+    masked = spec.masked_env()
+    spec_dict = spec.to_dict()
+    spec_dict["env"] = sorted(masked.items())
+    return {
+        "id": run_id, "name": spec.name, "status": "building", "created": time.time(),
+        "notebook": context.get("notebook"), "cell": context.get("cell"),
+        "session": context.get("session"), "code": spec.code, "spec": spec_dict,
+        "requirements": list(spec.env_spec.requirements), "captured": list(spec.captured),
+        "apt": list(spec.env_spec.apt), "base_image": spec.env_spec.base_image, "env": masked,
+        "resources": {"cpus": spec.cpus, "memory": spec.memory, "gpus": spec.gpus,
+                      "network": spec.network, "timeout": spec.timeout},
+        "host": host_info(), "versions": tool_versions(),
+    }
+
+
+def record_environment(env: Environment) -> dict:
+    return {"env_image": env.image, "env_image_id": env.image_id, "image_size": env.size,
+            "base_image_id": env.base_image_id, "lock": env.lock, "env_cached": env.cached}
+
+
+def record_end(outcome: RunOutcome) -> dict:
+    r = outcome.result
+    status = {"done": "done", "killed": "failed"}.get(r.reason, r.reason)
+    problems = output_errors(outcome)
+    if status == "done" and problems:
+        status = "failed"
+    return {
+        "status": status, "reason": "; ".join(problems) if problems else r.reason,
+        "exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr,
+        "stdout_digest": text_digest(r.stdout), "outputs": outcome.outputs,
+        "finished": time.time(), "duration": outcome.timings.get("run"),
+        "timings": outcome.timings,
+    }
+
+
+def text_digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def host_info() -> dict:
+    return {"hostname": platform.node(), "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+def tool_versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in ("mlcontainer-magics", "docker", "ipython"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+SMALL_OUTPUT = 16 * 2**20  # outputs up to this size are kept with the snapshot
+
+
+def keep_inputs(folder: Path, workdir: Path) -> None:
+    """Inputs, code and manifest stay with the snapshot: rerun and export need them."""
+    _link_tree(workdir / "in", folder / "in")
+    for name in ("cell.py", "manifest.json"):
+        shutil.copyfile(workdir / name, folder / name)
+
+
+def keep_outputs(folder: Path, out_dir: Path, records: dict) -> None:
+    manifest = out_dir / "outputs.json"
+    if not manifest.exists():
+        return
+    entries = json.loads(manifest.read_text())
+    (folder / "out").mkdir(parents=True, exist_ok=True)
+    for name, rec in records.items():
+        entry = entries.get(name, {})
+        if "file" in entry and rec.get("size", 0) <= SMALL_OUTPUT:
+            _link(out_dir / entry["file"], folder / "out" / entry["file"])
+    shutil.copyfile(manifest, folder / "out" / "outputs.json")
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    if not src.is_dir():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in src.iterdir():
+        _link(path, dst / path.name)
+
+
+def _link(src: Path, dst: Path) -> None:
+    # A hard link costs nothing for a 200 MB array; copy across filesystems.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _forget(store, run_id: str) -> None:
+    try:
+        store.remove(run_id)
+    except Exception:  # the original error matters more than this cleanup
+        pass
 
 
 def output_errors(outcome: RunOutcome) -> list[str]:
@@ -107,6 +241,8 @@ def failure(outcome: RunOutcome) -> RunError:
         head = f"Out of memory: the cell used more than its --memory limit{limit}."
     else:
         head = f"The containerized cell {what} (exit code {r.exit_code})."
+        if r.reason == "failed" and r.exit_code == 2 and "mlcontainer: " in r.stderr:
+            head += " " + r.stderr.split("mlcontainer: ", 1)[1].splitlines()[0]
     return RunError(head, exit_code=r.exit_code, logs=_traceback_tail(r.stderr), reason=r.reason)
 
 

@@ -6,9 +6,11 @@ holds pip's wheel cache across every build, which the SDK's classic builder cann
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import threading
-
 import uuid
 
 from .. import render
@@ -22,6 +24,21 @@ from .base import Backend, Environment, Events, Output, RunResult, no_events
 
 LABEL = "org.mlcontainer"
 RUN_UID = 1000
+# Which process started a container: `prune` removes those whose process is gone.
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return host != socket.gethostname() and bool(host)  # another machine's: leave it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _labels(namespace: str, **extra) -> dict[str, str]:
@@ -85,6 +102,10 @@ class DockerBackend(Backend):
         tag = self._spec_tag(env_spec, base_id, lock)
         if not rebuild:
             found = self._find(tag)
+            if found is None and lock:
+                found = self._by_lock_key(lock_key(base_id, env_spec.apt, lock))
+                if found is not None:
+                    found.tag(*tag.split(":"))
             if found is not None:
                 events("cached", image=tag, size=found.attrs.get("Size"))
                 return self._environment(found, tag, cached=True)
@@ -112,22 +133,22 @@ class DockerBackend(Backend):
             lock=json.loads(labels.get(f"{LABEL}.lock", "[]")), cached=cached,
             size=image.attrs.get("Size"), build_log=log)
 
-    def _build(self, env_spec: EnvSpec, base_id: str, tag: str, lock, events: Events):
+    @contextlib.contextmanager
+    def _build_container(self, base_id: str, files: dict, script: str, events: Events):
+        """Run ``script`` from BUILD_DIR in a throwaway container of ``base_id``; yield it,
+        stopped and successful, with its log. BUILD_DIR is a volume of its own, so the CA bundle
+        and index settings in it never enter the container's filesystem or a commit."""
         import docker.errors
 
-        net = self._network or host_build_network()
-        ca = _read_optional(net.cert_path)
-        files = render.build_files(net, requirements=env_spec.requirements, apt=env_spec.apt,
-                                   lock=lock, ca_bundle=ca)
         build_id = uuid.uuid4().hex[:12]
-        labels = _labels(self.namespace, role="build", build=build_id)
+        labels = _labels(self.namespace, role="build", build=build_id, owner=OWNER)
         self._ensure_volume(self.cache_volume)
         secrets = self.client.volumes.create(f"{self.namespace}-build-{build_id}", labels=labels)
         container = None
         log_lines: list[str] = []
         try:
             container = self.client.containers.create(
-                base_id, ["sh", f"{render.BUILD_DIR}/install.sh"], labels=labels,
+                base_id, ["sh", f"{render.BUILD_DIR}/{script}"], labels=labels,
                 volumes={self.cache_volume: {"bind": "/mlc-cache", "mode": "rw"},
                          secrets.name: {"bind": render.BUILD_DIR, "mode": "rw"}})
             container.put_archive(render.BUILD_DIR, tar_bytes(files, mode=0o600))
@@ -139,27 +160,7 @@ class DockerBackend(Backend):
             log = "\n".join(log_lines)
             if status != 0:
                 raise BuildError(_build_failure(log, status), log=log)
-            report = untar_files(container.get_archive(
-                f"{render.BUILD_DIR}/report.json")[0]) .get("report.json", b"{}")
-            new_lock = lock if lock is not None else lock_from_report(report)
-            lkey = lock_key(base_id, env_spec.apt, new_lock)
-            same = self.client.images.list(
-                filters={"label": [f"{LABEL}.lock-key={lkey}",
-                                   f"{LABEL}.namespace={self.namespace}"]})
-            if same:  # another spec already resolved to this exact environment: share it
-                same[0].tag(*tag.split(":"))
-                image = self.client.images.get(tag)
-            else:
-                repo, _, t = tag.partition(":")
-                image = container.commit(repo, t, conf={
-                    "Labels": {**_labels(self.namespace, role="env", **{
-                        "lock-key": lkey, "base-id": base_id, "base": env_spec.base_image,
-                        "apt": json.dumps(list(env_spec.apt)),
-                        "requirements": json.dumps(list(env_spec.requirements)),
-                        "lock": json.dumps(new_lock, separators=(",", ":"))})},
-                    "Cmd": ["python3"]})
-            events("built", image=tag, size=image.attrs.get("Size"))
-            return self._environment(image, tag, cached=False, log=log)
+            yield container, log
         except docker.errors.APIError as e:
             raise BuildError(f"Building the environment failed: {_short(e)}",
                              log="\n".join(log_lines)) from None
@@ -167,6 +168,87 @@ class DockerBackend(Backend):
             if container is not None:
                 _quietly(container.remove, force=True)
             _quietly(secrets.remove, force=True)
+
+    def _build_files(self, **kwargs) -> dict:
+        net = self._network or host_build_network()
+        return render.build_files(net, ca_bundle=_read_optional(net.cert_path), **kwargs)
+
+    def _build(self, env_spec: EnvSpec, base_id: str, tag: str, lock, events: Events):
+        files = self._build_files(requirements=env_spec.requirements, apt=env_spec.apt,
+                                  lock=lock)
+        with self._build_container(base_id, files, "install.sh", events) as (container, log):
+            got = untar_files(container.get_archive(render.BUILD_DIR)[0])
+            new_lock = lock if lock is not None else lock_from_report(
+                got.get("report.json", b"{}"))
+            lkey = lock_key(base_id, env_spec.apt, new_lock)
+            same = self._by_lock_key(lkey)
+            if same is not None:  # another spec already resolved to this exact environment
+                same.tag(*tag.split(":"))
+                image = self.client.images.get(tag)
+            else:
+                repo, _, t = tag.partition(":")
+                image = container.commit(repo, t, conf={
+                    "Labels": _labels(self.namespace, role="env", **{
+                        "lock-key": lkey, "base-id": base_id, "base": env_spec.base_image,
+                        "python": got.get("python.txt", b"").decode().strip(),
+                        "apt": json.dumps(list(env_spec.apt)),
+                        "requirements": json.dumps(list(env_spec.requirements)),
+                        "lock": json.dumps(new_lock, separators=(",", ":"))}),
+                    "Cmd": ["python3"]})
+        events("built", image=tag, size=image.attrs.get("Size"))
+        return self._environment(image, tag, cached=False, log=log)
+
+    def _by_lock_key(self, lkey: str):
+        found = self.client.images.list(filters={"label": [
+            f"{LABEL}.lock-key={lkey}", f"{LABEL}.namespace={self.namespace}"]})
+        return found[0] if found else None
+
+    def fetch_wheels(self, base_image: str, lock: list) -> dict[str, bytes]:
+        """Every file of the lock, downloaded (hash-checked) as the build would: for export."""
+        files = self._build_files(lock=lock)
+        files["download.sh"] = render.download_script().encode()
+        base_id = self.base_image_id(base_image)
+        with self._build_container(base_id, files, "download.sh", no_events) as (container, _):
+            got = untar_files(container.get_archive(f"{render.BUILD_DIR}/wheels")[0])
+        return got
+
+    def save_image(self, ref: str, path) -> None:
+        with open(path, "wb") as f:
+            for chunk in self.client.images.get(ref).save(named=True):
+                f.write(chunk)
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def is_running(self, run_id: str) -> bool:
+        return bool(self.client.containers.list(filters={"label": f"{LABEL}.run={run_id}"}))
+
+    def prune_orphans(self) -> list[str]:
+        """Remove containers of this namespace whose kernel process is gone (or that ended)."""
+        done = []
+        for c in self.client.containers.list(
+                all=True, filters={"label": f"{LABEL}.namespace={self.namespace}"}):
+            owner = c.labels.get(f"{LABEL}.owner", "")
+            if c.status == "running" and _owner_alive(owner):
+                continue
+            _quietly(c.remove, force=True)
+            done.append(f"removed container {c.name} ({c.status}, owner {owner or '?'})")
+        for v in self.client.volumes.list(
+                filters={"label": [f"{LABEL}.namespace={self.namespace}", f"{LABEL}.role=build"]}):
+            if not _owner_alive(v.attrs.get("Labels", {}).get(f"{LABEL}.owner", "")):
+                _quietly(v.remove, force=True)
+                done.append(f"removed build volume {v.name}")
+        return done
+
+    def prune_images(self, keep) -> list[str]:
+        done = []
+        for image in self.client.images.list(
+                filters={"label": f"{LABEL}.namespace={self.namespace}"}):
+            if not image.tags or set(image.tags) & set(keep):
+                continue
+            for tag in image.tags:
+                _quietly(self.client.images.remove, tag)
+            done.append(f"removed image {', '.join(image.tags)} (no snapshot uses it)")
+        return done
 
     def _ensure_volume(self, name: str) -> None:
         import docker.errors
@@ -234,7 +316,8 @@ class DockerBackend(Backend):
                "PYTHONDONTWRITEBYTECODE": "1", **dict(spec.env)}
         opts = dict(
             user=render.RUN_USER, environment=env, working_dir=render.MLC_DIR,
-            labels=_labels(self.namespace, role="run", run=run_id, name=spec.name or ""),
+            labels=_labels(self.namespace, role="run", run=run_id, name=spec.name or "",
+                           owner=OWNER),
             network_mode=spec.network, cap_drop=["ALL"], security_opt=["no-new-privileges"],
             privileged=False, init=True, pids_limit=4096,
             # The run's own folder and nothing else of the host: code in, values out.

@@ -1,0 +1,203 @@
+"""What can be done with a recorded snapshot: rerun (and verify), diff, export, prune."""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from . import render, runs, transfer
+from .errors import SpecError, StoreError
+from .runner import runner_source
+from .spec import EnvSpec, RunSpec
+
+
+def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
+    """The RunSpec a snapshot was made from. Secret values were never recorded: they are taken
+    from the current environment, or the rerun stops with a clear error."""
+    d = dict(record["spec"])
+    env_spec = EnvSpec(d["env_spec"]["base_image"], tuple(d["env_spec"]["apt"]),
+                       tuple(d["env_spec"]["requirements"]))
+    env = []
+    for key, value in d.get("env", []):
+        if value == "***":
+            if key not in environ:
+                raise SpecError(f"Snapshot {record['id']} used the secret {key}, whose value is "
+                                f"not recorded; set {key} in the environment and rerun.")
+            value = environ[key]
+        env.append((key, value))
+    fields = {k: d.get(k) for k in ("name", "cpus", "memory", "gpus", "timeout", "session")}
+    return RunSpec(code=d["code"], env_spec=env_spec, env=tuple(env),
+                   network=d.get("network", "bridge"), inputs=tuple(d.get("inputs", ())),
+                   outputs=tuple(d.get("outputs", ())), captured=tuple(d.get("captured", ())),
+                   secret_env=frozenset(d.get("secret_env", ())), **fields)
+
+
+def recorded_inputs(store, record: dict) -> dict:
+    """The values a snapshot's cell received, read back from its kept files."""
+    folder = store.artifacts_dir(record["id"])
+    values = {}
+    for name, entry in (record.get("inputs") or {}).items():
+        path = folder / entry["file"]
+        if not path.exists():
+            raise StoreError(f"Input {name} of snapshot {record['id']} is missing from {folder}; "
+                             "it cannot be rerun.")
+        values[name] = transfer.read_value(path, entry["format"])
+    return values
+
+
+def rerun(store, ref: str, backend, *, verify: bool = False, events=runs.no_events,
+          output=None, context=None):
+    """Run a snapshot again from its recorded lock and base. Returns (outcome, problems)."""
+    record = store.get(ref)
+    spec = spec_from_record(record)
+    base_id = backend.base_image_id(spec.env_spec.base_image)
+    problems = []
+    if record.get("base_image_id") and base_id != record["base_image_id"]:
+        problems.append(f"base image {spec.env_spec.base_image} is now {base_id[:19]}, "
+                        f"recorded {record['base_image_id'][:19]}")
+    ctx = dict(context or {}, rerun_of=record["id"])
+    outcome = runs.execute(spec, backend, inputs=recorded_inputs(store, record), events=events,
+                           output=output, store=store, context=ctx,
+                           lock=record.get("lock") or None)
+    store.update(outcome.run_id, rerun_of=record["id"])
+    if verify:
+        problems += verify_against(record, store.get(outcome.run_id))
+    return outcome, problems
+
+
+def verify_against(old: dict, new: dict) -> list[str]:
+    """Differences that make a rerun not reproduce the recorded one."""
+    problems = []
+    if new.get("status") != "done":
+        problems.append(f"the rerun ended {new.get('status')} (recorded {old.get('status')})")
+    if old.get("stdout_digest") and old.get("stdout_digest") != new.get("stdout_digest"):
+        problems.append("stdout differs:\n" + _unified(old.get("stdout", ""),
+                                                        new.get("stdout", ""), "recorded", "rerun"))
+    for name, rec in (old.get("outputs") or {}).items():
+        now = (new.get("outputs") or {}).get(name, {})
+        if rec.get("digest") != now.get("digest"):
+            problems.append(f"output {name} differs: recorded {rec.get('digest')}, "
+                            f"now {now.get('digest')}")
+    return problems
+
+
+# -- diff -------------------------------------------------------------------------------------
+
+def diff(a: dict, b: dict) -> str:
+    """What changed from snapshot a to snapshot b, section by section (pure)."""
+    out = [f"--- {a['id']} {a.get('name') or ''}".rstrip(),
+           f"+++ {b['id']} {b.get('name') or ''}".rstrip()]
+    if a.get("code") != b.get("code"):
+        out += ["code:", _unified(a.get("code", ""), b.get("code", ""), a["id"], b["id"])]
+    pa = {e["name"]: e["version"] for e in a.get("lock") or []}
+    pb = {e["name"]: e["version"] for e in b.get("lock") or []}
+    changes = [f"  + {n}=={pb[n]}" for n in sorted(pb.keys() - pa.keys())]
+    changes += [f"  - {n}=={pa[n]}" for n in sorted(pa.keys() - pb.keys())]
+    changes += [f"  ~ {n} {pa[n]} -> {pb[n]}" for n in sorted(pa.keys() & pb.keys())
+                if pa[n] != pb[n]]
+    if changes:
+        out += ["packages:"] + changes
+    for field in ("base_image", "base_image_id", "apt", "resources", "env"):
+        if a.get(field) != b.get(field):
+            out.append(f"{field}: {json.dumps(a.get(field))} -> {json.dumps(b.get(field))}")
+    oa, ob = a.get("outputs") or {}, b.get("outputs") or {}
+    for name in sorted(oa.keys() | ob.keys()):
+        if oa.get(name, {}).get("digest") != ob.get(name, {}).get("digest"):
+            out.append(f"output {name}: {oa.get(name, {}).get('digest')} -> "
+                       f"{ob.get(name, {}).get('digest')}")
+    if a.get("stdout") != b.get("stdout"):
+        out += ["stdout:", _unified(a.get("stdout", ""), b.get("stdout", ""), a["id"], b["id"])]
+    if len(out) == 2:
+        out.append("no differences in code, packages, base, resources or outputs")
+    return "\n".join(out)
+
+
+def _unified(a: str, b: str, name_a: str, name_b: str) -> str:
+    lines = difflib.unified_diff(a.splitlines(), b.splitlines(), name_a, name_b, lineterm="", n=2)
+    return "\n".join("  " + line for line in lines)
+
+
+# -- export -----------------------------------------------------------------------------------
+
+EXPORT_README = """# Snapshot {id}{name}
+
+A containerized notebook cell, exported by mlcontainer-magics. Rebuild and rerun it with Docker
+alone:
+
+    docker build -t snapshot-{id} .
+    docker run --rm snapshot-{id}
+
+- `Dockerfile` starts from `{base}` (image id `{base_id}` when recorded), installs the Debian
+  packages and the exact pins of `requirements.lock` (with hashes) from `wheels/`, offline.
+- `mlc/cell.py` is the cell's code; `mlc/in/` holds the values it received; `mlc/runner.py`
+  runs it as a notebook would (standard library only).
+- Recorded stdout: `expected-stdout.txt`.
+"""
+
+
+def export(store, ref: str, dest, backend, *, tar: bool = False, k8s: bool = False) -> Path:
+    """Write a folder that rebuilds and reruns the snapshot with plain `docker build`/`run`."""
+    record = store.get(ref)
+    dest = Path(dest).expanduser()
+    if dest.exists() and any(dest.iterdir()):
+        raise SpecError(f"{dest} exists and is not empty; export into a new folder.")
+    spec = spec_from_record(record, environ={k: "" for k, _ in record["spec"].get("env", [])})
+    folder = store.artifacts_dir(record["id"])
+    lock = record.get("lock") or []
+    staging = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        mlc = staging / "mlc"
+        (mlc / "out").mkdir(parents=True)
+        (mlc / "out" / ".keep").write_bytes(b"")
+        (mlc / "runner.py").write_bytes(runner_source())
+        (mlc / "cell.py").write_text(record["code"], encoding="utf-8")
+        if (folder / "in").is_dir():
+            shutil.copytree(folder / "in", mlc / "in")
+        manifest = {"inputs": record.get("inputs") or {}, "outputs": list(spec.outputs),
+                    "host": {"python": "", "numpy": False, "pyarrow": False}}
+        (mlc / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if lock:
+            (staging / "requirements.lock").write_text(render.lock_txt(lock))
+            wheels = backend.fetch_wheels(spec.env_spec.base_image, lock)
+            (staging / "wheels").mkdir()
+            for name, data in wheels.items():
+                (staging / "wheels" / name).write_bytes(data)
+        (staging / "Dockerfile").write_text(render.dockerfile(
+            spec.env_spec.base_image, spec.env_spec.apt, has_lock=bool(lock), wheels=bool(lock)))
+        (staging / "expected-stdout.txt").write_text(record.get("stdout") or "")
+        (staging / "snapshot.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        (staging / "README.md").write_text(EXPORT_README.format(
+            id=record["id"], name=f" ({record['name']})" if record.get("name") else "",
+            base=spec.env_spec.base_image, base_id=(record.get("base_image_id") or "?")[:19]))
+        if tar:
+            backend.save_image(record.get("env_image_id") or spec.env_spec.base_image,
+                               staging / "image.tar")
+        if k8s:
+            from .k8s.export import write_job_manifest
+
+            write_job_manifest(record, spec, staging)
+        if dest.exists():
+            dest.rmdir()
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+# -- prune ------------------------------------------------------------------------------------
+
+def prune(store, backend) -> list[str]:
+    """Remove what no live run needs: orphaned containers, unreferenced environment images,
+    and mark snapshots whose kernel died mid-run."""
+    done = backend.prune_orphans()
+    referenced = {s.get("env_image") for s in store.list(limit=None)} - {None}
+    done += backend.prune_images(keep=referenced)
+    for summary in store.list(limit=None, status=["building", "running"]):
+        if not backend.is_running(summary["id"]):
+            store.update(summary["id"], status="interrupted", reason="its kernel went away")
+            done.append(f"marked {summary['id']} interrupted (its kernel went away)")
+    return done
