@@ -6,14 +6,19 @@ session uses a fresh namespace, so these checks never see another session's (or 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 
 import pytest
 
 NAMESPACE = f"mlctest-{uuid.uuid4().hex[:8]}"
 LABEL = "org.mlcontainer.namespace"
-# Kernels that nbval starts for the notebooks inherit this, so they use the session namespace too.
+STORE = tempfile.mkdtemp(prefix="mlctest-store-")
+# Kernels that nbval starts for the notebooks inherit these, so they use the session's namespace
+# and store too, never the user's.
 os.environ["MLCONTAINER_NAMESPACE"] = NAMESPACE
+os.environ["MLCONTAINER_STORE"] = STORE
 
 
 def _client():
@@ -45,6 +50,7 @@ def _session_cleanup():
     """At the end, the session's images and cache volume are removed, and anything else still
     carrying its namespace fails the run."""
     yield
+    shutil.rmtree(STORE, ignore_errors=True)
     try:
         docker_client = _client()
     except Exception:
@@ -84,6 +90,7 @@ def ip(namespace):
     shell = get_ipython()
     shell.run_line_magic("load_ext", "mlcontainer_magics")
     shell.run_line_magic("config", f"ContainerizeMagics.namespace = {namespace!r}")
+    shell.run_line_magic("config", f"ContainerizeMagics.store_dir = {STORE!r}")
     yield shell
 
 

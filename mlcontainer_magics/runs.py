@@ -83,6 +83,7 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
         store.put(record_start(spec, run_id, context or {}))
         events("recorded", snapshot=run_id)
     workdir = None
+    started = False  # past this point the run is a snapshot, whatever happens
     try:
         t0 = time.perf_counter()
         outcome.env = backend.ensure_environment(spec.env_spec, events=events, rebuild=rebuild,
@@ -94,6 +95,7 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
             keep_inputs(store.artifacts_dir(run_id), workdir)
             store.update(run_id, status="running", inputs=outcome.inputs,
                          **record_environment(outcome.env))
+        started = True
         outcome.result = backend.run(spec, outcome.env, workdir, run_id=run_id,
                                      events=events, output=output)
         t2 = time.perf_counter()
@@ -106,11 +108,12 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
             if store:
                 keep_outputs(store.artifacts_dir(run_id), workdir / "out", outcome.outputs)
     except BaseException as e:
-        if store and outcome.result is None:
+        if store and not started:
             _forget(store, run_id)
         elif store:
-            store.update(run_id, status="interrupted", reason=type(e).__name__,
-                         finished=time.time())
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            store.update(run_id, status=status, reason=f"{type(e).__name__}: {e}".strip(": "),
+                         finished=time.time(), timings=outcome.timings)
         raise
     finally:
         if workdir is not None:

@@ -131,8 +131,10 @@ def test_interrupt_stops_and_removes_the_container_at_once(ip, docker_client, na
 
     threading.Thread(target=interrupt_when_running, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        run(ip, "", "import time\nprint('working', flush=True)\ntime.sleep(120)")
+        run(ip, "-n interrupted", "import time\nprint('working', flush=True)\ntime.sleep(120)")
     assert docker_client.containers.list(all=True, filters=flt) == []
+    magics = ip.magics_manager.registry["ContainerizeMagics"]
+    assert magics.store.get("interrupted")["status"] == "interrupted"
 
 
 def test_bad_requirement_fails_before_any_build(ip, docker_client):
