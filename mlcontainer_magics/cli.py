@@ -49,7 +49,10 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
 
     sub.add_parser("prune", help="remove orphaned containers and unused environment images")
 
-    if not for_magic:
+    if for_magic:
+        p = sub.add_parser("stop", help="stop a warm session of this kernel")
+        p.add_argument("name", metavar="NAME")
+    else:
         p = sub.add_parser("doctor", help="check (with --fix: set up) the engine and base image")
         p.add_argument("--fix", action="store_true", help="start or install what is missing")
         p.add_argument("--base", help="base image to check (default: python:X.Y-slim)")
@@ -77,6 +80,11 @@ def run_verb(args, *, store, backend, output=None) -> str:
     if args.command == "export":
         dest = snapshots.export(store, args.ref, args.dest, backend, tar=args.tar, k8s=args.k8s)
         return f"exported to {dest}: docker build -t snapshot {dest} && docker run --rm snapshot"
+    if args.command == "stop":
+        if backend.sessions.stop(args.name):
+            return f"stopped session {args.name}"
+        raise MlcError(f"No session {args.name!r} runs in this kernel; running: "
+                       f"{', '.join(backend.sessions.sessions) or 'none'}.")
     if args.command == "prune":
         return "\n".join(snapshots.prune(store, backend)) or "nothing to prune"
     if args.command == "rerun":

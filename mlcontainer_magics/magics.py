@@ -106,7 +106,7 @@ class ContainerizeMagics(Magics):
             "__vsc_ipynb_file__")
         return {"notebook": notebook,
                 "cell": getattr(self.shell, "execution_count", None),
-                "session": f"{socket.gethostname()}:{os.getpid()}"}
+                "kernel": f"{socket.gethostname()}:{os.getpid()}"}
 
     @line_magic
     def container(self, line):
@@ -116,7 +116,7 @@ class ContainerizeMagics(Magics):
           %container show ID [--json]        %container logs ID
           %container rerun ID [--verify]     %container diff A B
           %container export ID DIR [--tar]   %container rm ID [ID ...]
-          %container prune
+          %container prune                  %container stop SESSION
 
         The same verbs run in a terminal as `mlcontainer VERB ...`.
         """
@@ -155,6 +155,8 @@ class ContainerizeMagics(Magics):
               help="Notebook variables to send into the container.")
     @argument("--out", dest="outputs", metavar="C,D", default="",
               help="Variables to bring back into the notebook when the cell succeeds.")
+    @argument("--session", metavar="NAME",
+              help="Run in a warm session: the container and its state live on between cells.")
     @argument("--no-capture", action="store_true",
               help="Do not pin what the cell imports to the kernel's installed versions.")
     @argument("--rebuild", action="store_true", help="Rebuild the environment image.")
@@ -235,6 +237,7 @@ class ContainerizeMagics(Magics):
                 inputs=specs.parse_identifiers(args.inputs, "--in"),
                 outputs=specs.parse_identifiers(args.outputs, "--out"),
                 captured=tuple(captured),
+                session=specs.parse_name(args.session) if args.session else None,
             )
         except SpecError as e:
             raise UsageError(str(e)) from None

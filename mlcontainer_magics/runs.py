@@ -49,9 +49,11 @@ class RunOutcome:
         return self.result is not None and self.result.reason == "done"
 
 
-def prepare_workdir(spec: RunSpec, inputs: dict) -> tuple[Path, dict]:
-    """The run's own folder, mounted at /mlc: runner, cell, manifest, values in, out/."""
-    workdir = Path(tempfile.mkdtemp(prefix="mlc-run-"))
+def prepare_workdir(spec: RunSpec, inputs: dict, parent: Path | None = None
+                    ) -> tuple[Path, dict]:
+    """The run's own folder, mounted at /mlc: runner, cell, manifest, values in, out/.
+    In a warm session it is made inside the session's folder (``parent``)."""
+    workdir = Path(tempfile.mkdtemp(prefix="mlc-run-", dir=parent))
     try:
         workdir.chmod(0o755)
         (workdir / "runner.py").write_bytes(runner_source())
@@ -90,14 +92,17 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
                                                  lock=lock)
         t1 = time.perf_counter()
         outcome.timings["environment"] = round(t1 - t0, 3)
-        workdir, outcome.inputs = prepare_workdir(spec, inputs or {})
+        pool = backend.sessions if spec.session else None
+        parent = pool.ensure(spec, outcome.env, events).folder / "io" if pool else None
+        workdir, outcome.inputs = prepare_workdir(spec, inputs or {}, parent)
         if store:
             keep_inputs(store.artifacts_dir(run_id), workdir)
             store.update(run_id, status="running", inputs=outcome.inputs,
                          **record_environment(outcome.env))
         started = True
-        outcome.result = backend.run(spec, outcome.env, workdir, run_id=run_id,
-                                     events=events, output=output)
+        run = pool.run if pool else backend.run
+        outcome.result = run(spec, outcome.env, workdir, run_id=run_id, events=events,
+                             output=output)
         t2 = time.perf_counter()
         outcome.timings["run"] = round(t2 - t1, 3)
         if outcome.result.reason == "done" and spec.outputs:
@@ -132,7 +137,8 @@ def record_start(spec: RunSpec, run_id: str, context: dict) -> dict:
     return {
         "id": run_id, "name": spec.name, "status": "building", "created": time.time(),
         "notebook": context.get("notebook"), "cell": context.get("cell"),
-        "session": context.get("session"), "code": spec.code, "spec": spec_dict,
+        "session": spec.session, "kernel": context.get("kernel"),
+        "rerun_of": context.get("rerun_of"), "code": spec.code, "spec": spec_dict,
         "requirements": list(spec.env_spec.requirements), "captured": list(spec.captured),
         "apt": list(spec.env_spec.apt), "base_image": spec.env_spec.base_image, "env": masked,
         "resources": {"cpus": spec.cpus, "memory": spec.memory, "gpus": spec.gpus,

@@ -309,6 +309,60 @@ class DockerBackend(Backend):
             if container is not None:
                 _quietly(container.remove, force=True)
 
+    # -- warm sessions (the protocol is in sessions.py) --------------------------------------
+
+    @property
+    def sessions(self):
+        from ..sessions import SessionPool
+
+        if getattr(self, "_sessions", None) is None:
+            self._sessions = SessionPool(self)
+        return self._sessions
+
+    def start_session(self, spec: RunSpec, env: Environment, folder):
+        opts = self._container_options(spec, f"session-{spec.session}", folder)
+        opts["volumes"] = {str(folder): {"bind": render.MLC_DIR, "mode": "ro"},
+                           str(folder / "io"): {"bind": f"{render.MLC_DIR}/io", "mode": "rw"}}
+        opts["labels"][f"{LABEL}.role"] = "session"
+        opts["labels"][f"{LABEL}.session"] = spec.session
+        container = self.client.containers.create(
+            env.image_id, ["python", f"{render.MLC_DIR}/runner.py", "--serve",
+                           f"{render.MLC_DIR}/io/session.sock"], **opts)
+        try:
+            container.start()
+        except Exception:
+            _quietly(container.remove, force=True)
+            raise
+        return container
+
+    def container_running(self, container) -> bool:
+        import docker.errors
+
+        try:
+            container.reload()
+        except docker.errors.NotFound:
+            return False
+        return container.status == "running"
+
+    def container_state(self, container) -> dict:
+        try:
+            container.reload()
+            return container.attrs["State"]
+        except Exception:
+            return {}
+
+    def container_logs(self, container) -> str:
+        try:
+            return container.logs().decode("utf-8", "replace")[-4000:]
+        except Exception:
+            return ""
+
+    def signal(self, container, sig: str) -> None:
+        _quietly(container.kill, signal=sig)
+
+    def remove_container(self, container) -> None:
+        _quietly(container.remove, force=True)
+
     def _container_options(self, spec: RunSpec, run_id: str, workdir) -> dict:
         import docker.types
 

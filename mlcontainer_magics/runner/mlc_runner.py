@@ -60,11 +60,18 @@ def mime_bundle(obj):
     return bundle
 
 
+def _write_mark(bundle):
+    sys.__stdout__.write(MARK + json.dumps({"data": bundle}) + "\n")
+    sys.__stdout__.flush()
+
+
+_sink = [_write_mark]  # serve mode swaps in a socket writer
+
+
 def publish(bundle):
     sys.stdout.flush()
     sys.stderr.flush()
-    sys.__stdout__.write(MARK + json.dumps({"data": bundle}) + "\n")
-    sys.__stdout__.flush()
+    _sink[0](bundle)
 
 
 def display(*objs, **kwargs):
@@ -177,8 +184,8 @@ def json_exact(value, depth=0):
     return False
 
 
-def read_value(entry):
-    path = os.path.join(MLC, entry["file"])
+def read_value(entry, base=MLC):
+    path = os.path.join(base, entry["file"])
     fmt = entry["format"]
     if fmt == "bytes":
         with open(path, "rb") as f:
@@ -226,7 +233,7 @@ def choose_format(value, host):
     return "pickle" if host.get("python") == PY else None
 
 
-def write_outputs(names, namespace, host):
+def write_outputs(names, namespace, host, out=OUT):
     result = {}
     for name in names:
         if name not in namespace:
@@ -239,7 +246,7 @@ def write_outputs(names, namespace, host):
                                      "here); return plain data, arrays or DataFrames"
                             % (type(value).__name__, host.get("python"), PY)}
             continue
-        path = os.path.join(OUT, "%s.%s" % (name, EXT[fmt]))
+        path = os.path.join(out, "%s.%s" % (name, EXT[fmt]))
         try:
             if fmt == "bytes":
                 with open(path, "wb") as f:
@@ -259,42 +266,42 @@ def write_outputs(names, namespace, host):
             result[name] = {"error": "%s could not be written: %s" % (name, e)}
             continue
         result[name] = {"file": os.path.basename(path), "format": fmt}
-    with open(os.path.join(OUT, "outputs.json"), "w") as f:
+    with open(os.path.join(out, "outputs.json"), "w") as f:
         json.dump(result, f)
 
 
 # -- the cell -------------------------------------------------------------------------------
 
-def run_cell(source, namespace):
+def run_cell(source, namespace, filename=CELL):
     """Execute like a notebook cell: a final expression's value is displayed."""
-    tree = ast.parse(source, CELL)
+    tree = ast.parse(source, filename)
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body.pop().value)
-    exec(compile(tree, CELL, "exec"), namespace)
+    exec(compile(tree, filename, "exec"), namespace)
     if last is not None:
-        value = eval(compile(last, CELL, "eval"), namespace)
+        value = eval(compile(last, filename, "eval"), namespace)
         if value is not None:
             publish(mime_bundle(value))
 
 
-def main():
-    with open(CELL, encoding="utf-8") as f:
+def run_in(base, namespace):
+    """Run base/cell.py with base/manifest.json's values in ``namespace``; exit status."""
+    cell = os.path.join(base, "cell.py")
+    with open(cell, encoding="utf-8") as f:
         source = f.read()
     manifest = {}
-    if os.path.exists(MLC + "/manifest.json"):
-        with open(MLC + "/manifest.json") as f:
+    if os.path.exists(os.path.join(base, "manifest.json")):
+        with open(os.path.join(base, "manifest.json")) as f:
             manifest = json.load(f)
-    _install_display()
-    _matplotlib_backend()
-    namespace = {"__name__": "__main__", "__file__": CELL, "display": display}
+    namespace["__file__"] = cell
     try:
         for name, entry in manifest.get("inputs", {}).items():
             try:
-                namespace[name] = read_value(entry)
+                namespace[name] = read_value(entry, base)
             except CellError as e:
                 raise CellError("--in %s: %s" % (name, e))
-        run_cell(source, namespace)
+        run_cell(source, namespace, cell)
         flush_figures()
     except SystemExit:
         raise
@@ -304,15 +311,96 @@ def main():
     except BaseException as e:  # report any failure of user code as a traceback
         tb = e.__traceback__
         # Drop the runner's own frames so the traceback starts in the cell.
-        while tb is not None and tb.tb_frame.f_code.co_filename != CELL:
+        while tb is not None and tb.tb_frame.f_code.co_filename != cell:
             tb = tb.tb_next
         traceback.print_exception(type(e), e, tb or e.__traceback__)
         sys.stderr.flush()
-        return 1
+        return 130 if isinstance(e, KeyboardInterrupt) else 1
     if manifest.get("outputs"):
-        write_outputs(manifest["outputs"], namespace, manifest.get("host", {}))
+        write_outputs(manifest["outputs"], namespace, manifest.get("host", {}),
+                      os.path.join(base, "out"))
     return 0
 
 
+def main():
+    _install_display()
+    _matplotlib_backend()
+    return run_in(MLC, {"__name__": "__main__", "display": display})
+
+
+# -- warm sessions: one interpreter serving many cells ----------------------------------------
+
+class _FrameWriter(object):
+    """A text stream that sends what is written as frames on the session socket."""
+
+    def __init__(self, send, stream):
+        self._send, self._stream = send, stream
+
+    def write(self, text):
+        if text:
+            self._send({"s": self._stream, "t": text})
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def serve(path):
+    """Listen on a Unix socket in the run's folder; each connection runs one cell.
+
+    The kernel writes one JSON line {"dir": ...}; we answer with JSON lines: {"s", "t"} for
+    output, {"d"} for display data, and {"exit"} last. State persists between cells.
+    """
+    import signal
+    import socket
+    import threading
+
+    _install_display()
+    _matplotlib_backend()
+    namespace = {"__name__": "__main__", "display": display}
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if os.path.exists(path):
+        os.unlink(path)
+    server.bind(path + ".new")
+    os.rename(path + ".new", path)  # appears only when it accepts: the kernel waits for it
+    server.listen(1)
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    while True:
+        conn, _ = server.accept()
+        lock = threading.Lock()
+
+        def send(frame, conn=conn, lock=lock):
+            data = (json.dumps(frame) + "\n").encode("utf-8")
+            with lock:
+                try:
+                    conn.sendall(data)
+                except OSError:
+                    pass  # the kernel went away; the cell still finishes
+
+        request = conn.makefile("r", encoding="utf-8").readline()
+        if not request:
+            conn.close()
+            continue
+        base = json.loads(request)["dir"]
+        sys.stdout = _FrameWriter(send, "stdout")
+        sys.stderr = _FrameWriter(send, "stderr")
+        _sink[0] = lambda bundle: send({"d": bundle})
+        try:
+            code = run_in(base, namespace)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            _sink[0] = _write_mark
+        send({"exit": code})
+        conn.close()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve":
+        serve(sys.argv[2])
+    else:
+        sys.exit(main())
