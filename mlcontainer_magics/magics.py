@@ -15,6 +15,7 @@ from traitlets import Bool, Float, Unicode, default
 from . import spec as specs
 from . import transfer
 from .richoutput import StdoutDemux
+from .widgets import open_display
 from .errors import MlcError, RunError, SpecError
 from .requirements import capture_pins
 
@@ -187,18 +188,34 @@ class ContainerizeMagics(Magics):
             else:
                 _write_output(stream, text)
 
+        run = {}
+        display = open_display(on_stop=lambda: self.backend.stop(run.get("id", "")),
+                               shell=self.shell)
+
+        def events(phase, **info):
+            if phase == "recorded":
+                run["id"] = info["snapshot"]
+            display(phase, **info)
+
+        display.show()
         try:
             outcome = runs.execute(spec, self.backend, inputs=inputs, output=output,
-                                   rebuild=args.rebuild, store=self.store,
+                                   events=events, rebuild=args.rebuild, store=self.store,
                                    context=self._context())
+            demux.close()
+            error = runs.outcome_error(outcome)
+            display("finished", status=error.reason if error else "done",
+                    message=str(error) if error else "done", exit_code=outcome.result.exit_code,
+                    detail=error.logs if error else "")
+        except BaseException as e:
+            display.close(e)
+            raise
         finally:
             demux.close()
-        problems = runs.output_errors(outcome)
-        if outcome.ok and not problems:
+            display.close()
+        if error is None:
             self.shell.user_ns.update(outcome.values)
             return
-        error = runs.failure(outcome) if not outcome.ok else RunError(
-            "; ".join(problems), exit_code=0, reason="outputs")
         if self.raise_error and not args.no_raise_error:
             raise error
         print(f"[mlcontainer] {error}", file=sys.stderr)

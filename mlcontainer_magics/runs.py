@@ -239,6 +239,16 @@ def output_errors(outcome: RunOutcome) -> list[str]:
             if "error" in rec]
 
 
+def outcome_error(outcome: RunOutcome) -> RunError | None:
+    """The error a finished run raises, or None when it succeeded with all its outputs."""
+    if not outcome.ok:
+        return failure(outcome)
+    problems = output_errors(outcome)
+    if problems:
+        return RunError("; ".join(problems), exit_code=0, reason="failed")
+    return None
+
+
 def failure(outcome: RunOutcome) -> RunError:
     """The error a failed run raises: one line of what happened, then the container's traceback."""
     r = outcome.result

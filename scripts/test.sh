@@ -4,4 +4,5 @@
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 mlcontainer doctor --fix
+source "$ROOT/scripts/test-deps.sh"
 python -m pytest tests notebooks --nbval-lax -p no:cacheprovider "$@"
