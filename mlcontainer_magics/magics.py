@@ -80,18 +80,30 @@ class ContainerizeMagics(Magics):
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
-        self._backend = None
+        self._backends = {}
         self._store = None
         if shell is not None:
             shell.set_custom_exc((MlcError,), _show_error)
 
+    backend_name = Unicode(help="Default backend: docker, or kubernetes (see "
+                                "KubernetesConfig). Env: MLCONTAINER_BACKEND.").tag(config=True)
+
+    @default("backend_name")
+    def _default_backend(self):
+        return _env("BACKEND", "docker")
+
     @property
     def backend(self):
-        from .backends.docker import DockerBackend
+        return self.backend_for(self.backend_name)
 
-        if self._backend is None or self._backend.namespace != self.namespace:
-            self._backend = DockerBackend(namespace=self.namespace)
-        return self._backend
+    def backend_for(self, name: str):
+        """One backend object per kind and namespace, kept for the kernel's life."""
+        from .backends import make_backend
+
+        key = (name, self.namespace)
+        if key not in self._backends:
+            self._backends[key] = make_backend(name, namespace=self.namespace, parent=self)
+        return self._backends[key]
 
     @property
     def store(self):
@@ -156,6 +168,8 @@ class ContainerizeMagics(Magics):
               help="Notebook variables to send into the container.")
     @argument("--out", dest="outputs", metavar="C,D", default="",
               help="Variables to bring back into the notebook when the cell succeeds.")
+    @argument("--backend", choices=["docker", "kubernetes"],
+              help="Where the cell runs (default: the backend_name setting, docker).")
     @argument("--session", metavar="NAME",
               help="Run in a warm session: the container and its state live on between cells.")
     @argument("--no-capture", action="store_true",
@@ -189,7 +203,8 @@ class ContainerizeMagics(Magics):
                 _write_output(stream, text)
 
         run = {}
-        display = open_display(on_stop=lambda: self.backend.stop(run.get("id", "")),
+        display = open_display(on_stop=lambda: self.backend_for(
+            args.backend or self.backend_name).stop(run.get("id", "")),
                                shell=self.shell)
 
         def events(phase, **info):
@@ -199,7 +214,8 @@ class ContainerizeMagics(Magics):
 
         display.show()
         try:
-            outcome = runs.execute(spec, self.backend, inputs=inputs, output=output,
+            backend = self.backend_for(args.backend or self.backend_name)
+            outcome = runs.execute(spec, backend, inputs=inputs, output=output,
                                    events=events, rebuild=args.rebuild, store=self.store,
                                    context=self._context())
             demux.close()

@@ -5,23 +5,34 @@ line starting with MARK; everything else is text and passes through at once, so 
 """
 from __future__ import annotations
 
+import base64
 import json
 from typing import Callable
 
-MARK = "\x1e\x1fmlc-display:"  # the same as runner/mlc_runner.py
+PREFIX = "\x1e\x1fmlc-"
+MARK = PREFIX + "display:"  # the same marks as runner/mlc_runner.py
+STDERR_MARK = PREFIX + "stderr:"  # one-stream mode only (Kubernetes)
+FILE_MARK = PREFIX + "file:"  # one-stream mode only: a file the cell left in /mlc/out
 
 
 class StdoutDemux:
-    def __init__(self, text: Callable[[str], None], display: Callable[[dict], None]) -> None:
+    """``display`` gets display bundles; in one-stream mode ``stderr`` gets the cell's stderr
+    and ``file`` gets (name, bytes) of each output file."""
+
+    def __init__(self, text: Callable[[str], None], display: Callable[[dict], None],
+                 stderr: Callable[[str], None] | None = None,
+                 file: Callable[[str, bytes], None] | None = None) -> None:
         self._text = text
         self._display = display
-        self._pending = ""  # a display line not complete yet, or a possible start of MARK
+        self._stderr = stderr or text
+        self._file = file or (lambda name, data: None)
+        self._pending = ""  # a marked line not complete yet, or a possible start of a mark
 
     def feed(self, chunk: str) -> None:
         data = self._pending + chunk
         self._pending = ""
         while data:
-            at = data.find(MARK)
+            at = data.find(PREFIX)
             if at < 0:
                 # Hold back a tail that could be the beginning of a MARK split across chunks.
                 keep = _partial_mark(data)
@@ -35,28 +46,36 @@ class StdoutDemux:
             if end < 0:
                 self._pending = data[at:]
                 return
-            self._emit(data[at + len(MARK): end])
+            self._emit(data[at + len(PREFIX): end])
             data = data[end + 1:]
 
     def close(self) -> None:
         if self._pending:
-            if self._pending.startswith(MARK):
-                self._emit(self._pending[len(MARK):])
+            if self._pending.startswith(PREFIX):
+                self._emit(self._pending[len(PREFIX):])
             else:
                 self._text(self._pending)
             self._pending = ""
 
-    def _emit(self, payload: str) -> None:
+    def _emit(self, line: str) -> None:
+        kind, _, payload = line.partition(":")
         try:
             message = json.loads(payload)
         except ValueError:
-            self._text(payload + "\n")
+            self._text(PREFIX + line + "\n")
             return
-        self._display(message.get("data", {}))
+        if kind == "display":
+            self._display(message.get("data", {}))
+        elif kind == "stderr":
+            self._stderr(message)
+        elif kind == "file":
+            self._file(message["name"], base64.b64decode(message["data"]))
+        else:
+            self._text(PREFIX + line + "\n")
 
 
 def _partial_mark(data: str) -> int:
-    for n in range(min(len(MARK) - 1, len(data)), 0, -1):
-        if data.endswith(MARK[:n]):
+    for n in range(min(len(PREFIX) - 1, len(data)), 0, -1):
+        if data.endswith(PREFIX[:n]):
             return n
     return 0

@@ -190,12 +190,12 @@ def test_missing_base_image_says_how_to_provide_one(ip):
 def test_no_engine_says_how_to_start_one(ip, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/mlctest-no-engine.sock")
     magics = ip.magics_manager.registry["ContainerizeMagics"]
-    saved, magics._backend = magics._backend, None
+    saved, magics._backends = magics._backends, {}
     try:
         with pytest.raises(EngineUnavailable, match="mlcontainer doctor --fix"):
             run(ip, "", "pass")
     finally:
-        magics._backend = saved
+        magics._backends = saved
 
 
 def test_failing_pip_install_shows_pips_message(ip, docker_client):

@@ -40,3 +40,18 @@ def test_text_passes_through_without_waiting_for_a_newline():
     demux = StdoutDemux(out.append, lambda d: None)
     demux.feed("progress 50%")
     assert out == ["progress 50%"]
+
+
+def test_one_stream_mode_separates_stderr_and_files():
+    import base64
+
+    from mlcontainer_magics.richoutput import FILE_MARK, STDERR_MARK
+
+    text, err, files = [], [], {}
+    demux = StdoutDemux(text.append, lambda d: None, err.append,
+                        lambda name, data: files.__setitem__(name, data))
+    demux.feed("out\n" + STDERR_MARK + json.dumps("Traceback\n") + "\n")
+    demux.feed(FILE_MARK + json.dumps({"name": "y.json", "data": base64.b64encode(b"[1]")
+                                       .decode()}) + "\n")
+    demux.close()
+    assert "".join(text) == "out\n" and err == ["Traceback\n"] and files == {"y.json": b"[1]"}

@@ -1,0 +1,19 @@
+"""Backends: where environments are built and cells run."""
+from __future__ import annotations
+
+from ..errors import SpecError
+
+BACKENDS = ("docker", "kubernetes")
+
+
+def make_backend(name: str, *, namespace: str, parent=None):
+    """The backend called ``name``; ``parent`` (a traitlets Configurable) passes config on."""
+    if name == "docker":
+        from .docker import DockerBackend
+
+        return DockerBackend(namespace=namespace)
+    if name == "kubernetes":
+        from .kubernetes import KubernetesBackend
+
+        return KubernetesBackend(namespace=namespace, parent=parent)
+    raise SpecError(f"Unknown backend {name!r}; use one of {', '.join(BACKENDS)}.")

@@ -18,6 +18,8 @@ MLC = "/mlc"
 CELL = MLC + "/cell.py"
 OUT = MLC + "/out"
 MARK = "\x1e\x1fmlc-display:"
+STDERR_MARK = "\x1e\x1fmlc-stderr:"
+FILE_MARK = "\x1e\x1fmlc-file:"
 PY = "{}.{}".format(*sys.version_info[:2])
 EXT = {"json": "json", "npy": "npy", "parquet": "parquet", "bytes": "bin", "pickle": "pkl"}
 MIME_METHODS = [("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_"),
@@ -322,10 +324,41 @@ def run_in(base, namespace):
     return 0
 
 
+class _MarkedStderr(object):
+    """One-stream mode (Kubernetes logs mix the streams): stderr as marked stdout lines."""
+
+    def write(self, text):
+        if text:
+            sys.__stdout__.write(STDERR_MARK + json.dumps(text) + "\n")
+            sys.__stdout__.flush()
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def emit_out_files(out):
+    """One-stream mode: the files the cell left in out/ travel in the log, base64 encoded."""
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                data = base64.b64encode(f.read()).decode("ascii")
+            sys.__stdout__.write(FILE_MARK + json.dumps({"name": name, "data": data}) + "\n")
+    sys.__stdout__.flush()
+
+
 def main():
     _install_display()
     _matplotlib_backend()
-    return run_in(MLC, {"__name__": "__main__", "display": display})
+    one_stream = os.environ.get("MLC_ONE_STREAM") == "1"
+    if one_stream:
+        sys.stderr = _MarkedStderr()
+    code = run_in(MLC, {"__name__": "__main__", "display": display})
+    if one_stream:
+        sys.stdout.flush()
+        emit_out_files(OUT)
+    return code
 
 
 # -- warm sessions: one interpreter serving many cells ----------------------------------------
