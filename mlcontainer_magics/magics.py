@@ -202,9 +202,12 @@ class ContainerizeMagics(Magics):
             else:
                 _write_output(stream, text)
 
+        backend = self.backend_for(args.backend or self.backend_name)
         run = {}
-        display = open_display(on_stop=lambda: self.backend_for(
-            args.backend or self.backend_name).stop(run.get("id", "")),
+        # A click on the widget's Stop reaches the kernel only after the cell ends (ipykernel
+        # routes a comm's messages to the shell that published on it, and this one is busy);
+        # in JupyterLab the sidebar extension stops the run through the server instead.
+        display = open_display(on_stop=lambda: backend.stop(run.get("id", "")),
                                shell=self.shell)
 
         def events(phase, **info):
@@ -214,9 +217,8 @@ class ContainerizeMagics(Magics):
 
         display.show()
         try:
-            backend = self.backend_for(args.backend or self.backend_name)
-            outcome = runs.execute(spec, backend, inputs=inputs, output=output,
-                                   events=events, rebuild=args.rebuild, store=self.store,
+            outcome = runs.execute(spec, backend, inputs=inputs, output=output, events=events,
+                                   rebuild=args.rebuild, store=self.store,
                                    context=self._context())
             demux.close()
             error = runs.outcome_error(outcome)
