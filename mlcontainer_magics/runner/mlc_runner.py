@@ -121,6 +121,7 @@ def _ipython_display_shim():
     mod.Image = Image
     pkg = types.ModuleType("IPython")
     pkg.display = mod
+    pkg.get_ipython = lambda: None  # libraries probing for a shell see plain Python
     pkg.__path__ = []
     sys.modules.setdefault("IPython", pkg)
     sys.modules["IPython.display"] = mod
