@@ -122,9 +122,31 @@ def _ipython_display_shim():
     pkg = types.ModuleType("IPython")
     pkg.display = mod
     pkg.get_ipython = lambda: None  # libraries probing for a shell see plain Python
+    pkg.version_info = (0, 0, 0, "mlcontainer-shim")
     pkg.__path__ = []
-    sys.modules.setdefault("IPython", pkg)
-    sys.modules["IPython.display"] = mod
+    return {"IPython": pkg, "IPython.display": mod}
+
+
+class _IPythonShimFinder(object):
+    """Provides the shim only when the cell imports IPython (and IPython is not installed),
+    so libraries that merely look for IPython in sys.modules never see it."""
+
+    def __init__(self):
+        self.modules = None
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in ("IPython", "IPython.display"):
+            return None
+        import importlib.util
+        return importlib.util.spec_from_loader(name, self)
+
+    def create_module(self, spec):
+        if self.modules is None:
+            self.modules = _ipython_display_shim()
+        return self.modules[spec.name]
+
+    def exec_module(self, module):
+        pass
 
 
 def _install_display():
@@ -137,7 +159,7 @@ def _install_display():
         except ImportError:
             pass
     except ImportError:
-        _ipython_display_shim()
+        sys.meta_path.append(_IPythonShimFinder())
     import builtins
     builtins.display = display
 
@@ -157,17 +179,29 @@ def flush_figures():
     plt.close("all")
 
 
+class _MplBackendFinder(object):
+    """Makes `mlc_mpl` when matplotlib asks for it: Agg, with a show() that publishes the
+    figures (MPLBACKEND=module://mlc_mpl). matplotlib reads the module's own attributes, and may
+    not be installed at all, so the module is only assembled on import."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "mlc_mpl":
+            return None
+        import importlib.util
+        return importlib.util.spec_from_loader(name, self)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        from matplotlib.backends import backend_agg
+        module.__dict__.update((k, v) for k, v in vars(backend_agg).items()
+                               if not k.startswith("__"))
+        module.show = lambda *a, **k: flush_figures()
+
+
 def _matplotlib_backend():
-    """A backend module whose show() publishes the figures: MPLBACKEND=module://mlc_mpl."""
-    mod = types.ModuleType("mlc_mpl")
-
-    def __getattr__(name):
-        import matplotlib.backends.backend_agg as agg
-        return getattr(agg, name)
-
-    mod.__getattr__ = __getattr__
-    mod.show = lambda *a, **k: flush_figures()
-    sys.modules["mlc_mpl"] = mod
+    sys.meta_path.append(_MplBackendFinder())
     os.environ["MPLBACKEND"] = "module://mlc_mpl"
 
 
