@@ -123,7 +123,7 @@ class SessionPool:
         finally:
             sock.close()
         if code is None:  # the interpreter died: out of memory, or killed
-            state = self.backend.container_state(session.container)
+            state = self.backend.container_state(session.container, wait=10)
             reason = "oom" if state.get("OOMKilled") else "killed"
             code = state.get("ExitCode")
             self._drop(session)

@@ -344,8 +344,11 @@ class DockerBackend(Backend):
             return False
         return container.status == "running"
 
-    def container_state(self, container) -> dict:
+    def container_state(self, container, wait: float = 0) -> dict:
+        """The container's State; with ``wait``, after it exits (an OOM kill takes a moment)."""
         try:
+            if wait:
+                container.wait(timeout=wait)
             container.reload()
             return container.attrs["State"]
         except Exception:
