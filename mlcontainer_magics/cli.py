@@ -88,9 +88,10 @@ def run_verb(args, *, store, backend, output=None) -> str:
     if args.command == "prune":
         return "\n".join(snapshots.prune(store, backend)) or "nothing to prune"
     if args.command == "rerun":
-        outcome, problems = snapshots.rerun(store, args.ref, backend, verify=args.verify,
+        original = store.get(args.ref)["id"]  # before the rerun takes the same name
+        outcome, problems = snapshots.rerun(store, original, backend, verify=args.verify,
                                             output=output)
-        line = f"rerun {store.get(args.ref)['id']} as {outcome.run_id}: {outcome.result.reason}"
+        line = f"rerun {original} as {outcome.run_id}: {outcome.result.reason}"
         if args.verify and problems:
             raise VerificationFailed(line + "\nNOT reproduced:\n- " + "\n- ".join(problems),
                                      problems)

@@ -5,4 +5,4 @@ source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 mlcontainer doctor --fix
 source "$ROOT/scripts/test-deps.sh"
-python -m pytest tests notebooks --nbval-lax -p no:cacheprovider "$@"
+python -m pytest tests notebooks --nbval-lax --nbval-sanitize-with notebooks/nbval-sanitize.cfg -p no:cacheprovider "$@"
