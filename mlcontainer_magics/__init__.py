@@ -13,3 +13,10 @@ def unload_ipython_extension(ipython):
     # Magics stay registered until the kernel ends; IPython has no unregister.
     pass
 
+
+def _jupyter_server_extension_points():
+    return [{"module": "mlcontainer_magics.server"}]
+
+
+def _jupyter_labextension_paths():
+    return [{"src": "labextension", "dest": "mlcontainer-magics"}]

@@ -296,7 +296,10 @@ def _publish(bundle: dict) -> None:
 def _write_output(stream: str, text: str) -> None:
     target = sys.stdout if stream == "stdout" else sys.stderr
     target.write(text)
-    target.flush()  # live: ipykernel otherwise batches output
+    # ipykernel sends what was written every 0.2 s on its own: flushing each chunk would make
+    # every chunk a separate output in saved notebooks. Other streams are flushed to stay live.
+    if type(target).__name__ != "OutStream":
+        target.flush()
 
 
 def _show_error(shell, etype, value, tb, tb_offset=None):

@@ -1,0 +1,154 @@
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** The server extension's namespace under the server's base URL. */
+export const API_NAMESPACE = 'mlcontainer';
+
+/** A snapshot summary, as `GET snapshots` lists them (newest first). */
+export interface ISnapshotSummary {
+  id: string;
+  name: string | null;
+  notebook: string | null;
+  notebook_path: string | null;
+  status: string | null;
+  created: number | null;
+  finished: number | null;
+  duration: number | null;
+  exit_code: number | null;
+  env_image: string | null;
+  image_size: number | null;
+  session: string | null;
+}
+
+/** A full record: the summary plus whatever else the run kept. */
+export interface ISnapshotRecord extends ISnapshotSummary {
+  [key: string]: any;
+}
+
+export interface ISnapshotPage {
+  items: ISnapshotSummary[];
+  total: number;
+  limit: number;
+  offset: number;
+}
+
+export interface ILogs {
+  id: string;
+  logs: string;
+  stdout: string;
+  stderr: string;
+}
+
+/** A running container that the product labelled, with its live state. */
+export interface IRunning {
+  id: string;
+  container: string;
+  container_name: string | null;
+  name: string | null;
+  namespace: string | null;
+  image: string | null;
+  state: string | null;
+  status: string | null;
+  started: string | null;
+  notebook?: string | null;
+  notebook_path?: string | null;
+  snapshot_status?: string | null;
+}
+
+export interface IStatus {
+  version: string;
+  engine: {
+    up: boolean;
+    version: string | null;
+    message: string | null;
+  };
+  store: { root: string; total: number | null; message: string | null };
+}
+
+/** An error answer from the server: its HTTP status and its `message`. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+
+  /** The route does not exist: the server extension is not installed/enabled. */
+  get isNotFound(): boolean {
+    return this.status === 404;
+  }
+}
+
+/**
+ * Call the server extension and return its JSON answer.
+ *
+ * `ServerConnection.makeRequest` adds the token and the XSRF header, so writes pass
+ * jupyter_server's checks. Errors become `ApiError` carrying the server's message.
+ */
+export async function requestAPI<T>(
+  endPoint: string,
+  init: RequestInit = {},
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+): Promise<T> {
+  const url = URLExt.join(settings.baseUrl, API_NAMESPACE, endPoint);
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (error) {
+    throw new ApiError(0, `Cannot reach the Jupyter server: ${error}`);
+  }
+  const text = await response.text();
+  let data: any = null;
+  if (text.length > 0) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null;
+    }
+  }
+  if (!response.ok) {
+    const message =
+      (data && typeof data.message === 'string' && data.message) ||
+      `${response.status} ${response.statusText}`;
+    throw new ApiError(response.status, message);
+  }
+  return data as T;
+}
+
+function query(params: Record<string, string | number | undefined>): string {
+  const parts = Object.entries(params)
+    .filter(([, v]) => v !== undefined && v !== '')
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`);
+  return parts.length ? `?${parts.join('&')}` : '';
+}
+
+const ref = (id: string) => encodeURIComponent(id);
+const post = (body: unknown = {}): RequestInit => ({
+  method: 'POST',
+  body: JSON.stringify(body)
+});
+
+/** The REST API, one function per route. */
+export const api = {
+  status: () => requestAPI<IStatus>('status'),
+  snapshots: (opts: {
+    limit?: number;
+    offset?: number;
+    notebook?: string;
+    name?: string;
+  }) => requestAPI<ISnapshotPage>(`snapshots${query(opts)}`),
+  snapshot: (id: string) => requestAPI<ISnapshotRecord>(`snapshots/${ref(id)}`),
+  logs: (id: string) => requestAPI<ILogs>(`snapshots/${ref(id)}/logs`),
+  remove: (id: string, force = false) =>
+    requestAPI<{ removed: ISnapshotRecord }>(
+      `snapshots/${ref(id)}${force ? '?force=1' : ''}`,
+      { method: 'DELETE' }
+    ),
+  rerun: (id: string) => requestAPI<any>(`snapshots/${ref(id)}/rerun`, post()),
+  export: (id: string) => requestAPI<any>(`snapshots/${ref(id)}/export`, post()),
+  running: () => requestAPI<{ items: IRunning[] }>('running'),
+  stop: (id: string) =>
+    requestAPI<{ stopped: IRunning[] }>(`running/${ref(id)}/stop`, post())
+};

@@ -1,0 +1,373 @@
+"""The REST API behind the sidebar, against a real jupyter_server (pytest-jupyter's fixtures).
+
+The store is a real Store in a tmp folder, put into ``web_app.settings`` through the server's
+``tornado_settings`` before the extension loads; the stop test drives a real container.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from mlcontainer_magics.errors import EngineUnavailable
+from mlcontainer_magics.server import handlers
+from mlcontainer_magics.store import Store
+
+pytest_plugins = ("pytest_jupyter.jupyter_server",)
+
+NOW = time.time()
+RECORDS = [
+    {"id": "a1b2c3d4e5f6", "name": "train", "notebook": "nb/train.ipynb", "status": "done",
+     "created": NOW - 3600, "finished": NOW - 3590, "duration": 9.5, "exit_code": 0,
+     "env_image": "mlcontainer-env:1111", "image_size": 420_000_000, "session": "s1",
+     "stdout": "epoch 1\nepoch 2\n", "stderr": "", "lock": [{"name": "numpy", "version": "2.1.0"}],
+     "timings": {"build": 30.1, "run": 9.5}},
+    {"id": "b2c3d4e5f6a1", "name": "plot", "notebook": "nb/train.ipynb", "status": "failed",
+     "created": NOW - 1800, "finished": NOW - 1790, "duration": 2.0, "exit_code": 1,
+     "env_image": "mlcontainer-env:2222", "image_size": 120_000_000, "session": "s1",
+     "stdout": "start\n", "stderr": "Traceback ...\nValueError: bad\n"},
+    {"id": "c3d4e5f6a1b2", "name": "train", "notebook": "other.ipynb", "status": "done",
+     "created": NOW - 600, "finished": NOW - 590, "duration": 8.0, "exit_code": 0,
+     "env_image": "mlcontainer-env:1111", "image_size": 420_000_000, "session": "s2"},
+    {"id": "d4e5f6a1b2c3", "name": "live", "notebook": "nb/train.ipynb", "status": "running",
+     "created": NOW - 10, "session": "s2"},
+]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "store")
+    s.put_many(RECORDS)
+    return s
+
+
+@pytest.fixture
+def jp_server_config(store):
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"mlcontainer_magics": True},
+            # Test against a server that requires authentication on every endpoint.
+            "allow_unauthenticated_access": False,
+            # Domain objects go in before the extension loads; it keeps what it finds.
+            "tornado_settings": {"mlcontainer_store": store},
+        }
+    }
+
+
+def body(response):
+    return json.loads(response.body)
+
+
+async def error(jp_fetch, *parts, **kwargs) -> tuple[int, dict]:
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch(*parts, **kwargs)
+    response = info.value.response
+    assert response.headers["Content-Type"].startswith("application/json")
+    return info.value.code, json.loads(response.body)
+
+
+# -- snapshots --------------------------------------------------------------------------------
+
+async def test_list_newest_first_with_total(jp_fetch):
+    data = body(await jp_fetch("mlcontainer", "snapshots"))
+    assert data["total"] == 4
+    assert [i["id"] for i in data["items"]] == [r["id"] for r in reversed(RECORDS)]
+    first = data["items"][-1]
+    assert first["name"] == "train" and first["image_size"] == 420_000_000
+    assert first["notebook_path"] == "nb/train.ipynb"
+    assert "stdout" not in first  # summaries only
+
+
+async def test_list_paginates(jp_fetch):
+    page1 = body(await jp_fetch("mlcontainer", "snapshots", params={"limit": 3}))
+    page2 = body(await jp_fetch("mlcontainer", "snapshots", params={"limit": 3, "offset": 3}))
+    assert len(page1["items"]) == 3 and len(page2["items"]) == 1
+    assert page1["total"] == page2["total"] == 4
+    ids = [i["id"] for i in page1["items"] + page2["items"]]
+    assert ids == [r["id"] for r in reversed(RECORDS)]
+
+
+async def test_list_filters(jp_fetch):
+    by_nb = body(await jp_fetch("mlcontainer", "snapshots", params={"notebook": "nb/train.ipynb"}))
+    assert by_nb["total"] == 3 and {i["notebook"] for i in by_nb["items"]} == {"nb/train.ipynb"}
+    by_name = body(await jp_fetch("mlcontainer", "snapshots", params={"name": "train"}))
+    assert [i["id"] for i in by_name["items"]] == ["c3d4e5f6a1b2", "a1b2c3d4e5f6"]
+    both = body(await jp_fetch("mlcontainer", "snapshots",
+                               params={"name": "train", "notebook": "other.ipynb"}))
+    assert [i["id"] for i in both["items"]] == ["c3d4e5f6a1b2"] and both["total"] == 1
+    failed = body(await jp_fetch("mlcontainer", "snapshots", params={"status": "failed"}))
+    assert [i["id"] for i in failed["items"]] == ["b2c3d4e5f6a1"]
+
+
+@pytest.mark.parametrize("params", [{"limit": "x"}, {"limit": 0}, {"limit": 100000},
+                                    {"offset": -1}, {"status": "nonsense"}])
+async def test_list_bad_arguments_400(jp_fetch, params):
+    code, data = await error(jp_fetch, "mlcontainer", "snapshots", params=params)
+    assert code == 400 and data["message"]
+
+
+async def test_show_full_record(jp_fetch):
+    data = body(await jp_fetch("mlcontainer", "snapshots", "a1b2c3d4e5f6"))
+    assert data["stdout"] == "epoch 1\nepoch 2\n"
+    assert data["timings"] == {"build": 30.1, "run": 9.5}
+    assert data["lock"][0]["name"] == "numpy"
+    # by unique prefix and by name (the newest of that name) too
+    assert body(await jp_fetch("mlcontainer", "snapshots", "b2c3"))["id"] == "b2c3d4e5f6a1"
+    assert body(await jp_fetch("mlcontainer", "snapshots", "train"))["id"] == "c3d4e5f6a1b2"
+
+
+async def test_logs(jp_fetch):
+    data = body(await jp_fetch("mlcontainer", "snapshots", "b2c3d4e5f6a1", "logs"))
+    assert data["id"] == "b2c3d4e5f6a1"
+    assert data["stdout"] == "start\n" and "ValueError: bad" in data["stderr"]
+    assert data["logs"] == "start\nTraceback ...\nValueError: bad\n"
+
+
+async def test_delete(jp_fetch, store):
+    data = body(await jp_fetch("mlcontainer", "snapshots", "b2c3d4e5f6a1", method="DELETE"))
+    assert data["removed"]["id"] == "b2c3d4e5f6a1"
+    assert store.count() == 3
+    code, data = await error(jp_fetch, "mlcontainer", "snapshots", "b2c3d4e5f6a1")
+    assert code == 404
+
+
+async def test_delete_running_needs_force(jp_fetch, store):
+    code, data = await error(jp_fetch, "mlcontainer", "snapshots", "d4e5f6a1b2c3",
+                             method="DELETE")
+    assert code == 409 and "still running" in data["message"]
+    assert store.count() == 4
+    await jp_fetch("mlcontainer", "snapshots", "d4e5f6a1b2c3", method="DELETE",
+                   params={"force": "1"})
+    assert store.count() == 3
+
+
+@pytest.mark.parametrize("parts", [("snapshots", "ffffffffffff"), ("snapshots", "nosuchname"),
+                                   ("snapshots", "ffffffffffff", "logs")])
+async def test_unknown_snapshot_404_json(jp_fetch, parts):
+    code, data = await error(jp_fetch, "mlcontainer", *parts)
+    assert code == 404
+    assert "No snapshot" in data["message"]
+
+
+async def test_unknown_snapshot_delete_404(jp_fetch, store):
+    code, data = await error(jp_fetch, "mlcontainer", "snapshots", "ffffffffffff",
+                             method="DELETE")
+    assert code == 404 and store.count() == 4
+
+
+async def test_ambiguous_prefix_409(jp_fetch, store):
+    store.put({"id": "a1b2ffffffff", "status": "done"})
+    code, data = await error(jp_fetch, "mlcontainer", "snapshots", "a1b2")
+    assert code == 409 and "ambiguous" in data["message"]
+
+
+@pytest.mark.parametrize("ref", ["..", ".hidden", "a" * 129, "a b", "x..y", "-rf", "a;b",
+                                 "ünï", "a%2Fb"])
+async def test_bad_ids_400(jp_fetch, ref):
+    for parts, method in [(("snapshots", ref), "GET"), (("snapshots", ref, "logs"), "GET"),
+                          (("snapshots", ref), "DELETE"),
+                          (("running", ref, "stop"), "POST")]:
+        kwargs = {"body": "{}"} if method == "POST" else {}
+        code, data = await error(jp_fetch, "mlcontainer", *parts, method=method, **kwargs)
+        assert code == 400, (parts, method, code)
+        assert "Invalid snapshot reference" in data["message"]
+
+
+@pytest.mark.parametrize("raw", ["..%2F..%2Fetc%2Fpasswd", "%2e%2e", "a%2F..%2Fb", "%00"])
+async def test_path_tricks_400(http_server_client, jp_base_url, jp_auth_header, raw):
+    """Escaped slashes and dots reach the handler as one segment, and are refused there."""
+    response = await http_server_client.fetch(f"{jp_base_url}mlcontainer/snapshots/{raw}",
+                                              headers=jp_auth_header, raise_error=False)
+    assert response.code == 400, (raw, response.code)
+    assert "Invalid snapshot reference" in json.loads(response.body)["message"]
+
+
+async def test_unknown_endpoint_404_json(jp_fetch):
+    for parts in [("nope",), ("snapshots", "a1b2c3d4e5f6", "nope"), ("snapshots", "..", "etc")]:
+        code, data = await error(jp_fetch, "mlcontainer", *parts)
+        assert code == 404 and data["message"]
+
+
+def test_check_ref_accepts_ids_and_names():
+    for ok in ("a1b2", "a1b2c3d4e5f6", "f" * 64, "train-v2.1_final", "Run7"):
+        assert handlers.check_ref(ok) == ok
+
+
+# -- rerun / export until the core provides them -------------------------------------------------
+
+@pytest.mark.parametrize("verb", ["rerun", "export"])
+async def test_actions_501_until_provided(jp_fetch, verb):
+    code, data = await error(jp_fetch, "mlcontainer", "snapshots", "a1b2c3d4e5f6", verb,
+                             method="POST", body="{}")
+    assert code == 501 and "not available yet" in data["message"]
+
+
+async def test_action_plugs_in_through_settings(jp_fetch, jp_serverapp, store):
+    calls = []
+
+    def rerun(st, ref, options):
+        calls.append((st, ref, options))
+        return {"id": "new", "from": st.get(ref)["id"]}
+
+    jp_serverapp.web_app.settings["mlcontainer_actions"]["rerun"] = rerun
+    data = body(await jp_fetch("mlcontainer", "snapshots", "train", "rerun", method="POST",
+                               body=json.dumps({"rebuild": True})))
+    assert data == {"id": "new", "from": "c3d4e5f6a1b2"}
+    assert [(st.root, ref, opts) for st, ref, opts in calls] == \
+        [(store.root, "train", {"rebuild": True})]
+
+
+# -- auth -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method,parts", [
+    ("GET", ("snapshots",)), ("GET", ("snapshots", "a1b2c3d4e5f6")),
+    ("GET", ("snapshots", "a1b2c3d4e5f6", "logs")), ("DELETE", ("snapshots", "a1b2c3d4e5f6")),
+    ("POST", ("snapshots", "a1b2c3d4e5f6", "rerun")),
+    ("POST", ("snapshots", "a1b2c3d4e5f6", "export")),
+    ("GET", ("running",)), ("POST", ("running", "a1b2c3d4e5f6", "stop")), ("GET", ("status",)),
+])
+async def test_unauthenticated_403(jp_fetch, store, method, parts):
+    kwargs = {"body": "{}"} if method == "POST" else {}
+    code, data = await error(jp_fetch, "mlcontainer", *parts, method=method,
+                             headers={"Authorization": ""}, **kwargs)
+    assert code == 403
+    assert store.count() == 4  # nothing was removed
+
+
+async def test_cookie_without_xsrf_is_refused(jp_fetch, store):
+    """A write with a browser's cookie but no XSRF token is refused (as jupyter_server does)."""
+    code, _ = await error(jp_fetch, "mlcontainer", "snapshots", "a1b2c3d4e5f6", method="DELETE",
+                          headers={"Authorization": "", "Cookie": "username-x=forged"})
+    assert code == 403 and store.count() == 4
+
+
+def test_every_endpoint_requires_authentication():
+    """Like the extension template's check_auth: jupyter_server warns about any handler that
+    lacks an authentication decorator; no warning may come from ours."""
+    script = """
+import warnings
+from jupyter_server.serverapp import ServerApp
+from jupyter_server.utils import JupyterServerAuthWarning
+app = ServerApp(allow_unauthenticated_access=False,
+                jpserver_extensions={"mlcontainer_magics": True},
+                reraise_server_extension_failures=True)
+with warnings.catch_warnings(record=True) as records:
+    warnings.simplefilter("always")
+    app.initialize(argv=[], find_extensions=False, new_httpserver=False)
+from mlcontainer_magics.server.handlers import BaseHandler
+ours = [r for rule in app.web_app.default_router.rules for r in getattr(rule.target, "rules", [])
+        if isinstance(r.target, type) and issubclass(r.target, BaseHandler)]
+assert len(ours) == 8, ours
+bad = [str(r.message) for r in records if issubclass(r.category, JupyterServerAuthWarning)]
+print("\\n".join(bad) or "OK")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "OK", out.stdout
+
+
+# -- status and the engine ----------------------------------------------------------------------
+
+async def test_status(jp_fetch, store):
+    data = body(await jp_fetch("mlcontainer", "status"))
+    assert data["store"]["total"] == 4 and data["store"]["root"] == str(store.root)
+    assert isinstance(data["engine"]["up"], bool)
+    if data["engine"]["up"]:
+        assert data["engine"]["version"]
+    else:
+        assert "doctor" in data["engine"]["message"]
+
+
+async def test_engine_down_is_reported_not_raised(jp_fetch, jp_serverapp):
+    def down():
+        raise EngineUnavailable("No Docker engine answers at unix:///nowhere. Run "
+                                "`mlcontainer doctor --fix`.")
+
+    jp_serverapp.web_app.settings["mlcontainer_engine"] = handlers.Engine(connect=down)
+    data = body(await jp_fetch("mlcontainer", "status"))
+    assert data["engine"] == {"up": False, "version": None, "message": data["engine"]["message"]}
+    assert "doctor --fix" in data["engine"]["message"]
+    code, err = await error(jp_fetch, "mlcontainer", "running")
+    assert code == 503 and "doctor --fix" in err["message"]
+    code, err = await error(jp_fetch, "mlcontainer", "running", "a1b2c3d4e5f6", "stop",
+                            method="POST", body="{}")
+    assert code == 503
+
+
+async def test_stop_validates_timeout(jp_fetch):
+    for bad in ({"timeout": -1}, {"timeout": "soon"}, {"timeout": 1000}, [1]):
+        code, _ = await error(jp_fetch, "mlcontainer", "running", "a1b2c3d4e5f6", "stop",
+                              method="POST", body=json.dumps(bad))
+        assert code == 400
+
+
+# -- a real container ---------------------------------------------------------------------------
+
+@pytest.fixture
+def docker_client():
+    from mlcontainer_magics.engine import connect
+
+    try:
+        client = connect(timeout=60)
+    except EngineUnavailable as e:
+        pytest.skip(str(e))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sleeper(docker_client, store):
+    """A container labelled as the product labels a run, with a store record to match."""
+    sid = uuid.uuid4().hex[:12]
+    store.put({"id": sid, "name": "sleeper", "notebook": "nb/sleep.ipynb", "status": "running"})
+    container = docker_client.containers.run(
+        "python:3.11-slim", ["sleep", "300"], detach=True, name=f"mlc-test-sleeper-{sid}",
+        labels={handlers.SNAPSHOT_LABEL: sid, handlers.NAMESPACE_LABEL: "mlc-test"})
+    try:
+        yield sid, container
+    finally:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - already gone is fine
+            pass
+
+
+@pytest.mark.docker
+async def test_running_and_stop_a_real_container(jp_fetch, docker_client, sleeper):
+    sid, container = sleeper
+    data = body(await jp_fetch("mlcontainer", "running"))
+    mine = [i for i in data["items"] if i["id"] == sid]
+    assert len(mine) == 1, data
+    item = mine[0]
+    assert item["state"] == "running" and item["status"].startswith("Up")
+    assert item["container"] == container.id[:12] and item["namespace"] == "mlc-test"
+    assert item["name"] == "sleeper" and item["notebook_path"] == "nb/sleep.ipynb"
+    only_ns = body(await jp_fetch("mlcontainer", "running", params={"namespace": "nope"}))
+    assert sid not in [i["id"] for i in only_ns["items"]]
+
+    t0 = time.monotonic()
+    data = body(await jp_fetch("mlcontainer", "running", sid, "stop", method="POST",
+                               body=json.dumps({"timeout": 1})))
+    assert [s["container"] for s in data["stopped"]] == [container.id[:12]]
+    assert time.monotonic() - t0 < 20
+    container.reload()
+    assert container.status != "running"
+    data = body(await jp_fetch("mlcontainer", "running"))
+    assert sid not in [i["id"] for i in data["items"]]
+    # Nothing left to stop: 404 JSON.
+    code, err = await error(jp_fetch, "mlcontainer", "running", sid, "stop", method="POST",
+                            body="{}")
+    assert code == 404 and sid in err["message"]
+
+
+@pytest.mark.docker
+async def test_stop_unknown_is_404(jp_fetch, docker_client):
+    code, err = await error(jp_fetch, "mlcontainer", "running", "feedfacecafe", "stop",
+                            method="POST", body="{}")
+    assert code == 404 and "No running container" in err["message"]
