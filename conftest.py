@@ -41,7 +41,7 @@ def docker_client():
 
 
 @pytest.fixture(scope="session")
-def namespace(docker_client):
+def namespace():
     return NAMESPACE
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from traitlets import Bool, Float, Unicode, default
 
 from . import spec as specs
 from . import transfer
+from .owner import OWNER
 from .richoutput import StdoutDemux
 from .widgets import open_display
 from .errors import MlcError, RunError, SpecError
@@ -119,7 +119,7 @@ class ContainerizeMagics(Magics):
             "__vsc_ipynb_file__")
         return {"notebook": notebook,
                 "cell": getattr(self.shell, "execution_count", None),
-                "kernel": f"{socket.gethostname()}:{os.getpid()}"}
+                "kernel": OWNER}
 
     @line_magic
     def container(self, line):

@@ -82,7 +82,8 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
     run_id = store.new_id({"spec": spec.to_dict()}) if store else uuid.uuid4().hex[:12]
     outcome = RunOutcome(run_id, spec)
     if store:
-        store.put(record_start(spec, run_id, context or {}))
+        store.put(dict(record_start(spec, run_id, context or {}),
+                       namespace=getattr(backend, "namespace", None)))
         events("recorded", snapshot=run_id)
     workdir = None
     started = False  # past this point the run is a snapshot, whatever happens
@@ -105,6 +106,9 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
                              output=output)
         t2 = time.perf_counter()
         outcome.timings["run"] = round(t2 - t1, 3)
+        if (store and outcome.result.reason in ("killed", "failed")
+                and store.get(run_id).get("stop_requested")):
+            outcome.result.reason = "stopped"  # from the sidebar, the widget or the CLI
         if outcome.result.reason == "done" and spec.outputs:
             events("collecting")
             outcome.values, outcome.outputs = transfer.read_outputs(workdir / "out",

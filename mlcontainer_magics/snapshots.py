@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from . import render, runs, transfer
+from .owner import alive as owner_alive
 from .errors import SpecError, StoreError
 from .runner import runner_source
 from .spec import EnvSpec, RunSpec
@@ -16,6 +17,9 @@ from .spec import EnvSpec, RunSpec
 def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
     """The RunSpec a snapshot was made from. Secret values were never recorded: they are taken
     from the current environment, or the rerun stops with a clear error."""
+    if not isinstance(record.get("spec"), dict) or "env_spec" not in record["spec"]:
+        raise StoreError(f"Snapshot {record.get('id')} has no recorded spec, so it cannot be "
+                         "rerun or exported (it was not made by %%containerize).")
     d = dict(record["spec"])
     env_spec = EnvSpec(d["env_spec"]["base_image"], tuple(d["env_spec"]["apt"]),
                        tuple(d["env_spec"]["requirements"]))
@@ -141,8 +145,9 @@ def export(store, ref: str, dest, backend, *, tar: bool = False, k8s: bool = Fal
     """Write a folder that rebuilds and reruns the snapshot with plain `docker build`/`run`."""
     record = store.get(ref)
     dest = Path(dest).expanduser()
-    if dest.exists() and any(dest.iterdir()):
-        raise SpecError(f"{dest} exists and is not empty; export into a new folder.")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        what = "is not empty" if dest.is_dir() else "is a file"
+        raise SpecError(f"{dest} exists and {what}; export into a new folder.")
     spec = spec_from_record(record, environ={k: "" for k, _ in record["spec"].get("env", [])})
     folder = store.artifacts_dir(record["id"])
     lock = record.get("lock") or []
@@ -182,8 +187,11 @@ def export(store, ref: str, dest, backend, *, tar: bool = False, k8s: bool = Fal
         if dest.exists():
             dest.rmdir()
         staging.rename(dest)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise SpecError(f"Cannot write the export to {dest}: {e.strerror or e}. Choose a "
+                            "new folder in a place you may write to.") from None
         raise
     return dest
 
@@ -197,7 +205,13 @@ def prune(store, backend) -> list[str]:
     referenced = {s.get("env_image") for s in store.list(limit=None)} - {None}
     done += backend.prune_images(keep=referenced)
     for summary in store.list(limit=None, status=["building", "running"]):
-        if not backend.is_running(summary["id"]):
-            store.update(summary["id"], status="interrupted", reason="its kernel went away")
-            done.append(f"marked {summary['id']} interrupted (its kernel went away)")
+        if backend.is_running(summary["id"]):
+            continue
+        # Still building, or running in a warm session (whose container has no run label):
+        # its kernel is alive and will record how it ends.
+        if owner_alive(store.get(summary["id"]).get("kernel")):
+            continue
+        store.update(summary["id"], status="interrupted", reason="its kernel went away")
+        done.append(f"marked {summary['id']} interrupted (its kernel went away)")
     return done
+

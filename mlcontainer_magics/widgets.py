@@ -423,6 +423,9 @@ class WidgetView:
         self.stop.layout.display = "" if self._has_stop and not s.finished else "none"
         self.stop.disabled = not self._has_stop or s.finished or s.stopping
         self.stop.description = "stopping…" if s.stopping else "Stop"
+        # JupyterLab: the sidebar extension stops the run through the server on this click,
+        # since the kernel, busy with this very cell, hears the widget click only afterwards.
+        self.stop._dom_classes = ("mlc-stop-run", f"mlc-run-{s.snapshot}") if s.snapshot else ()
         self._render_log(s)
         self.detail_text.value = _pre(s.detail) if s.detail else ""
         self.details.layout.display = "" if s.finished and s.detail else "none"

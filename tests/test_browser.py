@@ -238,10 +238,9 @@ def test_sidebar_lists_snapshots_and_details(start_lab, browser):
     assert "mlcontainer-env:7a8b9c0d1e2f" in dtext
     shot(page, "sidebar-details.png")
 
-    # Re-run is not wired to the core yet: the server's 501 message is shown inline.
+    # Re-run reaches the core; this hand-made record has no spec, and the core's message shows.
     details.get_by_role("button", name="Re-run").click()
-    details.locator(".mlc-Notice").wait_for(timeout=10_000)
-    assert "not available yet" in details.locator(".mlc-Notice").inner_text()
+    details.locator(".mlc-Notice", has_text="cannot be rerun").wait_for(timeout=30_000)
 
     # Open notebook: a document tab for nb/train.ipynb opens.
     details.get_by_role("button", name="Open notebook").click()
@@ -336,4 +335,60 @@ def test_running_container_shows_and_stops(start_lab, browser, sleeper):
     row.wait_for(state="detached", timeout=30_000)
     container.reload()
     assert container.status != "running"
+    assert errors == [], errors
+
+
+RUN_NOTEBOOK = {"cells": [
+    {"cell_type": "code", "id": "load", "metadata": {}, "outputs": [], "execution_count": None,
+     "source": "%load_ext mlcontainer_magics"},
+    {"cell_type": "code", "id": "quick", "metadata": {}, "outputs": [], "execution_count": None,
+     "source": "%%containerize -n browser-run\nprint('hello from the container')"},
+    {"cell_type": "code", "id": "long", "metadata": {}, "outputs": [], "execution_count": None,
+     "source": "%%containerize -n browser-stop --no-raise-error\nimport time\n"
+               "print('working', flush=True)\ntime.sleep(120)"},
+], "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                               "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+def test_containerized_cells_in_a_real_notebook(start_lab, browser):
+    """A notebook runs %%containerize cells: output, the status widget, the run in the panel,
+    and the widget's Stop button stopping a run while its cell is still executing."""
+    lab = start_lab(name="notebook")
+    (lab.root / "run.ipynb").write_text(json.dumps(RUN_NOTEBOOK))
+    page, errors = open_lab(browser, lab)
+    page.goto(f"{lab.url}lab/tree/run.ipynb?token={lab.token}", wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    dialog = page.locator(".jp-Dialog")
+    try:  # JupyterLab asks which kernel a new notebook should use
+        dialog.get_by_role("button", name="Select").click(timeout=15_000)
+    except Exception:
+        pass
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                           timeout=60_000)
+    page.click(TAB)
+    page.get_by_role("menuitem", name="Run").click()
+    page.locator("li[data-command='runmenu:run-all']").click()
+
+    quick = page.locator(".jp-Cell").nth(1)
+    quick.locator(".jp-OutputArea").get_by_text("hello from the container").wait_for(
+        timeout=120_000)
+    quick.locator('.mlc-badge[data-status="done"]').wait_for(timeout=60_000)
+    sid = lab.store.get("browser-run")["id"]
+    assert sid in quick.locator(".mlc-status").inner_text()
+    quick.locator(".mlc-status").screenshot(path=str(ARTIFACTS / "status-widget-done.png"))
+    page.locator(f'{SIDEBAR} li[data-snapshot="{sid}"]').wait_for(timeout=30_000)
+
+    long = page.locator(".jp-Cell").nth(2)
+    long.locator(".jp-OutputArea").get_by_text("working").wait_for(timeout=120_000)
+    stop = long.locator("button.mlc-stop-run")
+    stop.wait_for(timeout=30_000)
+    long.locator(".mlc-status").screenshot(path=str(ARTIFACTS / "status-widget-running.png"))
+    shot(page, "notebook-running.png")
+    stop.click()
+    long.locator('.mlc-badge[data-status="stopped"]').wait_for(timeout=30_000)
+    assert lab.store.get("browser-stop")["status"] == "stopped"
+    long.locator(".mlc-status").screenshot(path=str(ARTIFACTS / "status-widget-stopped.png"))
+    shot(page, "notebook-stopped.png")
     assert errors == [], errors

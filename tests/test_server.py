@@ -12,6 +12,7 @@ import time
 import uuid
 
 import pytest
+from pathlib import Path
 from tornado.httpclient import HTTPClientError
 
 from mlcontainer_magics.errors import EngineUnavailable
@@ -198,13 +199,46 @@ def test_check_ref_accepts_ids_and_names():
         assert handlers.check_ref(ok) == ok
 
 
-# -- rerun / export until the core provides them -------------------------------------------------
+# -- rerun / export ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("verb", ["rerun", "export"])
-async def test_actions_501_until_provided(jp_fetch, verb):
+async def test_an_unset_action_answers_501(jp_fetch, jp_serverapp, verb):
+    jp_serverapp.web_app.settings["mlcontainer_actions"][verb] = None
     code, data = await error(jp_fetch, "mlcontainer", "snapshots", "a1b2c3d4e5f6", verb,
                              method="POST", body="{}")
     assert code == 501 and "not available yet" in data["message"]
+
+
+@pytest.fixture
+def real_snapshot(store, namespace):
+    """A snapshot made by a real run on the engine, in the server's store."""
+    from mlcontainer_magics import runs
+    from mlcontainer_magics.backends.docker import DockerBackend
+    from mlcontainer_magics.spec import EnvSpec, RunSpec
+
+    spec = RunSpec(code="print('from the server')", env_spec=EnvSpec("python:3.11-slim"),
+                   name="served")
+    return runs.execute(spec, DockerBackend(namespace=namespace), store=store).run_id
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+async def test_rerun_with_verification(jp_fetch, store, real_snapshot):
+    data = body(await jp_fetch("mlcontainer", "snapshots", real_snapshot, "rerun",
+                               method="POST", body=json.dumps({"verify": True})))
+    assert data["rerun_of"] == real_snapshot and data["status"] == "done"
+    assert data["verified"] is True and store.get(data["id"])["stdout"] == "from the server\n"
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+async def test_export_lands_under_the_server_root_only(jp_fetch, jp_serverapp, real_snapshot):
+    data = body(await jp_fetch("mlcontainer", "snapshots", real_snapshot, "export",
+                               method="POST", body=json.dumps({"dest": "/etc/evil"})))
+    folder = Path(jp_serverapp.root_dir) / data["path"]
+    assert data["path"].startswith("mlcontainer-exports/served-") and folder.is_dir()
+    assert {"Dockerfile", "README.md", "mlc"} <= set(data["files"])
+    assert not Path("/etc/evil").exists()
 
 
 async def test_action_plugs_in_through_settings(jp_fetch, jp_serverapp, store):

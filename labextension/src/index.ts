@@ -4,8 +4,9 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, Notification } from '@jupyterlab/apputils';
 
+import { api } from './api';
 import { containerIcon } from './icon';
 import { MlcSidebar } from './panel';
 
@@ -36,7 +37,31 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (palette) {
       palette.addItem({ command: COMMAND, category: 'mlcontainer' });
     }
+    document.addEventListener('click', stopFromStatusDisplay);
   }
 };
+
+/**
+ * The Stop button in a cell's status display (classes mlc-stop-run mlc-run-<snapshot id>).
+ * The kernel is busy running that very cell and would hear the widget's own click only
+ * afterwards, so the click also goes to the server, which stops the run now.
+ */
+function stopFromStatusDisplay(event: MouseEvent): void {
+  const button = (event.target as HTMLElement | null)?.closest?.('button.mlc-stop-run');
+  const id = Array.from(button?.classList ?? [])
+    .find(c => c.startsWith('mlc-run-'))
+    ?.slice('mlc-run-'.length);
+  if (!button || !id) {
+    return;
+  }
+  event.preventDefault();
+  (button as HTMLButtonElement).disabled = true;
+  button.textContent = 'Stopping…';
+  api.stop(id).catch(e => {
+    (button as HTMLButtonElement).disabled = false;
+    button.textContent = 'Stop';
+    Notification.error(`Could not stop ${id}: ${e?.message ?? e}`);
+  });
+}
 
 export default plugin;

@@ -391,16 +391,19 @@ function SnapshotDetails({
 
   const verb = async (name: 'rerun' | 'export', label: string) => {
     setNotice(null);
+    setNotice(`${label}: working…`);
     try {
       const result = await api[name](id);
-      setNotice(`${label}: ${result?.message || 'done'}`);
+      setNotice(
+        name === 'rerun'
+          ? `${label}: ran again as ${result.id}, ${result.status}` +
+              (result.verified === false ? ' (outputs differ)' : '')
+          : `${label}: written to ${result.path}`
+      );
       await model.refreshSnapshots();
     } catch (e) {
-      if (e instanceof ApiError && e.status === 501) {
-        setNotice(e.message);
-      } else {
-        Notification.error(`${label} failed: ${errorText(e)}`);
-      }
+      // Shown where the user clicked; the server's message says what to do.
+      setNotice(e instanceof ApiError && e.status === 501 ? e.message : `${label} failed: ${errorText(e)}`);
     }
   };
 

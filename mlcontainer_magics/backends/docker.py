@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import threading
 import uuid
 
@@ -17,6 +15,8 @@ from .. import render
 from ..archive import tar_bytes, untar_files
 from ..engine import connect
 from ..errors import BaseImageMissing, BuildError, RunError
+from ..owner import OWNER
+from ..owner import alive as owner_alive
 from ..pipconfig import BuildNetwork, host_build_network
 from ..requirements import lock_from_report, lock_key
 from ..spec import EnvSpec, RunSpec, digest
@@ -24,23 +24,6 @@ from .base import Backend, Environment, Events, Output, RunResult, no_events
 
 LABEL = "org.mlcontainer"
 RUN_UID = 1000
-# Which process started a container: `prune` removes those whose process is gone.
-OWNER = f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _owner_alive(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return host != socket.gethostname() and bool(host)  # another machine's: leave it
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _labels(namespace: str, **extra) -> dict[str, str]:
     labels = {f"{LABEL}.managed": "1", f"{LABEL}.namespace": namespace}
     labels.update({f"{LABEL}.{k}": str(v) for k, v in extra.items()})
@@ -228,13 +211,13 @@ class DockerBackend(Backend):
         for c in self.client.containers.list(
                 all=True, filters={"label": f"{LABEL}.namespace={self.namespace}"}):
             owner = c.labels.get(f"{LABEL}.owner", "")
-            if c.status == "running" and _owner_alive(owner):
+            if c.status == "running" and owner_alive(owner):
                 continue
             _quietly(c.remove, force=True)
             done.append(f"removed container {c.name} ({c.status}, owner {owner or '?'})")
         for v in self.client.volumes.list(
                 filters={"label": [f"{LABEL}.namespace={self.namespace}", f"{LABEL}.role=build"]}):
-            if not _owner_alive(v.attrs.get("Labels", {}).get(f"{LABEL}.owner", "")):
+            if not owner_alive(v.attrs.get("Labels", {}).get(f"{LABEL}.owner", "")):
                 _quietly(v.remove, force=True)
                 done.append(f"removed build volume {v.name}")
         return done
@@ -373,8 +356,8 @@ class DockerBackend(Backend):
                "PYTHONDONTWRITEBYTECODE": "1", **dict(spec.env)}
         opts = dict(
             user=render.RUN_USER, environment=env, working_dir=render.MLC_DIR,
-            labels=_labels(self.namespace, role="run", run=run_id, name=spec.name or "",
-                           owner=OWNER),
+            labels=_labels(self.namespace, role="run", run=run_id, snapshot=run_id,
+                           name=spec.name or "", owner=OWNER),
             network_mode=spec.network, cap_drop=["ALL"], security_opt=["no-new-privileges"],
             privileged=False, init=True, pids_limit=4096,
             # The run's own folder and nothing else of the host: code in, values out.

@@ -6,6 +6,7 @@ deployments can put their own in before the extension loads.
 """
 from __future__ import annotations
 
+from . import actions
 from .handlers import ACTIONS, Engine, setup_handlers
 
 __all__ = ["ACTIONS", "Engine", "setup_handlers"]
@@ -19,8 +20,10 @@ def _load_jupyter_server_extension(server_app):
 
         settings["mlcontainer_store"] = Store()
     settings.setdefault("mlcontainer_engine", Engine())
-    settings.setdefault("mlcontainer_actions", dict(ACTIONS))
     settings.setdefault("mlcontainer_root_dir", getattr(server_app, "root_dir", None))
+    settings.setdefault("mlcontainer_actions", dict(
+        ACTIONS, rerun=actions.rerun,
+        export=actions.export_under(settings["mlcontainer_root_dir"])))
     setup_handlers(server_app.web_app)
     root = getattr(settings["mlcontainer_store"], "root", None)
     server_app.log.info("mlcontainer_magics server extension: API at /mlcontainer/, store %s",

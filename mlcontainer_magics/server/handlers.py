@@ -4,8 +4,8 @@
     GET    snapshots/{ref}           the full record
     GET    snapshots/{ref}/logs      {id, logs, stdout, stderr}
     DELETE snapshots/{ref}           {removed} (?force=1 for a building/running one)
-    POST   snapshots/{ref}/rerun     501 until the core provides it (see ACTIONS)
-    POST   snapshots/{ref}/export    501 until the core provides it (see ACTIONS)
+    POST   snapshots/{ref}/rerun     run it again from its lock ({"verify": true} checks outputs)
+    POST   snapshots/{ref}/export    export under <root>/mlcontainer-exports/ ({"tar": true})
     GET    running                   {items, engine}: containers the product labelled, live
     POST   running/{ref}/stop        {stopped}: stops the running container(s) of a snapshot
     GET    status                    {version, engine: {up, version, message}, store}
@@ -53,8 +53,8 @@ MAX_LIMIT = 500
 # event loop; ``None`` answers 501 "not available yet". The server reads the copy in
 # ``web_app.settings["mlcontainer_actions"]``, so a test or deployment can swap one in.
 ACTIONS: dict[str, Callable[[Any, str, dict], dict] | None] = {
-    "rerun": None,   # to be: mlcontainer_magics.verbs.rerun
-    "export": None,  # to be: mlcontainer_magics.verbs.export
+    "rerun": None,   # set in server/__init__.py from server/actions.py
+    "export": None,  # likewise; it needs the server's root directory
 }
 ACTION_TITLES = {"rerun": "Re-run", "export": "Export"}
 
@@ -403,10 +403,19 @@ class StopHandler(BaseHandler):
         timeout = self.body().get("timeout", 5)
         if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 <= timeout <= 60:
             raise tornado.web.HTTPError(400, "'timeout' must be an integer from 0 to 60 seconds.")
+        # Said before stopping, so the kernel, seeing its container end, records "stopped".
+        await self._call(self._request_stop, ref)
         stopped = await self._call(self.engine.stop, ref, timeout)
         if not stopped:
             raise tornado.web.HTTPError(404, f"No running container for snapshot {ref}.")
         self.reply({"stopped": stopped})
+
+    def _request_stop(self, ref: str) -> None:
+        try:
+            if self.store.get(ref).get("status") in ("building", "running"):
+                self.store.update(ref, stop_requested=True)
+        except MlcError:
+            pass  # a container with no record of its own
 
 
 class StatusHandler(BaseHandler):
