@@ -88,12 +88,13 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
     workdir = None
     started = False  # past this point the run is a snapshot, whatever happens
     try:
+        # A backend without warm sessions refuses here, before anything is built.
+        pool = backend.sessions if spec.session else None
         t0 = time.perf_counter()
         outcome.env = backend.ensure_environment(spec.env_spec, events=events, rebuild=rebuild,
                                                  lock=lock)
         t1 = time.perf_counter()
         outcome.timings["environment"] = round(t1 - t0, 3)
-        pool = backend.sessions if spec.session else None
         parent = pool.ensure(spec, outcome.env, events).folder / "io" if pool else None
         workdir, outcome.inputs = prepare_workdir(spec, inputs or {}, parent)
         if store:
@@ -262,6 +263,9 @@ def failure(outcome: RunOutcome) -> RunError:
     elif r.reason == "oom":
         limit = f" of {outcome.spec.memory // 2**20} MiB" if outcome.spec.memory else ""
         head = f"Out of memory: the cell used more than its --memory limit{limit}."
+    elif r.exit_code is None and "mlcontainer: " in r.stderr:
+        # The container never ran, or never reported an exit: the backend says why.
+        head = r.stderr.split("mlcontainer: ", 1)[1].splitlines()[0]
     else:
         head = f"The containerized cell {what} (exit code {r.exit_code})."
         if r.reason == "failed" and r.exit_code == 2 and "mlcontainer: " in r.stderr:

@@ -33,15 +33,17 @@ LOG_LIMIT = 200  # build-log lines a status keeps (the newest)
 TICK = 0.5  # seconds between redraws of a running widget
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
-PHASES = ("resolving", "cached", "building", "built", "starting", "running", "collecting",
-          "finished")
-ENV_PHASES = ("resolving", "building")
-RUN_PHASES = ("starting", "running", "collecting")
+PHASES = ("resolving", "cached", "building", "built", "pushing", "starting", "scheduling",
+          "pulling", "running", "collecting", "finished")
+ENV_PHASES = ("resolving", "building", "pushing")
+# scheduling and pulling: a Kubernetes pod waiting for a node, then for its image.
+RUN_PHASES = ("starting", "scheduling", "pulling", "running", "collecting")
 
 # What the badge says, per phase while running and per final status at the end.
 BADGES = {
     "pending": "waiting", "resolving": "resolving", "cached": "cache hit",
-    "building": "building", "built": "built", "starting": "starting", "running": "running",
+    "building": "building", "built": "built", "pushing": "pushing", "starting": "starting",
+    "scheduling": "scheduling", "pulling": "pulling", "running": "running",
     "collecting": "collecting", "stopping": "stopping",
     "done": "done", "failed": "failed", "timeout": "timed out", "oom": "out of memory",
     "interrupted": "interrupted", "stopped": "stopped", "killed": "killed",
@@ -49,12 +51,14 @@ BADGES = {
 PHASE_TEXT = {
     "pending": "waiting", "resolving": "resolving environment",
     "cached": "environment found (cache hit)", "building": "building environment",
-    "built": "environment built", "starting": "starting container", "running": "running",
+    "built": "environment built", "pushing": "pushing image to the registry",
+    "starting": "starting container", "scheduling": "waiting for a node",
+    "pulling": "pulling image", "running": "running",
     "collecting": "collecting results",
 }
 COLORS = {
     "done": "#2e7d32", "cached": "#00796b", "built": "#00796b",
-    "building": "#1565c0", "running": "#1565c0",
+    "building": "#1565c0", "pushing": "#1565c0", "running": "#1565c0",
     "stopping": "#ef6c00", "stopped": "#ef6c00", "interrupted": "#ef6c00",
     "failed": "#c62828", "timeout": "#c62828", "oom": "#c62828", "killed": "#c62828",
 }
@@ -129,6 +133,7 @@ class RunStatus:
     requirements: tuple = ()
     apt: tuple = ()
     container: str = ""
+    note: str = ""  # why a pod waits (the scheduler's words)
     snapshot: str = ""
     progress: BuildProgress = field(default_factory=BuildProgress)
     log: tuple = ()  # the newest LOG_LIMIT build-log lines
@@ -213,8 +218,12 @@ def apply(status: RunStatus, phase: str, info: Mapping | None = None, *,
         return replace(status, image=str(info.get("image") or status.image),
                        size=info.get("size", status.size),
                        progress=replace(p, steps_done=max(p.steps_known, p.steps_done), step=""))
+    if phase == "pushing":
+        return replace(status, image=str(info.get("image") or status.image))
+    if phase == "scheduling":
+        return replace(status, note=str(info.get("message") or status.note))
     if phase == "running":
-        return replace(status, container=str(info.get("container") or ""))
+        return replace(status, container=str(info.get("container") or ""), note="")
     if phase == "finished":
         message, rest = _split_message(info.get("message"))
         detail = str(info.get("detail") or "")
@@ -308,6 +317,12 @@ def _phase_line(s: RunStatus) -> str | None:
     if s.phase == "built":
         size = f" ({fmt_size(s.size)})" if fmt_size(s.size) else ""
         return f"environment ready in {fmt_seconds(s.seconds(ENV_PHASES))}{size}"
+    if s.phase == "pushing":
+        return f"pushing {s.image}…"
+    if s.phase == "scheduling":
+        return f"waiting for a node: {s.note}" if s.note else None
+    if s.phase == "pulling":
+        return "pulling the image on the node…"
     if s.phase == "running":
         return f"running in container {s.container}…" if s.container else "running…"
     if s.phase == "collecting":
@@ -332,6 +347,8 @@ def text_lines(before: RunStatus, after: RunStatus) -> list[str]:
         line = _phase_line(after)
         if line:
             lines.append(line)
+    elif after.note and after.note != before.note:
+        lines.append(f"waiting for a node: {after.note}")
     elif after.finished and after.snapshot != before.snapshot:
         lines.append(f"snapshot {after.snapshot}")
     return [f"{PREFIX} {line}" for line in lines]
@@ -438,6 +455,8 @@ class WidgetView:
         if s.stopping:
             return "stopping…"
         text = PHASE_TEXT.get(s.phase, s.phase)
+        if s.note:
+            text += f" · {s.note}"
         if s.phase == "building":
             progress = describe_progress(s.progress)
             text += f" · {progress}" if progress else ""

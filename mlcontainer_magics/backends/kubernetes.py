@@ -1,0 +1,924 @@
+"""The Kubernetes backend: each run is a Job on a cluster, its log streamed back into the cell.
+
+Environments are made exactly as with Docker (a :class:`DockerBackend` of the same namespace
+builds or reuses the image), then pushed to the registry the cluster pulls from, only when the
+registry does not hold that image yet; the pod runs it by digest.
+
+A run is a Secret (the run's folder: runner, cell, manifest, values in), a Job and, for
+``--network none``, a NetworkPolicy, made by the pure builders of :mod:`..k8s.objects` and sent
+with the official ``kubernetes`` client. The pod's log is one stream (``MLC_ONE_STREAM=1``): the
+runner marks stderr lines, display data and, at the end, each file of ``/mlc/out``, so the
+output, the rich output and the ``--out`` values come back as they do from a Docker container.
+
+Every ``ApiException`` (and a cluster that does not answer) becomes a :class:`KubernetesError`
+at one boundary, :meth:`KubernetesBackend._cluster_errors`, branching only on the status.
+"""
+from __future__ import annotations
+
+import codecs
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from traitlets import Bool, Dict, Float, Int, List, Unicode, default
+from traitlets.config import Configurable
+
+from .. import registry as registries
+from ..errors import MlcError, SpecError
+from ..k8s import objects
+from ..richoutput import MARK, StdoutDemux
+from ..spec import RunSpec, parse_memory
+from .base import Backend, Environment, Events, Output, RunResult, no_events
+
+ENV_PREFIX = "MLCONTAINER_K8S_"
+ONE_STREAM = ("MLC_ONE_STREAM", "1")  # the runner's one-stream mode: see runner/mlc_runner.py
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+WATCH_SECONDS = 5  # a watch of the pods is renewed this often; the Job is read again each time
+FINAL_WAIT = 30.0  # after the log ends, how long the pod may take to report its exit
+JOB_WAIT = 5.0  # after a nonzero exit, how long to wait for the Job to say why (deadline?)
+NO_POD_GRACE = 10.0  # the Job controller's pod may take this long, whatever schedule_timeout
+LOG_RETRIES = 20  # reconnects of a log stream that broke while the container still ran
+
+SESSIONS_UNSUPPORTED = (
+    "--session is not supported with --backend kubernetes: every cell runs as a Job of its own. "
+    "Run the cell without --session, or with the Docker backend (--backend docker) to keep a "
+    "warm interpreter between cells.")
+NO_REGISTRY = (
+    "Kubernetes runs need a registry the cluster can pull the environment image from, and "
+    "none is set. Set one with `%config KubernetesConfig.registry = \"host:port/path\"` (or "
+    "the environment variable MLCONTAINER_K8S_REGISTRY), for example "
+    "\"registry.example.com/team\"; give its login with KubernetesConfig.registry_username "
+    "and registry_password, or `docker login` it once.")
+
+
+class KubernetesError(MlcError):
+    """The cluster refused a request, or could not be reached."""
+
+
+class ClusterUnavailable(KubernetesError):
+    """No usable kubeconfig, or no API server answers at the configured address."""
+
+
+class ClusterAuthError(KubernetesError):
+    """The cluster refused the credentials (401), or RBAC refused the request (403)."""
+
+
+class NamespaceMissing(KubernetesError):
+    """The configured namespace does not exist on the cluster."""
+
+
+def _env(name: str, fallback=None):
+    value = os.environ.get(ENV_PREFIX + name)
+    return value if value not in (None, "") else fallback
+
+
+class KubernetesConfig(Configurable):
+    """Where and how `%%containerize --backend kubernetes` runs cells.
+
+    Set with `%config KubernetesConfig.NAME = VALUE`, or the environment variable given.
+    """
+
+    kubeconfig = Unicode(
+        help="The kubeconfig file (several separated by ':', as KUBECONFIG). "
+             "Env: KUBECONFIG; default ~/.kube/config.").tag(config=True)
+    context = Unicode(
+        None, allow_none=True,
+        help="The kubeconfig context to use; default: its current-context. "
+             "Env: MLCONTAINER_K8S_CONTEXT.").tag(config=True)
+    in_cluster = Bool(
+        help="Use the service account of the pod this kernel runs in instead of a kubeconfig "
+             "(JupyterHub on Kubernetes). Env: MLCONTAINER_K8S_IN_CLUSTER=1.").tag(config=True)
+    k8s_namespace = Unicode(
+        None, allow_none=True,
+        help="The Kubernetes namespace runs go to; default: the context's namespace (in a "
+             "cluster: the pod's own), else 'default'. Env: MLCONTAINER_K8S_NAMESPACE."
+    ).tag(config=True)
+    registry = Unicode(
+        None, allow_none=True,
+        help="Registry the cluster pulls environment images from, as host[:port][/path] "
+             "(e.g. registry.example.com/team); images are pushed there when it lacks them. "
+             "Required. Env: MLCONTAINER_K8S_REGISTRY.").tag(config=True)
+    registry_username = Unicode(
+        None, allow_none=True,
+        help="Login for pushing to the registry; none: the engine's stored login "
+             "(`docker login`). Env: MLCONTAINER_K8S_REGISTRY_USERNAME.").tag(config=True)
+    registry_password = Unicode(
+        None, allow_none=True,
+        help="Password or token for registry_username. "
+             "Env: MLCONTAINER_K8S_REGISTRY_PASSWORD.").tag(config=True)
+    image_pull_secret = Unicode(
+        None, allow_none=True,
+        help="Name of a docker-registry Secret in the namespace that lets the cluster pull "
+             "from a private registry. Env: MLCONTAINER_K8S_IMAGE_PULL_SECRET.").tag(config=True)
+    service_account = Unicode(
+        None, allow_none=True,
+        help="Service account of the run's pod; none: no service account token is mounted "
+             "(the cell cannot call the cluster's API). "
+             "Env: MLCONTAINER_K8S_SERVICE_ACCOUNT.").tag(config=True)
+    node_selector = Dict(
+        help="Node labels the pod must run on, e.g. {'nvidia.com/gpu.present': 'true'}. "
+             "Env: MLCONTAINER_K8S_NODE_SELECTOR='key=value,key2=value2'.").tag(config=True)
+    tolerations = List(
+        Dict(),
+        help="Taints the pod tolerates, as Kubernetes writes them, e.g. [{'key': 'gpu', "
+             "'operator': 'Exists', 'effect': 'NoSchedule'}]. "
+             "Env: MLCONTAINER_K8S_TOLERATIONS (a JSON list).").tag(config=True)
+    default_cpus = Float(
+        None, allow_none=True,
+        help="CPUs a run gets when it gives no --cpus (requests = limits). "
+             "Env: MLCONTAINER_K8S_DEFAULT_CPUS.").tag(config=True)
+    default_memory = Unicode(
+        None, allow_none=True,
+        help="Memory a run gets when it gives no --memory, e.g. 2g (requests = limits). "
+             "Env: MLCONTAINER_K8S_DEFAULT_MEMORY.").tag(config=True)
+    ttl_seconds = Int(
+        objects.DEFAULT_TTL_SECONDS, allow_none=True,
+        help="Finished Jobs (and their pods' logs) are deleted by the cluster this many seconds "
+             "after they end; None keeps them. Env: MLCONTAINER_K8S_TTL_SECONDS.").tag(config=True)
+    schedule_timeout = Float(
+        300.0,
+        help="How long a pod may wait for a node (e.g. for an autoscaler to add one) before "
+             "the run fails with the scheduler's reason; 0 fails at once. "
+             "Env: MLCONTAINER_K8S_SCHEDULE_TIMEOUT.").tag(config=True)
+
+    @default("kubeconfig")
+    def _default_kubeconfig(self):
+        return os.environ.get("KUBECONFIG", "")
+
+    @default("context")
+    def _default_context(self):
+        return _env("CONTEXT")
+
+    @default("in_cluster")
+    def _default_in_cluster(self):
+        return _env("IN_CLUSTER", "").lower() in ("1", "true", "yes")
+
+    @default("k8s_namespace")
+    def _default_namespace(self):
+        return _env("NAMESPACE")
+
+    @default("registry")
+    def _default_registry(self):
+        return _env("REGISTRY")
+
+    @default("registry_username")
+    def _default_username(self):
+        return _env("REGISTRY_USERNAME")
+
+    @default("registry_password")
+    def _default_password(self):
+        return _env("REGISTRY_PASSWORD")
+
+    @default("image_pull_secret")
+    def _default_pull_secret(self):
+        return _env("IMAGE_PULL_SECRET")
+
+    @default("service_account")
+    def _default_service_account(self):
+        return _env("SERVICE_ACCOUNT")
+
+    @default("node_selector")
+    def _default_node_selector(self):
+        pairs = [p for p in (_env("NODE_SELECTOR", "")).split(",") if p.strip()]
+        return dict(p.strip().split("=", 1) if "=" in p else (p.strip(), "") for p in pairs)
+
+    @default("tolerations")
+    def _default_tolerations(self):
+        text = _env("TOLERATIONS")
+        if not text:
+            return []
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise SpecError("MLCONTAINER_K8S_TOLERATIONS is not JSON; give a list such as "
+                            '[{"key": "gpu", "operator": "Exists"}].') from None
+        return value if isinstance(value, list) else [value]
+
+    @default("default_cpus")
+    def _default_cpus(self):
+        value = _env("DEFAULT_CPUS")
+        return float(value) if value else None
+
+    @default("default_memory")
+    def _default_memory(self):
+        return _env("DEFAULT_MEMORY")
+
+    @default("ttl_seconds")
+    def _default_ttl(self):
+        value = _env("TTL_SECONDS")
+        if value is None:
+            return objects.DEFAULT_TTL_SECONDS
+        return None if value.lower() in ("none", "") else int(value)
+
+    @default("schedule_timeout")
+    def _default_schedule_timeout(self):
+        return float(_env("SCHEDULE_TIMEOUT", 300))
+
+    @classmethod
+    def class_get_trait_help(cls, trait, inst=None, helptext=None):
+        # `%config KubernetesConfig` shows current values: never the password's.
+        if trait.name == "registry_password":
+            inst = None
+        return super().class_get_trait_help(trait, inst, helptext)
+
+    def settings(self, namespace: str) -> objects.K8sSettings:
+        """The placement settings for runs in ``namespace``; SpecError when one is invalid."""
+        memory = self.default_memory
+        return objects.K8sSettings(
+            namespace=namespace, context=self.context or None, in_cluster=self.in_cluster,
+            registry=self.registry or None, image_pull_secret=self.image_pull_secret or None,
+            service_account=self.service_account or None,
+            node_selector=dict(self.node_selector), tolerations=tuple(self.tolerations),
+            default_cpus=self.default_cpus,
+            default_memory=parse_memory(memory) if memory else None,
+            ttl_seconds=self.ttl_seconds)
+
+
+def _register_with_shell(config: KubernetesConfig, parent) -> None:
+    """Let `%config KubernetesConfig.x = ...` reach this object after it exists (IPython
+    updates only the configurables its shell knows)."""
+    shell = getattr(parent, "shell", None)
+    configurables = getattr(shell, "configurables", None)
+    if isinstance(configurables, list) and config not in configurables:
+        configurables.append(config)
+
+
+class _Api:
+    """The official client's API groups, over one ApiClient."""
+
+    def __init__(self, api_client, context: str = "") -> None:
+        from kubernetes import client
+
+        self.client = api_client
+        self.context = context  # the kubeconfig context it came from, for messages
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.net = client.NetworkingV1Api(api_client)
+
+
+@dataclasses.dataclass
+class _Run:
+    api: _Api
+    namespace: str
+    name: str  # of the Job, its Secret and its NetworkPolicy
+    selector: str  # the run's pods (and Job)
+    image: str
+    network_policy: bool = False
+    abandon: bool = False  # delete the Job too when the run ends (it still runs or waits)
+
+
+class KubernetesBackend(Backend):
+    name = "kubernetes"
+
+    def __init__(self, namespace: str = "mlcontainer", parent=None, client=None,
+                 docker_backend=None) -> None:
+        self.namespace = namespace  # of images, labels and the registry repository
+        self.config = KubernetesConfig(parent=parent)
+        _register_with_shell(self.config, parent)
+        self._given_client = client  # a kubernetes.client.ApiClient, used as is
+        self._clients: dict[tuple, tuple] = {}  # (in_cluster, kubeconfig, context) -> (api, ns)
+        self._docker = docker_backend
+        self._active: dict[str, _Run] = {}
+        self._stopped: set[str] = set()
+
+    # -- the pieces it builds on --------------------------------------------------------------
+
+    @property
+    def docker(self):
+        if self._docker is None:
+            from .docker import DockerBackend
+
+            self._docker = DockerBackend(namespace=self.namespace)
+        return self._docker
+
+    @property
+    def repository(self) -> str:
+        return f"{self.namespace}-env"
+
+    @property
+    def sessions(self):
+        raise SpecError(SESSIONS_UNSUPPORTED)
+
+    def connect(self) -> tuple[_Api, str]:
+        """The cluster's API and the namespace runs go to, from the current settings."""
+        c = self.config
+        if self._given_client is not None:
+            return _Api(self._given_client), c.k8s_namespace or "default"
+        key = (c.in_cluster, c.kubeconfig, c.context)
+        if key not in self._clients:
+            self._clients[key] = _load_client(*key)
+        api, namespace = self._clients[key]
+        return api, c.k8s_namespace or namespace
+
+    # -- environments -------------------------------------------------------------------------
+
+    def ensure_environment(self, env_spec, *, events: Events = no_events,
+                           rebuild: bool = False, lock: list | None = None) -> Environment:
+        """Build (or reuse) the image with Docker, then push it unless the registry has it;
+        the Environment's ``image`` is the pushed reference, by digest."""
+        if not self.config.registry:
+            raise SpecError(NO_REGISTRY)
+        registries.repository_ref(self.config.registry, self.repository)  # fails before a build
+        env = self.docker.ensure_environment(env_spec, events=events, rebuild=rebuild, lock=lock)
+        tag = env.image_id.rpartition(":")[2][:24]
+        events("pushing", image=f"{self.config.registry}/{self.repository}:{tag}")
+        ref = registries.push_image(self.docker.client, env.image_id, self.config.registry,
+                                    self.repository, tag, auth=self._registry_auth(),
+                                    log=lambda line: events("build-log", line=line))
+        return dataclasses.replace(env, image=ref)
+
+    def _registry_auth(self) -> dict | None:
+        c = self.config
+        if not c.registry_username:
+            return None
+        return {"username": c.registry_username, "password": c.registry_password or ""}
+
+    # What else the snapshot verbs ask of a backend concerns local images: Docker's.
+    def base_image_id(self, base: str) -> str:
+        return self.docker.base_image_id(base)
+
+    def fetch_wheels(self, base_image: str, lock: list) -> dict[str, bytes]:
+        return self.docker.fetch_wheels(base_image, lock)
+
+    def save_image(self, ref: str, path) -> None:
+        self.docker.save_image(ref, path)
+
+    def prune_orphans(self) -> list[str]:
+        return self.docker.prune_orphans()
+
+    def prune_images(self, keep) -> list[str]:
+        return self.docker.prune_images(keep)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def run(self, spec: RunSpec, env: Environment, workdir, *, run_id: str,
+            events: Events = no_events, output: Output | None = None) -> RunResult:
+        if spec.session:
+            raise SpecError(SESSIONS_UNSUPPORTED)
+        output = output or (lambda stream, text: None)
+        workdir = Path(workdir)
+        api, namespace = self.connect()
+        settings = self.config.settings(namespace)
+        manifests = objects.run_manifests(spec, image=env.image, snapshot_id=run_id,
+                                          namespace=namespace, settings=settings,
+                                          files=_payload(workdir))
+        secret, job, policies = manifests[0], manifests[1], manifests[2:]
+        _add_env(job, *ONE_STREAM)
+        run = _Run(api, namespace, job["metadata"]["name"], objects.pod_selector(run_id),
+                   env.image, network_policy=bool(policies))
+        self._active[run_id] = run
+        try:
+            with self._cluster_errors("starting the run", namespace):
+                events("starting")
+                self._create(run, secret, job, policies)
+                events("scheduling")
+                return self._follow(run, run_id, workdir, events, output)
+        except BaseException:
+            run.abandon = True  # interrupted, or the cluster failed us: the Job goes at once
+            raise
+        finally:
+            self._active.pop(run_id, None)
+            self._stopped.discard(run_id)
+            self._remove(run, job=run.abandon)
+
+    def _create(self, run: _Run, secret: dict, job: dict, policies: list) -> None:
+        """Secret and NetworkPolicy first (the pod mounts the one and must be covered by the
+        other from its start), then the Job; both then belong to the Job, so the cluster
+        deletes them with it (its TTL) even if this kernel dies."""
+        api, ns = run.api, run.namespace
+        api.core.create_namespaced_secret(ns, secret)
+        for policy in policies:
+            api.net.create_namespaced_network_policy(ns, policy)
+        created = _json(api.batch.create_namespaced_job(ns, job, _preload_content=False))
+        patch = [{"op": "add", "path": "/metadata/ownerReferences",
+                  "value": [objects.owner_reference(created)]}]
+        # Best effort: without it the Secret is still deleted when the run ends.
+        with contextlib.suppress(Exception):
+            api.core.patch_namespaced_secret(run.name, ns, patch)
+            if policies:
+                api.net.patch_namespaced_network_policy(run.name, ns, patch)
+
+    def _remove(self, run: _Run, job: bool) -> None:
+        """Delete the run's Secret and NetworkPolicy (the pod no longer needs them) and, with
+        ``job``, the Job and its pod (Background: at once). A finished Job stays until its TTL,
+        so `kubectl logs job/NAME` still works. Never raises: cleanup must not hide the error
+        that got us here."""
+        api, ns = run.api, run.namespace
+        calls = [(api.core.delete_namespaced_secret, {})]
+        if run.network_policy:
+            calls.append((api.net.delete_namespaced_network_policy, {}))
+        if job:
+            calls.insert(0, (api.batch.delete_namespaced_job,
+                             {"propagation_policy": "Background"}))
+        for call, kwargs in calls:
+            with contextlib.suppress(Exception):
+                call(run.name, ns, **kwargs)
+
+    def _follow(self, run: _Run, run_id: str, workdir: Path, events: Events,
+                output: Output) -> RunResult:
+        started = self._wait_for_start(run, run_id, events)
+        if isinstance(started, RunResult):
+            return started
+        pod_name = started["metadata"]["name"]
+        events("running", container=pod_name)
+        sink = _LogSink(output, workdir / "out")
+        self._stream_log(run, pod_name, sink.feed)
+        sink.close()
+        return self._result(run, run_id, pod_name, sink)
+
+    def _wait_for_start(self, run: _Run, run_id: str, events: Events):
+        """Watch the run's pod until its container runs (or already ended): the pod, as a
+        dict. Or a RunResult when it never will: the image cannot be pulled, no node takes
+        it (or no pod is made) within schedule_timeout, the deadline passed, the Job was
+        deleted."""
+        from kubernetes import watch
+
+        limit = self.config.schedule_timeout
+        shown = {"scheduling"}
+        began, pod_seen, unschedulable_since = time.monotonic(), False, None
+        while True:
+            job = _get(run.api.batch.read_namespaced_job, run.name, run.namespace)
+            if job_final(job):  # it may have run its course already: then read its pod
+                pods = _json(run.api.core.list_namespaced_pod(
+                    run.namespace, label_selector=run.selector,
+                    _preload_content=False)).get("items") or []
+                ran = [p for p in pods if pod_progress(p)[0] in ("running", "terminated")]
+                if ran:
+                    return ran[-1]
+            ended = self._ended_before_start(run, run_id, job)
+            if ended is not None:
+                return ended
+            no_pod_limit = max(limit, NO_POD_GRACE)
+            if not pod_seen and time.monotonic() - began >= no_pod_limit:
+                run.abandon = True
+                return _failed(
+                    f"The Job made no pod within {no_pod_limit:g} s: a ResourceQuota or an "
+                    f"admission policy of namespace {run.namespace} may forbid it (`kubectl "
+                    f"describe job -n {run.namespace} {run.name}` says why).")
+            if unschedulable_since is not None:
+                remaining = limit - (time.monotonic() - unschedulable_since)
+            elif not pod_seen:
+                remaining = no_pod_limit - (time.monotonic() - began)
+            else:
+                remaining = WATCH_SECONDS
+            w = watch.Watch()
+            for event in w.stream(run.api.core.list_namespaced_pod, run.namespace,
+                                  label_selector=run.selector,
+                                  timeout_seconds=int(max(1, min(WATCH_SECONDS,
+                                                                 math.ceil(remaining)))),
+                                  _request_timeout=WATCH_SECONDS + 30):
+                if event["type"] == "DELETED":
+                    w.stop()  # read the Job again: deleted, or past its deadline?
+                    break
+                pod = event["raw_object"]
+                pod_seen = True
+                state, message = pod_progress(pod)
+                if state in ("running", "terminated"):
+                    w.stop()
+                    return pod
+                if state in ("pulling", "image-pull", "config-error") and \
+                        "pulling" not in shown:
+                    shown.add("pulling")
+                    events("pulling", image=run.image,
+                           node=(pod.get("spec") or {}).get("nodeName", ""))
+                if state == "image-pull":
+                    w.stop()
+                    run.abandon = True  # the kubelet would retry forever
+                    return _failed(
+                        f"The cluster cannot pull the image {run.image}: {message}. Check that "
+                        "the cluster's nodes can reach the registry (KubernetesConfig.registry "
+                        "as the nodes see it) and, for a private registry, set "
+                        "KubernetesConfig.image_pull_secret to a docker-registry Secret of "
+                        f"namespace {run.namespace}.")
+                if state == "config-error":
+                    w.stop()
+                    run.abandon = True
+                    return _failed(f"The cluster cannot start the container: {message}.")
+                if state == "unschedulable":
+                    now = time.monotonic()
+                    if unschedulable_since is None:
+                        unschedulable_since = now
+                        events("scheduling", message=message)
+                    if now - unschedulable_since >= limit:
+                        w.stop()
+                        run.abandon = True
+                        waited = f" within {limit:g} s" if limit else ""
+                        return _failed(
+                            f"The cluster cannot schedule the pod{waited}: {message} Ask for "
+                            "less (--cpus, --memory, --gpus, or KubernetesConfig.default_cpus/"
+                            "default_memory), or check KubernetesConfig.node_selector and "
+                            "tolerations.")
+
+    def _ended_before_start(self, run: _Run, run_id: str, job: dict | None):
+        if job is None:
+            return RunResult(None, "stopped" if run_id in self._stopped else "killed",
+                             stderr=f"mlcontainer: The Job {run.name} was deleted before its "
+                                    "pod started.\n")
+        failed = job_failure(job)
+        if failed is None:
+            return None
+        reason, message = failed
+        if reason == "DeadlineExceeded":
+            return RunResult(None, "timeout", stderr=f"mlcontainer: The Job ran past its "
+                                                     f"--timeout before its pod started "
+                                                     f"({message}).\n")
+        return _failed(f"The Job failed before its pod started: {message} ({reason}).")
+
+    def _stream_log(self, run: _Run, pod_name: str, feed) -> None:
+        """Follow the container's log and ``feed`` it as it comes, until the container ends.
+        A stream that breaks while the container still runs is opened again, and what was
+        already fed is skipped."""
+        import urllib3
+        from kubernetes.client.rest import ApiException
+
+        received = 0  # characters fed so far
+        attempts = 0
+        while True:
+            try:
+                response = run.api.core.read_namespaced_pod_log(
+                    pod_name, run.namespace, container=objects.CONTAINER_NAME, follow=True,
+                    _preload_content=False)
+            except ApiException as e:
+                if e.status == 404:
+                    return  # the pod is gone
+                if e.status != 400:
+                    raise
+                # No log to read: the container ended without one (evicted before it
+                # started), or has not started after all (a race with the kubelet): wait.
+                pod = _get(run.api.core.read_namespaced_pod, pod_name, run.namespace)
+                if pod is None or pod_progress(pod)[0] == "terminated":
+                    return
+                if attempts >= LOG_RETRIES:
+                    raise
+                attempts += 1
+                time.sleep(0.25)
+                continue
+            skip, decoder = received, codecs.getincrementaldecoder("utf-8")("replace")
+            try:
+                for chunk in response.stream(amt=None, decode_content=False):
+                    text = decoder.decode(chunk)
+                    if skip:
+                        text, skip = text[skip:], max(0, skip - len(text))
+                    if text:
+                        received += len(text)
+                        feed(text)
+                text = decoder.decode(b"", final=True)[skip:]
+                if text:
+                    received += len(text)
+                    feed(text)
+            except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError):
+                pass  # the connection broke: see below whether the container still runs
+            finally:
+                with contextlib.suppress(Exception):
+                    response.release_conn()
+            pod = _get(run.api.core.read_namespaced_pod, pod_name, run.namespace)
+            if pod is None or pod_progress(pod)[0] == "terminated" or attempts >= LOG_RETRIES:
+                return
+            attempts += 1
+            time.sleep(0.25)
+
+    def _result(self, run: _Run, run_id: str, pod_name: str, sink: "_LogSink") -> RunResult:
+        pod = self._terminated_pod(run, pod_name)
+        term = container_terminated(pod) if pod is not None else None
+        code = term.get("exitCode") if term else None
+        note = ""
+        if run_id in self._stopped:
+            reason = "stopped"
+        elif term and term.get("reason") == "OOMKilled":
+            reason = "oom"
+        elif code == 0:
+            reason = "done"
+        else:
+            failed = job_failure(self._finished_job(run))
+            if failed and failed[0] == "DeadlineExceeded":
+                reason = "timeout"
+            elif term is None:
+                reason = "killed"
+                why = ((pod or {}).get("status") or {}).get("message")
+                note = (f"mlcontainer: The pod {pod_name} ended before its container did: "
+                        f"{why or 'it was deleted (by someone else, or the cluster evicted it)'}"
+                        ".\n")
+            else:
+                reason = "killed" if code in (137, 143) else "failed"
+        return RunResult(code, reason, "".join(sink.stdout), "".join(sink.stderr) + note,
+                         container_id=pod_name)
+
+    def _terminated_pod(self, run: _Run, pod_name: str) -> dict | None:
+        """The pod once it reports its container's exit (the log may end a moment before), or
+        None when the pod is gone."""
+        deadline = time.monotonic() + FINAL_WAIT
+        while True:
+            pod = _get(run.api.core.read_namespaced_pod, pod_name, run.namespace)
+            if pod is None or container_terminated(pod) or time.monotonic() > deadline:
+                return pod
+            time.sleep(0.1)
+
+    def _finished_job(self, run: _Run) -> dict | None:
+        """The Job once it has a final condition (a deadline shows there), briefly waited for."""
+        deadline = time.monotonic() + JOB_WAIT
+        while True:
+            job = _get(run.api.batch.read_namespaced_job, run.name, run.namespace)
+            if job is None or job_final(job) or time.monotonic() > deadline:
+                return job
+            time.sleep(0.1)
+
+    def stop(self, run_id: str) -> bool:
+        """Delete the run's Job (and its pod, Secret, NetworkPolicy), found by its labels."""
+        api, namespace = self.connect()
+        with self._cluster_errors("stopping the run", namespace):
+            jobs = _json(api.batch.list_namespaced_job(
+                namespace, label_selector=objects.pod_selector(run_id),
+                _preload_content=False)).get("items") or []
+            if not jobs:
+                return False
+            if run_id in self._active:
+                self._stopped.add(run_id)
+            for job in jobs:
+                name = job["metadata"]["name"]
+                _delete_absent_ok(api.batch.delete_namespaced_job, name, namespace,
+                                  propagation_policy="Background")
+                _delete_absent_ok(api.core.delete_namespaced_secret, name, namespace)
+        return True
+
+    def is_running(self, run_id: str) -> bool:
+        api, namespace = self.connect()
+        with self._cluster_errors("listing runs", namespace):
+            jobs = _json(api.batch.list_namespaced_job(
+                namespace, label_selector=objects.pod_selector(run_id),
+                _preload_content=False)).get("items") or []
+        return any(not job_final(job) for job in jobs)
+
+    # -- the one boundary where the client's errors become ours ---------------------------------
+
+    @contextlib.contextmanager
+    def _cluster_errors(self, action: str, namespace: str):
+        from kubernetes.client.rest import ApiException
+
+        try:
+            yield
+        except ApiException as e:
+            raise self._translate(e, action, namespace) from None
+        except _connection_errors() as e:
+            raise ClusterUnavailable(
+                f"Cannot reach the Kubernetes API server{self._where()} while {action} "
+                f"({_connection_problem(e)}). Check the kubeconfig context (`kubectl config "
+                "current-context`, or `%config KubernetesConfig.context = \"NAME\"`) and that "
+                "the cluster is running.") from None
+
+    def _where(self) -> str:
+        try:
+            api = self.connect()[0]
+            host, context = api.client.configuration.host, api.context
+        except Exception:
+            return ""
+        return f" at {host}" + (f" (context {context})" if context else "")
+
+    def _translate(self, e, action: str, namespace: str) -> KubernetesError:
+        status, detail = e.status, _api_message(e)
+        if status == 401:
+            return ClusterAuthError(
+                f"The cluster refused the credentials{self._where()} while {action} "
+                f"(401 Unauthorized: {detail}). Log in again to refresh the kubeconfig (e.g. "
+                "`gcloud container clusters get-credentials`, `aws eks update-kubeconfig`, "
+                "`az aks get-credentials`) or choose another context with "
+                "`%config KubernetesConfig.context = \"NAME\"`.")
+        if status == 403:
+            return ClusterAuthError(
+                f"The cluster does not allow your account this in namespace {namespace} while "
+                f"{action} (403 Forbidden: {detail}). Ask an administrator for an RBAC Role in "
+                f"{namespace} that allows create, get, list, watch, patch and delete on jobs, "
+                "secrets and networkpolicies, and get, list and watch on pods and pods/log; or "
+                "choose a namespace where you have it: "
+                "`%config KubernetesConfig.k8s_namespace = \"NAME\"`.")
+        if status == 404:
+            return NamespaceMissing(
+                f"The namespace {namespace} does not exist on the cluster{self._where()} "
+                f"({detail}). Create it with `kubectl create namespace {namespace}`, or choose "
+                "another with `%config KubernetesConfig.k8s_namespace = \"NAME\"`.")
+        if status == 409:
+            return KubernetesError(
+                f"An object of this run already exists in {namespace} while {action} "
+                f"({detail}); run the cell again for a new run id.")
+        if status in (400, 413, 422):
+            return KubernetesError(
+                f"The cluster refused the run's objects while {action} ({status}: {detail}). "
+                "An admission policy of the cluster may forbid them; ask its administrator.")
+        if status and status >= 500:
+            return KubernetesError(
+                f"The cluster's API server failed while {action} ({status}: {detail}); try "
+                "again, or check the cluster's health (`kubectl get --raw /readyz`).")
+        return KubernetesError(f"The cluster answered {status} while {action}: {detail}.")
+
+
+# -- reading the pod's log ---------------------------------------------------------------------
+
+class _LogSink:
+    """Demultiplexes the one-stream log: text and marked stderr to ``output``, display data
+    re-emitted as a MARK line (the magics' own demux shows it), files into ``out_dir``."""
+
+    def __init__(self, output: Output, out_dir: Path) -> None:
+        self.output, self.out_dir = output, out_dir
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._demux = StdoutDemux(self._text, self._display, stderr=self._stderr,
+                                  file=self._file)
+
+    def feed(self, text: str) -> None:
+        self._demux.feed(text)
+
+    def close(self) -> None:
+        self._demux.close()
+
+    def _text(self, text: str) -> None:
+        self.stdout.append(text)
+        self.output("stdout", text)
+
+    def _display(self, bundle: dict) -> None:
+        self._text(MARK + json.dumps({"data": bundle}) + "\n")
+
+    def _stderr(self, text: str) -> None:
+        self.stderr.append(text)
+        self.output("stderr", text)
+
+    def _file(self, name: str, data: bytes) -> None:
+        if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+            self._stderr(f"mlcontainer: ignored an output file named {name!r}\n")
+            return
+        (self.out_dir / name).write_bytes(data)
+
+
+# -- reading states (pure) ---------------------------------------------------------------------
+
+IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                      "ErrImageNeverPull", "RegistryUnavailable")
+CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
+
+def pod_progress(pod: dict) -> tuple[str, str]:
+    """Where a pod is: ("scheduling" | "unschedulable" | "pulling" | "image-pull" |
+    "config-error" | "running" | "terminated", message)."""
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    state = (statuses[0].get("state") or {}) if statuses else {}
+    if "terminated" in state or status.get("phase") in ("Succeeded", "Failed"):
+        return "terminated", status.get("message") or ""
+    if "running" in state:
+        return "running", ""
+    waiting = state.get("waiting") or {}
+    reason = waiting.get("reason") or ""
+    message = waiting.get("message") or reason
+    if reason in IMAGE_PULL_REASONS:
+        return "image-pull", message
+    if reason in CONFIG_REASONS:
+        return "config-error", message
+    scheduled = None
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled":
+            scheduled = condition
+    if scheduled is not None and scheduled.get("status") == "False" and \
+            scheduled.get("reason") == "Unschedulable":
+        return "unschedulable", scheduled.get("message") or "no node fits the pod."
+    if (pod.get("spec") or {}).get("nodeName") or \
+            (scheduled is not None and scheduled.get("status") == "True"):
+        return "pulling", ""
+    return "scheduling", ""
+
+
+def container_terminated(pod: dict) -> dict | None:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return ((statuses[0].get("state") or {}).get("terminated")) if statuses else None
+
+
+def job_final(job: dict | None) -> dict | None:
+    """The Job's Complete or Failed condition, once it has one."""
+    for condition in ((job or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def job_failure(job: dict | None) -> tuple[str, str] | None:
+    """(reason, message) of a failed Job, e.g. ("DeadlineExceeded", ...); None otherwise."""
+    condition = job_final(job)
+    if condition is None or condition.get("type") != "Failed":
+        return None
+    return condition.get("reason") or "Failed", condition.get("message") or ""
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _failed(message: str) -> RunResult:
+    return RunResult(None, "failed", stderr=f"mlcontainer: {message}\n")
+
+
+def _payload(workdir: Path) -> dict[str, bytes]:
+    """The run's folder as the Secret carries it: every file but those of out/."""
+    files = {}
+    for path in sorted(workdir.rglob("*")):
+        rel = path.relative_to(workdir).as_posix()
+        if path.is_file() and rel.split("/")[0] != "out":
+            files[rel] = path.read_bytes()
+    return files
+
+
+def _add_env(job: dict, name: str, value: str) -> None:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [v for v in container.get("env", []) if v["name"] != name]
+    container["env"].append({"name": name, "value": value})
+
+
+def _json(response) -> dict:
+    """The body of a ``_preload_content=False`` response: plain dicts, as the builders make."""
+    return json.loads(response.data)
+
+
+def _get(read, name: str, namespace: str) -> dict | None:
+    """An object as a dict, or None when it does not exist (404)."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return _json(read(name, namespace, _preload_content=False))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def _delete_absent_ok(delete, name: str, namespace: str, **kwargs) -> None:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        delete(name, namespace, **kwargs)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+def _load_client(in_cluster: bool, kubeconfig: str, context: str | None) -> tuple[_Api, str]:
+    from kubernetes import client, config
+
+    try:
+        if in_cluster:
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            namespace = "default"
+            with contextlib.suppress(OSError):
+                namespace = Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or namespace
+            return _Api(client.ApiClient(configuration), "in-cluster"), namespace
+        path = kubeconfig or "~/.kube/config"
+        contexts, active = config.list_kube_config_contexts(config_file=path)
+        chosen = active
+        if context:
+            chosen = next((c for c in contexts if c.get("name") == context), None)
+            if chosen is None:
+                names = ", ".join(c.get("name", "?") for c in contexts) or "none"
+                raise ClusterUnavailable(
+                    f"The kubeconfig {path} has no context {context!r} (it has: {names}). Set "
+                    "`%config KubernetesConfig.context = \"NAME\"` to one of them.")
+        api_client = config.new_client_from_config(
+            config_file=path, context=(chosen or {}).get("name"), persist_config=False)
+    except config.ConfigException as e:
+        where = "in-cluster configuration" if in_cluster else \
+            f"kubeconfig {kubeconfig or '~/.kube/config'}"
+        raise ClusterUnavailable(
+            f"Cannot use the {where}: {_first_line(e)}. Point KubernetesConfig.kubeconfig (or "
+            "KUBECONFIG) at a kubeconfig, choose a context with KubernetesConfig.context, or "
+            "set KubernetesConfig.in_cluster = True when the kernel runs in the cluster."
+        ) from None
+    namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
+    return _Api(api_client, (chosen or {}).get("name", "")), namespace
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import urllib3
+
+    return (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+
+
+def _api_message(e) -> str:
+    """The Status message the API server sent, or the HTTP reason."""
+    try:
+        body = json.loads(e.body)
+        if isinstance(body, dict) and body.get("message"):
+            return str(body["message"])
+    except (TypeError, ValueError):
+        pass
+    return str(e.reason or "no detail").strip()
+
+
+def _first_line(e) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300].rstrip(".") if text else type(e).__name__
+
+
+def _connection_problem(e) -> str:
+    """What went wrong in words, without urllib3's wrapping: "[Errno 111] Connection refused"."""
+    text = str(getattr(e, "reason", None) or e)
+    at = text.rfind("[Errno")
+    if at >= 0:
+        return text[at:].split("'")[0].split('"')[0].rstrip(")").strip()
+    return _first_line(e)

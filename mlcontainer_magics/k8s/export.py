@@ -1,0 +1,85 @@
+"""`mlcontainer export ID DIR --k8s`: the snapshot's run as Kubernetes objects, in ``job.yaml``.
+
+``kubectl apply -f job.yaml`` runs the exported cell as a Job, as the Kubernetes backend would:
+the Secret carries the export's ``mlc/`` folder (runner, cell, manifest, values in) and the
+Job mounts it at ``/mlc``. Pure apart from reading that folder and writing the one file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SpecError
+from ..spec import RunSpec
+from .objects import (K8sSettings, job_manifest, job_name, network_policy_manifest,
+                      secret_env_keys, secret_manifest, to_yaml)
+
+FILE_NAME = "job.yaml"
+
+
+def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSettings | None = None
+                       ) -> Path:
+    """Write ``folder/job.yaml``: the Secret, the Job and (``--network none``) the
+    NetworkPolicy of snapshot ``record``, whose export already wrote ``folder/mlc``.
+
+    The image is the one pushed for the cluster (``pushed_image``) when recorded, else the
+    environment image of the run. ``settings`` default to KubernetesConfig's (its environment
+    variables), namespace ``default`` unless one is set.
+    """
+    folder = Path(folder)
+    image = record.get("pushed_image") or record.get("env_image") or spec.env_spec.base_image
+    if settings is None:
+        settings = _configured_settings()
+    files = _payload(folder / "mlc")
+    snapshot = record["id"]
+    namespace = settings.namespace
+    objects = [secret_manifest(spec, snapshot_id=snapshot, namespace=namespace, files=files),
+               job_manifest(spec, image=image, snapshot_id=snapshot, namespace=namespace,
+                            settings=settings, files=list(files))]
+    if spec.network == "none":
+        objects.append(network_policy_manifest(spec, snapshot_id=snapshot, namespace=namespace))
+    path = folder / FILE_NAME
+    path.write_text(_header(record, spec, image, namespace) + to_yaml(*objects))
+    return path
+
+
+def _configured_settings() -> K8sSettings:
+    from ..backends.kubernetes import KubernetesConfig
+
+    config = KubernetesConfig()
+    return config.settings(config.k8s_namespace or "default")
+
+
+def _payload(mlc: Path) -> dict[str, bytes]:
+    if not mlc.is_dir():
+        raise SpecError(f"{mlc} is missing: write the export's mlc/ folder before job.yaml.")
+    files = {}
+    for path in sorted(mlc.rglob("*")):
+        rel = path.relative_to(mlc).as_posix()
+        if path.is_file() and rel.split("/")[0] != "out":
+            files[rel] = path.read_bytes()
+    return files
+
+
+def _header(record: dict, spec: RunSpec, image: str, namespace: str) -> str:
+    name = job_name(record["id"], spec.name)
+    lines = [
+        f"Snapshot {record['id']} as a Kubernetes Job, exported by mlcontainer-magics.",
+        f"  kubectl apply -f {FILE_NAME}",
+        f"  kubectl logs -n {namespace} -f job/{name}",
+        "The Secret holds the cell, its inputs and the runner (the export's mlc/ folder),",
+        "mounted at /mlc. --out values stay in the pod; rerun with mlcontainer to get them.",
+    ]
+    if "/" not in image or not _has_registry(image):
+        lines.append(f"The image {image} is local to the machine that ran the cell: push it "
+                     "to a registry the cluster pulls from and change `image:` below.")
+    secrets = secret_env_keys(spec)
+    if secrets:
+        lines.append("Secret variables are never recorded: before applying, set "
+                     + ", ".join(f'data["env.{k}"]' for k in secrets)
+                     + " of the Secret (base64).")
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def _has_registry(image: str) -> bool:
+    first = image.split("/", 1)[0]
+    return "." in first or ":" in first or first == "localhost"

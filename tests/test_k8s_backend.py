@@ -1,0 +1,787 @@
+"""The Kubernetes backend, with the official ``kubernetes`` client against the API fake.
+
+Without Docker: the fake's pods play scripted logs (the runner's one-stream marks included).
+With Docker (``-m docker``): environment images go to a real registry on 127.0.0.1, and the
+fake's pod runs the pushed image with the real runner on the real engine, so everything is real
+but the API server.
+"""
+from __future__ import annotations
+
+import base64
+import codecs
+import json
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mlcontainer_magics import runs, snapshots, transfer
+from mlcontainer_magics.backends import make_backend
+from mlcontainer_magics.backends.base import Environment
+from mlcontainer_magics.backends.kubernetes import (ClusterAuthError, ClusterUnavailable,
+                                                    KubernetesBackend, KubernetesConfig,
+                                                    KubernetesError, NamespaceMissing,
+                                                    pod_progress)
+from mlcontainer_magics.errors import MlcError, SpecError
+from mlcontainer_magics.k8s import export as k8s_export
+from mlcontainer_magics.richoutput import FILE_MARK, MARK, STDERR_MARK, StdoutDemux
+from mlcontainer_magics.spec import EnvSpec, RunSpec
+
+kubernetes = pytest.importorskip("kubernetes")
+from kubernetes.client.rest import ApiException  # noqa: E402
+
+pytest_plugins = ["k8s_fake", "registry_fixture"]
+
+NS = "mlc"
+IMAGE = "127.0.0.1:5000/mlctest-env@sha256:" + "a" * 64
+ENV = Environment(IMAGE, "sha256:" + "b" * 64, "sha256:" + "c" * 64)
+LABEL = "org.mlcontainer.namespace"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def backend_for(fake, *, client=None, docker_backend=None, namespace="mlctest", **settings):
+    """A backend whose KubernetesConfig comes from its parent's config, as under the magics."""
+    from traitlets.config import Config, Configurable
+
+    values = {"kubeconfig": str(fake.kubeconfig), "k8s_namespace": NS,
+              "schedule_timeout": 60.0, **settings}
+    parent = Configurable(config=Config({"KubernetesConfig": values}))
+    return KubernetesBackend(namespace=namespace, parent=parent, client=client,
+                             docker_backend=docker_backend)
+
+
+@pytest.fixture
+def backend(k8s_fake):
+    return backend_for(k8s_fake)
+
+
+def make_spec(code="print('hi')\n", **kw):
+    return RunSpec(code=code, env_spec=EnvSpec("python:3.11-slim"), **kw)
+
+
+class Recorder:
+    """events and output callbacks that remember what they got, in order."""
+
+    def __init__(self):
+        self.events = []
+        self.output = []
+        self.seen = threading.Condition()
+
+    def event(self, phase, **info):
+        self.events.append((phase, info))
+
+    def out(self, stream, text):
+        with self.seen:
+            self.output.append((stream, text))
+            self.seen.notify_all()
+
+    def text(self, stream="stdout"):
+        return "".join(t for s, t in self.output if s == stream)
+
+    def wait_for_text(self, text, timeout=10.0):
+        with self.seen:
+            assert self.seen.wait_for(lambda: text in self.text(), timeout), self.output
+
+    @property
+    def phases(self):
+        return [p for p, _ in self.events]
+
+
+@pytest.fixture
+def workdirs():
+    made = []
+
+    def make(spec, inputs=None):
+        workdir, _ = runs.prepare_workdir(spec, inputs or {})
+        made.append(workdir)
+        return workdir
+
+    yield make
+    for w in made:
+        shutil.rmtree(w, ignore_errors=True)
+
+
+def run(backend, workdirs, spec=None, run_id="run-1", rec=None):
+    spec = spec or make_spec()
+    rec = rec or Recorder()
+    workdir = workdirs(spec)
+    result = backend.run(spec, ENV, workdir, run_id=run_id, events=rec.event, output=rec.out)
+    return result, rec, workdir
+
+
+def stderr_line(text):
+    return STDERR_MARK + json.dumps(text)
+
+
+def file_line(name, data: bytes):
+    return FILE_MARK + json.dumps({"name": name, "data": base64.b64encode(data).decode()})
+
+
+def display_line(bundle):
+    return MARK + json.dumps({"data": bundle})
+
+
+def out_files(**values):
+    """The file marks the runner writes at the end for --out values sent as JSON."""
+    manifest = {k: {"file": f"{k}.json", "format": "json"} for k in values}
+    return [file_line("outputs.json", json.dumps(manifest).encode())] + [
+        file_line(f"{k}.json", json.dumps(v).encode()) for k, v in values.items()]
+
+
+def failure_of(spec, result):
+    outcome = runs.RunOutcome("run-1", spec, result=result)
+    return runs.failure(outcome)
+
+
+def deletes(fake, resource):
+    return [r for r in fake.requests if r["method"] == "DELETE" and f"/{resource}/" in r["path"]]
+
+
+def interrupt_main_thread_when(predicate, delay=0.2, timeout=10.0):
+    """Ctrl-C as a kernel gets it: SIGINT to the main thread once ``predicate()`` holds."""
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                time.sleep(delay)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+# -- a run, start to finish --------------------------------------------------------------------
+
+def test_a_run_creates_secret_and_job_streams_and_leaves_the_job_for_its_ttl(
+        backend, k8s_fake, workdirs):
+    seen = {}
+
+    def container(pod):  # the fake's pod, as the kubelet starts it
+        seen["env"] = pod.env
+        seen["files"] = pod.files
+        seen["secret"] = k8s_fake.wait_for(lambda: (lambda s: s if s and s["metadata"].get(
+            "ownerReferences") else None)(k8s_fake.get("secrets", "mlc-run-1", NS)))
+        pod.log("hello from the pod")
+        return 0
+
+    k8s_fake.script("mlc-", run=container)
+    spec = make_spec("print('hello from the pod')\n", env=(("MODE", "test"), ("API_TOKEN", "s3")))
+    result, rec, _ = run(backend, workdirs, spec)
+
+    assert result.reason == "done" and result.exit_code == 0
+    assert result.stdout == "hello from the pod\n" and result.stderr == ""
+    assert result.container_id.startswith("mlc-run-1-")
+    # The pod got the run's folder from the Secret, and the one-stream mode.
+    assert seen["files"]["/mlc/cell.py"] == spec.code.encode()
+    assert b"def main()" in seen["files"]["/mlc/runner.py"]
+    assert json.loads(seen["files"]["/mlc/manifest.json"])["outputs"] == []
+    assert seen["env"]["MLC_ONE_STREAM"] == "1" and seen["env"]["MODE"] == "test"
+    assert seen["env"]["API_TOKEN"] == "s3"  # by reference to the Secret, never in the Job
+    job = k8s_fake.get("jobs", "mlc-run-1", NS)
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": "mlc-run-1", "key": "env.API_TOKEN"}}} in env
+    assert "s3" not in json.dumps(job)
+    # The Secret belonged to the Job while it ran, and went when the run ended.
+    owner = seen["secret"]["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "Job" and owner["uid"] == job["metadata"]["uid"]
+    assert k8s_fake.get("secrets", "mlc-run-1", NS) is None
+    assert job["spec"]["ttlSecondsAfterFinished"] == 3600  # kubectl logs still works a while
+    assert rec.phases == ["starting", "scheduling", "running"] or \
+        rec.phases == ["starting", "scheduling", "pulling", "running"]
+
+
+def test_events_follow_the_pod_from_scheduling_to_pulling_to_running(
+        backend, k8s_fake, workdirs):
+    k8s_fake.script("mlc-", pending_seconds=0.5, logs=["ok"])
+    result, rec, _ = run(backend, workdirs)
+    assert result.reason == "done"
+    assert rec.phases == ["starting", "scheduling", "pulling", "running"]
+    pulling = dict(rec.events)["pulling"]
+    assert pulling["image"] == IMAGE and pulling["node"] == "fake-node-1"
+    assert dict(rec.events)["running"]["container"] == result.container_id
+
+
+def test_prints_arrive_in_order_while_the_pod_still_runs(backend, k8s_fake, workdirs):
+    rec = Recorder()
+    arrived_while_running = threading.Event()
+
+    def container(pod):
+        pod.log("one")
+        # The next lines only once "one" reached the cell: a log read at the end would hang.
+        with rec.seen:
+            if rec.seen.wait_for(lambda: "one\n" in rec.text(), timeout=10):
+                arrived_while_running.set()
+        for line in ("two", "three"):
+            time.sleep(0.05)
+            pod.log(line)
+        return 0
+
+    k8s_fake.script("mlc-", run=container)
+    result, rec, _ = run(backend, workdirs, rec=rec)
+    assert arrived_while_running.is_set()
+    assert [t for s, t in rec.output] == ["one\n", "two\n", "three\n"]
+    assert result.stdout == "one\ntwo\nthree\n" and result.reason == "done"
+
+
+def test_stderr_display_and_out_files_come_apart_as_from_docker(backend, k8s_fake, workdirs):
+    logs = ["text before", stderr_line("a warning\n"), display_line({"text/html": "<b>7</b>",
+                                                                      "text/plain": "7"}),
+            "text after", *out_files(x=[1, 2, {"a": None}]),
+            file_line("../escape.txt", b"nope")]
+    k8s_fake.script("mlc-", logs=logs)
+    spec = make_spec(outputs=("x",))
+    result, rec, workdir = run(backend, workdirs, spec)
+    assert result.reason == "done"
+    assert rec.output[:2] == [("stdout", "text before\n"), ("stderr", "a warning\n")]
+    assert result.stderr.startswith("a warning\n")
+    assert "ignored an output file named '../escape.txt'" in result.stderr
+    assert not (workdir.parent / "escape.txt").exists()
+    # Display data goes on as a marked line, which the magics' own demux turns into a display.
+    shown, texts = [], []
+    demux = StdoutDemux(texts.append, shown.append)
+    demux.feed(rec.text())
+    demux.close()
+    assert shown == [{"text/html": "<b>7</b>", "text/plain": "7"}]
+    assert "".join(texts) == "text before\ntext after\n"
+    # The --out value is where runs.py reads it, as with Docker.
+    values, records = transfer.read_outputs(workdir / "out", ["x"])
+    assert values == {"x": [1, 2, {"a": None}]} and records["x"]["format"] == "json"
+
+
+def test_runs_execute_brings_an_out_value_back(backend, k8s_fake, monkeypatch):
+    """The chain runs.py drives, with the environment stubbed: the pod reads its manifest."""
+    def container(pod):
+        manifest = json.loads(pod.files["/mlc/manifest.json"])
+        pod.log("computing")
+        for line in out_files(**{name: {"answer": 42} for name in manifest["outputs"]}):
+            pod.log(line)
+        return 0
+
+    k8s_fake.script("mlc-", run=container)
+    monkeypatch.setattr(backend, "ensure_environment", lambda *a, **k: ENV)
+    rec = Recorder()
+    outcome = runs.execute(make_spec("result = {'answer': 42}\n", outputs=("result",)), backend,
+                           events=rec.event, output=rec.out)
+    assert outcome.ok and outcome.values == {"result": {"answer": 42}}
+    assert rec.text() == "computing\n" and "collecting" in rec.phases
+    assert runs.outcome_error(outcome) is None
+
+
+def test_network_none_adds_a_network_policy_for_the_run_only(backend, k8s_fake, workdirs):
+    seen = {}
+
+    def container(pod):  # the policy exists before the pod; it then belongs to the Job
+        seen["policy"] = k8s_fake.wait_for(lambda: (lambda p: p if p and p["metadata"].get(
+            "ownerReferences") else None)(k8s_fake.get("networkpolicies", "mlc-run-1", NS)))
+        return 0
+
+    k8s_fake.script("mlc-", run=container)
+    result, _, _ = run(backend, workdirs, make_spec(network="none"))
+    assert result.reason == "done"
+    policy = seen["policy"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "Job"
+    assert k8s_fake.get("networkpolicies", "mlc-run-1", NS) is None
+
+
+# -- failures, in plain words ------------------------------------------------------------------
+
+def test_an_image_that_cannot_be_pulled_fails_at_once_and_the_job_goes(
+        backend, k8s_fake, workdirs):
+    k8s_fake.script("mlc-", scenario="image_pull")
+    spec = make_spec()
+    result, rec, _ = run(backend, workdirs, spec)
+    assert result.reason == "failed" and result.exit_code is None
+    assert f"cannot pull the image {IMAGE}" in result.stderr
+    assert "failed to resolve reference" in result.stderr  # the kubelet's own words
+    assert "image_pull_secret" in result.stderr
+    assert "pulling" in rec.phases and "running" not in rec.phases
+    error = failure_of(spec, result)
+    assert "cannot pull the image" in error.logs and error.reason == "failed"
+    # Pulling would go on forever: the Job, its pod and the Secret are gone.
+    assert k8s_fake.get("jobs", "mlc-run-1", NS) is None
+    assert k8s_fake.list("pods", NS) == [] and k8s_fake.list("secrets", NS) == []
+
+
+def test_out_of_memory(backend, k8s_fake, workdirs):
+    k8s_fake.script("mlc-", scenario="oom", logs=["allocating"])
+    spec = make_spec(memory=64 * 2**20)
+    result, _, _ = run(backend, workdirs, spec)
+    assert result.reason == "oom" and result.exit_code == 137
+    assert str(failure_of(spec, result)) == (
+        "Out of memory: the cell used more than its --memory limit of 64 MiB.")
+
+
+def test_unschedulable_says_why(k8s_fake, workdirs):
+    backend = backend_for(k8s_fake, schedule_timeout=0)
+    k8s_fake.script("mlc-", scenario="unschedulable")
+    spec = make_spec(gpus="1")
+    result, rec, _ = run(backend, workdirs, spec)
+    assert result.reason == "failed"
+    assert "cannot schedule the pod: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu" \
+        in result.stderr
+    assert "--gpus" in result.stderr and "node_selector" in result.stderr
+    assert "0/3 nodes are available" in failure_of(spec, result).logs
+    assert k8s_fake.get("jobs", "mlc-run-1", NS) is None  # no pod left pending
+
+
+def test_unschedulable_waits_for_a_node_up_to_schedule_timeout(k8s_fake, workdirs):
+    backend = backend_for(k8s_fake, schedule_timeout=0.8)
+    k8s_fake.script("mlc-", scenario="unschedulable", message="0/1 nodes are available: "
+                                                              "1 node(s) had untolerated taint.")
+    t0 = time.monotonic()
+    result, rec, _ = run(backend, workdirs)
+    assert 0.8 <= time.monotonic() - t0 < 15
+    assert result.reason == "failed" and "within 0.8 s" in result.stderr
+    assert "untolerated taint" in result.stderr
+    # The wait was shown as it began, with the scheduler's reason.
+    scheduling = [info for phase, info in rec.events if phase == "scheduling"]
+    assert scheduling[-1]["message"] == "0/1 nodes are available: 1 node(s) had untolerated taint."
+
+
+def test_a_job_that_makes_no_pod_fails_after_a_while(k8s_fake, workdirs, monkeypatch):
+    """A ResourceQuota can keep the Job controller from making the pod at all."""
+    import mlcontainer_magics.backends.kubernetes as k8s_backend
+
+    monkeypatch.setattr(k8s_backend, "NO_POD_GRACE", 0.5)
+    monkeypatch.setattr(k8s_fake, "_drive_job", lambda namespace, name: None)  # no controller
+    backend = backend_for(k8s_fake, schedule_timeout=0)
+    result, rec, _ = run(backend, workdirs)
+    assert result.reason == "failed" and "The Job made no pod within 0.5 s" in result.stderr
+    assert "kubectl describe job -n mlc mlc-run-1" in result.stderr
+    assert k8s_fake.list("jobs", NS) == [] and k8s_fake.list("secrets", NS) == []
+
+
+def test_deadline_exceeded_is_a_timeout(backend, k8s_fake, workdirs):
+    k8s_fake.time_scale = 0.3  # the Job's 2 s deadline passes in 0.6 s
+    k8s_fake.script("mlc-", scenario="deadline", logs=["started"])
+    spec = make_spec(timeout=2)
+    result, rec, _ = run(backend, workdirs, spec)
+    assert result.reason == "timeout"
+    assert rec.text() == "started\n"
+    assert str(failure_of(spec, result)).startswith("Stopped after 2 s (--timeout)")
+    assert k8s_fake.get("jobs", "mlc-run-1", NS)["spec"]["activeDeadlineSeconds"] == 2
+
+
+def test_deadline_while_waiting_for_a_node_is_a_timeout_too(backend, k8s_fake, workdirs):
+    k8s_fake.time_scale = 0.3
+    k8s_fake.script("mlc-", scenario="unschedulable")
+    result, rec, _ = run(backend, workdirs, make_spec(timeout=1))
+    assert result.reason == "timeout" and "before its pod started" in result.stderr
+    assert "running" not in rec.phases
+
+
+def test_a_failing_cell_reports_exit_code_and_traceback(backend, k8s_fake, workdirs):
+    traceback = ('Traceback (most recent call last):\n  File "/mlc/cell.py", line 1, in <module>\n'
+                 "ValueError: boom\n")
+    k8s_fake.script("mlc-", logs=["before", stderr_line(traceback)], exit_code=1,
+                    scenario="fail")
+    spec = make_spec()
+    result, rec, _ = run(backend, workdirs, spec)
+    assert result.reason == "failed" and result.exit_code == 1
+    assert rec.text("stderr") == traceback
+    error = failure_of(spec, result)
+    assert error.exit_code == 1 and error.logs.endswith("ValueError: boom")
+
+
+def test_the_secret_limit_fails_before_anything_is_created(backend, k8s_fake, workdirs):
+    spec = make_spec()
+    workdir = workdirs(spec)
+    (workdir / "in").mkdir(exist_ok=True)
+    (workdir / "in" / "big.bin").write_bytes(b"\0" * (1024 * 1024 + 1))
+    with pytest.raises(SpecError, match="over the 1 MiB"):
+        backend.run(spec, ENV, workdir, run_id="run-1")
+    assert k8s_fake.requests == []
+
+
+# -- interrupt and stop ------------------------------------------------------------------------
+
+def _delete_was_background(fake):
+    (request,) = deletes(fake, "jobs")
+    return ((request["body"] or {}).get("propagationPolicy")
+            or request["query"].get("propagationPolicy")) == "Background"
+
+
+def test_interrupt_while_streaming_deletes_job_and_secret_at_once(backend, k8s_fake, workdirs):
+    rec = Recorder()
+    k8s_fake.script("mlc-", scenario="hang", logs=["working"])
+    interrupt_main_thread_when(lambda: "working" in rec.text())
+    with pytest.raises(KeyboardInterrupt):
+        run(backend, workdirs, rec=rec)
+    assert k8s_fake.get("jobs", "mlc-run-1", NS) is None
+    assert k8s_fake.get("secrets", "mlc-run-1", NS) is None
+    assert k8s_fake.list("pods", NS) == []  # Background propagation: the pod went too
+    assert _delete_was_background(k8s_fake)
+
+
+def test_interrupt_while_waiting_for_a_node_deletes_everything(backend, k8s_fake, workdirs):
+    k8s_fake.script("mlc-", scenario="unschedulable")
+
+    def pending():
+        pods = k8s_fake.list("pods", NS)
+        return pods and pod_progress(pods[0])[0] == "unschedulable"
+
+    interrupt_main_thread_when(pending)
+    with pytest.raises(KeyboardInterrupt):
+        run(backend, workdirs)
+    assert k8s_fake.list("jobs", NS) == [] and k8s_fake.list("secrets", NS) == []
+    assert k8s_fake.list("pods", NS) == [] and _delete_was_background(k8s_fake)
+
+
+def test_stop_deletes_the_job_by_label_and_the_run_says_stopped(backend, k8s_fake, workdirs):
+    rec = Recorder()
+    k8s_fake.script("mlc-", scenario="hang", logs=["working"])
+    stopped = []
+
+    def stop_when_working():
+        rec.wait_for_text("working")
+        stopped.append(backend.stop("run-9"))
+
+    thread = threading.Thread(target=stop_when_working, daemon=True)
+    thread.start()
+    result, _, _ = run(backend, workdirs, run_id="run-9", rec=rec)
+    thread.join(5)
+    assert stopped == [True] and result.reason == "stopped"
+    assert k8s_fake.get("jobs", "mlc-run-9", NS) is None
+    assert k8s_fake.get("secrets", "mlc-run-9", NS) is None
+    assert backend.stop("run-9") is False and backend.is_running("run-9") is False
+
+
+def test_is_running(backend, k8s_fake, workdirs):
+    k8s_fake.script("mlc-", scenario="hang", logs=["working"])
+    rec = Recorder()
+    answers = []
+
+    def ask_then_stop():
+        rec.wait_for_text("working")
+        answers.append(backend.is_running("run-1"))
+        backend.stop("run-1")
+
+    threading.Thread(target=ask_then_stop, daemon=True).start()
+    run(backend, workdirs, rec=rec)
+    assert answers == [True] and backend.is_running("run-1") is False
+
+
+# -- the cluster's errors, translated ----------------------------------------------------------
+
+def test_wrong_credentials(k8s_fake, tmp_path, workdirs):
+    config = json.loads(k8s_fake.kubeconfig.read_text())
+    config["users"][0]["user"]["token"] = "expired"
+    (tmp_path / "stale").write_text(json.dumps(config))
+    backend = backend_for(k8s_fake, kubeconfig=str(tmp_path / "stale"))
+    with pytest.raises(ClusterAuthError, match=r"refused the credentials .*401 Unauthorized.*"
+                                               r"KubernetesConfig.context"):
+        run(backend, workdirs)
+    assert k8s_fake.list("secrets", NS) == [] and k8s_fake.list("jobs", NS) == []
+
+
+def test_missing_namespace_says_how_to_create_it(k8s_fake, workdirs):
+    backend = backend_for(k8s_fake, k8s_namespace="team-x")
+    with pytest.raises(NamespaceMissing, match="kubectl create namespace team-x"):
+        run(backend, workdirs)
+
+
+def test_the_namespace_defaults_to_the_contexts(k8s_fake, tmp_path, workdirs):
+    k8s_fake.write_kubeconfig(tmp_path / "kc-mlc", namespace="mlc")
+    backend = backend_for(k8s_fake, kubeconfig=str(tmp_path / "kc-mlc"), k8s_namespace=None)
+    k8s_fake.script("mlc-", logs=["in mlc"])
+    result, _, _ = run(backend, workdirs)
+    assert result.reason == "done" and k8s_fake.get("jobs", "mlc-run-1", "mlc") is not None
+
+
+def test_no_api_server_says_check_the_context(k8s_fake, tmp_path, workdirs):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = json.loads(k8s_fake.kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = f"http://127.0.0.1:{port}"
+    (tmp_path / "gone").write_text(json.dumps(config))
+    backend = backend_for(k8s_fake, kubeconfig=str(tmp_path / "gone"))
+    with pytest.raises(ClusterUnavailable, match=f"127.0.0.1:{port}.*kubeconfig context"):
+        run(backend, workdirs)
+
+
+def test_unknown_context_and_missing_kubeconfig(k8s_fake, tmp_path, workdirs):
+    with pytest.raises(ClusterUnavailable, match="no context 'prod'.*it has: mlc-fake"):
+        run(backend_for(k8s_fake, context="prod"), workdirs)
+    with pytest.raises(ClusterUnavailable, match="KubernetesConfig.kubeconfig"):
+        run(backend_for(k8s_fake, kubeconfig=str(tmp_path / "nowhere")), workdirs)
+
+
+@pytest.mark.parametrize("status, kind, words", [
+    (403, ClusterAuthError, "RBAC Role in mlc"),
+    (404, NamespaceMissing, "kubectl create namespace mlc"),
+    (422, KubernetesError, "admission policy"),
+    (500, KubernetesError, "kubectl get --raw /readyz"),
+])
+def test_api_exceptions_become_errors_that_say_what_to_do(backend, status, kind, words):
+    e = ApiException(status=status, reason="Reason")
+    e.body = json.dumps({"kind": "Status", "message": f"the server says {status}"})
+    with pytest.raises(kind) as info:
+        with backend._cluster_errors("creating the Job", NS):
+            raise e
+    assert words in str(info.value) and f"the server says {status}" in str(info.value)
+    assert isinstance(info.value, MlcError)
+
+
+# -- settings, sessions, registry --------------------------------------------------------------
+
+def test_sessions_are_refused(backend, workdirs):
+    with pytest.raises(SpecError, match="--session is not supported with --backend kubernetes"):
+        backend.sessions
+    spec = make_spec(session="warm")
+    with pytest.raises(SpecError, match="--session"):
+        backend.run(spec, ENV, workdirs(spec), run_id="run-1")
+
+
+def test_no_registry_is_a_clear_error_before_any_build(k8s_fake):
+    class NoDocker:
+        def ensure_environment(self, *a, **k):
+            raise AssertionError("built before checking the registry")
+
+    backend = backend_for(k8s_fake, registry=None, docker_backend=NoDocker())
+    with pytest.raises(SpecError, match=r'%config KubernetesConfig.registry = "host:port/path"'):
+        backend.ensure_environment(EnvSpec("python:3.11-slim"))
+
+
+def test_settings_come_from_environment_variables(monkeypatch):
+    monkeypatch.setenv("MLCONTAINER_K8S_REGISTRY", "registry.example.com/team")
+    monkeypatch.setenv("MLCONTAINER_K8S_NAMESPACE", "team-a")
+    monkeypatch.setenv("MLCONTAINER_K8S_DEFAULT_MEMORY", "2g")
+    monkeypatch.setenv("MLCONTAINER_K8S_DEFAULT_CPUS", "1.5")
+    monkeypatch.setenv("MLCONTAINER_K8S_NODE_SELECTOR", "pool=gpu,zone=a")
+    monkeypatch.setenv("MLCONTAINER_K8S_TOLERATIONS", '[{"key": "gpu", "operator": "Exists"}]')
+    monkeypatch.setenv("MLCONTAINER_K8S_TTL_SECONDS", "600")
+    monkeypatch.setenv("MLCONTAINER_K8S_REGISTRY_PASSWORD", "hunter2")
+    config = KubernetesConfig()
+    s = config.settings(config.k8s_namespace)
+    assert (s.namespace, s.registry, s.default_memory, s.default_cpus, s.ttl_seconds) == (
+        "team-a", "registry.example.com/team", 2 * 1024**3, 1.5, 600)
+    assert s.node_selector == {"pool": "gpu", "zone": "a"}
+    assert s.tolerations == ({"key": "gpu", "operator": "Exists"},)
+    assert "hunter2" not in KubernetesConfig.class_get_help(config)
+    assert "registry.example.com/team" in KubernetesConfig.class_get_help(config)
+
+
+def test_bad_settings_are_spec_errors(k8s_fake, workdirs):
+    backend = backend_for(k8s_fake, node_selector={"bad key!": "x"})
+    with pytest.raises(SpecError, match="node_selector"):
+        run(backend, workdirs)
+
+
+def test_the_factory_passes_config_on():
+    from traitlets.config import Config, Configurable
+
+    parent = Configurable(config=Config({"KubernetesConfig": {"registry": "r.example.com"}}))
+    backend = make_backend("kubernetes", namespace="ns1", parent=parent)
+    assert isinstance(backend, KubernetesBackend) and backend.config.registry == "r.example.com"
+    assert backend.repository == "ns1-env"
+
+
+# -- export --k8s ------------------------------------------------------------------------------
+
+def test_export_writes_a_job_yaml_that_validates(tmp_path, monkeypatch):
+    import kubernetes_validate
+    import yaml
+
+    from mlcontainer_magics.store import Store
+
+    monkeypatch.setenv("MLCONTAINER_K8S_NAMESPACE", "team-a")
+    store = Store(tmp_path / "store")
+    spec = make_spec("print(x + 1)\n", name="add-one", env=(("API_KEY", "s3cret"),),
+                     inputs=("x",), network="none", timeout=60, memory=2**30)
+    run_id = store.new_id({"spec": spec.to_dict()})
+    workdir, records = runs.prepare_workdir(spec, {"x": 41})
+    try:
+        store.put(runs.record_start(spec, run_id, {}))
+        runs.keep_inputs(store.artifacts_dir(run_id), workdir)
+    finally:
+        shutil.rmtree(workdir)
+    pushed = "registry.example.com/team/mlc-env@sha256:" + "d" * 64
+    store.update(run_id, status="done", inputs=records, env_image="mlc-env:abc",
+                 pushed_image=pushed, stdout="42\n", lock=[])
+
+    dest = snapshots.export(store, run_id, tmp_path / "export", backend=None, k8s=True)
+    text = (dest / "job.yaml").read_text()
+    docs = list(yaml.safe_load_all(text))
+    assert [d["kind"] for d in docs] == ["Secret", "Job", "NetworkPolicy"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.37", strict=True)
+    secret, job, _ = docs
+    assert job["metadata"]["namespace"] == "team-a"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == pushed
+    assert "MLC_ONE_STREAM" not in json.dumps(container)  # kubectl logs reads it plainly
+    payload = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    assert payload["cell.py"] == b"print(x + 1)\n"
+    assert {"runner.py", "manifest.json", "env.API_KEY"} <= payload.keys()
+    assert any(k.startswith("in__x.") for k in payload)
+    assert payload["env.API_KEY"] == b""  # never recorded
+    assert "s3cret" not in text and 'data["env.API_KEY"]' in text
+    assert f"kubectl logs -n team-a -f job/{job['metadata']['name']}" in text
+
+
+def test_export_of_a_local_image_says_to_push_it(tmp_path):
+    spec = make_spec()
+    (tmp_path / "mlc").mkdir()
+    (tmp_path / "mlc" / "cell.py").write_text(spec.code)
+    record = {"id": "snap-1", "env_image": "mlcontainer-env:0123"}
+    path = k8s_export.write_job_manifest(record, spec, tmp_path)
+    assert "The image mlcontainer-env:0123 is local" in path.read_text()
+
+
+# -- with Docker: a real registry and the real runner ------------------------------------------
+
+def docker_pod(client, namespace, root: Path):
+    """A ``run=`` callback for the fake: the pod's container, run for real on the engine with
+    the Secret's files in a folder mounted at /mlc, the pod's env and its user; the container's
+    output is the pod's log, line by line as it comes."""
+    def container(pod):
+        c = pod.pod["spec"]["containers"][0]
+        folder = Path(tempfile.mkdtemp(dir=root))
+        folder.chmod(0o777)  # /mlc is an emptyDir: writable
+        for path, data in pod.files.items():
+            target = folder / Path(path).relative_to("/mlc")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.chmod(0o755)
+            target.write_bytes(data)
+            target.chmod(0o644)
+        (folder / "out").mkdir()
+        (folder / "out").chmod(0o777)
+        uid = c["securityContext"]["runAsUser"]
+        made = client.containers.create(
+            c["image"], c["command"], user=f"{uid}:{uid}", environment=pod.env,
+            working_dir=c["workingDir"], labels={LABEL: namespace}, network_mode="none",
+            cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            volumes={str(folder): {"bind": "/mlc", "mode": "rw"}})
+        try:
+            made.start()
+            decoder, pending = codecs.getincrementaldecoder("utf-8")("replace"), ""
+            for chunk in made.logs(stream=True, follow=True):
+                pending += decoder.decode(chunk)
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    pod.log(line + "\n")
+            if pending:
+                pod.log(pending)
+            return made.wait()["StatusCode"]
+        finally:
+            made.remove(force=True)
+
+    return container
+
+
+def _pushed_tags(client, registry, image_ref):
+    image = client.images.get(image_ref)
+    return [t for t in image.tags if t.startswith(registry.host + "/")]
+
+
+def _uploads(registry) -> int:
+    import re
+
+    return len(re.findall(r'msg="response completed".*http\.request\.method=(?:PUT|POST|PATCH)\b',
+                          registry.log()))
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+def test_push_only_when_the_registry_lacks_the_image(k8s_fake, registry, docker_engine,
+                                                     docker_images, namespace):
+    own = f"{namespace}p"  # a repository no other test pushes to
+    backend = backend_for(k8s_fake, namespace=own, registry=registry.host,
+                          registry_username=registry.username,
+                          registry_password=registry.password)
+    rec = Recorder()
+    before = _uploads(registry)
+    try:
+        env = backend.ensure_environment(EnvSpec("python:3.11-slim"), events=rec.event)
+    finally:
+        docker_images.extend(_pushed_tags(docker_engine, registry, "python:3.11-slim"))
+    assert env.image.startswith(f"{registry.host}/{own}-env@sha256:")
+    assert env.image_id == docker_engine.images.get("python:3.11-slim").id
+    assert "pushing" in rec.phases and _uploads(registry) > before
+    r = registry.http().get(f"{registry.url}/v2/{own}-env/tags/list", timeout=10)
+    assert r.json()["tags"] == [env.image_id.split(":")[1][:24]]
+
+    # Another kernel (a new backend): the registry has it, nothing is sent.
+    again = backend_for(k8s_fake, namespace=own, registry=registry.host,
+                        registry_username=registry.username,
+                        registry_password=registry.password)
+    rec2 = Recorder()
+    before = _uploads(registry)
+    assert again.ensure_environment(EnvSpec("python:3.11-slim"),
+                                    events=rec2.event).image == env.image
+    assert _uploads(registry) == before
+    assert any("already holds this image" in info.get("line", "")
+               for phase, info in rec2.events if phase == "build-log")
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+def test_magics_run_the_real_runner_as_a_pod_and_export_a_job(
+        ip, k8s_fake, registry, docker_engine, docker_images, namespace, tmp_path, capsys,
+        monkeypatch):
+    """%%containerize --backend kubernetes: image pushed to a real registry, the pod's container
+    run by the real engine with the real runner; only the API server is a fake."""
+    import kubernetes_validate
+    import yaml
+
+    from mlcontainer_magics import cli, magics
+
+    k8s_fake.script("mlc-", run=docker_pod(docker_engine, namespace, tmp_path))
+    for key, value in [("kubeconfig", str(k8s_fake.kubeconfig)), ("k8s_namespace", NS),
+                       ("registry", registry.host), ("registry_username", registry.username),
+                       ("registry_password", registry.password)]:
+        ip.run_line_magic("config", f"KubernetesConfig.{key} = {value!r}")
+    shown = []
+    monkeypatch.setattr(magics, "_publish", shown.append)
+    name = f"k8s-{uuid.uuid4().hex[:8]}"
+    ip.user_ns["x"] = 41
+    try:
+        ip.run_cell_magic("containerize", f"--backend kubernetes -n {name} --in x --out result",
+                          "import os, sys\n"
+                          "print('hello from', os.getuid(), os.environ['MLC_ONE_STREAM'])\n"
+                          "print('a warning', file=sys.stderr)\n"
+                          "display({'x': x})\n"
+                          "result = {'answer': x + 1}\n")
+    finally:
+        docker_images.extend(_pushed_tags(docker_engine, registry, "python:3.11-slim"))
+    out = capsys.readouterr()
+    assert "hello from 1000 1\n" in out.out and "a warning\n" in out.err
+    assert ip.user_ns["result"] == {"answer": 42}
+    assert shown and shown[0]["text/plain"] == "{'x': 41}"
+    store = ip.magics_manager.registry["ContainerizeMagics"].store
+    record = store.get(name)
+    assert record["status"] == "done" and record["env_image"].startswith(registry.host + "/")
+    assert record["stdout"].startswith("hello from 1000 1\n")
+    assert k8s_fake.get("secrets", f"mlc-{name}-{record['id']}", NS) is None
+
+    # %config reaches the backend the kernel keeps, after it was made too.
+    kept = ip.magics_manager.registry["ContainerizeMagics"].backend_for("kubernetes")
+    ip.run_line_magic("config", "KubernetesConfig.schedule_timeout = 7.0")
+    assert kept.config.schedule_timeout == 7.0 and kept.config.registry == registry.host
+
+    # The same backend refuses a warm session.
+    with pytest.raises(SpecError, match="--session"):
+        ip.run_cell_magic("containerize", "--backend kubernetes --session warm", "pass")
+
+    # mlcontainer export ID DIR --k8s
+    monkeypatch.setenv("MLCONTAINER_STORE", str(store.root))
+    assert cli.main(["export", record["id"], str(tmp_path / "export"), "--k8s"]) == 0
+    docs = list(yaml.safe_load_all((tmp_path / "export" / "job.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["Secret", "Job"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.37", strict=True)
+    assert docs[1]["spec"]["template"]["spec"]["containers"][0]["image"] == record["env_image"]
