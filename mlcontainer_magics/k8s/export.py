@@ -45,7 +45,13 @@ def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSetting
 def _configured_settings() -> K8sSettings:
     from ..backends.kubernetes import KubernetesConfig
 
-    config = KubernetesConfig()
+    try:  # in a kernel, what `%config KubernetesConfig...` said; elsewhere the environment
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    config = KubernetesConfig(config=shell.config) if shell is not None else KubernetesConfig()
     return config.settings(config.k8s_namespace or "default")
 
 
