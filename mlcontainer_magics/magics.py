@@ -247,9 +247,10 @@ class ContainerizeMagics(Magics):
                 path = Path(args.requirements_file).expanduser()
                 try:
                     text = path.read_text()
-                except OSError as e:
+                except (OSError, UnicodeDecodeError) as e:
+                    why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
                     raise SpecError(f"Cannot read requirements file {str(path)!r}: "
-                                    f"{e.strerror}.") from None
+                                    f"{why}.") from None
                 reqs += specs.parse_requirements_text(text, source=str(path))
             apt = specs.parse_apt([p for group in args.apt for p in group])
             captured = [] if args.no_capture else capture_pins(cell, reqs)
@@ -284,7 +285,10 @@ def _parse(magic, line: str):
         argv = shlex.split(line)
     except ValueError as e:
         raise UsageError(f"Cannot parse the options: {e}.") from None
-    return magic.parser.parse_args(argv)
+    try:
+        return magic.parser.parse_args(argv)
+    except UsageError as e:
+        raise UsageError(f"{e}. `%%containerize?` lists the options.") from None
 
 
 def _publish(bundle: dict) -> None:

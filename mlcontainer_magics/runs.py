@@ -4,6 +4,7 @@ Shared by the magics, the CLI (rerun) and the server extension; knows nothing of
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .backends.base import Backend, Environment, Events, Output, RunResult, no_events
 from . import transfer
-from .errors import RunError
+from .errors import RunError, StoreError
 from .runner import runner_source
 from .spec import RunSpec
 
@@ -129,7 +130,18 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     if store:
-        store.update(run_id, **record_end(outcome))
+        end = record_end(outcome)
+        try:
+            store.update(run_id, **end)
+        except StoreError:
+            # The run is over: record that much, even when its output does not fit.
+            try:
+                status = "failed" if end["status"] == "done" else end["status"]
+                store.update(run_id, status=status, reason="its output could not be saved",
+                             exit_code=end["exit_code"], finished=end["finished"])
+            except StoreError:
+                pass
+            raise
     return outcome
 
 
@@ -198,12 +210,29 @@ SMALL_OUTPUT = 16 * 2**20  # outputs up to this size are kept with the snapshot
 
 def keep_inputs(folder: Path, workdir: Path) -> None:
     """Inputs, code and manifest stay with the snapshot: rerun and export need them."""
-    _link_tree(workdir / "in", folder / "in")
-    for name in ("cell.py", "manifest.json"):
-        shutil.copyfile(workdir / name, folder / name)
+    try:
+        _link_tree(workdir / "in", folder / "in")
+        for name in ("cell.py", "manifest.json"):
+            shutil.copyfile(workdir / name, folder / name)
+    except OSError as e:
+        raise _not_kept("inputs", folder, e) from None
+
+
+def _not_kept(what: str, folder: Path, e: OSError) -> StoreError:
+    hint = ("Free some disk space on the drive holding it." if e.errno == errno.ENOSPC else
+            "Check that you may write there, or set MLCONTAINER_STORE to another folder.")
+    return StoreError(f"Could not keep the {what} of the snapshot in {folder}: "
+                      f"{e.strerror or e}. {hint}")
 
 
 def keep_outputs(folder: Path, out_dir: Path, records: dict) -> None:
+    try:
+        _keep_outputs(folder, out_dir, records)
+    except OSError as e:
+        raise _not_kept("outputs", folder, e) from None
+
+
+def _keep_outputs(folder: Path, out_dir: Path, records: dict) -> None:
     manifest = out_dir / "outputs.json"
     if not manifest.exists():
         return
@@ -263,6 +292,10 @@ def failure(outcome: RunOutcome) -> RunError:
     elif r.reason == "oom":
         limit = f" of {outcome.spec.memory // 2**20} MiB" if outcome.spec.memory else ""
         head = f"Out of memory: the cell used more than its --memory limit{limit}."
+    elif r.reason == "killed":
+        head = (f"The container was killed from outside (exit code {r.exit_code}): something "
+                "other than this kernel stopped it (docker kill or stop, a restart of the "
+                "engine). Run the cell again.")
     elif r.exit_code is None and "mlcontainer: " in r.stderr:
         # The container never ran, or never reported an exit: the backend says why.
         head = r.stderr.split("mlcontainer: ", 1)[1].splitlines()[0]

@@ -9,9 +9,12 @@ import ast
 import hashlib
 import json
 import re
+import threading
 from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from .errors import SpecError
 
@@ -25,6 +28,16 @@ _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNOREC
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 # Docker refuses a memory limit below 6 MiB; say so before it does.
 MIN_MEMORY = 6 * 1024**2
+# Docker's smallest CPU limit; below it the limit would round to 0 nanoCPUs, which means none.
+MIN_CPUS = 0.01
+# A longer timer overflows in the timer thread, which would silently run without a timeout.
+MAX_TIMEOUT = threading.TIMEOUT_MAX
+# An image reference as Docker parses it: [domain[:port]/]path[:tag][@digest], path lowercase.
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_RE = re.compile(
+    rf"^(?:{_DOMAIN}(?::[0-9]+)?/)?{_PATH}(?:/{_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$")
 
 
 def digest(obj) -> str:
@@ -40,6 +53,9 @@ class EnvSpec:
     base_image: str
     apt: tuple[str, ...] = ()
     requirements: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_image(self.base_image)
 
     def key(self) -> str:
         return digest({"base": self.base_image, "apt": sorted(self.apt),
@@ -77,6 +93,15 @@ def looks_secret(key: str) -> bool:
     return bool(re.search(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|AUTH", key, re.I))
 
 
+def check_image(ref) -> str:
+    """A base image reference Docker can parse, or a SpecError before the engine is asked."""
+    if not isinstance(ref, str) or len(ref) > 512 or not _IMAGE_RE.match(ref):
+        raise SpecError(f"Base image {ref!r} is not an image reference; use a name such as "
+                        "python:3.11-slim (lowercase, with an optional :tag or @sha256:digest) "
+                        "with --base or the base_image setting.")
+    return ref
+
+
 def parse_requirement(text: str) -> str:
     """Validate one PEP 508 specifier and return it in canonical form."""
     text = text.strip()
@@ -89,7 +114,20 @@ def parse_requirement(text: str) -> str:
     if req.url and not req.url.startswith(("https://", "http://")):
         raise SpecError(f"Requirement {text!r} points at {req.url!r}, which a container cannot "
                         "reach; use a package name with a version, or an https URL.")
+    if req.url and _has_credentials(req.url):
+        shown = text.replace(urlsplit(req.url).netloc.rpartition("@")[0], "***")
+        raise SpecError(f"Requirement {shown!r} has credentials in its URL, which would be kept "
+                        "in the snapshot and the image's labels. Put the index and its "
+                        "credentials in pip's settings (pip config set global.extra-index-url "
+                        "...), which builds use without recording them, and name the package.")
     return str(req)
+
+
+def _has_credentials(url: str) -> bool:
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:
+        return True  # unparseable: refuse rather than record it
 
 
 def parse_requirements_text(text: str, source: str = "requirements") -> list[str]:
@@ -114,7 +152,7 @@ def merge_requirements(reqs) -> tuple[str, ...]:
     """Deduplicate by project name; the same project twice with different specifiers is an error."""
     by_name: dict[str, str] = {}
     for r in reqs:
-        name = Requirement(r).name.lower().replace("_", "-").replace(".", "-")
+        name = canonicalize_name(Requirement(r).name)
         if name in by_name and by_name[name] != r:
             raise SpecError(f"{name} is required twice, as {by_name[name]!r} and {r!r}; "
                             "keep one.")
@@ -140,6 +178,9 @@ def parse_cpus(text) -> float:
         raise SpecError(f"--cpus {text!r} is not a number; use for example 0.5 or 2.") from None
     if not value > 0 or value != value or value > 1024:
         raise SpecError(f"--cpus {text!r} must be a positive number of CPUs, such as 0.5 or 2.")
+    if value < MIN_CPUS:
+        raise SpecError(f"--cpus {text!r} is below Docker's minimum of {MIN_CPUS}; use at least "
+                        f"{MIN_CPUS}.")
     return value
 
 
@@ -150,12 +191,15 @@ def parse_timeout(text) -> float:
         raise SpecError(f"--timeout {text!r} is not a number of seconds.") from None
     if not value > 0 or value == float("inf"):
         raise SpecError(f"--timeout {text!r} must be a positive number of seconds.")
+    if value > MAX_TIMEOUT:
+        raise SpecError(f"--timeout {text!r} is too long; use at most {MAX_TIMEOUT:.0f} seconds, "
+                        "or no --timeout for none.")
     return value
 
 
 def parse_gpus(text) -> str:
     text = str(text).strip()
-    if text == "all" or (text.isdigit() and int(text) > 0):
+    if text == "all" or (re.fullmatch(r"[0-9]+", text) and int(text) > 0):
         return text
     raise SpecError(f"--gpus {text!r}: use 'all' or a positive number of GPUs.")
 
@@ -206,5 +250,6 @@ def check_syntax(code: str, filename: str = "<cell>") -> None:
     except SyntaxError as e:
         line = (e.text or "").rstrip()
         pointer = f"\n    {line}\n    {' ' * max((e.offset or 1) - 1, 0)}^" if line else ""
-        raise SpecError(f"The cell has a syntax error at line {e.lineno}: {e.msg}{pointer}\n"
+        where = f" at line {e.lineno}" if e.lineno else ""
+        raise SpecError(f"The cell has a syntax error{where}: {e.msg}{pointer}\n"
                         "Fix the cell; nothing was built.") from None

@@ -10,6 +10,7 @@ import hashlib
 import json
 import pickle
 import sys
+import types
 from pathlib import Path
 
 from .errors import SpecError
@@ -121,13 +122,40 @@ def check_inputs(names, namespace: dict) -> dict:
     values = {n: namespace[n] for n in names}
     for name, value in values.items():
         if choose_format(value) == "pickle":
+            probe = _MainFinder(_Discard(), protocol=4)
             try:
-                pickle.dumps(value, protocol=4)
+                probe.dump(value)
             except Exception as e:  # pickle raises many types for unpicklable values
                 raise SpecError(
                     f"--in {name}: a {type(value).__name__} cannot be sent into a container "
                     f"({e}). Send plain data, numpy arrays, DataFrames or bytes.") from None
+            if probe.found:
+                raise SpecError(
+                    f"--in {name}: it needs {probe.found[0]}, defined in the notebook, which a "
+                    "container does not have (pickle keeps only its name). Define it in the "
+                    "cell, or send plain data, numpy arrays, DataFrames or bytes.")
     return values
+
+
+class _Discard:
+    def write(self, data) -> int:
+        return len(data)
+
+
+class _MainFinder(pickle.Pickler):
+    """Pickles to nowhere, noting functions and classes the kernel defined (module __main__):
+    pickle stores only their names, which the container cannot look up."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.found: list[str] = []
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (type, types.FunctionType)) and \
+                getattr(obj, "__module__", None) == "__main__":
+            self.found.append(f"{'class' if isinstance(obj, type) else 'function'} "
+                              f"{getattr(obj, '__qualname__', '?')}")
+        return NotImplemented
 
 
 def write_inputs(values: dict, folder: Path) -> dict:
@@ -156,7 +184,13 @@ def read_outputs(out_dir: Path, names) -> tuple[dict, dict]:
             records[name] = {"error": (entry or {}).get("error", "no value came back")}
             continue
         path = out_dir / entry["file"]
-        values[name] = read_value(path, entry["format"])
+        try:
+            values[name] = read_value(path, entry["format"])
+        except Exception as e:  # e.g. a pickled object whose module the kernel lacks
+            records[name] = {"error": f"it came back but cannot be read in the kernel "
+                                      f"({type(e).__name__}: {e}); install what it needs in "
+                                      "the kernel, or return plain data, arrays or DataFrames"}
+            continue
         records[name] = {"format": entry["format"], "digest": file_digest(path),
                          "size": path.stat().st_size}
     return values, records

@@ -6,8 +6,11 @@ holds pip's wheel cache across every build, which the SDK's classic builder cann
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
+import os
+import shutil
 import threading
 import uuid
 
@@ -24,6 +27,10 @@ from .base import Backend, Environment, Events, Output, RunResult, no_events
 
 LABEL = "org.mlcontainer"
 RUN_UID = 1000
+# One look-up-then-commit at a time in this process: concurrent builds of one lock share one image.
+_COMMIT = threading.Lock()
+
+
 def _labels(namespace: str, **extra) -> dict[str, str]:
     labels = {f"{LABEL}.managed": "1", f"{LABEL}.namespace": namespace}
     labels.update({f"{LABEL}.{k}": str(v) for k, v in extra.items()})
@@ -164,13 +171,8 @@ class DockerBackend(Backend):
             new_lock = lock if lock is not None else lock_from_report(
                 got.get("report.json", b"{}"))
             lkey = lock_key(base_id, env_spec.apt, new_lock)
-            same = self._by_lock_key(lkey)
-            if same is not None:  # another spec already resolved to this exact environment
-                same.tag(*tag.split(":"))
-                image = self.client.images.get(tag)
-            else:
-                repo, _, t = tag.partition(":")
-                image = container.commit(repo, t, conf={
+            with _COMMIT:
+                image = self._commit_once(container, lkey, tag, {
                     "Labels": _labels(self.namespace, role="env", **{
                         "lock-key": lkey, "base-id": base_id, "base": env_spec.base_image,
                         "python": got.get("python.txt", b"").decode().strip(),
@@ -180,6 +182,20 @@ class DockerBackend(Backend):
                     "Cmd": ["python3"]})
         events("built", image=tag, size=image.attrs.get("Size"))
         return self._environment(image, tag, cached=False, log=log)
+
+    def _commit_once(self, container, lkey: str, tag: str, conf: dict):
+        """The image of ``lkey``: an existing one tagged ``tag``, else this container committed.
+        Another process may commit the same lock meanwhile: the oldest image wins."""
+        same = self._by_lock_key(lkey)
+        if same is None:
+            image = container.commit(None, None, conf=conf)
+            found = self.client.images.list(filters={"label": [
+                f"{LABEL}.lock-key={lkey}", f"{LABEL}.namespace={self.namespace}"]})
+            same = min(found, key=lambda i: (i.attrs.get("Created", ""), i.id)) if found else image
+            if same.id != image.id:
+                _quietly(self.client.images.remove, image.id, force=True)
+        same.tag(*tag.split(":"))
+        return self.client.images.get(tag)
 
     def _by_lock_key(self, lkey: str):
         found = self.client.images.list(filters={"label": [
@@ -215,6 +231,9 @@ class DockerBackend(Backend):
                 continue
             _quietly(c.remove, force=True)
             done.append(f"removed container {c.name} ({c.status}, owner {owner or '?'})")
+            for folder in _run_folders(c):  # its kernel died before removing them
+                shutil.rmtree(folder, ignore_errors=True)
+                done.append(f"removed run folder {folder}")
         for v in self.client.volumes.list(
                 filters={"label": [f"{LABEL}.namespace={self.namespace}", f"{LABEL}.role=build"]}):
             if not owner_alive(v.attrs.get("Labels", {}).get(f"{LABEL}.owner", "")):
@@ -251,6 +270,8 @@ class DockerBackend(Backend):
         kwargs = self._container_options(spec, run_id, workdir)
         stdout: list[str] = []
         stderr: list[str] = []
+        # A UTF-8 character may be split across two chunks of the stream.
+        decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("o", "e")}
         timed_out = threading.Event()
         container = None
         try:
@@ -269,13 +290,15 @@ class DockerBackend(Backend):
             try:
                 for out, err in stream:
                     if out:
-                        text = out.decode("utf-8", "replace")
+                        text = decoders["o"].decode(out)
                         stdout.append(text)
                         output("stdout", text)
                     if err:
-                        text = err.decode("utf-8", "replace")
+                        text = decoders["e"].decode(err)
                         stderr.append(text)
                         output("stderr", text)
+                for name, chunks in (("o", stdout), ("e", stderr)):
+                    chunks.append(decoders[name].decode(b"", final=True))
                 code = container.wait()["StatusCode"]
             finally:
                 if timer is not None:
@@ -284,7 +307,11 @@ class DockerBackend(Backend):
             reason = self._reason(code, container.attrs["State"], timed_out.is_set(), run_id)
             return RunResult(code, reason, "".join(stdout), "".join(stderr), container.id)
         except docker.errors.APIError as e:
-            raise RunError(f"The engine refused the run: {_short(e)}",
+            hint = ""
+            if spec.gpus and "capabilities: [[gpu]]" in str(e):
+                hint = (" This engine cannot give containers a GPU: install the NVIDIA "
+                        "Container Toolkit and restart Docker, or run without --gpus.")
+            raise RunError(f"The engine refused the run: {_short(e)}.{hint}",
                            logs="".join(stderr)) from None
         finally:
             self._runs.pop(run_id, None)
@@ -423,10 +450,24 @@ def _lines(chunks):
 def _build_failure(log: str, status: int) -> str:
     """The lines of pip's (or apt's) own message that say what went wrong."""
     lines = log.splitlines()
+    # pip indents the failing subprocess's own output (e.g. a setup.py's message): match it too.
     wanted = [i for i, line in enumerate(lines)
-              if line.startswith(("ERROR", "E: ", "error:")) or "No matching distribution" in line]
-    detail = "\n".join(lines[wanted[0]:wanted[0] + 12]) if wanted else "\n".join(lines[-12:])
+              if line.lstrip().startswith(("ERROR", "E: ", "error:"))
+              or "No matching distribution" in line]
+    detail = "\n".join(lines[wanted[0]:wanted[0] + 20]) if wanted else "\n".join(lines[-12:])
     return f"Building the environment failed (exit {status}):\n{detail}"
+
+
+def _run_folders(container) -> list[str]:
+    """Host folders this package made for a container (mlc-run-*, mlc-session-*), to remove."""
+    out = []
+    for mount in container.attrs.get("Mounts") or []:
+        source = mount.get("Source") or ""
+        name = os.path.basename(source.rstrip("/"))
+        if mount.get("Destination") == render.MLC_DIR and \
+                name.startswith(("mlc-run-", "mlc-session-")) and os.path.isdir(source):
+            out.append(source)
+    return out
 
 
 def _read_optional(path: str | None) -> bytes:

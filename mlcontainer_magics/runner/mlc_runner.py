@@ -283,7 +283,8 @@ def write_outputs(names, namespace, host, out=OUT):
                                      "here); return plain data, arrays or DataFrames"
                             % (type(value).__name__, host.get("python"), PY)}
             continue
-        path = os.path.join(out, "%s.%s" % (name, EXT[fmt]))
+        # "v-" keeps value files apart from outputs.json: `--out outputs` is a valid name.
+        path = os.path.join(out, "v-%s.%s" % (name, EXT[fmt]))
         try:
             if fmt == "bytes":
                 with open(path, "wb") as f:
@@ -338,6 +339,10 @@ def run_in(base, namespace):
                 namespace[name] = read_value(entry, base)
             except CellError as e:
                 raise CellError("--in %s: %s" % (name, e))
+            except Exception as e:  # e.g. a pickled object whose module the container lacks
+                raise CellError("--in %s cannot be read in the container (%s: %s); install "
+                                "what it needs with -r, or send plain data, arrays or "
+                                "DataFrames" % (name, type(e).__name__, e))
         run_cell(source, namespace, cell)
         flush_figures()
     except SystemExit:
