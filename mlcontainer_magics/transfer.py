@@ -14,24 +14,10 @@ import types
 from pathlib import Path
 
 from .errors import SpecError
+# The runner inside the container implements the same formats; it is the one definition.
+from .runner.mlc_runner import EXT, json_exact
 
-EXT = {"json": "json", "npy": "npy", "parquet": "parquet", "bytes": "bin", "pickle": "pkl"}
 PY = "{}.{}".format(*sys.version_info[:2])
-
-
-def json_exact(value, depth: int = 0) -> bool:
-    """True when JSON gives back exactly this value (types included)."""
-    if depth > 100:
-        return False
-    if value is None or type(value) in (str, bool, int):
-        return True
-    if type(value) is float:
-        return value == value and value not in (float("inf"), float("-inf"))
-    if type(value) is list:
-        return all(json_exact(v, depth + 1) for v in value)
-    if type(value) is dict:
-        return all(type(k) is str and json_exact(v, depth + 1) for k, v in value.items())
-    return False
 
 
 def _is_ndarray(value) -> bool:
