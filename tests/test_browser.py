@@ -200,6 +200,18 @@ def open_lab(context, lab: Lab):
     return page, errors
 
 
+def element_shot(locator, name: str) -> None:
+    """A screenshot of one element; a widget may redraw (and replace its DOM) meanwhile."""
+    for attempt in range(3):
+        try:
+            locator.screenshot(path=str(ARTIFACTS / name))
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
+
+
 def shot(page, name: str) -> Path:
     path = ARTIFACTS / name
     page.screenshot(path=str(path))
@@ -309,7 +321,7 @@ def sleeper(start_lab):
     sid = uuid.uuid4().hex[:12]
     container = client.containers.run(
         "python:3.11-slim", ["sleep", "300"], detach=True, name=f"mlc-test-browser-{sid}",
-        labels={SNAPSHOT_LABEL: sid, NAMESPACE_LABEL: "mlc-test"})
+        labels={SNAPSHOT_LABEL: sid, NAMESPACE_LABEL: os.environ["MLCONTAINER_NAMESPACE"]})
     try:
         yield sid, container
     finally:
@@ -377,18 +389,18 @@ def test_containerized_cells_in_a_real_notebook(start_lab, browser):
     quick.locator('.mlc-badge[data-status="done"]').wait_for(timeout=60_000)
     sid = lab.store.get("browser-run")["id"]
     assert sid in quick.locator(".mlc-status").inner_text()
-    quick.locator(".mlc-status").screenshot(path=str(ARTIFACTS / "status-widget-done.png"))
+    element_shot(quick.locator(".mlc-status"), "status-widget-done.png")
     page.locator(f'{SIDEBAR} li[data-snapshot="{sid}"]').wait_for(timeout=30_000)
 
     long = page.locator(".jp-Cell").nth(2)
     long.locator(".jp-OutputArea").get_by_text("working").wait_for(timeout=120_000)
     stop = long.locator("button.mlc-stop-run")
     stop.wait_for(timeout=30_000)
-    long.locator(".mlc-status").screenshot(path=str(ARTIFACTS / "status-widget-running.png"))
+    element_shot(long.locator(".mlc-status"), "status-widget-running.png")
     shot(page, "notebook-running.png")
     stop.click()
     long.locator('.mlc-badge[data-status="stopped"]').wait_for(timeout=30_000)
     assert lab.store.get("browser-stop")["status"] == "stopped"
-    long.locator(".mlc-status").screenshot(path=str(ARTIFACTS / "status-widget-stopped.png"))
+    element_shot(long.locator(".mlc-status"), "status-widget-stopped.png")
     shot(page, "notebook-stopped.png")
     assert errors == [], errors

@@ -6,6 +6,7 @@ The store is a real Store in a tmp folder, put into ``web_app.settings`` through
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -362,7 +363,8 @@ def sleeper(docker_client, store):
     store.put({"id": sid, "name": "sleeper", "notebook": "nb/sleep.ipynb", "status": "running"})
     container = docker_client.containers.run(
         "python:3.11-slim", ["sleep", "300"], detach=True, name=f"mlc-test-sleeper-{sid}",
-        labels={handlers.SNAPSHOT_LABEL: sid, handlers.NAMESPACE_LABEL: "mlc-test"})
+        labels={handlers.SNAPSHOT_LABEL: sid,
+                handlers.NAMESPACE_LABEL: os.environ["MLCONTAINER_NAMESPACE"]})
     try:
         yield sid, container
     finally:
@@ -380,10 +382,13 @@ async def test_running_and_stop_a_real_container(jp_fetch, docker_client, sleepe
     assert len(mine) == 1, data
     item = mine[0]
     assert item["state"] == "running" and item["status"].startswith("Up")
-    assert item["container"] == container.id[:12] and item["namespace"] == "mlc-test"
+    assert item["container"] == container.id[:12]
+    assert item["namespace"] == os.environ["MLCONTAINER_NAMESPACE"]  # this server's own
     assert item["name"] == "sleeper" and item["notebook_path"] == "nb/sleep.ipynb"
     only_ns = body(await jp_fetch("mlcontainer", "running", params={"namespace": "nope"}))
     assert sid not in [i["id"] for i in only_ns["items"]]
+    every = body(await jp_fetch("mlcontainer", "running", params={"namespace": "*"}))
+    assert sid in [i["id"] for i in every["items"]]
 
     t0 = time.monotonic()
     data = body(await jp_fetch("mlcontainer", "running", sid, "stop", method="POST",

@@ -20,6 +20,10 @@ def _load_jupyter_server_extension(server_app):
 
         settings["mlcontainer_store"] = Store()
     settings.setdefault("mlcontainer_engine", Engine())
+    if "mlcontainer_namespace" not in settings:
+        from ..magics import ContainerizeMagics
+
+        settings["mlcontainer_namespace"] = ContainerizeMagics(shell=None).namespace
     settings.setdefault("mlcontainer_root_dir", getattr(server_app, "root_dir", None))
     settings.setdefault("mlcontainer_actions", dict(
         ACTIONS, rerun=actions.rerun,

@@ -376,7 +376,11 @@ class ActionHandler(BaseHandler):
 class RunningHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self):
-        namespace = self.get_query_argument("namespace", None) or None
+        # This server's runs: the namespace its kernels use (MLCONTAINER_NAMESPACE), unless
+        # the request asks for another one, or for all with namespace=*.
+        namespace = self.get_query_argument("namespace", None) or self.settings.get(
+            "mlcontainer_namespace")
+        namespace = None if namespace == "*" else namespace
 
         def running():
             items = self.engine.running(namespace)
