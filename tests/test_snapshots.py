@@ -5,12 +5,15 @@ import json
 import os
 import subprocess
 import sys
+import socket
 import threading
+import time
 from importlib import metadata
 
 import pytest
 
 from mlcontainer_magics import runs, snapshots
+from mlcontainer_magics.backends import make_backend
 from mlcontainer_magics.backends.docker import DockerBackend
 from mlcontainer_magics.errors import VerificationFailed
 from mlcontainer_magics.spec import EnvSpec, RunSpec
@@ -142,12 +145,39 @@ def test_concurrent_runs_into_one_store(store, namespace):
                for r in records)
 
 
-def test_prune_removes_orphans_and_unused_images(store, namespace, docker_client):
-    backend = DockerBackend(namespace=namespace)
-    orphan = docker_client.containers.create(
+def _dead_owner() -> str:
+    proc = subprocess.Popen(["true"])  # a process of this host that has ended
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}"
+
+
+def _orphan(docker_client, namespace, owner):
+    return docker_client.containers.create(
         "python:3.11-slim", ["sleep", "60"],
         labels={"org.mlcontainer.managed": "1", "org.mlcontainer.namespace": namespace,
-                "org.mlcontainer.owner": "nohost-that-is-this:1"})
+                "org.mlcontainer.owner": owner})
+
+
+def test_orphans_of_dead_kernels_are_cleaned_when_a_kernel_connects(namespace, docker_client):
+    dead = _orphan(docker_client, namespace, _dead_owner())
+    elsewhere = _orphan(docker_client, namespace, "another-machine:1")
+    try:
+        make_backend("docker", namespace=namespace).client  # a new kernel's first connection
+        names = []
+        for _ in range(100):
+            names = [c.name for c in docker_client.containers.list(
+                all=True, filters={"label": f"org.mlcontainer.namespace={namespace}"})]
+            if dead.name not in names:
+                break
+            time.sleep(0.1)
+        assert dead.name not in names and elsewhere.name in names
+    finally:
+        elsewhere.remove(force=True)
+
+
+def test_prune_removes_orphans_and_unused_images(store, namespace, docker_client):
+    backend = DockerBackend(namespace=namespace)
+    orphan = _orphan(docker_client, namespace, _dead_owner())
     store.put({"id": "abcdef123456", "status": "running"})
     done = snapshots.prune(store, backend)
     assert any(orphan.name in line for line in done)

@@ -11,7 +11,8 @@ def make_backend(name: str, *, namespace: str, parent=None):
     if name == "docker":
         from .docker import DockerBackend
 
-        return DockerBackend(namespace=namespace)
+        # A kernel's backend cleans up after kernels that died mid-run (their orphans).
+        return DockerBackend(namespace=namespace, clean_orphans=True)
     if name == "kubernetes":
         from .kubernetes import KubernetesBackend
 

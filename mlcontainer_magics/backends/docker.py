@@ -41,8 +41,9 @@ class DockerBackend(Backend):
     name = "docker"
 
     def __init__(self, client=None, namespace: str = "mlcontainer",
-                 network: BuildNetwork | None = None) -> None:
+                 network: BuildNetwork | None = None, clean_orphans: bool = False) -> None:
         self._client = client
+        self._clean_orphans = clean_orphans  # a kernel's backend does, on first connection
         self.namespace = namespace
         self._network = network
         self._runs: dict[str, object] = {}  # run_id -> container, for stop()
@@ -52,6 +53,9 @@ class DockerBackend(Backend):
     def client(self):
         if self._client is None:
             self._client = connect()
+            if self._clean_orphans:  # runs of kernels that died mid-run, in the background
+                threading.Thread(target=_quietly, args=(self.prune_orphans,), daemon=True,
+                                 name="mlcontainer-orphans").start()
         return self._client
 
     @property
@@ -222,13 +226,14 @@ class DockerBackend(Backend):
         return bool(self.client.containers.list(filters={"label": f"{LABEL}.run={run_id}"}))
 
     def prune_orphans(self) -> list[str]:
-        """Remove containers of this namespace whose kernel process is gone (or that ended)."""
+        """Remove containers (and build volumes) of this namespace whose kernel process is gone;
+        another machine's are left to it."""
         done = []
         for c in self.client.containers.list(
                 all=True, filters={"label": f"{LABEL}.namespace={self.namespace}"}):
             owner = c.labels.get(f"{LABEL}.owner", "")
-            if c.status == "running" and owner_alive(owner):
-                continue
+            if owner_alive(owner):
+                continue  # its kernel lives and removes it itself
             _quietly(c.remove, force=True)
             done.append(f"removed container {c.name} ({c.status}, owner {owner or '?'})")
             for folder in _run_folders(c):  # its kernel died before removing them
