@@ -11,9 +11,15 @@ import tempfile
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 NAMESPACE = f"mlctest-{uuid.uuid4().hex[:8]}"
 LABEL = "org.mlcontainer.namespace"
+# A 2-core CI machine also runs Docker builds: judge properties, not how fast examples come.
+settings.register_profile("default", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("default")
+
 STORE = tempfile.mkdtemp(prefix="mlctest-store-")
 # Kernels that nbval starts for the notebooks inherit these, so they use the session's namespace
 # and store too, never the user's.
