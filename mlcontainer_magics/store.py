@@ -260,7 +260,7 @@ class Store:
             raise self._error("open the database", e) from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")  # atomic in WAL; fsync at checkpoints
             self._migrate(conn)
         except BaseException as e:
@@ -486,6 +486,24 @@ class Store:
             raise StoreError(f"Could not create the artifacts folder {folder}: "
                              f"{e.strerror or e}.") from None
         return folder
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new database to WAL. The switch takes an exclusive lock and SQLite may answer
+    "locked" at once, without waiting for busy_timeout, when several open a new store together;
+    so retry it, within the same time. WAL then persists in the file: later opens only read."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    delay = 0.01
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _candidate(summary: dict) -> str:

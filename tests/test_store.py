@@ -772,3 +772,30 @@ def test_records_are_json_in_the_database(store):
     store.put(full_record())
     text = store._connect().execute("SELECT record FROM snapshots").fetchone()[0]
     assert json.loads(text) == full_record()
+
+
+def test_many_open_a_new_store_at_once(tmp_path):
+    """Opening a brand-new store from many threads at once: every one gets in (the switch to
+    WAL used to answer 'database is locked' to the losers)."""
+    import threading
+
+    for round_ in range(30):
+        root = tmp_path / f"new-{round_}"
+        errors, barrier = [], threading.Barrier(12)
+
+        def open_and_write(i):
+            try:
+                barrier.wait()
+                st = Store(root)
+                st.put({"id": f"{round_:02d}{i:02d}aaaaaaaa", "status": "done"})
+                st.close()
+            except Exception as e:  # collected and reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_and_write, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert Store(root).count() == 12
