@@ -61,13 +61,22 @@ def pytest_sessionfinish(session, exitstatus):
     except Exception:
         return  # no engine: nothing could have been made
     flt = {"label": f"{LABEL}={NAMESPACE}"}
-    for image in docker_client.images.list(filters=flt):
-        for tag in image.tags:
-            docker_client.images.remove(tag, force=True)
-        try:
-            docker_client.images.remove(image.id, force=True)
-        except Exception:
-            pass  # already gone with its last tag
+    # An environment built on another is its child: the engine removes children first, so a
+    # few passes settle it (untagging a parent leaves it to go with its last child).
+    for _ in range(4):
+        images = docker_client.images.list(all=True, filters=flt)
+        if not images:
+            break
+        for image in images:
+            for tag in image.tags:
+                try:
+                    docker_client.images.remove(tag, force=True)
+                except Exception:
+                    pass  # gone already, with a child of it
+            try:
+                docker_client.images.remove(image.id, force=True)
+            except Exception:
+                pass  # already gone with its last tag, or a child is still there
     for volume in docker_client.volumes.list(filters=flt):
         if volume.name == f"{NAMESPACE}-pip-cache":
             volume.remove(force=True)

@@ -34,6 +34,27 @@ def lock_key(base_image_id: str, apt, lock) -> str:
                    "lock": sorted((e["name"], e["version"]) for e in lock)})
 
 
+def extend_lock(parent: list[dict], installed: list[dict]) -> list[dict]:
+    """The lock of an environment built on ``parent``: its pins, with what pip installed on top
+    (new packages, and any it upgraded) taking their place."""
+    by_name = {e["name"]: e for e in parent}
+    by_name.update({e["name"]: e for e in installed})
+    return sorted(by_name.values(), key=lambda e: e["name"])
+
+
+def closest_parent(candidates, requirements, apt):
+    """Of ``candidates`` (key, requirements, apt) on one base, the environment this one only adds
+    to: the same Debian packages and a strict subset of its requirements, the largest such.
+    Building on it installs just the difference; None when there is none."""
+    wanted, apt = set(requirements), sorted(apt)
+    best, best_n = None, 0
+    for key, reqs, cand_apt in candidates:
+        reqs = set(reqs)
+        if sorted(cand_apt) == apt and reqs and reqs < wanted and len(reqs) > best_n:
+            best, best_n = key, len(reqs)
+    return best
+
+
 def imported_modules(code: str) -> list[str]:
     """Top-level names of absolute imports anywhere in the code, in first-seen order."""
     import ast

@@ -50,16 +50,18 @@ class RunOutcome:
         return self.result is not None and self.result.reason == "done"
 
 
-def prepare_workdir(spec: RunSpec, inputs: dict, parent: Path | None = None
-                    ) -> tuple[Path, dict]:
+def prepare_workdir(spec: RunSpec, inputs: dict, parent: Path | None = None, *,
+                    digests: bool = True) -> tuple[Path, dict]:
     """The run's own folder, mounted at /mlc: runner, cell, manifest, values in, out/.
-    In a warm session it is made inside the session's folder (``parent``)."""
+    In a warm session it is made inside the session's folder (``parent``). Without
+    ``digests`` the inputs' records lack theirs (see transfer.BackgroundDigests)."""
     workdir = Path(tempfile.mkdtemp(prefix="mlc-run-", dir=parent))
     try:
         workdir.chmod(0o755)
         (workdir / "runner.py").write_bytes(runner_source())
         (workdir / "cell.py").write_text(spec.code, encoding="utf-8")
-        records = transfer.write_inputs(inputs, workdir / "in") if inputs else {}
+        records = transfer.write_inputs(inputs, workdir / "in", digests=digests) \
+            if inputs else {}
         manifest = {"inputs": records, "outputs": list(spec.outputs),
                     "host": transfer.host_capabilities()}
         (workdir / "manifest.json").write_text(json.dumps(manifest))
@@ -87,6 +89,7 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
                        namespace=getattr(backend, "namespace", None)))
         events("recorded", snapshot=run_id)
     workdir = None
+    hashing = None  # the inputs' digests, taken while the container runs
     started = False  # past this point the run is a snapshot, whatever happens
     try:
         # A backend without warm sessions refuses here, before anything is built.
@@ -97,7 +100,8 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
         t1 = time.perf_counter()
         outcome.timings["environment"] = round(t1 - t0, 3)
         parent = pool.ensure(spec, outcome.env, events).folder / "io" if pool else None
-        workdir, outcome.inputs = prepare_workdir(spec, inputs or {}, parent)
+        workdir, outcome.inputs = prepare_workdir(spec, inputs or {}, parent, digests=False)
+        hashing = transfer.BackgroundDigests(outcome.inputs, workdir)
         if store:
             keep_inputs(store.artifacts_dir(run_id), workdir)
             store.update(run_id, status="running", inputs=outcome.inputs,
@@ -106,6 +110,7 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
         run = pool.run if pool else backend.run
         outcome.result = run(spec, outcome.env, workdir, run_id=run_id, events=events,
                              output=output)
+        hashing.fill(outcome.inputs)
         t2 = time.perf_counter()
         outcome.timings["run"] = round(t2 - t1, 3)
         if (store and outcome.result.reason in ("killed", "failed")
@@ -123,10 +128,16 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
             _forget(store, run_id)
         elif store:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            try:
+                hashing.fill(outcome.inputs)
+            except Exception:  # the run's own error matters more
+                pass
             store.update(run_id, status=status, reason=f"{type(e).__name__}: {e}".strip(": "),
-                         finished=time.time(), timings=outcome.timings)
+                         finished=time.time(), timings=outcome.timings, inputs=outcome.inputs)
         raise
     finally:
+        if hashing is not None:
+            hashing.wait()  # it reads the folder about to go
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     if store:
@@ -178,6 +189,7 @@ def record_end(outcome: RunOutcome) -> dict:
     return {
         "status": status, "reason": "; ".join(problems) if problems else r.reason,
         "exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr,
+        "inputs": outcome.inputs,
         "stdout_digest": text_digest(r.stdout), "outputs": outcome.outputs,
         "finished": time.time(), "duration": outcome.timings.get("run"),
         "timings": outcome.timings,

@@ -11,6 +11,7 @@ import json
 import pickle
 import sys
 import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import SpecError
@@ -144,18 +145,41 @@ class _MainFinder(pickle.Pickler):
         return NotImplemented
 
 
-def write_inputs(values: dict, folder: Path) -> dict:
-    """Write each input; returns the manifest entries {name: {file, format, digest, size}}."""
+def write_inputs(values: dict, folder: Path, *, digests: bool = True) -> dict:
+    """Write each input; returns the manifest entries {name: {file, format, digest, size}}
+    (without digests when ``digests`` is false: see BackgroundDigests)."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = {}
     for name, value in values.items():
         fmt = choose_format(value)
         path = write_value(value, folder, name, fmt)
-        entries[name] = {"file": f"in/{path.name}", "format": fmt,
-                         "digest": file_digest(path), "size": path.stat().st_size}
+        entries[name] = {"file": f"in/{path.name}", "format": fmt, "size": path.stat().st_size}
+        if digests:
+            entries[name]["digest"] = file_digest(path)
         if fmt == "pickle":
             entries[name]["python"] = PY
     return entries
+
+
+class BackgroundDigests:
+    """The inputs' digests, taken on another thread while the container starts and runs.
+    hashlib releases the GIL, so hashing a large input costs the run next to no time."""
+
+    def __init__(self, records: dict, workdir: Path) -> None:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlcontainer-digest")
+        self._futures = {name: pool.submit(file_digest, workdir / rec["file"])
+                         for name, rec in records.items()}
+        pool.shutdown(wait=False)
+
+    def fill(self, records: dict) -> dict:
+        """Wait for the digests and put them into ``records``; returns ``records``."""
+        for name, future in self._futures.items():
+            records[name]["digest"] = future.result()
+        return records
+
+    def wait(self) -> None:
+        for future in self._futures.values():
+            future.exception()  # done either way; a failure shows in fill()
 
 
 def read_outputs(out_dir: Path, names) -> tuple[dict, dict]:
@@ -164,19 +188,23 @@ def read_outputs(out_dir: Path, names) -> tuple[dict, dict]:
     manifest_path = out_dir / "outputs.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     values, records = {}, {}
-    for name in names:
-        entry = manifest.get(name)
-        if not entry or "error" in entry:
-            records[name] = {"error": (entry or {}).get("error", "no value came back")}
-            continue
-        path = out_dir / entry["file"]
-        try:
-            values[name] = read_value(path, entry["format"])
-        except Exception as e:  # e.g. a pickled object whose module the kernel lacks
-            records[name] = {"error": f"it came back but cannot be read in the kernel "
-                                      f"({type(e).__name__}: {e}); install what it needs in "
-                                      "the kernel, or return plain data, arrays or DataFrames"}
-            continue
-        records[name] = {"format": entry["format"], "digest": file_digest(path),
-                         "size": path.stat().st_size}
+    # Each file is hashed on another thread while it is read: two cores, one pass of time.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlcontainer-digest") as pool:
+        for name in names:
+            entry = manifest.get(name)
+            if not entry or "error" in entry:
+                records[name] = {"error": (entry or {}).get("error", "no value came back")}
+                continue
+            path = out_dir / entry["file"]
+            digest = pool.submit(file_digest, path)
+            try:
+                values[name] = read_value(path, entry["format"])
+            except Exception as e:  # e.g. a pickled object whose module the kernel lacks
+                records[name] = {"error": f"it came back but cannot be read in the kernel "
+                                          f"({type(e).__name__}: {e}); install what it needs "
+                                          "in the kernel, or return plain data, arrays or "
+                                          "DataFrames"}
+                continue
+            records[name] = {"format": entry["format"], "digest": digest.result(),
+                             "size": path.stat().st_size}
     return values, records

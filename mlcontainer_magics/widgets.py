@@ -211,12 +211,13 @@ def apply(status: RunStatus, phase: str, info: Mapping | None = None, *,
     if phase == "building":
         reqs, apt = tuple(info.get("requirements") or ()), tuple(info.get("apt") or ())
         return replace(status, cache="miss", image=str(info.get("image") or status.image),
-                       requirements=reqs, apt=apt,
+                       requirements=reqs, apt=apt, note=f"adding to {info['on']}"
+                       if info.get("on") else "",
                        progress=BuildProgress(steps_known=bool(reqs) + bool(apt)))
     if phase == "built":
         p = status.progress
         return replace(status, image=str(info.get("image") or status.image),
-                       size=info.get("size", status.size),
+                       size=info.get("size", status.size), note="",
                        progress=replace(p, steps_done=max(p.steps_known, p.steps_done), step=""))
     if phase == "pushing":
         return replace(status, image=str(info.get("image") or status.image))
@@ -313,7 +314,8 @@ def _phase_line(s: RunStatus) -> str | None:
         return f"environment {s.image} (cache hit{size})"
     if s.phase == "building":
         n = len(s.requirements) + len(s.apt)
-        return f"building environment {s.image}" + (f" ({_plural(n, 'package')})…" if n else "…")
+        what = f" ({_plural(n, 'package')}{', ' + s.note if s.note else ''})" if n else ""
+        return f"building environment {s.image}{what}…"
     if s.phase == "built":
         size = f" ({fmt_size(s.size)})" if fmt_size(s.size) else ""
         return f"environment ready in {fmt_seconds(s.seconds(ENV_PHASES))}{size}"

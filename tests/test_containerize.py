@@ -54,6 +54,35 @@ def test_environment_records_its_lock_and_different_locks_differ(ip, namespace):
     assert other.image_id != six.image_id and other.lock[0]["version"] == "1.15.0"
 
 
+def test_adding_a_package_builds_on_the_environment_it_extends(ip, namespace, capsys):
+    """-r six then -r six idna: the second build starts from the first image and installs only
+    idna; its lock is still complete. --rebuild starts from the base again."""
+    from mlcontainer_magics.backends.docker import DockerBackend
+    from mlcontainer_magics.spec import EnvSpec
+
+    backend = DockerBackend(namespace=namespace)
+    six = backend.ensure_environment(EnvSpec("python:3.11-slim", (), ("six==1.16.0",)))
+    seen = []
+    spec = EnvSpec("python:3.11-slim", (), ("idna==3.7", "six==1.16.0"))
+    both = backend.ensure_environment(spec, events=lambda phase, **i: seen.append((phase, i)))
+    building = dict(seen)["building"]
+    assert building["on"] == backend.client.images.get(six.image_id).tags[0]
+    installed = [line for line in both.build_log.splitlines() if "Successfully installed" in line]
+    assert installed and "idna-3.7" in installed[0] and "six" not in installed[0]
+    assert [(e["name"], e["version"]) for e in both.lock] == [("idna", "3.7"), ("six", "1.16.0")]
+    assert both.lock[1] == six.lock[0]  # the parent's pin, with its hash
+    image = backend.client.images.get(both.image_id)
+    assert image.labels["org.mlcontainer.parent"] == six.image_id
+    assert image.attrs["Parent"] == six.image_id  # its layers are shared, not copied
+
+    fresh = backend.ensure_environment(spec, rebuild=True)
+    installed = [line for line in fresh.build_log.splitlines() if "Successfully installed" in line]
+    assert "six-1.16.0" in installed[0] and fresh.lock == both.lock
+    out = run(ip, "-r six==1.16.0 idna==3.7 --no-capture",
+              "import idna, six\nprint('both', idna.__version__, six.__version__)", capsys)
+    assert "both 3.7 1.16.0" in out.out
+
+
 def test_equivalent_specs_share_one_environment(ip, capsys, docker_client):
     run(ip, "-r six==1.16.0", "pass")
     before = env_images(docker_client)

@@ -21,7 +21,7 @@ from ..errors import BaseImageMissing, BuildError, RunError
 from ..owner import OWNER
 from ..owner import alive as owner_alive
 from ..pipconfig import BuildNetwork, host_build_network
-from ..requirements import lock_from_report, lock_key
+from ..requirements import closest_parent, extend_lock, lock_from_report, lock_key
 from ..spec import EnvSpec, RunSpec, digest
 from .base import Backend, Environment, Events, Output, RunResult, no_events
 
@@ -103,9 +103,13 @@ class DockerBackend(Backend):
             if found is not None:
                 events("cached", image=tag, size=found.attrs.get("Size"))
                 return self._environment(found, tag, cached=True)
+        # A spec that only adds packages to an existing environment builds on it (installing
+        # just the new ones); a rebuild, or a rebuild from a recorded lock, starts from the base.
+        parent = None if rebuild or lock is not None else self._parent_for(env_spec, base_id)
         events("building", image=tag, apt=list(env_spec.apt),
-               requirements=list(env_spec.requirements))
-        return self._build(env_spec, base_id, tag, lock, events)
+               requirements=list(env_spec.requirements),
+               on=parent.tags[0] if parent is not None else None)
+        return self._build(env_spec, base_id, tag, lock, events, parent)
 
     def _spec_tag(self, env_spec: EnvSpec, base_id: str, lock) -> str:
         key = digest({"spec": env_spec.key(), "base": base_id,
@@ -167,13 +171,40 @@ class DockerBackend(Backend):
         net = self._network or host_build_network()
         return render.build_files(net, ca_bundle=_read_optional(net.cert_path), **kwargs)
 
-    def _build(self, env_spec: EnvSpec, base_id: str, tag: str, lock, events: Events):
-        files = self._build_files(requirements=env_spec.requirements, apt=env_spec.apt,
-                                  lock=lock)
-        with self._build_container(base_id, files, "install.sh", events) as (container, log):
+    def _parent_for(self, env_spec: EnvSpec, base_id: str):
+        """The tagged environment image of this namespace and base that ``env_spec`` adds to."""
+        if not env_spec.requirements:
+            return None
+        images = {}
+        for image in self.client.images.list(filters={"label": [
+                f"{LABEL}.namespace={self.namespace}", f"{LABEL}.role=env",
+                f"{LABEL}.base-id={base_id}"]}):
+            labels = image.labels or {}
+            try:
+                reqs = json.loads(labels.get(f"{LABEL}.requirements", "[]"))
+                apt = json.loads(labels.get(f"{LABEL}.apt", "[]"))
+            except ValueError:
+                continue
+            if image.tags:
+                images[image.id] = (image, reqs, apt)
+        key = closest_parent([(k, r, a) for k, (_, r, a) in images.items()],
+                             env_spec.requirements, env_spec.apt)
+        return images[key][0] if key else None
+
+    def _build(self, env_spec: EnvSpec, base_id: str, tag: str, lock, events: Events,
+               parent=None):
+        # Installing into ``parent`` leaves its packages in place: pip adds only what is missing.
+        # A build without one does apt-get too; with one, the Debian packages are there already.
+        files = self._build_files(requirements=env_spec.requirements,
+                                  apt=() if parent is not None else env_spec.apt, lock=lock)
+        start = parent.id if parent is not None else base_id
+        with self._build_container(start, files, "install.sh", events) as (container, log):
             got = untar_files(container.get_archive(render.BUILD_DIR)[0])
             new_lock = lock if lock is not None else lock_from_report(
                 got.get("report.json", b"{}"))
+            if parent is not None:
+                new_lock = extend_lock(json.loads(parent.labels.get(f"{LABEL}.lock", "[]")),
+                                       new_lock)
             lkey = lock_key(base_id, env_spec.apt, new_lock)
             with _COMMIT:
                 image = self._commit_once(container, lkey, tag, {
@@ -182,7 +213,8 @@ class DockerBackend(Backend):
                         "python": got.get("python.txt", b"").decode().strip(),
                         "apt": json.dumps(list(env_spec.apt)),
                         "requirements": json.dumps(list(env_spec.requirements)),
-                        "lock": json.dumps(new_lock, separators=(",", ":"))}),
+                        "lock": json.dumps(new_lock, separators=(",", ":")),
+                        "parent": parent.id if parent is not None else ""}),
                     "Cmd": ["python3"]})
         events("built", image=tag, size=image.attrs.get("Size"))
         return self._environment(image, tag, cached=False, log=log)
