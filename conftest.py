@@ -6,6 +6,7 @@ session uses a fresh namespace, so these checks never see another session's (or 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -38,7 +39,15 @@ def _objects(client, namespace=NAMESPACE):
     return {
         "containers": sorted(c.name for c in client.containers.list(all=True, filters=flt)),
         "volumes": sorted(v.name for v in client.volumes.list(filters=flt)),
+        # Unlabelled: what a container makes for a VOLUME its image declares, left behind
+        # when the container is removed without its volumes.
+        "anonymous volumes": sorted(v.name for v in client.volumes.list()
+                                    if _ANONYMOUS.match(v.name) and LABEL not in (
+                                        v.attrs.get("Labels") or {})),
     }
+
+
+_ANONYMOUS = re.compile(r"^[0-9a-f]{64}$")
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +58,16 @@ def docker_client():
 @pytest.fixture(scope="session")
 def namespace():
     return NAMESPACE
+
+
+_BEFORE: dict = {}
+
+
+def pytest_sessionstart(session):
+    try:
+        _BEFORE.update(_objects(_client()))
+    except Exception:
+        pass  # no engine yet: nothing was there before
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -81,6 +100,7 @@ def pytest_sessionfinish(session, exitstatus):
         if volume.name == f"{NAMESPACE}-pip-cache":
             volume.remove(force=True)
     left = _objects(docker_client)
+    left = {k: sorted(set(v) - set(_BEFORE.get(k, ()))) for k, v in left.items()}
     left["images"] = [i.id for i in docker_client.images.list(all=True, filters=flt)]
     if any(left.values()):
         print(f"\nthe test session leaked: {left}")

@@ -137,6 +137,7 @@ class DockerBackend(Backend):
         stopped and successful, with its log. BUILD_DIR is a volume of its own, so the CA bundle
         and index settings in it never enter the container's filesystem or a commit."""
         import docker.errors
+        from docker.types import Mount
 
         build_id = uuid.uuid4().hex[:12]
         labels = _labels(self.namespace, role="build", build=build_id, owner=OWNER)
@@ -147,8 +148,11 @@ class DockerBackend(Backend):
         try:
             container = self.client.containers.create(
                 base_id, ["sh", f"{render.BUILD_DIR}/{script}"], labels=labels,
-                volumes={self.cache_volume: {"bind": "/mlc-cache", "mode": "rw"},
-                         secrets.name: {"bind": render.BUILD_DIR, "mode": "rw"}})
+                # Mounts, not `volumes=`: the SDK would also declare those paths as VOLUMEs in
+                # the container's config, which `docker commit` keeps in the image, and every
+                # run of it would then make two anonymous volumes.
+                mounts=[Mount("/mlc-cache", self.cache_volume),
+                        Mount(render.BUILD_DIR, secrets.name)])
             container.put_archive(render.BUILD_DIR, tar_bytes(files, mode=0o600))
             container.start()
             for line in _lines(container.logs(stream=True, follow=True)):
@@ -164,7 +168,7 @@ class DockerBackend(Backend):
                              log="\n".join(log_lines)) from None
         finally:
             if container is not None:
-                _quietly(container.remove, force=True)
+                _quietly(container.remove, force=True, v=True)
             _quietly(secrets.remove, force=True)
 
     def _build_files(self, **kwargs) -> dict:
@@ -266,7 +270,7 @@ class DockerBackend(Backend):
             owner = c.labels.get(f"{LABEL}.owner", "")
             if owner_alive(owner):
                 continue  # its kernel lives and removes it itself
-            _quietly(c.remove, force=True)
+            _quietly(c.remove, force=True, v=True)
             done.append(f"removed container {c.name} ({c.status}, owner {owner or '?'})")
             for folder in _run_folders(c):  # its kernel died before removing them
                 shutil.rmtree(folder, ignore_errors=True)
@@ -354,7 +358,7 @@ class DockerBackend(Backend):
             self._runs.pop(run_id, None)
             self._stopped.discard(run_id)
             if container is not None:
-                _quietly(container.remove, force=True)
+                _quietly(container.remove, force=True, v=True)
 
     # -- warm sessions (the protocol is in sessions.py) --------------------------------------
 
@@ -378,7 +382,7 @@ class DockerBackend(Backend):
         try:
             container.start()
         except Exception:
-            _quietly(container.remove, force=True)
+            _quietly(container.remove, force=True, v=True)
             raise
         return container
 
@@ -411,7 +415,7 @@ class DockerBackend(Backend):
         _quietly(container.kill, signal=sig)
 
     def remove_container(self, container) -> None:
-        _quietly(container.remove, force=True)
+        _quietly(container.remove, force=True, v=True)
 
     def _container_options(self, spec: RunSpec, run_id: str, workdir) -> dict:
         import docker.types
@@ -470,7 +474,7 @@ class DockerBackend(Backend):
         """Force-remove a run's container: on interrupt, at once."""
         container = self._runs.pop(run_id, None)
         if container is not None:
-            _quietly(container.remove, force=True)
+            _quietly(container.remove, force=True, v=True)
 
 
 def _lines(chunks):
