@@ -26,7 +26,8 @@ import pytest
 from IPython.core.error import UsageError
 
 from conftest import NAMESPACE, STORE, env_images
-from mlcontainer_magics.errors import (BaseImageMissing, BuildError, MlcError, RunError,
+from mlcontainer_magics.errors import (BaseImageMissing, BuildError, EngineUnavailable,
+                                       MlcError, RunError,
                                        SpecError, StoreError)
 
 pytestmark = [pytest.mark.docker]
@@ -643,6 +644,67 @@ def test_disk_full_while_keeping_the_inputs(ip, tiny_disk, no_leaks, host_tmp):
             run(ip, "--in blob -n mlcrel-blob", "print(len(blob))")
     finally:
         ip.user_ns.pop("blob", None)
+
+
+# -- the engine stops answering --------------------------------------------------------------------
+
+@pytest.fixture
+def lost_engine(docker_client, tmp_path):
+    """A backend that talks to the real engine through a relay the test can cut, and a store."""
+    import docker
+
+    from engine_proxy import EngineProxy
+    from mlcontainer_magics.backends.docker import DockerBackend
+    from mlcontainer_magics.store import Store
+
+    proxy = EngineProxy().start()
+    backend = DockerBackend(client=docker.DockerClient(base_url=proxy.url, timeout=60),
+                            namespace=NAMESPACE)
+    yield proxy, backend, Store(tmp_path / "store")
+    proxy.close()
+    for c in docker_client.containers.list(all=True, filters={
+            "label": f"org.mlcontainer.namespace={NAMESPACE}"}):
+        c.remove(force=True, v=True)  # only when the test failed: no_leaks reports it
+
+
+def test_engine_gone_during_a_run_says_so_and_cleans_up_when_back(lost_engine, docker_client,
+                                                                   no_leaks, host_tmp):
+    from mlcontainer_magics import runs
+    from mlcontainer_magics.spec import EnvSpec, RunSpec
+
+    proxy, backend, store = lost_engine
+    spec = RunSpec(code="import time\nprint('started', flush=True)\ntime.sleep(300)",
+                   env_spec=EnvSpec(BASE))
+
+    def output(stream, text):
+        if "started" in text:
+            proxy.cut()  # the engine stops answering while the cell runs
+
+    with pytest.raises(EngineUnavailable, match=r"stopped answering while running the cell .*"
+                                                r"mlcontainer doctor --fix.*run the cell again"):
+        runs.execute(spec, backend, output=output, store=store)
+    record = store.get(store.list()[0]["id"])
+    assert record["status"] == "failed" and "EngineUnavailable" in record["reason"]
+    flt = {"label": f"org.mlcontainer.namespace={NAMESPACE}"}
+    assert len(docker_client.containers.list(filters=flt)) == 1  # it ran on, out of reach
+
+    proxy.restore()
+    backend.ensure_environment(EnvSpec(BASE))  # the next call that reaches it removes it
+    assert docker_client.containers.list(all=True, filters=flt) == []
+
+
+def test_engine_gone_before_a_run_fails_clearly_and_records_nothing(lost_engine, no_leaks,
+                                                                     host_tmp):
+    from mlcontainer_magics import runs
+    from mlcontainer_magics.spec import EnvSpec, RunSpec
+
+    proxy, backend, store = lost_engine
+    backend.ensure_environment(EnvSpec(BASE))  # connected, then the engine goes away
+    proxy.cut()
+    with pytest.raises(EngineUnavailable, match=r"stopped answering while preparing the "
+                                                r"environment .*mlcontainer doctor --fix"):
+        runs.execute(RunSpec(code="print(1)", env_spec=EnvSpec(BASE)), backend, store=store)
+    assert store.count() == 0
 
 
 # == 3. Concurrency ================================================================================

@@ -16,8 +16,8 @@ import uuid
 
 from .. import render
 from ..archive import tar_bytes, untar_files
-from ..engine import connect
-from ..errors import BaseImageMissing, BuildError, RunError
+from ..engine import HOW_TO_START, connect
+from ..errors import BaseImageMissing, BuildError, EngineUnavailable, RunError
 from ..owner import OWNER
 from ..owner import alive as owner_alive
 from ..pipconfig import BuildNetwork, host_build_network
@@ -48,6 +48,7 @@ class DockerBackend(Backend):
         self._network = network
         self._runs: dict[str, object] = {}  # run_id -> container, for stop()
         self._stopped: set[str] = set()
+        self._lost: set[str] = set()  # containers left when the engine went away mid-run
 
     @property
     def client(self):
@@ -87,6 +88,13 @@ class DockerBackend(Backend):
 
     def ensure_environment(self, env_spec: EnvSpec, *, events: Events = no_events,
                            rebuild: bool = False, lock: list | None = None) -> Environment:
+        with _engine_boundary("preparing the environment"):
+            self._remove_lost()
+            return self._ensure_environment(env_spec, events=events, rebuild=rebuild,
+                                            lock=lock)
+
+    def _ensure_environment(self, env_spec: EnvSpec, *, events: Events, rebuild: bool,
+                            lock: list | None) -> Environment:
         events("resolving", base=env_spec.base_image)
         base_id = self.base_image_id(env_spec.base_image)
         if not env_spec.requirements and not env_spec.apt and not lock:
@@ -305,6 +313,32 @@ class DockerBackend(Backend):
 
     def run(self, spec: RunSpec, env: Environment, workdir, *, run_id: str,
             events: Events = no_events, output: Output | None = None) -> RunResult:
+        with _engine_boundary("running the cell"):
+            return self._run(spec, env, workdir, run_id=run_id, events=events, output=output)
+
+    def _remove_lost(self) -> None:
+        """Remove the containers of runs during which the engine went away, now it is back."""
+        import docker.errors
+
+        for cid in list(self._lost):
+            try:
+                self.client.api.remove_container(cid, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            self._lost.discard(cid)
+
+    def _remove_or_remember(self, container) -> None:
+        import docker.errors
+
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except Exception:  # the engine is gone: try again on the next call that reaches it
+            self._lost.add(container.id)
+
+    def _run(self, spec: RunSpec, env: Environment, workdir, *, run_id: str,
+             events: Events, output: Output | None) -> RunResult:
         import docker.errors
 
         output = output or (lambda stream, text: None)
@@ -358,7 +392,7 @@ class DockerBackend(Backend):
             self._runs.pop(run_id, None)
             self._stopped.discard(run_id)
             if container is not None:
-                _quietly(container.remove, force=True, v=True)
+                self._remove_or_remember(container)
 
     # -- warm sessions (the protocol is in sessions.py) --------------------------------------
 
@@ -475,6 +509,21 @@ class DockerBackend(Backend):
         container = self._runs.pop(run_id, None)
         if container is not None:
             _quietly(container.remove, force=True, v=True)
+
+
+@contextlib.contextmanager
+def _engine_boundary(doing: str):
+    """An engine that stops answering after we connected (stopped, restarted, its socket gone)
+    becomes EngineUnavailable; the SDK lets requests' and the socket's errors through as such."""
+    import requests
+
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, ConnectionError) as e:
+        raise EngineUnavailable(
+            f"The Docker engine stopped answering while {doing} ({type(e).__name__}). "
+            f"{HOW_TO_START} Then run the cell again; what this run left behind is removed "
+            "once the engine is back.") from None
 
 
 def _lines(chunks):
