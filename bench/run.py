@@ -488,7 +488,8 @@ class Bench:
         ip = self.ip
         log(f"data: building the {DATA_REQ} environment, untimed")
         ip.user_ns["a"] = tiny
-        self.cell(line, "b = a")
+        _, _, warm = self.cell(line, "b = a")
+        env_image = warm["env_image"]
         raw = Row(f"raw: run with {mb} MB array vs np.save + np.load", target=2.0,
                   primary=False, ours_label="%%containerize --in a --out b, b = a",
                   baseline_label="np.save(path, a); b = np.load(path)")
@@ -525,20 +526,57 @@ class Bench:
             sc.check("baseline_round_trip_equal", np.array_equal(b, big), "np.load != a")
             path.unlink()
 
+        # The same crossing with the plain docker CLI: np.save on the host, `docker run` of the
+        # same environment image doing np.load + np.save on a bind-mounted folder, np.load on
+        # the host; no digests, no snapshot. What any container round trip costs.
+        plain = Row(f"net, plain docker doing the same crossing ({mb} MB - 128 B)",
+                    target=None, primary=False,
+                    ours_label="%%containerize --in a --out b (net, as above)",
+                    baseline_label="np.save; docker run -v DIR:/d ENV (np.load, np.save); "
+                                   "np.load (net)")
+        plain_big, plain_tiny = [], []
+        xdir = self.tmp / "plain-docker"
+        code = ("import numpy as np; a = np.load('/d/a.npy'); b = a; "
+                "np.save('/d/out/b.npy', b)")
+
+        def plain_with(value, samples):
+            shutil.rmtree(xdir, ignore_errors=True)
+            (xdir / "out").mkdir(parents=True)
+            (xdir / "out").chmod(0o777)
+            t0 = time.perf_counter()
+            np.save(xdir / "a.npy", value)
+            docker("run", "--rm", "--label", f"{NS_LABEL}={self.ns}", "-u", "1000:1000",
+                   "-v", f"{xdir}:/d", env_image, "python", "-c", code)
+            b = np.load(xdir / "out" / "b.npy")
+            samples.append(time.perf_counter() - t0)
+            sc.check("plain_docker_round_trip_equal", np.array_equal(b, value), "b != a")
+            shutil.rmtree(xdir, ignore_errors=True)
+
+        def plain_docker_big():
+            plain_with(big, plain_big)
+
+        def plain_docker_tiny():
+            plain_with(tiny, plain_tiny)
+
         ours_tiny()  # warm-up
         ours_big()
         baseline()
-        for samples in (raw.ours, raw.baseline, tiny_s):
+        plain_docker_big()
+        for samples in (raw.ours, raw.baseline, tiny_s, plain_big):
             samples.clear()
-        fns = [ours_big, ours_tiny, baseline]
+        fns = [ours_big, ours_tiny, baseline, plain_docker_big, plain_docker_tiny]
         for i in range(self.n):
-            for fn in fns[i % 3:] + fns[:i % 3]:
+            for fn in fns[i % 5:] + fns[:i % 5]:
                 fn()
         net.ours = list(raw.ours)
         net.baseline = list(raw.baseline)
         net.ours_value = median(raw.ours) - median(tiny_s)
         net.ours_label = f"median(run {mb} MB) - median(run 128 B) = data movement only"
-        sc.rows += [net, raw]
+        plain.ours_value = net.ours_value
+        plain.baseline = list(plain_big)
+        plain.baseline_value = median(plain_big) - median(plain_tiny)
+        sc.info["plain_docker_s"] = {"big": plain_big, "tiny": plain_tiny}
+        sc.rows += [net, raw, plain]
         sc.info["tiny_run_s"] = tiny_s
         sc.info["host_side_breakdown_s"] = data_breakdown(big, self.tmp / "breakdown")
         self._big, self._tiny = big, tiny  # for the profile
@@ -552,7 +590,10 @@ class Bench:
             "temp folder: half the passes over the data, no container process. The raw "
             "ratio also charges ours a whole container run (~0.5 s, scenario 2), which no "
             "array size changes; the net ratio subtracts the same run with a 128-byte array, "
-            "leaving what moving 200 MB costs. The net row is the one judged.")
+            "leaving what moving 200 MB costs. The net row is the one judged. The last row "
+            "does the same crossing with the plain docker CLI (host np.save, a container's "
+            "np.load + np.save on a bind mount, host np.load; net of a 128-byte run): what a "
+            "container round trip costs before any snapshot bookkeeping.")
 
     def s_session(self, sc):
         image = self.ensure_warm_env()

@@ -23,7 +23,8 @@ PY = "{}.{}".format(*sys.version_info[:2])
 
 def _is_ndarray(value) -> bool:
     np = sys.modules.get("numpy")
-    return np is not None and type(value) is np.ndarray and not value.dtype.hasobject
+    return (np is not None and type(value) in (np.ndarray, np.memmap)
+            and not value.dtype.hasobject)
 
 
 def _is_dataframe(value) -> bool:

@@ -38,6 +38,29 @@ def test_values_round_trip_exactly(ip):
     assert ns["d2"] == d and ns["s2"] == "héllo\nworld" and ns["b2"] == b"\x00\xffbytes"
 
 
+def test_a_large_array_is_mapped_in_and_may_be_changed_in_place(ip):
+    """A large input is mapped copy-on-write, not read: the cell sees an ndarray it can change,
+    and the file the snapshot keeps (its recorded digest) does not change with it."""
+    from mlcontainer_magics.transfer import file_digest
+
+    big = np.arange(2**18, dtype=np.float64).reshape(512, 512)  # 2 MiB
+    ip.user_ns["big"] = big
+    ip.run_cell_magic("containerize", f"{DATA} -n mapped --in big --out kind,first,same",
+                      "import numpy as np\n"
+                      "kind = [type(big).__name__, isinstance(big, np.ndarray)]\n"
+                      "big[0, 0] = -1.0\n"
+                      "first = float(big[0, 0])\n"
+                      "same = big + 0")
+    ns = ip.user_ns
+    assert ns["kind"] == ["memmap", True] and ns["first"] == -1.0
+    assert ns["same"][0, 0] == -1.0 and np.array_equal(ns["same"][1:], big[1:])
+    assert big[0, 0] == 0.0  # the kernel's own array is untouched
+    magics = ip.magics_manager.registry["ContainerizeMagics"]
+    record = magics.store.get("mapped")
+    kept = magics.store.artifacts_dir(record["id"]) / record["inputs"]["big"]["file"]
+    assert file_digest(kept) == record["inputs"]["big"]["digest"]
+
+
 def test_values_are_computed_on_in_the_container(ip):
     ip.user_ns["df"] = pd.DataFrame({"g": ["a", "b", "a"], "v": [1, 2, 3]})
     ip.run_cell_magic("containerize", f"{DATA} --in df --out totals",

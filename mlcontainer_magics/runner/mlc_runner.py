@@ -21,6 +21,7 @@ MARK = "\x1e\x1fmlc-display:"
 STDERR_MARK = "\x1e\x1fmlc-stderr:"
 FILE_MARK = "\x1e\x1fmlc-file:"
 PY = "{}.{}".format(*sys.version_info[:2])
+MAP_AT_LEAST = 1 << 20  # bytes of .npy from which an input array is mapped, not read
 EXT = {"json": "json", "npy": "npy", "parquet": "parquet", "bytes": "bin", "pickle": "pkl"}
 MIME_METHODS = [("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_"),
                 ("image/svg+xml", "_repr_svg_"), ("image/png", "_repr_png_"),
@@ -236,7 +237,10 @@ def read_value(entry, base=MLC):
         except ImportError:
             raise CellError("a numpy array came in, but numpy is not installed in the container; "
                             "add -r numpy")
-        return np.load(path, allow_pickle=False)
+        # A large array is mapped, not read: pages come from the host's page cache as the cell
+        # touches them, and a write goes to a private copy of the page (the file never changes).
+        big = os.path.getsize(path) >= MAP_AT_LEAST
+        return np.load(path, mmap_mode="c" if big else None, allow_pickle=False)
     if fmt == "parquet":
         try:
             import pandas as pd
@@ -256,7 +260,7 @@ def choose_format(value, host):
     if type(value) in (bytes, bytearray):
         return "bytes"
     np = sys.modules.get("numpy")
-    if np is not None and type(value) is np.ndarray and not value.dtype.hasobject:
+    if np is not None and type(value) in (np.ndarray, np.memmap) and not value.dtype.hasobject:
         return "npy" if host.get("numpy") else None
     pd = sys.modules.get("pandas")
     if pd is not None and type(value) is pd.DataFrame and host.get("pyarrow"):
