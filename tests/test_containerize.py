@@ -83,6 +83,22 @@ def test_adding_a_package_builds_on_the_environment_it_extends(ip, namespace, ca
     assert "both 3.7 1.16.0" in out.out
 
 
+def test_a_deep_environment_is_not_built_on(namespace, monkeypatch):
+    """Layers are finite (overlay2 mounts at most 128): past MAX_ENV_LAYERS, from the base."""
+    from mlcontainer_magics.backends import docker as docker_backend
+    from mlcontainer_magics.spec import EnvSpec
+
+    backend = docker_backend.DockerBackend(namespace=namespace)
+    six = backend.ensure_environment(EnvSpec("python:3.11-slim", (), ("six==1.16.0",)))
+    layers = len(backend.client.images.get(six.image_id).attrs["RootFS"]["Layers"])
+    monkeypatch.setattr(docker_backend, "MAX_ENV_LAYERS", layers)
+    seen = []
+    env = backend.ensure_environment(EnvSpec("python:3.11-slim", (), ("six==1.16.0", "idna==3.6")),
+                                     events=lambda phase, **i: seen.append((phase, i)))
+    assert dict(seen)["building"]["on"] is None
+    assert backend.client.images.get(env.image_id).labels["org.mlcontainer.parent"] == ""
+
+
 def test_equivalent_specs_share_one_environment(ip, capsys, docker_client):
     run(ip, "-r six==1.16.0", "pass")
     before = env_images(docker_client)

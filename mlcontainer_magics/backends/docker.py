@@ -27,6 +27,9 @@ from .base import Backend, Environment, Events, Output, RunResult, no_events
 
 LABEL = "org.mlcontainer"
 RUN_UID = 1000
+# Each environment built on another adds a layer; overlay2 mounts at most 128. Past this many an
+# environment is built from its base again.
+MAX_ENV_LAYERS = 64
 # One look-up-then-commit at a time in this process: concurrent builds of one lock share one image.
 _COMMIT = threading.Lock()
 
@@ -197,7 +200,7 @@ class DockerBackend(Backend):
                 apt = json.loads(labels.get(f"{LABEL}.apt", "[]"))
             except ValueError:
                 continue
-            if image.tags:
+            if image.tags and len(image.attrs["RootFS"].get("Layers", ())) < MAX_ENV_LAYERS:
                 images[image.id] = (image, reqs, apt)
         key = closest_parent([(k, r, a) for k, (_, r, a) in images.items()],
                              env_spec.requirements, env_spec.apt)
