@@ -96,6 +96,24 @@ def test_rerun_verify_after_images_are_removed_and_on_tampering(ip, store, names
     assert proc.returncode == 1 and "NOT reproduced" in proc.stderr
 
 
+def test_an_environment_built_on_another_reruns_from_its_lock_alone(ip, store, docker_client):
+    """Built on the six environment, its lock still holds everything: with its image gone,
+    rerun --verify rebuilds it from the base and the lock, exactly."""
+    ip.run_cell_magic("containerize", "-r six==1.16.0 --no-capture", "pass")
+    ip.run_cell_magic("containerize", "-n layered -r six==1.16.0 idna==3.5 --no-capture",
+                      "import idna, six\nprint(idna.__version__, six.__version__)")
+    record = store.get("layered")
+    assert record["stdout"] == "3.5 1.16.0\n"
+    assert docker_client.images.get(record["env_image_id"]).labels["org.mlcontainer.parent"]
+    docker_client.images.remove(record["env_image"])  # its only tag: the image goes
+    ip.run_line_magic("container", "rerun layered --verify")
+    rerun = store.get(store.list()[0]["id"])
+    assert rerun["rerun_of"] == record["id"] and rerun["env_cached"] is False
+    assert [(e["name"], e["version"]) for e in rerun["lock"]] == [("idna", "3.5"),
+                                                                  ("six", "1.16.0")]
+    assert docker_client.images.get(rerun["env_image_id"]).labels["org.mlcontainer.parent"] == ""
+
+
 def test_diff_names_the_package_change(ip, store):
     ip.run_cell_magic("containerize", "-n old -r six==1.15.0", "import six; print(six.__version__)")
     ip.run_cell_magic("containerize", "-n new -r six==1.16.0", "import six; print(six.__version__)")
