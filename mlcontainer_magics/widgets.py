@@ -132,6 +132,7 @@ class RunStatus:
     cache: str = ""  # "hit" | "miss" | "" (not known yet)
     requirements: tuple = ()
     apt: tuple = ()
+    parent: str = ""  # the environment a build adds to, if any
     container: str = ""
     note: str = ""  # why a pod waits (the scheduler's words)
     snapshot: str = ""
@@ -211,13 +212,12 @@ def apply(status: RunStatus, phase: str, info: Mapping | None = None, *,
     if phase == "building":
         reqs, apt = tuple(info.get("requirements") or ()), tuple(info.get("apt") or ())
         return replace(status, cache="miss", image=str(info.get("image") or status.image),
-                       requirements=reqs, apt=apt, note=f"adding to {info['on']}"
-                       if info.get("on") else "",
+                       requirements=reqs, apt=apt, parent=str(info.get("on") or ""),
                        progress=BuildProgress(steps_known=bool(reqs) + bool(apt)))
     if phase == "built":
         p = status.progress
         return replace(status, image=str(info.get("image") or status.image),
-                       size=info.get("size", status.size), note="",
+                       size=info.get("size", status.size),
                        progress=replace(p, steps_done=max(p.steps_known, p.steps_done), step=""))
     if phase == "pushing":
         return replace(status, image=str(info.get("image") or status.image))
@@ -314,7 +314,8 @@ def _phase_line(s: RunStatus) -> str | None:
         return f"environment {s.image} (cache hit{size})"
     if s.phase == "building":
         n = len(s.requirements) + len(s.apt)
-        what = f" ({_plural(n, 'package')}{', ' + s.note if s.note else ''})" if n else ""
+        adding = f", adding to {s.parent}" if s.parent else ""
+        what = f" ({_plural(n, 'package')}{adding})" if n else ""
         return f"building environment {s.image}{what}…"
     if s.phase == "built":
         size = f" ({fmt_size(s.size)})" if fmt_size(s.size) else ""
@@ -460,6 +461,7 @@ class WidgetView:
         if s.note:
             text += f" · {s.note}"
         if s.phase == "building":
+            text += f" · adding to {s.parent}" if s.parent else ""
             progress = describe_progress(s.progress)
             text += f" · {progress}" if progress else ""
         if s.stop_error:

@@ -212,6 +212,14 @@ def test_text_lines_build_have_no_log_lines():
     ]
 
 
+def test_a_build_on_another_environment_says_which():
+    on = [(t, phase, dict(info, on="mlcontainer-env:parent") if phase == "building" else info)
+          for t, phase, info in BUILD]
+    assert lines_for(on)[1] == (f"[mlcontainer] building environment {TAG} (2 packages, "
+                                "adding to mlcontainer-env:parent)…")
+    assert "waiting for a node" not in " ".join(lines_for(on))
+
+
 def test_text_lines_failure_and_late_snapshot():
     events = OOM[:4] + OOM[5:] + [(2.5, "recorded", {"snapshot": SNAP})]
     assert lines_for(events)[-2:] == [

@@ -190,21 +190,18 @@ class DockerBackend(Backend):
         """The tagged environment image of this namespace and base that ``env_spec`` adds to."""
         if not env_spec.requirements:
             return None
-        images = {}
+        candidates = []
         for image in self.client.images.list(filters={"label": [
                 f"{LABEL}.namespace={self.namespace}", f"{LABEL}.role=env",
                 f"{LABEL}.base-id={base_id}"]}):
-            labels = image.labels or {}
-            try:
-                reqs = json.loads(labels.get(f"{LABEL}.requirements", "[]"))
-                apt = json.loads(labels.get(f"{LABEL}.apt", "[]"))
-            except ValueError:
+            if not image.tags or len(image.attrs["RootFS"].get("Layers", ())) >= MAX_ENV_LAYERS:
                 continue
-            if image.tags and len(image.attrs["RootFS"].get("Layers", ())) < MAX_ENV_LAYERS:
-                images[image.id] = (image, reqs, apt)
-        key = closest_parent([(k, r, a) for k, (_, r, a) in images.items()],
-                             env_spec.requirements, env_spec.apt)
-        return images[key][0] if key else None
+            try:
+                candidates.append((image, json.loads(image.labels[f"{LABEL}.requirements"]),
+                                   json.loads(image.labels[f"{LABEL}.apt"])))
+            except (KeyError, ValueError):
+                continue  # not one of ours as this version writes them
+        return closest_parent(candidates, env_spec.requirements, env_spec.apt)
 
     def _build(self, env_spec: EnvSpec, base_id: str, tag: str, lock, events: Events,
                parent=None):
