@@ -29,7 +29,7 @@ os.environ["MLCONTAINER_STORE"] = STORE
 
 
 def _client():
-    from mlcontainer_magics.engine import connect
+    from mlcontainer_magics.backends.docker.engine import connect
 
     return connect(timeout=120)
 

@@ -19,8 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlcontainer_magics.store import STATUSES, Store  # noqa: E402
-from mlcontainer_magics.verbs import list_snapshots  # noqa: E402
+from mlcontainer_magics.core.store import (
+    STATUSES,
+    Store,  # noqa: E402
+)
+from mlcontainer_magics.core.verbs import list_snapshots  # noqa: E402
 
 TARGET = 10.0
 

@@ -65,7 +65,7 @@ def profile_cached_run(ip, magics, line: str, code: str, n: int = 5,
                        user_ns: dict | None = None) -> dict:
     from IPython.utils.capture import capture_output
 
-    from mlcontainer_magics import runs, transfer
+    from mlcontainer_magics.core import runs, transfer
 
     backend, store = magics.backend, magics.store
     api = backend.client.api
@@ -164,7 +164,7 @@ def container_variants(client, image: str, code: str, namespace: str, n: int = 5
     from pathlib import Path
     from types import SimpleNamespace
 
-    from mlcontainer_magics import runs
+    from mlcontainer_magics.core import runs
 
     label = f"{NS_LABEL}={namespace}"
     workdir, _ = runs.prepare_workdir(SimpleNamespace(code=code, outputs=()), {},
@@ -240,8 +240,8 @@ def profile_build(namespace: str, base_image: str, requirements: list, added: st
     """Where an environment build's time goes: a cold build, then + ``added`` in the same
     namespace (so with the same pip cache volume). Build-log lines and Docker API requests,
     each with its time since the build began; the pip cache volume's size after each."""
-    from mlcontainer_magics.backends.docker import DockerBackend
-    from mlcontainer_magics.spec import EnvSpec
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core.spec import EnvSpec
 
     backend = DockerBackend(namespace=namespace)
     api = backend.client.api

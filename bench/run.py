@@ -49,9 +49,20 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
-from harness import (BENCH_LABEL, NS_LABEL, Janitor, JupyterServer, Row, Scenario,  # noqa: E402
-                     docker, interrupts_become_keyboardinterrupt, median,
-                     no_interrupts, table, timed_run)
+from harness import (  # noqa: E402
+    BENCH_LABEL,
+    NS_LABEL,
+    Janitor,
+    JupyterServer,
+    Row,
+    Scenario,
+    docker,
+    interrupts_become_keyboardinterrupt,
+    median,
+    no_interrupts,
+    table,
+    timed_run,
+)
 
 ORDER = ["edited", "rerun", "cold", "add", "import", "list", "data", "session"]
 TITLES = {
@@ -391,8 +402,8 @@ class Bench:
     def s_list(self, sc):
         from bench_store import fill
 
-        from mlcontainer_magics.store import Store
-        from mlcontainer_magics.verbs import list_snapshots
+        from mlcontainer_magics.core.store import Store
+        from mlcontainer_magics.core.verbs import list_snapshots
 
         small, large = self.sizes["list_sizes"]
         stores = {}
@@ -406,7 +417,7 @@ class Bench:
             stores[n] = root
         cli = shutil.which("mlcontainer", path=str(Path(sys.executable).parent)) or \
             shutil.which("mlcontainer")
-        argv = [cli, "list"] if cli else [sys.executable, "-m", "mlcontainer_magics.cli", "list"]
+        argv = [cli, "list"] if cli else [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "list"]
         sc.info["cli"] = " ".join(argv)
 
         def cli_list(n, as_json=False):
@@ -640,8 +651,13 @@ class Bench:
     # -- profile ------------------------------------------------------------------------------
 
     def profile(self) -> None:
-        from profile_run import (container_variants, profile_build, profile_cached_run,
-                                 render, render_build)
+        from profile_run import (
+            container_variants,
+            profile_build,
+            profile_cached_run,
+            render,
+            render_build,
+        )
 
         texts = []
         image = self.ensure_warm_env()
@@ -727,7 +743,7 @@ def data_breakdown(value, folder: Path) -> dict:
     table): the product's own transfer functions on the same array."""
     import statistics
 
-    from mlcontainer_magics import transfer
+    from mlcontainer_magics.core import transfer
 
     steps = {"write_inputs (np.save + sha256)": [], "np.save alone": [],
              "sha256 of the file (file_digest)": [], "read_value (np.load)": []}

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython):
-    from .magics import ContainerizeMagics
+    from .frontends.magics import ContainerizeMagics
 
     ipython.register_magics(ContainerizeMagics(ipython))
 

@@ -160,7 +160,7 @@ def stop_registry(registry: Registry) -> None:
 @pytest.fixture(scope="session")
 def docker_engine():
     """A Docker SDK client for the shared engine, or a skip when none answers."""
-    from mlcontainer_magics.engine import connect
+    from mlcontainer_magics.backends.docker.engine import connect
     from mlcontainer_magics.errors import EngineUnavailable
 
     try:

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcontainer_magics.store import Store
-
+from mlcontainer_magics.core.store import Store
 
 pytestmark = pytest.mark.browser
 
@@ -310,7 +309,7 @@ def test_server_extension_missing_is_said_plainly(start_lab, browser):
 @pytest.fixture
 def sleeper(start_lab):
     """A running container labelled as the product labels a run; removed at teardown."""
-    from mlcontainer_magics.engine import connect
+    from mlcontainer_magics.backends.docker.engine import connect
     from mlcontainer_magics.errors import EngineUnavailable
     from mlcontainer_magics.server.handlers import NAMESPACE_LABEL, SNAPSHOT_LABEL
 

@@ -43,8 +43,8 @@ def test_same_requirements_other_code_builds_no_new_image(ip, capsys, docker_cli
 
 
 def test_environment_records_its_lock_and_different_locks_differ(ip, namespace):
-    from mlcontainer_magics.backends.docker import DockerBackend
-    from mlcontainer_magics.spec import EnvSpec
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core.spec import EnvSpec
 
     backend = DockerBackend(namespace=namespace)
     six = backend.ensure_environment(EnvSpec("python:3.11-slim", (), ("six==1.16.0",)))
@@ -57,8 +57,8 @@ def test_environment_records_its_lock_and_different_locks_differ(ip, namespace):
 def test_adding_a_package_builds_on_the_environment_it_extends(ip, namespace, capsys):
     """-r six then -r six idna: the second build starts from the first image and installs only
     idna; its lock is still complete. --rebuild starts from the base again."""
-    from mlcontainer_magics.backends.docker import DockerBackend
-    from mlcontainer_magics.spec import EnvSpec
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core.spec import EnvSpec
 
     backend = DockerBackend(namespace=namespace)
     six = backend.ensure_environment(EnvSpec("python:3.11-slim", (), ("six==1.16.0",)))
@@ -85,8 +85,8 @@ def test_adding_a_package_builds_on_the_environment_it_extends(ip, namespace, ca
 
 def test_a_deep_environment_is_not_built_on(namespace, monkeypatch):
     """Layers are finite (overlay2 mounts at most 128): past MAX_ENV_LAYERS, from the base."""
-    from mlcontainer_magics.backends import docker as docker_backend
-    from mlcontainer_magics.spec import EnvSpec
+    from mlcontainer_magics.backends.docker import backend as docker_backend
+    from mlcontainer_magics.core.spec import EnvSpec
 
     backend = docker_backend.DockerBackend(namespace=namespace)
     six = backend.ensure_environment(EnvSpec("python:3.11-slim", (), ("six==1.16.0",)))
@@ -127,13 +127,13 @@ def test_no_raise_error(ip, capsys):
 
 def test_output_streams_while_the_cell_runs(ip):
     seen = []
-    real_write = __import__("mlcontainer_magics.magics", fromlist=["x"])._write_output
+    real_write = __import__("mlcontainer_magics.frontends.magics", fromlist=["x"])._write_output
 
     def spy(stream, text):
         seen.append((time.monotonic(), text))
         real_write(stream, text)
 
-    import mlcontainer_magics.magics as m
+    import mlcontainer_magics.frontends.magics as m
     m._write_output, original = spy, m._write_output
     try:
         run(ip, "", "import time\nprint('a')\ntime.sleep(1.5)\nprint('b')")
@@ -204,7 +204,7 @@ def test_bad_flags_are_usage_errors(ip):
 
 
 def test_help_lists_options_and_settings(ip):
-    from mlcontainer_magics.magics import ContainerizeMagics
+    from mlcontainer_magics.frontends.magics import ContainerizeMagics
 
     doc = ContainerizeMagics.containerize.__doc__
     for flag in ("--requirements", "--base", "--apt", "--timeout", "--no-raise-error"):
@@ -213,7 +213,7 @@ def test_help_lists_options_and_settings(ip):
 
 
 def test_config_and_environment_defaults(ip, monkeypatch):
-    from mlcontainer_magics.magics import ContainerizeMagics
+    from mlcontainer_magics.frontends.magics import ContainerizeMagics
 
     monkeypatch.setenv("MLCONTAINER_BASE_IMAGE", "python:3.11-slim")
     monkeypatch.setenv("MLCONTAINER_TIMEOUT", "12")

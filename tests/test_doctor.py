@@ -1,4 +1,4 @@
-"""Tests of mlcontainer_magics.doctor.
+"""Tests of mlcontainer_magics.frontends.doctor.
 
 Unit tests need no daemon. Tests marked ``docker`` use the real (shared) engine: they record every
 image and container they make, remove exactly those, and check that nothing else changed.
@@ -17,8 +17,8 @@ import types
 
 import pytest
 
-from mlcontainer_magics import doctor
 from mlcontainer_magics.errors import BaseImageMissing, EngineUnavailable
+from mlcontainer_magics.frontends import doctor
 
 ROOT_ONLY = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
                                reason="debootstrap needs root")
@@ -504,7 +504,7 @@ def test_descendants_are_listed_leaves_first():
 
 @pytest.fixture(scope="module")
 def client():
-    from mlcontainer_magics.engine import connect
+    from mlcontainer_magics.backends.docker.engine import connect
     try:
         return connect()
     except EngineUnavailable as e:  # fail, not skip: deselect with -m "not docker" instead

@@ -20,17 +20,22 @@ from pathlib import Path
 
 import pytest
 
-from mlcontainer_magics import runs, snapshots, transfer
 from mlcontainer_magics.backends import make_backend
-from mlcontainer_magics.backends.base import Environment
-from mlcontainer_magics.backends.kubernetes import (ClusterAuthError, ClusterUnavailable,
-                                                    KubernetesBackend, KubernetesConfig,
-                                                    KubernetesError, NamespaceMissing,
-                                                    pod_progress)
+from mlcontainer_magics.backends.kubernetes import export as k8s_export
+from mlcontainer_magics.backends.kubernetes.backend import (
+    ClusterAuthError,
+    ClusterUnavailable,
+    KubernetesBackend,
+    KubernetesConfig,
+    KubernetesError,
+    NamespaceMissing,
+    pod_progress,
+)
+from mlcontainer_magics.core import runs, snapshots, transfer
+from mlcontainer_magics.core.backend import Environment
+from mlcontainer_magics.core.richoutput import FILE_MARK, MARK, STDERR_MARK, StdoutDemux
+from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 from mlcontainer_magics.errors import MlcError, SpecError
-from mlcontainer_magics.k8s import export as k8s_export
-from mlcontainer_magics.richoutput import FILE_MARK, MARK, STDERR_MARK, StdoutDemux
-from mlcontainer_magics.spec import EnvSpec, RunSpec
 
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes.client.rest import ApiException  # noqa: E402
@@ -351,7 +356,7 @@ def test_unschedulable_waits_for_a_node_up_to_schedule_timeout(k8s_fake, workdir
 
 def test_a_job_that_makes_no_pod_fails_after_a_while(k8s_fake, workdirs, monkeypatch):
     """A ResourceQuota can keep the Job controller from making the pod at all."""
-    import mlcontainer_magics.backends.kubernetes as k8s_backend
+    import mlcontainer_magics.backends.kubernetes.backend as k8s_backend
 
     monkeypatch.setattr(k8s_backend, "NO_POD_GRACE", 0.5)
     monkeypatch.setattr(k8s_fake, "_drive_job", lambda namespace, name: None)  # no controller
@@ -596,7 +601,7 @@ def test_export_writes_a_job_yaml_that_validates(tmp_path, monkeypatch):
     import kubernetes_validate
     import yaml
 
-    from mlcontainer_magics.store import Store
+    from mlcontainer_magics.core.store import Store
 
     monkeypatch.setenv("MLCONTAINER_K8S_NAMESPACE", "team-a")
     store = Store(tmp_path / "store")
@@ -738,7 +743,7 @@ def test_magics_run_the_real_runner_as_a_pod_and_export_a_job(
     import kubernetes_validate
     import yaml
 
-    from mlcontainer_magics import cli, magics
+    from mlcontainer_magics.frontends import cli, magics
 
     k8s_fake.script("mlc-", run=docker_pod(docker_engine, namespace, tmp_path))
     for key, value in [("kubeconfig", str(k8s_fake.kubeconfig)), ("k8s_namespace", NS),

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from mlcontainer_magics.k8s import K8sSettings, pod_selector, run_manifests
-from mlcontainer_magics.spec import EnvSpec, RunSpec
+from mlcontainer_magics.backends.kubernetes.objects import K8sSettings, pod_selector, run_manifests
+from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client, watch  # noqa: E402

@@ -8,10 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from mlcontainer_magics.errors import SpecError
-from mlcontainer_magics.k8s import (
+from mlcontainer_magics.backends.kubernetes import slugs
+from mlcontainer_magics.backends.kubernetes.objects import (
     K8sSettings,
     job_manifest,
     job_name,
@@ -25,8 +27,8 @@ from mlcontainer_magics.k8s import (
     secret_manifest,
     to_yaml,
 )
-from mlcontainer_magics.k8s import slugs
-from mlcontainer_magics.spec import EnvSpec, RunSpec
+from mlcontainer_magics.core.spec import EnvSpec, RunSpec
+from mlcontainer_magics.errors import SpecError
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -392,7 +394,7 @@ def test_settings_are_frozen_and_copy_their_mappings():
 
 
 def test_k8s_package_is_pure():
-    code = ("import sys, mlcontainer_magics.k8s; "
+    code = ("import sys, mlcontainer_magics.backends.kubernetes.objects; "
             "bad = [m for m in ('kubernetes', 'docker', 'yaml', 'requests') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -89,7 +89,7 @@ def test_widget_final_state_says_done_with_the_snapshot_id(frontend):
     time.sleep(0.5)
     html = frontend.html_values()
     assert 'data-status="done"' in html
-    sid = frontend.execute("from mlcontainer_magics.store import Store\n"
+    sid = frontend.execute("from mlcontainer_magics.core.store import Store\n"
                            "print(Store().get('widget-done')['id'])")
     assert reply["status"] == "ok"
     ids = [m["content"]["text"].strip() for m in _drain(frontend)

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from mlcontainer_magics.registry import (
+from mlcontainer_magics.backends.kubernetes.registry import (
     RegistryAuthError,
     RegistryError,
     _follow_push,

@@ -26,9 +26,15 @@ import pytest
 from IPython.core.error import UsageError
 
 from conftest import NAMESPACE, STORE, env_images
-from mlcontainer_magics.errors import (BaseImageMissing, BuildError, EngineUnavailable,
-                                       MlcError, RunError,
-                                       SpecError, StoreError)
+from mlcontainer_magics.errors import (
+    BaseImageMissing,
+    BuildError,
+    EngineUnavailable,
+    MlcError,
+    RunError,
+    SpecError,
+    StoreError,
+)
 
 pytestmark = [pytest.mark.docker]
 
@@ -63,7 +69,7 @@ def wait_for(predicate, timeout=60.0, every=0.05):
 
 def cli(*argv, env=None, timeout=120):
     """`mlcontainer ARGV` in a fresh process, as a terminal would run it."""
-    return subprocess.run([sys.executable, "-m", "mlcontainer_magics.cli", *argv],
+    return subprocess.run([sys.executable, "-m", "mlcontainer_magics.frontends.cli", *argv],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, **(env or {})})
 
@@ -83,8 +89,8 @@ def host_tmp(monkeypatch):
 @pytest.fixture(scope="module")
 def six_env(docker_client):
     """The six environment, built once (most sessions have it already)."""
-    from mlcontainer_magics.backends.docker import DockerBackend
-    from mlcontainer_magics.spec import EnvSpec
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core.spec import EnvSpec
 
     return DockerBackend(namespace=NAMESPACE).ensure_environment(EnvSpec(BASE, (), (SIX,)))
 
@@ -282,7 +288,7 @@ def record(sid, **over):
 def prefixed(docker_client):
     """Two snapshots whose ids share the prefix abcd1234, one still running, one whose secret
     was masked; removed at the end."""
-    from mlcontainer_magics.store import Store
+    from mlcontainer_magics.core.store import Store
 
     store = Store(STORE)
     secret = record("5ec7e7000001", name="mlcrel-secret")
@@ -381,7 +387,7 @@ def test_cli_errors_are_one_line_with_exit_status_2(prefixed, tmp_path):
         (["prune"], no_engine, 2, r"No Docker engine answers.*mlcontainer doctor --fix"),
         (["list", "--name", "mlcrel-first"], no_engine, 0, r"^$"),  # the store needs no engine
     ]
-    procs = [subprocess.Popen([sys.executable, "-m", "mlcontainer_magics.cli", *argv],
+    procs = [subprocess.Popen([sys.executable, "-m", "mlcontainer_magics.frontends.cli", *argv],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd=ROOT, env={**os.environ, **env})
              for argv, env, _, _ in cases]
@@ -547,7 +553,7 @@ def dead_kernel(docker_client):
         facts["left"] = containers(docker_client, namespace)
         facts["volumes"] = docker_client.volumes.list(
             filters={"label": f"{LABEL}.namespace={namespace}"})
-        from mlcontainer_magics.store import Store
+        from mlcontainer_magics.core.store import Store
 
         store = Store(store_dir)
         facts["record"] = store.get("doomed")
@@ -652,10 +658,10 @@ def test_disk_full_while_keeping_the_inputs(ip, tiny_disk, no_leaks, host_tmp):
 def lost_engine(docker_client, tmp_path):
     """A backend that talks to the real engine through a relay the test can cut, and a store."""
     import docker
-
     from engine_proxy import EngineProxy
-    from mlcontainer_magics.backends.docker import DockerBackend
-    from mlcontainer_magics.store import Store
+
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core.store import Store
 
     proxy = EngineProxy().start()
     backend = DockerBackend(client=docker.DockerClient(base_url=proxy.url, timeout=60),
@@ -669,8 +675,8 @@ def lost_engine(docker_client, tmp_path):
 
 def test_engine_gone_during_a_run_says_so_and_cleans_up_when_back(lost_engine, docker_client,
                                                                    no_leaks, host_tmp):
-    from mlcontainer_magics import runs
-    from mlcontainer_magics.spec import EnvSpec, RunSpec
+    from mlcontainer_magics.core import runs
+    from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 
     proxy, backend, store = lost_engine
     spec = RunSpec(code="import time\nprint('started', flush=True)\ntime.sleep(300)",
@@ -695,8 +701,8 @@ def test_engine_gone_during_a_run_says_so_and_cleans_up_when_back(lost_engine, d
 
 def test_engine_gone_before_a_run_fails_clearly_and_records_nothing(lost_engine, no_leaks,
                                                                      host_tmp):
-    from mlcontainer_magics import runs
-    from mlcontainer_magics.spec import EnvSpec, RunSpec
+    from mlcontainer_magics.core import runs
+    from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 
     proxy, backend, store = lost_engine
     backend.ensure_environment(EnvSpec(BASE))  # connected, then the engine goes away
@@ -711,10 +717,11 @@ def test_engine_gone_before_a_run_fails_clearly_and_records_nothing(lost_engine,
 
 WORKER = '''
 import json, os, socket, sys, threading, time
-from mlcontainer_magics import runs
-from mlcontainer_magics.backends.docker import DockerBackend
-from mlcontainer_magics.spec import EnvSpec, RunSpec
-from mlcontainer_magics.store import Store
+from mlcontainer_magics.core import runs
+from mlcontainer_magics.backends.docker.backend import DockerBackend
+from mlcontainer_magics.core.spec import EnvSpec
+from mlcontainer_magics.core.spec import RunSpec
+from mlcontainer_magics.core.store import Store
 
 CELL = """import time
 print('start', time.time(), flush=True)
@@ -771,7 +778,7 @@ def check_concurrent(results, store, records_before):
 
 
 def test_eight_runs_at_once_from_threads(six_env, no_leaks, host_tmp):
-    from mlcontainer_magics.store import Store
+    from mlcontainer_magics.core.store import Store
 
     store = Store(STORE)
     before = store.count()
@@ -782,7 +789,7 @@ def test_eight_runs_at_once_from_threads(six_env, no_leaks, host_tmp):
 
 
 def test_eight_runs_at_once_from_two_processes(six_env, no_leaks, host_tmp):
-    from mlcontainer_magics.store import Store
+    from mlcontainer_magics.core.store import Store
 
     store = Store(STORE)
     before = store.count()
@@ -802,8 +809,8 @@ def test_eight_runs_at_once_from_two_processes(six_env, no_leaks, host_tmp):
 
 
 def test_concurrent_first_builds_of_one_environment_make_one_image(docker_client, no_leaks):
-    from mlcontainer_magics.backends.docker import DockerBackend
-    from mlcontainer_magics.spec import EnvSpec
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core.spec import EnvSpec
 
     backend = DockerBackend(namespace=NAMESPACE)
     # Both builds look for an image of their lock before either commits: the race made certain.
@@ -846,10 +853,10 @@ def test_prune_while_another_run_builds_leaves_it_alone(six_env, docker_client, 
     yet), and so too a cell running in a warm session."""
     import socket
 
-    from mlcontainer_magics import runs, snapshots
-    from mlcontainer_magics.backends.docker import DockerBackend
-    from mlcontainer_magics.spec import EnvSpec, RunSpec
-    from mlcontainer_magics.store import Store
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core import runs, snapshots
+    from mlcontainer_magics.core.spec import EnvSpec, RunSpec
+    from mlcontainer_magics.core.store import Store
 
     backend, store = DockerBackend(namespace=NAMESPACE), Store(STORE)
     spec = RunSpec(code="print('built')", env_spec=EnvSpec(BASE, (), (SIX,)),

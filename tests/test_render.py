@@ -1,7 +1,11 @@
 """Pure rendering: pip settings, scripts, locks and the export Dockerfile, as text."""
-from mlcontainer_magics import render
-from mlcontainer_magics.pipconfig import BuildNetwork, build_network, parse_config_list
-from mlcontainer_magics.requirements import lock_from_report, lock_key
+from mlcontainer_magics.backends.docker import build as render
+from mlcontainer_magics.backends.docker.pipconfig import (
+    BuildNetwork,
+    build_network,
+    parse_config_list,
+)
+from mlcontainer_magics.core.requirements import lock_from_report, lock_key
 
 PIP_LIST = """\
 :env:.cert='/etc/ssl/certs/ca-certificates.crt'
@@ -75,7 +79,7 @@ def test_export_dockerfile():
 
 
 def test_untar_keeps_a_lone_files_name():
-    from mlcontainer_magics.archive import tar_bytes, untar_files
+    from mlcontainer_magics.backends.docker.archive import tar_bytes, untar_files
 
     assert untar_files([tar_bytes({"report.json": b"{}"})]) == {"report.json": b"{}"}
     assert untar_files([tar_bytes({"a/b.txt": b"x"}, root="out")]) == {"a/b.txt": b"x"}

@@ -1,8 +1,12 @@
 """Capturing pins from what a cell imports, with the kernel's installed versions."""
 from importlib import metadata
 
-from mlcontainer_magics.requirements import (capture_pins, closest_parent, extend_lock,
-                                           imported_modules)
+from mlcontainer_magics.core.requirements import (
+    capture_pins,
+    closest_parent,
+    extend_lock,
+    imported_modules,
+)
 
 
 def test_imported_modules():

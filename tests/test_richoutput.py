@@ -1,8 +1,9 @@
 import json
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from mlcontainer_magics.richoutput import MARK, StdoutDemux
+from mlcontainer_magics.core.richoutput import MARK, StdoutDemux
 
 
 def _collect(chunks):
@@ -45,7 +46,7 @@ def test_text_passes_through_without_waiting_for_a_newline():
 def test_one_stream_mode_separates_stderr_and_files():
     import base64
 
-    from mlcontainer_magics.richoutput import FILE_MARK, STDERR_MARK
+    from mlcontainer_magics.core.richoutput import FILE_MARK, STDERR_MARK
 
     text, err, files = [], [], {}
     demux = StdoutDemux(text.append, lambda d: None, err.append,

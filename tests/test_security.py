@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import NAMESPACE
-from mlcontainer_magics import render
-from mlcontainer_magics import spec as s
+from mlcontainer_magics.backends.docker import build as render
+from mlcontainer_magics.core import spec as s
 from mlcontainer_magics.errors import SpecError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mlcontainer_magics"
@@ -166,11 +166,11 @@ def test_index_credentials_and_ca_bundle_never_reach_the_image(docker_client, tm
     """Extends test_containerize: an index URL with user:password and a CA bundle of our own
     (with a marker) are used by the build, and absent from layers, config, history, labels,
     the build log and the snapshot."""
-    from mlcontainer_magics import runs
-    from mlcontainer_magics.backends.docker import DockerBackend
-    from mlcontainer_magics.pipconfig import BuildNetwork, host_build_network
-    from mlcontainer_magics.spec import EnvSpec, RunSpec
-    from mlcontainer_magics.store import Store
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.backends.docker.pipconfig import BuildNetwork, host_build_network
+    from mlcontainer_magics.core import runs
+    from mlcontainer_magics.core.spec import EnvSpec, RunSpec
+    from mlcontainer_magics.core.store import Store
 
     host_ca = host_build_network().cert_path or "/etc/ssl/certs/ca-certificates.crt"
     if not os.path.exists(host_ca):
@@ -278,7 +278,7 @@ def _constant_script(node) -> bool:
 
 def test_the_only_shell_script_runs_fixed_scripts():
     """The build container runs `sh BUILD_DIR/<script>`, and the scripts are ours."""
-    source = (PACKAGE / "backends" / "docker.py").read_text()
+    source = (PACKAGE / "backends" / "docker" / "backend.py").read_text()
     calls = re.findall(r'_build_container\([^)]*?"(\w+\.sh)"', source)
     assert sorted(set(calls)) == ["download.sh", "install.sh"]
 

@@ -11,14 +11,14 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 from tornado.httpclient import HTTPClientError
 
+from mlcontainer_magics.core.store import Store
 from mlcontainer_magics.errors import EngineUnavailable
 from mlcontainer_magics.server import handlers
-from mlcontainer_magics.store import Store
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
@@ -213,9 +213,9 @@ async def test_an_unset_action_answers_501(jp_fetch, jp_serverapp, verb):
 @pytest.fixture
 def real_snapshot(store, namespace):
     """A snapshot made by a real run on the engine, in the server's store."""
-    from mlcontainer_magics import runs
-    from mlcontainer_magics.backends.docker import DockerBackend
-    from mlcontainer_magics.spec import EnvSpec, RunSpec
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core import runs
+    from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 
     spec = RunSpec(code="print('from the server')", env_spec=EnvSpec("python:3.11-slim"),
                    name="served")
@@ -346,7 +346,7 @@ async def test_stop_validates_timeout(jp_fetch):
 
 @pytest.fixture
 def docker_client():
-    from mlcontainer_magics.engine import connect
+    from mlcontainer_magics.backends.docker.engine import connect
 
     try:
         client = connect(timeout=60)

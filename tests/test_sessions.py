@@ -9,6 +9,7 @@ import textwrap
 import time
 
 import pytest
+
 from mlcontainer_magics.errors import MlcError, RunError, SpecError
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("no_leaks")]
@@ -97,7 +98,7 @@ def test_a_killed_kernels_session_is_pruned(docker_client, namespace, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         assert len(sessions_of(docker_client, namespace)) == 1  # orphaned by the dead kernel
-        out = subprocess.run([sys.executable, "-m", "mlcontainer_magics.cli", "prune"],
+        out = subprocess.run([sys.executable, "-m", "mlcontainer_magics.frontends.cli", "prune"],
                              capture_output=True, text=True, env=os.environ.copy(), timeout=120)
         assert "removed container" in out.stdout, out.stderr
         assert sessions_of(docker_client, namespace) == []

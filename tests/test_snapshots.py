@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
-import socket
 import threading
 import time
 from importlib import metadata
 
 import pytest
 
-from mlcontainer_magics import runs, snapshots
 from mlcontainer_magics.backends import make_backend
-from mlcontainer_magics.backends.docker import DockerBackend
+from mlcontainer_magics.backends.docker.backend import DockerBackend
+from mlcontainer_magics.core import runs, snapshots
+from mlcontainer_magics.core.spec import EnvSpec, RunSpec
+from mlcontainer_magics.core.store import Store
 from mlcontainer_magics.errors import VerificationFailed
-from mlcontainer_magics.spec import EnvSpec, RunSpec
-from mlcontainer_magics.store import Store
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("no_leaks")]
 
@@ -31,7 +31,7 @@ def store(tmp_path, ip, monkeypatch):
 
 
 def cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "mlcontainer_magics.cli", *args],
+    proc = subprocess.run([sys.executable, "-m", "mlcontainer_magics.frontends.cli", *args],
                           capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"mlcontainer {' '.join(args)} -> {proc.returncode}\n"

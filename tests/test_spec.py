@@ -1,8 +1,9 @@
 """The pure spec: validation of everything a user types, before any work."""
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from mlcontainer_magics import spec as s
+from mlcontainer_magics.core import spec as s
 from mlcontainer_magics.errors import SpecError
 
 

@@ -14,10 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlcontainer_magics import store as store_mod
+from mlcontainer_magics.core import store as store_mod
+from mlcontainer_magics.core.store import DB_NAME, SCHEMA_VERSION, STATUSES, SUMMARY_FIELDS, Store
 from mlcontainer_magics.errors import MlcError, StoreError
-from mlcontainer_magics.store import (DB_NAME, SCHEMA_VERSION, STATUSES, SUMMARY_FIELDS,
-                                      Store)
 
 HEX = "0123456789abcdef"
 

@@ -41,7 +41,7 @@ def test_values_round_trip_exactly(ip):
 def test_a_large_array_is_mapped_in_and_may_be_changed_in_place(ip):
     """A large input is mapped copy-on-write, not read: the cell sees an ndarray it can change,
     and the file the snapshot keeps (its recorded digest) does not change with it."""
-    from mlcontainer_magics.transfer import file_digest
+    from mlcontainer_magics.core.transfer import file_digest
 
     big = np.arange(2**18, dtype=np.float64).reshape(512, 512)  # 2 MiB
     ip.user_ns["big"] = big

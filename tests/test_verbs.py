@@ -8,10 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlcontainer_magics.core.store import STATUSES, SUMMARY_FIELDS, Store
+from mlcontainer_magics.core.verbs import (
+    format_duration,
+    format_list,
+    format_logs,
+    format_record,
+    format_size,
+    format_time,
+    list_snapshots,
+    logs,
+    rm,
+    show,
+)
 from mlcontainer_magics.errors import StoreError
-from mlcontainer_magics.store import STATUSES, SUMMARY_FIELDS, Store
-from mlcontainer_magics.verbs import (format_duration, format_list, format_logs, format_record,
-                                      format_size, format_time, list_snapshots, logs, rm, show)
 
 T0 = 1_700_000_000.0
 

@@ -9,9 +9,18 @@ import time
 
 import pytest
 
-from mlcontainer_magics import widgets
-from mlcontainer_magics.widgets import (BuildProgress, RunDisplay, RunStatus, apply, choose_mode,
-                                        describe_progress, fmt_seconds, fmt_size, text_lines)
+from mlcontainer_magics.frontends import widgets
+from mlcontainer_magics.frontends.widgets import (
+    BuildProgress,
+    RunDisplay,
+    RunStatus,
+    apply,
+    choose_mode,
+    describe_progress,
+    fmt_seconds,
+    fmt_size,
+    text_lines,
+)
 
 TAG = "mlcontainer-env:3f2a9c1d0e4b5a6b7c8d9e0f"
 SNAP = "3f2a9c1d0e4b"
@@ -326,7 +335,7 @@ def test_choose_mode_finds_ipywidgets_itself():
 
 
 def test_no_backend_or_docker_imported():
-    code = ("import sys, mlcontainer_magics.widgets\n"
+    code = ("import sys, mlcontainer_magics.frontends.widgets\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('docker', 'ipywidgets') "
             "or '.backends' in m]\n"
             "assert not bad, bad")

@@ -16,12 +16,12 @@ def _load_jupyter_server_extension(server_app):
     """Register the REST handlers; called by jupyter_server for the enabled extension."""
     settings = server_app.web_app.settings
     if "mlcontainer_store" not in settings:
-        from ..store import Store
+        from ..core.store import Store
 
         settings["mlcontainer_store"] = Store()
     settings.setdefault("mlcontainer_engine", Engine())
     if "mlcontainer_namespace" not in settings:
-        from ..magics import ContainerizeMagics
+        from ..frontends.magics import ContainerizeMagics
 
         settings["mlcontainer_namespace"] = ContainerizeMagics(shell=None).namespace
     settings.setdefault("mlcontainer_root_dir", getattr(server_app, "root_dir", None))

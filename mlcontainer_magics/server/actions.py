@@ -14,15 +14,15 @@ EXPORTS = "mlcontainer-exports"
 
 
 def _backend(record: dict):
-    from ..backends.docker import DockerBackend
-    from ..magics import ContainerizeMagics
+    from ..backends.docker.backend import DockerBackend
+    from ..frontends.magics import ContainerizeMagics
 
     namespace = record.get("namespace") or ContainerizeMagics(shell=None).namespace
     return DockerBackend(namespace=namespace)
 
 
 def rerun(store, ref: str, options: dict) -> dict:
-    from .. import snapshots
+    from ..core import snapshots
 
     record = store.get(ref)
     verify = bool(options.get("verify"))
@@ -35,7 +35,7 @@ def export_under(root_dir) -> callable:
     """The export action for a server whose files live in ``root_dir``."""
 
     def export(store, ref: str, options: dict) -> dict:
-        from .. import snapshots
+        from ..core import snapshots
 
         if not root_dir:
             raise SpecError("This server has no root directory to export into.")

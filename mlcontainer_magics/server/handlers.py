@@ -31,9 +31,9 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
 
+from ..core.store import ACTIVE_STATUSES
+from ..core.verbs import format_logs
 from ..errors import EngineUnavailable, MlcError, SpecError, StoreError
-from ..store import ACTIVE_STATUSES
-from ..verbs import format_logs
 
 API = "mlcontainer"
 LABEL = "org.mlcontainer"
@@ -209,7 +209,7 @@ class Engine:
                 if self._connect is not None:
                     self._client = self._connect()
                 else:
-                    from ..engine import connect
+                    from ..backends.docker.engine import connect
 
                     self._client = connect(timeout=self._timeout)
             return self._client
@@ -217,7 +217,7 @@ class Engine:
     def _lost(self, e: Exception) -> EngineUnavailable:
         with self._lock:
             self._client = None
-        from ..engine import HOW_TO_START
+        from ..backends.docker.engine import HOW_TO_START
 
         return EngineUnavailable(f"The Docker engine stopped answering ({type(e).__name__}). "
                                  f"{HOW_TO_START}")

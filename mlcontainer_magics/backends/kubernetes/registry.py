@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from .errors import EngineUnavailable, MlcError
+from ...errors import EngineUnavailable, MlcError
 
 
 class RegistryError(MlcError):

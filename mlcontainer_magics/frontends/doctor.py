@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
-from .engine import connect
-from .errors import BaseImageMissing, EngineUnavailable, MlcError
+from ..backends.docker.engine import connect
+from ..errors import BaseImageMissing, EngineUnavailable, MlcError
 
 Log = Callable[[str], None]
 

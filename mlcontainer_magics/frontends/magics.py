@@ -11,13 +11,13 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Unicode, default
 
-from . import spec as specs
-from . import transfer
-from .owner import OWNER
-from .richoutput import StdoutDemux
+from ..core import spec as specs
+from ..core import transfer
+from ..core.owner import OWNER
+from ..core.requirements import capture_pins
+from ..core.richoutput import StdoutDemux
+from ..errors import MlcError, RunError, SpecError
 from .widgets import open_display
-from .errors import MlcError, RunError, SpecError
-from .requirements import capture_pins
 
 ENV_PREFIX = "MLCONTAINER_"
 
@@ -53,7 +53,7 @@ class ContainerizeMagics(Magics):
 
     @default("store_dir")
     def _default_store(self):
-        from .store import default_root
+        from ..core.store import default_root
 
         return str(default_root())
 
@@ -98,7 +98,7 @@ class ContainerizeMagics(Magics):
 
     def backend_for(self, name: str):
         """One backend object per kind and namespace, kept for the kernel's life."""
-        from .backends import make_backend
+        from ..backends import make_backend
 
         key = (name, self.namespace)
         if key not in self._backends:
@@ -107,7 +107,7 @@ class ContainerizeMagics(Magics):
 
     @property
     def store(self):
-        from .store import Store
+        from ..core.store import Store
 
         if self._store is None or str(self._store.root) != self.store_dir:
             self._store = Store(self.store_dir)
@@ -186,7 +186,7 @@ class ContainerizeMagics(Magics):
         streams into the cell while it runs. Ctrl-C (the stop button) stops and removes the
         container.
         """
-        from . import runs
+        from ..core import runs
 
         args = _parse(self.containerize, line)
         spec = self._spec(args, cell)

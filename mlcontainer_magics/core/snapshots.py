@@ -7,10 +7,11 @@ import os
 import shutil
 from pathlib import Path
 
-from . import render, runs, transfer
+from ..backends.docker import build as render
+from ..errors import SpecError, StoreError
+from ..runner import runner_source
+from . import runs, transfer
 from .owner import alive as owner_alive
-from .errors import SpecError, StoreError
-from .runner import runner_source
 from .spec import EnvSpec, RunSpec
 
 
@@ -181,7 +182,7 @@ def export(store, ref: str, dest, backend, *, tar: bool = False, k8s: bool = Fal
             backend.save_image(record.get("env_image_id") or spec.env_spec.base_image,
                                staging / "image.tar")
         if k8s:
-            from .k8s.export import write_job_manifest
+            from ..backends.kubernetes.export import write_job_manifest
 
             write_job_manifest(record, spec, staging)
         if dest.exists():

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends.base import Environment, RunResult
-from .errors import RunError, SpecError
-from .richoutput import MARK
-from .runner import runner_source
+from ...core.backend import Environment, RunResult
+from ...core.richoutput import MARK
+from ...errors import RunError, SpecError
+from ...runner import runner_source
 
 SOCKET = "io/session.sock"
 

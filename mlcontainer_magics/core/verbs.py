@@ -1,6 +1,6 @@
 """The snapshot verbs shared by the ``%container`` line magic and the ``mlcontainer`` CLI.
 
-Each verb takes a :class:`~mlcontainer_magics.store.Store` and returns the text to print; the
+Each verb takes a :class:`~mlcontainer_magics.core.store.Store` and returns the text to print; the
 ``format_*`` functions are pure (records in, text out), so they are tested without a store.
 Errors are :class:`~mlcontainer_magics.errors.StoreError` with a message for the user.
 """
@@ -10,7 +10,7 @@ import json
 import textwrap
 import time
 
-from .errors import StoreError
+from ..errors import StoreError
 from .store import ACTIVE_STATUSES, STATUSES
 
 MISSING = "-"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import MlcError, VerificationFailed
+from ..errors import MlcError, VerificationFailed
 
 
 def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
 
 def run_verb(args, *, store, backend, output=None) -> str:
     """Do one verb; returns the text to print. Raises MlcError on failure."""
-    from . import snapshots, verbs
+    from ..core import snapshots, verbs
 
     if args.command == "list":
         text = verbs.list_snapshots(store, limit=args.limit, offset=args.offset, name=args.name,
@@ -112,9 +112,9 @@ def main(argv=None) -> int:
             from . import doctor
 
             return doctor.cmd_doctor(args)
-        from .backends.docker import DockerBackend
+        from ..backends.docker.backend import DockerBackend
+        from ..core.store import Store
         from .magics import ContainerizeMagics
-        from .store import Store
 
         settings = ContainerizeMagics(shell=None)  # the same defaults and env variables
         text = run_verb(args, store=Store(settings.store_dir),

@@ -14,16 +14,16 @@ import shutil
 import threading
 import uuid
 
-from .. import render
-from ..archive import tar_bytes, untar_files
-from ..engine import HOW_TO_START, connect
-from ..errors import BaseImageMissing, BuildError, EngineUnavailable, RunError
-from ..owner import OWNER
-from ..owner import alive as owner_alive
-from ..pipconfig import BuildNetwork, host_build_network
-from ..requirements import closest_parent, extend_lock, lock_from_report, lock_key
-from ..spec import EnvSpec, RunSpec, digest
-from .base import Backend, Environment, Events, Output, RunResult, no_events
+from ...core.backend import Backend, Environment, Events, Output, RunResult, no_events
+from ...core.owner import OWNER
+from ...core.owner import alive as owner_alive
+from ...core.requirements import closest_parent, extend_lock, lock_from_report, lock_key
+from ...core.spec import EnvSpec, RunSpec, digest
+from ...errors import BaseImageMissing, BuildError, EngineUnavailable, RunError
+from . import build as render
+from .archive import tar_bytes, untar_files
+from .engine import HOW_TO_START, connect
+from .pipconfig import BuildNetwork, host_build_network
 
 LABEL = "org.mlcontainer"
 RUN_UID = 1000
@@ -398,7 +398,7 @@ class DockerBackend(Backend):
 
     @property
     def sessions(self):
-        from ..sessions import SessionPool
+        from .sessions import SessionPool
 
         if getattr(self, "_sessions", None) is None:
             self._sessions = SessionPool(self)

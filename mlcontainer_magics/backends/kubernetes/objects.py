@@ -29,8 +29,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..errors import SpecError
-from ..spec import RunSpec, looks_secret
+from ...core.spec import RunSpec, looks_secret
+from ...errors import SpecError
 from .slugs import is_dns_label, is_dns_subdomain, is_label_value, safe_name
 
 MANAGED_BY = "mlcontainer-magics"

@@ -62,7 +62,7 @@ from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path, PurePath
 
-from .errors import StoreError
+from ..errors import StoreError
 
 STATUSES = ("building", "running", "done", "failed", "stopped", "timeout", "oom", "interrupted")
 ACTIVE_STATUSES = ("building", "running")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import EngineUnavailable
+from ...errors import EngineUnavailable
 
 HOW_TO_START = (
     "Start a Docker engine: run `mlcontainer doctor --fix` (starts dockerd, installing Debian's "

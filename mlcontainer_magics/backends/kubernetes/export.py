@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SpecError
-from ..spec import RunSpec
-from .objects import (K8sSettings, job_manifest, job_name, network_policy_manifest,
-                      secret_env_keys, secret_manifest, to_yaml)
+from ...core.spec import RunSpec
+from ...errors import SpecError
+from .objects import (
+    K8sSettings,
+    job_manifest,
+    job_name,
+    network_policy_manifest,
+    secret_env_keys,
+    secret_manifest,
+    to_yaml,
+)
 
 FILE_NAME = "job.yaml"
 
@@ -43,7 +50,7 @@ def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSetting
 
 
 def _configured_settings() -> K8sSettings:
-    from ..backends.kubernetes import KubernetesConfig
+    from .backend import KubernetesConfig
 
     try:  # in a kernel, what `%config KubernetesConfig...` said; elsewhere the environment
         from IPython import get_ipython

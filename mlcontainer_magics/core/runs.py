@@ -16,10 +16,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends.base import Backend, Environment, Events, Output, RunResult, no_events
+from ..errors import RunError, StoreError
+from ..runner import runner_source
 from . import transfer
-from .errors import RunError, StoreError
-from .runner import runner_source
+from .backend import Backend, Environment, Events, Output, RunResult, no_events
 from .spec import RunSpec
 
 # Words a person reads in one line, per reason a run ended.

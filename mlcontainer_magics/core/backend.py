@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..spec import EnvSpec, RunSpec
+from .spec import EnvSpec, RunSpec
 
 # events(phase, **info): phases are "resolving", "building", "build-log", "cached", "built",
 # "starting", "running", "collecting", "done", "failed". The status display and the store

@@ -27,12 +27,12 @@ from pathlib import Path
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Configurable
 
-from .. import registry as registries
-from ..errors import MlcError, SpecError
-from ..k8s import objects
-from ..richoutput import MARK, StdoutDemux
-from ..spec import RunSpec, parse_memory
-from .base import Backend, Environment, Events, Output, RunResult, no_events
+from ...core.backend import Backend, Environment, Events, Output, RunResult, no_events
+from ...core.richoutput import MARK, StdoutDemux
+from ...core.spec import RunSpec, parse_memory
+from ...errors import MlcError, SpecError
+from . import objects
+from . import registry as registries
 
 ENV_PREFIX = "MLCONTAINER_K8S_"
 ONE_STREAM = ("MLC_ONE_STREAM", "1")  # the runner's one-stream mode: see runner/mlc_runner.py
@@ -290,7 +290,7 @@ class KubernetesBackend(Backend):
     @property
     def docker(self):
         if self._docker is None:
-            from .docker import DockerBackend
+            from ..docker.backend import DockerBackend
 
             self._docker = DockerBackend(namespace=self.namespace)
         return self._docker

@@ -14,9 +14,10 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .errors import SpecError
+from ..errors import SpecError
+
 # The runner inside the container implements the same formats; it is the one definition.
-from .runner.mlc_runner import EXT, json_exact
+from ..runner.mlc_runner import EXT, json_exact
 
 PY = "{}.{}".format(*sys.version_info[:2])
 
