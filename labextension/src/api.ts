@@ -22,6 +22,10 @@ export interface ISnapshotSummary {
 
 /** A full record: the summary plus whatever else the run kept. */
 export interface ISnapshotRecord extends ISnapshotSummary {
+  /** Where it ran: "docker" or "kubernetes"; absent in older records, which ran on docker. */
+  backend?: string | null;
+  /** Which engine or cluster, e.g. `{engine: "unix:///…"}`, `{context, namespace}`. */
+  target?: Record<string, string> | null;
   [key: string]: any;
 }
 

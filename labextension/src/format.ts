@@ -100,3 +100,75 @@ export function formatPin(entry: unknown): string {
   }
   return JSON.stringify(entry);
 }
+
+/** The message of an error, or the thing thrown as a string. */
+export function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** Statuses of a run that has not ended yet. */
+const ACTIVE = ['running', 'building'];
+
+export function isActive(status: unknown): boolean {
+  return typeof status === 'string' && ACTIVE.includes(status);
+}
+
+/** Seconds since `created` (epoch seconds), or null when it is not known. */
+export function elapsed(created: unknown, now: number = Date.now()): number | null {
+  return typeof created === 'number' ? now / 1000 - created : null;
+}
+
+/**
+ * Where a run ran: its backend, then the target's fields in order, e.g. `docker`,
+ * `kubernetes (context kind-dev, namespace ml)`. Records without a backend ran on docker.
+ */
+export function formatWhere(
+  record: { backend?: unknown; target?: unknown } | null | undefined
+): string {
+  if (!record) {
+    return MISSING;
+  }
+  const backend =
+    typeof record.backend === 'string' && record.backend ? record.backend : 'docker';
+  const target = record.target;
+  if (!target || typeof target !== 'object' || Array.isArray(target)) {
+    return backend;
+  }
+  const parts = Object.entries(target)
+    .filter(([, v]) => (typeof v === 'string' && v !== '') || typeof v === 'number')
+    .map(([k, v]) => `${k} ${v}`);
+  return parts.length ? `${backend} (${parts.join(', ')})` : backend;
+}
+
+/** The packages a run had: its lock, else what was captured, else what was asked for. */
+export function recordPackages(record: { readonly [key: string]: unknown }): string[] {
+  const { lock, captured, requirements } = record;
+  const entries: unknown[] =
+    (Array.isArray(lock) && lock.length ? lock : null) ||
+    (Array.isArray(captured) && captured.length ? captured : null) ||
+    (Array.isArray(requirements) ? requirements : []);
+  return entries.map(formatPin);
+}
+
+/** The phases of a run's `timings` with their seconds, in recorded order. */
+export function recordTimings(record: {
+  readonly [key: string]: unknown;
+}): [string, unknown][] {
+  const t = record.timings;
+  return t && typeof t === 'object' ? Object.entries(t) : [];
+}
+
+/** The last `max` lines of a log (all of it with `full`), and how many lines it has. */
+export function tailLog(
+  text: string,
+  max: number,
+  full = false
+): { text: string; lines: number; clipped: boolean } {
+  const lines = text.split('\n');
+  const clipped = !full && lines.length > max;
+  return {
+    text: clipped ? lines.slice(-max).join('\n') : text,
+    lines: lines.length,
+    clipped
+  };
+}

@@ -1,12 +1,7 @@
 import { ISignal, Signal } from '@lumino/signaling';
 
-import {
-  ApiError,
-  IRunning,
-  ISnapshotSummary,
-  IStatus,
-  api
-} from './api';
+import { ApiError, IRunning, ISnapshotSummary, IStatus, api } from './api';
+import { errorText } from './format';
 
 /** What stands between the user and the sidebar working, if anything. */
 export type Problem =
@@ -102,9 +97,7 @@ export class SidebarModel {
         offset: this.snapshots.length
       });
       const known = new Set(this.snapshots.map(s => s.id));
-      this.snapshots = this.snapshots.concat(
-        page.items.filter(s => !known.has(s.id))
-      );
+      this.snapshots = this.snapshots.concat(page.items.filter(s => !known.has(s.id)));
       this.total = page.total;
     } catch (e) {
       this._fail(e);
@@ -189,7 +182,7 @@ export class SidebarModel {
       } else if (e instanceof ApiError && e.isNotFound) {
         this._fail(e);
       } else {
-        this.runningError = e instanceof Error ? e.message : String(e);
+        this.runningError = errorText(e);
       }
     }
     return this.running.map(r => r.id).join(',') !== before;
@@ -202,7 +195,7 @@ export class SidebarModel {
     } else {
       this.problem = {
         kind: 'error',
-        message: e instanceof Error ? e.message : String(e)
+        message: errorText(e)
       };
     }
   }

@@ -131,7 +131,10 @@ class BaseHandler(APIHandler):
         return check_ref(raw)
 
     def body(self) -> dict:
-        data = self.get_json_body()  # 400 on malformed JSON
+        try:
+            data = self.get_json_body()  # 400 on malformed JSON
+        except UnicodeDecodeError:  # jupyter_server decodes before its try: not UTF-8 was a 500
+            raise tornado.web.HTTPError(400, "The request body must be JSON in UTF-8.") from None
         if data is None:
             return {}
         if not isinstance(data, dict):

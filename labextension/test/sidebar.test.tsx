@@ -1,0 +1,249 @@
+/**
+ * The sidebar's DOM, which the browser tests (tests/test_browser.py) select on: class
+ * names, data-snapshot, texts and button labels. Rendered with react-dom in jsdom against
+ * the fake server; JupyterLab's UI packages are stand-ins (test/stubs).
+ */
+import * as React from 'react';
+import { act } from 'react';
+import { createRoot, Root } from 'react-dom/client';
+
+import { SidebarModel } from '../src/model';
+import { Sidebar } from '../src/panel';
+import { DOWN, FakeServer, summary, UP } from './fakeServer';
+import { ui } from './stubs/apputils';
+
+(globalThis as any).IS_REACT_ACT_ENVIRONMENT = true;
+
+const K8S = summary('k8s1', {
+  name: 'train',
+  status: 'failed',
+  notebook: '/home/me/nb/train.ipynb',
+  notebook_path: 'nb/train.ipynb',
+  env_image: 'mlcontainer-env:k8s1',
+  image_size: 512_300_000
+});
+const OLD = summary('old1', { name: null });
+
+function server(): FakeServer {
+  return new FakeServer()
+    .on('GET status', { body: UP })
+    .on('GET running', {
+      body: { items: [{ id: 'r1', container: 'c1', name: 'hello', state: 'running' }] }
+    })
+    .on('GET snapshots', { body: { items: [K8S, OLD], total: 2, limit: 50, offset: 0 } })
+    .on('GET snapshots/k8s1', {
+      body: {
+        ...K8S,
+        backend: 'kubernetes',
+        target: { context: 'kind-dev', namespace: 'ml' },
+        lock: [{ name: 'numpy', version: '2.1.3' }],
+        timings: { build: 30.4 }
+      }
+    })
+    .on('GET snapshots/k8s1/logs', {
+      body: { id: 'k8s1', logs: 'epoch 11', stdout: '', stderr: '' }
+    })
+    .on('GET snapshots/old1', { body: OLD })
+    .on('GET snapshots/old1/logs', {
+      body: { id: 'old1', logs: '', stdout: '', stderr: '' }
+    })
+    .install();
+}
+
+let root: Root;
+let el: HTMLElement;
+let model: SidebarModel;
+const executed: unknown[][] = [];
+const app: any = {
+  commands: {
+    execute: (...args: unknown[]) => {
+      executed.push(args);
+      return Promise.resolve();
+    }
+  }
+};
+
+/** Render the panel, and again whenever the model changes, as MlcSidebar does. */
+async function show(refresh = true): Promise<void> {
+  if (refresh) {
+    await model.refresh();
+  }
+  el = document.createElement('div');
+  document.body.appendChild(el);
+  const render = () => root.render(<Sidebar model={model} app={app} />);
+  act(() => {
+    root = createRoot(el);
+    render();
+  });
+  model.changed.connect(() => act(render));
+}
+
+/** Let answers from the fake server arrive and React apply them. */
+async function settle(): Promise<void> {
+  await act(async () => {
+    for (let i = 0; i < 5; i++) {
+      await new Promise(resolve => setTimeout(resolve, 0));
+    }
+  });
+}
+
+function texts(selector: string, scope: ParentNode = el): string[] {
+  return Array.from(scope.querySelectorAll(selector)).map(e => e.textContent ?? '');
+}
+
+function button(scope: ParentNode, label: string): HTMLButtonElement {
+  const found = Array.from(scope.querySelectorAll('button')).find(
+    b => b.textContent === label
+  );
+  if (!found) {
+    throw new Error(`no button ${label}`);
+  }
+  return found;
+}
+
+/** Open a snapshot's details and wait for its record and logs. */
+async function open(id: string): Promise<HTMLElement> {
+  const row = el.querySelector(`li[data-snapshot="${id}"]`) as HTMLElement;
+  act(() => (row.querySelector('button.mlc-RowToggle') as HTMLElement).click());
+  await settle();
+  return row.querySelector('.mlc-Details') as HTMLElement;
+}
+
+/** The value of a details line by its label. */
+function field(details: HTMLElement, label: string): string | undefined {
+  const dt = Array.from(details.querySelectorAll('dt')).find(
+    d => d.textContent === label
+  );
+  return dt?.nextElementSibling?.textContent ?? undefined;
+}
+
+beforeEach(() => {
+  ui.reset();
+  executed.length = 0;
+  model = new SidebarModel();
+});
+
+afterEach(() => {
+  act(() => root.unmount());
+  el.remove();
+  model.dispose();
+});
+
+it('lists running containers and snapshots with their counts', async () => {
+  server();
+  await show();
+  expect(texts('.mlc-SectionTitle .mlc-Count')).toEqual(['1', '2']);
+  const rows = Array.from(el.querySelectorAll('li.mlc-Row[data-snapshot]'));
+  expect(rows.map(r => r.getAttribute('data-snapshot'))).toEqual(['r1', 'k8s1', 'old1']);
+  expect(el.querySelector('li.mlc-RunningRow[data-snapshot="r1"]')).not.toBeNull();
+  const train = el.querySelector('li[data-snapshot="k8s1"]') as HTMLElement;
+  expect(train.textContent).toContain('train.ipynb · 10.0s · 512.3 MB');
+  expect(train.querySelector('.mlc-Badge')?.className).toBe('mlc-Badge mlc-bad');
+  // A snapshot without a name shows its id.
+  expect(texts('li[data-snapshot="old1"] .mlc-Name')).toEqual(['old1']);
+});
+
+it('shows details: fields, where it ran, timings, packages and logs', async () => {
+  server();
+  await show();
+  const details = await open('k8s1');
+  expect(field(details, 'Id')).toBe('k8s1');
+  expect(field(details, 'Status')).toBe('failed (exit 0)');
+  expect(field(details, 'Ran on')).toBe('kubernetes (context kind-dev, namespace ml)');
+  expect(field(details, 'build')).toBe('30.4s');
+  expect(texts('.mlc-Pkg', details)).toEqual(['numpy==2.1.3']);
+  expect(texts('pre.mlc-Log', details)).toEqual(['epoch 11']);
+  expect(texts('.mlc-Actions button', details).map(t => t.trim())).toEqual([
+    'Re-run',
+    'Export',
+    'Copy image tag',
+    'Open notebook',
+    'Delete'
+  ]);
+});
+
+it('shows a record without a backend as run on docker', async () => {
+  server();
+  await show();
+  const details = await open('old1');
+  expect(field(details, 'Ran on')).toBe('docker');
+  expect(texts('.mlc-Hint', details)).toEqual(['None recorded.', 'No output.']);
+});
+
+it("re-runs, showing the server's message where the user clicked", async () => {
+  const fake = server().on('POST snapshots/k8s1/rerun', {
+    status: 501,
+    body: { message: 'This snapshot cannot be rerun: no spec.' }
+  });
+  await show();
+  const details = await open('k8s1');
+  act(() => button(details, 'Re-run').click());
+  await settle();
+  expect(texts('.mlc-Notice', details)).toEqual([
+    'This snapshot cannot be rerun: no spec.'
+  ]);
+  expect(fake.log).toContain('POST snapshots/k8s1/rerun');
+});
+
+it('copies the image tag and opens the notebook', async () => {
+  server();
+  await show();
+  const details = await open('k8s1');
+  act(() => button(details, 'Copy image tag').click());
+  act(() => button(details, 'Open notebook').click());
+  expect(ui.copied).toEqual(['mlcontainer-env:k8s1']);
+  expect(executed).toEqual([['docmanager:open', { path: 'nb/train.ipynb' }]]);
+});
+
+it('deletes a snapshot after confirming', async () => {
+  const fake = server().on('DELETE snapshots/old1', { body: { removed: OLD } });
+  await show();
+  const details = await open('old1');
+  fake.on('GET snapshots', { body: { items: [K8S], total: 1, limit: 50, offset: 0 } });
+  act(() => button(details, 'Delete').click());
+  await settle();
+  expect(ui.dialogs[0].body).toBe(
+    'Delete old1: its record and files. This cannot be undone.'
+  );
+  expect(fake.log).toContain('DELETE snapshots/old1');
+  expect(el.querySelector('li[data-snapshot="old1"]')).toBeNull();
+});
+
+it('stops a running container', async () => {
+  const fake = server().on('POST running/r1/stop', { body: { stopped: [] } });
+  await show();
+  act(() => button(el, 'Stop').click());
+  await settle();
+  expect(fake.log).toContain('POST running/r1/stop');
+  expect(ui.notifications).toEqual([['success', 'Stopped hello.']]);
+});
+
+it('tells a new user how to start, also while the engine is down', async () => {
+  new FakeServer()
+    .on('GET status', { body: DOWN })
+    .on('GET snapshots', { body: { items: [], total: 0, limit: 50, offset: 0 } })
+    .install();
+  await show();
+  expect(texts('.mlc-Banner strong')).toEqual([
+    'Docker engine is down: run mlcontainer doctor --fix'
+  ]);
+  expect(el.querySelector('.mlc-Empty')?.textContent).toContain(
+    '%load_ext mlcontainer_magics'
+  );
+  expect(el.querySelector('section[aria-label="Running"]')).toBeNull();
+});
+
+it('says the server extension is missing, and shows nothing else', async () => {
+  new FakeServer().install();
+  await show();
+  expect(el.querySelector('.mlc-Banner[role="alert"] strong')?.textContent).toBe(
+    'Server extension not installed.'
+  );
+  expect(el.querySelector('.mlc-Section')).toBeNull();
+  expect(el.querySelector('.mlc-Empty')).toBeNull();
+});
+
+it('says it is loading before the first answer', async () => {
+  await show(false);
+  expect(texts('.mlc-Hint')[0]).toBe('Loading…');
+});
