@@ -1,6 +1,8 @@
 """mlcontainer-magics: run notebook cells in Docker containers, keep every run as a snapshot."""
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+__all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension"]
 
 
 def load_ipython_extension(ipython):

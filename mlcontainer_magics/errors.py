@@ -1,7 +1,10 @@
 """Every error the package raises derives from MlcError and says what to do next.
 
-Third-party errors (docker SDK, pip, the kernel) are translated into these at one boundary
-per subsystem, so callers (magics, CLI, server) only ever catch MlcError.
+The class says what kind of problem it is (bad input, not found, ambiguous, unavailable, ...),
+so front ends branch on classes, never on messages: the server maps them to HTTP statuses in
+one place, the CLI prints ``str(e)`` on one line. Third-party errors (Docker SDK, requests,
+the Kubernetes client, SQLite) are translated into these where a backend or the store talks
+to them, and nowhere else.
 """
 from __future__ import annotations
 
@@ -10,17 +13,93 @@ class MlcError(Exception):
     """Base of all mlcontainer-magics errors; ``str(e)`` is a message for the user."""
 
 
+# -- kinds: what the user can do about it ------------------------------------------------------
+
 class SpecError(MlcError, ValueError):
     """The user's input (flags, requirements, code, names) is invalid; nothing was started."""
 
 
-class EngineUnavailable(MlcError):
+class CapabilityMissing(SpecError):
+    """The chosen backend cannot do what was asked (e.g. warm sessions on Kubernetes)."""
+
+
+class NotFound(MlcError):
+    """What was named does not exist."""
+
+
+class Conflict(MlcError):
+    """The request is valid but the current state refuses it (ambiguous, still running, ...)."""
+
+
+class Unavailable(MlcError):
+    """A service the request needs (a Docker engine, a cluster) does not answer."""
+
+
+# -- the snapshot store ----------------------------------------------------------------------
+
+class StoreError(MlcError):
+    """A snapshot reference or record is invalid, or the store cannot be used."""
+
+
+class SnapshotNotFound(StoreError, NotFound):
+    """No snapshot matches the reference."""
+
+
+class AmbiguousReference(StoreError, Conflict):
+    """An id prefix matches several snapshots."""
+
+
+class SnapshotActive(StoreError, Conflict):
+    """The snapshot is still building or running."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's files cannot be read or written (disk full, permissions, damage)."""
+
+
+# -- engines and clusters -------------------------------------------------------------------
+
+class EngineUnavailable(Unavailable):
     """No Docker engine answers."""
+
+
+class EngineError(MlcError):
+    """The Docker engine refused a request."""
 
 
 class BaseImageMissing(MlcError):
     """The base image is neither present locally nor pullable."""
 
+
+class RegistryError(MlcError):
+    """A registry refused, could not be reached, or a push failed; ``log`` holds the push output."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
+
+
+class RegistryAuthError(RegistryError):
+    """The registry wants credentials that were not given, or refused the ones given."""
+
+
+class KubernetesError(MlcError):
+    """The cluster refused a request, or could not be reached."""
+
+
+class ClusterUnavailable(KubernetesError, Unavailable):
+    """No usable kubeconfig, or no API server answers at the configured address."""
+
+
+class ClusterAuthError(KubernetesError):
+    """The cluster refused the credentials (401), or RBAC refused the request (403)."""
+
+
+class NamespaceMissing(KubernetesError, NotFound):
+    """The configured namespace does not exist on the cluster."""
+
+
+# -- builds and runs ---------------------------------------------------------------------------
 
 class BuildError(MlcError):
     """Building an environment image failed; ``log`` holds the build output."""
@@ -39,10 +118,6 @@ class RunError(MlcError):
         self.exit_code = exit_code
         self.logs = logs
         self.reason = reason  # error | timeout | oom | interrupted | stopped | killed
-
-
-class StoreError(MlcError):
-    """The snapshot store cannot be read or written, or an id does not resolve."""
 
 
 class VerificationFailed(MlcError):

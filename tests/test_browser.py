@@ -311,7 +311,7 @@ def sleeper(start_lab):
     """A running container labelled as the product labels a run; removed at teardown."""
     from mlcontainer_magics.backends.docker.engine import connect
     from mlcontainer_magics.errors import EngineUnavailable
-    from mlcontainer_magics.server.handlers import NAMESPACE_LABEL, SNAPSHOT_LABEL
+    from mlcontainer_magics.backends.docker.backend import make_labels
 
     try:
         client = connect(timeout=60)
@@ -320,7 +320,8 @@ def sleeper(start_lab):
     sid = uuid.uuid4().hex[:12]
     container = client.containers.run(
         "python:3.11-slim", ["sleep", "300"], detach=True, name=f"mlc-test-browser-{sid}",
-        labels={SNAPSHOT_LABEL: sid, NAMESPACE_LABEL: os.environ["MLCONTAINER_NAMESPACE"]})
+        labels=make_labels(os.environ["MLCONTAINER_NAMESPACE"], role="run", run=sid,
+                           snapshot=sid, owner="test"))
     try:
         yield sid, container
     finally:

@@ -19,9 +19,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tornado.httpclient import HTTPClientError
 
 from mlcontainer_magics.backends import make_backend
 from mlcontainer_magics.backends.kubernetes import export as k8s_export
+from mlcontainer_magics.backends.kubernetes import objects
 from mlcontainer_magics.backends.kubernetes.backend import (
     ClusterAuthError,
     ClusterUnavailable,
@@ -33,14 +35,16 @@ from mlcontainer_magics.backends.kubernetes.backend import (
 )
 from mlcontainer_magics.core import runs, snapshots, transfer
 from mlcontainer_magics.core.backend import Environment
-from mlcontainer_magics.core.richoutput import FILE_MARK, MARK, STDERR_MARK, StdoutDemux
+from mlcontainer_magics.core.richoutput import StdoutDemux
+from mlcontainer_magics.runner import FILE_MARK, MARK, STDERR_MARK
 from mlcontainer_magics.core.spec import EnvSpec, RunSpec
-from mlcontainer_magics.errors import MlcError, SpecError
+from mlcontainer_magics.backends.export import export
+from mlcontainer_magics.errors import CapabilityMissing, MlcError, SpecError
 
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes.client.rest import ApiException  # noqa: E402
 
-pytest_plugins = ["k8s_fake", "registry_fixture"]
+pytest_plugins = ["k8s_fake", "registry_fixture", "pytest_jupyter.jupyter_server"]
 
 NS = "mlc"
 IMAGE = "127.0.0.1:5000/mlctest-env@sha256:" + "a" * 64
@@ -307,12 +311,12 @@ def test_an_image_that_cannot_be_pulled_fails_at_once_and_the_job_goes(
     spec = make_spec()
     result, rec, _ = run(backend, workdirs, spec)
     assert result.reason == "failed" and result.exit_code is None
-    assert f"cannot pull the image {IMAGE}" in result.stderr
-    assert "failed to resolve reference" in result.stderr  # the kubelet's own words
-    assert "image_pull_secret" in result.stderr
+    assert f"cannot pull the image {IMAGE}" in result.message
+    assert "failed to resolve reference" in result.message  # the kubelet's own words
+    assert "image_pull_secret" in result.message
     assert "pulling" in rec.phases and "running" not in rec.phases
     error = failure_of(spec, result)
-    assert "cannot pull the image" in error.logs and error.reason == "failed"
+    assert "cannot pull the image" in str(error) and error.reason == "failed"
     # Pulling would go on forever: the Job, its pod and the Secret are gone.
     assert k8s_fake.get("jobs", "mlc-run-1", NS) is None
     assert k8s_fake.list("pods", NS) == [] and k8s_fake.list("secrets", NS) == []
@@ -334,9 +338,9 @@ def test_unschedulable_says_why(k8s_fake, workdirs):
     result, rec, _ = run(backend, workdirs, spec)
     assert result.reason == "failed"
     assert "cannot schedule the pod: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu" \
-        in result.stderr
-    assert "--gpus" in result.stderr and "node_selector" in result.stderr
-    assert "0/3 nodes are available" in failure_of(spec, result).logs
+        in result.message
+    assert "--gpus" in result.message and "node_selector" in result.message
+    assert "0/3 nodes are available" in str(failure_of(spec, result))
     assert k8s_fake.get("jobs", "mlc-run-1", NS) is None  # no pod left pending
 
 
@@ -347,8 +351,8 @@ def test_unschedulable_waits_for_a_node_up_to_schedule_timeout(k8s_fake, workdir
     t0 = time.monotonic()
     result, rec, _ = run(backend, workdirs)
     assert 0.8 <= time.monotonic() - t0 < 15
-    assert result.reason == "failed" and "within 0.8 s" in result.stderr
-    assert "untolerated taint" in result.stderr
+    assert result.reason == "failed" and "within 0.8 s" in result.message
+    assert "untolerated taint" in result.message
     # The wait was shown as it began, with the scheduler's reason.
     scheduling = [info for phase, info in rec.events if phase == "scheduling"]
     assert scheduling[-1]["message"] == "0/1 nodes are available: 1 node(s) had untolerated taint."
@@ -362,8 +366,8 @@ def test_a_job_that_makes_no_pod_fails_after_a_while(k8s_fake, workdirs, monkeyp
     monkeypatch.setattr(k8s_fake, "_drive_job", lambda namespace, name: None)  # no controller
     backend = backend_for(k8s_fake, schedule_timeout=0)
     result, rec, _ = run(backend, workdirs)
-    assert result.reason == "failed" and "The Job made no pod within 0.5 s" in result.stderr
-    assert "kubectl describe job -n mlc mlc-run-1" in result.stderr
+    assert result.reason == "failed" and "The Job made no pod within 0.5 s" in result.message
+    assert "kubectl describe job -n mlc mlc-run-1" in result.message
     assert k8s_fake.list("jobs", NS) == [] and k8s_fake.list("secrets", NS) == []
 
 
@@ -382,7 +386,7 @@ def test_deadline_while_waiting_for_a_node_is_a_timeout_too(backend, k8s_fake, w
     k8s_fake.time_scale = 0.3
     k8s_fake.script("mlc-", scenario="unschedulable")
     result, rec, _ = run(backend, workdirs, make_spec(timeout=1))
-    assert result.reason == "timeout" and "before its pod started" in result.stderr
+    assert result.reason == "timeout" and "before its pod started" in result.message
     assert "running" not in rec.phases
 
 
@@ -543,12 +547,15 @@ def test_api_exceptions_become_errors_that_say_what_to_do(backend, status, kind,
 
 # -- settings, sessions, registry --------------------------------------------------------------
 
-def test_sessions_are_refused(backend, workdirs):
-    with pytest.raises(SpecError, match="--session is not supported with --backend kubernetes"):
-        backend.sessions
-    spec = make_spec(session="warm")
-    with pytest.raises(SpecError, match="--session"):
-        backend.run(spec, ENV, workdirs(spec), run_id="run-1")
+def test_sessions_are_refused_before_anything_is_built_or_recorded(backend, tmp_path):
+    from mlcontainer_magics.core.store import Store
+
+    assert backend.sessions is None  # the capability is absent, not an error to catch
+    store = Store(tmp_path / "store")
+    with pytest.raises(CapabilityMissing,
+                       match="--session is not supported with --backend kubernetes"):
+        runs.execute(make_spec(session="warm"), backend, store=store)
+    assert store.count() == 0
 
 
 def test_no_registry_is_a_clear_error_before_any_build(k8s_fake):
@@ -571,7 +578,7 @@ def test_settings_come_from_environment_variables(monkeypatch):
     monkeypatch.setenv("MLCONTAINER_K8S_TTL_SECONDS", "600")
     monkeypatch.setenv("MLCONTAINER_K8S_REGISTRY_PASSWORD", "hunter2")
     config = KubernetesConfig()
-    s = config.settings(config.k8s_namespace)
+    s = objects.settings_from(config, config.k8s_namespace)
     assert (s.namespace, s.registry, s.default_memory, s.default_cpus, s.ttl_seconds) == (
         "team-a", "registry.example.com/team", 2 * 1024**3, 1.5, 600)
     assert s.node_selector == {"pool": "gpu", "zone": "a"}
@@ -587,10 +594,12 @@ def test_bad_settings_are_spec_errors(k8s_fake, workdirs):
 
 
 def test_the_factory_passes_config_on():
-    from traitlets.config import Config, Configurable
+    from traitlets.config import Config
 
-    parent = Configurable(config=Config({"KubernetesConfig": {"registry": "r.example.com"}}))
-    backend = make_backend("kubernetes", namespace="ns1", parent=parent)
+    from mlcontainer_magics.config import MlcontainerSettings
+
+    parent = MlcontainerSettings(config=Config({"KubernetesConfig": {"registry": "r.example.com"}}))
+    backend = make_backend("kubernetes", parent, namespace="ns1")
     assert isinstance(backend, KubernetesBackend) and backend.config.registry == "r.example.com"
     assert backend.repository == "ns1-env"
 
@@ -615,10 +624,10 @@ def test_export_writes_a_job_yaml_that_validates(tmp_path, monkeypatch):
     finally:
         shutil.rmtree(workdir)
     pushed = "registry.example.com/team/mlc-env@sha256:" + "d" * 64
-    store.update(run_id, status="done", inputs=records, env_image="mlc-env:abc",
-                 pushed_image=pushed, stdout="42\n", lock=[])
+    store.update(run_id, status="done", inputs=records, env_image=pushed, stdout="42\n",
+                 lock=[])
 
-    dest = snapshots.export(store, run_id, tmp_path / "export", backend=None, k8s=True)
+    dest = export(store, run_id, tmp_path / "export", backend=None, k8s=True)
     text = (dest / "job.yaml").read_text()
     docs = list(yaml.safe_load_all(text))
     assert [d["kind"] for d in docs] == ["Secret", "Job", "NetworkPolicy"]
@@ -643,7 +652,7 @@ def test_export_of_a_local_image_says_to_push_it(tmp_path):
     (tmp_path / "mlc").mkdir()
     (tmp_path / "mlc" / "cell.py").write_text(spec.code)
     record = {"id": "snap-1", "env_image": "mlcontainer-env:0123"}
-    path = k8s_export.write_job_manifest(record, spec, tmp_path)
+    path = k8s_export.write_job_manifest(record, spec, tmp_path, objects.K8sSettings())
     assert "The image mlcontainer-env:0123 is local" in path.read_text()
 
 
@@ -782,11 +791,80 @@ def test_magics_run_the_real_runner_as_a_pod_and_export_a_job(
     with pytest.raises(SpecError, match="--session"):
         ip.run_cell_magic("containerize", "--backend kubernetes --session warm", "pass")
 
-    # mlcontainer export ID DIR --k8s
+    # The snapshot says where it ran; `mlcontainer rerun` goes there again (not to Docker).
     monkeypatch.setenv("MLCONTAINER_STORE", str(store.root))
+    for key, value in [("REGISTRY", registry.host), ("REGISTRY_USERNAME", registry.username),
+                       ("REGISTRY_PASSWORD", registry.password)]:
+        monkeypatch.setenv(f"MLCONTAINER_K8S_{key}", value)
+    monkeypatch.setenv("KUBECONFIG", str(k8s_fake.kubeconfig))
+    capsys.readouterr()
+    assert cli.main(["show", record["id"], "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["backend"] == "kubernetes"
+    assert shown["target"] == {"context": "mlc-fake", "namespace": NS}
+    jobs_before = {j["metadata"]["name"] for j in k8s_fake.list("jobs", NS)}
+    assert cli.main(["rerun", record["id"]]) == 0
+    out = capsys.readouterr().out
+    assert "hello from 1000 1\n" in out and " on kubernetes: done" in out
+    rerun = store.list(limit=1)[0]
+    assert rerun["id"] != record["id"]
+    assert store.get(rerun["id"])["backend"] == "kubernetes"
+    new_jobs = {j["metadata"]["name"] for j in k8s_fake.list("jobs", NS)} - jobs_before
+    assert [name for name in new_jobs if rerun["id"] in name], new_jobs
+
+    # mlcontainer export ID DIR --k8s
     assert cli.main(["export", record["id"], str(tmp_path / "export"), "--k8s"]) == 0
     docs = list(yaml.safe_load_all((tmp_path / "export" / "job.yaml").read_text()))
     assert [d["kind"] for d in docs] == ["Secret", "Job"]
     for doc in docs:
         kubernetes_validate.validate(doc, "1.37", strict=True)
     assert docs[1]["spec"]["template"]["spec"]["containers"][0]["image"] == record["env_image"]
+
+
+# -- the REST API reruns a Kubernetes snapshot on Kubernetes -----------------------------------
+
+@pytest.fixture
+def jp_server_config(tmp_path):
+    from mlcontainer_magics.core.store import Store
+
+    return {"ServerApp": {"jpserver_extensions": {"mlcontainer_magics": True},
+                          "tornado_settings": {"mlcontainer_store": Store(tmp_path / "store")}}}
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+async def test_rest_rerun_of_a_kubernetes_snapshot_runs_on_kubernetes(
+        jp_fetch, jp_serverapp, k8s_fake, registry, docker_engine, docker_images, namespace,
+        tmp_path, monkeypatch):
+    from mlcontainer_magics.backends import Backends
+
+    k8s_fake.script("mlc-", run=docker_pod(docker_engine, namespace, tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(k8s_fake.kubeconfig))
+    for key, value in [("REGISTRY", registry.host), ("REGISTRY_USERNAME", registry.username),
+                       ("REGISTRY_PASSWORD", registry.password), ("NAMESPACE", NS)]:
+        monkeypatch.setenv(f"MLCONTAINER_K8S_{key}", value)
+    settings = jp_serverapp.web_app.settings
+    store = settings["mlcontainer_store"]
+    backend = Backends(settings["mlcontainer_settings"]).get("kubernetes", namespace=namespace)
+    try:
+        outcome = runs.execute(make_spec("print('from a pod')\n"), backend, store=store)
+    finally:
+        docker_images.extend(_pushed_tags(docker_engine, registry, "python:3.11-slim"))
+    assert outcome.ok
+    record = json.loads((await jp_fetch("mlcontainer", "snapshots", outcome.run_id)).body)
+    assert record["backend"] == "kubernetes" and record["target"]["namespace"] == NS
+
+    jobs_before = {j["metadata"]["name"] for j in k8s_fake.list("jobs", NS)}
+    data = json.loads((await jp_fetch("mlcontainer", "snapshots", outcome.run_id, "rerun",
+                                      method="POST", body="{}")).body)
+    assert data["backend"] == "kubernetes" and data["status"] == "done", data
+    assert data["rerun_of"] == outcome.run_id
+    rerun = store.get(data["id"])
+    assert rerun["backend"] == "kubernetes" and rerun["stdout"] == "from a pod\n"
+    new_jobs = {j["metadata"]["name"] for j in k8s_fake.list("jobs", NS)} - jobs_before
+    assert [name for name in new_jobs if data["id"] in name], new_jobs
+    # --backend overrides: a wrong name is a 400 that says which ones exist.
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("mlcontainer", "snapshots", outcome.run_id, "rerun", method="POST",
+                       body=json.dumps({"backend": "nomad"}))
+    assert info.value.code == 400 and b"docker, kubernetes" in info.value.response.body

@@ -46,7 +46,7 @@ def test_text_passes_through_without_waiting_for_a_newline():
 def test_one_stream_mode_separates_stderr_and_files():
     import base64
 
-    from mlcontainer_magics.core.richoutput import FILE_MARK, STDERR_MARK
+    from mlcontainer_magics.runner import FILE_MARK, STDERR_MARK
 
     text, err, files = [], [], {}
     demux = StdoutDemux(text.append, lambda d: None, err.append,

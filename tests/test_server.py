@@ -17,6 +17,8 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from mlcontainer_magics.core.store import Store
+from mlcontainer_magics.backends import Backends
+from mlcontainer_magics.backends.docker.backend import make_labels as run_labels
 from mlcontainer_magics.errors import EngineUnavailable
 from mlcontainer_magics.server import handlers
 
@@ -319,15 +321,15 @@ async def test_status(jp_fetch, store):
         assert "doctor" in data["engine"]["message"]
 
 
-async def test_engine_down_is_reported_not_raised(jp_fetch, jp_serverapp):
-    def down():
-        raise EngineUnavailable("No Docker engine answers at unix:///nowhere. Run "
-                                "`mlcontainer doctor --fix`.")
-
-    jp_serverapp.web_app.settings["mlcontainer_engine"] = handlers.Engine(connect=down)
+async def test_engine_down_is_reported_not_raised(jp_fetch, jp_serverapp, monkeypatch):
+    # The server's own backends, made now: their engine is nowhere.
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nowhere/docker.sock")
+    settings = jp_serverapp.web_app.settings
+    settings["mlcontainer_backends"] = Backends(settings["mlcontainer_settings"])
     data = body(await jp_fetch("mlcontainer", "status"))
     assert data["engine"] == {"up": False, "version": None, "message": data["engine"]["message"]}
     assert "doctor --fix" in data["engine"]["message"]
+    assert "unix:///nowhere/docker.sock" in data["engine"]["message"]
     code, err = await error(jp_fetch, "mlcontainer", "running")
     assert code == 503 and "doctor --fix" in err["message"]
     code, err = await error(jp_fetch, "mlcontainer", "running", "a1b2c3d4e5f6", "stop",
@@ -363,8 +365,8 @@ def sleeper(docker_client, store):
     store.put({"id": sid, "name": "sleeper", "notebook": "nb/sleep.ipynb", "status": "running"})
     container = docker_client.containers.run(
         "python:3.11-slim", ["sleep", "300"], detach=True, name=f"mlc-test-sleeper-{sid}",
-        labels={handlers.SNAPSHOT_LABEL: sid,
-                handlers.NAMESPACE_LABEL: os.environ["MLCONTAINER_NAMESPACE"]})
+        labels=run_labels(os.environ["MLCONTAINER_NAMESPACE"], role="run", run=sid, snapshot=sid,
+                          name="sleeper", owner="test"))
     try:
         yield sid, container
     finally:

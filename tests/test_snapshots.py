@@ -13,6 +13,7 @@ from importlib import metadata
 import pytest
 
 from mlcontainer_magics.backends import make_backend
+from mlcontainer_magics.config import MlcontainerSettings
 from mlcontainer_magics.backends.docker.backend import DockerBackend
 from mlcontainer_magics.core import runs, snapshots
 from mlcontainer_magics.core.spec import EnvSpec, RunSpec
@@ -180,11 +181,13 @@ def test_orphans_of_dead_kernels_are_cleaned_when_a_kernel_connects(namespace, d
     dead = _orphan(docker_client, namespace, _dead_owner())
     elsewhere = _orphan(docker_client, namespace, "another-machine:1")
     try:
-        make_backend("docker", namespace=namespace).client  # a new kernel's first connection
+        make_backend("docker", MlcontainerSettings(), namespace=namespace,
+                     clean_orphans=True).client  # a new kernel's first connection
         names = []
         for _ in range(100):
             names = [c.name for c in docker_client.containers.list(
-                all=True, filters={"label": f"org.mlcontainer.namespace={namespace}"})]
+                all=True, ignore_removed=True,
+                filters={"label": f"org.mlcontainer.namespace={namespace}"})]
             if dead.name not in names:
                 break
             time.sleep(0.1)

@@ -1,20 +1,59 @@
-"""Backends: where environments are built and cells run."""
+"""Backends: where environments are built and cells run. Each implements
+:class:`~mlcontainer_magics.core.backend.Backend`; front ends pick one by name here.
+"""
 from __future__ import annotations
 
+from ..config import BACKENDS, MlcontainerSettings
+from ..core.backend import Backend
 from ..errors import SpecError
 
-BACKENDS = ("docker", "kubernetes")
+__all__ = ["BACKENDS", "Backends", "make_backend"]
 
 
-def make_backend(name: str, *, namespace: str, parent=None):
-    """The backend called ``name``; ``parent`` (a traitlets Configurable) passes config on."""
+def make_backend(name: str, settings: MlcontainerSettings, *, namespace: str | None = None,
+                 target: dict | None = None, clean_orphans: bool = False) -> Backend:
+    """The backend called ``name``, configured by ``settings`` (a traitlets parent: the
+    KubernetesConfig of its config reaches the Kubernetes backend). ``target`` is where a
+    recorded run ran (a Kubernetes context and namespace), to run there again."""
+    namespace = namespace or settings.namespace
     if name == "docker":
         from .docker.backend import DockerBackend
 
-        # A kernel's backend cleans up after kernels that died mid-run (their orphans).
-        return DockerBackend(namespace=namespace, clean_orphans=True)
+        return DockerBackend(namespace=namespace, clean_orphans=clean_orphans)
     if name == "kubernetes":
         from .kubernetes.backend import KubernetesBackend
 
-        return KubernetesBackend(namespace=namespace, parent=parent)
+        return KubernetesBackend(namespace=namespace, parent=settings, target=target)
     raise SpecError(f"Unknown backend {name!r}; use one of {', '.join(BACKENDS)}.")
+
+
+class Backends:
+    """The backends one front end uses, each made on first use and kept (a kernel's sessions
+    and a cluster's client live in them): one per name, namespace and target."""
+
+    def __init__(self, settings: MlcontainerSettings, *, clean_orphans: bool = False) -> None:
+        self.settings = settings
+        self._clean_orphans = clean_orphans  # a kernel cleans up after kernels that died
+        self._made: dict[tuple, Backend] = {}
+
+    def get(self, name: str | None = None, *, namespace: str | None = None,
+            target: dict | None = None) -> Backend:
+        name = name or self.settings.backend_name
+        namespace = namespace or self.settings.namespace
+        key = (name, namespace, tuple(sorted((target or {}).items())))
+        if key not in self._made:
+            self._made[key] = make_backend(name, self.settings, namespace=namespace,
+                                           target=target, clean_orphans=self._clean_orphans)
+        return self._made[key]
+
+    def for_record(self, record: dict, override: str | None = None) -> Backend:
+        """The backend a snapshot ran on (Docker for records older than this field), in its
+        namespace and, for Kubernetes, its context and namespace; ``override`` picks another."""
+        name = override or record.get("backend") or "docker"
+        target = record.get("target") if name == record.get("backend", "docker") else None
+        if name != "kubernetes":
+            target = None  # a Docker engine is whichever this machine has
+        return self.get(name, namespace=record.get("namespace"), target=target or None)
+
+    def all(self) -> list[Backend]:
+        return list(self._made.values())

@@ -1,27 +1,26 @@
-"""What a backend does: make an environment, run a cell in it, stop a run."""
+"""The contract every backend implements: everything the core and the front ends ask of one.
+
+A backend builds environments, runs cells, stops and lists runs, and keeps its own house
+(prune). Warm sessions are an optional capability: ``sessions`` is None where a backend has
+none, and callers check for it. A backend raises only MlcError subclasses (errors.py): the
+third-party errors of its engine or cluster are translated where it talks to them.
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from .events import Events, Output, no_events
 from .spec import EnvSpec, RunSpec
 
-# events(phase, **info): phases are "resolving", "building", "build-log", "cached", "built",
-# "starting", "running", "collecting", "done", "failed". The status display and the store
-# listen to these; backends never import either.
-Events = Callable[..., None]
-Output = Callable[[str, str], None]  # (stream name "stdout"|"stderr", text)
-
-
-def no_events(phase: str, **info) -> None:
-    pass
+__all__ = ["Backend", "Environment", "Events", "Output", "RunResult", "RunningRun",
+           "WarmSessions", "no_events"]
 
 
 @dataclass
 class Environment:
-    image: str  # a reference that runs it (tag or id)
+    image: str  # a reference that runs it (tag, id, or a pushed reference by digest)
     image_id: str
     base_image_id: str
     lock: list = field(default_factory=list)
@@ -37,10 +36,67 @@ class RunResult:
     stdout: str = ""
     stderr: str = ""
     container_id: str = ""
+    # Why the run ended, in the backend's words, when the cell's own output cannot say
+    # (an image the cluster cannot pull, a Job deleted before its pod started, ...).
+    message: str | None = None
+
+
+@dataclass
+class RunningRun:
+    """One live run as the sidebar lists it."""
+
+    id: str | None  # the snapshot id
+    container: str  # a container id (short) or a pod name
+    name: str | None = None
+    namespace: str | None = None
+    image: str | None = None
+    state: str | None = None  # running, paused, pending, ...
+    status: str | None = None  # in the engine's words: "Up 3 seconds"
+    started: str | None = None  # ISO 8601
+    container_name: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class WarmSessions(ABC):
+    """Optional capability: interpreters that stay alive between cells of one kernel."""
+
+    @abstractmethod
+    def workdir_parent(self, spec: RunSpec, env: Environment, events: Events) -> Path:
+        """Start the session ``spec.session`` if it is not running; the folder a run's own
+        folder must be made in so that the session sees it."""
+
+    @abstractmethod
+    def run(self, spec: RunSpec, env: Environment, workdir: Path, *, run_id: str,
+            events: Events = no_events, output: Output | None = None) -> RunResult:
+        """Run one cell in the session."""
+
+    @abstractmethod
+    def stop(self, name: str) -> bool:
+        """End a session; False when none runs under that name."""
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """The sessions running now."""
 
 
 class Backend(ABC):
     name = "abstract"
+    namespace = "mlcontainer"  # prefix of what it makes (images, labels, volumes)
+
+    # -- where -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def target(self) -> dict[str, str]:
+        """Where runs go, as a snapshot records it: an engine's address, or a cluster's
+        context and namespace. A rerun goes there again."""
+
+    @abstractmethod
+    def status(self) -> dict:
+        """{"up": bool, "version": str | None, "message": str | None}: never raises."""
+
+    # -- environments ------------------------------------------------------------------------
 
     @abstractmethod
     def ensure_environment(self, env_spec: EnvSpec, *, events: Events = no_events,
@@ -48,10 +104,48 @@ class Backend(ABC):
         """Return an environment image for env_spec, building it only if none exists."""
 
     @abstractmethod
+    def base_image_id(self, base: str) -> str:
+        """The id of a base image, pulled if needed; BaseImageMissing when it cannot be had."""
+
+    @abstractmethod
+    def fetch_wheels(self, base_image: str, lock: list) -> dict[str, bytes]:
+        """Every file of ``lock``, downloaded (hash-checked) as a build would: for export."""
+
+    @abstractmethod
+    def save_image(self, ref: str, path: Path) -> None:
+        """Write an image as a `docker load`-able tar to ``path``."""
+
+    # -- runs --------------------------------------------------------------------------------
+
+    @abstractmethod
     def run(self, spec: RunSpec, env: Environment, workdir: Path, *, run_id: str,
             events: Events = no_events, output: Output | None = None) -> RunResult:
         """Run the cell with ``workdir`` as /mlc (its out/ writable); stream output as it comes."""
 
     @abstractmethod
-    def stop(self, run_id: str) -> bool:
-        """Stop a run started by this process or another; True if something was stopped."""
+    def stop(self, run_id: str, grace: float = 0) -> bool:
+        """Stop a run started by this process or another (after ``grace`` seconds of asking it
+        to end, where the backend can ask); True if something was stopped."""
+
+    @abstractmethod
+    def is_running(self, run_id: str) -> bool:
+        """Whether the run still has a container (or a Job) that has not ended."""
+
+    @abstractmethod
+    def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
+        """The live runs of this namespace (or of every one), newest first."""
+
+    @property
+    def sessions(self) -> WarmSessions | None:
+        """Warm sessions, where this backend has them; None where it has not."""
+        return None
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    @abstractmethod
+    def prune_orphans(self) -> list[str]:
+        """Remove what runs of dead kernels left behind; a line per thing removed."""
+
+    @abstractmethod
+    def prune_images(self, keep) -> list[str]:
+        """Remove this namespace's environment images but those tagged in ``keep``."""

@@ -9,10 +9,9 @@ import base64
 import json
 from typing import Callable
 
-PREFIX = "\x1e\x1fmlc-"
-MARK = PREFIX + "display:"  # the same marks as runner/mlc_runner.py
-STDERR_MARK = PREFIX + "stderr:"  # one-stream mode only (Kubernetes)
-FILE_MARK = PREFIX + "file:"  # one-stream mode only: a file the cell left in /mlc/out
+from ..runner import MARK, PREFIX  # the runner defines the marks
+
+__all__ = ["MARK", "StdoutDemux"]
 
 
 class StdoutDemux:

@@ -16,23 +16,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RunError, StoreError
-from ..runner import runner_source
+from ..errors import CapabilityMissing, RunError, StoreError, StoreUnavailable
+from ..runner import MESSAGE_PREFIX, VALUES_EXIT, runner_source
 from . import transfer
-from .backend import Backend, Environment, Events, Output, RunResult, no_events
+from .backend import Backend, Environment, RunResult
+from .events import REASONS, Events, Output, Phase, no_events
 from .spec import RunSpec
-
-# Words a person reads in one line, per reason a run ended.
-REASONS = {
-    "done": "done",
-    "failed": "failed",
-    "timeout": "timed out",
-    "oom": "out of memory",
-    "interrupted": "interrupted",
-    "stopped": "stopped",
-    "killed": "killed from outside",
-}
-
 
 @dataclass
 class RunOutcome:
@@ -84,22 +73,27 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
     """
     run_id = store.new_id({"spec": spec.to_dict()}) if store else uuid.uuid4().hex[:12]
     outcome = RunOutcome(run_id, spec)
+    # A backend without warm sessions refuses here, before anything is built or recorded.
+    pool = backend.sessions if spec.session else None
+    if spec.session and pool is None:
+        raise CapabilityMissing(
+            f"--session is not supported with --backend {backend.name}: every cell runs in a "
+            "container of its own there. Run the cell without --session, or with the Docker "
+            "backend (--backend docker) to keep a warm interpreter between cells.")
     if store:
-        store.put(dict(record_start(spec, run_id, context or {}),
-                       namespace=getattr(backend, "namespace", None)))
-        events("recorded", snapshot=run_id)
+        store.put(dict(record_start(spec, run_id, context or {}), namespace=backend.namespace,
+                       backend=backend.name, target=backend.target()))
+        events(Phase.RECORDED, snapshot=run_id)
     workdir = None
     hashing = None  # the inputs' digests, taken while the container runs
     started = False  # past this point the run is a snapshot, whatever happens
     try:
-        # A backend without warm sessions refuses here, before anything is built.
-        pool = backend.sessions if spec.session else None
         t0 = time.perf_counter()
         outcome.env = backend.ensure_environment(spec.env_spec, events=events, rebuild=rebuild,
                                                  lock=lock)
         t1 = time.perf_counter()
         outcome.timings["environment"] = round(t1 - t0, 3)
-        parent = pool.ensure(spec, outcome.env, events).folder / "io" if pool else None
+        parent = pool.workdir_parent(spec, outcome.env, events) if pool else None
         workdir, outcome.inputs = prepare_workdir(spec, inputs or {}, parent, digests=False)
         hashing = transfer.BackgroundDigests(outcome.inputs, workdir)
         if store:
@@ -117,7 +111,7 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
                 and store.get(run_id).get("stop_requested")):
             outcome.result.reason = "stopped"  # from the sidebar, the widget or the CLI
         if outcome.result.reason == "done" and spec.outputs:
-            events("collecting")
+            events(Phase.COLLECTING)
             outcome.values, outcome.outputs = transfer.read_outputs(workdir / "out",
                                                                     spec.outputs)
             outcome.timings["collect"] = round(time.perf_counter() - t2, 3)
@@ -156,6 +150,18 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
     return outcome
 
 
+def request_stop(store, backend: Backend, run_id: str, grace: float = 0) -> bool:
+    """Stop a run, from whichever front end: said in its record first, so that the kernel
+    running it, seeing its container end, records it as stopped (not failed)."""
+    if store is not None:
+        try:
+            if store.get(run_id).get("status") in ("building", "running"):
+                store.update(run_id, stop_requested=True)
+        except StoreError:
+            pass  # a run with no record of its own
+    return backend.stop(run_id, grace=grace)
+
+
 # -- snapshot records (pure builders; the store writes them) -------------------------------
 
 def record_start(spec: RunSpec, run_id: str, context: dict) -> dict:
@@ -187,7 +193,8 @@ def record_end(outcome: RunOutcome) -> dict:
     if status == "done" and problems:
         status = "failed"
     return {
-        "status": status, "reason": "; ".join(problems) if problems else r.reason,
+        "status": status,
+        "reason": "; ".join(problems) if problems else (r.message or r.reason),
         "exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr,
         "inputs": outcome.inputs,
         "stdout_digest": text_digest(r.stdout), "outputs": outcome.outputs,
@@ -233,7 +240,7 @@ def keep_inputs(folder: Path, workdir: Path) -> None:
 def _not_kept(what: str, folder: Path, e: OSError) -> StoreError:
     hint = ("Free some disk space on the drive holding it." if e.errno == errno.ENOSPC else
             "Check that you may write there, or set MLCONTAINER_STORE to another folder.")
-    return StoreError(f"Could not keep the {what} of the snapshot in {folder}: "
+    return StoreUnavailable(f"Could not keep the {what} of the snapshot in {folder}: "
                       f"{e.strerror or e}. {hint}")
 
 
@@ -304,17 +311,17 @@ def failure(outcome: RunOutcome) -> RunError:
     elif r.reason == "oom":
         limit = f" of {outcome.spec.memory // 2**20} MiB" if outcome.spec.memory else ""
         head = f"Out of memory: the cell used more than its --memory limit{limit}."
+    elif r.message:
+        # The container never ran, or never reported an exit: the backend says why.
+        head = r.message
     elif r.reason == "killed":
         head = (f"The container was killed from outside (exit code {r.exit_code}): something "
                 "other than this kernel stopped it (docker kill or stop, a restart of the "
                 "engine). Run the cell again.")
-    elif r.exit_code is None and "mlcontainer: " in r.stderr:
-        # The container never ran, or never reported an exit: the backend says why.
-        head = r.stderr.split("mlcontainer: ", 1)[1].splitlines()[0]
     else:
         head = f"The containerized cell {what} (exit code {r.exit_code})."
-        if r.reason == "failed" and r.exit_code == 2 and "mlcontainer: " in r.stderr:
-            head += " " + r.stderr.split("mlcontainer: ", 1)[1].splitlines()[0]
+        if r.reason == "failed" and r.exit_code == VALUES_EXIT and MESSAGE_PREFIX in r.stderr:
+            head += " " + r.stderr.split(MESSAGE_PREFIX, 1)[1].splitlines()[0]
     return RunError(head, exit_code=r.exit_code, logs=_traceback_tail(r.stderr), reason=r.reason)
 
 

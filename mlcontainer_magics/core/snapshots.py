@@ -1,18 +1,17 @@
-"""What can be done with a recorded snapshot: rerun (and verify), diff, export, prune."""
+"""What can be done with a recorded snapshot: rerun (and verify), diff, prune. (Export, which
+makes Docker and Kubernetes artifacts, is ``backends.export``.)"""
 from __future__ import annotations
 
 import difflib
 import json
 import os
-import shutil
 from pathlib import Path
 
-from ..backends.docker import build as render
 from ..errors import SpecError, StoreError
-from ..runner import runner_source
 from . import runs, transfer
 from .owner import alive as owner_alive
 from .spec import EnvSpec, RunSpec
+from .store import ACTIVE_STATUSES
 
 
 def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
@@ -124,95 +123,23 @@ def _unified(a: str, b: str, name_a: str, name_b: str) -> str:
     return "\n".join("  " + line for line in lines)
 
 
-# -- export -----------------------------------------------------------------------------------
-
-EXPORT_README = """# Snapshot {id}{name}
-
-A containerized notebook cell, exported by mlcontainer-magics. Rebuild and rerun it with Docker
-alone:
-
-    docker build -t snapshot-{id} .
-    docker run --rm snapshot-{id}
-
-- `Dockerfile` starts from `{base}` (image id `{base_id}` when recorded), installs the Debian
-  packages and the exact pins of `requirements.lock` (with hashes) from `wheels/`, offline.
-- `mlc/cell.py` is the cell's code; `mlc/in/` holds the values it received; `mlc/runner.py`
-  runs it as a notebook would (standard library only).
-- Recorded stdout: `expected-stdout.txt`.
-"""
-
-
-def export(store, ref: str, dest, backend, *, tar: bool = False, k8s: bool = False) -> Path:
-    """Write a folder that rebuilds and reruns the snapshot with plain `docker build`/`run`."""
-    record = store.get(ref)
-    dest = Path(dest).expanduser()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        what = "is not empty" if dest.is_dir() else "is a file"
-        raise SpecError(f"{dest} exists and {what}; export into a new folder.")
-    spec = spec_from_record(record, environ={k: "" for k, _ in record["spec"].get("env", [])})
-    folder = store.artifacts_dir(record["id"])
-    lock = record.get("lock") or []
-    staging = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        mlc = staging / "mlc"
-        (mlc / "out").mkdir(parents=True)
-        (mlc / "out" / ".keep").write_bytes(b"")
-        (mlc / "runner.py").write_bytes(runner_source())
-        (mlc / "cell.py").write_text(record["code"], encoding="utf-8")
-        if (folder / "in").is_dir():
-            shutil.copytree(folder / "in", mlc / "in")
-        manifest = {"inputs": record.get("inputs") or {}, "outputs": list(spec.outputs),
-                    "host": {"python": "", "numpy": False, "pyarrow": False}}
-        (mlc / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if lock:
-            (staging / "requirements.lock").write_text(render.lock_txt(lock))
-            wheels = backend.fetch_wheels(spec.env_spec.base_image, lock)
-            (staging / "wheels").mkdir()
-            for name, data in wheels.items():
-                (staging / "wheels" / name).write_bytes(data)
-        (staging / "Dockerfile").write_text(render.dockerfile(
-            spec.env_spec.base_image, spec.env_spec.apt, has_lock=bool(lock), wheels=bool(lock)))
-        (staging / "expected-stdout.txt").write_text(record.get("stdout") or "")
-        (staging / "snapshot.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-        (staging / "README.md").write_text(EXPORT_README.format(
-            id=record["id"], name=f" ({record['name']})" if record.get("name") else "",
-            base=spec.env_spec.base_image, base_id=(record.get("base_image_id") or "?")[:19]))
-        if tar:
-            backend.save_image(record.get("env_image_id") or spec.env_spec.base_image,
-                               staging / "image.tar")
-        if k8s:
-            from ..backends.kubernetes.export import write_job_manifest
-
-            write_job_manifest(record, spec, staging)
-        if dest.exists():
-            dest.rmdir()
-        staging.rename(dest)
-    except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise SpecError(f"Cannot write the export to {dest}: {e.strerror or e}. Choose a "
-                            "new folder in a place you may write to.") from None
-        raise
-    return dest
-
-
 # -- prune ------------------------------------------------------------------------------------
 
-def prune(store, backend) -> list[str]:
+def prune(store, backend, backend_of=None) -> list[str]:
     """Remove what no live run needs: orphaned containers, unreferenced environment images,
-    and mark snapshots whose kernel died mid-run."""
+    and mark snapshots whose kernel died mid-run. ``backend_of(record)`` is the backend a
+    snapshot ran on (default: ``backend``), asked whether it still runs."""
     done = backend.prune_orphans()
     referenced = {s.get("env_image") for s in store.list(limit=None)} - {None}
     done += backend.prune_images(keep=referenced)
-    for summary in store.list(limit=None, status=["building", "running"]):
-        if backend.is_running(summary["id"]):
+    for summary in store.list(limit=None, status=list(ACTIVE_STATUSES)):
+        record = store.get(summary["id"])
+        if (backend_of(record) if backend_of else backend).is_running(summary["id"]):
             continue
         # Still building, or running in a warm session (whose container has no run label):
         # its kernel is alive and will record how it ends.
-        if owner_alive(store.get(summary["id"]).get("kernel")):
+        if owner_alive(record.get("kernel")):
             continue
         store.update(summary["id"], status="interrupted", reason="its kernel went away")
         done.append(f"marked {summary['id']} interrupted (its kernel went away)")
     return done
-

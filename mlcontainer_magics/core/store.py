@@ -62,7 +62,13 @@ from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path, PurePath
 
-from ..errors import StoreError
+from ..config import default_store_root as default_root
+from ..errors import (
+    AmbiguousReference,
+    SnapshotNotFound,
+    StoreError,
+    StoreUnavailable,
+)
 
 STATUSES = ("building", "running", "done", "failed", "stopped", "timeout", "oom", "interrupted")
 ACTIVE_STATUSES = ("building", "running")
@@ -108,15 +114,6 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 
 # _MIGRATIONS[n] upgrades a store at schema version n to n + 1 (0 is an empty file).
 _MIGRATIONS = {0: _create_v1}
-
-
-def default_root() -> Path:
-    """Where the store lives unless one is given: see the module docstring."""
-    if os.environ.get("MLCONTAINER_STORE"):
-        return Path(os.environ["MLCONTAINER_STORE"]).expanduser()
-    if os.environ.get("XDG_DATA_HOME"):
-        return Path(os.environ["XDG_DATA_HOME"]).expanduser() / "mlcontainer"
-    return Path.home() / ".local" / "share" / "mlcontainer"
 
 
 def _json_default(obj):
@@ -235,7 +232,7 @@ class Store:
                     "to start a new, empty store.")
         else:
             hint = ""
-        return StoreError(f"Could not {action} in the snapshot store {self.db_path}: "
+        return StoreUnavailable(f"Could not {action} in the snapshot store {self.db_path}: "
                           f"{text}. {hint}".rstrip())
 
     def _connect(self) -> sqlite3.Connection:
@@ -250,7 +247,7 @@ class Store:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"Could not create the snapshot store folder {self.root}: "
+            raise StoreUnavailable(f"Could not create the snapshot store folder {self.root}: "
                              f"{e.strerror or e}. Set MLCONTAINER_STORE to a writable "
                              "folder.") from None
         try:
@@ -359,7 +356,7 @@ class Store:
         if row:
             return row
         if len(ref) < MIN_PREFIX:
-            raise StoreError(f"No snapshot is named {ref!r}, and an id prefix needs at least "
+            raise SnapshotNotFound(f"No snapshot is named {ref!r}, and an id prefix needs at least "
                              f"{MIN_PREFIX} characters.")
         for key in variants:
             # Ids are ASCII below DEL, so [key, key + DEL) holds exactly the ids starting with key.
@@ -372,10 +369,10 @@ class Store:
             if rows:
                 shown = [_candidate(dict(zip(SUMMARY_FIELDS, r))) for r in rows[:_SHOWN_CANDIDATES]]
                 more = "\n  and more" if len(rows) > _SHOWN_CANDIDATES else ""
-                raise StoreError(f"Snapshot prefix {ref!r} is ambiguous; it matches:\n  "
+                raise AmbiguousReference(f"Snapshot prefix {ref!r} is ambiguous; it matches:\n  "
                                  + "\n  ".join(shown) + more
                                  + "\nGive more characters of the id.")
-        raise StoreError(f"No snapshot matches {ref!r} (as an id, an id prefix or a name) in "
+        raise SnapshotNotFound(f"No snapshot matches {ref!r} (as an id, an id prefix or a name) in "
                          f"{self.root}. List them with `%container list` or `mlcontainer list`.")
 
     # -- reads ---------------------------------------------------------------------------------
@@ -393,7 +390,7 @@ class Store:
         try:
             record = json.loads(text)
         except ValueError as e:
-            raise StoreError(f"Snapshot {sid} in {self.db_path} is damaged ({e}); remove it "
+            raise StoreUnavailable(f"Snapshot {sid} in {self.db_path} is damaged ({e}); remove it "
                              f"with `mlcontainer rm {sid}`.") from None
         return record
 
@@ -473,7 +470,7 @@ class Store:
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise StoreError(f"Removed snapshot {sid}, but could not delete its files in "
+            raise StoreUnavailable(f"Removed snapshot {sid}, but could not delete its files in "
                              f"{folder}: {e.strerror or e}. Delete that folder by hand.") from None
         return self._decode(sid, text)
 
@@ -483,7 +480,7 @@ class Store:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"Could not create the artifacts folder {folder}: "
+            raise StoreUnavailable(f"Could not create the artifacts folder {folder}: "
                              f"{e.strerror or e}.") from None
         return folder
 

@@ -10,7 +10,7 @@ import json
 import textwrap
 import time
 
-from ..errors import StoreError
+from ..errors import SnapshotActive, StoreError
 from .store import ACTIVE_STATUSES, STATUSES
 
 MISSING = "-"
@@ -304,6 +304,20 @@ def logs(store, ref) -> str:
     return format_logs(store.get(ref))
 
 
+def check_removable(record: dict, force: bool = False) -> None:
+    """The one rule: a snapshot still building or running is kept unless ``force``."""
+    if record.get("status") in ACTIVE_STATUSES and not force:
+        raise SnapshotActive(f"Snapshot {record['id']} is still {record['status']}; stop it "
+                             "first, or force the removal (--force) if its kernel is gone.")
+
+
+def remove_one(store, ref: str, *, force: bool = False) -> dict:
+    """Remove one snapshot (record and files); the removed record."""
+    record = store.get(ref)
+    check_removable(record, force)
+    return store.remove(record["id"])
+
+
 def rm(store, refs, *, force: bool = False) -> str:
     """Remove snapshots (records and files). Every ref is resolved first, so a typo removes
     nothing. Running or building snapshots are kept unless ``force``."""
@@ -313,12 +327,9 @@ def rm(store, refs, *, force: bool = False) -> str:
     for ref in refs:
         try:
             record = store.get(ref)
+            check_removable(record, force)
         except StoreError as e:
             problems.append(str(e))
-            continue
-        if record.get("status") in ACTIVE_STATUSES and not force:
-            problems.append(f"Snapshot {record['id']} is still {record['status']}; stop it "
-                            "first, or force (--force) if its kernel is gone.")
             continue
         records.setdefault(record["id"], record)
     if problems:

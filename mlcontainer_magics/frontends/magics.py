@@ -9,105 +9,46 @@ from pathlib import Path
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Float, Unicode, default
-
+from ..backends import BACKENDS, Backends
+from ..config import MlcontainerSettings
+from ..core import runs, transfer
 from ..core import spec as specs
-from ..core import transfer
+from ..core.events import Phase
 from ..core.owner import OWNER
 from ..core.requirements import capture_pins
 from ..core.richoutput import StdoutDemux
 from ..errors import MlcError, RunError, SpecError
 from .widgets import open_display
 
-ENV_PREFIX = "MLCONTAINER_"
-
-
-def _env(name: str, fallback):
-    return os.environ.get(ENV_PREFIX + name, fallback)
 
 
 @magics_class
-class ContainerizeMagics(Magics):
-    """Run cells in Docker containers.
+class ContainerizeMagics(Magics, MlcontainerSettings):
+    """Run cells in Docker containers (or Kubernetes Jobs).
 
-    Settings (`%config ContainerizeMagics.NAME = VALUE`, or the environment variable given):
-      base_image   default base image           (MLCONTAINER_BASE_IMAGE; python:X.Y-slim)
-      namespace    prefix of images/volumes     (MLCONTAINER_NAMESPACE; mlcontainer)
-      timeout      default --timeout in seconds (MLCONTAINER_TIMEOUT; none)
-      network      default --network            (MLCONTAINER_NETWORK; bridge)
-      raise_error  raise on a nonzero exit      (MLCONTAINER_RAISE_ERROR; true)
+    Settings are MlcontainerSettings' (config.py): `%config ContainerizeMagics.NAME = VALUE`,
+    or the environment variable each names.
     """
-
-    base_image = Unicode(help="Base image of every environment, unless --base is given. "
-                              "Env: MLCONTAINER_BASE_IMAGE.").tag(config=True)
-    namespace = Unicode(help="Prefix of the images, volumes and labels this package makes. "
-                             "Env: MLCONTAINER_NAMESPACE.").tag(config=True)
-    timeout = Float(None, allow_none=True,
-                    help="Default --timeout in seconds. Env: MLCONTAINER_TIMEOUT.").tag(config=True)
-    network = Unicode(help="Default --network (bridge or none). "
-                           "Env: MLCONTAINER_NETWORK.").tag(config=True)
-    raise_error = Bool(help="Raise when the cell fails. Env: MLCONTAINER_RAISE_ERROR."
-                       ).tag(config=True)
-    store_dir = Unicode(help="Where snapshots are kept. Env: MLCONTAINER_STORE; default "
-                             "~/.local/share/mlcontainer.").tag(config=True)
-
-    @default("store_dir")
-    def _default_store(self):
-        from ..core.store import default_root
-
-        return str(default_root())
-
-    @default("base_image")
-    def _default_base(self):
-        return _env("BASE_IMAGE", "python:{}.{}-slim".format(*sys.version_info[:2]))
-
-    @default("namespace")
-    def _default_namespace(self):
-        return _env("NAMESPACE", "mlcontainer")
-
-    @default("timeout")
-    def _default_timeout(self):
-        value = _env("TIMEOUT", None)
-        return float(value) if value else None
-
-    @default("network")
-    def _default_network(self):
-        return _env("NETWORK", "bridge")
-
-    @default("raise_error")
-    def _default_raise(self):
-        return _env("RAISE_ERROR", "true").lower() not in ("0", "false", "no")
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
-        self._backends = {}
+        # A kernel's Docker backend cleans up after kernels that died mid-run (their orphans).
+        self.backends = Backends(self, clean_orphans=True)
         self._store = None
         if shell is not None:
             shell.set_custom_exc((MlcError,), _show_error)
 
-    backend_name = Unicode(help="Default backend: docker, or kubernetes (see "
-                                "KubernetesConfig). Env: MLCONTAINER_BACKEND.").tag(config=True)
-
-    @default("backend_name")
-    def _default_backend(self):
-        return _env("BACKEND", "docker")
-
     @property
     def backend(self):
-        return self.backend_for(self.backend_name)
+        return self.backends.get()
 
     def backend_for(self, name: str):
         """One backend object per kind and namespace, kept for the kernel's life."""
-        from ..backends import make_backend
-
-        key = (name, self.namespace)
-        if key not in self._backends:
-            self._backends[key] = make_backend(name, namespace=self.namespace, parent=self)
-        return self._backends[key]
+        return self.backends.get(name)
 
     @property
     def store(self):
-        from ..core.store import Store
+        from ..core.store import Store  # sqlite3 on first use: `%load_ext` stays fast
 
         if self._store is None or str(self._store.root) != self.store_dir:
             self._store = Store(self.store_dir)
@@ -133,7 +74,7 @@ class ContainerizeMagics(Magics):
 
         The same verbs run in a terminal as `mlcontainer VERB ...`.
         """
-        from .cli import build_parser, run_verb
+        from .commands import build_parser, run_verb  # the snapshot verbs, on first use
 
         try:
             argv = shlex.split(line)
@@ -145,7 +86,7 @@ class ContainerizeMagics(Magics):
             args = build_parser(for_magic=True).parse_args(argv)
         except SystemExit:
             raise UsageError(f"Usage: {self.container.__doc__}") from None
-        text = run_verb(args, store=self.store, backend=self.backend, output=_write_output)
+        text = run_verb(args, store=self.store, backends=self.backends, output=_write_output)
         if text:
             print(text)
 
@@ -168,7 +109,7 @@ class ContainerizeMagics(Magics):
               help="Notebook variables to send into the container.")
     @argument("--out", dest="outputs", metavar="C,D", default="",
               help="Variables to bring back into the notebook when the cell succeeds.")
-    @argument("--backend", choices=["docker", "kubernetes"],
+    @argument("--backend", choices=BACKENDS,
               help="Where the cell runs (default: the backend_name setting, docker).")
     @argument("--session", metavar="NAME",
               help="Run in a warm session: the container and its state live on between cells.")
@@ -186,8 +127,6 @@ class ContainerizeMagics(Magics):
         streams into the cell while it runs. Ctrl-C (the stop button) stops and removes the
         container.
         """
-        from ..core import runs
-
         args = _parse(self.containerize, line)
         spec = self._spec(args, cell)
         try:
@@ -207,11 +146,12 @@ class ContainerizeMagics(Magics):
         # A click on the widget's Stop reaches the kernel only after the cell ends (ipykernel
         # routes a comm's messages to the shell that published on it, and this one is busy);
         # in JupyterLab the sidebar extension stops the run through the server instead.
-        display = open_display(on_stop=lambda: backend.stop(run.get("id", "")),
-                               shell=self.shell)
+        display = open_display(
+            on_stop=lambda: runs.request_stop(self.store, backend, run.get("id", "")),
+            shell=self.shell)
 
         def events(phase, **info):
-            if phase == "recorded":
+            if phase == Phase.RECORDED:
                 run["id"] = info["snapshot"]
             display(phase, **info)
 
@@ -222,7 +162,7 @@ class ContainerizeMagics(Magics):
                                    context=self._context())
             demux.close()
             error = runs.outcome_error(outcome)
-            display("finished", status=error.reason if error else "done",
+            display(Phase.FINISHED, status=error.reason if error else "done",
                     message=str(error) if error else "done", exit_code=outcome.result.exit_code,
                     detail=error.logs if error else "")
         except BaseException as e:

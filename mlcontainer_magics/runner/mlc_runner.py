@@ -14,12 +14,17 @@ import sys
 import traceback
 import types
 
-MLC = "/mlc"
+# -- the wire protocol with the host (mlcontainer_magics.runner re-exports these) -------------
+MLC = "/mlc"  # the run's folder: runner.py, cell.py, manifest.json, in/, out/
 CELL = MLC + "/cell.py"
 OUT = MLC + "/out"
-MARK = "\x1e\x1fmlc-display:"
-STDERR_MARK = "\x1e\x1fmlc-stderr:"
-FILE_MARK = "\x1e\x1fmlc-file:"
+PREFIX = "\x1e\x1fmlc-"  # starts a marked line of stdout
+MARK = PREFIX + "display:"  # + JSON {"data": bundle}: rich output
+STDERR_MARK = PREFIX + "stderr:"  # + JSON text: stderr, in one-stream mode
+FILE_MARK = PREFIX + "file:"  # + JSON {"name", "data" (base64)}: a file of out/, one-stream
+ONE_STREAM_ENV = "MLC_ONE_STREAM"  # "1": everything on stdout (a Kubernetes pod's one log)
+MESSAGE_PREFIX = "mlcontainer: "  # starts a line of stderr that explains a values problem
+VALUES_EXIT = 2  # the exit status that goes with it
 PY = "{}.{}".format(*sys.version_info[:2])
 MAP_AT_LEAST = 1 << 20  # bytes of .npy from which an input array is mapped, not read
 EXT = {"json": "json", "npy": "npy", "parquet": "parquet", "bytes": "bin", "pickle": "pkl"}
@@ -352,8 +357,8 @@ def run_in(base, namespace):
     except SystemExit:
         raise
     except CellError as e:
-        sys.stderr.write("mlcontainer: %s\n" % e)
-        return 2
+        sys.stderr.write(MESSAGE_PREFIX + "%s\n" % e)
+        return VALUES_EXIT
     except BaseException as e:  # report any failure of user code as a traceback
         tb = e.__traceback__
         # Drop the runner's own frames so the traceback starts in the cell.
@@ -395,7 +400,7 @@ def emit_out_files(out):
 def main():
     _install_display()
     _matplotlib_backend()
-    one_stream = os.environ.get("MLC_ONE_STREAM") == "1"
+    one_stream = os.environ.get(ONE_STREAM_ENV) == "1"
     if one_stream:
         sys.stderr = _MarkedStderr()
     code = run_in(MLC, {"__name__": "__main__", "display": display})

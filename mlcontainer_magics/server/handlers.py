@@ -11,9 +11,10 @@
     GET    status                    {version, engine: {up, version, message}, store}
 
 Rules kept here: every verb is ``@tornado.web.authenticated`` (writes are XSRF-checked by
-jupyter_server as for any APIHandler); blocking store and Docker calls run in the executor
-(``_call``); errors leave as JSON ``{"message": ...}`` and MlcError becomes an HTTP status in one
-function (``http_error``); refs from the URL pass ``check_ref`` before anything uses them.
+jupyter_server as for any APIHandler); handlers talk only to the core (the store, runs, verbs)
+and to backends through their contract; blocking calls run in the executor (``_call``); errors
+leave as JSON ``{"message": ...}``, and an MlcError's class picks its HTTP status in one table
+(``HTTP_STATUS``); refs from the URL pass ``check_ref`` before anything uses them.
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ import functools
 import json
 import os
 import re
-import threading
-from datetime import datetime, timezone
+from datetime import datetime
 from http.client import responses
 from typing import Any, Callable
 
@@ -31,17 +31,19 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
 
-from ..core.store import ACTIVE_STATUSES
-from ..core.verbs import format_logs
-from ..errors import EngineUnavailable, MlcError, SpecError, StoreError
+from ..backends import Backends
+from ..core import runs, verbs
+from ..errors import (
+    Conflict,
+    MlcError,
+    NotFound,
+    SpecError,
+    StoreError,
+    StoreUnavailable,
+    Unavailable,
+)
 
 API = "mlcontainer"
-LABEL = "org.mlcontainer"
-SNAPSHOT_LABEL = f"{LABEL}.snapshot"
-NAMESPACE_LABEL = f"{LABEL}.namespace"
-# The Docker backend also tags a run's container with its run id, which is the snapshot id.
-RUN_LABEL = f"{LABEL}.run"
-NAME_LABEL = f"{LABEL}.name"
 
 # A snapshot id (hex), id prefix or run name, as the store accepts them: starts alphanumeric,
 # then letters, digits, '_', '.', '-' (no slashes, and no ".." either).
@@ -61,34 +63,21 @@ ACTION_TITLES = {"rerun": "Re-run", "export": "Export"}
 
 # -- errors: the one boundary -------------------------------------------------------------------
 
-def is_not_found(e: StoreError) -> bool:
-    """Whether a StoreError means "no such snapshot" rather than a store that cannot be read.
-
-    The store says so in words ("No snapshot matches ...", "No snapshot is named ..."); a
-    subclass named *NotFound* (should the store grow one) counts too."""
-    if any("notfound" in c.__name__.lower() for c in type(e).__mro__):
-        return True
-    return bool(re.match(r"no snapshot (matches|is named)\b", str(e), re.IGNORECASE))
-
-
-def is_ambiguous(e: StoreError) -> bool:
-    return "is ambiguous" in str(e)
+# The first class in this order that an error is an instance of picks its status.
+HTTP_STATUS: tuple[tuple[type[MlcError], int], ...] = (
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unavailable, 503),
+    (StoreUnavailable, 500),  # the store cannot be read or written: not the request's fault
+    (SpecError, 400),
+    (StoreError, 400),
+)
+DEFAULT_STATUS = 409  # a valid request the current state refuses (a run, a build, ...)
 
 
 def http_error(e: MlcError) -> tornado.web.HTTPError:
     """MlcError -> HTTPError whose message is the error's own words."""
-    if isinstance(e, EngineUnavailable):
-        status = 503
-    elif isinstance(e, StoreError) and is_not_found(e):
-        status = 404
-    elif isinstance(e, StoreError) and is_ambiguous(e):
-        status = 409
-    elif isinstance(e, StoreError) and str(e).startswith("Could not"):
-        status = 500  # the store cannot be read or written: not the request's fault
-    elif isinstance(e, (SpecError, StoreError)):
-        status = 400
-    else:
-        status = 409  # a valid request the current state refuses (a run, a build, ...)
+    status = next((code for cls, code in HTTP_STATUS if isinstance(e, cls)), DEFAULT_STATUS)
     return tornado.web.HTTPError(status, str(e) or type(e).__name__)
 
 
@@ -100,8 +89,8 @@ class BaseHandler(APIHandler):
         return self.settings["mlcontainer_store"]
 
     @property
-    def engine(self) -> Engine:
-        return self.settings["mlcontainer_engine"]
+    def backends(self) -> Backends:
+        return self.settings["mlcontainer_backends"]
 
     async def _call(self, fn, *args, **kwargs):
         """Run a blocking store/Docker call in the executor; MlcError becomes an HTTP error."""
@@ -195,119 +184,6 @@ def _int_arg(handler: APIHandler, name: str, default: int, lo: int, hi: int) -> 
     return value
 
 
-# -- the Docker side ------------------------------------------------------------------------------
-
-class Engine:
-    """The Docker engine as the server sees it: one cached client, errors as EngineUnavailable."""
-
-    def __init__(self, connect: Callable | None = None, timeout: int = 10) -> None:
-        self._connect = connect
-        self._timeout = timeout
-        self._client = None
-        self._lock = threading.Lock()
-
-    def client(self):
-        with self._lock:
-            if self._client is None:
-                if self._connect is not None:
-                    self._client = self._connect()
-                else:
-                    from ..backends.docker.engine import connect
-
-                    self._client = connect(timeout=self._timeout)
-            return self._client
-
-    def _lost(self, e: Exception) -> EngineUnavailable:
-        with self._lock:
-            self._client = None
-        from ..backends.docker.engine import HOW_TO_START
-
-        return EngineUnavailable(f"The Docker engine stopped answering ({type(e).__name__}). "
-                                 f"{HOW_TO_START}")
-
-    def _do(self, fn):
-        """Run ``fn(client)``; engine trouble -> EngineUnavailable (retried once on a new client)."""
-        import docker.errors
-        import requests
-
-        for attempt in (0, 1):
-            client = self.client()
-            try:
-                return fn(client)
-            except docker.errors.NotFound:
-                raise
-            except (docker.errors.DockerException, requests.exceptions.RequestException,
-                    OSError) as e:
-                if isinstance(e, docker.errors.APIError) and e.status_code and \
-                        e.status_code < 500:
-                    raise MlcError(f"The Docker engine refused: {e.explanation or e}") from None
-                err = self._lost(e)
-                if attempt:
-                    raise err from None
-
-    def status(self) -> dict:
-        try:
-            info = self._do(lambda c: c.version())
-        except EngineUnavailable as e:
-            return {"up": False, "version": None, "message": str(e)}
-        return {"up": True, "version": info.get("Version"), "api_version": info.get("ApiVersion"),
-                "os": info.get("Os"), "arch": info.get("Arch"), "message": None}
-
-    def _containers(self, client, ref: str | None = None) -> list:
-        """Running containers that carry a snapshot label (each container once)."""
-        seen: dict[str, object] = {}
-        for label in (SNAPSHOT_LABEL, RUN_LABEL):
-            flt = f"{label}={ref}" if ref else label
-            for c in client.containers.list(sparse=True, filters={"label": flt}):
-                seen.setdefault(c.id, c)
-        return list(seen.values())
-
-    def running(self, namespace: str | None = None) -> list[dict]:
-        items = [_container_item(c) for c in self._do(self._containers)]
-        if namespace:
-            items = [i for i in items if i["namespace"] == namespace]
-        items.sort(key=lambda i: i.get("started") or "", reverse=True)
-        return items
-
-    def stop(self, ref: str, timeout: int = 5) -> list[dict]:
-        """Stop every running container of snapshot ``ref``; the stopped ones' items."""
-        import docker.errors
-
-        def stop_all(client):
-            stopped = []
-            for c in self._containers(client, ref):
-                item = _container_item(c)
-                try:
-                    client.containers.get(c.id).stop(timeout=timeout)
-                except docker.errors.NotFound:
-                    pass  # it ended (and was removed) on its own meanwhile
-                item["status"] = "stopped"
-                stopped.append(item)
-            return stopped
-
-        return self._do(stop_all)
-
-
-def _container_item(c) -> dict:
-    a = c.attrs
-    labels = a.get("Labels") or {}
-    created = a.get("Created")
-    started = (datetime.fromtimestamp(created, timezone.utc).isoformat()
-               if isinstance(created, (int, float)) else created)
-    names = a.get("Names") or []
-    return {
-        "id": labels.get(SNAPSHOT_LABEL) or labels.get(RUN_LABEL),
-        "container": (a.get("Id") or c.id or "")[:12],
-        "container_name": names[0].lstrip("/") if names else None,
-        "name": labels.get(NAME_LABEL) or None,
-        "namespace": labels.get(NAMESPACE_LABEL),
-        "image": a.get("Image"),
-        "state": a.get("State"),    # running, paused, restarting, ...
-        "status": a.get("Status"),  # "Up 3 seconds"
-        "started": started,
-    }
-
-
 # -- handlers -------------------------------------------------------------------------------------
 
 class SnapshotsHandler(BaseHandler):
@@ -337,23 +213,14 @@ class SnapshotHandler(BaseHandler):
     async def delete(self, ref):
         ref = self.ref(ref)
         force = self.get_query_argument("force", "") in ("1", "true", "yes")
-
-        def remove():
-            record = self.store.get(ref)
-            if record.get("status") in ACTIVE_STATUSES and not force:
-                raise tornado.web.HTTPError(
-                    409, f"Snapshot {record['id']} is still {record['status']}; stop it first, "
-                         "or force the removal if its kernel is gone.")
-            return self.store.remove(record["id"])
-
-        removed = await self._call(remove)
+        removed = await self._call(verbs.remove_one, self.store, ref, force=force)
         self.reply({"removed": removed})
 
 
 def record_logs(store, ref: str) -> dict:
     """A snapshot's recorded output: both streams, and the text `mlcontainer logs` prints."""
     record = store.get(ref)
-    return {"id": record["id"], "logs": format_logs(record),
+    return {"id": record["id"], "logs": verbs.format_logs(record),
             "stdout": str(record.get("stdout") or ""), "stderr": str(record.get("stderr") or "")}
 
 
@@ -383,10 +250,10 @@ class RunningHandler(BaseHandler):
         # the request asks for another one, or for all with namespace=*.
         namespace = self.get_query_argument("namespace", None) or self.settings.get(
             "mlcontainer_namespace")
-        namespace = None if namespace == "*" else namespace
 
         def running():
-            items = self.engine.running(namespace)
+            backend = self.backends.get(namespace=None if namespace == "*" else namespace)
+            items = [r.to_dict() for r in backend.running(all_namespaces=namespace == "*")]
             for item in items:  # what the store knows about each run, if anything
                 try:
                     rec = self.store.get(item["id"]) if item["id"] else None
@@ -410,28 +277,30 @@ class StopHandler(BaseHandler):
         timeout = self.body().get("timeout", 5)
         if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 <= timeout <= 60:
             raise tornado.web.HTTPError(400, "'timeout' must be an integer from 0 to 60 seconds.")
-        # Said before stopping, so the kernel, seeing its container end, records "stopped".
-        await self._call(self._request_stop, ref)
-        stopped = await self._call(self.engine.stop, ref, timeout)
+
+        def stop():
+            try:  # the backend the snapshot runs on; a run with no record: this server's
+                backend = self.backends.for_record(self.store.get(ref))
+            except NotFound:
+                backend = self.backends.get(namespace=self.settings.get("mlcontainer_namespace"))
+            items = [r.to_dict() for r in backend.running(all_namespaces=True) if r.id == ref]
+            if not runs.request_stop(self.store, backend, ref, grace=timeout):
+                return []
+            return [dict(item, status="stopped") for item in items]
+
+        stopped = await self._call(stop)
         if not stopped:
             raise tornado.web.HTTPError(404, f"No running container for snapshot {ref}.")
         self.reply({"stopped": stopped})
-
-    def _request_stop(self, ref: str) -> None:
-        try:
-            if self.store.get(ref).get("status") in ("building", "running"):
-                self.store.update(ref, stop_requested=True)
-        except MlcError:
-            pass  # a container with no record of its own
 
 
 class StatusHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self):
-        from .. import __version__
+        from .._version import __version__
 
         def status():
-            engine = self.engine.status()
+            engine = self.backends.get().status()
             try:
                 store = {"root": str(getattr(self.store, "root", "")), "total": self.store.count(),
                          "message": None}

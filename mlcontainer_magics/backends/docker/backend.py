@@ -13,8 +13,20 @@ import os
 import shutil
 import threading
 import uuid
+from datetime import datetime, timezone
 
-from ...core.backend import Backend, Environment, Events, Output, RunResult, no_events
+from ...core.backend import (
+    Backend,
+    Environment,
+    Events,
+    Output,
+    RunningRun,
+    RunResult,
+    WarmSessions,
+    no_events,
+)
+from ...core.events import Phase
+from ...runner import CONTAINER_ENV, MLC_DIR, RUN_USER, RUNNER_COMMAND
 from ...core.owner import OWNER
 from ...core.owner import alive as owner_alive
 from ...core.requirements import closest_parent, extend_lock, lock_from_report, lock_key
@@ -22,11 +34,10 @@ from ...core.spec import EnvSpec, RunSpec, digest
 from ...errors import BaseImageMissing, BuildError, EngineUnavailable, RunError
 from . import build as render
 from .archive import tar_bytes, untar_files
-from .engine import HOW_TO_START, connect
+from .engine import address, connect, engine_errors, short, translated
 from .pipconfig import BuildNetwork, host_build_network
 
 LABEL = "org.mlcontainer"
-RUN_UID = 1000
 # Each environment built on another adds a layer; overlay2 mounts at most 128. Past this many an
 # environment is built from its base again.
 MAX_ENV_LAYERS = 64
@@ -34,7 +45,7 @@ MAX_ENV_LAYERS = 64
 _COMMIT = threading.Lock()
 
 
-def _labels(namespace: str, **extra) -> dict[str, str]:
+def make_labels(namespace: str, **extra) -> dict[str, str]:
     labels = {f"{LABEL}.managed": "1", f"{LABEL}.namespace": namespace}
     labels.update({f"{LABEL}.{k}": str(v) for k, v in extra.items()})
     return labels
@@ -72,6 +83,7 @@ class DockerBackend(Backend):
 
     # -- environments -------------------------------------------------------------------------
 
+    @translated("looking up the base image")
     def base_image_id(self, base: str) -> str:
         import docker.errors
 
@@ -85,13 +97,13 @@ class DockerBackend(Backend):
         except docker.errors.APIError as e:
             raise BaseImageMissing(
                 f"Base image {base!r} is not on this engine and cannot be pulled "
-                f"({_short(e)}). Run `mlcontainer doctor --fix` to build python:X.Y-slim "
+                f"({short(e)}). Run `mlcontainer doctor --fix` to build python:X.Y-slim "
                 f"offline from Debian packages, `docker load` it from a file, or pass --base "
                 f"with an image that exists (`docker images`).") from None
 
     def ensure_environment(self, env_spec: EnvSpec, *, events: Events = no_events,
                            rebuild: bool = False, lock: list | None = None) -> Environment:
-        with _engine_boundary("preparing the environment"):
+        with engine_errors("preparing the environment"):
             self._remove_lost()
             return self._ensure_environment(env_spec, events=events, rebuild=rebuild,
                                             lock=lock)
@@ -151,7 +163,7 @@ class DockerBackend(Backend):
         from docker.types import Mount
 
         build_id = uuid.uuid4().hex[:12]
-        labels = _labels(self.namespace, role="build", build=build_id, owner=OWNER)
+        labels = make_labels(self.namespace, role="build", build=build_id, owner=OWNER)
         self._ensure_volume(self.cache_volume)
         secrets = self.client.volumes.create(f"{self.namespace}-build-{build_id}", labels=labels)
         container = None
@@ -175,7 +187,7 @@ class DockerBackend(Backend):
                 raise BuildError(_build_failure(log, status), log=log)
             yield container, log
         except docker.errors.APIError as e:
-            raise BuildError(f"Building the environment failed: {_short(e)}",
+            raise BuildError(f"Building the environment failed: {short(e)}",
                              log="\n".join(log_lines)) from None
         finally:
             if container is not None:
@@ -220,7 +232,7 @@ class DockerBackend(Backend):
             lkey = lock_key(base_id, env_spec.apt, new_lock)
             with _COMMIT:
                 image = self._commit_once(container, lkey, tag, {
-                    "Labels": _labels(self.namespace, role="env", **{
+                    "Labels": make_labels(self.namespace, role="env", **{
                         "lock-key": lkey, "base-id": base_id, "base": env_spec.base_image,
                         "python": got.get("python.txt", b"").decode().strip(),
                         "apt": json.dumps(list(env_spec.apt)),
@@ -250,8 +262,8 @@ class DockerBackend(Backend):
             f"{LABEL}.lock-key={lkey}", f"{LABEL}.namespace={self.namespace}"]})
         return found[0] if found else None
 
+    @translated("downloading the locked packages")
     def fetch_wheels(self, base_image: str, lock: list) -> dict[str, bytes]:
-        """Every file of the lock, downloaded (hash-checked) as the build would: for export."""
         files = self._build_files(lock=lock)
         files["download.sh"] = render.download_script().encode()
         base_id = self.base_image_id(base_image)
@@ -259,6 +271,7 @@ class DockerBackend(Backend):
             got = untar_files(container.get_archive(f"{render.BUILD_DIR}/wheels")[0])
         return got
 
+    @translated("saving the image")
     def save_image(self, ref: str, path) -> None:
         with open(path, "wb") as f:
             for chunk in self.client.images.get(ref).save(named=True):
@@ -266,15 +279,18 @@ class DockerBackend(Backend):
 
     # -- housekeeping ---------------------------------------------------------------------------
 
+    @translated("listing runs")
     def is_running(self, run_id: str) -> bool:
         return bool(self.client.containers.list(filters={"label": f"{LABEL}.run={run_id}"}))
 
+    @translated("pruning containers")
     def prune_orphans(self) -> list[str]:
         """Remove containers (and build volumes) of this namespace whose kernel process is gone;
         another machine's are left to it."""
         done = []
         for c in self.client.containers.list(
-                all=True, filters={"label": f"{LABEL}.namespace={self.namespace}"}):
+                all=True, ignore_removed=True,  # one that goes meanwhile is fine
+                filters={"label": f"{LABEL}.namespace={self.namespace}"}):
             owner = c.labels.get(f"{LABEL}.owner", "")
             if owner_alive(owner):
                 continue  # its kernel lives and removes it itself
@@ -290,6 +306,7 @@ class DockerBackend(Backend):
                 done.append(f"removed build volume {v.name}")
         return done
 
+    @translated("pruning images")
     def prune_images(self, keep) -> list[str]:
         done = []
         for image in self.client.images.list(
@@ -307,13 +324,13 @@ class DockerBackend(Backend):
         try:
             self.client.volumes.get(name)
         except docker.errors.NotFound:
-            self.client.volumes.create(name, labels=_labels(self.namespace, role="cache"))
+            self.client.volumes.create(name, labels=make_labels(self.namespace, role="cache"))
 
     # -- runs ---------------------------------------------------------------------------------
 
     def run(self, spec: RunSpec, env: Environment, workdir, *, run_id: str,
             events: Events = no_events, output: Output | None = None) -> RunResult:
-        with _engine_boundary("running the cell"):
+        with engine_errors("running the cell"):
             return self._run(spec, env, workdir, run_id=run_id, events=events, output=output)
 
     def _remove_lost(self) -> None:
@@ -352,7 +369,7 @@ class DockerBackend(Backend):
         try:
             events("starting")
             container = self.client.containers.create(
-                env.image_id, ["python", f"{render.MLC_DIR}/runner.py"], **kwargs)
+                env.image_id, list(RUNNER_COMMAND), **kwargs)
             self._runs[run_id] = container
             stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
             container.start()
@@ -386,7 +403,7 @@ class DockerBackend(Backend):
             if spec.gpus and "capabilities: [[gpu]]" in str(e):
                 hint = (" This engine cannot give containers a GPU: install the NVIDIA "
                         "Container Toolkit and restart Docker, or run without --gpus.")
-            raise RunError(f"The engine refused the run: {_short(e)}.{hint}",
+            raise RunError(f"The engine refused the run: {short(e)}.{hint}",
                            logs="".join(stderr)) from None
         finally:
             self._runs.pop(run_id, None)
@@ -397,7 +414,7 @@ class DockerBackend(Backend):
     # -- warm sessions (the protocol is in sessions.py) --------------------------------------
 
     @property
-    def sessions(self):
+    def sessions(self) -> WarmSessions:
         from .sessions import SessionPool
 
         if getattr(self, "_sessions", None) is None:
@@ -406,13 +423,13 @@ class DockerBackend(Backend):
 
     def start_session(self, spec: RunSpec, env: Environment, folder):
         opts = self._container_options(spec, f"session-{spec.session}", folder)
-        opts["volumes"] = {str(folder): {"bind": render.MLC_DIR, "mode": "ro"},
-                           str(folder / "io"): {"bind": f"{render.MLC_DIR}/io", "mode": "rw"}}
+        opts["volumes"] = {str(folder): {"bind": MLC_DIR, "mode": "ro"},
+                           str(folder / "io"): {"bind": f"{MLC_DIR}/io", "mode": "rw"}}
         opts["labels"][f"{LABEL}.role"] = "session"
         opts["labels"][f"{LABEL}.session"] = spec.session
         container = self.client.containers.create(
-            env.image_id, ["python", f"{render.MLC_DIR}/runner.py", "--serve",
-                           f"{render.MLC_DIR}/io/session.sock"], **opts)
+            env.image_id, [*RUNNER_COMMAND, "--serve",
+                           f"{MLC_DIR}/io/session.sock"], **opts)
         try:
             container.start()
         except Exception:
@@ -454,17 +471,16 @@ class DockerBackend(Backend):
     def _container_options(self, spec: RunSpec, run_id: str, workdir) -> dict:
         import docker.types
 
-        env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLBACKEND": "Agg",
-               "PYTHONDONTWRITEBYTECODE": "1", **dict(spec.env)}
+        env = {**CONTAINER_ENV, **dict(spec.env)}
         opts = dict(
-            user=render.RUN_USER, environment=env, working_dir=render.MLC_DIR,
-            labels=_labels(self.namespace, role="run", run=run_id, snapshot=run_id,
+            user=RUN_USER, environment=env, working_dir=MLC_DIR,
+            labels=make_labels(self.namespace, role="run", run=run_id, snapshot=run_id,
                            name=spec.name or "", owner=OWNER),
             network_mode=spec.network, cap_drop=["ALL"], security_opt=["no-new-privileges"],
             privileged=False, init=True, pids_limit=4096,
             # The run's own folder and nothing else of the host: code in, values out.
-            volumes={str(workdir): {"bind": render.MLC_DIR, "mode": "ro"},
-                     str(workdir / "out"): {"bind": f"{render.MLC_DIR}/out", "mode": "rw"}},
+            volumes={str(workdir): {"bind": MLC_DIR, "mode": "ro"},
+                     str(workdir / "out"): {"bind": f"{MLC_DIR}/out", "mode": "rw"}},
         )
         if spec.memory:
             opts.update(mem_limit=spec.memory, memswap_limit=spec.memory)
@@ -492,38 +508,60 @@ class DockerBackend(Backend):
         flag.set()
         _quietly(container.kill)
 
-    def stop(self, run_id: str) -> bool:
+    @translated("stopping the run")
+    def stop(self, run_id: str, grace: float = 0) -> bool:
+        """Stop the run's container: at once, or after ``grace`` seconds of SIGTERM."""
         container = self._runs.get(run_id)
         if container is None:
-            found = self.client.containers.list(
-                filters={"label": [f"{LABEL}.run={run_id}"]})
+            found = self.client.containers.list(filters={"label": [f"{LABEL}.run={run_id}"]})
             container = found[0] if found else None
         if container is None:
             return False
         self._stopped.add(run_id)
-        _quietly(container.kill)
+        if grace:
+            _quietly(container.stop, timeout=grace)
+        else:
+            _quietly(container.kill)
         return True
 
-    def remove_run(self, run_id: str) -> None:
-        """Force-remove a run's container: on interrupt, at once."""
-        container = self._runs.pop(run_id, None)
-        if container is not None:
-            _quietly(container.remove, force=True, v=True)
+    # -- what the sidebar asks ----------------------------------------------------------------
+
+    def target(self) -> dict[str, str]:
+        return {"engine": address()}
+
+    def status(self) -> dict:
+        try:
+            with engine_errors("answering"):
+                info = self.client.version()
+        except EngineUnavailable as e:
+            self._client = None  # connect again next time: the engine may be back
+            return {"up": False, "version": None, "message": str(e)}
+        return {"up": True, "version": info.get("Version"), "api_version": info.get("ApiVersion"),
+                "os": info.get("Os"), "arch": info.get("Arch"), "message": None}
+
+    @translated("listing running containers")
+    def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
+        labels = [f"{LABEL}.run"]
+        if not all_namespaces:
+            labels.append(f"{LABEL}.namespace={self.namespace}")
+        items = [_running_run(c) for c in self.client.containers.list(
+            sparse=True, filters={"label": labels})]
+        return sorted(items, key=lambda r: r.started or "", reverse=True)
 
 
-@contextlib.contextmanager
-def _engine_boundary(doing: str):
-    """An engine that stops answering after we connected (stopped, restarted, its socket gone)
-    becomes EngineUnavailable; the SDK lets requests' and the socket's errors through as such."""
-    import requests
-
-    try:
-        yield
-    except (requests.exceptions.ConnectionError, ConnectionError) as e:
-        raise EngineUnavailable(
-            f"The Docker engine stopped answering while {doing} ({type(e).__name__}). "
-            f"{HOW_TO_START} Then run the cell again; what this run left behind is removed "
-            "once the engine is back.") from None
+def _running_run(c) -> RunningRun:
+    a = c.attrs
+    labels = a.get("Labels") or {}
+    created = a.get("Created")
+    started = (datetime.fromtimestamp(created, timezone.utc).isoformat()
+               if isinstance(created, (int, float)) else created)
+    names = a.get("Names") or []
+    return RunningRun(
+        id=labels.get(f"{LABEL}.snapshot") or labels.get(f"{LABEL}.run"),
+        container=(a.get("Id") or c.id or "")[:12],
+        container_name=names[0].lstrip("/") if names else None,
+        name=labels.get(f"{LABEL}.name") or None, namespace=labels.get(f"{LABEL}.namespace"),
+        image=a.get("Image"), state=a.get("State"), status=a.get("Status"), started=started)
 
 
 def _lines(chunks):
@@ -554,7 +592,7 @@ def _run_folders(container) -> list[str]:
     for mount in container.attrs.get("Mounts") or []:
         source = mount.get("Source") or ""
         name = os.path.basename(source.rstrip("/"))
-        if mount.get("Destination") == render.MLC_DIR and \
+        if mount.get("Destination") == MLC_DIR and \
                 name.startswith(("mlc-run-", "mlc-session-")) and os.path.isdir(source):
             out.append(source)
     return out
@@ -568,11 +606,6 @@ def _read_optional(path: str | None) -> bytes:
             return f.read()
     except OSError:
         return b""
-
-
-def _short(e: Exception) -> str:
-    text = getattr(e, "explanation", None) or str(e)
-    return str(text).splitlines()[0][:300] if text else type(e).__name__
 
 
 def _quietly(fn, *args, **kwargs) -> None:

@@ -1,14 +1,14 @@
 """Pure: a spec in, build artifacts out (scripts, pip.conf, Dockerfile text). No I/O here."""
 from __future__ import annotations
 
+import json
 import shlex
 
+from ...runner import CONTAINER_ENV, MLC_DIR, RUN_USER, RUNNER_COMMAND
 from .pipconfig import BuildNetwork
 
 BUILD_DIR = "/tmp/mlc-build"  # holds the CA bundle and index settings; deleted before commit
 PIP_CACHE = "/mlc-cache/pip"  # a named volume: the wheel cache shared by every build
-MLC_DIR = "/mlc"  # code, runner and values in and out of a run
-RUN_USER = "1000:1000"
 
 
 def pip_conf(net: BuildNetwork) -> str:
@@ -135,7 +135,7 @@ def dockerfile(base_image: str, apt=(), has_lock=True, wheels=False) -> str:
         f"COPY --chown={RUN_USER} mlc/ {MLC_DIR}/",
         f"USER {RUN_USER}",
         f"WORKDIR {MLC_DIR}",
-        "ENV PYTHONUNBUFFERED=1 HOME=/tmp MPLBACKEND=Agg",
-        f'CMD ["python", "{MLC_DIR}/runner.py"]',
+        "ENV " + " ".join(f"{k}={v}" for k, v in CONTAINER_ENV.items()),
+        "CMD " + json.dumps(list(RUNNER_COMMAND)),
     ]
     return "\n".join(out) + "\n"

@@ -1,14 +1,24 @@
-"""Connecting to the Docker engine: the one place a missing engine becomes a clear error."""
+"""The Docker engine: connecting to it, and the one boundary where its SDK's errors (and those
+of ``requests`` under it) become ours. Nothing above the Docker backend sees a docker or
+requests exception.
+"""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
-from ...errors import EngineUnavailable
+from ...errors import EngineError, EngineUnavailable, MlcError
 
 HOW_TO_START = (
     "Start a Docker engine: run `mlcontainer doctor --fix` (starts dockerd, installing Debian's "
     "docker.io where there is none and you are root), or start Docker Desktop, or point "
     "DOCKER_HOST at a running engine.")
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+def address() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
 def connect(timeout: int = 600):
@@ -19,7 +29,49 @@ def connect(timeout: int = 600):
         client = docker.from_env(timeout=timeout)
         client.ping()
     except Exception as e:  # the SDK raises DockerException, requests and OS errors alike
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise EngineUnavailable(
-            f"No Docker engine answers at {where} ({type(e).__name__}). {HOW_TO_START}") from None
+            f"No Docker engine answers at {address()} ({type(e).__name__}). "
+            f"{HOW_TO_START}") from None
     return client
+
+
+def short(e: BaseException) -> str:
+    """The first line of what the engine said (its explanation), or the error's name."""
+    text = getattr(e, "explanation", None) or str(e)
+    return str(text).splitlines()[0][:300] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def engine_errors(doing: str):
+    """Translate what escapes a call to the engine: a lost engine (stopped, restarted, its
+    socket gone, a timeout) becomes EngineUnavailable; a refusal becomes EngineError. Errors
+    of ours pass through as they are."""
+    import docker.errors
+    import requests
+
+    try:
+        yield
+    except MlcError:
+        raise
+    except (requests.exceptions.ConnectionError, ConnectionError, requests.exceptions.Timeout,
+            TimeoutError) as e:
+        raise EngineUnavailable(
+            f"The Docker engine stopped answering while {doing} ({type(e).__name__}). "
+            f"{HOW_TO_START} Then try again; what was left behind is removed once the engine "
+            "is back.") from None
+    except docker.errors.APIError as e:
+        raise EngineError(f"The Docker engine refused {doing}: {short(e)}.") from None
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        raise EngineUnavailable(f"The Docker engine failed while {doing} ({short(e)}). "
+                                f"{HOW_TO_START}") from None
+
+
+def translated(doing: str):
+    """Decorator: the method's engine errors pass ``engine_errors``."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            with engine_errors(doing):
+                return fn(*args, **kwargs)
+        return call
+    return wrap

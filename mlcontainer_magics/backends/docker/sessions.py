@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...core.backend import Environment, RunResult
-from ...core.richoutput import MARK
+from ...core.backend import Environment, RunResult, WarmSessions
+from ...core.events import Events, Output, Phase, no_events
 from ...errors import RunError, SpecError
-from ...runner import runner_source
+from ...runner import MARK, MLC_DIR, runner_source
 
 SOCKET = "io/session.sock"
 
@@ -34,22 +34,28 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class SessionPool:
-    """The sessions of one kernel. The backend makes their containers."""
+class SessionPool(WarmSessions):
+    """The sessions of one kernel. The Docker backend makes their containers."""
 
     def __init__(self, backend) -> None:
         self.backend = backend
         self.sessions: dict[str, Session] = {}
         atexit.register(self.stop_all)
 
-    def run(self, spec, env: Environment, workdir: Path, *, run_id: str, events,
-            output) -> RunResult:
+    def workdir_parent(self, spec, env: Environment, events) -> Path:
+        return self.ensure(spec, env, events).folder / "io"
+
+    def names(self) -> list[str]:
+        return list(self.sessions)
+
+    def run(self, spec, env: Environment, workdir: Path, *, run_id: str,
+            events: Events = no_events, output: Output | None = None) -> RunResult:
         """Run one cell whose files are in ``workdir``, inside the session's folder."""
         session = self.ensure(spec, env, events)
         with session.lock:
             session.cells += 1
-            events("running", container=session.container.id[:12], session=session.name)
-            return self._send(session, spec, workdir, output)
+            events(Phase.RUNNING, container=session.container.id[:12], session=session.name)
+            return self._send(session, spec, workdir, output or (lambda stream, text: None))
 
     def ensure(self, spec, env: Environment, events) -> Session:
         """The running session for spec.session, started now if there is none."""
@@ -64,7 +70,7 @@ class SessionPool:
                     f"Session {spec.session!r} runs another environment or other limits; "
                     f"stop it first (`%container stop {spec.session}`) or pick another name.")
             return session
-        events("starting", session=spec.session)
+        events(Phase.STARTING, session=spec.session)
         folder = Path(tempfile.mkdtemp(prefix=f"mlc-session-{spec.session}-"))
         folder.chmod(0o711)  # the container's user traverses it; nobody else lists it
         (folder / "runner.py").write_bytes(runner_source())
@@ -86,7 +92,7 @@ class SessionPool:
         reason, code = "failed", None
         try:
             sock.connect(str(session.folder / SOCKET))
-            sock.sendall((json.dumps({"dir": f"/mlc/io/{workdir.name}"}) + "\n").encode())
+            sock.sendall((json.dumps({"dir": f"{MLC_DIR}/io/{workdir.name}"}) + "\n").encode())
             sock.settimeout(spec.timeout)
             reader = _LineReader(sock)
             deadline_hit = False

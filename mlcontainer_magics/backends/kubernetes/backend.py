@@ -20,22 +20,27 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
-from traitlets import Bool, Dict, Float, Int, List, Unicode, default
-from traitlets.config import Configurable
-
-from ...core.backend import Backend, Environment, Events, Output, RunResult, no_events
-from ...core.richoutput import MARK, StdoutDemux
-from ...core.spec import RunSpec, parse_memory
-from ...errors import MlcError, SpecError
+from ...core.backend import Backend, Environment, RunningRun, RunResult
+from ...core.events import Events, Output, Phase, no_events
+from ...core.richoutput import StdoutDemux
+from ...runner import MARK, MESSAGE_PREFIX, ONE_STREAM_ENV
+from ...config import KubernetesConfig
+from ...core.spec import RunSpec
+from ...errors import (
+    ClusterAuthError,
+    ClusterUnavailable,
+    KubernetesError,
+    MlcError,
+    NamespaceMissing,
+    SpecError,
+)
 from . import objects
+from .export import payload_files
 from . import registry as registries
 
-ENV_PREFIX = "MLCONTAINER_K8S_"
-ONE_STREAM = ("MLC_ONE_STREAM", "1")  # the runner's one-stream mode: see runner/mlc_runner.py
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 WATCH_SECONDS = 5  # a watch of the pods is renewed this often; the Job is read again each time
 FINAL_WAIT = 30.0  # after the log ends, how long the pod may take to report its exit
@@ -43,199 +48,12 @@ JOB_WAIT = 5.0  # after a nonzero exit, how long to wait for the Job to say why 
 NO_POD_GRACE = 10.0  # the Job controller's pod may take this long, whatever schedule_timeout
 LOG_RETRIES = 20  # reconnects of a log stream that broke while the container still ran
 
-SESSIONS_UNSUPPORTED = (
-    "--session is not supported with --backend kubernetes: every cell runs as a Job of its own. "
-    "Run the cell without --session, or with the Docker backend (--backend docker) to keep a "
-    "warm interpreter between cells.")
 NO_REGISTRY = (
     "Kubernetes runs need a registry the cluster can pull the environment image from, and "
     "none is set. Set one with `%config KubernetesConfig.registry = \"host:port/path\"` (or "
     "the environment variable MLCONTAINER_K8S_REGISTRY), for example "
     "\"registry.example.com/team\"; give its login with KubernetesConfig.registry_username "
     "and registry_password, or `docker login` it once.")
-
-
-class KubernetesError(MlcError):
-    """The cluster refused a request, or could not be reached."""
-
-
-class ClusterUnavailable(KubernetesError):
-    """No usable kubeconfig, or no API server answers at the configured address."""
-
-
-class ClusterAuthError(KubernetesError):
-    """The cluster refused the credentials (401), or RBAC refused the request (403)."""
-
-
-class NamespaceMissing(KubernetesError):
-    """The configured namespace does not exist on the cluster."""
-
-
-def _env(name: str, fallback=None):
-    value = os.environ.get(ENV_PREFIX + name)
-    return value if value not in (None, "") else fallback
-
-
-class KubernetesConfig(Configurable):
-    """Where and how `%%containerize --backend kubernetes` runs cells.
-
-    Set with `%config KubernetesConfig.NAME = VALUE`, or the environment variable given.
-    """
-
-    kubeconfig = Unicode(
-        help="The kubeconfig file (several separated by ':', as KUBECONFIG). "
-             "Env: KUBECONFIG; default ~/.kube/config.").tag(config=True)
-    context = Unicode(
-        None, allow_none=True,
-        help="The kubeconfig context to use; default: its current-context. "
-             "Env: MLCONTAINER_K8S_CONTEXT.").tag(config=True)
-    in_cluster = Bool(
-        help="Use the service account of the pod this kernel runs in instead of a kubeconfig "
-             "(JupyterHub on Kubernetes). Env: MLCONTAINER_K8S_IN_CLUSTER=1.").tag(config=True)
-    k8s_namespace = Unicode(
-        None, allow_none=True,
-        help="The Kubernetes namespace runs go to; default: the context's namespace (in a "
-             "cluster: the pod's own), else 'default'. Env: MLCONTAINER_K8S_NAMESPACE."
-    ).tag(config=True)
-    registry = Unicode(
-        None, allow_none=True,
-        help="Registry the cluster pulls environment images from, as host[:port][/path] "
-             "(e.g. registry.example.com/team); images are pushed there when it lacks them. "
-             "Required. Env: MLCONTAINER_K8S_REGISTRY.").tag(config=True)
-    registry_username = Unicode(
-        None, allow_none=True,
-        help="Login for pushing to the registry; none: the engine's stored login "
-             "(`docker login`). Env: MLCONTAINER_K8S_REGISTRY_USERNAME.").tag(config=True)
-    registry_password = Unicode(
-        None, allow_none=True,
-        help="Password or token for registry_username. "
-             "Env: MLCONTAINER_K8S_REGISTRY_PASSWORD.").tag(config=True)
-    image_pull_secret = Unicode(
-        None, allow_none=True,
-        help="Name of a docker-registry Secret in the namespace that lets the cluster pull "
-             "from a private registry. Env: MLCONTAINER_K8S_IMAGE_PULL_SECRET.").tag(config=True)
-    service_account = Unicode(
-        None, allow_none=True,
-        help="Service account of the run's pod; none: no service account token is mounted "
-             "(the cell cannot call the cluster's API). "
-             "Env: MLCONTAINER_K8S_SERVICE_ACCOUNT.").tag(config=True)
-    node_selector = Dict(
-        help="Node labels the pod must run on, e.g. {'nvidia.com/gpu.present': 'true'}. "
-             "Env: MLCONTAINER_K8S_NODE_SELECTOR='key=value,key2=value2'.").tag(config=True)
-    tolerations = List(
-        Dict(),
-        help="Taints the pod tolerates, as Kubernetes writes them, e.g. [{'key': 'gpu', "
-             "'operator': 'Exists', 'effect': 'NoSchedule'}]. "
-             "Env: MLCONTAINER_K8S_TOLERATIONS (a JSON list).").tag(config=True)
-    default_cpus = Float(
-        None, allow_none=True,
-        help="CPUs a run gets when it gives no --cpus (requests = limits). "
-             "Env: MLCONTAINER_K8S_DEFAULT_CPUS.").tag(config=True)
-    default_memory = Unicode(
-        None, allow_none=True,
-        help="Memory a run gets when it gives no --memory, e.g. 2g (requests = limits). "
-             "Env: MLCONTAINER_K8S_DEFAULT_MEMORY.").tag(config=True)
-    ttl_seconds = Int(
-        objects.DEFAULT_TTL_SECONDS, allow_none=True,
-        help="Finished Jobs (and their pods' logs) are deleted by the cluster this many seconds "
-             "after they end; None keeps them. Env: MLCONTAINER_K8S_TTL_SECONDS.").tag(config=True)
-    schedule_timeout = Float(
-        300.0,
-        help="How long a pod may wait for a node (e.g. for an autoscaler to add one) before "
-             "the run fails with the scheduler's reason; 0 fails at once. "
-             "Env: MLCONTAINER_K8S_SCHEDULE_TIMEOUT.").tag(config=True)
-
-    @default("kubeconfig")
-    def _default_kubeconfig(self):
-        return os.environ.get("KUBECONFIG", "")
-
-    @default("context")
-    def _default_context(self):
-        return _env("CONTEXT")
-
-    @default("in_cluster")
-    def _default_in_cluster(self):
-        return _env("IN_CLUSTER", "").lower() in ("1", "true", "yes")
-
-    @default("k8s_namespace")
-    def _default_namespace(self):
-        return _env("NAMESPACE")
-
-    @default("registry")
-    def _default_registry(self):
-        return _env("REGISTRY")
-
-    @default("registry_username")
-    def _default_username(self):
-        return _env("REGISTRY_USERNAME")
-
-    @default("registry_password")
-    def _default_password(self):
-        return _env("REGISTRY_PASSWORD")
-
-    @default("image_pull_secret")
-    def _default_pull_secret(self):
-        return _env("IMAGE_PULL_SECRET")
-
-    @default("service_account")
-    def _default_service_account(self):
-        return _env("SERVICE_ACCOUNT")
-
-    @default("node_selector")
-    def _default_node_selector(self):
-        pairs = [p for p in (_env("NODE_SELECTOR", "")).split(",") if p.strip()]
-        return dict(p.strip().split("=", 1) if "=" in p else (p.strip(), "") for p in pairs)
-
-    @default("tolerations")
-    def _default_tolerations(self):
-        text = _env("TOLERATIONS")
-        if not text:
-            return []
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise SpecError("MLCONTAINER_K8S_TOLERATIONS is not JSON; give a list such as "
-                            '[{"key": "gpu", "operator": "Exists"}].') from None
-        return value if isinstance(value, list) else [value]
-
-    @default("default_cpus")
-    def _default_cpus(self):
-        value = _env("DEFAULT_CPUS")
-        return float(value) if value else None
-
-    @default("default_memory")
-    def _default_memory(self):
-        return _env("DEFAULT_MEMORY")
-
-    @default("ttl_seconds")
-    def _default_ttl(self):
-        value = _env("TTL_SECONDS")
-        if value is None:
-            return objects.DEFAULT_TTL_SECONDS
-        return None if value.lower() in ("none", "") else int(value)
-
-    @default("schedule_timeout")
-    def _default_schedule_timeout(self):
-        return float(_env("SCHEDULE_TIMEOUT", 300))
-
-    @classmethod
-    def class_get_trait_help(cls, trait, inst=None, helptext=None):
-        # `%config KubernetesConfig` shows current values: never the password's.
-        if trait.name == "registry_password":
-            inst = None
-        return super().class_get_trait_help(trait, inst, helptext)
-
-    def settings(self, namespace: str) -> objects.K8sSettings:
-        """The placement settings for runs in ``namespace``; SpecError when one is invalid."""
-        memory = self.default_memory
-        return objects.K8sSettings(
-            namespace=namespace, context=self.context or None, in_cluster=self.in_cluster,
-            registry=self.registry or None, image_pull_secret=self.image_pull_secret or None,
-            service_account=self.service_account or None,
-            node_selector=dict(self.node_selector), tolerations=tuple(self.tolerations),
-            default_cpus=self.default_cpus,
-            default_memory=parse_memory(memory) if memory else None,
-            ttl_seconds=self.ttl_seconds)
 
 
 def _register_with_shell(config: KubernetesConfig, parent) -> None:
@@ -275,8 +93,10 @@ class KubernetesBackend(Backend):
     name = "kubernetes"
 
     def __init__(self, namespace: str = "mlcontainer", parent=None, client=None,
-                 docker_backend=None) -> None:
+                 docker_backend=None, target: dict | None = None) -> None:
         self.namespace = namespace  # of images, labels and the registry repository
+        # Where a recorded run ran ({"context", "namespace"}), to run it there again.
+        self._target = dict(target or {})
         self.config = KubernetesConfig(parent=parent)
         _register_with_shell(self.config, parent)
         self._given_client = client  # a kubernetes.client.ApiClient, used as is
@@ -299,20 +119,32 @@ class KubernetesBackend(Backend):
     def repository(self) -> str:
         return f"{self.namespace}-env"
 
-    @property
-    def sessions(self):
-        raise SpecError(SESSIONS_UNSUPPORTED)
-
     def connect(self) -> tuple[_Api, str]:
-        """The cluster's API and the namespace runs go to, from the current settings."""
+        """The cluster's API and the namespace runs go to, from the current settings (or the
+        target a recorded run ran on)."""
         c = self.config
+        wanted = self._target.get("namespace") or c.k8s_namespace
         if self._given_client is not None:
-            return _Api(self._given_client), c.k8s_namespace or "default"
-        key = (c.in_cluster, c.kubeconfig, c.context)
+            return _Api(self._given_client), wanted or "default"
+        key = (c.in_cluster, c.kubeconfig, self._target.get("context") or c.context)
         if key not in self._clients:
             self._clients[key] = _load_client(*key)
         api, namespace = self._clients[key]
-        return api, c.k8s_namespace or namespace
+        return api, wanted or namespace
+
+    def target(self) -> dict[str, str]:
+        api, namespace = self.connect()
+        return {"context": api.context, "namespace": namespace}
+
+    def status(self) -> dict:
+        try:
+            api, namespace = self.connect()
+            with self._cluster_errors("answering", namespace):
+                info = _json(api.client.call_api("/version", "GET", _preload_content=False,
+                                                 _return_http_data_only=True))
+        except MlcError as e:
+            return {"up": False, "version": None, "message": str(e)}
+        return {"up": True, "version": info.get("gitVersion"), "message": None}
 
     # -- environments -------------------------------------------------------------------------
 
@@ -325,10 +157,10 @@ class KubernetesBackend(Backend):
         registries.repository_ref(self.config.registry, self.repository)  # fails before a build
         env = self.docker.ensure_environment(env_spec, events=events, rebuild=rebuild, lock=lock)
         tag = env.image_id.rpartition(":")[2][:24]
-        events("pushing", image=f"{self.config.registry}/{self.repository}:{tag}")
+        events(Phase.PUSHING, image=f"{self.config.registry}/{self.repository}:{tag}")
         ref = registries.push_image(self.docker.client, env.image_id, self.config.registry,
                                     self.repository, tag, auth=self._registry_auth(),
-                                    log=lambda line: events("build-log", line=line))
+                                    log=lambda line: events(Phase.BUILD_LOG, line=line))
         return dataclasses.replace(env, image=ref)
 
     def _registry_auth(self) -> dict | None:
@@ -357,25 +189,23 @@ class KubernetesBackend(Backend):
 
     def run(self, spec: RunSpec, env: Environment, workdir, *, run_id: str,
             events: Events = no_events, output: Output | None = None) -> RunResult:
-        if spec.session:
-            raise SpecError(SESSIONS_UNSUPPORTED)
         output = output or (lambda stream, text: None)
         workdir = Path(workdir)
         api, namespace = self.connect()
-        settings = self.config.settings(namespace)
+        settings = objects.settings_from(self.config, namespace)
         manifests = objects.run_manifests(spec, image=env.image, snapshot_id=run_id,
                                           namespace=namespace, settings=settings,
-                                          files=_payload(workdir))
+                                          files=payload_files(workdir))
         secret, job, policies = manifests[0], manifests[1], manifests[2:]
-        _add_env(job, *ONE_STREAM)
+        _add_env(job, ONE_STREAM_ENV, "1")  # the pod has one log: see the runner
         run = _Run(api, namespace, job["metadata"]["name"], objects.pod_selector(run_id),
                    env.image, network_policy=bool(policies))
         self._active[run_id] = run
         try:
             with self._cluster_errors("starting the run", namespace):
-                events("starting")
+                events(Phase.STARTING)
                 self._create(run, secret, job, policies)
-                events("scheduling")
+                events(Phase.SCHEDULING)
                 return self._follow(run, run_id, workdir, events, output)
         except BaseException:
             run.abandon = True  # interrupted, or the cluster failed us: the Job goes at once
@@ -424,7 +254,7 @@ class KubernetesBackend(Backend):
         if isinstance(started, RunResult):
             return started
         pod_name = started["metadata"]["name"]
-        events("running", container=pod_name)
+        events(Phase.RUNNING, container=pod_name)
         sink = _LogSink(output, workdir / "out")
         self._stream_log(run, pod_name, sink.feed)
         sink.close()
@@ -483,7 +313,7 @@ class KubernetesBackend(Backend):
                 if state in ("pulling", "image-pull", "config-error") and \
                         "pulling" not in shown:
                     shown.add("pulling")
-                    events("pulling", image=run.image,
+                    events(Phase.PULLING, image=run.image,
                            node=(pod.get("spec") or {}).get("nodeName", ""))
                 if state == "image-pull":
                     w.stop()
@@ -502,7 +332,7 @@ class KubernetesBackend(Backend):
                     now = time.monotonic()
                     if unschedulable_since is None:
                         unschedulable_since = now
-                        events("scheduling", message=message)
+                        events(Phase.SCHEDULING, message=message)
                     if now - unschedulable_since >= limit:
                         w.stop()
                         run.abandon = True
@@ -516,16 +346,14 @@ class KubernetesBackend(Backend):
     def _ended_before_start(self, run: _Run, run_id: str, job: dict | None):
         if job is None:
             return RunResult(None, "stopped" if run_id in self._stopped else "killed",
-                             stderr=f"mlcontainer: The Job {run.name} was deleted before its "
-                                    "pod started.\n")
+                             message=f"The Job {run.name} was deleted before its pod started.")
         failed = job_failure(job)
         if failed is None:
             return None
         reason, message = failed
         if reason == "DeadlineExceeded":
-            return RunResult(None, "timeout", stderr=f"mlcontainer: The Job ran past its "
-                                                     f"--timeout before its pod started "
-                                                     f"({message}).\n")
+            return RunResult(None, "timeout", message=f"The Job ran past its --timeout before "
+                                                      f"its pod started ({message}).")
         return _failed(f"The Job failed before its pod started: {message} ({reason}).")
 
     def _stream_log(self, run: _Run, pod_name: str, feed) -> None:
@@ -585,7 +413,7 @@ class KubernetesBackend(Backend):
         pod = self._terminated_pod(run, pod_name)
         term = container_terminated(pod) if pod is not None else None
         code = term.get("exitCode") if term else None
-        note = ""
+        note = None
         if run_id in self._stopped:
             reason = "stopped"
         elif term and term.get("reason") == "OOMKilled":
@@ -599,13 +427,12 @@ class KubernetesBackend(Backend):
             elif term is None:
                 reason = "killed"
                 why = ((pod or {}).get("status") or {}).get("message")
-                note = (f"mlcontainer: The pod {pod_name} ended before its container did: "
-                        f"{why or 'it was deleted (by someone else, or the cluster evicted it)'}"
-                        ".\n")
+                note = (f"The pod {pod_name} ended before its container did: "
+                        f"{why or 'it was deleted (by someone else, or the cluster evicted it)'}.")
             else:
                 reason = "killed" if code in (137, 143) else "failed"
-        return RunResult(code, reason, "".join(sink.stdout), "".join(sink.stderr) + note,
-                         container_id=pod_name)
+        return RunResult(code, reason, "".join(sink.stdout), "".join(sink.stderr),
+                         container_id=pod_name, message=note)
 
     def _terminated_pod(self, run: _Run, pod_name: str) -> dict | None:
         """The pod once it reports its container's exit (the log may end a moment before), or
@@ -626,7 +453,7 @@ class KubernetesBackend(Backend):
                 return job
             time.sleep(0.1)
 
-    def stop(self, run_id: str) -> bool:
+    def stop(self, run_id: str, grace: float = 0) -> bool:
         """Delete the run's Job (and its pod, Secret, NetworkPolicy), found by its labels."""
         api, namespace = self.connect()
         with self._cluster_errors("stopping the run", namespace):
@@ -651,6 +478,29 @@ class KubernetesBackend(Backend):
                 namespace, label_selector=objects.pod_selector(run_id),
                 _preload_content=False)).get("items") or []
         return any(not job_final(job) for job in jobs)
+
+    def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
+        """The Jobs of this package in the Kubernetes namespace that have not ended."""
+        api, namespace = self.connect()
+        with self._cluster_errors("listing runs", namespace):
+            jobs = _json(api.batch.list_namespaced_job(
+                namespace, label_selector=f"{objects.LABEL_MANAGED_BY}={objects.MANAGED_BY}",
+                _preload_content=False)).get("items") or []
+        items = []
+        for job in jobs:
+            if job_final(job):
+                continue
+            meta = job.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            active = ((job.get("status") or {}).get("active") or 0) > 0
+            items.append(RunningRun(
+                id=labels.get(objects.LABEL_SNAPSHOT), container=meta.get("name", ""),
+                name=labels.get(objects.LABEL_NAME), namespace=self.namespace,
+                image=((((job.get("spec") or {}).get("template") or {}).get("spec") or {})
+                       .get("containers") or [{}])[0].get("image"),
+                state="running" if active else "pending",
+                status=f"Job in {namespace}", started=meta.get("creationTimestamp")))
+        return sorted(items, key=lambda r: r.started or "", reverse=True)
 
     # -- the one boundary where the client's errors become ours ---------------------------------
 
@@ -746,7 +596,7 @@ class _LogSink:
 
     def _file(self, name: str, data: bytes) -> None:
         if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-            self._stderr(f"mlcontainer: ignored an output file named {name!r}\n")
+            self._stderr(f"{MESSAGE_PREFIX}ignored an output file named {name!r}\n")
             return
         (self.out_dir / name).write_bytes(data)
 
@@ -812,17 +662,7 @@ def job_failure(job: dict | None) -> tuple[str, str] | None:
 # -- helpers -----------------------------------------------------------------------------------
 
 def _failed(message: str) -> RunResult:
-    return RunResult(None, "failed", stderr=f"mlcontainer: {message}\n")
-
-
-def _payload(workdir: Path) -> dict[str, bytes]:
-    """The run's folder as the Secret carries it: every file but those of out/."""
-    files = {}
-    for path in sorted(workdir.rglob("*")):
-        rel = path.relative_to(workdir).as_posix()
-        if path.is_file() and rel.split("/")[0] != "out":
-            files[rel] = path.read_bytes()
-    return files
+    return RunResult(None, "failed", message=message)
 
 
 def _add_env(job: dict, name: str, value: str) -> None:

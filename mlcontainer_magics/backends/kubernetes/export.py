@@ -23,20 +23,19 @@ from .objects import (
 FILE_NAME = "job.yaml"
 
 
-def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSettings | None = None
-                       ) -> Path:
+def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSettings) -> Path:
     """Write ``folder/job.yaml``: the Secret, the Job and (``--network none``) the
     NetworkPolicy of snapshot ``record``, whose export already wrote ``folder/mlc``.
 
-    The image is the one pushed for the cluster (``pushed_image``) when recorded, else the
-    environment image of the run. ``settings`` default to KubernetesConfig's (its environment
-    variables), namespace ``default`` unless one is set.
+    The image is the environment image of the run (for a Kubernetes run, the reference it
+    pushed, by digest).
     """
     folder = Path(folder)
-    image = record.get("pushed_image") or record.get("env_image") or spec.env_spec.base_image
-    if settings is None:
-        settings = _configured_settings()
-    files = _payload(folder / "mlc")
+    if not (folder / "mlc").is_dir():
+        raise SpecError(f"{folder / 'mlc'} is missing: write the export's mlc/ folder before "
+                        "job.yaml.")
+    image = record.get("env_image") or spec.env_spec.base_image
+    files = payload_files(folder / "mlc")
     snapshot = record["id"]
     namespace = settings.namespace
     objects = [secret_manifest(spec, snapshot_id=snapshot, namespace=namespace, files=files),
@@ -49,25 +48,12 @@ def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSetting
     return path
 
 
-def _configured_settings() -> K8sSettings:
-    from .backend import KubernetesConfig
-
-    try:  # in a kernel, what `%config KubernetesConfig...` said; elsewhere the environment
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:
-        shell = None
-    config = KubernetesConfig(config=shell.config) if shell is not None else KubernetesConfig()
-    return config.settings(config.k8s_namespace or "default")
-
-
-def _payload(mlc: Path) -> dict[str, bytes]:
-    if not mlc.is_dir():
-        raise SpecError(f"{mlc} is missing: write the export's mlc/ folder before job.yaml.")
+def payload_files(folder: Path) -> dict[str, bytes]:
+    """A run's folder as its Secret carries it: every file but those of out/ (which the pod
+    writes), by path relative to the folder."""
     files = {}
-    for path in sorted(mlc.rglob("*")):
-        rel = path.relative_to(mlc).as_posix()
+    for path in sorted(Path(folder).rglob("*")):
+        rel = path.relative_to(folder).as_posix()
         if path.is_file() and rel.split("/")[0] != "out":
             files[rel] = path.read_bytes()
     return files

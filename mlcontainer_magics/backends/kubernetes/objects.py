@@ -29,7 +29,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ...core.spec import RunSpec, looks_secret
+from ...config import DEFAULT_TTL_SECONDS
+from ...runner import CONTAINER_ENV, MLC_DIR
+from ...core.spec import RunSpec, looks_secret, parse_memory
 from ...errors import SpecError
 from .slugs import is_dns_label, is_dns_subdomain, is_label_value, safe_name
 
@@ -47,7 +49,6 @@ CONTAINER_NAME = "cell"
 PAYLOAD_VOLUME = "payload"
 WORK_VOLUME = "mlc"
 OUT_VOLUME = "out"
-MLC_DIR = "/mlc"
 OUT_DIR = f"{MLC_DIR}/out"
 RUNNER_PATH = f"{MLC_DIR}/runner.py"
 # What every run's workdir holds (runs.prepare_workdir); mounted when not told otherwise.
@@ -57,7 +58,6 @@ RUN_AS_USER = 1000
 GPU_RESOURCE = "nvidia.com/gpu"
 # The API server refuses a Secret whose data adds up to more than 1 MiB.
 SECRET_MAX_BYTES = 1024 * 1024
-DEFAULT_TTL_SECONDS = 3600
 
 _SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 _LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -112,6 +112,20 @@ class K8sSettings:
                                                     and self.default_memory > 0):
             raise SpecError(f"default_memory must be a positive number of bytes, "
                             f"not {self.default_memory!r}.")
+
+
+def settings_from(config, namespace: str) -> K8sSettings:
+    """The placement settings of a KubernetesConfig for runs in ``namespace``; SpecError
+    when one is invalid."""
+    memory = config.default_memory
+    return K8sSettings(
+        namespace=namespace, context=config.context or None, in_cluster=config.in_cluster,
+        registry=config.registry or None, image_pull_secret=config.image_pull_secret or None,
+        service_account=config.service_account or None,
+        node_selector=dict(config.node_selector), tolerations=tuple(config.tolerations),
+        default_cpus=config.default_cpus,
+        default_memory=parse_memory(memory) if memory else None,
+        ttl_seconds=config.ttl_seconds)
 
 
 def _is_label_key(key) -> bool:
@@ -215,17 +229,13 @@ def secret_env_keys(spec: RunSpec) -> list[str]:
     return [k for k, _ in spec.env if k in spec.secret_env or looks_secret(k)]
 
 
-# As the Docker backend: unbuffered output streams the log; user 1000 has no home directory
-# in a python image; no display for matplotlib; no .pyc files in /mlc.
-DEFAULT_ENV = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLBACKEND": "Agg",
-               "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def container_env(spec: RunSpec, secret: str) -> list[dict]:
     """Plain values inline; secret values by reference to the run's Secret. A variable of the
     cell's own wins over the defaults."""
     secrets = set(secret_env_keys(spec))
-    env = {k: {"name": k, "value": v} for k, v in DEFAULT_ENV.items()}
+    env = {k: {"name": k, "value": v} for k, v in CONTAINER_ENV.items()}
     for key, value in spec.env:
         if key in secrets:
             env[key] = {"name": key, "valueFrom": {"secretKeyRef": {

@@ -16,19 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from ...errors import EngineUnavailable, MlcError
-
-
-class RegistryError(MlcError):
-    """A registry refused, could not be reached, or a push failed; ``log`` holds the push output."""
-
-    def __init__(self, message: str, log: str = "") -> None:
-        super().__init__(message)
-        self.log = log
-
-
-class RegistryAuthError(RegistryError):
-    """The registry wants credentials that were not given, or refused the ones given."""
+from ...errors import EngineUnavailable, MlcError, RegistryAuthError, RegistryError
 
 
 # The reference grammar of distribution (reference/regexp.go), simplified to what we write.

@@ -1,0 +1,95 @@
+"""A snapshot as artifacts other tools run: a plain Docker build context that rebuilds the
+environment offline and reruns the cell, and (``--k8s``) a Kubernetes Job manifest.
+
+It draws on both backends (the Docker build's pure renderers, the Kubernetes object builders)
+and asks the snapshot's backend only for what the contract declares (wheels, a saved image).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..config import KubernetesConfig
+from ..core.backend import Backend
+from ..core.snapshots import spec_from_record
+from ..errors import SpecError
+from ..runner import runner_source
+from .docker import build as render
+from .kubernetes.export import write_job_manifest
+from .kubernetes.objects import settings_from
+
+
+# -- export -----------------------------------------------------------------------------------
+
+EXPORT_README = """# Snapshot {id}{name}
+
+A containerized notebook cell, exported by mlcontainer-magics. Rebuild and rerun it with Docker
+alone:
+
+    docker build -t snapshot-{id} .
+    docker run --rm snapshot-{id}
+
+- `Dockerfile` starts from `{base}` (image id `{base_id}` when recorded), installs the Debian
+  packages and the exact pins of `requirements.lock` (with hashes) from `wheels/`, offline.
+- `mlc/cell.py` is the cell's code; `mlc/in/` holds the values it received; `mlc/runner.py`
+  runs it as a notebook would (standard library only).
+- Recorded stdout: `expected-stdout.txt`.
+"""
+
+
+def export(store, ref: str, dest, backend: Backend, *, tar: bool = False, k8s: bool = False,
+           k8s_config: KubernetesConfig | None = None) -> Path:
+    """Write a folder that rebuilds and reruns the snapshot with plain `docker build`/`run`;
+    with ``k8s``, also the Job that reruns it on a cluster (placed as ``k8s_config`` says)."""
+    record = store.get(ref)
+    dest = Path(dest).expanduser()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        what = "is not empty" if dest.is_dir() else "is a file"
+        raise SpecError(f"{dest} exists and {what}; export into a new folder.")
+    spec = spec_from_record(record, environ={k: "" for k, _ in record["spec"].get("env", [])})
+    folder = store.artifacts_dir(record["id"])
+    lock = record.get("lock") or []
+    staging = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        mlc = staging / "mlc"
+        (mlc / "out").mkdir(parents=True)
+        (mlc / "out" / ".keep").write_bytes(b"")
+        (mlc / "runner.py").write_bytes(runner_source())
+        (mlc / "cell.py").write_text(record["code"], encoding="utf-8")
+        if (folder / "in").is_dir():
+            shutil.copytree(folder / "in", mlc / "in")
+        manifest = {"inputs": record.get("inputs") or {}, "outputs": list(spec.outputs),
+                    "host": {"python": "", "numpy": False, "pyarrow": False}}
+        (mlc / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if lock:
+            (staging / "requirements.lock").write_text(render.lock_txt(lock))
+            wheels = backend.fetch_wheels(spec.env_spec.base_image, lock)
+            (staging / "wheels").mkdir()
+            for name, data in wheels.items():
+                (staging / "wheels" / name).write_bytes(data)
+        (staging / "Dockerfile").write_text(render.dockerfile(
+            spec.env_spec.base_image, spec.env_spec.apt, has_lock=bool(lock), wheels=bool(lock)))
+        (staging / "expected-stdout.txt").write_text(record.get("stdout") or "")
+        (staging / "snapshot.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        (staging / "README.md").write_text(EXPORT_README.format(
+            id=record["id"], name=f" ({record['name']})" if record.get("name") else "",
+            base=spec.env_spec.base_image, base_id=(record.get("base_image_id") or "?")[:19]))
+        if tar:
+            backend.save_image(record.get("env_image_id") or spec.env_spec.base_image,
+                               staging / "image.tar")
+        if k8s:
+            config = k8s_config or KubernetesConfig()
+            write_job_manifest(record, spec, staging, settings_from(
+                config, config.k8s_namespace or "default"))
+        if dest.exists():
+            dest.rmdir()
+        staging.rename(dest)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise SpecError(f"Cannot write the export to {dest}: {e.strerror or e}. Choose a "
+                            "new folder in a place you may write to.") from None
+        raise
+    return dest

@@ -1,0 +1,58 @@
+"""What a run tells its listeners as it goes: one definition of the phases.
+
+Backends and the core send ``events(Phase.X, **info)``; the status display and the magics
+listen. A Phase is a ``str``, so listeners may compare with plain strings too.
+
+In the order a run sends them::
+
+    resolving(base)  cached(image, size) | building(image, apt, requirements, on)
+    build-log(line)...  built(image, size)  pushing(image)  starting  scheduling(message)
+    pulling(image, node)  running(container, session)  collecting  recorded(snapshot)
+    finished(status, message, detail, exit_code)
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Callable
+
+
+class Phase(str, Enum):
+    RESOLVING = "resolving"
+    CACHED = "cached"
+    BUILDING = "building"
+    BUILD_LOG = "build-log"
+    BUILT = "built"
+    PUSHING = "pushing"
+    STARTING = "starting"
+    SCHEDULING = "scheduling"  # a Kubernetes pod waiting for a node
+    PULLING = "pulling"  # ... then for its image
+    RUNNING = "running"
+    COLLECTING = "collecting"
+    RECORDED = "recorded"  # the snapshot exists: its id
+    FINISHED = "finished"  # sent by the front end once the outcome is known
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ENV_PHASES = (Phase.RESOLVING, Phase.BUILDING, Phase.PUSHING)
+RUN_PHASES = (Phase.STARTING, Phase.SCHEDULING, Phase.PULLING, Phase.RUNNING,
+              Phase.COLLECTING)
+
+# How a run ended (RunResult.reason), with the words a person reads in one line.
+REASONS = {
+    "done": "done",
+    "failed": "failed",
+    "timeout": "timed out",
+    "oom": "out of memory",
+    "interrupted": "interrupted",
+    "stopped": "stopped",
+    "killed": "killed from outside",
+}
+
+Events = Callable[..., None]  # events(phase, **info)
+Output = Callable[[str, str], None]  # (stream name "stdout"|"stderr", text)
+
+
+def no_events(phase: str, **info) -> None:
+    pass
