@@ -3,6 +3,7 @@
 Every object the product makes carries the label org.mlcontainer.namespace=<ns>. Each test
 session uses a fresh namespace, so these checks never see another session's (or a user's) objects.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,7 @@ from hypothesis import HealthCheck, settings
 NAMESPACE = f"mlctest-{uuid.uuid4().hex[:8]}"
 LABEL = "org.mlcontainer.namespace"
 # A 2-core CI machine also runs Docker builds: judge properties, not how fast examples come.
-settings.register_profile("default", deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("default")
 
 STORE = tempfile.mkdtemp(prefix="mlctest-store-")
@@ -41,9 +41,11 @@ def _objects(client, namespace=NAMESPACE):
         "volumes": sorted(v.name for v in client.volumes.list(filters=flt)),
         # Unlabelled: what a container makes for a VOLUME its image declares, left behind
         # when the container is removed without its volumes.
-        "anonymous volumes": sorted(v.name for v in client.volumes.list()
-                                    if _ANONYMOUS.match(v.name) and LABEL not in (
-                                        v.attrs.get("Labels") or {})),
+        "anonymous volumes": sorted(
+            v.name
+            for v in client.volumes.list()
+            if _ANONYMOUS.match(v.name) and LABEL not in (v.attrs.get("Labels") or {})
+        ),
     }
 
 

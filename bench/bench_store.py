@@ -8,6 +8,7 @@ newest page, one notebook's newest 10 and ``Store.count`` are timed (median of `
 after a warm-up). A ratio near 1 means listing costs the same whatever the store holds; the
 script exits 1 when a ratio exceeds 10.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,17 +31,27 @@ TARGET = 10.0
 
 def record(i: int, t0: float) -> dict:
     return {
-        "id": f"{i:06x}{'0' * 6}", "name": f"experiment-{i % 37}",
-        "notebook": f"project/notebook-{i % 5}.ipynb", "cell": i % 50,
-        "status": STATUSES[i % len(STATUSES)], "created": t0 + i, "finished": t0 + i + 3.5,
-        "duration": 3.5, "exit_code": 0, "env_image": f"mlc-env:{i % 9:012x}",
-        "image_size": 900_000_000 + i, "session": f"session-{i % 11}",
+        "id": f"{i:06x}{'0' * 6}",
+        "name": f"experiment-{i % 37}",
+        "notebook": f"project/notebook-{i % 5}.ipynb",
+        "cell": i % 50,
+        "status": STATUSES[i % len(STATUSES)],
+        "created": t0 + i,
+        "finished": t0 + i + 3.5,
+        "duration": 3.5,
+        "exit_code": 0,
+        "env_image": f"mlc-env:{i % 9:012x}",
+        "image_size": 900_000_000 + i,
+        "session": f"session-{i % 11}",
         "code": "import numpy as np\n" * 20,
         "spec": {"code": "import numpy as np\n" * 20, "cpus": 2.0, "memory": 2 << 30},
         "requirements": ["numpy==1.26.4", "pandas==2.2.1"],
-        "lock": [{"name": f"pkg{k}", "version": "1.0.0", "hashes": ["sha256:" + "a" * 64]}
-                 for k in range(40)],
-        "stdout": "step done\n" * 300, "stderr": "",
+        "lock": [
+            {"name": f"pkg{k}", "version": "1.0.0", "hashes": ["sha256:" + "a" * 64]}
+            for k in range(40)
+        ],
+        "stdout": "step done\n" * 300,
+        "stderr": "",
         "timings": {"build": 0.1, "start": 0.3, "run": 3.5},
     }
 
@@ -81,14 +92,17 @@ def main(argv=None) -> int:
                 "Store.list": median_seconds(lambda: store.list(limit=args.limit), args.repeat),
                 # 20 of every 100 are in notebook-3, so both stores fill this page of 10.
                 "Store.list(notebook)": median_seconds(
-                    lambda: store.list(limit=10, notebook="project/notebook-3.ipynb"),
-                    args.repeat),
+                    lambda: store.list(limit=10, notebook="project/notebook-3.ipynb"), args.repeat
+                ),
                 "list_snapshots": median_seconds(
-                    lambda: list_snapshots(store, limit=args.limit), args.repeat),
+                    lambda: list_snapshots(store, limit=args.limit), args.repeat
+                ),
                 "Store.count": median_seconds(store.count, args.repeat),
             }
-            print(f"filled {n:>6} snapshots in {filled:.2f}s "
-                  f"({filled / n * 1e6:.0f} us each, one transaction)")
+            print(
+                f"filled {n:>6} snapshots in {filled:.2f}s "
+                f"({filled / n * 1e6:.0f} us each, one transaction)"
+            )
             store.close()
 
     worst = 0.0

@@ -1,5 +1,6 @@
 """Plumbing for bench/run.py: timing, subprocesses, the docker CLI, a real jupyter server,
 cleanup of everything the bench made, and the results table. No scenario logic here."""
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ BENCH_LABEL = "org.mlcontainer.bench"  # on every image the plain-docker baselin
 
 
 # -- timing ---------------------------------------------------------------------------------
+
 
 def median(xs):
     xs = [x for x in xs if x is not None]
@@ -46,12 +48,15 @@ def alternate(i: int, ours, baseline):
 def timed_run(argv, *, env=None, check=True, input=None, timeout=None):
     """(seconds, CompletedProcess) of a subprocess, wall clock."""
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, input=input,
-                          timeout=timeout)
+    proc = subprocess.run(
+        argv, env=env, capture_output=True, text=True, input=input, timeout=timeout
+    )
     dt = time.perf_counter() - t0
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, argv))[:200]} failed ({proc.returncode}):\n"
-                           f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(map(str, argv))[:200]} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
     return dt, proc
 
 
@@ -62,15 +67,17 @@ def docker(*args, env=None, check=True, timeout=None):
 
 # -- results --------------------------------------------------------------------------------
 
+
 @dataclass
 class Row:
     """One measured comparison: median of ours against median of its baseline."""
+
     measure: str
-    ours: list = field(default_factory=list)       # samples, seconds
-    baseline: list = field(default_factory=list)   # samples, seconds
-    target: float | None = None                    # ours/baseline must be <= target
-    primary: bool = True                           # the row the scenario's verdict is on
-    ours_value: float | None = None                # when ours is derived (a difference)
+    ours: list = field(default_factory=list)  # samples, seconds
+    baseline: list = field(default_factory=list)  # samples, seconds
+    target: float | None = None  # ours/baseline must be <= target
+    primary: bool = True  # the row the scenario's verdict is on
+    ours_value: float | None = None  # when ours is derived (a difference)
     baseline_value: float | None = None
     ours_label: str = ""
     baseline_label: str = ""
@@ -83,16 +90,28 @@ class Row:
         if judge and self.target is not None and r is not None:
             verdict = r <= self.target
         paired = None
-        if self.ours_value is None and self.baseline_value is None and self.ours and \
-                len(self.ours) == len(self.baseline):
+        if (
+            self.ours_value is None
+            and self.baseline_value is None
+            and self.ours
+            and len(self.ours) == len(self.baseline)
+        ):
             # each repetition's own ratio: insensitive to load drifting between repetitions
             paired = statistics.median(x / y for x, y in zip(self.ours, self.baseline) if y)
-        return {"measure": self.measure, "ours": o, "baseline": b, "ratio": r,
-                "paired_ratio": paired,
-                "target": self.target, "pass": verdict, "primary": self.primary,
-                "ours_label": self.ours_label, "baseline_label": self.baseline_label,
-                "ours_samples": [round(x, 6) for x in self.ours],
-                "baseline_samples": [round(x, 6) for x in self.baseline]}
+        return {
+            "measure": self.measure,
+            "ours": o,
+            "baseline": b,
+            "ratio": r,
+            "paired_ratio": paired,
+            "target": self.target,
+            "pass": verdict,
+            "primary": self.primary,
+            "ours_label": self.ours_label,
+            "baseline_label": self.baseline_label,
+            "ours_samples": [round(x, 6) for x in self.ours],
+            "baseline_samples": [round(x, 6) for x in self.baseline],
+        }
 
 
 @dataclass
@@ -117,18 +136,25 @@ class Scenario:
         rows = [r.to_dict(judge) for r in self.rows]
         primary = [r for r in rows if r["primary"]]
         # Several judged rows (scenario 6: CLI and REST): the worst one speaks for it.
-        worst = max(primary, key=lambda r: (r["ratio"] is not None,
-                                            (r["ratio"] or 0) / (r["target"] or 1)),
-                    default=None)
+        worst = max(
+            primary,
+            key=lambda r: (r["ratio"] is not None, (r["ratio"] or 0) / (r["target"] or 1)),
+            default=None,
+        )
         verdicts = [r["pass"] for r in primary]
-        return {"number": self.number, "title": self.title, "rows": rows,
-                "ratio": worst["ratio"] if worst else None,
-                "target": worst["target"] if worst else None,
-                "pass": None if not verdicts or None in verdicts else all(verdicts),
-                "checks": self.checks,
-                "checks_passed": self.error is None and bool(self.checks)
-                and all(self.checks.values()),
-                "notes": self.notes, "info": self.info, "error": self.error}
+        return {
+            "number": self.number,
+            "title": self.title,
+            "rows": rows,
+            "ratio": worst["ratio"] if worst else None,
+            "target": worst["target"] if worst else None,
+            "pass": None if not verdicts or None in verdicts else all(verdicts),
+            "checks": self.checks,
+            "checks_passed": self.error is None and bool(self.checks) and all(self.checks.values()),
+            "notes": self.notes,
+            "info": self.info,
+            "error": self.error,
+        }
 
 
 def _fmt_s(x):
@@ -154,20 +180,29 @@ def table(scenarios: dict, judge: bool) -> str:
             elif r["pass"] is None:
                 verdict = "-"
             else:
-                verdict = "PASS" if r["pass"] else \
-                    f"MISS +{(r['ratio'] / r['target'] - 1) * 100:.0f}%"
+                verdict = (
+                    "PASS" if r["pass"] else f"MISS +{(r['ratio'] / r['target'] - 1) * 100:.0f}%"
+                )
             if not r["primary"] and verdict == "PASS":
                 verdict = "pass"  # lower case: a secondary row, not the scenario's verdict
             n = max(len(r["ours_samples"]), len(r["baseline_samples"]))
-            lines.append((f"{d['number']}{'*' if r['primary'] else ' '}", r["measure"],
-                          _fmt_s(r["ours"]), _fmt_s(r["baseline"]),
-                          "-" if r["ratio"] is None else f"{r['ratio']:.3f}",
-                          "-" if r["paired_ratio"] is None else f"{r['paired_ratio']:.3f}",
-                          "-" if r["target"] is None else f"<= {r['target']:g}", verdict,
-                          str(n)))
+            lines.append(
+                (
+                    f"{d['number']}{'*' if r['primary'] else ' '}",
+                    r["measure"],
+                    _fmt_s(r["ours"]),
+                    _fmt_s(r["baseline"]),
+                    "-" if r["ratio"] is None else f"{r['ratio']:.3f}",
+                    "-" if r["paired_ratio"] is None else f"{r['paired_ratio']:.3f}",
+                    "-" if r["target"] is None else f"<= {r['target']:g}",
+                    verdict,
+                    str(n),
+                )
+            )
         if d["error"]:
-            lines.append((str(d["number"]), f"ERROR: {d['error']}"[:90], "", "", "", "", "", "",
-                          ""))
+            lines.append(
+                (str(d["number"]), f"ERROR: {d['error']}"[:90], "", "", "", "", "", "", "")
+            )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths))]
     out.append("  ".join("-" * w for w in widths))
@@ -180,6 +215,7 @@ def finite_number(x) -> bool:
 
 
 # -- a real jupyter server -----------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -198,14 +234,29 @@ class JupyterServer:
         cfg = workdir / "config"
         cfg.mkdir(parents=True, exist_ok=True)
         (workdir / "root").mkdir(exist_ok=True)
-        (cfg / "jupyter_server_config.json").write_text(json.dumps({
-            "ServerApp": {"ip": "127.0.0.1", "port": self.port, "port_retries": 0,
-                          "open_browser": False, "allow_root": True, "root_dir": str(workdir / "root"),
-                          "jpserver_extensions": {"mlcontainer_magics": True}},
-            "IdentityProvider": {"token": self.token}}))
-        self.env = {**env, "MLCONTAINER_STORE": str(store), "JUPYTER_CONFIG_DIR": str(cfg),
-                    "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
-                    "JUPYTER_PLATFORM_DIRS": "1"}
+        (cfg / "jupyter_server_config.json").write_text(
+            json.dumps(
+                {
+                    "ServerApp": {
+                        "ip": "127.0.0.1",
+                        "port": self.port,
+                        "port_retries": 0,
+                        "open_browser": False,
+                        "allow_root": True,
+                        "root_dir": str(workdir / "root"),
+                        "jpserver_extensions": {"mlcontainer_magics": True},
+                    },
+                    "IdentityProvider": {"token": self.token},
+                }
+            )
+        )
+        self.env = {
+            **env,
+            "MLCONTAINER_STORE": str(store),
+            "JUPYTER_CONFIG_DIR": str(cfg),
+            "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
+            "JUPYTER_PLATFORM_DIRS": "1",
+        }
         self.proc = None
         self.log = workdir / "server.log"
 
@@ -213,11 +264,15 @@ class JupyterServer:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "JupyterServer":
+    def start(self, timeout: float = 60.0) -> JupyterServer:
         self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "jupyter_server"], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_server"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -227,12 +282,14 @@ class JupyterServer:
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.2)
-        raise RuntimeError(f"jupyter server did not answer in {timeout}s:\n"
-                           f"{self.log.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"jupyter server did not answer in {timeout}s:\n{self.log.read_text()[-3000:]}"
+        )
 
     def get(self, path: str):
-        req = urllib.request.Request(self.base + path,
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            self.base + path, headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
@@ -254,6 +311,7 @@ class JupyterServer:
 
 
 # -- cleanup --------------------------------------------------------------------------------
+
 
 class Janitor:
     """Removes what this bench run made: containers, images and volumes labelled with one of
@@ -338,17 +396,20 @@ class Janitor:
         for ns in self.namespaces:
             if self.client.containers.list(all=True, filters={"label": f"{NS_LABEL}={ns}"}):
                 return True
-        return bool(self.client.containers.list(
-            all=True, filters={"label": f"{BENCH_LABEL}={self.run_id}"}))
+        return bool(
+            self.client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}={self.run_id}"})
+        )
 
     def leftovers(self) -> dict:
         c = self.client
         left = {}
         for ns in sorted(self.namespaces):
             flt = {"label": f"{NS_LABEL}={ns}"}
-            found = {"containers": [x.name for x in c.containers.list(all=True, filters=flt)],
-                     "images": [x.id for x in c.images.list(all=True, filters=flt)],
-                     "volumes": [x.name for x in c.volumes.list(filters=flt)]}
+            found = {
+                "containers": [x.name for x in c.containers.list(all=True, filters=flt)],
+                "images": [x.id for x in c.images.list(all=True, filters=flt)],
+                "volumes": [x.name for x in c.volumes.list(filters=flt)],
+            }
             found = {k: v for k, v in found.items() if v}
             if found:
                 left[ns] = found
@@ -368,6 +429,7 @@ def _quietly(fn, *args, **kwargs):
 @contextmanager
 def interrupts_become_keyboardinterrupt():
     """SIGTERM (and SIGHUP) raise KeyboardInterrupt, like Ctrl-C, so cleanup runs."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 

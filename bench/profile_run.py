@@ -11,6 +11,7 @@ Two views:
   gap to the baseline into: the container options the product uses (--init, --cap-drop ALL,
   bind mounts, user 1000), its runner program, the SDK's call pattern, and the rest.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,7 +29,7 @@ _ID = re.compile(r"/[0-9a-f]{12,64}(?=/|$)")
 
 def _path(url: str) -> str:
     path = url.split("://", 1)[-1]
-    path = path[path.find("/"):] if "/" in path else path
+    path = path[path.find("/") :] if "/" in path else path
     path = path.split("?", 1)[0]
     path = re.sub(r"^/v[0-9.]+", "", path)
     path = _ID.sub("/{id}", path)
@@ -61,8 +62,9 @@ def _patched(obj, name, label, log, t_origin):
                 setattr(obj, name, orig)
 
 
-def profile_cached_run(ip, magics, line: str, code: str, n: int = 5,
-                       user_ns: dict | None = None) -> dict:
+def profile_cached_run(
+    ip, magics, line: str, code: str, n: int = 5, user_ns: dict | None = None
+) -> dict:
     from IPython.utils.capture import capture_output
 
     from mlcontainer_magics.core import runs, transfer
@@ -103,8 +105,13 @@ def profile_cached_run(ip, magics, line: str, code: str, n: int = 5,
                 try:
                     return orig_send(request, *a, **kw)
                 finally:
-                    api_log.append((f"{request.method} {_path(request.url)}",
-                                    t0 - t_origin[0], time.perf_counter() - t0))
+                    api_log.append(
+                        (
+                            f"{request.method} {_path(request.url)}",
+                            t0 - t_origin[0],
+                            time.perf_counter() - t0,
+                        )
+                    )
 
             api.send = send
             stack.callback(lambda: api.__dict__.pop("send", None))
@@ -119,8 +126,9 @@ def profile_cached_run(ip, magics, line: str, code: str, n: int = 5,
         phases.append(log)
         calls.append(api_log)
         if timeline is None:
-            timeline = sorted(log + [("  api " + k, s, d) for k, s, d in api_log],
-                              key=lambda x: x[1])
+            timeline = sorted(
+                log + [("  api " + k, s, d) for k, s, d in api_log], key=lambda x: x[1]
+            )
 
     def medians(logs):
         per: dict[str, list] = {}
@@ -132,19 +140,26 @@ def profile_cached_run(ip, magics, line: str, code: str, n: int = 5,
                 counts[label] = counts.get(label, 0) + 1
             for label, s in sums.items():
                 per.setdefault(label, []).append((s, counts[label]))
-        return {label: {"median_s": statistics.median(s for s, _ in v),
-                        "calls_per_run": statistics.median(c for _, c in v)}
-                for label, v in per.items()}
+        return {
+            label: {
+                "median_s": statistics.median(s for s, _ in v),
+                "calls_per_run": statistics.median(c for _, c in v),
+            }
+            for label, v in per.items()
+        }
 
     phase_m = medians(phases)
     total_m = statistics.median(totals)
     store_prefix = ("store.", "build ")
-    store_s = statistics.median(sum(d for label, _, d in log if label.startswith(store_prefix))
-                                for log in phases)
+    store_s = statistics.median(
+        sum(d for label, _, d in log if label.startswith(store_prefix)) for log in phases
+    )
     # phases never nest (the API calls, which nest in them, are kept apart): the rest of
     # each run is the magic's own glue, IPython and output
-    rest = statistics.median(t - sum(d for label, _, d in log if not label.startswith(" "))
-                             for t, log in zip(totals, phases))
+    rest = statistics.median(
+        t - sum(d for label, _, d in log if not label.startswith(" "))
+        for t, log in zip(totals, phases)
+    )
     return {
         "runs": n,
         "total_median_s": total_m,
@@ -153,8 +168,10 @@ def profile_cached_run(ip, magics, line: str, code: str, n: int = 5,
         "api_calls_per_run": statistics.median(len(c) for c in calls),
         "store_and_records_s": store_s,
         "unaccounted_s": rest,
-        "timeline_one_run": [{"what": w, "at_ms": round(s * 1e3, 2), "ms": round(d * 1e3, 2)}
-                             for w, s, d in timeline or []],
+        "timeline_one_run": [
+            {"what": w, "at_ms": round(s * 1e3, 2), "ms": round(d * 1e3, 2)}
+            for w, s, d in timeline or []
+        ],
     }
 
 
@@ -167,13 +184,38 @@ def container_variants(client, image: str, code: str, namespace: str, n: int = 5
     from mlcontainer_magics.core import runs
 
     label = f"{NS_LABEL}={namespace}"
-    workdir, _ = runs.prepare_workdir(SimpleNamespace(code=code, outputs=()), {},
-                                      Path(tempfile.gettempdir()))
-    opts = ["--user", "1000:1000", "-e", "PYTHONUNBUFFERED=1", "-e", "HOME=/tmp",
-            "-e", "MPLBACKEND=Agg", "-e", "PYTHONDONTWRITEBYTECODE=1", "-w", "/mlc",
-            "--label", label, "--network", "bridge", "--cap-drop", "ALL",
-            "--security-opt", "no-new-privileges", "--init", "--pids-limit", "4096",
-            "-v", f"{workdir}:/mlc:ro", "-v", f"{workdir}/out:/mlc/out:rw"]
+    workdir, _ = runs.prepare_workdir(
+        SimpleNamespace(code=code, outputs=()), {}, Path(tempfile.gettempdir())
+    )
+    opts = [
+        "--user",
+        "1000:1000",
+        "-e",
+        "PYTHONUNBUFFERED=1",
+        "-e",
+        "HOME=/tmp",
+        "-e",
+        "MPLBACKEND=Agg",
+        "-e",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "-w",
+        "/mlc",
+        "--label",
+        label,
+        "--network",
+        "bridge",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--init",
+        "--pids-limit",
+        "4096",
+        "-v",
+        f"{workdir}:/mlc:ro",
+        "-v",
+        f"{workdir}/out:/mlc/out:rw",
+    ]
 
     def sdk_plain():
         # The product's call pattern (create, attach, start, stream, wait, reload, remove),
@@ -190,14 +232,16 @@ def container_variants(client, image: str, code: str, namespace: str, n: int = 5
         return time.perf_counter() - t0
 
     variants = {
-        "docker run --rm IMAGE python -c CODE (the baseline)":
-            lambda: docker("run", "--rm", "--label", label, image, "python", "-c", code)[0],
-        "  + the product's container options (python -c CODE)":
-            lambda: docker("run", "--rm", *opts, image, "python", "-c", code)[0],
-        "  + options + runner.py (the product's container, via CLI)":
-            lambda: docker("run", "--rm", *opts, image, "python", "/mlc/runner.py")[0],
-        "SDK create/attach/start/wait/reload/remove, no options, python -c":
-            sdk_plain,
+        "docker run --rm IMAGE python -c CODE (the baseline)": lambda: docker(
+            "run", "--rm", "--label", label, image, "python", "-c", code
+        )[0],
+        "  + the product's container options (python -c CODE)": lambda: docker(
+            "run", "--rm", *opts, image, "python", "-c", code
+        )[0],
+        "  + options + runner.py (the product's container, via CLI)": lambda: docker(
+            "run", "--rm", *opts, image, "python", "/mlc/runner.py"
+        )[0],
+        "SDK create/attach/start/wait/reload/remove, no options, python -c": sdk_plain,
     }
     samples = {k: [] for k in variants}
     try:
@@ -205,27 +249,35 @@ def container_variants(client, image: str, code: str, namespace: str, n: int = 5
             fn()  # warm-up
         for i in range(n):
             keys = list(variants)
-            keys = keys[i % len(keys):] + keys[:i % len(keys)]  # rotate the order
+            keys = keys[i % len(keys) :] + keys[: i % len(keys)]  # rotate the order
             for k in keys:
                 samples[k].append(variants[k]())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return {k: {"median_s": statistics.median(v), "samples": [round(x, 4) for x in v]}
-            for k, v in samples.items()}
+    return {
+        k: {"median_s": statistics.median(v), "samples": [round(x, 4) for x in v]}
+        for k, v in samples.items()
+    }
 
 
 def render(profile: dict, variants: dict) -> str:
-    out = [f"Profile of a cached run{profile.get('what', '')} (median of {profile['runs']}): total "
-           f"{profile['total_median_s'] * 1e3:.0f} ms, {profile['api_calls_per_run']:.0f} "
-           f"Docker API requests"]
+    out = [
+        f"Profile of a cached run{profile.get('what', '')} (median of {profile['runs']}): total "
+        f"{profile['total_median_s'] * 1e3:.0f} ms, {profile['api_calls_per_run']:.0f} "
+        f"Docker API requests"
+    ]
     for k, v in sorted(profile["phases"].items(), key=lambda kv: -kv[1]["median_s"]):
-        out.append(f"  {v['median_s'] * 1e3:8.1f} ms  {k}"
-                   + (f"  (x{v['calls_per_run']:g})" if v["calls_per_run"] > 1 else ""))
+        out.append(
+            f"  {v['median_s'] * 1e3:8.1f} ms  {k}"
+            + (f"  (x{v['calls_per_run']:g})" if v["calls_per_run"] > 1 else "")
+        )
     out.append(f"  {profile['unaccounted_s'] * 1e3:8.1f} ms  rest (IPython, output, glue)")
     out.append("  Docker API requests (time to response headers):")
     for k, v in sorted(profile["api_calls"].items(), key=lambda kv: -kv[1]["median_s"]):
-        out.append(f"  {v['median_s'] * 1e3:8.1f} ms  {k}"
-                   + (f"  (x{v['calls_per_run']:g})" if v["calls_per_run"] > 1 else ""))
+        out.append(
+            f"  {v['median_s'] * 1e3:8.1f} ms  {k}"
+            + (f"  (x{v['calls_per_run']:g})" if v["calls_per_run"] > 1 else "")
+        )
     out.append("  Timeline of one run (start offset, duration):")
     for e in profile["timeline_one_run"]:
         out.append(f"  {e['at_ms']:8.1f} +{e['ms']:7.1f} ms  {e['what']}")
@@ -256,8 +308,13 @@ def profile_build(namespace: str, base_image: str, requirements: list, added: st
             try:
                 return orig_send(request, *a, **kw)
             finally:
-                events.append((t0 - t_origin, time.perf_counter() - t0,
-                               f"api {request.method} {_path(request.url)}"))
+                events.append(
+                    (
+                        t0 - t_origin,
+                        time.perf_counter() - t0,
+                        f"api {request.method} {_path(request.url)}",
+                    )
+                )
 
         def on_event(phase, **info):
             now = time.perf_counter() - t_origin
@@ -268,18 +325,31 @@ def profile_build(namespace: str, base_image: str, requirements: list, added: st
 
         api.send = send
         try:
-            env = backend.ensure_environment(EnvSpec(base_image, (), tuple(reqs)),
-                                             events=on_event)
+            env = backend.ensure_environment(EnvSpec(base_image, (), tuple(reqs)), events=on_event)
         finally:
             api.__dict__.pop("send", None)
         total = time.perf_counter() - t_origin
-        _, proc = docker("run", "--rm", "--label", f"{NS_LABEL}={namespace}", "-v",
-                         f"{backend.cache_volume}:/c:ro", base_image, "du", "-sk", "/c")
+        _, proc = docker(
+            "run",
+            "--rm",
+            "--label",
+            f"{NS_LABEL}={namespace}",
+            "-v",
+            f"{backend.cache_volume}:/c:ro",
+            base_image,
+            "du",
+            "-sk",
+            "/c",
+        )
         out[label] = {
-            "total_s": round(total, 3), "image_size": env.size,
+            "total_s": round(total, 3),
+            "image_size": env.size,
             "cache_volume_kb": int(proc.stdout.split()[0]) if proc.stdout else None,
-            "slow_api": [{"at_s": round(s, 3), "s": round(d, 3), "what": w}
-                         for s, d, w in events if w.startswith("api") and d > 0.05],
+            "slow_api": [
+                {"at_s": round(s, 3), "s": round(d, 3), "what": w}
+                for s, d, w in events
+                if w.startswith("api") and d > 0.05
+            ],
             "milestones": _milestones(events),
         }
     return out
@@ -287,12 +357,23 @@ def profile_build(namespace: str, base_image: str, requirements: list, added: st
 
 def _milestones(events) -> list:
     """The build log reduced to when each pip phase began, plus the slow API calls."""
-    keep = ("--- pip", "Collecting", "Downloading", "Using cached", "Installing collected",
-            "Successfully installed", "event")
+    keep = (
+        "--- pip",
+        "Collecting",
+        "Downloading",
+        "Using cached",
+        "Installing collected",
+        "Successfully installed",
+        "event",
+    )
     rows = []
     for at, dur, what in sorted(events):
-        if what.startswith("log ") and any(k in what for k in keep) or \
-                what.startswith("event") or (what.startswith("api") and dur > 0.05):
+        if (
+            what.startswith("log ")
+            and any(k in what for k in keep)
+            or what.startswith("event")
+            or (what.startswith("api") and dur > 0.05)
+        ):
             rows.append({"at_s": round(at, 3), "s": round(dur, 3), "what": what[:140]})
     return rows
 
@@ -300,9 +381,14 @@ def _milestones(events) -> list:
 def render_build(prof: dict) -> str:
     out = ["Profile of an environment build (cold, then + one package, same cache volume):"]
     for label, p in prof.items():
-        out.append(f"  {label}: {p['total_s']:.1f} s, image {p['image_size'] or 0:,} bytes, "
-                   f"pip cache volume afterwards {p['cache_volume_kb']} kB")
+        out.append(
+            f"  {label}: {p['total_s']:.1f} s, image {p['image_size'] or 0:,} bytes, "
+            f"pip cache volume afterwards {p['cache_volume_kb']} kB"
+        )
         for m in p["milestones"]:
-            out.append(f"    {m['at_s']:7.2f} s" + (f" +{m['s']:.2f} s" if m["s"] else "")
-                       + f"  {m['what']}")
+            out.append(
+                f"    {m['at_s']:7.2f} s"
+                + (f" +{m['s']:.2f} s" if m["s"] else "")
+                + f"  {m['what']}"
+            )
     return "\n".join(out)

@@ -29,6 +29,7 @@ ours and the baseline, no image built by scenarios 1 and 2); tests/test_bench.py
 Everything is made in a namespace of its own (mlcbench-<random>) and a temporary snapshot
 store, and removed at the end, on Ctrl-C too. The exit status is 1 when a check failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,18 +78,25 @@ TITLES = {
 }
 WARM_REQ = "six==1.16.0"  # the environment of scenarios 1, 2 and 8
 DATA_REQ = "numpy==1.26.4"  # the container side of scenario 7
-FULL = dict(cold=["numpy==1.26.4", "pandas==2.2.3", "scikit-learn==1.5.2"],
-            cold_code="import numpy, pandas, sklearn\n"
-                      "print('cold', numpy.__version__, pandas.__version__, sklearn.__version__)",
-            add="six==1.16.0",
-            add_code="import numpy, pandas, sklearn, six\n"
-                     "print('add', numpy.__version__, pandas.__version__, sklearn.__version__,"
-                     " six.__version__)",
-            array_mb=200, list_sizes=(100, 10_000))
-SHORT = dict(cold=["idna==3.7"], cold_code="import idna\nprint('cold', idna.__version__)",
-             add="six==1.16.0",
-             add_code="import idna, six\nprint('add', idna.__version__, six.__version__)",
-             array_mb=2, list_sizes=(100, 1_000))
+FULL = dict(
+    cold=["numpy==1.26.4", "pandas==2.2.3", "scikit-learn==1.5.2"],
+    cold_code="import numpy, pandas, sklearn\n"
+    "print('cold', numpy.__version__, pandas.__version__, sklearn.__version__)",
+    add="six==1.16.0",
+    add_code="import numpy, pandas, sklearn, six\n"
+    "print('add', numpy.__version__, pandas.__version__, sklearn.__version__,"
+    " six.__version__)",
+    array_mb=200,
+    list_sizes=(100, 10_000),
+)
+SHORT = dict(
+    cold=["idna==3.7"],
+    cold_code="import idna\nprint('cold', idna.__version__)",
+    add="six==1.16.0",
+    add_code="import idna, six\nprint('add', idna.__version__, six.__version__)",
+    array_mb=2,
+    list_sizes=(100, 1_000),
+)
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -163,12 +171,17 @@ class Bench:
         return dt, cell_output(cap.stdout), record
 
     def ns_images(self, ns: str | None = None) -> list[str]:
-        return sorted(i.id for i in self.client.images.list(
-            all=True, filters={"label": f"{NS_LABEL}={ns or self.ns}"}))
+        return sorted(
+            i.id
+            for i in self.client.images.list(
+                all=True, filters={"label": f"{NS_LABEL}={ns or self.ns}"}
+            )
+        )
 
     def docker_run(self, image: str, code: str):
-        dt, proc = docker("run", "--rm", "--label", f"{NS_LABEL}={self.ns}", image,
-                          "python", "-c", code)
+        dt, proc = docker(
+            "run", "--rm", "--label", f"{NS_LABEL}={self.ns}", image, "python", "-c", code
+        )
         return dt, proc.stdout
 
     def ensure_warm_env(self):
@@ -178,8 +191,11 @@ class Bench:
             _, out, rec = self.cell(f"-r {WARM_REQ}", "print('ready')")
             assert out.strip() == "ready", out
             self.warm_image = rec["env_image"]
-            self.info["warm_env"] = {"image": rec["env_image"], "size": rec.get("image_size"),
-                                     "build_s": rec.get("timings", {}).get("environment")}
+            self.info["warm_env"] = {
+                "image": rec["env_image"],
+                "size": rec.get("image_size"),
+                "build_s": rec.get("timings", {}).get("environment"),
+            }
         return self.warm_image
 
     # -- scenarios ----------------------------------------------------------------------------
@@ -187,15 +203,18 @@ class Bench:
     def s_cached(self, sc: Scenario, edited: bool, target: float) -> None:
         image = self.ensure_warm_env()
         line = f"-r {WARM_REQ}"
-        row = Row("%%containerize vs docker run --rm (edited code)" if edited else
-                  "%%containerize vs docker run --rm (same code)", target=target,
-                  ours_label=f"%%containerize {line}",
-                  baseline_label=f"docker run --rm {image} python -c CODE")
+        row = Row(
+            "%%containerize vs docker run --rm (edited code)"
+            if edited
+            else "%%containerize vs docker run --rm (same code)",
+            target=target,
+            ours_label=f"%%containerize {line}",
+            baseline_label=f"docker run --rm {image} python -c CODE",
+        )
         sc.rows.append(row)
 
         def code(i):
-            return f"x = {i}\nprint('edited', x, x * x)" if edited else \
-                "print('same', 6 * 7)"
+            return f"x = {i}\nprint('edited', x, x * x)" if edited else "print('same', 6 * 7)"
 
         # warm-up, untimed: first container of this image, page cache
         self.cell(line, code(-1))
@@ -217,13 +236,17 @@ class Bench:
                 res["base"] = out
                 row.baseline.append(dt)
 
-            for fn in ((ours, base) if i % 2 == 0 else (base, ours)):
+            for fn in (ours, base) if i % 2 == 0 else (base, ours):
                 fn()
-            sc.check("same_output", res["ours"].strip() == res["base"].strip()
-                     and res["ours"].strip() != "", f"ours {res['ours']!r} vs {res['base']!r}")
+            sc.check(
+                "same_output",
+                res["ours"].strip() == res["base"].strip() and res["ours"].strip() != "",
+                f"ours {res['ours']!r} vs {res['base']!r}",
+            )
         after = self.ns_images()
-        sc.check("no_image_built", before == after,
-                 f"{len(before)} images before, {len(after)} after")
+        sc.check(
+            "no_image_built", before == after, f"{len(before)} images before, {len(after)} after"
+        )
         sc.check("env_cached_every_run", all(cached), f"env_cached {cached}")
         sc.info["images_before_after"] = [len(before), len(after)]
 
@@ -243,21 +266,30 @@ class Bench:
         line4 = f"--no-capture -r {reqs} {z['add']}"
         base = self.magics.base_image
         cold_rows = {
-            "total": Row("first cell: build + run, vs docker build --no-cache + docker run",
-                         target=1.1, ours_label=f"%%containerize {line3} (fresh namespace, "
-                         "empty cache volume)",
-                         baseline_label="DOCKER_BUILDKIT=0 docker build --no-cache + docker "
-                         "run --rm"),
-            "build": Row("  build only: environment phase vs docker build", target=1.1,
-                         primary=False, ours_label="snapshot timings['environment']",
-                         baseline_label="docker build --no-cache"),
+            "total": Row(
+                "first cell: build + run, vs docker build --no-cache + docker run",
+                target=1.1,
+                ours_label=f"%%containerize {line3} (fresh namespace, empty cache volume)",
+                baseline_label="DOCKER_BUILDKIT=0 docker build --no-cache + docker run --rm",
+            ),
+            "build": Row(
+                "  build only: environment phase vs docker build",
+                target=1.1,
+                primary=False,
+                ours_label="snapshot timings['environment']",
+                baseline_label="docker build --no-cache",
+            ),
         }
         add_rows = {
-            "total": Row("+ one package (build + run) vs scenario 3's cold run", target=0.4,
-                         ours_label=f"%%containerize {line4} (same namespace: warm cache "
-                         "volume)", baseline_label=f"%%containerize {line3} (cold, scenario 3)"),
-            "build": Row("  build only: environment phase vs scenario 3's", target=0.4,
-                         primary=False),
+            "total": Row(
+                "+ one package (build + run) vs scenario 3's cold run",
+                target=0.4,
+                ours_label=f"%%containerize {line4} (same namespace: warm cache volume)",
+                baseline_label=f"%%containerize {line3} (cold, scenario 3)",
+            ),
+            "build": Row(
+                "  build only: environment phase vs scenario 3's", target=0.4, primary=False
+            ),
         }
         if do_cold:
             self.scenarios["cold"].rows += cold_rows.values()
@@ -271,7 +303,8 @@ class Bench:
             f"LABEL {BENCH_LABEL}={self.run_id}\n"
             "COPY ca.pem /tmp/ca.pem\n"
             "RUN python -m pip install --cert /tmp/ca.pem --no-cache-dir "
-            f"--disable-pip-version-check {reqs}\n")
+            f"--disable-pip-version-check {reqs}\n"
+        )
         sc.info["dockerfile"] = (ctx / "Dockerfile").read_text()
         self.ip  # noqa: B018 - load the extension outside the timings
 
@@ -285,11 +318,13 @@ class Bench:
                 out["ours3"] = o
                 cold_rows["total"].ours.append(dt)
                 cold_rows["build"].ours.append(rec["timings"]["environment"])
-                sc.check("cold_built_an_image", rec.get("env_cached") is False,
-                         f"env_cached={rec.get('env_cached')}")
+                sc.check(
+                    "cold_built_an_image",
+                    rec.get("env_cached") is False,
+                    f"env_cached={rec.get('env_cached')}",
+                )
                 if k == 0:
-                    sc.info["cache_volume_mb_after_cold"] = self.volume_mb(
-                        f"{nsk}-pip-cache", base)
+                    sc.info["cache_volume_mb_after_cold"] = self.volume_mb(f"{nsk}-pip-cache", base)
                     sc.info["env_image_size"] = rec.get("image_size")
                 if add_sc is not None:
                     log(f"cold {k}: ours + {z['add']}")
@@ -299,10 +334,16 @@ class Bench:
                     add_rows["total"].baseline.append(dt)
                     add_rows["build"].ours.append(rec4["timings"]["environment"])
                     add_rows["build"].baseline.append(rec["timings"]["environment"])
-                    add_sc.check("added_package_built_an_image", rec4.get("env_cached") is False,
-                                 f"env_cached={rec4.get('env_cached')}")
-                    want = out["ours3"].strip().replace("cold", "add", 1) + " " + \
-                        z["add"].split("==")[1]
+                    add_sc.check(
+                        "added_package_built_an_image",
+                        rec4.get("env_cached") is False,
+                        f"env_cached={rec4.get('env_cached')}",
+                    )
+                    want = (
+                        out["ours3"].strip().replace("cold", "add", 1)
+                        + " "
+                        + z["add"].split("==")[1]
+                    )
                     add_sc.check("same_output", o4.strip() == want, f"{o4!r} vs {want!r}")
 
             def baseline():
@@ -311,8 +352,16 @@ class Bench:
                 env = {**self.env, "DOCKER_BUILDKIT": "0"}
                 t0 = time.perf_counter()
                 dtb, _ = docker("build", "--no-cache", "--rm", "-q", "-t", tag, str(ctx), env=env)
-                dtr, proc = docker("run", "--rm", "--label", f"{NS_LABEL}={self.ns}", tag,
-                                   "python", "-c", z["cold_code"])
+                dtr, proc = docker(
+                    "run",
+                    "--rm",
+                    "--label",
+                    f"{NS_LABEL}={self.ns}",
+                    tag,
+                    "python",
+                    "-c",
+                    z["cold_code"],
+                )
                 cold_rows["total"].baseline.append(time.perf_counter() - t0)
                 cold_rows["build"].baseline.append(dtb)
                 out["base3"] = proc.stdout
@@ -324,9 +373,12 @@ class Bench:
             for fn in sides if do_cold else (ours,):
                 fn()
             if do_cold:
-                sc.check("same_output", out["ours3"].strip() == out["base3"].strip()
-                         and out["ours3"].startswith("cold"),
-                         f"{out['ours3']!r} vs {out['base3']!r}")
+                sc.check(
+                    "same_output",
+                    out["ours3"].strip() == out["base3"].strip()
+                    and out["ours3"].startswith("cold"),
+                    f"{out['ours3']!r} vs {out['base3']!r}",
+                )
             log(f"cold {k}: removing both sides' images and the cache volume")
             self.janitor.remove_namespace(nsk)
             self.janitor.remove_baseline_images()
@@ -337,19 +389,31 @@ class Bench:
             "container reaches PyPI through this machine's TLS-intercepting proxy: the "
             "hand-written Dockerfile gets the same host CA bundle (COPY ca.pem + pip --cert; "
             "it stays in an image layer, which ours avoids) and --disable-pip-version-check, "
-            "as ours sets. Both times include running the cell once in the new image.")
+            "as ours sets. Both times include running the cell once in the new image."
+        )
         if add_sc is not None:
             add_sc.notes.append(
                 f"Ours in scenario 3's namespace right after its cold run: the spec changes "
                 f"(+ {z['add']}), so a new image is built. It adds to scenario 3's image (same "
                 f"base, its requirements a subset): only {z['add']} is installed, as a layer "
                 f"on top, with the shared pip cache volume ({self.ns}-cN-pip-cache) for "
-                f"downloads. Paired with the same repetition's cold run.")
+                f"downloads. Paired with the same repetition's cold run."
+            )
 
     def volume_mb(self, volume: str, base: str):
         try:
-            _, proc = docker("run", "--rm", "--label", f"{NS_LABEL}={self.ns}", "-v",
-                             f"{volume}:/c:ro", base, "du", "-sm", "/c")
+            _, proc = docker(
+                "run",
+                "--rm",
+                "--label",
+                f"{NS_LABEL}={self.ns}",
+                "-v",
+                f"{volume}:/c:ro",
+                base,
+                "du",
+                "-sm",
+                "/c",
+            )
             return int(proc.stdout.split()[0])
         except Exception:
             return None
@@ -358,7 +422,7 @@ class Bench:
         py = sys.executable
         variants = {
             "A": "from IPython.testing.globalipapp import get_ipython; ip = get_ipython(); "
-                 "ip.run_line_magic('load_ext', 'mlcontainer_magics')",
+            "ip.run_line_magic('load_ext', 'mlcontainer_magics')",
             "A0": "from IPython.testing.globalipapp import get_ipython; ip = get_ipython()",
             "B": "import ipywidgets",
             "B0": "pass",
@@ -369,13 +433,18 @@ class Bench:
             timed_run([py, "-c", code], env=env)
         for i in range(self.cheap_n):
             keys = list(variants)
-            keys = keys[i % 4:] + keys[:i % 4]
+            keys = keys[i % 4 :] + keys[: i % 4]
             for k in keys:
                 samples[k].append(timed_run([py, "-c", variants[k]], env=env)[0])
         m = {k: median(v) for k, v in samples.items()}
-        row = Row("load_ext (A - A0) vs import ipywidgets (B - B0)", target=1.5,
-                  ours_value=m["A"] - m["A0"], baseline_value=m["B"] - m["B0"],
-                  ours_label="median(A) - median(A0)", baseline_label="median(B) - median(B0)")
+        row = Row(
+            "load_ext (A - A0) vs import ipywidgets (B - B0)",
+            target=1.5,
+            ours_value=m["A"] - m["A0"],
+            baseline_value=m["B"] - m["B0"],
+            ours_label="median(A) - median(A0)",
+            baseline_label="median(B) - median(B0)",
+        )
         row.ours, row.baseline = samples["A"], samples["B"]
         sc.rows.append(row)
         sc.info["medians_s"] = m
@@ -384,10 +453,16 @@ class Bench:
         # -X importtime self-report, for the record (one run each)
         it_a = importtime(py, variants["A"], "mlcontainer_magics", env)
         it_b = importtime(py, variants["B"], "ipywidgets", env)
-        sc.rows.append(Row("  -X importtime: mlcontainer_magics vs ipywidgets (cumulative)",
-                           target=1.5, primary=False, ours_value=it_a, baseline_value=it_b))
-        sc.info["importtime_top"] = importtime_top(py, variants["A"], "mlcontainer_magics",
-                                                   env)
+        sc.rows.append(
+            Row(
+                "  -X importtime: mlcontainer_magics vs ipywidgets (cumulative)",
+                target=1.5,
+                primary=False,
+                ours_value=it_a,
+                baseline_value=it_b,
+            )
+        )
+        sc.info["importtime_top"] = importtime_top(py, variants["A"], "mlcontainer_magics", env)
         sc.check("numbers", all(x > 0 for x in m.values()), str(m))
         sc.check("extension_loads", True)
         sc.notes.append(
@@ -397,7 +472,8 @@ class Bench:
             "A - A0 (IPython already loaded, as in a kernel), baseline = B - B0 (ipywidgets "
             "pays for importing IPython itself: the like-for-like view of what a user waits "
             "for). The -X importtime row sums the cumulative import time of the top-level "
-            "mlcontainer_magics imports vs that of ipywidgets.")
+            "mlcontainer_magics imports vs that of ipywidgets."
+        )
 
     def s_list(self, sc):
         from bench_store import fill
@@ -415,9 +491,14 @@ class Bench:
             sc.check("filled", s.count() == n, f"{s.count()} != {n}")
             s.close()
             stores[n] = root
-        cli = shutil.which("mlcontainer", path=str(Path(sys.executable).parent)) or \
-            shutil.which("mlcontainer")
-        argv = [cli, "list"] if cli else [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "list"]
+        cli = shutil.which("mlcontainer", path=str(Path(sys.executable).parent)) or shutil.which(
+            "mlcontainer"
+        )
+        argv = (
+            [cli, "list"]
+            if cli
+            else [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "list"]
+        )
         sc.info["cli"] = " ".join(argv)
 
         def cli_list(n, as_json=False):
@@ -431,11 +512,15 @@ class Bench:
             lines = cli_list(n)[1].strip().splitlines()
             sc.check("cli_lists_a_page", len(lines) == min(50, n), f"{len(lines)} lines")
             cli_ids[n] = [x["id"] for x in json.loads(cli_list(n, True)[1])]
-        row = Row(f"CLI `mlcontainer list`: {large:,} vs {small:,} snapshots", target=10.0,
-                  ours_label=f"{large:,}", baseline_label=f"{small:,}")
+        row = Row(
+            f"CLI `mlcontainer list`: {large:,} vs {small:,} snapshots",
+            target=10.0,
+            ours_label=f"{large:,}",
+            baseline_label=f"{small:,}",
+        )
         sc.rows.append(row)
         for i in range(self.cheap_n):
-            for n in ((large, small) if i % 2 == 0 else (small, large)):
+            for n in (large, small) if i % 2 == 0 else (small, large):
                 (row.ours if n == large else row.baseline).append(cli_list(n)[0])
 
         # REST: two real servers, one per store
@@ -445,20 +530,30 @@ class Bench:
             self.janitor.servers.append(srv)
             log(f"list: starting a jupyter server on 127.0.0.1:{srv.port} ({n} snapshots)")
             servers[n] = srv.start()
-        rest = Row(f"REST GET /mlcontainer/snapshots: {large:,} vs {small:,}", target=10.0,
-                   ours_label=f"{large:,}", baseline_label=f"{small:,}")
+        rest = Row(
+            f"REST GET /mlcontainer/snapshots: {large:,} vs {small:,}",
+            target=10.0,
+            ours_label=f"{large:,}",
+            baseline_label=f"{small:,}",
+        )
         sc.rows.append(rest)
         path = "/mlcontainer/snapshots?limit=50"
         for n in (small, large):
             page = servers[n].get(path)
             servers[n].get(path)
-            sc.check("rest_lists_a_page", len(page["items"]) == min(50, n)
-                     and page["total"] == n, f"{len(page['items'])} items, total {page['total']}")
-            sc.check("rest_matches_cli", [x["id"] for x in page["items"]] == cli_ids[n],
-                     "REST and CLI list different snapshots")
+            sc.check(
+                "rest_lists_a_page",
+                len(page["items"]) == min(50, n) and page["total"] == n,
+                f"{len(page['items'])} items, total {page['total']}",
+            )
+            sc.check(
+                "rest_matches_cli",
+                [x["id"] for x in page["items"]] == cli_ids[n],
+                "REST and CLI list different snapshots",
+            )
         k = 1 if self.short else 20 * self.n
         for i in range(k):
-            for n in ((large, small) if i % 2 == 0 else (small, large)):
+            for n in (large, small) if i % 2 == 0 else (small, large):
                 t0 = time.perf_counter()
                 servers[n].get(path)
                 (rest.ours if n == large else rest.baseline).append(time.perf_counter() - t0)
@@ -466,16 +561,17 @@ class Bench:
             srv.stop()
 
         # in-process, the store bench folded in
-        for label, fn in [("Store.list(limit=50)", lambda s: s.list(limit=50)),
-                          ("list_snapshots text", lambda s: list_snapshots(s, limit=50)),
-                          ("Store.count", lambda s: s.count())]:
-            r = Row(f"  in-process {label}: {large:,} vs {small:,}", target=10.0,
-                    primary=False)
+        for label, fn in [
+            ("Store.list(limit=50)", lambda s: s.list(limit=50)),
+            ("list_snapshots text", lambda s: list_snapshots(s, limit=50)),
+            ("Store.count", lambda s: s.count()),
+        ]:
+            r = Row(f"  in-process {label}: {large:,} vs {small:,}", target=10.0, primary=False)
             opened = {n: Store(stores[n]) for n in (small, large)}
             for s in opened.values():
                 fn(s)
             for i in range(1 if self.short else 50 * self.n):
-                for n in ((large, small) if i % 2 == 0 else (small, large)):
+                for n in (large, small) if i % 2 == 0 else (small, large):
                     t0 = time.perf_counter()
                     fn(opened[n])
                     (r.ours if n == large else r.baseline).append(time.perf_counter() - t0)
@@ -487,7 +583,8 @@ class Bench:
             "output each). CLI: `mlcontainer list` as a subprocess (newest 50; includes "
             "interpreter start and imports). REST: a real jupyter server per store on "
             "127.0.0.1 with a token and the extension enabled, GET "
-            "/mlcontainer/snapshots?limit=50 (page + total count).")
+            "/mlcontainer/snapshots?limit=50 (page + total count)."
+        )
 
     def s_data(self, sc):
         import numpy as np
@@ -501,11 +598,18 @@ class Bench:
         ip.user_ns["a"] = tiny
         _, _, warm = self.cell(line, "b = a")
         env_image = warm["env_image"]
-        raw = Row(f"raw: run with {mb} MB array vs np.save + np.load", target=2.0,
-                  primary=False, ours_label="%%containerize --in a --out b, b = a",
-                  baseline_label="np.save(path, a); b = np.load(path)")
-        net = Row(f"net: (run with {mb} MB - run with 128 B) vs np.save + np.load", target=2.0,
-                  baseline_label="np.save + np.load")
+        raw = Row(
+            f"raw: run with {mb} MB array vs np.save + np.load",
+            target=2.0,
+            primary=False,
+            ours_label="%%containerize --in a --out b, b = a",
+            baseline_label="np.save(path, a); b = np.load(path)",
+        )
+        net = Row(
+            f"net: (run with {mb} MB - run with 128 B) vs np.save + np.load",
+            target=2.0,
+            baseline_label="np.save + np.load",
+        )
         tiny_s = []
         path = Path(tempfile.gettempdir()) / f"{self.ns}-data.npy"
 
@@ -540,15 +644,16 @@ class Bench:
         # The same crossing with the plain docker CLI: np.save on the host, `docker run` of the
         # same environment image doing np.load + np.save on a bind-mounted folder, np.load on
         # the host; no digests, no snapshot. What any container round trip costs.
-        plain = Row(f"net, plain docker doing the same crossing ({mb} MB - 128 B)",
-                    target=None, primary=False,
-                    ours_label="%%containerize --in a --out b (net, as above)",
-                    baseline_label="np.save; docker run -v DIR:/d ENV (np.load, np.save); "
-                                   "np.load (net)")
+        plain = Row(
+            f"net, plain docker doing the same crossing ({mb} MB - 128 B)",
+            target=None,
+            primary=False,
+            ours_label="%%containerize --in a --out b (net, as above)",
+            baseline_label="np.save; docker run -v DIR:/d ENV (np.load, np.save); np.load (net)",
+        )
         plain_big, plain_tiny = [], []
         xdir = self.tmp / "plain-docker"
-        code = ("import numpy as np; a = np.load('/d/a.npy'); b = a; "
-                "np.save('/d/out/b.npy', b)")
+        code = "import numpy as np; a = np.load('/d/a.npy'); b = a; np.save('/d/out/b.npy', b)"
 
         def plain_with(value, samples):
             shutil.rmtree(xdir, ignore_errors=True)
@@ -556,8 +661,20 @@ class Bench:
             (xdir / "out").chmod(0o777)
             t0 = time.perf_counter()
             np.save(xdir / "a.npy", value)
-            docker("run", "--rm", "--label", f"{NS_LABEL}={self.ns}", "-u", "1000:1000",
-                   "-v", f"{xdir}:/d", env_image, "python", "-c", code)
+            docker(
+                "run",
+                "--rm",
+                "--label",
+                f"{NS_LABEL}={self.ns}",
+                "-u",
+                "1000:1000",
+                "-v",
+                f"{xdir}:/d",
+                env_image,
+                "python",
+                "-c",
+                code,
+            )
             b = np.load(xdir / "out" / "b.npy")
             samples.append(time.perf_counter() - t0)
             sc.check("plain_docker_round_trip_equal", np.array_equal(b, value), "b != a")
@@ -577,7 +694,7 @@ class Bench:
             samples.clear()
         fns = [ours_big, ours_tiny, baseline, plain_docker_big, plain_docker_tiny]
         for i in range(self.n):
-            for fn in fns[i % 5:] + fns[:i % 5]:
+            for fn in fns[i % 5 :] + fns[: i % 5]:
                 fn()
         net.ours = list(raw.ours)
         net.baseline = list(raw.baseline)
@@ -608,15 +725,19 @@ class Bench:
             "leaving what moving 200 MB costs. The net row is the one judged. The last row "
             "does the same crossing with the plain docker CLI (host np.save, a container's "
             "np.load + np.save on a bind mount, host np.load; net of a 128-byte run): what a "
-            "container round trip costs before any snapshot bookkeeping.")
+            "container round trip costs before any snapshot bookkeeping."
+        )
 
     def s_session(self, sc):
         image = self.ensure_warm_env()
         line = f"-r {WARM_REQ} --session bench"
         code = "print('warm', 6 * 7)"
-        row = Row("warm session cell vs docker run --rm", target=0.3,
-                  ours_label=f"%%containerize {line}",
-                  baseline_label=f"docker run --rm {image} python -c CODE")
+        row = Row(
+            "warm session cell vs docker run --rm",
+            target=0.3,
+            ours_label=f"%%containerize {line}",
+            baseline_label=f"docker run --rm {image} python -c CODE",
+        )
         sc.rows.append(row)
         t0 = time.perf_counter()
         self.cell(line, "print('start')")
@@ -636,17 +757,22 @@ class Bench:
                     res["base"] = out
                     row.baseline.append(dt)
 
-                for fn in ((ours, base) if i % 2 == 0 else (base, ours)):
+                for fn in (ours, base) if i % 2 == 0 else (base, ours):
                     fn()
-                sc.check("same_output", res["ours"].strip() == res["base"].strip() == "warm 42",
-                         f"{res['ours']!r} vs {res['base']!r}")
+                sc.check(
+                    "same_output",
+                    res["ours"].strip() == res["base"].strip() == "warm 42",
+                    f"{res['ours']!r} vs {res['base']!r}",
+                )
         finally:
             from IPython.utils.capture import capture_output
 
             with capture_output():
                 self.ip.run_line_magic("container", "stop bench")
-        sc.notes.append("The session starts (untimed) with the first cell; then each cell is a "
-                        "socket round trip into the running interpreter.")
+        sc.notes.append(
+            "The session starts (untimed) with the first cell; then each cell is a "
+            "socket round trip into the running interpreter."
+        )
 
     # -- profile ------------------------------------------------------------------------------
 
@@ -663,18 +789,19 @@ class Bench:
         image = self.ensure_warm_env()
         n = max(3, 2 * self.n)
         log("profiling a cached run")
-        prof = profile_cached_run(self.ip, self.magics, f"-r {WARM_REQ}",
-                                  "print('profile', 6 * 7)", n=n)
-        variants = container_variants(self.client, image, "print('profile', 6 * 7)",
-                                      self.ns, n=n)
+        prof = profile_cached_run(
+            self.ip, self.magics, f"-r {WARM_REQ}", "print('profile', 6 * 7)", n=n
+        )
+        variants = container_variants(self.client, image, "print('profile', 6 * 7)", self.ns, n=n)
         self.info["profile"] = {"cached_run": prof, "docker_variants": variants}
         texts.append(render(prof, variants))
         if "data" in self.scenarios and getattr(self, "_big", None) is not None:
             log("profiling the data run (big and tiny array)")
             line = f"--no-capture -r {DATA_REQ} --in a --out b"
             for label, value in (("big", self._big), ("tiny", self._tiny)):
-                prof = profile_cached_run(self.ip, self.magics, line, "b = a", n=3,
-                                          user_ns={"a": value})
+                prof = profile_cached_run(
+                    self.ip, self.magics, line, "b = a", n=3, user_ns={"a": value}
+                )
                 prof["what"] = f" with --in/--out of a {value.nbytes:,}-byte array"
                 self.ip.user_ns.pop("b", None)
                 self.info["profile"][f"data_{label}"] = prof
@@ -683,8 +810,9 @@ class Bench:
             log("profiling an environment build (cold, then + one package)")
             ns = self.janitor.namespace(f"{self.ns}-prof")
             try:
-                prof = profile_build(ns, self.magics.base_image, self.sizes["cold"],
-                                     self.sizes["add"])
+                prof = profile_build(
+                    ns, self.magics.base_image, self.sizes["cold"], self.sizes["add"]
+                )
             finally:
                 self.janitor.remove_namespace(ns)
             self.info["profile"]["build"] = prof
@@ -727,15 +855,20 @@ class Bench:
     def result(self) -> dict:
         judge = not self.short
         scen = {k: sc.to_dict(judge) for k, sc in self.scenarios.items()}
-        return {"mode": "short" if self.short else "full", "repeat": self.n,
-                "cheap_repeat": self.cheap_n,
-                "cold_repeat": self.cold_n, "namespace": self.ns,
-                "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "scenarios": scen,
-                "checks_passed": bool(scen) and all(s["checks_passed"] for s in scen.values()),
-                "targets_met": None if not judge else all(
-                    s["pass"] for s in scen.values() if s["pass"] is not None),
-                "info": self.info}
+        return {
+            "mode": "short" if self.short else "full",
+            "repeat": self.n,
+            "cheap_repeat": self.cheap_n,
+            "cold_repeat": self.cold_n,
+            "namespace": self.ns,
+            "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "scenarios": scen,
+            "checks_passed": bool(scen) and all(s["checks_passed"] for s in scen.values()),
+            "targets_met": None
+            if not judge
+            else all(s["pass"] for s in scen.values() if s["pass"] is not None),
+            "info": self.info,
+        }
 
 
 def data_breakdown(value, folder: Path) -> dict:
@@ -745,8 +878,12 @@ def data_breakdown(value, folder: Path) -> dict:
 
     from mlcontainer_magics.core import transfer
 
-    steps = {"write_inputs (np.save + sha256)": [], "np.save alone": [],
-             "sha256 of the file (file_digest)": [], "read_value (np.load)": []}
+    steps = {
+        "write_inputs (np.save + sha256)": [],
+        "np.save alone": [],
+        "sha256 of the file (file_digest)": [],
+        "read_value (np.load)": [],
+    }
     for _ in range(3):
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
@@ -770,14 +907,16 @@ def data_breakdown(value, folder: Path) -> dict:
 def cell_output(stdout: str) -> str:
     """What the cell printed: the magic's own progress lines (text mode, outside a
     widget-capable kernel) start with "[mlcontainer]" and are left out."""
-    return "".join(line for line in stdout.splitlines(keepends=True)
-                   if not line.startswith("[mlcontainer]"))
+    return "".join(
+        line for line in stdout.splitlines(keepends=True) if not line.startswith("[mlcontainer]")
+    )
 
 
 def importtime(py, code, prefix, env) -> float | None:
     """Sum of the cumulative -X importtime of top-level imports whose name starts with prefix."""
-    proc = subprocess.run([py, "-X", "importtime", "-c", code], env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [py, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True
+    )
     total = 0
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\S.*)$", line)
@@ -788,8 +927,9 @@ def importtime(py, code, prefix, env) -> float | None:
 
 def importtime_top(py, code, prefix, env, k=8) -> list:
     """The k slowest modules (self time) imported under the top-level prefix imports."""
-    proc = subprocess.run([py, "-X", "importtime", "-c", code], env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [py, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True
+    )
     lines = proc.stderr.splitlines()
     out, block = [], []
     for line in lines:
@@ -806,16 +946,21 @@ def importtime_top(py, code, prefix, env, k=8) -> list:
 
 
 def machine_info(bench) -> dict:
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+    }
     try:
         v = bench.client.version()
         info["docker_engine"] = v.get("Version")
-        info["docker_client"] = subprocess.run(["docker", "version", "-f",
-                                                "{{.Client.Version}}"], capture_output=True,
-                                               text=True).stdout.strip()
+        info["docker_client"] = subprocess.run(
+            ["docker", "version", "-f", "{{.Client.Version}}"], capture_output=True, text=True
+        ).stdout.strip()
         base = os.environ.get("MLCONTAINER_BASE_IMAGE") or "python:{}.{}-slim".format(
-            *sys.version_info[:2])
+            *sys.version_info[:2]
+        )
         info["base_image"] = base
         info["base_image_id"] = bench.client.images.get(base).id
     except Exception as e:
@@ -825,19 +970,37 @@ def machine_info(bench) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeat", type=int, default=5,
-                   help="repetitions of the data scenario (default 5); the cheap ones (1, 2, "
-                        "5, 6, 8) take 4x as many samples, the cold build --cold-repeat")
-    p.add_argument("--cold-repeat", type=int, default=3,
-                   help="at most this many repetitions of the cold build (default 3)")
-    p.add_argument("--short", action="store_true",
-                   help="once each, tiny sizes, correctness only (CI)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="repetitions of the data scenario (default 5); the cheap ones (1, 2, "
+        "5, 6, 8) take 4x as many samples, the cold build --cold-repeat",
+    )
+    p.add_argument(
+        "--cold-repeat",
+        type=int,
+        default=3,
+        help="at most this many repetitions of the cold build (default 3)",
+    )
+    p.add_argument(
+        "--short", action="store_true", help="once each, tiny sizes, correctness only (CI)"
+    )
     p.add_argument("--json", metavar="PATH", help="write the results here")
-    p.add_argument("--only", nargs="+", metavar="SCENARIO",
-                   help=f"some of: {' '.join(ORDER)} (or their numbers 1-8)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="SCENARIO",
+        help=f"some of: {' '.join(ORDER)} (or their numbers 1-8)",
+    )
     prof = p.add_mutually_exclusive_group()
-    prof.add_argument("--profile", dest="profile", action="store_true", default=None,
-                      help="profile a cached run (default: on, except with --short)")
+    prof.add_argument(
+        "--profile",
+        dest="profile",
+        action="store_true",
+        default=None,
+        help="profile a cached run (default: on, except with --short)",
+    )
     prof.add_argument("--no-profile", dest="profile", action="store_false")
     args = p.parse_args(argv)
     if args.only:
@@ -852,8 +1015,10 @@ def main(argv=None) -> int:
         p.error("--repeat must be at least 1")
 
     bench = Bench(args)
-    log(f"namespace {bench.ns}, store {bench.store_dir}, "
-        f"{'short' if args.short else f'repeat {bench.n}, cold {bench.cold_n}'}")
+    log(
+        f"namespace {bench.ns}, store {bench.store_dir}, "
+        f"{'short' if args.short else f'repeat {bench.n}, cold {bench.cold_n}'}"
+    )
     interrupted = False
     t0 = time.perf_counter()
     try:
@@ -873,8 +1038,9 @@ def main(argv=None) -> int:
             left = bench.janitor.leftovers()
             shutil.rmtree(bench.tmp, ignore_errors=True)
             for leftover in Path(tempfile.gettempdir()).glob(f"{bench.ns}-*"):
-                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else \
-                    leftover.unlink()
+                shutil.rmtree(
+                    leftover, ignore_errors=True
+                ) if leftover.is_dir() else leftover.unlink()
     if interrupted:
         print(f"interrupted; leftovers: {left or 'none'}", file=sys.stderr)
         return 130
@@ -885,10 +1051,12 @@ def main(argv=None) -> int:
     res["checks_passed"] = res["checks_passed"] and not left
     judge = not args.short
     print()
-    print(f"mlcontainer-magics benchmarks ({res['mode']}: repeat {res['repeat']}, cold build "
-          f"{res['cold_repeat']}; medians; ratio = median(ours) / median(baseline); paired = "
-          f"median of each repetition's own ratio; * = the judged row; "
-          f"wall {res['info']['wall_s']:.0f}s)")
+    print(
+        f"mlcontainer-magics benchmarks ({res['mode']}: repeat {res['repeat']}, cold build "
+        f"{res['cold_repeat']}; medians; ratio = median(ours) / median(baseline); paired = "
+        f"median of each repetition's own ratio; * = the judged row; "
+        f"wall {res['info']['wall_s']:.0f}s)"
+    )
     print(table(bench.scenarios, judge))
     print()
     for sc in bench.scenarios.values():

@@ -9,25 +9,60 @@ environment; the server makes one under its ServerApp, so Jupyter's own config f
 
 Imports nothing of the package but its errors: every layer may read settings.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
+from typing import Any, Callable
 
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Configurable
 
 from .errors import SpecError
 
-ENV_PREFIX = "MLCONTAINER_"
-K8S_ENV_PREFIX = "MLCONTAINER_K8S_"
 BACKENDS = ("docker", "kubernetes")
 DEFAULT_TTL_SECONDS = 3600  # finished Kubernetes Jobs (and their logs) live this long
 
 
-def _env(name: str, fallback=None):
-    return os.environ.get(ENV_PREFIX + name, fallback)
+def env_default(trait: str, variable: str, parse: Callable[[str], Any] = str, unset=None):
+    """A traitlets default for ``trait``: the environment variable, parsed, read when an
+    object first needs the value; ``unset`` where the variable is unset or empty."""
+
+    def from_environment(self):
+        value = os.environ.get(variable)
+        return unset if value in (None, "") else parse(value)
+
+    return default(trait)(from_environment)
+
+
+def _false_unless_no(text: str) -> bool:
+    return text.lower() not in ("0", "false", "no")
+
+
+def _true_if_yes(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
+def _label_pairs(text: str) -> dict[str, str]:
+    pairs = [p.strip() for p in text.split(",") if p.strip()]
+    return {key: value for key, _, value in (p.partition("=") for p in pairs)}
+
+
+def _json_list(text: str) -> list:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise SpecError(
+            "MLCONTAINER_K8S_TOLERATIONS is not JSON; give a list such as "
+            '[{"key": "gpu", "operator": "Exists"}].'
+        ) from None
+    return value if isinstance(value, list) else [value]
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
 
 
 def default_store_root():
@@ -55,54 +90,46 @@ class MlcontainerSettings(Configurable):
       backend_name  docker or kubernetes          MLCONTAINER_BACKEND; docker
     """
 
-    base_image = Unicode(help="Base image of every environment, unless --base is given. "
-                              "Env: MLCONTAINER_BASE_IMAGE.").tag(config=True)
-    namespace = Unicode(help="Prefix of the images, volumes and labels this package makes. "
-                             "Env: MLCONTAINER_NAMESPACE.").tag(config=True)
-    timeout = Float(None, allow_none=True,
-                    help="Default --timeout in seconds. Env: MLCONTAINER_TIMEOUT.").tag(config=True)
-    network = Unicode(help="Default --network (bridge or none). "
-                           "Env: MLCONTAINER_NETWORK.").tag(config=True)
-    raise_error = Bool(help="Raise when the cell fails. Env: MLCONTAINER_RAISE_ERROR."
-                       ).tag(config=True)
-    store_dir = Unicode(help="Where snapshots are kept. Env: MLCONTAINER_STORE; default "
-                             "~/.local/share/mlcontainer.").tag(config=True)
-    backend_name = Unicode(help="Default backend: docker, or kubernetes (see "
-                                "KubernetesConfig). Env: MLCONTAINER_BACKEND.").tag(config=True)
+    base_image = Unicode(
+        help="Base image of every environment, unless --base is given. Env: MLCONTAINER_BASE_IMAGE."
+    ).tag(config=True)
+    namespace = Unicode(
+        help="Prefix of the images, volumes and labels this package makes. "
+        "Env: MLCONTAINER_NAMESPACE."
+    ).tag(config=True)
+    timeout = Float(
+        None, allow_none=True, help="Default --timeout in seconds. Env: MLCONTAINER_TIMEOUT."
+    ).tag(config=True)
+    network = Unicode(help="Default --network (bridge or none). Env: MLCONTAINER_NETWORK.").tag(
+        config=True
+    )
+    raise_error = Bool(help="Raise when the cell fails. Env: MLCONTAINER_RAISE_ERROR.").tag(
+        config=True
+    )
+    store_dir = Unicode(
+        help="Where snapshots are kept. Env: MLCONTAINER_STORE; default ~/.local/share/mlcontainer."
+    ).tag(config=True)
+    backend_name = Unicode(
+        help="Default backend: docker, or kubernetes (see "
+        "KubernetesConfig). Env: MLCONTAINER_BACKEND."
+    ).tag(config=True)
 
     @default("store_dir")
     def _default_store(self):
         return str(default_store_root())
 
-    @default("base_image")
-    def _default_base(self):
-        return _env("BASE_IMAGE", "python:{}.{}-slim".format(*sys.version_info[:2]))
-
-    @default("namespace")
-    def _default_namespace(self):
-        return _env("NAMESPACE", "mlcontainer")
-
-    @default("timeout")
-    def _default_timeout(self):
-        value = _env("TIMEOUT", None)
-        return float(value) if value else None
-
-    @default("network")
-    def _default_network(self):
-        return _env("NETWORK", "bridge")
-
-    @default("raise_error")
-    def _default_raise(self):
-        return _env("RAISE_ERROR", "true").lower() not in ("0", "false", "no")
-
-    @default("backend_name")
-    def _default_backend(self):
-        return _env("BACKEND", "docker")
-
-
-def _k8s_env(name: str, fallback=None):
-    value = os.environ.get(K8S_ENV_PREFIX + name)
-    return value if value not in (None, "") else fallback
+    _base_image = env_default(
+        "base_image",
+        "MLCONTAINER_BASE_IMAGE",
+        unset="python:{}.{}-slim".format(*sys.version_info[:2]),
+    )
+    _namespace = env_default("namespace", "MLCONTAINER_NAMESPACE", unset="mlcontainer")
+    _timeout = env_default("timeout", "MLCONTAINER_TIMEOUT", float)
+    _network = env_default("network", "MLCONTAINER_NETWORK", unset="bridge")
+    _raise_error = env_default(
+        "raise_error", "MLCONTAINER_RAISE_ERROR", _false_unless_no, unset=True
+    )
+    _backend_name = env_default("backend_name", "MLCONTAINER_BACKEND", unset="docker")
 
 
 class KubernetesConfig(Configurable):
@@ -113,139 +140,111 @@ class KubernetesConfig(Configurable):
 
     kubeconfig = Unicode(
         help="The kubeconfig file (several separated by ':', as KUBECONFIG). "
-             "Env: KUBECONFIG; default ~/.kube/config.").tag(config=True)
+        "Env: KUBECONFIG; default ~/.kube/config."
+    ).tag(config=True)
     context = Unicode(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="The kubeconfig context to use; default: its current-context. "
-             "Env: MLCONTAINER_K8S_CONTEXT.").tag(config=True)
+        "Env: MLCONTAINER_K8S_CONTEXT.",
+    ).tag(config=True)
     in_cluster = Bool(
         help="Use the service account of the pod this kernel runs in instead of a kubeconfig "
-             "(JupyterHub on Kubernetes). Env: MLCONTAINER_K8S_IN_CLUSTER=1.").tag(config=True)
+        "(JupyterHub on Kubernetes). Env: MLCONTAINER_K8S_IN_CLUSTER=1."
+    ).tag(config=True)
     k8s_namespace = Unicode(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="The Kubernetes namespace runs go to; default: the context's namespace (in a "
-             "cluster: the pod's own), else 'default'. Env: MLCONTAINER_K8S_NAMESPACE."
+        "cluster: the pod's own), else 'default'. Env: MLCONTAINER_K8S_NAMESPACE.",
     ).tag(config=True)
     registry = Unicode(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="Registry the cluster pulls environment images from, as host[:port][/path] "
-             "(e.g. registry.example.com/team); images are pushed there when it lacks them. "
-             "Required. Env: MLCONTAINER_K8S_REGISTRY.").tag(config=True)
+        "(e.g. registry.example.com/team); images are pushed there when it lacks them. "
+        "Required. Env: MLCONTAINER_K8S_REGISTRY.",
+    ).tag(config=True)
     registry_username = Unicode(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="Login for pushing to the registry; none: the engine's stored login "
-             "(`docker login`). Env: MLCONTAINER_K8S_REGISTRY_USERNAME.").tag(config=True)
+        "(`docker login`). Env: MLCONTAINER_K8S_REGISTRY_USERNAME.",
+    ).tag(config=True)
     registry_password = Unicode(
-        None, allow_none=True,
-        help="Password or token for registry_username. "
-             "Env: MLCONTAINER_K8S_REGISTRY_PASSWORD.").tag(config=True)
+        None,
+        allow_none=True,
+        help="Password or token for registry_username. Env: MLCONTAINER_K8S_REGISTRY_PASSWORD.",
+    ).tag(config=True)
     image_pull_secret = Unicode(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="Name of a docker-registry Secret in the namespace that lets the cluster pull "
-             "from a private registry. Env: MLCONTAINER_K8S_IMAGE_PULL_SECRET.").tag(config=True)
+        "from a private registry. Env: MLCONTAINER_K8S_IMAGE_PULL_SECRET.",
+    ).tag(config=True)
     service_account = Unicode(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="Service account of the run's pod; none: no service account token is mounted "
-             "(the cell cannot call the cluster's API). "
-             "Env: MLCONTAINER_K8S_SERVICE_ACCOUNT.").tag(config=True)
+        "(the cell cannot call the cluster's API). "
+        "Env: MLCONTAINER_K8S_SERVICE_ACCOUNT.",
+    ).tag(config=True)
     node_selector = Dict(
         help="Node labels the pod must run on, e.g. {'nvidia.com/gpu.present': 'true'}. "
-             "Env: MLCONTAINER_K8S_NODE_SELECTOR='key=value,key2=value2'.").tag(config=True)
+        "Env: MLCONTAINER_K8S_NODE_SELECTOR='key=value,key2=value2'."
+    ).tag(config=True)
     tolerations = List(
         Dict(),
         help="Taints the pod tolerates, as Kubernetes writes them, e.g. [{'key': 'gpu', "
-             "'operator': 'Exists', 'effect': 'NoSchedule'}]. "
-             "Env: MLCONTAINER_K8S_TOLERATIONS (a JSON list).").tag(config=True)
+        "'operator': 'Exists', 'effect': 'NoSchedule'}]. "
+        "Env: MLCONTAINER_K8S_TOLERATIONS (a JSON list).",
+    ).tag(config=True)
     default_cpus = Float(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="CPUs a run gets when it gives no --cpus (requests = limits). "
-             "Env: MLCONTAINER_K8S_DEFAULT_CPUS.").tag(config=True)
+        "Env: MLCONTAINER_K8S_DEFAULT_CPUS.",
+    ).tag(config=True)
     default_memory = Unicode(
-        None, allow_none=True,
+        None,
+        allow_none=True,
         help="Memory a run gets when it gives no --memory, e.g. 2g (requests = limits). "
-             "Env: MLCONTAINER_K8S_DEFAULT_MEMORY.").tag(config=True)
+        "Env: MLCONTAINER_K8S_DEFAULT_MEMORY.",
+    ).tag(config=True)
     ttl_seconds = Int(
-        DEFAULT_TTL_SECONDS, allow_none=True,
+        DEFAULT_TTL_SECONDS,
+        allow_none=True,
         help="Finished Jobs (and their pods' logs) are deleted by the cluster this many seconds "
-             "after they end; None keeps them. Env: MLCONTAINER_K8S_TTL_SECONDS.").tag(config=True)
+        "after they end; None keeps them. Env: MLCONTAINER_K8S_TTL_SECONDS.",
+    ).tag(config=True)
     schedule_timeout = Float(
         300.0,
         help="How long a pod may wait for a node (e.g. for an autoscaler to add one) before "
-             "the run fails with the scheduler's reason; 0 fails at once. "
-             "Env: MLCONTAINER_K8S_SCHEDULE_TIMEOUT.").tag(config=True)
+        "the run fails with the scheduler's reason; 0 fails at once. "
+        "Env: MLCONTAINER_K8S_SCHEDULE_TIMEOUT.",
+    ).tag(config=True)
 
-    @default("kubeconfig")
-    def _default_kubeconfig(self):
-        return os.environ.get("KUBECONFIG", "")
-
-    @default("context")
-    def _default_context(self):
-        return _k8s_env("CONTEXT")
-
-    @default("in_cluster")
-    def _default_in_cluster(self):
-        return _k8s_env("IN_CLUSTER", "").lower() in ("1", "true", "yes")
-
-    @default("k8s_namespace")
-    def _default_namespace(self):
-        return _k8s_env("NAMESPACE")
-
-    @default("registry")
-    def _default_registry(self):
-        return _k8s_env("REGISTRY")
-
-    @default("registry_username")
-    def _default_username(self):
-        return _k8s_env("REGISTRY_USERNAME")
-
-    @default("registry_password")
-    def _default_password(self):
-        return _k8s_env("REGISTRY_PASSWORD")
-
-    @default("image_pull_secret")
-    def _default_pull_secret(self):
-        return _k8s_env("IMAGE_PULL_SECRET")
-
-    @default("service_account")
-    def _default_service_account(self):
-        return _k8s_env("SERVICE_ACCOUNT")
-
-    @default("node_selector")
-    def _default_node_selector(self):
-        pairs = [p for p in (_k8s_env("NODE_SELECTOR", "")).split(",") if p.strip()]
-        return dict(p.strip().split("=", 1) if "=" in p else (p.strip(), "") for p in pairs)
-
-    @default("tolerations")
-    def _default_tolerations(self):
-        text = _k8s_env("TOLERATIONS")
-        if not text:
-            return []
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise SpecError("MLCONTAINER_K8S_TOLERATIONS is not JSON; give a list such as "
-                            '[{"key": "gpu", "operator": "Exists"}].') from None
-        return value if isinstance(value, list) else [value]
-
-    @default("default_cpus")
-    def _default_cpus(self):
-        value = _k8s_env("DEFAULT_CPUS")
-        return float(value) if value else None
-
-    @default("default_memory")
-    def _default_memory(self):
-        return _k8s_env("DEFAULT_MEMORY")
-
-    @default("ttl_seconds")
-    def _default_ttl(self):
-        value = _k8s_env("TTL_SECONDS")
-        if value is None:
-            return DEFAULT_TTL_SECONDS
-        return None if value.lower() in ("none", "") else int(value)
-
-    @default("schedule_timeout")
-    def _default_schedule_timeout(self):
-        return float(_k8s_env("SCHEDULE_TIMEOUT", 300))
+    _kubeconfig = env_default("kubeconfig", "KUBECONFIG", unset="")
+    _context = env_default("context", "MLCONTAINER_K8S_CONTEXT")
+    _in_cluster = env_default("in_cluster", "MLCONTAINER_K8S_IN_CLUSTER", _true_if_yes, unset=False)
+    _k8s_namespace = env_default("k8s_namespace", "MLCONTAINER_K8S_NAMESPACE")
+    _registry = env_default("registry", "MLCONTAINER_K8S_REGISTRY")
+    _registry_username = env_default("registry_username", "MLCONTAINER_K8S_REGISTRY_USERNAME")
+    _registry_password = env_default("registry_password", "MLCONTAINER_K8S_REGISTRY_PASSWORD")
+    _image_pull_secret = env_default("image_pull_secret", "MLCONTAINER_K8S_IMAGE_PULL_SECRET")
+    _service_account = env_default("service_account", "MLCONTAINER_K8S_SERVICE_ACCOUNT")
+    _node_selector = env_default(
+        "node_selector", "MLCONTAINER_K8S_NODE_SELECTOR", _label_pairs, unset={}
+    )
+    _tolerations = env_default("tolerations", "MLCONTAINER_K8S_TOLERATIONS", _json_list, unset=[])
+    _default_cpus = env_default("default_cpus", "MLCONTAINER_K8S_DEFAULT_CPUS", float)
+    _default_memory = env_default("default_memory", "MLCONTAINER_K8S_DEFAULT_MEMORY")
+    _ttl_seconds = env_default(
+        "ttl_seconds", "MLCONTAINER_K8S_TTL_SECONDS", _int_or_none, unset=DEFAULT_TTL_SECONDS
+    )
+    _schedule_timeout = env_default(
+        "schedule_timeout", "MLCONTAINER_K8S_SCHEDULE_TIMEOUT", float, unset=300.0
+    )
 
     @classmethod
     def class_get_trait_help(cls, trait, inst=None, helptext=None):

@@ -6,6 +6,7 @@ one place, the CLI prints ``str(e)`` on one line. Third-party errors (Docker SDK
 the Kubernetes client, SQLite) are translated into these where a backend or the store talks
 to them, and nowhere else.
 """
+
 from __future__ import annotations
 
 
@@ -14,6 +15,7 @@ class MlcError(Exception):
 
 
 # -- kinds: what the user can do about it ------------------------------------------------------
+
 
 class SpecError(MlcError, ValueError):
     """The user's input (flags, requirements, code, names) is invalid; nothing was started."""
@@ -37,6 +39,7 @@ class Unavailable(MlcError):
 
 # -- the snapshot store ----------------------------------------------------------------------
 
+
 class StoreError(MlcError):
     """A snapshot reference or record is invalid, or the store cannot be used."""
 
@@ -58,6 +61,7 @@ class StoreUnavailable(StoreError):
 
 
 # -- engines and clusters -------------------------------------------------------------------
+
 
 class EngineUnavailable(Unavailable):
     """No Docker engine answers."""
@@ -101,6 +105,7 @@ class NamespaceMissing(KubernetesError, NotFound):
 
 # -- builds and runs ---------------------------------------------------------------------------
 
+
 class BuildError(MlcError):
     """Building an environment image failed; ``log`` holds the build output."""
 
@@ -112,8 +117,9 @@ class BuildError(MlcError):
 class RunError(MlcError):
     """The cell ran and exited nonzero (or was stopped)."""
 
-    def __init__(self, message: str, exit_code: int | None = None, logs: str = "",
-                 reason: str = "error") -> None:
+    def __init__(
+        self, message: str, exit_code: int | None = None, logs: str = "", reason: str = "error"
+    ) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.logs = logs

@@ -1,6 +1,7 @@
 """A Unix-socket relay in front of the real Docker engine, which a test can cut: to the client
 it is exactly an engine that stopped answering (a stopped or restarted dockerd, a lost socket),
 while the real engine stays up for the rest of the suite."""
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ class EngineProxy:
     def url(self) -> str:
         return f"unix://{self.path}"
 
-    def start(self) -> "EngineProxy":
+    def start(self) -> EngineProxy:
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(self.path)
         self._server.listen(16)

@@ -35,6 +35,7 @@ Job's deadline — or ``deadline_after`` seconds — then the Job fails with Dea
 Use it as a pytest plugin (``pytest_plugins = ["k8s_fake"]``): the ``k8s_fake`` fixture yields a
 started :class:`FakeKubernetes` with a kubeconfig written for it (``fake.kubeconfig``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,11 +46,12 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -64,12 +66,12 @@ RESOURCES = {
     "jobs": ("batch", "v1", "Job", "/apis/batch/v1"),
     "pods": ("", "v1", "Pod", "/api/v1"),
     "secrets": ("", "v1", "Secret", "/api/v1"),
-    "networkpolicies": ("networking.k8s.io", "v1", "NetworkPolicy",
-                        "/apis/networking.k8s.io/v1"),
+    "networkpolicies": ("networking.k8s.io", "v1", "NetworkPolicy", "/apis/networking.k8s.io/v1"),
 }
 _ROUTE = re.compile(
     r"^(?P<prefix>/api/v1|/apis/batch/v1|/apis/networking\.k8s\.io/v1)"
-    r"/namespaces/(?P<ns>[^/]+)/(?P<res>[a-z]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[a-z]+))?$")
+    r"/namespaces/(?P<ns>[^/]+)/(?P<res>[a-z]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[a-z]+))?$"
+)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
@@ -83,8 +85,15 @@ class ApiError(Exception):
         self.code, self.reason, self.message, self.details = code, reason, message, details
 
     def status(self) -> dict:
-        out = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.message, "reason": self.reason, "code": self.code}
+        out = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
         if self.details:
             out["details"] = self.details
         return out
@@ -97,18 +106,31 @@ def _qualified(resource: str) -> str:
 
 def _not_found(resource: str, name: str) -> ApiError:
     group, _, kind, _ = RESOURCES[resource]
-    return ApiError(404, "NotFound", f'{_qualified(resource)} "{name}" not found',
-                    {"name": name, "group": group, "kind": resource})
+    return ApiError(
+        404,
+        "NotFound",
+        f'{_qualified(resource)} "{name}" not found',
+        {"name": name, "group": group, "kind": resource},
+    )
 
 
 def _invalid(resource: str, name: str, causes: list[tuple[str, str]]) -> ApiError:
     group, _, kind, _ = RESOURCES[resource]
     what = f"{kind}.{group}" if group else kind
     text = ", ".join(f"{f}: {m}" for f, m in causes)
-    return ApiError(422, "Invalid", f'{what} "{name}" is invalid: {text}',
-                    {"name": name, "group": group, "kind": kind,
-                     "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f}
-                                for f, m in causes]})
+    return ApiError(
+        422,
+        "Invalid",
+        f'{what} "{name}" is invalid: {text}',
+        {
+            "name": name,
+            "group": group,
+            "kind": kind,
+            "causes": [
+                {"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes
+            ],
+        },
+    )
 
 
 def _now() -> str:
@@ -120,6 +142,7 @@ def _now_nano() -> str:
 
 
 # -- selectors --------------------------------------------------------------------------------
+
 
 def parse_label_selector(text: str) -> Callable[[dict], bool]:
     """The label selector grammar of the API (equality- and set-based)."""
@@ -147,9 +170,11 @@ def parse_label_selector(text: str) -> Callable[[dict], bool]:
             neg, key = m.groups()
             checks.append(lambda labels, k=key, n=bool(neg): (k in labels) != n)
             continue
-        raise ApiError(400, "BadRequest",
-                       f"unable to parse requirement: found '{term}', expected: in, notin, "
-                       "=, ==, !=, gt, lt")
+        raise ApiError(
+            400,
+            "BadRequest",
+            f"unable to parse requirement: found '{term}', expected: in, notin, =, ==, !=, gt, lt",
+        )
     return lambda obj: all(c(obj["metadata"].get("labels") or {}) for c in checks)
 
 
@@ -169,7 +194,7 @@ def parse_field_selector(text: str) -> Callable[[dict], bool]:
             raise ApiError(400, "BadRequest", f"invalid field selector: '{term}'")
         key, op, value = m.groups()
         if key not in _FIELDS:
-            raise ApiError(400, "BadRequest", f'field label not supported: {key}')
+            raise ApiError(400, "BadRequest", f"field label not supported: {key}")
         get = _FIELDS[key]
         if op == "!=":
             checks.append(lambda o, g=get, v=value: g(o) != v)
@@ -180,17 +205,18 @@ def parse_field_selector(text: str) -> Callable[[dict], bool]:
 
 # -- scenarios --------------------------------------------------------------------------------
 
+
 @dataclass
 class Scenario:
     scenario: str = "success"
     logs: Sequence[str] = ("hello from the fake pod",)
-    exit_code: int | None = None      # default: 0 for success, 137 for oom, 1 otherwise
-    pending_seconds: float = 0.05     # in ContainerCreating before the container starts
-    line_seconds: float = 0.01        # between two log lines
-    run_seconds: float = 0.02         # after the last line, before the container exits
-    deadline_after: float = 0.2       # "deadline" without activeDeadlineSeconds on the Job
-    message: str | None = None        # for unschedulable / image_pull
-    run: Callable[["PodRun"], int] | None = None  # acts as the container; returns its exit code
+    exit_code: int | None = None  # default: 0 for success, 137 for oom, 1 otherwise
+    pending_seconds: float = 0.05  # in ContainerCreating before the container starts
+    line_seconds: float = 0.01  # between two log lines
+    run_seconds: float = 0.02  # after the last line, before the container exits
+    deadline_after: float = 0.2  # "deadline" without activeDeadlineSeconds on the Job
+    message: str | None = None  # for unschedulable / image_pull
+    run: Callable[[PodRun], int] | None = None  # acts as the container; returns its exit code
 
     def __post_init__(self) -> None:
         self.scenario = self.scenario.replace("-", "_")
@@ -209,8 +235,8 @@ class PodRun:
     """What a ``run`` callable sees: the pod as the kubelet would start it."""
 
     pod: dict
-    files: dict[str, bytes]           # absolute path -> content, from Secret volumes
-    env: dict[str, str]               # resolved, secretKeyRef values included
+    files: dict[str, bytes]  # absolute path -> content, from Secret volumes
+    env: dict[str, str]  # resolved, secretKeyRef values included
     _append: Callable[[str], None] = field(repr=False, default=print)
     _cancelled: Callable[[], bool] = field(repr=False, default=lambda: False)
 
@@ -226,17 +252,25 @@ class PodRun:
 
 # -- the fake -----------------------------------------------------------------------------------
 
+
 class FakeKubernetes:
-    def __init__(self, *, token: str = TOKEN, namespaces: Sequence[str] = ("default",),
-                 time_scale: float = 1.0, validate: bool = True, k8s_version: str = "1.37",
-                 step: float = 0.01) -> None:
+    def __init__(
+        self,
+        *,
+        token: str = TOKEN,
+        namespaces: Sequence[str] = ("default",),
+        time_scale: float = 1.0,
+        validate: bool = True,
+        k8s_version: str = "1.37",
+        step: float = 0.01,
+    ) -> None:
         self.token = token
         self.namespaces = set(namespaces)
-        self.time_scale = time_scale     # 0.01: a 60 s deadline passes in 0.6 s
+        self.time_scale = time_scale  # 0.01: a 60 s deadline passes in 0.6 s
         self.validate = validate
         self.k8s_version = k8s_version
-        self.step = step                 # how often the fake controller looks again
-        self.requests: list[dict] = []   # every request: method, path, query, body
+        self.step = step  # how often the fake controller looks again
+        self.requests: list[dict] = []  # every request: method, path, query, body
         self.kubeconfig: Path | None = None
         self._cond = threading.Condition(threading.RLock())
         self._objects: dict[str, dict[tuple[str, str], dict]] = {r: {} for r in RESOURCES}
@@ -250,7 +284,7 @@ class FakeKubernetes:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> "FakeKubernetes":
+    def start(self) -> FakeKubernetes:
         fake = self
 
         class Handler(_Handler):
@@ -259,8 +293,12 @@ class FakeKubernetes:
         Handler.fake = fake
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        thread = threading.Thread(target=self._server.serve_forever, name="k8s-fake",
-                                  kwargs={"poll_interval": 0.05}, daemon=True)
+        thread = threading.Thread(
+            target=self._server.serve_forever,
+            name="k8s-fake",
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+        )
         thread.start()
         self._threads.append(thread)
         return self
@@ -286,16 +324,22 @@ class FakeKubernetes:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def write_kubeconfig(self, path: Path, namespace: str = "default",
-                         context: str = "mlc-fake") -> Path:
+    def write_kubeconfig(
+        self, path: Path, namespace: str = "default", context: str = "mlc-fake"
+    ) -> Path:
         """A kubeconfig (JSON, which is YAML) whose current context is this fake."""
         config = {
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
             "clusters": [{"name": "mlc-fake", "cluster": {"server": self.url}}],
             "users": [{"name": "mlc-fake", "user": {"token": self.token}}],
-            "contexts": [{"name": context, "context": {"cluster": "mlc-fake",
-                                                      "user": "mlc-fake",
-                                                      "namespace": namespace}}],
+            "contexts": [
+                {
+                    "name": context,
+                    "context": {"cluster": "mlc-fake", "user": "mlc-fake", "namespace": namespace},
+                }
+            ],
             "current-context": context,
         }
         path = Path(path)
@@ -334,12 +378,18 @@ class FakeKubernetes:
 
     def list(self, resource: str, namespace: str | None = None) -> list[dict]:
         with self._cond:
-            return [copy.deepcopy(o) for (ns, _), o in self._objects[resource].items()
-                    if namespace is None or ns == namespace]
+            return [
+                copy.deepcopy(o)
+                for (ns, _), o in self._objects[resource].items()
+                if namespace is None or ns == namespace
+            ]
 
     def pods_of(self, job_name: str, namespace: str = "default") -> list[dict]:
-        return [p for p in self.list("pods", namespace)
-                if (p["metadata"].get("labels") or {}).get("job-name") == job_name]
+        return [
+            p
+            for p in self.list("pods", namespace)
+            if (p["metadata"].get("labels") or {}).get("job-name") == job_name
+        ]
 
     def log_of(self, pod_name: str, namespace: str = "default") -> str:
         with self._cond:
@@ -396,8 +446,9 @@ class FakeKubernetes:
                     if ns != namespace or not any(r.get("uid") == uid for r in refs):
                         continue
                     if propagation == "Orphan":
-                        dep["metadata"]["ownerReferences"] = [r for r in refs
-                                                              if r.get("uid") != uid]
+                        dep["metadata"]["ownerReferences"] = [
+                            r for r in refs if r.get("uid") != uid
+                        ]
                         self._record(res, "MODIFIED", dep)
                     elif (ns, n) in objects:
                         self._remove(res, ns, n, propagation)
@@ -405,8 +456,12 @@ class FakeKubernetes:
 
     def _check_namespace(self, namespace: str) -> None:
         if namespace not in self.namespaces:
-            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found',
-                           {"name": namespace, "kind": "namespaces"})
+            raise ApiError(
+                404,
+                "NotFound",
+                f'namespaces "{namespace}" not found',
+                {"name": namespace, "kind": "namespaces"},
+            )
 
     # -- verbs --------------------------------------------------------------------------------
 
@@ -414,38 +469,56 @@ class FakeKubernetes:
         self._check_namespace(namespace)
         group, version, kind, _ = RESOURCES[resource]
         api_version = f"{group}/{version}" if group else version
-        if not isinstance(body, dict) or body.get("kind") != kind or \
-                body.get("apiVersion") != api_version:
-            raise ApiError(400, "BadRequest",
-                           f"the body must be a {kind} of apiVersion {api_version}")
+        if (
+            not isinstance(body, dict)
+            or body.get("kind") != kind
+            or body.get("apiVersion") != api_version
+        ):
+            raise ApiError(
+                400, "BadRequest", f"the body must be a {kind} of apiVersion {api_version}"
+            )
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if meta.get("namespace", namespace) != namespace:
-            raise ApiError(400, "BadRequest", "the namespace of the provided object does not "
-                           "match the namespace sent on the request")
+            raise ApiError(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not "
+                "match the namespace sent on the request",
+            )
         if not meta.get("name"):
             if not meta.get("generateName"):
-                raise _invalid(resource, "", [("metadata.name",
-                                               "Required value: name or generateName is "
-                                               "required")])
+                raise _invalid(
+                    resource,
+                    "",
+                    [("metadata.name", "Required value: name or generateName is required")],
+                )
             meta["name"] = meta["generateName"][:58] + _random_suffix()
         name = meta["name"]
         self._validate(resource, obj)
         with self._cond:
             if (namespace, name) in self._objects[resource]:
-                raise ApiError(409, "AlreadyExists",
-                               f'{_qualified(resource)} "{name}" already exists',
-                               {"name": name, "group": group, "kind": resource})
-            meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now(),
-                        generation=1)
+                raise ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'{_qualified(resource)} "{name}" already exists',
+                    {"name": name, "group": group, "kind": resource},
+                )
+            meta.update(
+                namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1
+            )
             if resource == "jobs":
                 self._default_job(obj)
             if dry_run:
                 return obj
             created = self._put(resource, obj, "ADDED")
         if resource == "jobs":
-            thread = threading.Thread(target=self._drive_job, args=(namespace, name),
-                                      name=f"k8s-fake-job-{name}", daemon=True)
+            thread = threading.Thread(
+                target=self._drive_job,
+                args=(namespace, name),
+                name=f"k8s-fake-job-{name}",
+                daemon=True,
+            )
             thread.start()
             self._threads.append(thread)
         return created
@@ -455,36 +528,69 @@ class FakeKubernetes:
         if resource == "jobs":
             # The name becomes the value of the pods' job-name label: 63 at most.
             if len(name) > 63 or not _DNS_LABEL.match(name):
-                raise _invalid(resource, name, [(
-                    "metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 label '
-                    "must consist of lower case alphanumeric characters or '-', and must be "
-                    "no more than 63 characters")])
-            policy = (((obj.get("spec") or {}).get("template") or {}).get("spec")
-                      or {}).get("restartPolicy")
+                raise _invalid(
+                    resource,
+                    name,
+                    [
+                        (
+                            "metadata.name",
+                            f'Invalid value: "{name}": a lowercase RFC 1123 label '
+                            "must consist of lower case alphanumeric characters or '-', and must "
+                            "be no more than 63 characters",
+                        )
+                    ],
+                )
+            policy = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+                "restartPolicy"
+            )
             if policy not in ("Never", "OnFailure"):
-                raise _invalid(resource, name, [(
-                    "spec.template.spec.restartPolicy",
-                    f'Unsupported value: "{policy}": supported values: "OnFailure", "Never"')])
+                raise _invalid(
+                    resource,
+                    name,
+                    [
+                        (
+                            "spec.template.spec.restartPolicy",
+                            f'Unsupported value: "{policy}": supported values: '
+                            '"OnFailure", "Never"',
+                        )
+                    ],
+                )
         elif len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
-            raise _invalid(resource, name, [(
-                "metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 subdomain')])
+            raise _invalid(
+                resource,
+                name,
+                [("metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 subdomain')],
+            )
         if resource == "secrets":
             data = obj.get("data") or {}
             total = 0
             for key, value in data.items():
                 if not _SECRET_KEY.match(key):
-                    raise _invalid(resource, name, [(f"data[{key}]", f'Invalid value: "{key}": '
-                                                     "a valid config key must consist of "
-                                                     "alphanumeric characters, '-', '_' or '.'")])
+                    raise _invalid(
+                        resource,
+                        name,
+                        [
+                            (
+                                f"data[{key}]",
+                                f'Invalid value: "{key}": '
+                                "a valid config key must consist of "
+                                "alphanumeric characters, '-', '_' or '.'",
+                            )
+                        ],
+                    )
                 try:
                     total += len(base64.b64decode(value, validate=True))
                 except (ValueError, TypeError):
-                    raise ApiError(400, "BadRequest", f"illegal base64 data in data[{key}]") \
-                        from None
+                    raise ApiError(
+                        400, "BadRequest", f"illegal base64 data in data[{key}]"
+                    ) from None
             total += sum(len(v.encode()) for v in (obj.get("stringData") or {}).values())
             if total > SECRET_MAX_BYTES:
-                raise _invalid(resource, name, [(
-                    "data", f"Too long: must have at most {SECRET_MAX_BYTES} bytes")])
+                raise _invalid(
+                    resource,
+                    name,
+                    [("data", f"Too long: must have at most {SECRET_MAX_BYTES} bytes")],
+                )
         if self.validate:
             try:
                 import kubernetes_validate
@@ -507,16 +613,22 @@ class FakeKubernetes:
         spec.setdefault("suspend", False)
         spec.setdefault("manualSelector", False)
         spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
-        controller = {"batch.kubernetes.io/controller-uid": uid,
-                      "batch.kubernetes.io/job-name": name,
-                      "controller-uid": uid, "job-name": name}
+        controller = {
+            "batch.kubernetes.io/controller-uid": uid,
+            "batch.kubernetes.io/job-name": name,
+            "controller-uid": uid,
+            "job-name": name,
+        }
         spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
         template_meta = spec["template"].setdefault("metadata", {})
         template_meta["labels"] = {**(template_meta.get("labels") or {}), **controller}
         if not meta.get("labels"):
-            meta["labels"] = {"batch.kubernetes.io/job-name": name, "controller-uid": uid,
-                              "job-name": name,
-                              "batch.kubernetes.io/controller-uid": uid}
+            meta["labels"] = {
+                "batch.kubernetes.io/job-name": name,
+                "controller-uid": uid,
+                "job-name": name,
+                "batch.kubernetes.io/controller-uid": uid,
+            }
         job["status"] = {}
 
     def read(self, resource: str, namespace: str, name: str) -> dict:
@@ -526,27 +638,38 @@ class FakeKubernetes:
             raise _not_found(resource, name)
         return obj
 
-    def list_objects(self, resource: str, namespace: str, label_selector: str | None,
-                     field_selector: str | None) -> dict:
+    def list_objects(
+        self, resource: str, namespace: str, label_selector: str | None, field_selector: str | None
+    ) -> dict:
         self._check_namespace(namespace)
         match_labels = parse_label_selector(label_selector or "")
         match_fields = parse_field_selector(field_selector or "")
         group, version, kind, _ = RESOURCES[resource]
         with self._cond:
-            items = [copy.deepcopy(o) for (ns, _), o in sorted(self._objects[resource].items())
-                     if ns == namespace and match_labels(o) and match_fields(o)]
+            items = [
+                copy.deepcopy(o)
+                for (ns, _), o in sorted(self._objects[resource].items())
+                if ns == namespace and match_labels(o) and match_fields(o)
+            ]
             rv = str(self._rv)
         for item in items:  # list items carry no kind/apiVersion, as on a real server
             item.pop("kind", None)
             item.pop("apiVersion", None)
-        return {"kind": f"{kind}List", "apiVersion": f"{group}/{version}" if group else version,
-                "metadata": {"resourceVersion": rv}, "items": items}
+        return {
+            "kind": f"{kind}List",
+            "apiVersion": f"{group}/{version}" if group else version,
+            "metadata": {"resourceVersion": rv},
+            "items": items,
+        }
 
     def delete(self, resource: str, namespace: str, name: str, propagation: str | None) -> dict:
         self._check_namespace(namespace)
         if propagation not in (None, "Orphan", "Background", "Foreground"):
-            raise ApiError(400, "BadRequest", f"propagationPolicy {propagation!r} is not "
-                           "one of Orphan, Background, Foreground")
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"propagationPolicy {propagation!r} is not one of Orphan, Background, Foreground",
+            )
         if propagation is None and resource == "jobs":
             propagation = "Orphan"  # batch/v1 Jobs still default to orphaning their pods
         obj = self._remove(resource, namespace, name, propagation)
@@ -555,12 +678,22 @@ class FakeKubernetes:
         if resource == "pods" or propagation in ("Foreground", "Orphan"):
             if resource != "pods":
                 obj["metadata"]["finalizers"] = [
-                    "foregroundDeletion" if propagation == "Foreground" else "orphan"]
+                    "foregroundDeletion" if propagation == "Foreground" else "orphan"
+                ]
             return obj
         group = RESOURCES[resource][0]
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                "details": {"name": name, "group": group, "kind": resource,
-                            "uid": obj["metadata"]["uid"]}}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": {
+                "name": name,
+                "group": group,
+                "kind": resource,
+                "uid": obj["metadata"]["uid"],
+            },
+        }
 
     def patch(self, resource: str, namespace: str, name: str, body, content_type: str) -> dict:
         self._check_namespace(namespace)
@@ -577,27 +710,40 @@ class FakeKubernetes:
                     raise ApiError(400, "BadRequest", "a merge patch must be an object")
                 patched = _merge_patch(current, body)
             else:
-                raise ApiError(415, "UnsupportedMediaType",
-                               f"the body of the request was in an unknown format - "
-                               f"accepted media types include: application/json-patch+json, "
-                               f"application/merge-patch+json, "
-                               f"application/strategic-merge-patch+json")
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - "
+                    "accepted media types include: application/json-patch+json, "
+                    "application/merge-patch+json, "
+                    "application/strategic-merge-patch+json",
+                )
             for fixed in ("name", "namespace", "uid", "creationTimestamp"):
                 if patched["metadata"].get(fixed) != current["metadata"].get(fixed):
-                    raise _invalid(resource, name, [(f"metadata.{fixed}",
-                                                     "Invalid value: field is immutable")])
-            if resource == "secrets" and current.get("immutable") and (
-                    patched.get("data") != current.get("data") or not patched.get("immutable")):
-                raise _invalid(resource, name, [("data", "Forbidden: field is immutable when "
-                                                 "`immutable` is set")])
+                    raise _invalid(
+                        resource, name, [(f"metadata.{fixed}", "Invalid value: field is immutable")]
+                    )
+            if (
+                resource == "secrets"
+                and current.get("immutable")
+                and (patched.get("data") != current.get("data") or not patched.get("immutable"))
+            ):
+                raise _invalid(
+                    resource,
+                    name,
+                    [("data", "Forbidden: field is immutable when `immutable` is set")],
+                )
             if resource == "jobs":
-                mutable = ("parallelism", "activeDeadlineSeconds", "suspend",
-                           "ttlSecondsAfterFinished")
+                mutable = (
+                    "parallelism",
+                    "activeDeadlineSeconds",
+                    "suspend",
+                    "ttlSecondsAfterFinished",
+                )
                 before = {k: v for k, v in current["spec"].items() if k not in mutable}
                 after = {k: v for k, v in patched["spec"].items() if k not in mutable}
                 if before != after:
-                    raise _invalid(resource, name, [("spec", "Invalid value: field is "
-                                                     "immutable")])
+                    raise _invalid(resource, name, [("spec", "Invalid value: field is immutable")])
             if resource != "pods":
                 self._validate(resource, {k: v for k, v in patched.items() if k != "status"})
             current.clear()
@@ -607,9 +753,15 @@ class FakeKubernetes:
 
     # -- watch and logs (streamed) ------------------------------------------------------------
 
-    def watch_events(self, resource: str, namespace: str, label_selector: str | None,
-                     field_selector: str | None, resource_version: str | None,
-                     timeout: float | None):
+    def watch_events(
+        self,
+        resource: str,
+        namespace: str,
+        label_selector: str | None,
+        field_selector: str | None,
+        resource_version: str | None,
+        timeout: float | None,
+    ):
         """Check a watch request (raising ApiError), then return a generator of its events
         (dicts), which ends at ``timeout`` or when the fake stops."""
         self._check_namespace(namespace)
@@ -618,14 +770,20 @@ class FakeKubernetes:
         end = time.monotonic() + timeout if timeout else None
 
         def wanted(obj):
-            return (obj["metadata"].get("namespace") == namespace and match_labels(obj)
-                    and match_fields(obj))
+            return (
+                obj["metadata"].get("namespace") == namespace
+                and match_labels(obj)
+                and match_fields(obj)
+            )
 
         with self._cond:
             if resource_version in (None, "", "0"):
                 cursor = self._rv
-                initial = [copy.deepcopy(o) for (ns, _), o in
-                           sorted(self._objects[resource].items()) if wanted(o)]
+                initial = [
+                    copy.deepcopy(o)
+                    for (ns, _), o in sorted(self._objects[resource].items())
+                    if wanted(o)
+                ]
             else:
                 cursor, initial = int(resource_version), []
         return self._watch(resource, wanted, cursor, initial, end)
@@ -635,8 +793,9 @@ class FakeKubernetes:
             yield {"type": "ADDED", "object": obj}
         while not self._stopping.is_set():
             with self._cond:
-                pending = [(rv, t, o) for rv, res, t, o in self._events
-                           if rv > cursor and res == resource]
+                pending = [
+                    (rv, t, o) for rv, res, t, o in self._events if rv > cursor and res == resource
+                ]
                 if not pending:
                     remaining = None if end is None else end - time.monotonic()
                     if remaining is not None and remaining <= 0:
@@ -656,16 +815,20 @@ class FakeKubernetes:
         container = pod["spec"]["containers"][0]["name"]
         wanted = query.get("container")
         if wanted and wanted != container:
-            raise ApiError(400, "BadRequest",
-                           f"container {wanted} is not valid for pod {name}")
+            raise ApiError(400, "BadRequest", f"container {wanted} is not valid for pod {name}")
         if query.get("previous") == "true":
-            raise ApiError(400, "BadRequest", f'previous terminated container "{container}" '
-                           f'in pod "{name}" not found')
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'previous terminated container "{container}" in pod "{name}" not found',
+            )
         waiting = _waiting_reason(pod)
         if waiting is not None:
-            raise ApiError(400, "BadRequest",
-                           f'container "{container}" in pod "{name}" is waiting to start: '
-                           f"{waiting}")
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{name}" is waiting to start: {waiting}',
+            )
         return self._log_stream((namespace, name), query)
 
     def _log_stream(self, key, query):
@@ -723,9 +886,20 @@ class FakeKubernetes:
         if scenario.scenario == "deadline" and deadline is None:
             deadline = scenario.deadline_after
         clock = _Clock(self, namespace, name, started, deadline)
-        self._update("jobs", namespace, name, lambda j: j["status"].update(
-            startTime=_now(), active=0, ready=0, failed=0, succeeded=0, terminating=0,
-            uncountedTerminatedPods={}))
+        self._update(
+            "jobs",
+            namespace,
+            name,
+            lambda j: j["status"].update(
+                startTime=_now(),
+                active=0,
+                ready=0,
+                failed=0,
+                succeeded=0,
+                terminating=0,
+                uncountedTerminatedPods={},
+            ),
+        )
         failures = 0
         while True:
             pod_name = self._create_pod(job)
@@ -740,15 +914,29 @@ class FakeKubernetes:
                     raise
                 code = None  # someone deleted the pod: a failed attempt
             if code == 0:
-                self._finish_job(namespace, name, True, "CompletionsReached",
-                                 "Reached expected number of succeeded pods")
+                self._finish_job(
+                    namespace,
+                    name,
+                    True,
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                )
                 break
             failures += 1
-            self._update("jobs", namespace, name,
-                         lambda j: j["status"].update(failed=failures, active=0, ready=0))
+            self._update(
+                "jobs",
+                namespace,
+                name,
+                lambda j: j["status"].update(failed=failures, active=0, ready=0),
+            )
             if failures > spec.get("backoffLimit", 6):
-                self._finish_job(namespace, name, False, "BackoffLimitExceeded",
-                                 "Job has reached the specified backoff limit")
+                self._finish_job(
+                    namespace,
+                    name,
+                    False,
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                )
                 break
         ttl = spec.get("ttlSecondsAfterFinished")
         if ttl is not None:
@@ -763,32 +951,44 @@ class FakeKubernetes:
         meta, template = job["metadata"], job["spec"]["template"]
         name = meta["name"][:58] + "-" + _random_suffix()
         pod = {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {
-                "name": name, "generateName": meta["name"][:58] + "-",
-                "namespace": meta["namespace"], "uid": str(uuid.uuid4()),
+                "name": name,
+                "generateName": meta["name"][:58] + "-",
+                "namespace": meta["namespace"],
+                "uid": str(uuid.uuid4()),
                 "creationTimestamp": _now(),
                 "labels": dict(template["metadata"].get("labels") or {}),
                 "annotations": dict(template["metadata"].get("annotations") or {}),
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
-                                     "name": meta["name"], "uid": meta["uid"],
-                                     "controller": True, "blockOwnerDeletion": True}],
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": copy.deepcopy(template["spec"]),
             "status": {"phase": "Pending", "qosClass": _qos(template["spec"])},
         }
         self._put("pods", pod, "ADDED")
-        self._update("jobs", meta["namespace"], meta["name"],
-                     lambda j: j["status"].update(active=1, ready=0))
+        self._update(
+            "jobs", meta["namespace"], meta["name"], lambda j: j["status"].update(active=1, ready=0)
+        )
         return name
 
     def _set_pod(self, namespace: str, pod: str, **status) -> None:
         def change(p):
             p["status"].update(status)
+
         if self._update("pods", namespace, pod, change) is None:
             raise _Gone()
 
-    def _run_pod(self, namespace: str, pod_name: str, scenario: Scenario, clock: "_Clock"):
+    def _run_pod(self, namespace: str, pod_name: str, scenario: Scenario, clock: _Clock):
         pod = self.get("pods", pod_name, namespace)
         container = pod["spec"]["containers"][0]
         image, cname = container["image"], container["name"]
@@ -796,29 +996,51 @@ class FakeKubernetes:
         if scenario.scenario == "unschedulable":
             message = scenario.message or (
                 "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes "
-                "are available: 3 No preemption victims found for incoming pod.")
-            self._set_pod(namespace, pod_name, conditions=[_condition(
-                "PodScheduled", "False", "Unschedulable", message)])
+                "are available: 3 No preemption victims found for incoming pod."
+            )
+            self._set_pod(
+                namespace,
+                pod_name,
+                conditions=[_condition("PodScheduled", "False", "Unschedulable", message)],
+            )
             clock.sleep(None)
         self._schedule(namespace, pod_name, cname)
-        waiting = {"name": cname, "image": image, "imageID": "", "ready": False,
-                   "restartCount": 0, "started": False, "lastState": {}}
-        self._set_pod(namespace, pod_name, containerStatuses=[
-            {**waiting, "state": {"waiting": {"reason": "ContainerCreating"}}}])
+        waiting = {
+            "name": cname,
+            "image": image,
+            "imageID": "",
+            "ready": False,
+            "restartCount": 0,
+            "started": False,
+            "lastState": {},
+        }
+        self._set_pod(
+            namespace,
+            pod_name,
+            containerStatuses=[{**waiting, "state": {"waiting": {"reason": "ContainerCreating"}}}],
+        )
         if scenario.scenario == "image_pull":
             message = scenario.message or (
                 f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
-                f'failed to resolve reference "{image}": not found')
+                f'failed to resolve reference "{image}": not found'
+            )
             pulls = 0
             while True:
                 clock.sleep(self.step * 3)
                 pulls += 1
-                state = ({"reason": "ErrImagePull", "message": message} if pulls % 2 else
-                         {"reason": "ImagePullBackOff",
-                          "message": f'Back-off pulling image "{image}": ErrImagePull: '
-                                     f"{message}"})
-                self._set_pod(namespace, pod_name,
-                              containerStatuses=[{**waiting, "state": {"waiting": state}}])
+                state = (
+                    {"reason": "ErrImagePull", "message": message}
+                    if pulls % 2
+                    else {
+                        "reason": "ImagePullBackOff",
+                        "message": f'Back-off pulling image "{image}": ErrImagePull: {message}',
+                    }
+                )
+                self._set_pod(
+                    namespace,
+                    pod_name,
+                    containerStatuses=[{**waiting, "state": {"waiting": state}}],
+                )
         # The kubelet mounts Secret volumes and resolves env before the container starts.
         shown = None
         while True:
@@ -827,36 +1049,55 @@ class FakeKubernetes:
                 break
             if problem != shown:
                 shown = problem
-                state = ({"reason": "ContainerCreating"} if problem[0] == "mount" else
-                         {"reason": "CreateContainerConfigError", "message": problem[1]})
-                self._set_pod(namespace, pod_name,
-                              containerStatuses=[{**waiting, "state": {"waiting": state}}])
+                state = (
+                    {"reason": "ContainerCreating"}
+                    if problem[0] == "mount"
+                    else {"reason": "CreateContainerConfigError", "message": problem[1]}
+                )
+                self._set_pod(
+                    namespace,
+                    pod_name,
+                    containerStatuses=[{**waiting, "state": {"waiting": state}}],
+                )
             clock.sleep(self.step)
         clock.sleep(scenario.pending_seconds)
         started_at = _now()
         container_id = "containerd://" + uuid.uuid4().hex + uuid.uuid4().hex
-        running = {**waiting, "imageID": _image_id(image), "containerID": container_id,
-                   "ready": True, "started": True}
-        ip = "10.244.0.%d" % random.randint(2, 250)
-        self._set_pod(namespace, pod_name, phase="Running", startTime=started_at, podIP=ip,
-                      podIPs=[{"ip": ip}], conditions=_pod_conditions(cname, ready=True),
-                      containerStatuses=[{**running,
-                                          "state": {"running": {"startedAt": started_at}}}])
+        running = {
+            **waiting,
+            "imageID": _image_id(image),
+            "containerID": container_id,
+            "ready": True,
+            "started": True,
+        }
+        ip = f"10.244.0.{random.randint(2, 250)}"
+        self._set_pod(
+            namespace,
+            pod_name,
+            phase="Running",
+            startTime=started_at,
+            podIP=ip,
+            podIPs=[{"ip": ip}],
+            conditions=_pod_conditions(cname, ready=True),
+            containerStatuses=[{**running, "state": {"running": {"startedAt": started_at}}}],
+        )
         job_name = pod["metadata"]["labels"]["job-name"]
         self._update("jobs", namespace, job_name, lambda j: j["status"].update(ready=1))
 
         code = scenario.code
         if scenario.run is not None:
-            run = PodRun(pod=self.get("pods", pod_name, namespace),
-                         files=self._pod_files(namespace, pod), env=self._pod_env(namespace, pod),
-                         _append=lambda text: self._append_log(namespace, pod_name, text),
-                         _cancelled=clock.expired)
+            run = PodRun(
+                pod=self.get("pods", pod_name, namespace),
+                files=self._pod_files(namespace, pod),
+                env=self._pod_env(namespace, pod),
+                _append=lambda text: self._append_log(namespace, pod_name, text),
+                _cancelled=clock.expired,
+            )
             code = scenario.run(run)
             clock.check()
         else:
             for line in scenario.logs:
-                self._append_log(namespace, pod_name, line if line.endswith("\n") else
-                                 line + "\n")
+                self._append_log(namespace, pod_name, line if line.endswith("\n") else line + "\n")
                 clock.sleep(scenario.line_seconds)
             if scenario.scenario in ("hang", "deadline"):
                 clock.sleep(None)
@@ -864,19 +1105,33 @@ class FakeKubernetes:
 
         oom = scenario.scenario == "oom"
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
-        terminated = {"exitCode": code, "reason": reason, "startedAt": started_at,
-                      "finishedAt": _now(), "containerID": container_id}
-        self._set_pod(namespace, pod_name, phase="Succeeded" if code == 0 else "Failed",
-                      conditions=_pod_conditions(cname, ready=False, completed=True),
-                      containerStatuses=[{**running, "ready": False, "started": False,
-                                          "state": {"terminated": terminated}}])
+        terminated = {
+            "exitCode": code,
+            "reason": reason,
+            "startedAt": started_at,
+            "finishedAt": _now(),
+            "containerID": container_id,
+        }
+        self._set_pod(
+            namespace,
+            pod_name,
+            phase="Succeeded" if code == 0 else "Failed",
+            conditions=_pod_conditions(cname, ready=False, completed=True),
+            containerStatuses=[
+                {**running, "ready": False, "started": False, "state": {"terminated": terminated}}
+            ],
+        )
         return code, reason
 
     def _schedule(self, namespace: str, pod_name: str, container: str) -> None:
         def change(p):
             p["spec"]["nodeName"] = NODE
-            p["status"].update(hostIP="192.168.49.2", hostIPs=[{"ip": "192.168.49.2"}],
-                               conditions=_pod_conditions(container, ready=False))
+            p["status"].update(
+                hostIP="192.168.49.2",
+                hostIPs=[{"ip": "192.168.49.2"}],
+                conditions=_pod_conditions(container, ready=False),
+            )
+
         if self._update("pods", namespace, pod_name, change) is None:
             raise _Gone()
 
@@ -887,8 +1142,11 @@ class FakeKubernetes:
             secrets = self._objects["secrets"]
             for volume in pod["spec"].get("volumes") or []:
                 ref = volume.get("secret")
-                if ref and not ref.get("optional") and \
-                        (namespace, ref["secretName"]) not in secrets:
+                if (
+                    ref
+                    and not ref.get("optional")
+                    and (namespace, ref["secretName"]) not in secrets
+                ):
                     return ("mount", f'secret "{ref["secretName"]}" not found')
             for var in pod["spec"]["containers"][0].get("env") or []:
                 ref = (var.get("valueFrom") or {}).get("secretKeyRef")
@@ -898,8 +1156,10 @@ class FakeKubernetes:
                 if secret is None:
                     return ("config", f'secret "{ref["name"]}" not found')
                 if ref["key"] not in (secret.get("data") or {}):
-                    return ("config", f"couldn't find key {ref['key']} in Secret "
-                                      f"{namespace}/{ref['name']}")
+                    return (
+                        "config",
+                        f"couldn't find key {ref['key']} in Secret {namespace}/{ref['name']}",
+                    )
         return None
 
     def _pod_files(self, namespace: str, pod: dict) -> dict[str, bytes]:
@@ -912,8 +1172,11 @@ class FakeKubernetes:
                     continue
                 secret = self._objects["secrets"].get((namespace, ref["secretName"])) or {}
                 data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
-                paths = {i["key"]: i["path"] for i in ref["items"]} if ref.get("items") else \
-                    {k: k for k in data}
+                paths = (
+                    {i["key"]: i["path"] for i in ref["items"]}
+                    if ref.get("items")
+                    else {k: k for k in data}
+                )
                 if mount.get("subPath"):
                     sub = mount["subPath"]
                     key = next((k for k, p in paths.items() if p == sub), None)
@@ -945,18 +1208,31 @@ class FakeKubernetes:
             status = j["status"]
             status.update(active=0, ready=0, terminating=0)
             if ok:
-                status.update(succeeded=1, completionTime=_now(), conditions=[
-                    _condition("SuccessCriteriaMet", "True", reason, message),
-                    _condition("Complete", "True", reason, message)])
+                status.update(
+                    succeeded=1,
+                    completionTime=_now(),
+                    conditions=[
+                        _condition("SuccessCriteriaMet", "True", reason, message),
+                        _condition("Complete", "True", reason, message),
+                    ],
+                )
             else:
-                status["conditions"] = [_condition("FailureTarget", "True", reason, message),
-                                        _condition("Failed", "True", reason, message)]
+                status["conditions"] = [
+                    _condition("FailureTarget", "True", reason, message),
+                    _condition("Failed", "True", reason, message),
+                ]
+
         self._update("jobs", namespace, name, change)
 
     def _exceed_deadline(self, namespace: str, name: str, pod_name: str) -> None:
         """As the Job controller: mark the Job failed, then delete its active pod."""
-        self._finish_job(namespace, name, False, "DeadlineExceeded",
-                         "Job was active longer than specified deadline")
+        self._finish_job(
+            namespace,
+            name,
+            False,
+            "DeadlineExceeded",
+            "Job was active longer than specified deadline",
+        )
 
         def terminate(p):
             p["metadata"]["deletionTimestamp"] = _now()
@@ -966,11 +1242,26 @@ class FakeKubernetes:
                 status["phase"] = "Failed"
                 for cs in status.get("containerStatuses") or []:
                     started = cs["state"].get("running", {}).get("startedAt", _now())
-                    cs.update(ready=False, started=False, state={"terminated": {
-                        "exitCode": 143, "reason": "Error", "startedAt": started,
-                        "finishedAt": _now(), "containerID": cs.get("containerID", "")}})
-        self._update("jobs", namespace, name,
-                     lambda j: j["status"].update(failed=j["status"].get("failed", 0) + 1))
+                    cs.update(
+                        ready=False,
+                        started=False,
+                        state={
+                            "terminated": {
+                                "exitCode": 143,
+                                "reason": "Error",
+                                "startedAt": started,
+                                "finishedAt": _now(),
+                                "containerID": cs.get("containerID", ""),
+                            }
+                        },
+                    )
+
+        self._update(
+            "jobs",
+            namespace,
+            name,
+            lambda j: j["status"].update(failed=j["status"].get("failed", 0) + 1),
+        )
         if self._update("pods", namespace, pod_name, terminate) is not None:
             time.sleep(self.step)
             try:
@@ -990,8 +1281,9 @@ class _DeadlineExceeded(Exception):
 class _Clock:
     """Sleeps of the fake controller, which end early when the pod goes or the deadline hits."""
 
-    def __init__(self, fake: FakeKubernetes, namespace: str, job: str, started: float,
-                 deadline: float | None) -> None:
+    def __init__(
+        self, fake: FakeKubernetes, namespace: str, job: str, started: float, deadline: float | None
+    ) -> None:
         self.fake, self.namespace, self.job = fake, namespace, job
         self.started, self.deadline = started, deadline
         self.pod: str | None = None
@@ -1003,8 +1295,11 @@ class _Clock:
         objects = self.fake._objects
         if self.fake._stopping.is_set() or (self.namespace, self.job) not in objects["jobs"]:
             return True
-        return require_pod and self.pod is not None and \
-            (self.namespace, self.pod) not in objects["pods"]
+        return (
+            require_pod
+            and self.pod is not None
+            and (self.namespace, self.pod) not in objects["pods"]
+        )
 
     def check(self, require_pod: bool = True) -> None:
         if self.gone(require_pod):
@@ -1029,8 +1324,9 @@ class _Clock:
                 self.fake._cond.wait(min(waits))
 
 
-def _condition(type_: str, status: str, reason: str | None = None,
-               message: str | None = None) -> dict:
+def _condition(
+    type_: str, status: str, reason: str | None = None, message: str | None = None
+) -> dict:
     c = {"type": type_, "status": status, "lastProbeTime": None, "lastTransitionTime": _now()}
     if reason:
         c["reason"] = reason
@@ -1059,9 +1355,10 @@ def _waiting_reason(pod: dict) -> str | None:
     waiting = statuses[0]["state"].get("waiting")
     if waiting is None:
         return None
-    return {"ErrImagePull": "image can't be pulled",
-            "ImagePullBackOff": "trying and failing to pull image"}.get(
-        waiting["reason"], waiting["reason"])
+    return {
+        "ErrImagePull": "image can't be pulled",
+        "ImagePullBackOff": "trying and failing to pull image",
+    }.get(waiting["reason"], waiting["reason"])
 
 
 def _terminated(pod: dict) -> bool:
@@ -1073,8 +1370,12 @@ def _qos(pod_spec: dict) -> str:
     resources = [c.get("resources") or {} for c in pod_spec.get("containers", [])]
     if not any(r.get("requests") or r.get("limits") for r in resources):
         return "BestEffort"
-    if all(r.get("limits", {}).get("cpu") and r.get("limits", {}).get("memory")
-           and r.get("requests", r.get("limits")) == r.get("limits") for r in resources):
+    if all(
+        r.get("limits", {}).get("cpu")
+        and r.get("limits", {}).get("memory")
+        and r.get("requests", r.get("limits")) == r.get("limits")
+        for r in resources
+    ):
         return "Guaranteed"
     return "Burstable"
 
@@ -1140,6 +1441,7 @@ def _json_patch(target: dict, ops: list) -> dict:
 
 # -- HTTP -------------------------------------------------------------------------------------
 
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     fake: FakeKubernetes
@@ -1172,8 +1474,15 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        fake.requests.append({"method": method, "path": url.path, "query": query,
-                              "body": body, "content_type": self.headers.get("Content-Type")})
+        fake.requests.append(
+            {
+                "method": method,
+                "path": url.path,
+                "query": query,
+                "body": body,
+                "content_type": self.headers.get("Content-Type"),
+            }
+        )
         try:
             if self.headers.get("Authorization") != f"Bearer {fake.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
@@ -1189,20 +1498,39 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         if path in ("/version", "/version/") and method == "GET":
             major, minor = fake.k8s_version.split(".")[:2]
-            return self._json(200, {
-                "major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.0-fake",
-                "gitCommit": "0" * 40, "gitTreeState": "clean",
-                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0",
-                "compiler": "gc", "platform": "linux/amd64"})
+            return self._json(
+                200,
+                {
+                    "major": major,
+                    "minor": minor,
+                    "gitVersion": f"v{major}.{minor}.0-fake",
+                    "gitCommit": "0" * 40,
+                    "gitTreeState": "clean",
+                    "buildDate": "2026-01-01T00:00:00Z",
+                    "goVersion": "go1.24.0",
+                    "compiler": "gc",
+                    "platform": "linux/amd64",
+                },
+            )
         m = re.match(r"^/api/v1/namespaces/([^/]+)$", path)
         if m and method == "GET":
             ns = m.group(1)
             fake._check_namespace(ns)
-            return self._json(200, {"kind": "Namespace", "apiVersion": "v1",
-                                    "metadata": {"name": ns}, "status": {"phase": "Active"}})
+            return self._json(
+                200,
+                {
+                    "kind": "Namespace",
+                    "apiVersion": "v1",
+                    "metadata": {"name": ns},
+                    "status": {"phase": "Active"},
+                },
+            )
         m = _ROUTE.match(path)
-        if not m or m.group("res") not in RESOURCES or \
-                RESOURCES[m.group("res")][3] != m.group("prefix"):
+        if (
+            not m
+            or m.group("res") not in RESOURCES
+            or RESOURCES[m.group("res")][3] != m.group("prefix")
+        ):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         ns, res, name, sub = m.group("ns", "res", "name", "sub")
         if sub is not None and not (res == "pods" and sub == "log"):
@@ -1213,14 +1541,22 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(200 if dry else 201, fake.create(res, ns, body, dry_run=dry))
             if method == "GET" and query.get("watch") in ("true", "1"):
                 timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
-                events = fake.watch_events(res, ns, query.get("labelSelector"),
-                                           query.get("fieldSelector"),
-                                           query.get("resourceVersion"), timeout)
-                return self._stream("application/json",
-                                    (json.dumps(e) + "\n" for e in events))
+                events = fake.watch_events(
+                    res,
+                    ns,
+                    query.get("labelSelector"),
+                    query.get("fieldSelector"),
+                    query.get("resourceVersion"),
+                    timeout,
+                )
+                return self._stream("application/json", (json.dumps(e) + "\n" for e in events))
             if method == "GET":
-                return self._json(200, fake.list_objects(res, ns, query.get("labelSelector"),
-                                                         query.get("fieldSelector")))
+                return self._json(
+                    200,
+                    fake.list_objects(
+                        res, ns, query.get("labelSelector"), query.get("fieldSelector")
+                    ),
+                )
         elif sub == "log":
             if method == "GET":
                 return self._stream("text/plain", fake.log_chunks(ns, name, query))
@@ -1231,10 +1567,14 @@ class _Handler(BaseHTTPRequestHandler):
                 policy = (body or {}).get("propagationPolicy") or query.get("propagationPolicy")
                 return self._json(200, fake.delete(res, ns, name, policy))
             if method == "PATCH":
-                return self._json(200, fake.patch(res, ns, name, body,
-                                                  self.headers.get("Content-Type", "")))
-        raise ApiError(405, "MethodNotAllowed",
-                       f"the server does not allow this method on the requested resource")
+                return self._json(
+                    200, fake.patch(res, ns, name, body, self.headers.get("Content-Type", ""))
+                )
+        raise ApiError(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
 
     def _json(self, code: int, obj) -> None:
         data = json.dumps(obj).encode()
@@ -1265,6 +1605,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # -- pytest -----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def k8s_fake(tmp_path):

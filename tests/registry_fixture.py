@@ -20,6 +20,7 @@ still has a tag — ``python:3.11-slim`` when a test tagged it — is never remo
 The registry binary comes from ``apt-get install docker-registry``; without it (or without a
 Docker engine) the tests that use these fixtures are skipped, saying what is missing.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -39,10 +40,10 @@ START_TIMEOUT = 20.0
 
 @dataclass
 class Registry:
-    host: str                 # "127.0.0.1:PORT": what goes in front of an image reference
+    host: str  # "127.0.0.1:PORT": what goes in front of an image reference
     username: str
     password: str
-    root: Path                # config, htpasswd, storage and log live here
+    root: Path  # config, htpasswd, storage and log live here
     process: subprocess.Popen = field(repr=False)
 
     @property
@@ -85,10 +86,13 @@ def _htpasswd_line(username: str, password: str) -> str:
     except ImportError:
         htpasswd = shutil.which("htpasswd")
         if not htpasswd:
-            pytest.skip("Making the registry's htpasswd needs the `bcrypt` package or "
-                        "`htpasswd` (apt-get install apache2-utils).")
-        out = subprocess.run([htpasswd, "-nbB", username, password], check=True,
-                             capture_output=True, text=True).stdout
+            pytest.skip(
+                "Making the registry's htpasswd needs the `bcrypt` package or "
+                "`htpasswd` (apt-get install apache2-utils)."
+            )
+        out = subprocess.run(
+            [htpasswd, "-nbB", username, password], check=True, capture_output=True, text=True
+        ).stdout
         return out.strip() + "\n"
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
     return f"{username}:{hashed}\n"
@@ -124,18 +128,28 @@ def start_registry(root: Path, username: str = "mlc", password: str | None = Non
     (root / "htpasswd").write_text(_htpasswd_line(username, password))
     port = _free_port()
     config = root / "config.yml"
-    config.write_text(CONFIG_TEMPLATE.format(storage=root / "storage", port=port,
-                                             secret=secrets.token_hex(16),
-                                             htpasswd=root / "htpasswd"))
+    config.write_text(
+        CONFIG_TEMPLATE.format(
+            storage=root / "storage",
+            port=port,
+            secret=secrets.token_hex(16),
+            htpasswd=root / "htpasswd",
+        )
+    )
     with open(root / "registry.log", "wb") as log:
-        process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [REGISTRY_BINARY, "serve", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     registry = Registry(f"127.0.0.1:{port}", username, password, root, process)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"docker-registry exited with {process.returncode}:\n"
-                               + registry.log())
+            raise RuntimeError(
+                f"docker-registry exited with {process.returncode}:\n" + registry.log()
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 break
@@ -143,8 +157,9 @@ def start_registry(root: Path, username: str = "mlc", password: str | None = Non
             time.sleep(0.05)
     else:
         stop_registry(registry)
-        raise RuntimeError(f"docker-registry did not listen within {START_TIMEOUT}s:\n"
-                           + registry.log())
+        raise RuntimeError(
+            f"docker-registry did not listen within {START_TIMEOUT}s:\n" + registry.log()
+        )
     return registry
 
 
@@ -187,7 +202,6 @@ def registry():
 @pytest.fixture
 def docker_images(docker_engine):
     """Image references and ids a test creates; removed (never forced) in teardown."""
-    import docker
 
     created: list[str] = []
     yield created

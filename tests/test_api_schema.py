@@ -9,6 +9,7 @@ operation that works without the token. Operations that would start containers o
 and the store's records are put back before every case, so DELETE cannot starve the others.
 Passes with or without a Docker engine.
 """
+
 from __future__ import annotations
 
 import importlib.resources
@@ -43,41 +44,89 @@ from mlcontainer_magics.server import handlers
 from mlcontainer_magics.store import Store
 
 BASE_URL = "/jp-api-test/"  # not "/": the document's {base_url} variable must work
-MAX_EXAMPLES = 40           # fuzzing-phase examples per operation
+MAX_EXAMPLES = 40  # fuzzing-phase examples per operation
 # Operations with effects outside the store: fuzzed only against references that match nothing.
 NO_EFFECT_PATHS = {"/snapshots/{ref}/rerun", "/snapshots/{ref}/export", "/running/{ref}/stop"}
 # Operations that need the Docker engine; 503 is their documented answer when it is away.
-ENGINE_PATHS = {"/running", "/running/{ref}/stop", "/snapshots/{ref}/rerun",
-                "/snapshots/{ref}/export"}
+ENGINE_PATHS = {
+    "/running",
+    "/running/{ref}/stop",
+    "/snapshots/{ref}/rerun",
+    "/snapshots/{ref}/export",
+}
 
 NOW = time.time()
 RECORDS = [
-    {"id": "a1b2c3d4e5f6", "name": "train", "notebook": "nb/train.ipynb", "status": "done",
-     "created": NOW - 3600, "finished": NOW - 3590, "duration": 9.5, "exit_code": 0,
-     "env_image": "mlcontainer-env:1111", "image_size": 420_000_000, "session": "s1",
-     "stdout": "epoch 1\nepoch 2\n", "stderr": "", "lock": [{"name": "numpy", "version": "2.1.0"}],
-     "timings": {"build": 30.1, "run": 9.5}, "cell": 3, "custom": {"anything": [1, "x"]}},
-    {"id": "b2c3d4e5f6a1", "name": "plot", "notebook": "/elsewhere/train.ipynb",
-     "status": "failed", "created": NOW - 1800, "finished": NOW - 1790, "duration": 2.0,
-     "exit_code": 1, "env_image": "mlcontainer-env:2222", "image_size": 120_000_000,
-     "session": "s1", "stdout": "start\n", "stderr": "Traceback ...\nValueError: bad\n",
-     "backend": "k8s", "target": {"context": "kind-dev", "namespace": "ml"}},
-    {"id": "c3d4e5f6a1b2", "name": "train", "notebook": "other.ipynb", "status": "done",
-     "created": NOW - 600, "finished": NOW - 590, "duration": 8.0, "exit_code": 0,
-     "env_image": "mlcontainer-env:1111", "image_size": 420_000_000, "session": "s2",
-     "backend": "docker", "target": {}},
-    {"id": "d4e5f6a1b2c3", "name": "live", "notebook": "nb/train.ipynb", "status": "running",
-     "created": NOW - 10, "session": "s2"},
+    {
+        "id": "a1b2c3d4e5f6",
+        "name": "train",
+        "notebook": "nb/train.ipynb",
+        "status": "done",
+        "created": NOW - 3600,
+        "finished": NOW - 3590,
+        "duration": 9.5,
+        "exit_code": 0,
+        "env_image": "mlcontainer-env:1111",
+        "image_size": 420_000_000,
+        "session": "s1",
+        "stdout": "epoch 1\nepoch 2\n",
+        "stderr": "",
+        "lock": [{"name": "numpy", "version": "2.1.0"}],
+        "timings": {"build": 30.1, "run": 9.5},
+        "cell": 3,
+        "custom": {"anything": [1, "x"]},
+    },
+    {
+        "id": "b2c3d4e5f6a1",
+        "name": "plot",
+        "notebook": "/elsewhere/train.ipynb",
+        "status": "failed",
+        "created": NOW - 1800,
+        "finished": NOW - 1790,
+        "duration": 2.0,
+        "exit_code": 1,
+        "env_image": "mlcontainer-env:2222",
+        "image_size": 120_000_000,
+        "session": "s1",
+        "stdout": "start\n",
+        "stderr": "Traceback ...\nValueError: bad\n",
+        "backend": "k8s",
+        "target": {"context": "kind-dev", "namespace": "ml"},
+    },
+    {
+        "id": "c3d4e5f6a1b2",
+        "name": "train",
+        "notebook": "other.ipynb",
+        "status": "done",
+        "created": NOW - 600,
+        "finished": NOW - 590,
+        "duration": 8.0,
+        "exit_code": 0,
+        "env_image": "mlcontainer-env:1111",
+        "image_size": 420_000_000,
+        "session": "s2",
+        "backend": "docker",
+        "target": {},
+    },
+    {
+        "id": "d4e5f6a1b2c3",
+        "name": "live",
+        "notebook": "nb/train.ipynb",
+        "status": "running",
+        "created": NOW - 10,
+        "session": "s2",
+    },
     {"id": "e5f6a1b2c3d4", "status": "building", "created": NOW - 5, "cell": None},
 ]
 
 
 # -- the server ---------------------------------------------------------------------------------
 
+
 @dataclass
 class LiveServer:
-    url: str        # http://127.0.0.1:<port>{BASE_URL}
-    api: str        # {url}mlcontainer
+    url: str  # http://127.0.0.1:<port>{BASE_URL}
+    api: str  # {url}mlcontainer
     token: str
     store: Store
     root: Path
@@ -112,32 +161,61 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api-schema")
-    root, store_dir, config_dir, runtime_dir = (tmp / n for n in ("root", "store", "config",
-                                                                   "runtime"))
+    root, store_dir, config_dir, runtime_dir = (
+        tmp / n for n in ("root", "store", "config", "runtime")
+    )
     for d in (root, config_dir, runtime_dir):
         d.mkdir()
     store = Store(store_dir)
     store.put_many([dict(r) for r in RECORDS])
     # The extension is enabled here whatever the environment's config says; the cookie secret
     # and the server's runtime files go to tmp, not to the user's runtime folder.
-    (config_dir / "jupyter_server_config.json").write_text(json.dumps(
-        {"ServerApp": {"jpserver_extensions": {"mlcontainer_magics": True}}}))
-    env = dict(os.environ, MLCONTAINER_STORE=str(store_dir), JUPYTER_CONFIG_DIR=str(config_dir),
-               JUPYTER_RUNTIME_DIR=str(runtime_dir), PYTHONUNBUFFERED="1")
+    (config_dir / "jupyter_server_config.json").write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {"mlcontainer_magics": True}}})
+    )
+    env = dict(
+        os.environ,
+        MLCONTAINER_STORE=str(store_dir),
+        JUPYTER_CONFIG_DIR=str(config_dir),
+        JUPYTER_RUNTIME_DIR=str(runtime_dir),
+        PYTHONUNBUFFERED="1",
+    )
     token = uuid.uuid4().hex
     log = tmp / "server.log"
     for _attempt in range(3):  # a free port can be taken between choosing and binding it
         port = _free_port()
-        cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
-               f"--port={port}", "--port-retries=0", "--ServerApp.ip=127.0.0.1",
-               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-               f"--ServerApp.base_url={BASE_URL}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--port-retries=0",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            f"--ServerApp.base_url={BASE_URL}",
+        ]
         with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=tmp,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         url = f"http://127.0.0.1:{port}{BASE_URL}"
-        live = LiveServer(url=url, api=f"{url}mlcontainer", token=token, store=store, root=root,
-                          process=proc, log=log)
+        live = LiveServer(
+            url=url,
+            api=f"{url}mlcontainer",
+            token=token,
+            store=store,
+            root=root,
+            process=proc,
+            log=log,
+        )
         if _wait_until_up(live):
             break
         _stop(proc)
@@ -167,6 +245,7 @@ def _wait_until_up(live: LiveServer, timeout: float = 90) -> bool:
 
 # -- the document ---------------------------------------------------------------------------------
 
+
 def spec_path() -> Path:
     """The document as the installed package ships it."""
     resource = importlib.resources.files("mlcontainer_magics.server") / "openapi.yaml"
@@ -180,8 +259,9 @@ def spec() -> dict:
 
 def documented_operations() -> set[tuple[str, str]]:
     methods = {"get", "put", "post", "delete", "patch", "head", "options"}
-    return {(m.upper(), path) for path, item in spec()["paths"].items()
-            for m in item if m in methods}
+    return {
+        (m.upper(), path) for path, item in spec()["paths"].items() for m in item if m in methods
+    }
 
 
 # Loaded eagerly, so each operation is a test of its own; the live server's address and token
@@ -203,16 +283,26 @@ def filter_failure(context, failure, case, response):
     for a removed Authorization header: the token is sent with every case anyway)."""
     if not isinstance(failure, AcceptedNegativeData) or response.status_code >= 300:
         return True
-    negative = {location for location, component in case.meta.components.items()
-                if component.mode.is_negative} if case.meta else set()
+    negative = (
+        {
+            location
+            for location, component in case.meta.components.items()
+            if component.mode.is_negative
+        }
+        if case.meta
+        else set()
+    )
     if negative - {ParameterLocation.QUERY, ParameterLocation.HEADER}:
         return True
     return not _query_reads_valid(case.operation, response.request.url)
 
 
 def _query_reads_valid(operation, url: str) -> bool:
-    params = {p["name"]: p["schema"] for p in spec()["paths"][operation.path][
-        operation.method.lower()].get("parameters", []) if p["in"] == "query"}
+    params = {
+        p["name"]: p["schema"]
+        for p in spec()["paths"][operation.path][operation.method.lower()].get("parameters", [])
+        if p["in"] == "query"
+    }
     query = parse_qs(urlsplit(url).query, keep_blank_values=True)
     for name, values in query.items():
         if name not in params:
@@ -235,14 +325,19 @@ def _query_reads_valid(operation, url: str) -> bool:
 
 # -- checks beyond the document's (run as schemathesis checks, so failures come with a repro) ----
 
+
 def no_server_error(ctx, response, case):
     """No 5xx, but the 503 the document gives an engine-bound operation when the engine is away."""
     if response.status_code < 500:
         return
-    engine_down = (response.status_code == 503 and case.operation.path in ENGINE_PATHS
-                   and "docker" in _message(response).lower())
-    assert engine_down, (f"{response.status_code} from {case.method} {case.formatted_path}: "
-                         f"{response.text[:500]}")
+    engine_down = (
+        response.status_code == 503
+        and case.operation.path in ENGINE_PATHS
+        and "docker" in _message(response).lower()
+    )
+    assert engine_down, (
+        f"{response.status_code} from {case.method} {case.formatted_path}: {response.text[:500]}"
+    )
 
 
 def errors_are_json(ctx, response, case):
@@ -260,7 +355,8 @@ def _message(response) -> str:
         data = json.loads(response.content)
     except ValueError:
         raise AssertionError(
-            f"{response.status_code} body is not JSON: {response.text[:300]!r}") from None
+            f"{response.status_code} body is not JSON: {response.text[:300]!r}"
+        ) from None
     assert isinstance(data, dict) and isinstance(data.get("message"), str), data
     return data["message"]
 
@@ -272,8 +368,9 @@ def _resolves_to_nothing(ref) -> str:
     return ref  # an invalid one is refused (400) before anything looks it up
 
 
-@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 @schema.parametrize()
 def test_api_conforms_to_its_document(case, server):
     if case.operation.path in NO_EFFECT_PATHS and isinstance(case.path_parameters, dict):
@@ -284,13 +381,17 @@ def test_api_conforms_to_its_document(case, server):
     # Jupyter answers 403, as documented (test_every_operation_refuses_without_the_token); and
     # unsupported_method, which wants an `Allow` header on 405, which tornado does not send
     # (the 405 itself is JSON with a message: errors_are_json is run on the real requests).
-    case.call_and_validate(base_url=server.api, headers=server.auth, timeout=60,
-                           excluded_checks=[not_a_server_error, missing_required_header,
-                                            unsupported_method],
-                           additional_checks=[no_server_error, errors_are_json])
+    case.call_and_validate(
+        base_url=server.api,
+        headers=server.auth,
+        timeout=60,
+        excluded_checks=[not_a_server_error, missing_required_header, unsupported_method],
+        additional_checks=[no_server_error, errors_are_json],
+    )
 
 
 # -- authentication -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("operation", sorted(documented_operations()), ids=" ".join)
 @pytest.mark.parametrize("auth", [None, "token wrong-token", "Bearer nope"])
@@ -301,8 +402,9 @@ def test_every_operation_refuses_without_the_token(server, operation, auth):
     url = server.api + path.replace("{ref}", "a1b2c3d4e5f6")
     headers = {"Authorization": auth} if auth else {}
     kwargs = {"json": {}} if method == "POST" else {}
-    response = requests.request(method, url, headers=headers, allow_redirects=False, timeout=30,
-                                **kwargs)
+    response = requests.request(
+        method, url, headers=headers, allow_redirects=False, timeout=30, **kwargs
+    )
     assert response.status_code == 403, (response.status_code, response.headers, response.text)
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.json()["message"]
@@ -312,24 +414,33 @@ def test_every_operation_refuses_without_the_token(server, operation, auth):
 def test_a_documented_200_with_the_token(server):
     """The counterpart of the 403s: the same token header is what the document declares."""
     security = spec()["components"]["securitySchemes"]["token"]
-    assert (security["type"], security["in"], security["name"]) == ("apiKey", "header",
-                                                                    "Authorization")
+    assert (security["type"], security["in"], security["name"]) == (
+        "apiKey",
+        "header",
+        "Authorization",
+    )
     server.reset_store()
     response = requests.get(f"{server.api}/snapshots", headers=server.auth, timeout=30)
     assert response.status_code == 200 and response.json()["total"] == len(RECORDS)
 
 
-@pytest.mark.parametrize("path", ["/snapshots/zz-none/rerun", "/snapshots/zz-none/export",
-                                  "/running/zz-none/stop"])
+@pytest.mark.parametrize(
+    "path", ["/snapshots/zz-none/rerun", "/snapshots/zz-none/export", "/running/zz-none/stop"]
+)
 def test_a_body_that_is_not_utf8_is_a_400(server, path):
     """Found by the fuzzing: jupyter_server's get_json_body decodes outside its try (was a 500)."""
-    response = requests.post(server.api + path, data=b'{"x": "\xff\xfe"}', timeout=30,
-                             headers={**server.auth, "Content-Type": "application/json"})
+    response = requests.post(
+        server.api + path,
+        data=b'{"x": "\xff\xfe"}',
+        timeout=30,
+        headers={**server.auth, "Content-Type": "application/json"},
+    )
     assert response.status_code == 400, response.text
     assert "UTF-8" in response.json()["message"]
 
 
 # -- the document cannot drift from the routes -------------------------------------------------
+
 
 class _App:
     def __init__(self):
@@ -349,11 +460,14 @@ def registered_operations() -> set[tuple[str, str]]:
     ops = set()
     for pattern, cls in app.handlers[:-1]:
         assert pattern.startswith(prefix), pattern
-        template = pattern[len(prefix):].removesuffix("/?").replace("([^/]+)", "{ref}")
+        template = pattern[len(prefix) :].removesuffix("/?").replace("([^/]+)", "{ref}")
         templates = [template]
         while any(re.search(r"\(([\w|]+)\)", t) for t in templates):  # (a|b) -> a, b
-            templates = [re.sub(r"\(([\w|]+)\)", alt, t, count=1) for t in templates
-                         for alt in re.search(r"\(([\w|]+)\)", t).group(1).split("|")]
+            templates = [
+                re.sub(r"\(([\w|]+)\)", alt, t, count=1)
+                for t in templates
+                for alt in re.search(r"\(([\w|]+)\)", t).group(1).split("|")
+            ]
         methods = [m for m in ("get", "post", "put", "patch", "delete") if m in vars(cls)]
         assert methods, cls
         for t in templates:
@@ -365,8 +479,10 @@ def registered_operations() -> set[tuple[str, str]]:
 def test_the_document_covers_every_route():
     registered = registered_operations()
     documented = documented_operations()
-    assert registered == documented, {"not documented": sorted(registered - documented),
-                                      "documented, not served": sorted(documented - registered)}
+    assert registered == documented, {
+        "not documented": sorted(registered - documented),
+        "documented, not served": sorted(documented - registered),
+    }
 
 
 def test_the_document_is_valid_openapi():
@@ -378,8 +494,10 @@ def test_the_document_is_valid_openapi():
 @given(st.text(alphabet="aZ09_.-/ %é", max_size=130))
 def test_the_documented_ref_pattern_is_check_ref(ref):
     param = spec_ref_schema()
-    documented = (param["minLength"] <= len(ref) <= param["maxLength"]
-                  and re.search(param["pattern"], ref) is not None)
+    documented = (
+        param["minLength"] <= len(ref) <= param["maxLength"]
+        and re.search(param["pattern"], ref) is not None
+    )
     try:
         handlers.check_ref(ref)
         accepted = True

@@ -1,6 +1,7 @@
 """The benchmark suite in --short mode: every scenario runs once with tiny sizes and checks its
 own correctness (ours and the plain-docker baseline print the same; editing a cell builds no
 image). Timings are reported, never asserted: this machine is shared and noisy."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,11 @@ def test_bench_short_runs_every_scenario_and_checks_pass(tmp_path, docker_client
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--short", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     tail = f"\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     assert out.exists(), tail
     data = json.loads(out.read_text())
@@ -33,8 +38,11 @@ def test_bench_short_runs_every_scenario_and_checks_pass(tmp_path, docker_client
         for row in sc["rows"]:
             for field in ("ours", "baseline", "ratio"):
                 value = row[field]
-                assert isinstance(value, (int, float)) and value == value and \
-                    abs(value) != float("inf"), f"{key} {row['measure']}: {field}={value!r}"
+                assert (
+                    isinstance(value, (int, float))
+                    and value == value
+                    and abs(value) != float("inf")
+                ), f"{key} {row['measure']}: {field}={value!r}"
             assert row["baseline"] > 0, f"{key} {row['measure']}"
         assert sc["target"] is not None and sc["pass"] is None  # short mode judges nothing
     assert data["scenarios"]["edited"]["checks"]["no_image_built"]

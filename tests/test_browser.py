@@ -7,6 +7,7 @@ the panel. Screenshots go to tests/artifacts/ (git-ignored) for a person to look
 Needs Debian's chromium (`apt-get install -y chromium`): Playwright's own browser download
 does not work here, so it is pointed at /usr/bin/chromium.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,41 +32,83 @@ LABEXT_SRC = REPO / "labextension"
 LABEXT_BUILT = REPO / "mlcontainer_magics" / "labextension"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = os.environ.get("MLC_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SIDEBAR = "#mlcontainer-magics-sidebar"
 TAB = 'li.lm-TabBar-tab[data-id="mlcontainer-magics-sidebar"]'
 
 NOW = time.time()
 LOG = "\n".join(f"epoch {i}: loss={1 / (i + 1):.4f}" for i in range(12)) + "\n"
 RECORDS = [
-    {"id": "5e1f0a2b3c4d", "name": "prepare-data", "notebook": "nb/train.ipynb",
-     "status": "done", "created": NOW - 3 * 86400, "finished": NOW - 3 * 86400 + 4.2,
-     "duration": 4.2, "exit_code": 0, "env_image": "mlcontainer-env:5e1f0a2b3c4d",
-     "image_size": 198_000_000, "stdout": "wrote 1797 rows\n",
-     "lock": [{"name": "pandas", "version": "2.2.3"}]},
-    {"id": "7a8b9c0d1e2f", "name": "train", "notebook": "nb/train.ipynb", "status": "done",
-     "created": NOW - 2 * 3600, "finished": NOW - 2 * 3600 + 41.3, "duration": 41.3,
-     "exit_code": 0, "env_image": "mlcontainer-env:7a8b9c0d1e2f", "image_size": 512_300_000,
-     "base_image": "python:3.11-slim", "stdout": LOG, "stderr": "",
-     "timings": {"build": 30.4, "start": 0.4, "run": 41.3},
-     "lock": [{"name": "numpy", "version": "2.1.3"}, {"name": "scikit-learn",
-                                                       "version": "1.5.2"},
-              {"name": "scipy", "version": "1.14.1"}]},
-    {"id": "9f8e7d6c5b4a", "name": "plot-errors", "notebook": "nb/report.ipynb",
-     "status": "failed", "created": NOW - 25 * 60, "finished": NOW - 25 * 60 + 2.1,
-     "duration": 2.1, "exit_code": 1, "env_image": "mlcontainer-env:9f8e7d6c5b4a",
-     "image_size": 230_000_000, "stdout": "",
-     "stderr": "Traceback (most recent call last):\n  File \"cell.py\", line 3\n"
-               "ValueError: no column named 'err'\n"},
+    {
+        "id": "5e1f0a2b3c4d",
+        "name": "prepare-data",
+        "notebook": "nb/train.ipynb",
+        "status": "done",
+        "created": NOW - 3 * 86400,
+        "finished": NOW - 3 * 86400 + 4.2,
+        "duration": 4.2,
+        "exit_code": 0,
+        "env_image": "mlcontainer-env:5e1f0a2b3c4d",
+        "image_size": 198_000_000,
+        "stdout": "wrote 1797 rows\n",
+        "lock": [{"name": "pandas", "version": "2.2.3"}],
+    },
+    {
+        "id": "7a8b9c0d1e2f",
+        "name": "train",
+        "notebook": "nb/train.ipynb",
+        "status": "done",
+        "created": NOW - 2 * 3600,
+        "finished": NOW - 2 * 3600 + 41.3,
+        "duration": 41.3,
+        "exit_code": 0,
+        "env_image": "mlcontainer-env:7a8b9c0d1e2f",
+        "image_size": 512_300_000,
+        "base_image": "python:3.11-slim",
+        "stdout": LOG,
+        "stderr": "",
+        "timings": {"build": 30.4, "start": 0.4, "run": 41.3},
+        "lock": [
+            {"name": "numpy", "version": "2.1.3"},
+            {"name": "scikit-learn", "version": "1.5.2"},
+            {"name": "scipy", "version": "1.14.1"},
+        ],
+    },
+    {
+        "id": "9f8e7d6c5b4a",
+        "name": "plot-errors",
+        "notebook": "nb/report.ipynb",
+        "status": "failed",
+        "created": NOW - 25 * 60,
+        "finished": NOW - 25 * 60 + 2.1,
+        "duration": 2.1,
+        "exit_code": 1,
+        "env_image": "mlcontainer-env:9f8e7d6c5b4a",
+        "image_size": 230_000_000,
+        "stdout": "",
+        "stderr": 'Traceback (most recent call last):\n  File "cell.py", line 3\n'
+        "ValueError: no column named 'err'\n",
+    },
 ]
-NOTEBOOK = {"cells": [{"cell_type": "markdown", "id": "intro", "metadata": {},
-                       "source": ["# Train"]}],
-            "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+NOTEBOOK = {
+    "cells": [{"cell_type": "markdown", "id": "intro", "metadata": {}, "source": ["# Train"]}],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
 
 
 # -- JupyterLab ---------------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -78,10 +121,14 @@ def ensure_labextension_built() -> Path:
     if not (LABEXT_BUILT / "package.json").exists():
         npm = shutil.which("npm")
         if npm is None:
-            pytest.fail("The labextension is not built and npm is not on PATH: run "
-                        "`npm ci && npm run build:prod` in labextension/ (or build the wheel).")
-        env = {**os.environ,
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+            pytest.fail(
+                "The labextension is not built and npm is not on PATH: run "
+                "`npm ci && npm run build:prod` in labextension/ (or build the wheel)."
+            )
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
         for cmd in ([npm, "ci"], [npm, "run", "build:prod"]):
             subprocess.run(cmd, cwd=LABEXT_SRC, env=env, check=True, timeout=600)
     return LABEXT_BUILT
@@ -89,12 +136,19 @@ def ensure_labextension_built() -> Path:
 
 class Lab:
     def __init__(self, url: str, token: str, root: Path, store: Store, proc, log: Path):
-        self.url, self.token, self.root, self.store, self.proc, self.log = \
-            url, token, root, store, proc, log
+        self.url, self.token, self.root, self.store, self.proc, self.log = (
+            url,
+            token,
+            root,
+            store,
+            proc,
+            log,
+        )
 
     def api(self, path: str):
-        req = urllib.request.Request(f"{self.url}{path}",
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"{self.url}{path}", headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback only
             return json.loads(r.read())
 
@@ -107,7 +161,8 @@ def start_lab(tmp_path):
     def start(records=(), *, server_extension=True, env=None, name="lab") -> Lab:
         base = tmp_path / name
         root, config, data, runtime, path, settings = (
-            base / d for d in ("root", "config", "data", "runtime", "path", "settings"))
+            base / d for d in ("root", "config", "data", "runtime", "path", "settings")
+        )
         for d in (root / "nb", config, data, runtime, path / "labextensions", settings):
             d.mkdir(parents=True)
         (root / "nb" / "train.ipynb").write_text(json.dumps(NOTEBOOK))
@@ -116,29 +171,54 @@ def start_lab(tmp_path):
         if records:
             store.put_many(records)
         # No outside network: no news, no update checks.
-        (config / "jupyter_server_config.json").write_text(json.dumps({
-            "ServerApp": {"jpserver_extensions": {"mlcontainer_magics": server_extension}},
-            "LabApp": {"news_url": None,
-                       "check_for_updates_class": "jupyterlab.NeverCheckForUpdate"},
-        }))
+        (config / "jupyter_server_config.json").write_text(
+            json.dumps(
+                {
+                    "ServerApp": {"jpserver_extensions": {"mlcontainer_magics": server_extension}},
+                    "LabApp": {
+                        "news_url": None,
+                        "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
+                    },
+                }
+            )
+        )
         notif = settings / "@jupyterlab" / "apputils-extension"
         notif.mkdir(parents=True)
         (notif / "notification.jupyterlab-settings").write_text(
-            json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+            json.dumps({"fetchNews": "false", "checkForUpdates": False})
+        )
         port, token = _free_port(), uuid.uuid4().hex
-        env_vars = {**os.environ, "JUPYTER_CONFIG_DIR": str(config),
-                    "JUPYTER_DATA_DIR": str(data), "JUPYTER_RUNTIME_DIR": str(runtime),
-                    "JUPYTER_PATH": str(path), "MLCONTAINER_STORE": str(store.root),
-                    "JUPYTER_PLATFORM_DIRS": "1", **(env or {})}
+        env_vars = {
+            **os.environ,
+            "JUPYTER_CONFIG_DIR": str(config),
+            "JUPYTER_DATA_DIR": str(data),
+            "JUPYTER_RUNTIME_DIR": str(runtime),
+            "JUPYTER_PATH": str(path),
+            "MLCONTAINER_STORE": str(store.root),
+            "JUPYTER_PLATFORM_DIRS": "1",
+            **(env or {}),
+        }
         log = base / "jupyterlab.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
-             f"--port={port}", "--ServerApp.port_retries=0", "--allow-root",
-             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-             f"--LabApp.user_settings_dir={settings}",
-             f"--LabApp.workspaces_dir={base / 'workspaces'}"],
-            env=env_vars, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                "--ServerApp.port_retries=0",
+                "--allow-root",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+                f"--LabApp.user_settings_dir={settings}",
+                f"--LabApp.workspaces_dir={base / 'workspaces'}",
+            ],
+            env=env_vars,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         lab = Lab(f"http://127.0.0.1:{port}/", token, root, store, proc, log)
         started.append(lab)
         deadline = time.monotonic() + 90
@@ -148,8 +228,9 @@ def start_lab(tmp_path):
                 return lab
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("JupyterLab did not start:\n"
-                                       + log.read_text()[-4000:]) from None
+                    raise RuntimeError(
+                        "JupyterLab did not start:\n" + log.read_text()[-4000:]
+                    ) from None
                 time.sleep(0.3)
 
     yield start
@@ -174,8 +255,12 @@ def browser(tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 800})
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 800},
+        )
         try:
             yield context
         finally:
@@ -219,6 +304,7 @@ def shot(page, name: str) -> Path:
 
 # -- tests --------------------------------------------------------------------------------------
 
+
 def test_sidebar_lists_snapshots_and_details(start_lab, browser):
     lab = start_lab(RECORDS)
     page, errors = open_lab(browser, lab)
@@ -226,8 +312,9 @@ def test_sidebar_lists_snapshots_and_details(start_lab, browser):
 
     rows = sidebar.locator("li.mlc-Row[data-snapshot]")
     rows.first.wait_for(timeout=20_000)
-    assert [rows.nth(i).get_attribute("data-snapshot") for i in range(rows.count())] == \
-        [r["id"] for r in reversed(RECORDS)]  # newest first
+    assert [rows.nth(i).get_attribute("data-snapshot") for i in range(rows.count())] == [
+        r["id"] for r in reversed(RECORDS)
+    ]  # newest first
     train = sidebar.locator('li[data-snapshot="7a8b9c0d1e2f"]')
     text = train.inner_text()
     assert "train" in text and "done" in text and "41.3s" in text and "512.3 MB" in text
@@ -256,7 +343,8 @@ def test_sidebar_lists_snapshots_and_details(start_lab, browser):
     # Open notebook: a document tab for nb/train.ipynb opens.
     details.get_by_role("button", name="Open notebook").click()
     page.locator('.lm-DockPanel-tabBar li.lm-TabBar-tab:has-text("train.ipynb")').wait_for(
-        timeout=30_000)
+        timeout=30_000
+    )
 
     # Delete the failed one through the confirmation dialog (a real, XSRF-checked DELETE).
     failed = sidebar.locator('li[data-snapshot="9f8e7d6c5b4a"]')
@@ -309,9 +397,9 @@ def test_server_extension_missing_is_said_plainly(start_lab, browser):
 @pytest.fixture
 def sleeper(start_lab):
     """A running container labelled as the product labels a run; removed at teardown."""
+    from mlcontainer_magics.backends.docker.backend import make_labels
     from mlcontainer_magics.backends.docker.engine import connect
     from mlcontainer_magics.errors import EngineUnavailable
-    from mlcontainer_magics.backends.docker.backend import make_labels
 
     try:
         client = connect(timeout=60)
@@ -319,9 +407,14 @@ def sleeper(start_lab):
         pytest.skip(str(e))
     sid = uuid.uuid4().hex[:12]
     container = client.containers.run(
-        "python:3.11-slim", ["sleep", "300"], detach=True, name=f"mlc-test-browser-{sid}",
-        labels=make_labels(os.environ["MLCONTAINER_NAMESPACE"], role="run", run=sid,
-                           snapshot=sid, owner="test"))
+        "python:3.11-slim",
+        ["sleep", "300"],
+        detach=True,
+        name=f"mlc-test-browser-{sid}",
+        labels=make_labels(
+            os.environ["MLCONTAINER_NAMESPACE"], role="run", run=sid, snapshot=sid, owner="test"
+        ),
+    )
     try:
         yield sid, container
     finally:
@@ -335,8 +428,13 @@ def sleeper(start_lab):
 @pytest.mark.docker
 def test_running_container_shows_and_stops(start_lab, browser, sleeper):
     sid, container = sleeper
-    record = {"id": sid, "name": "long-training", "notebook": "nb/train.ipynb",
-              "status": "running", "created": time.time()}
+    record = {
+        "id": sid,
+        "name": "long-training",
+        "notebook": "nb/train.ipynb",
+        "status": "running",
+        "created": time.time(),
+    }
     lab = start_lab(RECORDS + [record], name="running")
     page, errors = open_lab(browser, lab)
     row = page.locator(f'{SIDEBAR} li.mlc-RunningRow[data-snapshot="{sid}"]')
@@ -350,16 +448,40 @@ def test_running_container_shows_and_stops(start_lab, browser, sleeper):
     assert errors == [], errors
 
 
-RUN_NOTEBOOK = {"cells": [
-    {"cell_type": "code", "id": "load", "metadata": {}, "outputs": [], "execution_count": None,
-     "source": "%load_ext mlcontainer_magics"},
-    {"cell_type": "code", "id": "quick", "metadata": {}, "outputs": [], "execution_count": None,
-     "source": "%%containerize -n browser-run\nprint('hello from the container')"},
-    {"cell_type": "code", "id": "long", "metadata": {}, "outputs": [], "execution_count": None,
-     "source": "%%containerize -n browser-stop --no-raise-error\nimport time\n"
-               "print('working', flush=True)\ntime.sleep(120)"},
-], "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                               "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+RUN_NOTEBOOK = {
+    "cells": [
+        {
+            "cell_type": "code",
+            "id": "load",
+            "metadata": {},
+            "outputs": [],
+            "execution_count": None,
+            "source": "%load_ext mlcontainer_magics",
+        },
+        {
+            "cell_type": "code",
+            "id": "quick",
+            "metadata": {},
+            "outputs": [],
+            "execution_count": None,
+            "source": "%%containerize -n browser-run\nprint('hello from the container')",
+        },
+        {
+            "cell_type": "code",
+            "id": "long",
+            "metadata": {},
+            "outputs": [],
+            "execution_count": None,
+            "source": "%%containerize -n browser-stop --no-raise-error\nimport time\n"
+            "print('working', flush=True)\ntime.sleep(120)",
+        },
+    ],
+    "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+    },
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
 
 
 @pytest.mark.docker
@@ -377,15 +499,15 @@ def test_containerized_cells_in_a_real_notebook(start_lab, browser):
         dialog.get_by_role("button", name="Select").click(timeout=15_000)
     except Exception:
         pass
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                           timeout=60_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
     page.click(TAB)
     page.get_by_role("menuitem", name="Run").click()
     page.locator("li[data-command='runmenu:run-all']").click()
 
     quick = page.locator(".jp-Cell").nth(1)
     quick.locator(".jp-OutputArea").get_by_text("hello from the container").wait_for(
-        timeout=120_000)
+        timeout=120_000
+    )
     quick.locator('.mlc-badge[data-status="done"]').wait_for(timeout=60_000)
     sid = lab.store.get("browser-run")["id"]
     assert sid in quick.locator(".mlc-status").inner_text()

@@ -1,5 +1,6 @@
 """`mlcontainer` with no Docker engine: every verb either works (it needs only the store) or
 prints one line that says what to do, and never a traceback."""
+
 from __future__ import annotations
 
 import os
@@ -20,25 +21,40 @@ def store(tmp_path):
     s = Store(tmp_path / "store")
     for sid, code in (("a1b2c3d4e5f6", "print(1)\n"), ("b2c3d4e5f6a1", "print(2)\n")):
         spec = RunSpec(code=code, env_spec=EnvSpec("python:3.11-slim", (), ("six==1.16.0",)))
-        s.put(dict(runs.record_start(spec, sid, {}), status="done", stdout=code[6:7] + "\n",
-                   lock=[{"name": "six", "version": "1.16.0", "hashes": ["sha256:" + "0" * 64]}],
-                   backend="docker", target={"engine": NOWHERE}))
+        s.put(
+            dict(
+                runs.record_start(spec, sid, {}),
+                status="done",
+                stdout=code[6:7] + "\n",
+                lock=[{"name": "six", "version": "1.16.0", "hashes": ["sha256:" + "0" * 64]}],
+                backend="docker",
+                target={"engine": NOWHERE},
+            )
+        )
     return s
 
 
 def mlcontainer(store, *argv):
     env = dict(os.environ, DOCKER_HOST=NOWHERE, MLCONTAINER_STORE=str(store.root))
-    return subprocess.run([sys.executable, "-m", "mlcontainer_magics.frontends.cli", *argv],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
-@pytest.mark.parametrize("argv", [
-    ["rerun", "a1b2c3d4e5f6"],
-    ["rerun", "a1b2c3d4e5f6", "--verify"],
-    ["export", "a1b2c3d4e5f6", "{tmp}/out"],
-    ["export", "a1b2c3d4e5f6", "{tmp}/out-tar", "--tar"],
-    ["prune"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rerun", "a1b2c3d4e5f6"],
+        ["rerun", "a1b2c3d4e5f6", "--verify"],
+        ["export", "a1b2c3d4e5f6", "{tmp}/out"],
+        ["export", "a1b2c3d4e5f6", "{tmp}/out-tar", "--tar"],
+        ["prune"],
+    ],
+)
 def test_verbs_that_need_the_engine_say_so_in_one_line(store, tmp_path, argv):
     out = mlcontainer(store, *[a.format(tmp=tmp_path) for a in argv])
     assert out.returncode == 2, out
@@ -50,10 +66,17 @@ def test_verbs_that_need_the_engine_say_so_in_one_line(store, tmp_path, argv):
     assert store.count() == 2  # nothing half-recorded
 
 
-@pytest.mark.parametrize("argv", [
-    ["list"], ["list", "--json"], ["show", "a1b2"], ["show", "a1b2", "--json"],
-    ["logs", "a1b2"], ["diff", "a1b2", "b2c3"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list"],
+        ["list", "--json"],
+        ["show", "a1b2"],
+        ["show", "a1b2", "--json"],
+        ["logs", "a1b2"],
+        ["diff", "a1b2", "b2c3"],
+    ],
+)
 def test_verbs_of_the_store_alone_work_without_an_engine(store, argv):
     out = mlcontainer(store, *argv)
     assert out.returncode == 0 and out.stdout.strip() and not out.stderr, out
@@ -69,7 +92,9 @@ def test_bad_references_are_one_line_too(store):
     for argv in (["show", "nope-nope"], ["rerun", "ffff"], ["rm", "a1b2c3d4e5f6", "nope"]):
         out = mlcontainer(store, *argv)
         assert out.returncode == 2 and "Traceback" not in out.stderr
-        assert len(out.stderr.strip().splitlines()) <= 2, out.stderr  # rm adds "Nothing was removed"
+        assert len(out.stderr.strip().splitlines()) <= 2, (
+            out.stderr
+        )  # rm adds "Nothing was removed"
     assert store.count() == 2
 
 

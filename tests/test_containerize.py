@@ -1,4 +1,5 @@
 """%%containerize against the real Docker engine."""
+
 from __future__ import annotations
 
 import io
@@ -12,6 +13,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from conftest import env_images
+from mlcontainer_magics.backends import Backends
 from mlcontainer_magics.errors import BaseImageMissing, BuildError, EngineUnavailable, RunError
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("no_leaks")]
@@ -23,8 +25,9 @@ def run(ip, line, cell, capsys=None):
 
 
 def test_requirement_version_is_the_containers_not_the_kernels(ip, capsys):
-    out = run(ip, "-r six==1.16.0", "import six, os\nprint('six', six.__version__, os.getuid())",
-              capsys)
+    out = run(
+        ip, "-r six==1.16.0", "import six, os\nprint('six', six.__version__, os.getuid())", capsys
+    )
     assert "six 1.16.0 1000" in out.out  # and not as root
     from importlib.metadata import PackageNotFoundError, version
 
@@ -78,8 +81,12 @@ def test_adding_a_package_builds_on_the_environment_it_extends(ip, namespace, ca
     fresh = backend.ensure_environment(spec, rebuild=True)
     installed = [line for line in fresh.build_log.splitlines() if "Successfully installed" in line]
     assert "six-1.16.0" in installed[0] and fresh.lock == both.lock
-    out = run(ip, "-r six==1.16.0 idna==3.7 --no-capture",
-              "import idna, six\nprint('both', idna.__version__, six.__version__)", capsys)
+    out = run(
+        ip,
+        "-r six==1.16.0 idna==3.7 --no-capture",
+        "import idna, six\nprint('both', idna.__version__, six.__version__)",
+        capsys,
+    )
     assert "both 3.7 1.16.0" in out.out
 
 
@@ -93,8 +100,10 @@ def test_a_deep_environment_is_not_built_on(namespace, monkeypatch):
     layers = len(backend.client.images.get(six.image_id).attrs["RootFS"]["Layers"])
     monkeypatch.setattr(docker_backend, "MAX_ENV_LAYERS", layers)
     seen = []
-    env = backend.ensure_environment(EnvSpec("python:3.11-slim", (), ("six==1.16.0", "idna==3.6")),
-                                     events=lambda phase, **i: seen.append((phase, i)))
+    env = backend.ensure_environment(
+        EnvSpec("python:3.11-slim", (), ("six==1.16.0", "idna==3.6")),
+        events=lambda phase, **i: seen.append((phase, i)),
+    )
     assert dict(seen)["building"]["on"] is None
     assert backend.client.images.get(env.image_id).labels["org.mlcontainer.parent"] == ""
 
@@ -134,6 +143,7 @@ def test_output_streams_while_the_cell_runs(ip):
         real_write(stream, text)
 
     import mlcontainer_magics.frontends.magics as m
+
     m._write_output, original = spy, m._write_output
     try:
         run(ip, "", "import time\nprint('a')\ntime.sleep(1.5)\nprint('b')")
@@ -144,11 +154,15 @@ def test_output_streams_while_the_cell_runs(ip):
 
 
 def test_env_resources_and_network(ip, capsys):
-    out = run(ip, "-e MODE=fast -e 'GREETING=hi there' --memory 64m --cpus 0.5 --network none",
-              "import os, socket\nprint(os.environ['MODE'], os.environ['GREETING'])\n"
-              "print(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip())\n"
-              "try:\n    socket.create_connection(('deb.debian.org', 80), timeout=2)\n"
-              "    print('net')\nexcept OSError:\n    print('no network')", capsys)
+    out = run(
+        ip,
+        "-e MODE=fast -e 'GREETING=hi there' --memory 64m --cpus 0.5 --network none",
+        "import os, socket\nprint(os.environ['MODE'], os.environ['GREETING'])\n"
+        "print(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip())\n"
+        "try:\n    socket.create_connection(('deb.debian.org', 80), timeout=2)\n"
+        "    print('net')\nexcept OSError:\n    print('no network')",
+        capsys,
+    )
     assert "fast hi there" in out.out
     assert str(64 * 2**20) in out.out
     assert "no network" in out.out
@@ -235,12 +249,12 @@ def test_missing_base_image_says_how_to_provide_one(ip):
 def test_no_engine_says_how_to_start_one(ip, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/mlctest-no-engine.sock")
     magics = ip.magics_manager.registry["ContainerizeMagics"]
-    saved, magics._backends = magics._backends, {}
+    saved, magics.backends = magics.backends, Backends(magics)  # none connected yet
     try:
         with pytest.raises(EngineUnavailable, match="mlcontainer doctor --fix"):
             run(ip, "", "pass")
     finally:
-        magics._backends = saved
+        magics.backends = saved
 
 
 def test_failing_pip_install_shows_pips_message(ip, docker_client):
@@ -254,9 +268,13 @@ def test_failing_pip_install_shows_pips_message(ip, docker_client):
 def test_build_secrets_never_reach_the_image(ip, docker_client, namespace):
     """The CA bundle and pip settings used while installing are absent from layers and config."""
     run(ip, "-r six==1.16.0", "pass")
-    image = next(i for i in docker_client.images.list(
-        filters={"label": f"org.mlcontainer.namespace={namespace}"})
-        if json.loads(i.labels.get("org.mlcontainer.requirements", "[]")) == ["six==1.16.0"])
+    image = next(
+        i
+        for i in docker_client.images.list(
+            filters={"label": f"org.mlcontainer.namespace={namespace}"}
+        )
+        if json.loads(i.labels.get("org.mlcontainer.requirements", "[]")) == ["six==1.16.0"]
+    )
     assert not any(e.startswith("PIP_") for e in image.attrs["Config"]["Env"])
     saved = io.BytesIO(b"".join(image.save(named=False)))
     base_layers = len(docker_client.images.get("python:3.11-slim").attrs["RootFS"]["Layers"])
@@ -279,6 +297,6 @@ def test_environment_declares_no_volumes_and_runs_leave_none(ip, docker_client, 
     anonymous volume (no_leaks counts those too)."""
     run(ip, "-r six==1.16.0 --no-capture", "pass")
     for image in docker_client.images.list(
-            filters={"label": [f"org.mlcontainer.namespace={namespace}",
-                               "org.mlcontainer.role=env"]}):
+        filters={"label": [f"org.mlcontainer.namespace={namespace}", "org.mlcontainer.role=env"]}
+    ):
         assert not image.attrs["Config"].get("Volumes"), image.tags

@@ -5,6 +5,7 @@ With Docker (``-m docker``): environment images go to a real registry on 127.0.0
 fake's pod runs the pushed image with the real runner on the real engine, so everything is real
 but the API server.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,6 +23,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from mlcontainer_magics.backends import make_backend
+from mlcontainer_magics.backends.export import export
 from mlcontainer_magics.backends.kubernetes import export as k8s_export
 from mlcontainer_magics.backends.kubernetes import objects
 from mlcontainer_magics.backends.kubernetes.backend import (
@@ -33,13 +35,12 @@ from mlcontainer_magics.backends.kubernetes.backend import (
     NamespaceMissing,
     pod_progress,
 )
-from mlcontainer_magics.core import runs, snapshots, transfer
+from mlcontainer_magics.core import runs, transfer
 from mlcontainer_magics.core.backend import Environment
 from mlcontainer_magics.core.richoutput import StdoutDemux
-from mlcontainer_magics.runner import FILE_MARK, MARK, STDERR_MARK
 from mlcontainer_magics.core.spec import EnvSpec, RunSpec
-from mlcontainer_magics.backends.export import export
 from mlcontainer_magics.errors import CapabilityMissing, MlcError, SpecError
+from mlcontainer_magics.runner import FILE_MARK, MARK, STDERR_MARK
 
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes.client.rest import ApiException  # noqa: E402
@@ -54,15 +55,21 @@ LABEL = "org.mlcontainer.namespace"
 
 # -- helpers -----------------------------------------------------------------------------------
 
+
 def backend_for(fake, *, client=None, docker_backend=None, namespace="mlctest", **settings):
     """A backend whose KubernetesConfig comes from its parent's config, as under the magics."""
     from traitlets.config import Config, Configurable
 
-    values = {"kubeconfig": str(fake.kubeconfig), "k8s_namespace": NS,
-              "schedule_timeout": 60.0, **settings}
+    values = {
+        "kubeconfig": str(fake.kubeconfig),
+        "k8s_namespace": NS,
+        "schedule_timeout": 60.0,
+        **settings,
+    }
     parent = Configurable(config=Config({"KubernetesConfig": values}))
-    return KubernetesBackend(namespace=namespace, parent=parent, client=client,
-                             docker_backend=docker_backend)
+    return KubernetesBackend(
+        namespace=namespace, parent=parent, client=client, docker_backend=docker_backend
+    )
 
 
 @pytest.fixture
@@ -140,7 +147,8 @@ def out_files(**values):
     """The file marks the runner writes at the end for --out values sent as JSON."""
     manifest = {k: {"file": f"{k}.json", "format": "json"} for k in values}
     return [file_line("outputs.json", json.dumps(manifest).encode())] + [
-        file_line(f"{k}.json", json.dumps(v).encode()) for k, v in values.items()]
+        file_line(f"{k}.json", json.dumps(v).encode()) for k, v in values.items()
+    ]
 
 
 def failure_of(spec, result):
@@ -154,6 +162,7 @@ def deletes(fake, resource):
 
 def interrupt_main_thread_when(predicate, delay=0.2, timeout=10.0):
     """Ctrl-C as a kernel gets it: SIGINT to the main thread once ``predicate()`` holds."""
+
     def watch():
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -170,15 +179,20 @@ def interrupt_main_thread_when(predicate, delay=0.2, timeout=10.0):
 
 # -- a run, start to finish --------------------------------------------------------------------
 
+
 def test_a_run_creates_secret_and_job_streams_and_leaves_the_job_for_its_ttl(
-        backend, k8s_fake, workdirs):
+    backend, k8s_fake, workdirs
+):
     seen = {}
 
     def container(pod):  # the fake's pod, as the kubelet starts it
         seen["env"] = pod.env
         seen["files"] = pod.files
-        seen["secret"] = k8s_fake.wait_for(lambda: (lambda s: s if s and s["metadata"].get(
-            "ownerReferences") else None)(k8s_fake.get("secrets", "mlc-run-1", NS)))
+        seen["secret"] = k8s_fake.wait_for(
+            lambda: (lambda s: s if s and s["metadata"].get("ownerReferences") else None)(
+                k8s_fake.get("secrets", "mlc-run-1", NS)
+            )
+        )
         pod.log("hello from the pod")
         return 0
 
@@ -197,20 +211,25 @@ def test_a_run_creates_secret_and_job_streams_and_leaves_the_job_for_its_ttl(
     assert seen["env"]["API_TOKEN"] == "s3"  # by reference to the Secret, never in the Job
     job = k8s_fake.get("jobs", "mlc-run-1", NS)
     env = job["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": "mlc-run-1", "key": "env.API_TOKEN"}}} in env
+    assert {
+        "name": "API_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "mlc-run-1", "key": "env.API_TOKEN"}},
+    } in env
     assert "s3" not in json.dumps(job)
     # The Secret belonged to the Job while it ran, and went when the run ended.
     owner = seen["secret"]["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "Job" and owner["uid"] == job["metadata"]["uid"]
     assert k8s_fake.get("secrets", "mlc-run-1", NS) is None
     assert job["spec"]["ttlSecondsAfterFinished"] == 3600  # kubectl logs still works a while
-    assert rec.phases == ["starting", "scheduling", "running"] or \
-        rec.phases == ["starting", "scheduling", "pulling", "running"]
+    assert rec.phases == ["starting", "scheduling", "running"] or rec.phases == [
+        "starting",
+        "scheduling",
+        "pulling",
+        "running",
+    ]
 
 
-def test_events_follow_the_pod_from_scheduling_to_pulling_to_running(
-        backend, k8s_fake, workdirs):
+def test_events_follow_the_pod_from_scheduling_to_pulling_to_running(backend, k8s_fake, workdirs):
     k8s_fake.script("mlc-", pending_seconds=0.5, logs=["ok"])
     result, rec, _ = run(backend, workdirs)
     assert result.reason == "done"
@@ -243,10 +262,14 @@ def test_prints_arrive_in_order_while_the_pod_still_runs(backend, k8s_fake, work
 
 
 def test_stderr_display_and_out_files_come_apart_as_from_docker(backend, k8s_fake, workdirs):
-    logs = ["text before", stderr_line("a warning\n"), display_line({"text/html": "<b>7</b>",
-                                                                      "text/plain": "7"}),
-            "text after", *out_files(x=[1, 2, {"a": None}]),
-            file_line("../escape.txt", b"nope")]
+    logs = [
+        "text before",
+        stderr_line("a warning\n"),
+        display_line({"text/html": "<b>7</b>", "text/plain": "7"}),
+        "text after",
+        *out_files(x=[1, 2, {"a": None}]),
+        file_line("../escape.txt", b"nope"),
+    ]
     k8s_fake.script("mlc-", logs=logs)
     spec = make_spec(outputs=("x",))
     result, rec, workdir = run(backend, workdirs, spec)
@@ -269,6 +292,7 @@ def test_stderr_display_and_out_files_come_apart_as_from_docker(backend, k8s_fak
 
 def test_runs_execute_brings_an_out_value_back(backend, k8s_fake, monkeypatch):
     """The chain runs.py drives, with the environment stubbed: the pod reads its manifest."""
+
     def container(pod):
         manifest = json.loads(pod.files["/mlc/manifest.json"])
         pod.log("computing")
@@ -279,8 +303,12 @@ def test_runs_execute_brings_an_out_value_back(backend, k8s_fake, monkeypatch):
     k8s_fake.script("mlc-", run=container)
     monkeypatch.setattr(backend, "ensure_environment", lambda *a, **k: ENV)
     rec = Recorder()
-    outcome = runs.execute(make_spec("result = {'answer': 42}\n", outputs=("result",)), backend,
-                           events=rec.event, output=rec.out)
+    outcome = runs.execute(
+        make_spec("result = {'answer': 42}\n", outputs=("result",)),
+        backend,
+        events=rec.event,
+        output=rec.out,
+    )
     assert outcome.ok and outcome.values == {"result": {"answer": 42}}
     assert rec.text() == "computing\n" and "collecting" in rec.phases
     assert runs.outcome_error(outcome) is None
@@ -290,8 +318,11 @@ def test_network_none_adds_a_network_policy_for_the_run_only(backend, k8s_fake, 
     seen = {}
 
     def container(pod):  # the policy exists before the pod; it then belongs to the Job
-        seen["policy"] = k8s_fake.wait_for(lambda: (lambda p: p if p and p["metadata"].get(
-            "ownerReferences") else None)(k8s_fake.get("networkpolicies", "mlc-run-1", NS)))
+        seen["policy"] = k8s_fake.wait_for(
+            lambda: (lambda p: p if p and p["metadata"].get("ownerReferences") else None)(
+                k8s_fake.get("networkpolicies", "mlc-run-1", NS)
+            )
+        )
         return 0
 
     k8s_fake.script("mlc-", run=container)
@@ -305,8 +336,8 @@ def test_network_none_adds_a_network_policy_for_the_run_only(backend, k8s_fake, 
 
 # -- failures, in plain words ------------------------------------------------------------------
 
-def test_an_image_that_cannot_be_pulled_fails_at_once_and_the_job_goes(
-        backend, k8s_fake, workdirs):
+
+def test_an_image_that_cannot_be_pulled_fails_at_once_and_the_job_goes(backend, k8s_fake, workdirs):
     k8s_fake.script("mlc-", scenario="image_pull")
     spec = make_spec()
     result, rec, _ = run(backend, workdirs, spec)
@@ -328,7 +359,8 @@ def test_out_of_memory(backend, k8s_fake, workdirs):
     result, _, _ = run(backend, workdirs, spec)
     assert result.reason == "oom" and result.exit_code == 137
     assert str(failure_of(spec, result)) == (
-        "Out of memory: the cell used more than its --memory limit of 64 MiB.")
+        "Out of memory: the cell used more than its --memory limit of 64 MiB."
+    )
 
 
 def test_unschedulable_says_why(k8s_fake, workdirs):
@@ -337,8 +369,10 @@ def test_unschedulable_says_why(k8s_fake, workdirs):
     spec = make_spec(gpus="1")
     result, rec, _ = run(backend, workdirs, spec)
     assert result.reason == "failed"
-    assert "cannot schedule the pod: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu" \
+    assert (
+        "cannot schedule the pod: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu"
         in result.message
+    )
     assert "--gpus" in result.message and "node_selector" in result.message
     assert "0/3 nodes are available" in str(failure_of(spec, result))
     assert k8s_fake.get("jobs", "mlc-run-1", NS) is None  # no pod left pending
@@ -346,8 +380,11 @@ def test_unschedulable_says_why(k8s_fake, workdirs):
 
 def test_unschedulable_waits_for_a_node_up_to_schedule_timeout(k8s_fake, workdirs):
     backend = backend_for(k8s_fake, schedule_timeout=0.8)
-    k8s_fake.script("mlc-", scenario="unschedulable", message="0/1 nodes are available: "
-                                                              "1 node(s) had untolerated taint.")
+    k8s_fake.script(
+        "mlc-",
+        scenario="unschedulable",
+        message="0/1 nodes are available: 1 node(s) had untolerated taint.",
+    )
     t0 = time.monotonic()
     result, rec, _ = run(backend, workdirs)
     assert 0.8 <= time.monotonic() - t0 < 15
@@ -391,10 +428,11 @@ def test_deadline_while_waiting_for_a_node_is_a_timeout_too(backend, k8s_fake, w
 
 
 def test_a_failing_cell_reports_exit_code_and_traceback(backend, k8s_fake, workdirs):
-    traceback = ('Traceback (most recent call last):\n  File "/mlc/cell.py", line 1, in <module>\n'
-                 "ValueError: boom\n")
-    k8s_fake.script("mlc-", logs=["before", stderr_line(traceback)], exit_code=1,
-                    scenario="fail")
+    traceback = (
+        'Traceback (most recent call last):\n  File "/mlc/cell.py", line 1, in <module>\n'
+        "ValueError: boom\n"
+    )
+    k8s_fake.script("mlc-", logs=["before", stderr_line(traceback)], exit_code=1, scenario="fail")
     spec = make_spec()
     result, rec, _ = run(backend, workdirs, spec)
     assert result.reason == "failed" and result.exit_code == 1
@@ -415,10 +453,13 @@ def test_the_secret_limit_fails_before_anything_is_created(backend, k8s_fake, wo
 
 # -- interrupt and stop ------------------------------------------------------------------------
 
+
 def _delete_was_background(fake):
     (request,) = deletes(fake, "jobs")
-    return ((request["body"] or {}).get("propagationPolicy")
-            or request["query"].get("propagationPolicy")) == "Background"
+    return (
+        (request["body"] or {}).get("propagationPolicy")
+        or request["query"].get("propagationPolicy")
+    ) == "Background"
 
 
 def test_interrupt_while_streaming_deletes_job_and_secret_at_once(backend, k8s_fake, workdirs):
@@ -483,13 +524,17 @@ def test_is_running(backend, k8s_fake, workdirs):
 
 # -- the cluster's errors, translated ----------------------------------------------------------
 
+
 def test_wrong_credentials(k8s_fake, tmp_path, workdirs):
     config = json.loads(k8s_fake.kubeconfig.read_text())
     config["users"][0]["user"]["token"] = "expired"
     (tmp_path / "stale").write_text(json.dumps(config))
     backend = backend_for(k8s_fake, kubeconfig=str(tmp_path / "stale"))
-    with pytest.raises(ClusterAuthError, match=r"refused the credentials .*401 Unauthorized.*"
-                                               r"KubernetesConfig.context"):
+    with pytest.raises(
+        ClusterAuthError,
+        match=r"refused the credentials .*401 Unauthorized.*"
+        r"KubernetesConfig.context",
+    ):
         run(backend, workdirs)
     assert k8s_fake.list("secrets", NS) == [] and k8s_fake.list("jobs", NS) == []
 
@@ -529,12 +574,15 @@ def test_unknown_context_and_missing_kubeconfig(k8s_fake, tmp_path, workdirs):
         run(backend_for(k8s_fake, kubeconfig=str(tmp_path / "nowhere")), workdirs)
 
 
-@pytest.mark.parametrize("status, kind, words", [
-    (403, ClusterAuthError, "RBAC Role in mlc"),
-    (404, NamespaceMissing, "kubectl create namespace mlc"),
-    (422, KubernetesError, "admission policy"),
-    (500, KubernetesError, "kubectl get --raw /readyz"),
-])
+@pytest.mark.parametrize(
+    "status, kind, words",
+    [
+        (403, ClusterAuthError, "RBAC Role in mlc"),
+        (404, NamespaceMissing, "kubectl create namespace mlc"),
+        (422, KubernetesError, "admission policy"),
+        (500, KubernetesError, "kubectl get --raw /readyz"),
+    ],
+)
 def test_api_exceptions_become_errors_that_say_what_to_do(backend, status, kind, words):
     e = ApiException(status=status, reason="Reason")
     e.body = json.dumps({"kind": "Status", "message": f"the server says {status}"})
@@ -547,13 +595,15 @@ def test_api_exceptions_become_errors_that_say_what_to_do(backend, status, kind,
 
 # -- settings, sessions, registry --------------------------------------------------------------
 
+
 def test_sessions_are_refused_before_anything_is_built_or_recorded(backend, tmp_path):
     from mlcontainer_magics.core.store import Store
 
     assert backend.sessions is None  # the capability is absent, not an error to catch
     store = Store(tmp_path / "store")
-    with pytest.raises(CapabilityMissing,
-                       match="--session is not supported with --backend kubernetes"):
+    with pytest.raises(
+        CapabilityMissing, match="--session is not supported with --backend kubernetes"
+    ):
         runs.execute(make_spec(session="warm"), backend, store=store)
     assert store.count() == 0
 
@@ -580,7 +630,12 @@ def test_settings_come_from_environment_variables(monkeypatch):
     config = KubernetesConfig()
     s = objects.settings_from(config, config.k8s_namespace)
     assert (s.namespace, s.registry, s.default_memory, s.default_cpus, s.ttl_seconds) == (
-        "team-a", "registry.example.com/team", 2 * 1024**3, 1.5, 600)
+        "team-a",
+        "registry.example.com/team",
+        2 * 1024**3,
+        1.5,
+        600,
+    )
     assert s.node_selector == {"pool": "gpu", "zone": "a"}
     assert s.tolerations == ({"key": "gpu", "operator": "Exists"},)
     assert "hunter2" not in KubernetesConfig.class_get_help(config)
@@ -606,6 +661,7 @@ def test_the_factory_passes_config_on():
 
 # -- export --k8s ------------------------------------------------------------------------------
 
+
 def test_export_writes_a_job_yaml_that_validates(tmp_path, monkeypatch):
     import kubernetes_validate
     import yaml
@@ -614,8 +670,15 @@ def test_export_writes_a_job_yaml_that_validates(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MLCONTAINER_K8S_NAMESPACE", "team-a")
     store = Store(tmp_path / "store")
-    spec = make_spec("print(x + 1)\n", name="add-one", env=(("API_KEY", "s3cret"),),
-                     inputs=("x",), network="none", timeout=60, memory=2**30)
+    spec = make_spec(
+        "print(x + 1)\n",
+        name="add-one",
+        env=(("API_KEY", "s3cret"),),
+        inputs=("x",),
+        network="none",
+        timeout=60,
+        memory=2**30,
+    )
     run_id = store.new_id({"spec": spec.to_dict()})
     workdir, records = runs.prepare_workdir(spec, {"x": 41})
     try:
@@ -624,8 +687,7 @@ def test_export_writes_a_job_yaml_that_validates(tmp_path, monkeypatch):
     finally:
         shutil.rmtree(workdir)
     pushed = "registry.example.com/team/mlc-env@sha256:" + "d" * 64
-    store.update(run_id, status="done", inputs=records, env_image=pushed, stdout="42\n",
-                 lock=[])
+    store.update(run_id, status="done", inputs=records, env_image=pushed, stdout="42\n", lock=[])
 
     dest = export(store, run_id, tmp_path / "export", backend=None, k8s=True)
     text = (dest / "job.yaml").read_text()
@@ -658,10 +720,12 @@ def test_export_of_a_local_image_says_to_push_it(tmp_path):
 
 # -- with Docker: a real registry and the real runner ------------------------------------------
 
+
 def docker_pod(client, namespace, root: Path):
     """A ``run=`` callback for the fake: the pod's container, run for real on the engine with
     the Secret's files in a folder mounted at /mlc, the pod's env and its user; the container's
     output is the pod's log, line by line as it comes."""
+
     def container(pod):
         c = pod.pod["spec"]["containers"][0]
         folder = Path(tempfile.mkdtemp(dir=root))
@@ -676,10 +740,17 @@ def docker_pod(client, namespace, root: Path):
         (folder / "out").chmod(0o777)
         uid = c["securityContext"]["runAsUser"]
         made = client.containers.create(
-            c["image"], c["command"], user=f"{uid}:{uid}", environment=pod.env,
-            working_dir=c["workingDir"], labels={LABEL: namespace}, network_mode="none",
-            cap_drop=["ALL"], security_opt=["no-new-privileges"],
-            volumes={str(folder): {"bind": "/mlc", "mode": "rw"}})
+            c["image"],
+            c["command"],
+            user=f"{uid}:{uid}",
+            environment=pod.env,
+            working_dir=c["workingDir"],
+            labels={LABEL: namespace},
+            network_mode="none",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            volumes={str(folder): {"bind": "/mlc", "mode": "rw"}},
+        )
         try:
             made.start()
             decoder, pending = codecs.getincrementaldecoder("utf-8")("replace"), ""
@@ -705,18 +776,26 @@ def _pushed_tags(client, registry, image_ref):
 def _uploads(registry) -> int:
     import re
 
-    return len(re.findall(r'msg="response completed".*http\.request\.method=(?:PUT|POST|PATCH)\b',
-                          registry.log()))
+    return len(
+        re.findall(
+            r'msg="response completed".*http\.request\.method=(?:PUT|POST|PATCH)\b', registry.log()
+        )
+    )
 
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("no_leaks")
-def test_push_only_when_the_registry_lacks_the_image(k8s_fake, registry, docker_engine,
-                                                     docker_images, namespace):
+def test_push_only_when_the_registry_lacks_the_image(
+    k8s_fake, registry, docker_engine, docker_images, namespace
+):
     own = f"{namespace}p"  # a repository no other test pushes to
-    backend = backend_for(k8s_fake, namespace=own, registry=registry.host,
-                          registry_username=registry.username,
-                          registry_password=registry.password)
+    backend = backend_for(
+        k8s_fake,
+        namespace=own,
+        registry=registry.host,
+        registry_username=registry.username,
+        registry_password=registry.password,
+    )
     rec = Recorder()
     before = _uploads(registry)
     try:
@@ -730,23 +809,31 @@ def test_push_only_when_the_registry_lacks_the_image(k8s_fake, registry, docker_
     assert r.json()["tags"] == [env.image_id.split(":")[1][:24]]
 
     # Another kernel (a new backend): the registry has it, nothing is sent.
-    again = backend_for(k8s_fake, namespace=own, registry=registry.host,
-                        registry_username=registry.username,
-                        registry_password=registry.password)
+    again = backend_for(
+        k8s_fake,
+        namespace=own,
+        registry=registry.host,
+        registry_username=registry.username,
+        registry_password=registry.password,
+    )
     rec2 = Recorder()
     before = _uploads(registry)
-    assert again.ensure_environment(EnvSpec("python:3.11-slim"),
-                                    events=rec2.event).image == env.image
+    assert (
+        again.ensure_environment(EnvSpec("python:3.11-slim"), events=rec2.event).image == env.image
+    )
     assert _uploads(registry) == before
-    assert any("already holds this image" in info.get("line", "")
-               for phase, info in rec2.events if phase == "build-log")
+    assert any(
+        "already holds this image" in info.get("line", "")
+        for phase, info in rec2.events
+        if phase == "build-log"
+    )
 
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("no_leaks")
 def test_magics_run_the_real_runner_as_a_pod_and_export_a_job(
-        ip, k8s_fake, registry, docker_engine, docker_images, namespace, tmp_path, capsys,
-        monkeypatch):
+    ip, k8s_fake, registry, docker_engine, docker_images, namespace, tmp_path, capsys, monkeypatch
+):
     """%%containerize --backend kubernetes: image pushed to a real registry, the pod's container
     run by the real engine with the real runner; only the API server is a fake."""
     import kubernetes_validate
@@ -755,21 +842,28 @@ def test_magics_run_the_real_runner_as_a_pod_and_export_a_job(
     from mlcontainer_magics.frontends import cli, magics
 
     k8s_fake.script("mlc-", run=docker_pod(docker_engine, namespace, tmp_path))
-    for key, value in [("kubeconfig", str(k8s_fake.kubeconfig)), ("k8s_namespace", NS),
-                       ("registry", registry.host), ("registry_username", registry.username),
-                       ("registry_password", registry.password)]:
+    for key, value in [
+        ("kubeconfig", str(k8s_fake.kubeconfig)),
+        ("k8s_namespace", NS),
+        ("registry", registry.host),
+        ("registry_username", registry.username),
+        ("registry_password", registry.password),
+    ]:
         ip.run_line_magic("config", f"KubernetesConfig.{key} = {value!r}")
     shown = []
     monkeypatch.setattr(magics, "_publish", shown.append)
     name = f"k8s-{uuid.uuid4().hex[:8]}"
     ip.user_ns["x"] = 41
     try:
-        ip.run_cell_magic("containerize", f"--backend kubernetes -n {name} --in x --out result",
-                          "import os, sys\n"
-                          "print('hello from', os.getuid(), os.environ['MLC_ONE_STREAM'])\n"
-                          "print('a warning', file=sys.stderr)\n"
-                          "display({'x': x})\n"
-                          "result = {'answer': x + 1}\n")
+        ip.run_cell_magic(
+            "containerize",
+            f"--backend kubernetes -n {name} --in x --out result",
+            "import os, sys\n"
+            "print('hello from', os.getuid(), os.environ['MLC_ONE_STREAM'])\n"
+            "print('a warning', file=sys.stderr)\n"
+            "display({'x': x})\n"
+            "result = {'answer': x + 1}\n",
+        )
     finally:
         docker_images.extend(_pushed_tags(docker_engine, registry, "python:3.11-slim"))
     out = capsys.readouterr()
@@ -793,8 +887,11 @@ def test_magics_run_the_real_runner_as_a_pod_and_export_a_job(
 
     # The snapshot says where it ran; `mlcontainer rerun` goes there again (not to Docker).
     monkeypatch.setenv("MLCONTAINER_STORE", str(store.root))
-    for key, value in [("REGISTRY", registry.host), ("REGISTRY_USERNAME", registry.username),
-                       ("REGISTRY_PASSWORD", registry.password)]:
+    for key, value in [
+        ("REGISTRY", registry.host),
+        ("REGISTRY_USERNAME", registry.username),
+        ("REGISTRY_PASSWORD", registry.password),
+    ]:
         monkeypatch.setenv(f"MLCONTAINER_K8S_{key}", value)
     monkeypatch.setenv("KUBECONFIG", str(k8s_fake.kubeconfig))
     capsys.readouterr()
@@ -823,25 +920,42 @@ def test_magics_run_the_real_runner_as_a_pod_and_export_a_job(
 
 # -- the REST API reruns a Kubernetes snapshot on Kubernetes -----------------------------------
 
+
 @pytest.fixture
 def jp_server_config(tmp_path):
     from mlcontainer_magics.core.store import Store
 
-    return {"ServerApp": {"jpserver_extensions": {"mlcontainer_magics": True},
-                          "tornado_settings": {"mlcontainer_store": Store(tmp_path / "store")}}}
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"mlcontainer_magics": True},
+            "tornado_settings": {"mlcontainer_store": Store(tmp_path / "store")},
+        }
+    }
 
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("no_leaks")
 async def test_rest_rerun_of_a_kubernetes_snapshot_runs_on_kubernetes(
-        jp_fetch, jp_serverapp, k8s_fake, registry, docker_engine, docker_images, namespace,
-        tmp_path, monkeypatch):
+    jp_fetch,
+    jp_serverapp,
+    k8s_fake,
+    registry,
+    docker_engine,
+    docker_images,
+    namespace,
+    tmp_path,
+    monkeypatch,
+):
     from mlcontainer_magics.backends import Backends
 
     k8s_fake.script("mlc-", run=docker_pod(docker_engine, namespace, tmp_path))
     monkeypatch.setenv("KUBECONFIG", str(k8s_fake.kubeconfig))
-    for key, value in [("REGISTRY", registry.host), ("REGISTRY_USERNAME", registry.username),
-                       ("REGISTRY_PASSWORD", registry.password), ("NAMESPACE", NS)]:
+    for key, value in [
+        ("REGISTRY", registry.host),
+        ("REGISTRY_USERNAME", registry.username),
+        ("REGISTRY_PASSWORD", registry.password),
+        ("NAMESPACE", NS),
+    ]:
         monkeypatch.setenv(f"MLCONTAINER_K8S_{key}", value)
     settings = jp_serverapp.web_app.settings
     store = settings["mlcontainer_store"]
@@ -855,8 +969,13 @@ async def test_rest_rerun_of_a_kubernetes_snapshot_runs_on_kubernetes(
     assert record["backend"] == "kubernetes" and record["target"]["namespace"] == NS
 
     jobs_before = {j["metadata"]["name"] for j in k8s_fake.list("jobs", NS)}
-    data = json.loads((await jp_fetch("mlcontainer", "snapshots", outcome.run_id, "rerun",
-                                      method="POST", body="{}")).body)
+    data = json.loads(
+        (
+            await jp_fetch(
+                "mlcontainer", "snapshots", outcome.run_id, "rerun", method="POST", body="{}"
+            )
+        ).body
+    )
     assert data["backend"] == "kubernetes" and data["status"] == "done", data
     assert data["rerun_of"] == outcome.run_id
     rerun = store.get(data["id"])
@@ -865,6 +984,12 @@ async def test_rest_rerun_of_a_kubernetes_snapshot_runs_on_kubernetes(
     assert [name for name in new_jobs if data["id"] in name], new_jobs
     # --backend overrides: a wrong name is a 400 that says which ones exist.
     with pytest.raises(HTTPClientError) as info:
-        await jp_fetch("mlcontainer", "snapshots", outcome.run_id, "rerun", method="POST",
-                       body=json.dumps({"backend": "nomad"}))
+        await jp_fetch(
+            "mlcontainer",
+            "snapshots",
+            outcome.run_id,
+            "rerun",
+            method="POST",
+            body=json.dumps({"backend": "nomad"}),
+        )
     assert info.value.code == 400 and b"docker, kubernetes" in info.value.response.body

@@ -1,4 +1,5 @@
 """The Kubernetes API fake, driven by the official ``kubernetes`` client as a backend would."""
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,12 @@ from kubernetes.client.rest import ApiException  # noqa: E402
 pytest_plugins = ["k8s_fake"]
 
 NS = "mlc"
-FILES = {"runner.py": b"print('runner')\n", "cell.py": b"print('cell')\n",
-         "manifest.json": b"{}", "in/x.pkl": b"\x80\x04K\x01."}
+FILES = {
+    "runner.py": b"print('runner')\n",
+    "cell.py": b"print('cell')\n",
+    "manifest.json": b"{}",
+    "in/x.pkl": b"\x80\x04K\x01.",
+}
 
 
 @pytest.fixture
@@ -31,9 +36,14 @@ def api(k8s_fake):
 def make_run(snapshot_id="snap-1", settings=None, files=FILES, **spec_kw):
     spec_kw.setdefault("code", "print('cell')\n")
     spec = RunSpec(env_spec=EnvSpec("python:3.11-slim"), **spec_kw)
-    secret, job = run_manifests(spec, image="127.0.0.1:5000/mlc/env:1", snapshot_id=snapshot_id,
-                                namespace=NS, settings=settings or K8sSettings(namespace=NS),
-                                files=files)[:2]
+    secret, job = run_manifests(
+        spec,
+        image="127.0.0.1:5000/mlc/env:1",
+        snapshot_id=snapshot_id,
+        namespace=NS,
+        settings=settings or K8sSettings(namespace=NS),
+        files=files,
+    )[:2]
     return secret, job
 
 
@@ -71,8 +81,12 @@ def wait_job_condition(api, name, timeout=5):
     """Watch the Job (by field selector) until it has a Complete or Failed condition."""
     _, batch = api
     w = watch.Watch()
-    for event in w.stream(batch.list_namespaced_job, NS, field_selector=f"metadata.name={name}",
-                          timeout_seconds=timeout):
+    for event in w.stream(
+        batch.list_namespaced_job,
+        NS,
+        field_selector=f"metadata.name={name}",
+        timeout_seconds=timeout,
+    ):
         conditions = {c.type: c for c in event["object"].status.conditions or []}
         for final in ("Complete", "Failed"):
             if final in conditions and conditions[final].status == "True":
@@ -87,6 +101,7 @@ def terminated(pod):
 
 
 # -- access -----------------------------------------------------------------------------------
+
 
 def test_kubeconfig_points_at_the_fake_and_the_token_is_checked(k8s_fake, tmp_path):
     api_client = k8s_fake.api_client()
@@ -111,6 +126,7 @@ def test_unknown_namespace(api):
 
 # -- a run, start to finish -------------------------------------------------------------------
 
+
 def test_job_pod_progresses_and_its_log_streams(api, k8s_fake):
     core, batch = api
 
@@ -127,8 +143,13 @@ def test_job_pod_progresses_and_its_log_streams(api, k8s_fake):
     phases = []
     since = core.list_namespaced_pod(NS).metadata.resource_version
     name = submit(api)
-    for event in w.stream(core.list_namespaced_pod, NS, label_selector=pod_selector("snap-1"),
-                          resource_version=since, timeout_seconds=5):
+    for event in w.stream(
+        core.list_namespaced_pod,
+        NS,
+        label_selector=pod_selector("snap-1"),
+        resource_version=since,
+        timeout_seconds=5,
+    ):
         pod = event["object"]
         if not phases or phases[-1] != pod.status.phase:
             phases.append(pod.status.phase)
@@ -140,8 +161,9 @@ def test_job_pod_progresses_and_its_log_streams(api, k8s_fake):
     assert pod.metadata.owner_references[0].kind == "Job"
 
     # Follow the log: the first line arrives while the container is still writing.
-    response = core.read_namespaced_pod_log(pod.metadata.name, NS, container="cell",
-                                            follow=True, _preload_content=False)
+    response = core.read_namespaced_pod_log(
+        pod.metadata.name, NS, container="cell", follow=True, _preload_content=False
+    )
     arrivals = []
     for chunk in response.stream(amt=None, decode_content=False):
         arrivals.append((time.monotonic(), chunk))
@@ -205,6 +227,7 @@ def test_the_container_sees_the_payload_and_secret_env(api, k8s_fake):
 
 # -- scenarios --------------------------------------------------------------------------------
 
+
 def test_oom(api, k8s_fake):
     k8s_fake.script("mlc-", scenario="oom")
     name = submit(api)
@@ -249,13 +272,19 @@ def test_image_pull_failure(api, k8s_fake):
 
 
 def test_unschedulable(api, k8s_fake):
-    k8s_fake.script("mlc-", scenario="unschedulable",
-                    message="0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
+    k8s_fake.script(
+        "mlc-",
+        scenario="unschedulable",
+        message="0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+    )
     submit(api, gpus="1")
     pod = wait_pod(api, the_pod(api).metadata.name, lambda p: p.status.conditions)
     (condition,) = pod.status.conditions
     assert (condition.type, condition.status, condition.reason) == (
-        "PodScheduled", "False", "Unschedulable")
+        "PodScheduled",
+        "False",
+        "Unschedulable",
+    )
     assert "Insufficient nvidia.com/gpu" in condition.message
     assert pod.status.phase == "Pending" and pod.spec.node_name is None
 
@@ -302,9 +331,14 @@ def test_missing_secret_key_is_a_config_error(api, k8s_fake):
     del secret["data"]["env.API_TOKEN"]
     core.create_namespaced_secret(NS, secret)
     batch.create_namespaced_job(NS, job)
-    pod = wait_pod(api, the_pod(api).metadata.name,
-                   lambda p: p.status.container_statuses and
-                   p.status.container_statuses[0].state.waiting.reason != "ContainerCreating")
+    pod = wait_pod(
+        api,
+        the_pod(api).metadata.name,
+        lambda p: (
+            p.status.container_statuses
+            and p.status.container_statuses[0].state.waiting.reason != "ContainerCreating"
+        ),
+    )
     waiting = pod.status.container_statuses[0].state.waiting
     assert waiting.reason == "CreateContainerConfigError"
     assert "couldn't find key env.API_TOKEN" in waiting.message
@@ -319,28 +353,41 @@ def test_finished_jobs_expire_after_their_ttl(api, k8s_fake):
 
 # -- deletion ---------------------------------------------------------------------------------
 
+
 def test_delete_with_background_propagation_takes_pods_and_owned_secret(api, k8s_fake):
     core, batch = api
     k8s_fake.script("mlc-", scenario="hang")
     name = submit(api)
     job = batch.read_namespaced_job(name, NS)
     # Hand the Secret to the Job so the garbage collector takes it along.
-    core.patch_namespaced_secret(name, NS, {"metadata": {"ownerReferences": [{
-        "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job.metadata.uid}]}})
+    core.patch_namespaced_secret(
+        name,
+        NS,
+        {
+            "metadata": {
+                "ownerReferences": [
+                    {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job.metadata.uid}
+                ]
+            }
+        },
+    )
     pod = wait_pod(api, the_pod(api).metadata.name, lambda p: p.status.phase == "Running")
 
     batch.delete_namespaced_job(name, NS, propagation_policy="Background")
-    for read in (lambda: batch.read_namespaced_job(name, NS),
-                 lambda: core.read_namespaced_pod(pod.metadata.name, NS),
-                 lambda: core.read_namespaced_secret(name, NS)):
+    for read in (
+        lambda: batch.read_namespaced_job(name, NS),
+        lambda: core.read_namespaced_pod(pod.metadata.name, NS),
+        lambda: core.read_namespaced_secret(name, NS),
+    ):
         with pytest.raises(ApiException) as info:
             read()
         assert info.value.status == 404
     delete = [r for r in k8s_fake.requests if r["method"] == "DELETE"][-1]
     assert delete["path"] == f"/apis/batch/v1/namespaces/{NS}/jobs/{name}"
     # The client sends it as a query parameter; V1DeleteOptions would put it in the body.
-    assert (delete["query"].get("propagationPolicy")
-            or (delete["body"] or {}).get("propagationPolicy")) == "Background"
+    assert (
+        delete["query"].get("propagationPolicy") or (delete["body"] or {}).get("propagationPolicy")
+    ) == "Background"
 
 
 def test_delete_options_in_the_body(api, k8s_fake):
@@ -348,8 +395,9 @@ def test_delete_options_in_the_body(api, k8s_fake):
     k8s_fake.script("mlc-", scenario="hang")
     name = submit(api)
     the_pod(api)
-    batch.delete_namespaced_job(name, NS, body=client.V1DeleteOptions(
-        propagation_policy="Foreground"))
+    batch.delete_namespaced_job(
+        name, NS, body=client.V1DeleteOptions(propagation_policy="Foreground")
+    )
     assert not k8s_fake.pods_of(name, NS)
 
 
@@ -371,8 +419,9 @@ def test_following_a_log_ends_when_the_pod_is_deleted(api, k8s_fake):
     k8s_fake.script("mlc-", scenario="hang", logs=["started"])
     name = submit(api)
     pod = wait_pod(api, the_pod(api).metadata.name, lambda p: p.status.phase == "Running")
-    response = core.read_namespaced_pod_log(pod.metadata.name, NS, follow=True,
-                                            _preload_content=False)
+    response = core.read_namespaced_pod_log(
+        pod.metadata.name, NS, follow=True, _preload_content=False
+    )
     chunks = response.stream(amt=None, decode_content=False)
     assert next(chunks) == b"started\n"
     batch.delete_namespaced_job(name, NS, propagation_policy="Foreground")
@@ -380,6 +429,7 @@ def test_following_a_log_ends_when_the_pod_is_deleted(api, k8s_fake):
 
 
 # -- the API server's checks ------------------------------------------------------------------
+
 
 def test_create_twice_is_a_conflict(api):
     core, _ = api
@@ -396,8 +446,11 @@ def raw_post(fake, path, body):
     import urllib.request
 
     request = urllib.request.Request(
-        fake.url + path, data=json.dumps(body).encode(), method="POST",
-        headers={"Authorization": f"Bearer {fake.token}", "Content-Type": "application/json"})
+        fake.url + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {fake.token}", "Content-Type": "application/json"},
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=5) as response:
@@ -440,8 +493,9 @@ def test_immutable_secret_data_cannot_change(api):
         core.patch_namespaced_secret(name, NS, {"data": {"cell.py": "eA=="}})
     assert info.value.status == 422 and "immutable" in info.value.body
     # Metadata may change; a JSON patch works too.
-    core.patch_namespaced_secret(name, NS, [{"op": "add", "path": "/metadata/labels/extra",
-                                             "value": "1"}])
+    core.patch_namespaced_secret(
+        name, NS, [{"op": "add", "path": "/metadata/labels/extra", "value": "1"}]
+    )
     assert core.read_namespaced_secret(name, NS).metadata.labels["extra"] == "1"
 
 
@@ -453,8 +507,10 @@ def test_selectors(api, k8s_fake):
     k8s_fake.wait_for(lambda: len(k8s_fake.list("pods", NS)) == 2)
 
     def names(**kw):
-        return sorted(p.metadata.labels["mlcontainer.org/snapshot"]
-                      for p in core.list_namespaced_pod(NS, **kw).items)
+        return sorted(
+            p.metadata.labels["mlcontainer.org/snapshot"]
+            for p in core.list_namespaced_pod(NS, **kw).items
+        )
 
     assert names(label_selector="mlcontainer.org/snapshot in (s1, s3)") == ["s1"]
     assert names(label_selector="mlcontainer.org/snapshot notin (s1)") == ["s2"]
@@ -472,8 +528,14 @@ def test_watch_from_a_resource_version_sees_only_later_events(api, k8s_fake):
     listed = core.list_namespaced_secret(NS)
     secret, _ = make_run("later")
     core.create_namespaced_secret(NS, secret)
-    events = list(watch.Watch().stream(core.list_namespaced_secret, NS,
-                                       resource_version=listed.metadata.resource_version,
-                                       timeout_seconds=1))
+    events = list(
+        watch.Watch().stream(
+            core.list_namespaced_secret,
+            NS,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=1,
+        )
+    )
     assert [(e["type"], e["object"].metadata.name) for e in events] == [
-        ("ADDED", secret["metadata"]["name"])]
+        ("ADDED", secret["metadata"]["name"])
+    ]

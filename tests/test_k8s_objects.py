@@ -1,4 +1,5 @@
 """Kubernetes objects as plain dicts, and every one valid against the official schemas."""
+
 from __future__ import annotations
 
 import base64
@@ -36,8 +37,12 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 # claim to support (batch/v1 Jobs with ttlSecondsAfterFinished are GA since 1.23).
 K8S_VERSIONS = ["1.25", "1.37"]
 IMAGE = "127.0.0.1:5000/mlc/env@sha256:" + "a" * 64
-FILES = {"runner.py": b"print('runner')\n", "cell.py": b"x = 1\n", "manifest.json": b"{}",
-         "in/df.pkl": b"\x80\x04N."}
+FILES = {
+    "runner.py": b"print('runner')\n",
+    "cell.py": b"x = 1\n",
+    "manifest.json": b"{}",
+    "in/df.pkl": b"\x80\x04N.",
+}
 
 
 def make_spec(**kw) -> RunSpec:
@@ -47,8 +52,14 @@ def make_spec(**kw) -> RunSpec:
 
 
 def job(spec=None, *, snapshot_id="20251125-0001", namespace="team-a", settings=None, **kw):
-    return job_manifest(spec or make_spec(), image=IMAGE, snapshot_id=snapshot_id,
-                        namespace=namespace, settings=settings or K8sSettings(), **kw)
+    return job_manifest(
+        spec or make_spec(),
+        image=IMAGE,
+        snapshot_id=snapshot_id,
+        namespace=namespace,
+        settings=settings or K8sSettings(),
+        **kw,
+    )
 
 
 def pod_spec(manifest):
@@ -68,19 +79,41 @@ def validate(obj):
 # -- every object against the official schemas ------------------------------------------------
 
 FULL_SETTINGS = K8sSettings(
-    namespace="team-a", registry="registry.example.com/ml", image_pull_secret="regcred",
-    service_account="cell-runner", node_selector={"cloud.google.com/gke-accelerator": "t4"},
-    tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                 {"key": "spot", "operator": "Equal", "value": "true",
-                  "effect": "NoExecute", "tolerationSeconds": 60}),
-    default_cpus=1, default_memory=2 * 1024**3, ttl_seconds=600)
+    namespace="team-a",
+    registry="registry.example.com/ml",
+    image_pull_secret="regcred",
+    service_account="cell-runner",
+    node_selector={"cloud.google.com/gke-accelerator": "t4"},
+    tolerations=(
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {
+            "key": "spot",
+            "operator": "Equal",
+            "value": "true",
+            "effect": "NoExecute",
+            "tolerationSeconds": 60,
+        },
+    ),
+    default_cpus=1,
+    default_memory=2 * 1024**3,
+    ttl_seconds=600,
+)
 
 SPECS = {
     "minimal": make_spec(),
-    "everything": make_spec(name="train_model.v2", env=(("A", "1"), ("API_TOKEN", "t0k")),
-                            cpus=0.25, memory=3 * 1024**2 + 5, gpus="2", network="none",
-                            timeout=90.5, inputs=("df",), outputs=("model",), session="s-1",
-                            secret_env=frozenset({"A"})),
+    "everything": make_spec(
+        name="train_model.v2",
+        env=(("A", "1"), ("API_TOKEN", "t0k")),
+        cpus=0.25,
+        memory=3 * 1024**2 + 5,
+        gpus="2",
+        network="none",
+        timeout=90.5,
+        inputs=("df",),
+        outputs=("model",),
+        session="s-1",
+        secret_env=frozenset({"A"}),
+    ),
     "long-odd-name": make_spec(name="X" * 64),
 }
 
@@ -88,10 +121,17 @@ SPECS = {
 @pytest.mark.parametrize("settings", [K8sSettings(), FULL_SETTINGS], ids=["defaults", "full"])
 @pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
 def test_every_object_is_valid_against_the_official_schemas(spec, settings):
-    objs = run_manifests(spec, image=IMAGE, snapshot_id="20251125-0001-ÄBC", namespace="team-a",
-                         settings=settings, files=FILES)
-    assert [o["kind"] for o in objs] == (["Secret", "Job", "NetworkPolicy"]
-                                         if spec.network == "none" else ["Secret", "Job"])
+    objs = run_manifests(
+        spec,
+        image=IMAGE,
+        snapshot_id="20251125-0001-ÄBC",
+        namespace="team-a",
+        settings=settings,
+        files=FILES,
+    )
+    assert [o["kind"] for o in objs] == (
+        ["Secret", "Job", "NetworkPolicy"] if spec.network == "none" else ["Secret", "Job"]
+    )
     for obj in objs:
         validate(obj)
         # Names must be DNS labels (the schemas do not check formats).
@@ -107,6 +147,7 @@ def test_the_validator_catches_what_it_should():
 
 
 # -- the Job ----------------------------------------------------------------------------------
+
 
 def test_job_basics():
     m = job()
@@ -127,16 +168,20 @@ def test_job_basics():
 def test_labels_tie_job_and_pod_to_the_snapshot():
     spec = make_spec(name="My_cell", session="kernel-1")
     m = job(spec, snapshot_id="snap-42")
-    expected = {"app.kubernetes.io/managed-by": "mlcontainer-magics",
-                "mlcontainer.org/snapshot": "snap-42", "mlcontainer.org/name": "My_cell",
-                "mlcontainer.org/session": "kernel-1"}
+    expected = {
+        "app.kubernetes.io/managed-by": "mlcontainer-magics",
+        "mlcontainer.org/snapshot": "snap-42",
+        "mlcontainer.org/name": "My_cell",
+        "mlcontainer.org/session": "kernel-1",
+    }
     assert m["metadata"]["labels"] == expected
     assert m["spec"]["template"]["metadata"]["labels"] == expected
     annotations = m["spec"]["template"]["metadata"]["annotations"]
     assert annotations["mlcontainer.org/snapshot-id"] == "snap-42"
     assert annotations["mlcontainer.org/env-key"] == spec.env_spec.key()
     assert pod_selector("snap-42") == (
-        "app.kubernetes.io/managed-by=mlcontainer-magics,mlcontainer.org/snapshot=snap-42")
+        "app.kubernetes.io/managed-by=mlcontainer-magics,mlcontainer.org/snapshot=snap-42"
+    )
 
 
 def test_a_snapshot_id_that_is_no_label_value_is_slugged_and_kept_exactly_in_annotations():
@@ -148,12 +193,15 @@ def test_a_snapshot_id_that_is_no_label_value_is_slugged_and_kept_exactly_in_ann
     assert m["metadata"]["annotations"]["mlcontainer.org/snapshot-id"] == snap
 
 
-@pytest.mark.parametrize("cpus, memory, expected", [
-    (0.5, 512 * 1024**2, {"cpu": "500m", "memory": "512Mi"}),
-    (2, 3 * 1024**3, {"cpu": "2", "memory": "3Gi"}),
-    (1.25, 1000, {"cpu": "1250m", "memory": "1000"}),
-    (0.001, 6 * 1024**2 + 1024, {"cpu": "1m", "memory": "6145Ki"}),
-])
+@pytest.mark.parametrize(
+    "cpus, memory, expected",
+    [
+        (0.5, 512 * 1024**2, {"cpu": "500m", "memory": "512Mi"}),
+        (2, 3 * 1024**3, {"cpu": "2", "memory": "3Gi"}),
+        (1.25, 1000, {"cpu": "1250m", "memory": "1000"}),
+        (0.001, 6 * 1024**2 + 1024, {"cpu": "1m", "memory": "6145Ki"}),
+    ],
+)
 def test_resources_requests_equal_limits(cpus, memory, expected):
     res = container(job(make_spec(cpus=cpus, memory=memory)))["resources"]
     assert res == {"requests": expected, "limits": expected}
@@ -162,7 +210,9 @@ def test_resources_requests_equal_limits(cpus, memory, expected):
 def test_resources_fall_back_to_settings_defaults():
     settings = K8sSettings(default_cpus=1.5, default_memory=1024**3)
     assert container(job(settings=settings))["resources"]["limits"] == {
-        "cpu": "1500m", "memory": "1Gi"}
+        "cpu": "1500m",
+        "memory": "1Gi",
+    }
     # The run's own values win.
     res = container(job(make_spec(cpus=4), settings=settings))["resources"]
     assert res["limits"] == {"cpu": "4", "memory": "1Gi"}
@@ -185,8 +235,11 @@ def test_tiny_cpu_is_refused():
 
 @pytest.mark.parametrize("timeout, seconds", [(0.2, 1), (10, 10), (10.2, 11), (3600.0, 3600)])
 def test_timeout_becomes_active_deadline(timeout, seconds):
-    assert job(make_spec(timeout=timeout))["spec"]["activeDeadlineSeconds"] == seconds == max(
-        1, math.ceil(timeout))
+    assert (
+        job(make_spec(timeout=timeout))["spec"]["activeDeadlineSeconds"]
+        == seconds
+        == max(1, math.ceil(timeout))
+    )
 
 
 def test_ttl_and_backoff_are_configurable():
@@ -198,8 +251,12 @@ def test_ttl_and_backoff_are_configurable():
 def test_security_context_is_restricted():
     m = job()
     assert pod_spec(m)["securityContext"] == {
-        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-        "seccompProfile": {"type": "RuntimeDefault"}}
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     sc = container(m)["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
@@ -224,42 +281,68 @@ def test_placement_settings():
 
 
 def test_env_plain_values_inline_secret_values_by_reference():
-    spec = make_spec(env=(("API_TOKEN", "s3cr3t-token"), ("HOME", "/work"), ("MODE", "fast"),
-                          ("PLAIN_BUT_SECRET", "hidden-value")),
-                     secret_env=frozenset({"PLAIN_BUT_SECRET"}))
+    spec = make_spec(
+        env=(
+            ("API_TOKEN", "s3cr3t-token"),
+            ("HOME", "/work"),
+            ("MODE", "fast"),
+            ("PLAIN_BUT_SECRET", "hidden-value"),
+        ),
+        secret_env=frozenset({"PLAIN_BUT_SECRET"}),
+    )
     m = job(spec)
     env = {e["name"]: e for e in container(m)["env"]}
     assert env["MODE"] == {"name": "MODE", "value": "fast"}
     assert env["HOME"] == {"name": "HOME", "value": "/work"}  # the cell's own wins
     assert env["PYTHONUNBUFFERED"]["value"] == "1"
     for key in ("API_TOKEN", "PLAIN_BUT_SECRET"):
-        assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {
-            "name": m["metadata"]["name"], "key": f"env.{key}"}}}
-    text = json.dumps(m) + job_yaml(spec, image=IMAGE, snapshot_id="s", namespace="team-a",
-                                    settings=K8sSettings())
+        assert env[key] == {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": m["metadata"]["name"], "key": f"env.{key}"}},
+        }
+    text = json.dumps(m) + job_yaml(
+        spec, image=IMAGE, snapshot_id="s", namespace="team-a", settings=K8sSettings()
+    )
     assert "s3cr3t-token" not in text and "hidden-value" not in text
 
 
 def test_payload_is_mounted_file_by_file_into_a_writable_mlc():
     m = job(files=FILES)
     mounts = container(m)["volumeMounts"]
-    assert mounts[:2] == [{"name": "mlc", "mountPath": "/mlc"},
-                          {"name": "out", "mountPath": "/mlc/out"}]
+    assert mounts[:2] == [
+        {"name": "mlc", "mountPath": "/mlc"},
+        {"name": "out", "mountPath": "/mlc/out"},
+    ]
     assert mounts[2:] == [
-        {"name": "payload", "mountPath": "/mlc/runner.py", "subPath": "runner.py",
-         "readOnly": True},
+        {
+            "name": "payload",
+            "mountPath": "/mlc/runner.py",
+            "subPath": "runner.py",
+            "readOnly": True,
+        },
         {"name": "payload", "mountPath": "/mlc/cell.py", "subPath": "cell.py", "readOnly": True},
-        {"name": "payload", "mountPath": "/mlc/manifest.json", "subPath": "manifest.json",
-         "readOnly": True},
-        {"name": "payload", "mountPath": "/mlc/in/df.pkl", "subPath": "in__df.pkl",
-         "readOnly": True},
+        {
+            "name": "payload",
+            "mountPath": "/mlc/manifest.json",
+            "subPath": "manifest.json",
+            "readOnly": True,
+        },
+        {
+            "name": "payload",
+            "mountPath": "/mlc/in/df.pkl",
+            "subPath": "in__df.pkl",
+            "readOnly": True,
+        },
     ]
     volumes = {v["name"]: v for v in pod_spec(m)["volumes"]}
     assert volumes["mlc"] == {"name": "mlc", "emptyDir": {}}
     assert volumes["payload"]["secret"]["secretName"] == m["metadata"]["name"]
     # Without files: what every run's workdir holds.
     assert [x["mountPath"] for x in container(job())["volumeMounts"][2:]] == [
-        "/mlc/runner.py", "/mlc/cell.py", "/mlc/manifest.json"]
+        "/mlc/runner.py",
+        "/mlc/cell.py",
+        "/mlc/manifest.json",
+    ]
 
 
 @pytest.mark.parametrize("namespace", ["", "Team", "a_b", "x" * 64])
@@ -270,11 +353,11 @@ def test_bad_namespace(namespace):
 
 def test_bad_image():
     with pytest.raises(SpecError, match="Image reference"):
-        job_manifest(make_spec(), image="", snapshot_id="s", namespace="a",
-                     settings=K8sSettings())
+        job_manifest(make_spec(), image="", snapshot_id="s", namespace="a", settings=K8sSettings())
 
 
 # -- the Secret -------------------------------------------------------------------------------
+
 
 def test_secret_holds_payload_and_secret_env_values():
     spec = make_spec(env=(("API_TOKEN", "tok"), ("MODE", "fast")))
@@ -284,9 +367,13 @@ def test_secret_holds_payload_and_secret_env_values():
     assert s["metadata"]["name"] == job(spec, snapshot_id="snap")["metadata"]["name"]
     assert s["metadata"]["labels"]["mlcontainer.org/snapshot"] == "snap"
     data = {k: base64.b64decode(v) for k, v in s["data"].items()}
-    assert data == {"runner.py": FILES["runner.py"], "cell.py": FILES["cell.py"],
-                    "manifest.json": b"{}", "in__df.pkl": FILES["in/df.pkl"],
-                    "env.API_TOKEN": b"tok"}
+    assert data == {
+        "runner.py": FILES["runner.py"],
+        "cell.py": FILES["cell.py"],
+        "manifest.json": b"{}",
+        "in__df.pkl": FILES["in/df.pkl"],
+        "env.API_TOKEN": b"tok",
+    }
     assert "ownerReferences" not in s["metadata"]
 
 
@@ -298,11 +385,22 @@ def test_secret_str_files_are_utf8():
 def test_secret_owned_by_its_job_goes_with_it():
     created = job()
     created["metadata"]["uid"] = "0b5c2a6e-1111-2222-3333-444455556666"
-    s = secret_manifest(make_spec(), snapshot_id="20251125-0001", namespace="team-a",
-                        files=FILES, owner=created)
-    assert s["metadata"]["ownerReferences"] == [owner_reference(created)] == [{
-        "apiVersion": "batch/v1", "kind": "Job", "name": "mlc-20251125-0001",
-        "uid": "0b5c2a6e-1111-2222-3333-444455556666", "blockOwnerDeletion": False}]
+    s = secret_manifest(
+        make_spec(), snapshot_id="20251125-0001", namespace="team-a", files=FILES, owner=created
+    )
+    assert (
+        s["metadata"]["ownerReferences"]
+        == [owner_reference(created)]
+        == [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": "mlc-20251125-0001",
+                "uid": "0b5c2a6e-1111-2222-3333-444455556666",
+                "blockOwnerDeletion": False,
+            }
+        ]
+    )
     validate(s)
 
 
@@ -326,7 +424,10 @@ def test_payload_over_one_mebibyte_is_a_clear_error():
 
 def test_payload_keys():
     assert payload_keys(["runner.py", "in/df.pkl", ".keep"]) == {
-        "runner.py": "runner.py", "in/df.pkl": "in__df.pkl", ".keep": ".keep"}
+        "runner.py": "runner.py",
+        "in/df.pkl": "in__df.pkl",
+        ".keep": ".keep",
+    }
     for bad in (["/etc/passwd"], ["../x"], ["a//b"], ["a b"], ["env.X"], ["a/./b"], [""]):
         with pytest.raises(ValueError, match="not usable"):
             payload_keys(bad)
@@ -335,6 +436,7 @@ def test_payload_keys():
 
 
 # -- network and export -----------------------------------------------------------------------
+
 
 def test_network_none_denies_all_traffic_of_the_runs_pod():
     spec = make_spec(network="none")
@@ -348,8 +450,7 @@ def test_network_none_denies_all_traffic_of_the_runs_pod():
 def test_job_yaml_round_trips():
     yaml = pytest.importorskip("yaml")
     spec = make_spec(name="cell", cpus=1, timeout=5)
-    text = job_yaml(spec, image=IMAGE, snapshot_id="s", namespace="team-a",
-                    settings=K8sSettings())
+    text = job_yaml(spec, image=IMAGE, snapshot_id="s", namespace="team-a", settings=K8sSettings())
     assert text.startswith("apiVersion: batch/v1\nkind: Job\n")
     assert yaml.safe_load(text) == job(spec, snapshot_id="s")
 
@@ -363,21 +464,25 @@ def test_yaml_without_pyyaml_is_json(monkeypatch):
 
 # -- settings ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"namespace": "Team_A"}, "namespace"),
-    ({"image_pull_secret": "Reg Cred"}, "image_pull_secret"),
-    ({"service_account": "-x"}, "service_account"),
-    ({"node_selector": {"bad key!": "x"}}, "node_selector"),
-    ({"node_selector": {"gpu": "not valid!"}}, "node_selector"),
-    ({"tolerations": ({"key": "a", "operater": "Exists"},)}, "Toleration"),
-    ({"tolerations": ({"key": "a", "operator": "Sometimes"},)}, "operator"),
-    ({"tolerations": ({"key": "a", "effect": "NoWay"},)}, "effect"),
-    ({"ttl_seconds": -1}, "ttl_seconds"),
-    ({"ttl_seconds": 1.5}, "ttl_seconds"),
-    ({"backoff_limit": None}, "backoff_limit"),
-    ({"default_cpus": 0}, "default_cpus"),
-    ({"default_memory": "2g"}, "default_memory"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"namespace": "Team_A"}, "namespace"),
+        ({"image_pull_secret": "Reg Cred"}, "image_pull_secret"),
+        ({"service_account": "-x"}, "service_account"),
+        ({"node_selector": {"bad key!": "x"}}, "node_selector"),
+        ({"node_selector": {"gpu": "not valid!"}}, "node_selector"),
+        ({"tolerations": ({"key": "a", "operater": "Exists"},)}, "Toleration"),
+        ({"tolerations": ({"key": "a", "operator": "Sometimes"},)}, "operator"),
+        ({"tolerations": ({"key": "a", "effect": "NoWay"},)}, "effect"),
+        ({"ttl_seconds": -1}, "ttl_seconds"),
+        ({"ttl_seconds": 1.5}, "ttl_seconds"),
+        ({"backoff_limit": None}, "backoff_limit"),
+        ({"default_cpus": 0}, "default_cpus"),
+        ({"default_memory": "2g"}, "default_memory"),
+    ],
+)
 def test_settings_are_validated(kwargs, match):
     with pytest.raises(SpecError, match=match):
         K8sSettings(**kwargs)
@@ -394,14 +499,17 @@ def test_settings_are_frozen_and_copy_their_mappings():
 
 
 def test_k8s_package_is_pure():
-    code = ("import sys, mlcontainer_magics.backends.kubernetes.objects; "
-            "bad = [m for m in ('kubernetes', 'docker', 'yaml', 'requests') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, mlcontainer_magics.backends.kubernetes.objects; "
+        "bad = [m for m in ('kubernetes', 'docker', 'yaml', 'requests') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 # -- names ------------------------------------------------------------------------------------
+
 
 def test_job_name():
     assert job_name("abc123") == "mlc-abc123"
@@ -411,8 +519,11 @@ def test_job_name():
     assert job_name("abc123", "Train") != job_name("abc123", "train")
 
 
-KINDS = {"dns-label": slugs.is_dns_label, "dns-subdomain": slugs.is_dns_subdomain,
-         "label-value": slugs.is_label_value}
+KINDS = {
+    "dns-label": slugs.is_dns_label,
+    "dns-subdomain": slugs.is_dns_subdomain,
+    "label-value": slugs.is_label_value,
+}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -429,24 +540,30 @@ def test_safe_name_does_not_collide(kind, a, b):
         assert safe_name(a, kind) != safe_name(b, kind)
 
 
-@pytest.mark.parametrize("name, kind, expected", [
-    ("abc-123", "dns-label", "abc-123"),
-    ("a.b.c", "dns-subdomain", "a.b.c"),
-    ("My_Cell.1", "label-value", "My_Cell.1"),
-    ("", "label-value", ""),
-])
+@pytest.mark.parametrize(
+    "name, kind, expected",
+    [
+        ("abc-123", "dns-label", "abc-123"),
+        ("a.b.c", "dns-subdomain", "a.b.c"),
+        ("My_Cell.1", "label-value", "My_Cell.1"),
+        ("", "label-value", ""),
+    ],
+)
 def test_valid_names_are_kept(name, kind, expected):
     assert safe_name(name, kind) == expected
 
 
-@pytest.mark.parametrize("name, kind, prefix", [
-    ("My Cell", "dns-label", "my-cell---"),
-    ("a--b", "dns-label", "a-b---"),          # '--' is reserved for hashed names
-    ("x" * 64, "dns-label", "x" * 52 + "---"),
-    ("a..b", "dns-subdomain", "a.b---"),
-    ("-lead", "label-value", "lead---"),
-    ("", "dns-label", "x---"),
-])
+@pytest.mark.parametrize(
+    "name, kind, prefix",
+    [
+        ("My Cell", "dns-label", "my-cell---"),
+        ("a--b", "dns-label", "a-b---"),  # '--' is reserved for hashed names
+        ("x" * 64, "dns-label", "x" * 52 + "---"),
+        ("a..b", "dns-subdomain", "a.b---"),
+        ("-lead", "label-value", "lead---"),
+        ("", "dns-label", "x---"),
+    ],
+)
 def test_changed_or_truncated_names_get_a_hash(name, kind, prefix):
     out = safe_name(name, kind)
     assert out.startswith(prefix) and out.endswith(slugs.short_hash(name))

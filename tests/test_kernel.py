@@ -1,4 +1,5 @@
 """In a real ipykernel, driven over its ZMQ channels as a notebook frontend drives it."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,8 @@ class Frontend:
                 self.widgets[content["comm_id"]] = dict(content["data"].get("state", {}))
             elif kind == "comm_msg" and content["data"].get("method") == "update":
                 self.widgets.setdefault(content["comm_id"], {}).update(
-                    content["data"].get("state", {}))
+                    content["data"].get("state", {})
+                )
             self.messages.put(msg)
 
     def execute(self, code: str, timeout: float = 300) -> dict:
@@ -47,14 +49,17 @@ class Frontend:
     def button(self, description: str) -> str | None:
         for comm_id, state in list(self.widgets.items()):
             if state.get("_model_name") == "ButtonModel" and state.get(
-                    "description", "").startswith(description):
+                "description", ""
+            ).startswith(description):
                 return comm_id
         return None
 
     def click(self, comm_id: str, subshell_id: str | None = None) -> None:
         # What the browser's widget manager sends for a button click.
-        msg = self.kc.session.msg("comm_msg", {
-            "comm_id": comm_id, "data": {"method": "custom", "content": {"event": "click"}}})
+        msg = self.kc.session.msg(
+            "comm_msg",
+            {"comm_id": comm_id, "data": {"method": "custom", "content": {"event": "click"}}},
+        )
         if subshell_id:
             msg["header"]["subshell_id"] = subshell_id
         self.kc.shell_channel.send(msg)
@@ -89,11 +94,15 @@ def test_widget_final_state_says_done_with_the_snapshot_id(frontend):
     time.sleep(0.5)
     html = frontend.html_values()
     assert 'data-status="done"' in html
-    sid = frontend.execute("from mlcontainer_magics.core.store import Store\n"
-                           "print(Store().get('widget-done')['id'])")
+    sid = frontend.execute(
+        "from mlcontainer_magics.core.store import Store\nprint(Store().get('widget-done')['id'])"
+    )
     assert reply["status"] == "ok"
-    ids = [m["content"]["text"].strip() for m in _drain(frontend)
-           if m["msg_type"] == "stream" and len(m["content"]["text"].strip()) == 12]
+    ids = [
+        m["content"]["text"].strip()
+        for m in _drain(frontend)
+        if m["msg_type"] == "stream" and len(m["content"]["text"].strip()) == 12
+    ]
     assert ids and f'data-snapshot="{ids[-1]}"' in html, sid
 
 

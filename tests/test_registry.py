@@ -1,4 +1,5 @@
 """registry.push_image against a real registry (Debian's docker-registry) on 127.0.0.1."""
+
 from __future__ import annotations
 
 import io
@@ -18,10 +19,12 @@ from mlcontainer_magics.backends.kubernetes.registry import (
 
 pytest_plugins = ["registry_fixture"]
 
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-])
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+    ]
+)
 
 
 def _unique(prefix: str) -> str:
@@ -44,8 +47,11 @@ def _tiny_image(client, docker_images, content: bytes) -> str:
 
 def _remote_digest(registry, repository: str, tag: str) -> str | None:
     """The tag's manifest digest, asked of the registry's HTTP API directly."""
-    r = registry.http().head(f"{registry.url}/v2/{repository}/manifests/{tag}",
-                             headers={"Accept": MANIFEST_TYPES}, timeout=10)
+    r = registry.http().head(
+        f"{registry.url}/v2/{repository}/manifests/{tag}",
+        headers={"Accept": MANIFEST_TYPES},
+        timeout=10,
+    )
     if r.status_code == 404:
         return None
     r.raise_for_status()
@@ -54,8 +60,11 @@ def _remote_digest(registry, repository: str, tag: str) -> str | None:
 
 def _uploads(registry) -> int:
     """Requests that write to the registry (blob uploads and manifest puts), from its log."""
-    return len(re.findall(r'msg="response completed".*http\.request\.method=(?:PUT|POST|PATCH)\b',
-                          registry.log()))
+    return len(
+        re.findall(
+            r'msg="response completed".*http\.request\.method=(?:PUT|POST|PATCH)\b', registry.log()
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +93,22 @@ def env_image(docker_engine, registry):
 
 # -- with a real engine and registry ---------------------------------------------------------
 
+
 @pytest.mark.docker
 def test_push_uploads_once_then_finds_the_image_in_the_registry(
-        docker_engine, registry, env_image, monkeypatch):
+    docker_engine, registry, env_image, monkeypatch
+):
     tag = _unique("t")
     lines: list[str] = []
-    ref = push_image(docker_engine, env_image, registry.host, "mlc-test/env", tag,
-                     auth=registry.auth, log=lines.append)
+    ref = push_image(
+        docker_engine,
+        env_image,
+        registry.host,
+        "mlc-test/env",
+        tag,
+        auth=registry.auth,
+        log=lines.append,
+    )
 
     digest = _remote_digest(registry, "mlc-test/env", tag)
     assert digest and ref == f"{registry.host}/mlc-test/env@{digest}"
@@ -106,8 +124,18 @@ def test_push_uploads_once_then_finds_the_image_in_the_registry(
 
     monkeypatch.setattr(docker.models.images.ImageCollection, "push", no_push)
     again: list[str] = []
-    assert push_image(docker_engine, env_image, registry.host, "mlc-test/env", tag,
-                      auth=registry.auth, log=again.append) == ref
+    assert (
+        push_image(
+            docker_engine,
+            env_image,
+            registry.host,
+            "mlc-test/env",
+            tag,
+            auth=registry.auth,
+            log=again.append,
+        )
+        == ref
+    )
     assert any("nothing to push" in line for line in again)
     assert _uploads(registry) == uploads_before
 
@@ -132,8 +160,14 @@ def test_wrong_credentials_are_a_clear_error(docker_engine, registry, docker_ima
     image = _tiny_image(docker_engine, docker_images, b"secret-ish")
     uploads = _uploads(registry)
     with pytest.raises(RegistryAuthError) as info:
-        push_image(docker_engine, image, registry.host, "mlc-test/tiny", "denied",
-                   auth={"username": registry.username, "password": "wrong"})
+        push_image(
+            docker_engine,
+            image,
+            registry.host,
+            "mlc-test/tiny",
+            "denied",
+            auth={"username": registry.username, "password": "wrong"},
+        )
     message = str(info.value)
     assert registry.host in message and "refused user 'mlc'" in message
     assert "wrong" not in message  # never echo a password
@@ -156,31 +190,54 @@ def test_unreachable_registry(docker_engine, docker_images):
     image = _tiny_image(docker_engine, docker_images, b"nowhere")
     host = f"127.0.0.1:{_free_port()}"  # nothing listens there
     with pytest.raises(RegistryError, match=r"Cannot reach the registry 127\.0\.0\.1"):
-        push_image(docker_engine, image, host, "mlc-test/tiny", "x", auth={"username": "u",
-                                                                         "password": "p"})
+        push_image(
+            docker_engine,
+            image,
+            host,
+            "mlc-test/tiny",
+            "x",
+            auth={"username": "u", "password": "p"},
+        )
 
 
 @pytest.mark.docker
 def test_missing_local_image(docker_engine, registry):
     with pytest.raises(RegistryError, match="no image 'mlc-test-no-such-image:1'"):
-        push_image(docker_engine, "mlc-test-no-such-image:1", registry.host, "mlc-test/x", "1",
-                   auth=registry.auth)
+        push_image(
+            docker_engine,
+            "mlc-test-no-such-image:1",
+            registry.host,
+            "mlc-test/x",
+            "1",
+            auth=registry.auth,
+        )
 
 
 # -- without an engine -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("registry_host, repository, expected", [
-    ("127.0.0.1:5000", "mlc/env", "127.0.0.1:5000/mlc/env"),
-    ("ghcr.io/org/", "/env/", "ghcr.io/org/env"),
-    ("localhost", "a.b_c--d", "localhost/a.b_c--d"),
-])
+
+@pytest.mark.parametrize(
+    "registry_host, repository, expected",
+    [
+        ("127.0.0.1:5000", "mlc/env", "127.0.0.1:5000/mlc/env"),
+        ("ghcr.io/org/", "/env/", "ghcr.io/org/env"),
+        ("localhost", "a.b_c--d", "localhost/a.b_c--d"),
+    ],
+)
 def test_repository_ref(registry_host, repository, expected):
     assert repository_ref(registry_host, repository) == expected
 
 
-@pytest.mark.parametrize("registry_host, repository", [
-    ("not a host", "env"), ("myregistry", "env"), ("127.0.0.1:5000", "Env"),
-    ("127.0.0.1:5000", "a//b"), ("127.0.0.1:5000", "a-")])
+@pytest.mark.parametrize(
+    "registry_host, repository",
+    [
+        ("not a host", "env"),
+        ("myregistry", "env"),
+        ("127.0.0.1:5000", "Env"),
+        ("127.0.0.1:5000", "a//b"),
+        ("127.0.0.1:5000", "a-"),
+    ],
+)
 def test_repository_ref_rejects(registry_host, repository):
     with pytest.raises(RegistryError):
         repository_ref(registry_host, repository)
@@ -205,10 +262,17 @@ def test_push_stream_is_logged_once_per_layer_and_errors_raise():
     ]
     lines: list[str] = []
     assert _follow_push(iter(stream), lines.append)[0] == digest
-    assert lines == ["  l1: Pushed", "  l2: Layer already exists",
-                     "1 layer(s) uploaded, 1 already in the registry."]
+    assert lines == [
+        "  l1: Pushed",
+        "  l2: Layer already exists",
+        "1 layer(s) uploaded, 1 already in the registry.",
+    ]
 
-    failing = stream[:3] + [{"errorDetail": {"message": "unauthorized: authentication required"},
-                             "error": "unauthorized: authentication required"}]
+    failing = stream[:3] + [
+        {
+            "errorDetail": {"message": "unauthorized: authentication required"},
+            "error": "unauthorized: authentication required",
+        }
+    ]
     with pytest.raises(RegistryError, match="unauthorized"):
         _follow_push(iter(failing), lines.append)

@@ -5,6 +5,7 @@ should not be there: no container, build volume, environment image, snapshot or 
 Cases marked xfail(strict) would be known bugs in files being edited elsewhere; their reasons
 say what is wrong.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,9 +70,14 @@ def wait_for(predicate, timeout=60.0, every=0.05):
 
 def cli(*argv, env=None, timeout=120):
     """`mlcontainer ARGV` in a fresh process, as a terminal would run it."""
-    return subprocess.run([sys.executable, "-m", "mlcontainer_magics.frontends.cli", *argv],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -96,6 +102,7 @@ def six_env(docker_client):
 
 
 # == 1. Bad input =================================================================================
+
 
 @dataclass
 class Case:
@@ -125,10 +132,18 @@ BAD_INPUT = [
     case("cpus-negative", "--cpus -1", words=r"--cpus '-1' must be a positive number of CPUs"),
     case("cpus-word", "--cpus two", words=r"--cpus 'two' is not a number; use for example 0.5"),
     # Was accepted: 1e-9 CPUs rounds to 0 nanoCPUs, which Docker takes as no limit at all.
-    case("cpus-rounding-to-no-limit", "--cpus 0.000000001",
-         words=r"below Docker's minimum of 0.01; use at least 0.01"),
-    case("cpus-more-than-the-engine-has", "--cpus 1000", error=RunError,
-         words=r"engine refused the run: Range of CPUs is from 0.01 to", snapshots=1),
+    case(
+        "cpus-rounding-to-no-limit",
+        "--cpus 0.000000001",
+        words=r"below Docker's minimum of 0.01; use at least 0.01",
+    ),
+    case(
+        "cpus-more-than-the-engine-has",
+        "--cpus 1000",
+        error=RunError,
+        words=r"engine refused the run: Range of CPUs is from 0.01 to",
+        snapshots=1,
+    ),
     case("timeout-zero", "--timeout 0", words=r"--timeout '0' must be a positive number of sec"),
     case("timeout-nan", "--timeout nan", words=r"must be a positive number of seconds"),
     # Was accepted: the timer thread overflowed and the run went on with no timeout at all.
@@ -136,76 +151,156 @@ BAD_INPUT = [
     case("gpus-zero", "--gpus 0", words=r"--gpus '0': use 'all' or a positive number of GPUs"),
     # Was a bare ValueError: '²'.isdigit() is true, int('²') fails.
     case("gpus-superscript-digit", "--gpus ²", words=r"use 'all' or a positive number of GPUs"),
-    case("gpus-on-an-engine-without-gpus", "--gpus 1", error=RunError,
-         words=r"GPU.*(--gpus|NVIDIA|toolkit)", snapshots=1, gpu=True),
+    case(
+        "gpus-on-an-engine-without-gpus",
+        "--gpus 1",
+        error=RunError,
+        words=r"GPU.*(--gpus|NVIDIA|toolkit)",
+        snapshots=1,
+        gpu=True,
+    ),
     case("network-host", "--network host", words=r"--network 'host': use one of bridge, none"),
-    case("network-of-another-container", "--network container:abc",
-         words=r"use one of bridge, none"),
+    case(
+        "network-of-another-container", "--network container:abc", words=r"use one of bridge, none"
+    ),
     # -- requirements -------------------------------------------------------------------------
     case("requirement-invalid", "-r numpy==", words=r"Invalid requirement 'numpy=='.*PEP 508"),
     case("requirement-with-shell", "-r 'six; rm -rf /'", words=r"Invalid requirement.*PEP 508"),
-    case("requirement-local-path", "-r 'pkg @ file:///tmp/pkg'",
-         words=r"cannot reach; use a package name with a version"),
+    case(
+        "requirement-local-path",
+        "-r 'pkg @ file:///tmp/pkg'",
+        words=r"cannot reach; use a package name with a version",
+    ),
     # Was accepted: the password was kept in the snapshot and in the image's labels.
-    case("requirement-url-with-credentials",
-         "-r 'six @ https://me:hunter2@files.example/six-1.16.0-py2.py3-none-any.whl'",
-         words=r"credentials in its URL.*pip config", absent=("hunter2",)),
-    case("requirement-twice", "-r six==1.16.0 six==1.15.0",
-         words=r"six is required twice.*keep one"),
+    case(
+        "requirement-url-with-credentials",
+        "-r 'six @ https://me:hunter2@files.example/six-1.16.0-py2.py3-none-any.whl'",
+        words=r"credentials in its URL.*pip config",
+        absent=("hunter2",),
+    ),
+    case(
+        "requirement-twice", "-r six==1.16.0 six==1.15.0", words=r"six is required twice.*keep one"
+    ),
     # Was accepted: foo__bar and foo.bar are one project (PEP 503) but were not compared so.
-    case("requirement-twice-spelled-differently", "-r Foo__Bar==1.0 foo.bar==2.0",
-         words=r"required twice.*keep one"),
-    case("requirements-file-missing", "-f {tmp}/nope.txt",
-         words=r"Cannot read requirements file .*nope.txt"),
-    case("requirements-file-with-pip-option", "-f {tmp}/options.txt",
-         words=r"options.txt, line 1: pip options \(--extra-index-url\) are not supported"),
-    case("requirements-file-not-text", "-f {tmp}/binary.txt",
-         words=r"Cannot read requirements file"),
-    case("requirement-unresolvable", "--no-capture -r six==99.0", error=BuildError,
-         words=r"No matching distribution found for six==99.0"),
-    case("requirement-that-fails-to-build", "--no-capture -r sklearn==0.0.post12",
-         error=BuildError, words=r"use 'scikit-learn'"),
+    case(
+        "requirement-twice-spelled-differently",
+        "-r Foo__Bar==1.0 foo.bar==2.0",
+        words=r"required twice.*keep one",
+    ),
+    case(
+        "requirements-file-missing",
+        "-f {tmp}/nope.txt",
+        words=r"Cannot read requirements file .*nope.txt",
+    ),
+    case(
+        "requirements-file-with-pip-option",
+        "-f {tmp}/options.txt",
+        words=r"options.txt, line 1: pip options \(--extra-index-url\) are not supported",
+    ),
+    case(
+        "requirements-file-not-text", "-f {tmp}/binary.txt", words=r"Cannot read requirements file"
+    ),
+    case(
+        "requirement-unresolvable",
+        "--no-capture -r six==99.0",
+        error=BuildError,
+        words=r"No matching distribution found for six==99.0",
+    ),
+    case(
+        "requirement-that-fails-to-build",
+        "--no-capture -r sklearn==0.0.post12",
+        error=BuildError,
+        words=r"use 'scikit-learn'",
+    ),
     # -- base image and Debian packages ----------------------------------------------------------
-    case("base-missing", "--base mlctest-no-such-image:1", error=BaseImageMissing,
-         words=r"cannot be pulled.*mlcontainer doctor --fix"),
+    case(
+        "base-missing",
+        "--base mlctest-no-such-image:1",
+        error=BaseImageMissing,
+        words=r"cannot be pulled.*mlcontainer doctor --fix",
+    ),
     # Was a bare docker APIError ('invalid reference format').
-    case("base-not-an-image-reference", "--base 'Bad Image!'",
-         words=r"not an image reference; use a name such as python:3.11-slim"),
+    case(
+        "base-not-an-image-reference",
+        "--base 'Bad Image!'",
+        words=r"not an image reference; use a name such as python:3.11-slim",
+    ),
     case("apt-invalid", "--apt 'Bad;Name'", words=r"not a Debian package name"),
-    case("apt-missing", "--apt mlc-no-such-pkg", error=BuildError,
-         words=r"Unable to locate package mlc-no-such-pkg"),
+    case(
+        "apt-missing",
+        "--apt mlc-no-such-pkg",
+        error=BuildError,
+        words=r"Unable to locate package mlc-no-such-pkg",
+    ),
     # -- the cell -------------------------------------------------------------------------------
-    case("syntax-error", "-r six==1.16.0", "x = (1,\nprint(x)\n",
-         words=r"syntax error at line 1.*nothing was built"),
+    case(
+        "syntax-error",
+        "-r six==1.16.0",
+        "x = (1,\nprint(x)\n",
+        words=r"syntax error at line 1.*nothing was built",
+    ),
     # Was 'syntax error at line None'.
     case("null-byte", "", "print(1)\x00", words=r"^The cell has a syntax error: .*null bytes"),
     # -- values in and out ------------------------------------------------------------------------
-    case("in-undefined", "--in nope", words=r"--in nope: no such variable in the notebook; "
-                                            r"define it first"),
+    case(
+        "in-undefined",
+        "--in nope",
+        words=r"--in nope: no such variable in the notebook; "
+        r"define it first",
+    ),
     case("in-not-a-name", "--in a-b", words=r"--in 'a-b' is not a Python variable name"),
-    case("in-lambda", "--in lam", words=r"--in lam: a function cannot be sent into a container"
-                                        r".*Send plain data"),
+    case(
+        "in-lambda",
+        "--in lam",
+        words=r"--in lam: a function cannot be sent into a container"
+        r".*Send plain data",
+    ),
     case("in-open-file", "--in fh", words=r"--in fh: a TextIOWrapper cannot be sent"),
     # Was accepted in a real kernel (whose __main__ holds the function): the container then
     # failed with an AttributeError from pickle.
-    case("in-function-of-the-notebook", "--in kfunc",
-         words=r"--in kfunc: it needs function kfunc, defined in the notebook.*Define it in "
-               r"the cell", main={"kfunc": "def kfunc(x):\n    return x\n"}),
-    case("in-class-the-container-lacks", "--in ver", error=RunError,
-         words=r"--in ver.*(-r packaging|install)", snapshots=1),
+    case(
+        "in-function-of-the-notebook",
+        "--in kfunc",
+        words=r"--in kfunc: it needs function kfunc, defined in the notebook.*Define it in "
+        r"the cell",
+        main={"kfunc": "def kfunc(x):\n    return x\n"},
+    ),
+    case(
+        "in-class-the-container-lacks",
+        "--in ver",
+        error=RunError,
+        words=r"--in ver.*(-r packaging|install)",
+        snapshots=1,
+    ),
     case("out-not-a-name", "--out 1x", words=r"--out '1x' is not a Python variable name"),
-    case("out-never-assigned", "--out never", "x = 1", error=RunError,
-         words=r"--out never: the cell never assigned never", snapshots=1),
-    case("out-cannot-be-pickled", "--out c", "class C:\n    pass\nc = C()", error=RunError,
-         words=r"--out c: c could not be written", snapshots=1),
+    case(
+        "out-never-assigned",
+        "--out never",
+        "x = 1",
+        error=RunError,
+        words=r"--out never: the cell never assigned never",
+        snapshots=1,
+    ),
+    case(
+        "out-cannot-be-pickled",
+        "--out c",
+        "class C:\n    pass\nc = C()",
+        error=RunError,
+        words=r"--out c: c could not be written",
+        snapshots=1,
+    ),
     # Was a bare ModuleNotFoundError out of the magic, after the run.
-    case("out-whose-module-the-kernel-lacks", "--out thing",
-         "import os, sys\nos.makedirs('/tmp/m', exist_ok=True)\n"
-         "open('/tmp/m/mlc_only_here.py', 'w').write('class Thing:\\n    pass\\n')\n"
-         "sys.path.insert(0, '/tmp/m')\nimport mlc_only_here\nthing = mlc_only_here.Thing()",
-         error=RunError, snapshots=1,
-         words=r"--out thing: it came back but cannot be read in the kernel "
-               r"\(ModuleNotFoundError.*install what it needs"),
+    case(
+        "out-whose-module-the-kernel-lacks",
+        "--out thing",
+        "import os, sys\nos.makedirs('/tmp/m', exist_ok=True)\n"
+        "open('/tmp/m/mlc_only_here.py', 'w').write('class Thing:\\n    pass\\n')\n"
+        "sys.path.insert(0, '/tmp/m')\nimport mlc_only_here\nthing = mlc_only_here.Thing()",
+        error=RunError,
+        snapshots=1,
+        words=r"--out thing: it came back but cannot be read in the kernel "
+        r"\(ModuleNotFoundError.*install what it needs",
+    ),
     # -- names and variables ----------------------------------------------------------------------
     case("name-with-shell", "-n 'a;rm -rf /'", words=r"Name 'a;rm -rf /': use up to 64 letters"),
     case("name-with-tag-colon", "-n 'x:y'", words=r"Name 'x:y': use up to 64 letters"),
@@ -235,8 +330,9 @@ def notebook(ip, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)
-def test_bad_input_fails_clearly_and_leaves_nothing(case, ip, notebook, docker_client,
-                                                    monkeypatch, no_leaks, host_tmp):
+def test_bad_input_fails_clearly_and_leaves_nothing(
+    case, ip, notebook, docker_client, monkeypatch, no_leaks, host_tmp
+):
     if case.gpu and "nvidia" in docker_client.info().get("Runtimes", {}):
         pytest.skip("this engine has GPUs")
     if case.main:  # a real kernel's __main__ is the notebook's namespace
@@ -274,12 +370,25 @@ def test_an_out_named_outputs_is_returned(ip, no_leaks, host_tmp):
 
 # -- the snapshot verbs --------------------------------------------------------------------------
 
+
 def record(sid, **over):
-    base = {"id": sid, "status": "done", "created": time.time(), "code": "print(1)\n",
-            "stdout": "1\n", "stderr": "", "exit_code": 0,
-            "spec": {"code": "print(1)\n", "env_spec": {"base_image": BASE, "apt": [],
-                                                        "requirements": []},
-                     "env": [], "network": "none", "inputs": [], "outputs": []}}
+    base = {
+        "id": sid,
+        "status": "done",
+        "created": time.time(),
+        "code": "print(1)\n",
+        "stdout": "1\n",
+        "stderr": "",
+        "exit_code": 0,
+        "spec": {
+            "code": "print(1)\n",
+            "env_spec": {"base_image": BASE, "apt": [], "requirements": []},
+            "env": [],
+            "network": "none",
+            "inputs": [],
+            "outputs": [],
+        },
+    }
     base.update(over)
     return base
 
@@ -294,8 +403,14 @@ def prefixed(docker_client):
     secret = record("5ec7e7000001", name="mlcrel-secret")
     secret["spec"]["env"] = [["MLCREL_TOKEN", "***"]]
     ids = ["abcd12340001", "abcd12340002", "dead0000beef", "5ec7e7000001"]
-    store.put_many([record(ids[0], name="mlcrel-first"), record(ids[1]),
-                    record(ids[2], name="mlcrel-running", status="running"), secret])
+    store.put_many(
+        [
+            record(ids[0], name="mlcrel-first"),
+            record(ids[1]),
+            record(ids[2], name="mlcrel-running", status="running"),
+            secret,
+        ]
+    )
     yield store
     for sid in ids:
         try:
@@ -306,55 +421,100 @@ def prefixed(docker_client):
 
 
 VERB_CASES = [
-    pytest.param("show 0123nosuch", StoreError,
-                 r"No snapshot matches '0123nosuch'.*`%container list` or `mlcontainer list`",
-                 id="show-unknown"),
-    pytest.param("show abcd1234", StoreError,
-                 r"prefix 'abcd1234' is ambiguous.*abcd12340001.*abcd12340002.*Give more "
-                 r"characters", id="show-ambiguous-prefix"),
-    pytest.param("show ab", StoreError, r"an id prefix needs at least 4 characters",
-                 id="show-prefix-too-short"),
-    pytest.param("logs ''", StoreError, r"is not a snapshot reference; give an id",
-                 id="logs-empty-reference"),
-    pytest.param("rm abcd12340001 nosuch99", StoreError,
-                 r"No snapshot matches 'nosuch99'.*Nothing was removed", id="rm-one-unknown"),
-    pytest.param("rm abcd1234", StoreError, r"ambiguous.*Nothing was removed",
-                 id="rm-ambiguous-prefix"),
-    pytest.param("rm mlcrel-running", StoreError, r"still running; stop it first, or force",
-                 id="rm-running"),
-    pytest.param("diff abcd12340001 nosuch99", StoreError, r"No snapshot matches 'nosuch99'",
-                 id="diff-unknown"),
-    pytest.param("rerun nosuch99", StoreError, r"No snapshot matches 'nosuch99'",
-                 id="rerun-unknown"),
-    pytest.param("rerun mlcrel-secret", SpecError,
-                 r"used the secret MLCREL_TOKEN.*set MLCREL_TOKEN in the environment and rerun",
-                 id="rerun-secret-not-set"),
-    pytest.param("export abcd12340001 {tmp}/full", SpecError,
-                 r"full exists and is not empty; export into a new folder",
-                 id="export-into-non-empty-folder"),
+    pytest.param(
+        "show 0123nosuch",
+        StoreError,
+        r"No snapshot matches '0123nosuch'.*`%container list` or `mlcontainer list`",
+        id="show-unknown",
+    ),
+    pytest.param(
+        "show abcd1234",
+        StoreError,
+        r"prefix 'abcd1234' is ambiguous.*abcd12340001.*abcd12340002.*Give more "
+        r"characters",
+        id="show-ambiguous-prefix",
+    ),
+    pytest.param(
+        "show ab",
+        StoreError,
+        r"an id prefix needs at least 4 characters",
+        id="show-prefix-too-short",
+    ),
+    pytest.param(
+        "logs ''", StoreError, r"is not a snapshot reference; give an id", id="logs-empty-reference"
+    ),
+    pytest.param(
+        "rm abcd12340001 nosuch99",
+        StoreError,
+        r"No snapshot matches 'nosuch99'.*Nothing was removed",
+        id="rm-one-unknown",
+    ),
+    pytest.param(
+        "rm abcd1234", StoreError, r"ambiguous.*Nothing was removed", id="rm-ambiguous-prefix"
+    ),
+    pytest.param(
+        "rm mlcrel-running", StoreError, r"still running; stop it first, or force", id="rm-running"
+    ),
+    pytest.param(
+        "diff abcd12340001 nosuch99",
+        StoreError,
+        r"No snapshot matches 'nosuch99'",
+        id="diff-unknown",
+    ),
+    pytest.param(
+        "rerun nosuch99", StoreError, r"No snapshot matches 'nosuch99'", id="rerun-unknown"
+    ),
+    pytest.param(
+        "rerun mlcrel-secret",
+        SpecError,
+        r"used the secret MLCREL_TOKEN.*set MLCREL_TOKEN in the environment and rerun",
+        id="rerun-secret-not-set",
+    ),
+    pytest.param(
+        "export abcd12340001 {tmp}/full",
+        SpecError,
+        r"full exists and is not empty; export into a new folder",
+        id="export-into-non-empty-folder",
+    ),
     # Was a bare NotADirectoryError.
-    pytest.param("export abcd12340001 {tmp}/full/keep.txt", SpecError,
-                 r"keep.txt exists and is a file; export into a new folder",
-                 id="export-onto-a-file"),
+    pytest.param(
+        "export abcd12340001 {tmp}/full/keep.txt",
+        SpecError,
+        r"keep.txt exists and is a file; export into a new folder",
+        id="export-onto-a-file",
+    ),
     # Was a bare OSError.
-    pytest.param("export abcd12340001 /proc/mlcrel-export", SpecError,
-                 r"Cannot write the export to /proc/mlcrel-export: .*Choose a new folder",
-                 id="export-where-nothing-can-be-written"),
-    pytest.param("list --status bogus", StoreError,
-                 r"'bogus' is not a snapshot status; use one of building", id="list-bad-status"),
-    pytest.param("list -n -5", StoreError, r"limit -5 must be a whole number >= 0",
-                 id="list-negative-limit"),
+    pytest.param(
+        "export abcd12340001 /proc/mlcrel-export",
+        SpecError,
+        r"Cannot write the export to /proc/mlcrel-export: .*Choose a new folder",
+        id="export-where-nothing-can-be-written",
+    ),
+    pytest.param(
+        "list --status bogus",
+        StoreError,
+        r"'bogus' is not a snapshot status; use one of building",
+        id="list-bad-status",
+    ),
+    pytest.param(
+        "list -n -5", StoreError, r"limit -5 must be a whole number >= 0", id="list-negative-limit"
+    ),
     pytest.param("list -n many", UsageError, r"Usage", id="list-limit-not-a-number"),
     pytest.param("frobnicate", UsageError, r"Usage", id="unknown-verb"),
     pytest.param("show", UsageError, r"Usage", id="verb-without-its-argument"),
-    pytest.param("stop nosuch", MlcError, r"No session 'nosuch' runs in this kernel",
-                 id="stop-unknown-session"),
+    pytest.param(
+        "stop nosuch",
+        MlcError,
+        r"No session 'nosuch' runs in this kernel",
+        id="stop-unknown-session",
+    ),
 ]
 
 
 @pytest.mark.parametrize("line, error, words", VERB_CASES)
-def test_bad_snapshot_reference_fails_clearly_and_changes_nothing(line, error, words, ip,
-                                                                  prefixed, tmp_path, no_leaks):
+def test_bad_snapshot_reference_fails_clearly_and_changes_nothing(
+    line, error, words, ip, prefixed, tmp_path, no_leaks
+):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     before = prefixed.count()
@@ -378,20 +538,39 @@ def test_cli_errors_are_one_line_with_exit_status_2(prefixed, tmp_path):
     no_engine = {"DOCKER_HOST": "unix:///tmp/mlcrel-no-engine.sock"}
     cases = [
         (["show", "nosuch99"], {}, 2, r"mlcontainer: No snapshot matches 'nosuch99'"),
-        (["export", "abcd12340001", str(tmp_path / "full")], {}, 2,
-         r"exists and is not empty; export into a new folder"),
-        (["list"], {"MLCONTAINER_STORE": str(tmp_path / "a-file")}, 2,
-         r"Set MLCONTAINER_STORE to a writable folder"),
-        (["list"], {"MLCONTAINER_STORE": str(tmp_path / "damaged")}, 2,
-         r"not a snapshot store; move .*store.sqlite3 away"),
+        (
+            ["export", "abcd12340001", str(tmp_path / "full")],
+            {},
+            2,
+            r"exists and is not empty; export into a new folder",
+        ),
+        (
+            ["list"],
+            {"MLCONTAINER_STORE": str(tmp_path / "a-file")},
+            2,
+            r"Set MLCONTAINER_STORE to a writable folder",
+        ),
+        (
+            ["list"],
+            {"MLCONTAINER_STORE": str(tmp_path / "damaged")},
+            2,
+            r"not a snapshot store; move .*store.sqlite3 away",
+        ),
         (["prune"], no_engine, 2, r"No Docker engine answers.*mlcontainer doctor --fix"),
         (["list", "--name", "mlcrel-first"], no_engine, 0, r"^$"),  # the store needs no engine
     ]
-    procs = [subprocess.Popen([sys.executable, "-m", "mlcontainer_magics.frontends.cli", *argv],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=ROOT, env={**os.environ, **env})
-             for argv, env, _, _ in cases]
-    for proc, (argv, env, status, words) in zip(procs, cases):
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mlcontainer_magics.frontends.cli", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **env},
+        )
+        for argv, env, _, _ in cases
+    ]
+    for proc, (argv, _env, status, words) in zip(procs, cases):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == status, (argv, out, err)
         assert "Traceback" not in err, err
@@ -402,11 +581,17 @@ def test_cli_errors_are_one_line_with_exit_status_2(prefixed, tmp_path):
 
 # -- huge output -----------------------------------------------------------------------------------
 
-def test_fifty_megabytes_of_output_neither_crash_the_kernel_nor_the_store(ip, capsys, no_leaks,
-                                                                           host_tmp):
+
+def test_fifty_megabytes_of_output_neither_crash_the_kernel_nor_the_store(
+    ip, capsys, no_leaks, host_tmp
+):
     size = 50 * 2**20
-    run(ip, "-n mlcrel-huge", "import sys\nblock = 'x' * (1 << 20)\n"
-                              "for _ in range(50):\n    sys.stdout.write(block)\nprint('END')")
+    run(
+        ip,
+        "-n mlcrel-huge",
+        "import sys\nblock = 'x' * (1 << 20)\n"
+        "for _ in range(50):\n    sys.stdout.write(block)\nprint('END')",
+    )
     out = capsys.readouterr().out
     assert out.count("x" * 1024) >= size // 1024 - 1 and "END" in out
     store = magics(ip).store
@@ -428,8 +613,10 @@ def test_non_ascii_output_is_not_corrupted_at_chunk_boundaries(ip, capsys, no_le
 
 # == 2. Faults =====================================================================================
 
+
 def kill_when_running(docker_client, seen="", after=0.3):
     """Kill the run's container from outside (as `docker kill` would) once it printed ``seen``."""
+
     def kill():
         found = wait_for(lambda: containers(docker_client, role="run", all=False))
         if found and wait_for(lambda: seen in found[0].logs().decode(), timeout=30):
@@ -453,8 +640,7 @@ def test_container_killed_from_outside(ip, docker_client, no_leaks, host_tmp):
     assert rec["stdout"] == "ready\n" and rec["finished"] >= rec["created"]
 
 
-def test_container_killed_from_outside_says_what_happened(ip, docker_client, no_leaks,
-                                                          host_tmp):
+def test_container_killed_from_outside_says_what_happened(ip, docker_client, no_leaks, host_tmp):
     thread = kill_when_running(docker_client, "ready")
     with pytest.raises(RunError) as info:
         run(ip, "", "import time\nprint('ready', flush=True)\ntime.sleep(120)")
@@ -464,8 +650,7 @@ def test_container_killed_from_outside_says_what_happened(ip, docker_client, no_
 
 def test_out_of_memory(ip, no_leaks, host_tmp):
     with pytest.raises(RunError) as info:
-        run(ip, "--memory 32m -n mlcrel-oom",
-            "x = bytearray(200 * 2**20)\nprint('survived')")
+        run(ip, "--memory 32m -n mlcrel-oom", "x = bytearray(200 * 2**20)\nprint('survived')")
     assert info.value.reason == "oom"
     assert "Out of memory" in str(info.value) and "--memory limit of 32 MiB" in str(info.value)
     rec = magics(ip).store.get("mlcrel-oom")
@@ -476,8 +661,11 @@ def test_out_of_memory(ip, no_leaks, host_tmp):
 def test_timeout_ends_the_run_and_is_recorded(ip, no_leaks, host_tmp):
     t0 = time.monotonic()
     with pytest.raises(RunError, match=r"Stopped after 2 s \(--timeout\)") as info:
-        run(ip, "--timeout 2 -n mlcrel-timeout",
-            "import time\nprint('start', flush=True)\ntime.sleep(120)")
+        run(
+            ip,
+            "--timeout 2 -n mlcrel-timeout",
+            "import time\nprint('start', flush=True)\ntime.sleep(120)",
+        )
     assert info.value.reason == "timeout" and time.monotonic() - t0 < 30
     rec = magics(ip).store.get("mlcrel-timeout")
     assert rec["status"] == "timeout" and rec["stdout"] == "start\n"
@@ -502,8 +690,12 @@ def test_interrupt_during_a_pip_install_leaves_nothing(ip, docker_client, no_lea
     thread.join(5)
     assert seen and "--- pip install six==1.12.0" in seen[0]
     assert containers(docker_client, role="build") == []
-    assert docker_client.volumes.list(filters={"label": [f"{LABEL}.namespace={NAMESPACE}",
-                                                         f"{LABEL}.role=build"]}) == []
+    assert (
+        docker_client.volumes.list(
+            filters={"label": [f"{LABEL}.namespace={NAMESPACE}", f"{LABEL}.role=build"]}
+        )
+        == []
+    )
     assert env_images(docker_client) == images
     assert store.count() == records and store.list(name="mlcrel-build-interrupted") == []
 
@@ -527,11 +719,21 @@ def dead_kernel(docker_client):
     store_dir = tempfile.mkdtemp(prefix="mlcrel-store-")
     tmp = Path(tempfile.mkdtemp(prefix="mlcrel-kernel-tmp-"))
     tmp.chmod(0o755)
-    env = {**os.environ, "MLCONTAINER_NAMESPACE": namespace, "MLCONTAINER_STORE": store_dir,
-           "TMPDIR": str(tmp)}
+    env = {
+        **os.environ,
+        "MLCONTAINER_NAMESPACE": namespace,
+        "MLCONTAINER_STORE": store_dir,
+        "TMPDIR": str(tmp),
+    }
     facts = {}
-    kernel = subprocess.Popen([sys.executable, "-c", KERNEL], cwd=ROOT, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", KERNEL],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         lines = []
         for line in kernel.stdout:
@@ -546,13 +748,16 @@ def dead_kernel(docker_client):
         kernel.kill()
         kernel.wait(30)
         facts["orphan_running"] = running[0].id in [
-            c.id for c in containers(docker_client, namespace, all=False)]
-        prune = cli("prune", env={"MLCONTAINER_NAMESPACE": namespace,
-                                  "MLCONTAINER_STORE": store_dir})
+            c.id for c in containers(docker_client, namespace, all=False)
+        ]
+        prune = cli(
+            "prune", env={"MLCONTAINER_NAMESPACE": namespace, "MLCONTAINER_STORE": store_dir}
+        )
         facts["prune"] = prune
         facts["left"] = containers(docker_client, namespace)
         facts["volumes"] = docker_client.volumes.list(
-            filters={"label": f"{LABEL}.namespace={namespace}"})
+            filters={"label": f"{LABEL}.namespace={namespace}"}
+        )
         from mlcontainer_magics.core.store import Store
 
         store = Store(store_dir)
@@ -588,12 +793,14 @@ def test_kernel_death_prune_removes_the_runs_host_folder(dead_kernel):
 
 # -- the disk fills up -----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tiny_disk(ip):
     """The store on a 512 KiB tmpfs (we are root), set as the kernel's store; unmounted after."""
     folder = tempfile.mkdtemp(prefix="mlcrel-tiny-")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", folder],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", folder], capture_output=True, text=True
+    )
     if done.returncode:
         os.rmdir(folder)
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
@@ -619,8 +826,9 @@ def fill(folder: Path) -> None:
                 pass
 
 
-def test_disk_full_before_the_run_fails_before_anything_starts(ip, tiny_disk, docker_client,
-                                                               no_leaks, host_tmp):
+def test_disk_full_before_the_run_fails_before_anything_starts(
+    ip, tiny_disk, docker_client, no_leaks, host_tmp
+):
     magics(ip).store.count()  # the store exists; then the disk fills
     fill(tiny_disk)
     images = env_images(docker_client)
@@ -630,14 +838,18 @@ def test_disk_full_before_the_run_fails_before_anything_starts(ip, tiny_disk, do
 
 
 def test_disk_full_while_saving_the_result(ip, tiny_disk, no_leaks, host_tmp):
-    with pytest.raises(StoreError, match=r"database or disk is full. Free some disk space on "
-                                         r"the drive holding"):
+    with pytest.raises(
+        StoreError,
+        match=r"database or disk is full. Free some disk space on "
+        r"the drive holding",
+    ):
         run(ip, "-n mlcrel-full", "print('y' * 2_000_000)")
     assert magics(ip).store.count() <= 1
 
 
-def test_disk_full_while_saving_the_result_leaves_no_running_record(ip, tiny_disk, no_leaks,
-                                                                    host_tmp):
+def test_disk_full_while_saving_the_result_leaves_no_running_record(
+    ip, tiny_disk, no_leaks, host_tmp
+):
     with pytest.raises(StoreError):
         run(ip, "-n mlcrel-full", "print('y' * 2_000_000)")
     assert magics(ip).store.get("mlcrel-full")["status"] not in ("building", "running")
@@ -654,6 +866,7 @@ def test_disk_full_while_keeping_the_inputs(ip, tiny_disk, no_leaks, host_tmp):
 
 # -- the engine stops answering --------------------------------------------------------------------
 
+
 @pytest.fixture
 def lost_engine(docker_client, tmp_path):
     """A backend that talks to the real engine through a relay the test can cut, and a store."""
@@ -664,30 +877,37 @@ def lost_engine(docker_client, tmp_path):
     from mlcontainer_magics.core.store import Store
 
     proxy = EngineProxy().start()
-    backend = DockerBackend(client=docker.DockerClient(base_url=proxy.url, timeout=60),
-                            namespace=NAMESPACE)
+    backend = DockerBackend(
+        client=docker.DockerClient(base_url=proxy.url, timeout=60), namespace=NAMESPACE
+    )
     yield proxy, backend, Store(tmp_path / "store")
     proxy.close()
-    for c in docker_client.containers.list(all=True, filters={
-            "label": f"org.mlcontainer.namespace={NAMESPACE}"}):
+    for c in docker_client.containers.list(
+        all=True, filters={"label": f"org.mlcontainer.namespace={NAMESPACE}"}
+    ):
         c.remove(force=True, v=True)  # only when the test failed: no_leaks reports it
 
 
-def test_engine_gone_during_a_run_says_so_and_cleans_up_when_back(lost_engine, docker_client,
-                                                                   no_leaks, host_tmp):
+def test_engine_gone_during_a_run_says_so_and_cleans_up_when_back(
+    lost_engine, docker_client, no_leaks, host_tmp
+):
     from mlcontainer_magics.core import runs
     from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 
     proxy, backend, store = lost_engine
-    spec = RunSpec(code="import time\nprint('started', flush=True)\ntime.sleep(300)",
-                   env_spec=EnvSpec(BASE))
+    spec = RunSpec(
+        code="import time\nprint('started', flush=True)\ntime.sleep(300)", env_spec=EnvSpec(BASE)
+    )
 
     def output(stream, text):
         if "started" in text:
             proxy.cut()  # the engine stops answering while the cell runs
 
-    with pytest.raises(EngineUnavailable, match=r"stopped answering while running the cell .*"
-                                                r"mlcontainer doctor --fix.*run the cell again"):
+    with pytest.raises(
+        EngineUnavailable,
+        match=r"stopped answering while running the cell .*"
+        r"mlcontainer doctor --fix.*run the cell again",
+    ):
         runs.execute(spec, backend, output=output, store=store)
     record = store.get(store.list()[0]["id"])
     assert record["status"] == "failed" and "EngineUnavailable" in record["reason"]
@@ -699,16 +919,20 @@ def test_engine_gone_during_a_run_says_so_and_cleans_up_when_back(lost_engine, d
     assert docker_client.containers.list(all=True, filters=flt) == []
 
 
-def test_engine_gone_before_a_run_fails_clearly_and_records_nothing(lost_engine, no_leaks,
-                                                                     host_tmp):
+def test_engine_gone_before_a_run_fails_clearly_and_records_nothing(
+    lost_engine, no_leaks, host_tmp
+):
     from mlcontainer_magics.core import runs
     from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 
     proxy, backend, store = lost_engine
     backend.ensure_environment(EnvSpec(BASE))  # connected, then the engine goes away
     proxy.cut()
-    with pytest.raises(EngineUnavailable, match=r"stopped answering while preparing the "
-                                                r"environment .*mlcontainer doctor --fix"):
+    with pytest.raises(
+        EngineUnavailable,
+        match=r"stopped answering while preparing the "
+        r"environment .*mlcontainer doctor --fix",
+    ):
         runs.execute(RunSpec(code="print(1)", env_spec=EnvSpec(BASE)), backend, store=store)
     assert store.count() == 0
 
@@ -794,12 +1018,24 @@ def test_eight_runs_at_once_from_two_processes(six_env, no_leaks, host_tmp):
     store = Store(STORE)
     before = store.count()
     start_at = time.time() + 4  # both processes import, then start together
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", WORKER + textwrap.dedent(f"""
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER
+                + textwrap.dedent(f"""
             print(json.dumps(run_many({tag!r}, 4, {start_at}, {NAMESPACE!r}, {STORE!r},
-                                      {BASE!r}, {SIX!r})))""")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TMPDIR": tempfile.gettempdir()}) for tag in ("proc-a", "proc-b")]
+                                      {BASE!r}, {SIX!r})))"""),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TMPDIR": tempfile.gettempdir()},
+        )
+        for tag in ("proc-a", "proc-b")
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=180)
@@ -847,8 +1083,7 @@ def test_concurrent_first_builds_of_one_environment_make_one_image(docker_client
     assert len({e.image_id for e in envs}) == 1
 
 
-def test_prune_while_another_run_builds_leaves_it_alone(six_env, docker_client, no_leaks,
-                                                        host_tmp):
+def test_prune_while_another_run_builds_leaves_it_alone(six_env, docker_client, no_leaks, host_tmp):
     """Was: prune marked a live kernel's building run 'interrupted' (it has no run container
     yet), and so too a cell running in a warm session."""
     import socket
@@ -859,12 +1094,21 @@ def test_prune_while_another_run_builds_leaves_it_alone(six_env, docker_client, 
     from mlcontainer_magics.core.store import Store
 
     backend, store = DockerBackend(namespace=NAMESPACE), Store(STORE)
-    spec = RunSpec(code="print('built')", env_spec=EnvSpec(BASE, (), (SIX,)),
-                   name="mlcrel-building")
+    spec = RunSpec(
+        code="print('built')", env_spec=EnvSpec(BASE, (), (SIX,)), name="mlcrel-building"
+    )
     outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(o=runs.execute(
-        spec, backend, rebuild=True, store=store,
-        context={"kernel": f"{socket.gethostname()}:{os.getpid()}"})))
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            o=runs.execute(
+                spec,
+                backend,
+                rebuild=True,
+                store=store,
+                context={"kernel": f"{socket.gethostname()}:{os.getpid()}"},
+            )
+        )
+    )
     runner.start()
     try:
         assert wait_for(lambda: containers(docker_client, role="build", all=False))

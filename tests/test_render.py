@@ -1,28 +1,59 @@
 """Pure rendering: pip settings, scripts, locks and the export Dockerfile, as text."""
+
 from mlcontainer_magics.backends.docker import build as render
 from mlcontainer_magics.backends.docker.pipconfig import (
     BuildNetwork,
     build_network,
-    parse_config_list,
+    effective_settings,
 )
 from mlcontainer_magics.core.requirements import lock_from_report, lock_key
 
+# `pip config list`: one block per config file; the section is pip's ([global], [install]) or
+# `:env:` for PIP_* variables, never the file's scope (so `user.` is a section pip never reads).
 PIP_LIST = """\
 :env:.cert='/etc/ssl/certs/ca-certificates.crt'
 :env:.find-links='/opt/wheels'
+install.index-url='https://user:pw@private.example/simple'
 global.cert='/etc/ssl/global.crt'
 global.extra-index-url='file:///opt/pypi/simple https://mirror.example/simple'
-user.index-url='https://user:pw@private.example/simple'
+global.index-url='https://global.example/simple'
+user.index-url='https://ignored.example/simple'
 """
 
 
 def test_pip_config_priority_and_usable_urls():
-    settings = parse_config_list(PIP_LIST)
-    assert settings["cert"] == "/etc/ssl/certs/ca-certificates.crt"  # env beats global
-    net = build_network(settings)
+    settings = effective_settings(PIP_LIST, {})
+    assert settings["cert"] == ("/etc/ssl/certs/ca-certificates.crt", "env")  # env beats global
+    # [install] beats [global] though printed before it; pip reads no [user] section
+    assert settings["index-url"] == ("https://user:pw@private.example/simple", "install")
+    net = build_network(settings, is_file=lambda p: True)
     assert net.index_url == "https://user:pw@private.example/simple"
     assert net.extra_index_urls == ("https://mirror.example/simple",)
+    assert net.cert_path == "/etc/ssl/certs/ca-certificates.crt"
     assert set(net.dropped) == {"file:///opt/pypi/simple", "/opt/wheels"}
+
+
+def test_pip_variables_beat_every_section():
+    env = {"PIP_INDEX_URL": "https://var.example/simple", "PIP_CERT": "/var.pem"}
+    net = build_network(effective_settings(PIP_LIST, env), is_file=lambda p: True)
+    assert (net.index_url, net.cert_path) == ("https://var.example/simple", "/var.pem")
+
+
+def test_build_network_drops_what_a_container_cannot_reach():
+    text = (
+        "global.index-url='http://localhost:3141/simple'\n"
+        "global.find-links='https://wheels.example/links.html'\n"
+        "global.cert='/missing.pem'\nglobal.trusted-host='a.example b.example'\n"
+    )
+    net = build_network(effective_settings(text, {}), is_file=lambda p: False)
+    assert net == BuildNetwork(
+        trusted_hosts=("a.example", "b.example"),
+        dropped=(
+            "http://localhost:3141/simple",
+            "https://wheels.example/links.html",
+            "/missing.pem",
+        ),
+    )
 
 
 def test_pip_conf_points_at_the_build_copy_of_the_ca():
@@ -51,18 +82,24 @@ def test_install_script_takes_values_only_from_files():
 REPORT = {
     "version": "1",
     "install": [
-        {"metadata": {"name": "Six", "version": "1.16.0"},
-         "download_info": {"archive_info": {"hash": "sha256=abc"}}},
-        {"metadata": {"name": "numpy", "version": "1.26.4"},
-         "download_info": {"archive_info": {"hashes": {"sha256": "def"}}}},
+        {
+            "metadata": {"name": "Six", "version": "1.16.0"},
+            "download_info": {"archive_info": {"hash": "sha256=abc"}},
+        },
+        {
+            "metadata": {"name": "numpy", "version": "1.26.4"},
+            "download_info": {"archive_info": {"hashes": {"sha256": "def"}}},
+        },
     ],
 }
 
 
 def test_lock_from_pip_report():
     lock = lock_from_report(REPORT)
-    assert lock == [{"name": "numpy", "version": "1.26.4", "hashes": ["sha256:def"]},
-                    {"name": "six", "version": "1.16.0", "hashes": ["sha256:abc"]}]
+    assert lock == [
+        {"name": "numpy", "version": "1.26.4", "hashes": ["sha256:def"]},
+        {"name": "six", "version": "1.16.0", "hashes": ["sha256:abc"]},
+    ]
     text = render.lock_txt(lock)
     assert "numpy==1.26.4 \\\n    --hash=sha256:def\n" in text
     assert lock_key("sha256:b", [], lock) == lock_key("sha256:b", [], list(reversed(lock)))

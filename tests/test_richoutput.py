@@ -21,12 +21,15 @@ def _collect(chunks):
     return merged
 
 
-STREAM = ("hello\n" + MARK + json.dumps({"data": {"text/plain": "42"}}) + "\n" + "bye\n")
+STREAM = "hello\n" + MARK + json.dumps({"data": {"text/plain": "42"}}) + "\n" + "bye\n"
 
 
 def test_text_and_displays_in_order():
-    assert _collect([STREAM]) == [("text", "hello\n"), ("display", {"text/plain": "42"}),
-                                  ("text", "bye\n")]
+    assert _collect([STREAM]) == [
+        ("text", "hello\n"),
+        ("display", {"text/plain": "42"}),
+        ("text", "bye\n"),
+    ]
 
 
 @given(st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), max_size=6))
@@ -49,10 +52,12 @@ def test_one_stream_mode_separates_stderr_and_files():
     from mlcontainer_magics.runner import FILE_MARK, STDERR_MARK
 
     text, err, files = [], [], {}
-    demux = StdoutDemux(text.append, lambda d: None, err.append,
-                        lambda name, data: files.__setitem__(name, data))
+    demux = StdoutDemux(
+        text.append, lambda d: None, err.append, lambda name, data: files.__setitem__(name, data)
+    )
     demux.feed("out\n" + STDERR_MARK + json.dumps("Traceback\n") + "\n")
-    demux.feed(FILE_MARK + json.dumps({"name": "y.json", "data": base64.b64encode(b"[1]")
-                                       .decode()}) + "\n")
+    demux.feed(
+        FILE_MARK + json.dumps({"name": "y.json", "data": base64.b64encode(b"[1]").decode()}) + "\n"
+    )
     demux.close()
     assert "".join(text) == "out\n" and err == ["Traceback\n"] and files == {"y.json": b"[1]"}

@@ -3,6 +3,7 @@
 The Docker tests read `docker inspect` of a run's container while its cell sleeps, and what the
 cell itself sees in /proc/self/status. The rest needs no engine.
 """
+
 from __future__ import annotations
 
 import ast
@@ -63,8 +64,9 @@ def inspect_while_running(docker_client, role):
     def watch():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            found = docker_client.containers.list(filters={"label": [
-                f"{LABEL}.namespace={NAMESPACE}", f"{LABEL}.role={role}"]})
+            found = docker_client.containers.list(
+                filters={"label": [f"{LABEL}.namespace={NAMESPACE}", f"{LABEL}.role={role}"]}
+            )
             if found:
                 found[0].reload()
                 seen["attrs"] = found[0].attrs
@@ -77,10 +79,13 @@ def inspect_while_running(docker_client, role):
 
 
 def cell_saw(out: str) -> dict:
-    return {line.split()[0]: line.split()[1] for line in out.splitlines()
-            if line.split() and line.split()[0] in (
-                "Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
-                "Seccomp")}
+    return {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line.split()
+        and line.split()[0]
+        in ("Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
+    }
 
 
 def assert_locked_down(attrs: dict, network: str) -> dict:
@@ -143,16 +148,27 @@ def test_session_container_is_locked_down(ip, capsys, docker_client, no_leaks):
     assert "refused /mlc/probe 30" in out
 
 
-LITERAL = {"A": "$(id)", "B": "`id`", "C": "; rm -rf / #", "D": "it's \"q\" \\n",
-           "E": "$HOME", "F": "*", "G": "a\nb", "H": "x' && echo pwned '"}
+LITERAL = {
+    "A": "$(id)",
+    "B": "`id`",
+    "C": "; rm -rf / #",
+    "D": 'it\'s "q" \\n',
+    "E": "$HOME",
+    "F": "*",
+    "G": "a\nb",
+    "H": "x' && echo pwned '",
+}
 
 
 @docker
 def test_values_with_shell_metacharacters_pass_literally(ip, capsys, no_leaks):
     argv = [a for k, v in LITERAL.items() for a in ("-e", f"{k}={v}")]
     line = shlex.join(argv + ["-n", "mlcsec-literal_1.0"])
-    ip.run_cell_magic("containerize", line, "import json, os\nprint(json.dumps("
-                      "{k: os.environ[k] for k in 'ABCDEFGH'}))")
+    ip.run_cell_magic(
+        "containerize",
+        line,
+        "import json, os\nprint(json.dumps({k: os.environ[k] for k in 'ABCDEFGH'}))",
+    )
     out = capsys.readouterr().out
     got = json.loads(next(x for x in out.splitlines() if x.startswith("{")))
     assert got == LITERAL
@@ -161,8 +177,7 @@ def test_values_with_shell_metacharacters_pass_literally(ip, capsys, no_leaks):
 
 
 @docker
-def test_index_credentials_and_ca_bundle_never_reach_the_image(docker_client, tmp_path,
-                                                               no_leaks):
+def test_index_credentials_and_ca_bundle_never_reach_the_image(docker_client, tmp_path, no_leaks):
     """Extends test_containerize: an index URL with user:password and a CA bundle of our own
     (with a marker) are used by the build, and absent from layers, config, history, labels,
     the build log and the snapshot."""
@@ -178,20 +193,24 @@ def test_index_credentials_and_ca_bundle_never_reach_the_image(docker_client, tm
     password, marker = "mlc-pw-6b1e0c", "mlc-ca-marker-7f3a21"
     ca = tmp_path / "ca.pem"
     ca.write_bytes(Path(host_ca).read_bytes() + f"\n# {marker}\n".encode())
-    net = BuildNetwork(index_url=f"https://mlcuser:{password}@pypi.org/simple",
-                       cert_path=str(ca))
+    net = BuildNetwork(index_url=f"https://mlcuser:{password}@pypi.org/simple", cert_path=str(ca))
     backend = DockerBackend(namespace=NAMESPACE, network=net)
     store = Store(tmp_path / "store")
-    spec = RunSpec(code="import six\nprint(six.__version__)",
-                   env_spec=EnvSpec(BASE, (), ("six==1.13.0",)))
+    spec = RunSpec(
+        code="import six\nprint(six.__version__)", env_spec=EnvSpec(BASE, (), ("six==1.13.0",))
+    )
     outcome = runs.execute(spec, backend, store=store)
     assert outcome.ok and outcome.result.stdout == "1.13.0\n"
     assert not outcome.env.cached  # this build committed the image examined below
     secrets = [password, marker]
     assert "mlcuser:****@pypi.org" in outcome.env.build_log  # the index was used, redacted
     image = docker_client.images.get(outcome.env.image_id)
-    visible = json.dumps(image.attrs) + json.dumps(image.history()) + outcome.env.build_log + \
-        json.dumps(store.get(outcome.run_id))
+    visible = (
+        json.dumps(image.attrs)
+        + json.dumps(image.history())
+        + outcome.env.build_log
+        + json.dumps(store.get(outcome.run_id))
+    )
     for secret in secrets:
         assert secret not in visible
     assert not any(e.startswith("PIP_") for e in image.attrs["Config"]["Env"])
@@ -219,12 +238,26 @@ def test_index_credentials_and_ca_bundle_never_reach_the_image(docker_client, tm
 
 # == No shell string is ever built =================================================================
 
-SHELL_CALLS = {("os", "system"), ("os", "popen"), ("subprocess", "getoutput"),
-               ("subprocess", "getstatusoutput"), ("pty", "spawn"), ("os", "execlp"),
-               ("os", "execvp"), ("os", "spawnlp")}
+SHELL_CALLS = {
+    ("os", "system"),
+    ("os", "popen"),
+    ("subprocess", "getoutput"),
+    ("subprocess", "getstatusoutput"),
+    ("pty", "spawn"),
+    ("os", "execlp"),
+    ("os", "execvp"),
+    ("os", "spawnlp"),
+}
 SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash", "dash", "zsh"}
-PROCESS_CALLS = {"run", "Popen", "call", "check_call", "check_output", "create_subprocess_exec",
-                 "create_subprocess_shell"}
+PROCESS_CALLS = {
+    "run",
+    "Popen",
+    "call",
+    "check_call",
+    "check_output",
+    "create_subprocess_exec",
+    "create_subprocess_shell",
+}
 
 
 def package_sources():
@@ -245,13 +278,19 @@ def test_package_source_never_uses_a_shell():
                 f = node.func
                 called = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
                 for kw in node.keywords:
-                    if called in PROCESS_CALLS and kw.arg == "shell" and not (
-                            isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                    if (
+                        called in PROCESS_CALLS
+                        and kw.arg == "shell"
+                        and not (isinstance(kw.value, ast.Constant) and kw.value.value is False)
+                    ):
                         offences.append(f"{path.name}:{node.lineno}: shell=")
                 if called == "create_subprocess_shell":
                     offences.append(f"{path.name}:{node.lineno}: create_subprocess_shell")
-                if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and \
-                        (f.value.id, f.attr) in SHELL_CALLS:
+                if (
+                    isinstance(f, ast.Attribute)
+                    and isinstance(f.value, ast.Name)
+                    and (f.value.id, f.attr) in SHELL_CALLS
+                ):
                     offences.append(f"{path.name}:{node.lineno}: {f.value.id}.{f.attr}")
             if isinstance(node, (ast.List, ast.Tuple)) and len(node.elts) >= 2:
                 first, second = node.elts[:2]
@@ -259,8 +298,9 @@ def test_package_source_never_uses_a_shell():
                     if isinstance(second, ast.Constant) and second.value == "-c":
                         offences.append(f"{path.name}:{node.lineno}: {first.value} -c")
                     elif not _constant_script(second):
-                        offences.append(f"{path.name}:{node.lineno}: {first.value} of a "
-                                        "computed path")
+                        offences.append(
+                            f"{path.name}:{node.lineno}: {first.value} of a computed path"
+                        )
     assert package_sources() and not offences, offences
 
 
@@ -269,10 +309,17 @@ def _constant_script(node) -> bool:
     if isinstance(node, ast.Constant):
         return True
     if isinstance(node, ast.JoinedStr):
-        return all(isinstance(v, ast.Constant) or (
-            isinstance(v, ast.FormattedValue) and (
-                (isinstance(v.value, ast.Attribute) and v.value.attr == "BUILD_DIR")
-                or isinstance(v.value, ast.Name))) for v in node.values)
+        return all(
+            isinstance(v, ast.Constant)
+            or (
+                isinstance(v, ast.FormattedValue)
+                and (
+                    (isinstance(v.value, ast.Attribute) and v.value.attr == "BUILD_DIR")
+                    or isinstance(v.value, ast.Name)
+                )
+            )
+            for v in node.values
+        )
     return False
 
 
@@ -292,8 +339,9 @@ requirement_names = st.from_regex(r"\A[A-Za-z][A-Za-z0-9._-]{0,15}[A-Za-z0-9]\Z"
 def test_build_script_holds_no_user_text(apt, has_requirements, from_lock):
     """The shell script is the same whatever the packages: their names reach apt and pip only
     through files (apt.txt, requirements.txt, lock.txt)."""
-    assert render.install_script(tuple(apt), has_requirements, from_lock) == \
-        render.install_script(("placeholder",), has_requirements, from_lock)
+    assert render.install_script(tuple(apt), has_requirements, from_lock) == render.install_script(
+        ("placeholder",), has_requirements, from_lock
+    )
 
 
 @settings(max_examples=100, deadline=None)
@@ -308,8 +356,11 @@ def test_export_dockerfile_quotes_every_apt_name(apt):
 
 # == Properties of the spec and requirement parsing ================================================
 
-anything = st.one_of(st.text(max_size=30), st.text(alphabet=string.printable, max_size=30),
-                     st.from_regex(r"\A[0-9.eE+-]{1,12}[a-zA-Z]{0,4}\Z"))
+anything = st.one_of(
+    st.text(max_size=30),
+    st.text(alphabet=string.printable, max_size=30),
+    st.from_regex(r"\A[0-9.eE+-]{1,12}[a-zA-Z]{0,4}\Z"),
+)
 
 
 def only_spec_errors(fn, value):
@@ -415,11 +466,13 @@ def test_requirements_file_text_gives_canonical_lines_or_a_spec_error(text):
 
 
 # One of two projects, spelled as PEP 503 allows: any case, any run of '-', '_' and '.'.
-spelled = st.builds(lambda parts, sep, upper, spec: (sep.join(parts).upper() if upper
-                                                     else sep.join(parts)) + spec,
-                    st.sampled_from([("foo", "bar"), ("x", "y2")]),
-                    st.sampled_from(["-", "_", ".", "__", "._", "-_-"]), st.booleans(),
-                    st.sampled_from(["", "==1.0", "==2.0", ">=1"]))
+spelled = st.builds(
+    lambda parts, sep, upper, spec: (sep.join(parts).upper() if upper else sep.join(parts)) + spec,
+    st.sampled_from([("foo", "bar"), ("x", "y2")]),
+    st.sampled_from(["-", "_", ".", "__", "._", "-_-"]),
+    st.booleans(),
+    st.sampled_from(["", "==1.0", "==2.0", ">=1"]),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -456,12 +509,17 @@ def test_cell_syntax_check_raises_only_spec_errors(code):
 
 path_part = st.from_regex(r"\A[a-z0-9]+(([._]|__|-+)[a-z0-9]+)?\Z")
 image_refs = st.builds(
-    lambda domain, parts, tag, digest: (f"{domain}/" if domain else "") + "/".join(parts)
-    + (f":{tag}" if tag else "") + (f"@sha256:{digest}" if digest else ""),
+    lambda domain, parts, tag, digest: (
+        (f"{domain}/" if domain else "")
+        + "/".join(parts)
+        + (f":{tag}" if tag else "")
+        + (f"@sha256:{digest}" if digest else "")
+    ),
     st.one_of(st.none(), st.sampled_from(["localhost:5000", "ghcr.io", "registry.example.com"])),
     st.lists(path_part, min_size=1, max_size=3),
     st.one_of(st.none(), st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}\Z")),
-    st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{64}\Z")))
+    st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{64}\Z")),
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -479,13 +537,22 @@ def test_base_image_is_a_reference_or_a_spec_error(text):
         return
     # Accepted: Docker's grammar has no room for whitespace, shell or upper case paths.
     assert text and not set(text) & set(" \t\n;&|$`'\"\\<>()*?!#~")
-    assert text.split("@")[0].rsplit("/", 1)[-1].split(":")[0] == \
-        text.split("@")[0].rsplit("/", 1)[-1].split(":")[0].lower()
+    assert (
+        text.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+        == text.split("@")[0].rsplit("/", 1)[-1].split(":")[0].lower()
+    )
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["API_KEY", "token", "DB_PASSWORD", "MODE", "X"]),
-                          st.text(min_size=1, max_size=10)), max_size=5))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["API_KEY", "token", "DB_PASSWORD", "MODE", "X"]),
+            st.text(min_size=1, max_size=10),
+        ),
+        max_size=5,
+    )
+)
 def test_secret_values_are_never_recorded(env):
     env = tuple(dict(env).items())
     spec = s.RunSpec("pass", s.EnvSpec(BASE), env=env)

@@ -3,6 +3,7 @@
 The store is a real Store in a tmp folder, put into ``web_app.settings`` through the server's
 ``tornado_settings`` before the extension loads; the stop test drives a real container.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from mlcontainer_magics.core.store import Store
 from mlcontainer_magics.backends import Backends
 from mlcontainer_magics.backends.docker.backend import make_labels as run_labels
+from mlcontainer_magics.core.store import Store
 from mlcontainer_magics.errors import EngineUnavailable
 from mlcontainer_magics.server import handlers
 
@@ -26,20 +27,59 @@ pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
 NOW = time.time()
 RECORDS = [
-    {"id": "a1b2c3d4e5f6", "name": "train", "notebook": "nb/train.ipynb", "status": "done",
-     "created": NOW - 3600, "finished": NOW - 3590, "duration": 9.5, "exit_code": 0,
-     "env_image": "mlcontainer-env:1111", "image_size": 420_000_000, "session": "s1",
-     "stdout": "epoch 1\nepoch 2\n", "stderr": "", "lock": [{"name": "numpy", "version": "2.1.0"}],
-     "timings": {"build": 30.1, "run": 9.5}},
-    {"id": "b2c3d4e5f6a1", "name": "plot", "notebook": "nb/train.ipynb", "status": "failed",
-     "created": NOW - 1800, "finished": NOW - 1790, "duration": 2.0, "exit_code": 1,
-     "env_image": "mlcontainer-env:2222", "image_size": 120_000_000, "session": "s1",
-     "stdout": "start\n", "stderr": "Traceback ...\nValueError: bad\n"},
-    {"id": "c3d4e5f6a1b2", "name": "train", "notebook": "other.ipynb", "status": "done",
-     "created": NOW - 600, "finished": NOW - 590, "duration": 8.0, "exit_code": 0,
-     "env_image": "mlcontainer-env:1111", "image_size": 420_000_000, "session": "s2"},
-    {"id": "d4e5f6a1b2c3", "name": "live", "notebook": "nb/train.ipynb", "status": "running",
-     "created": NOW - 10, "session": "s2"},
+    {
+        "id": "a1b2c3d4e5f6",
+        "name": "train",
+        "notebook": "nb/train.ipynb",
+        "status": "done",
+        "created": NOW - 3600,
+        "finished": NOW - 3590,
+        "duration": 9.5,
+        "exit_code": 0,
+        "env_image": "mlcontainer-env:1111",
+        "image_size": 420_000_000,
+        "session": "s1",
+        "stdout": "epoch 1\nepoch 2\n",
+        "stderr": "",
+        "lock": [{"name": "numpy", "version": "2.1.0"}],
+        "timings": {"build": 30.1, "run": 9.5},
+    },
+    {
+        "id": "b2c3d4e5f6a1",
+        "name": "plot",
+        "notebook": "nb/train.ipynb",
+        "status": "failed",
+        "created": NOW - 1800,
+        "finished": NOW - 1790,
+        "duration": 2.0,
+        "exit_code": 1,
+        "env_image": "mlcontainer-env:2222",
+        "image_size": 120_000_000,
+        "session": "s1",
+        "stdout": "start\n",
+        "stderr": "Traceback ...\nValueError: bad\n",
+    },
+    {
+        "id": "c3d4e5f6a1b2",
+        "name": "train",
+        "notebook": "other.ipynb",
+        "status": "done",
+        "created": NOW - 600,
+        "finished": NOW - 590,
+        "duration": 8.0,
+        "exit_code": 0,
+        "env_image": "mlcontainer-env:1111",
+        "image_size": 420_000_000,
+        "session": "s2",
+    },
+    {
+        "id": "d4e5f6a1b2c3",
+        "name": "live",
+        "notebook": "nb/train.ipynb",
+        "status": "running",
+        "created": NOW - 10,
+        "session": "s2",
+    },
 ]
 
 
@@ -77,6 +117,7 @@ async def error(jp_fetch, *parts, **kwargs) -> tuple[int, dict]:
 
 # -- snapshots --------------------------------------------------------------------------------
 
+
 async def test_list_newest_first_with_total(jp_fetch):
     data = body(await jp_fetch("mlcontainer", "snapshots"))
     assert data["total"] == 4
@@ -101,15 +142,20 @@ async def test_list_filters(jp_fetch):
     assert by_nb["total"] == 3 and {i["notebook"] for i in by_nb["items"]} == {"nb/train.ipynb"}
     by_name = body(await jp_fetch("mlcontainer", "snapshots", params={"name": "train"}))
     assert [i["id"] for i in by_name["items"]] == ["c3d4e5f6a1b2", "a1b2c3d4e5f6"]
-    both = body(await jp_fetch("mlcontainer", "snapshots",
-                               params={"name": "train", "notebook": "other.ipynb"}))
+    both = body(
+        await jp_fetch(
+            "mlcontainer", "snapshots", params={"name": "train", "notebook": "other.ipynb"}
+        )
+    )
     assert [i["id"] for i in both["items"]] == ["c3d4e5f6a1b2"] and both["total"] == 1
     failed = body(await jp_fetch("mlcontainer", "snapshots", params={"status": "failed"}))
     assert [i["id"] for i in failed["items"]] == ["b2c3d4e5f6a1"]
 
 
-@pytest.mark.parametrize("params", [{"limit": "x"}, {"limit": 0}, {"limit": 100000},
-                                    {"offset": -1}, {"status": "nonsense"}])
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": "x"}, {"limit": 0}, {"limit": 100000}, {"offset": -1}, {"status": "nonsense"}],
+)
 async def test_list_bad_arguments_400(jp_fetch, params):
     code, data = await error(jp_fetch, "mlcontainer", "snapshots", params=params)
     assert code == 400 and data["message"]
@@ -141,17 +187,23 @@ async def test_delete(jp_fetch, store):
 
 
 async def test_delete_running_needs_force(jp_fetch, store):
-    code, data = await error(jp_fetch, "mlcontainer", "snapshots", "d4e5f6a1b2c3",
-                             method="DELETE")
+    code, data = await error(jp_fetch, "mlcontainer", "snapshots", "d4e5f6a1b2c3", method="DELETE")
     assert code == 409 and "still running" in data["message"]
     assert store.count() == 4
-    await jp_fetch("mlcontainer", "snapshots", "d4e5f6a1b2c3", method="DELETE",
-                   params={"force": "1"})
+    await jp_fetch(
+        "mlcontainer", "snapshots", "d4e5f6a1b2c3", method="DELETE", params={"force": "1"}
+    )
     assert store.count() == 3
 
 
-@pytest.mark.parametrize("parts", [("snapshots", "ffffffffffff"), ("snapshots", "nosuchname"),
-                                   ("snapshots", "ffffffffffff", "logs")])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("snapshots", "ffffffffffff"),
+        ("snapshots", "nosuchname"),
+        ("snapshots", "ffffffffffff", "logs"),
+    ],
+)
 async def test_unknown_snapshot_404_json(jp_fetch, parts):
     code, data = await error(jp_fetch, "mlcontainer", *parts)
     assert code == 404
@@ -159,8 +211,7 @@ async def test_unknown_snapshot_404_json(jp_fetch, parts):
 
 
 async def test_unknown_snapshot_delete_404(jp_fetch, store):
-    code, data = await error(jp_fetch, "mlcontainer", "snapshots", "ffffffffffff",
-                             method="DELETE")
+    code, data = await error(jp_fetch, "mlcontainer", "snapshots", "ffffffffffff", method="DELETE")
     assert code == 404 and store.count() == 4
 
 
@@ -170,12 +221,16 @@ async def test_ambiguous_prefix_409(jp_fetch, store):
     assert code == 409 and "ambiguous" in data["message"]
 
 
-@pytest.mark.parametrize("ref", ["..", ".hidden", "a" * 129, "a b", "x..y", "-rf", "a;b",
-                                 "ünï", "a%2Fb"])
+@pytest.mark.parametrize(
+    "ref", ["..", ".hidden", "a" * 129, "a b", "x..y", "-rf", "a;b", "ünï", "a%2Fb"]
+)
 async def test_bad_ids_400(jp_fetch, ref):
-    for parts, method in [(("snapshots", ref), "GET"), (("snapshots", ref, "logs"), "GET"),
-                          (("snapshots", ref), "DELETE"),
-                          (("running", ref, "stop"), "POST")]:
+    for parts, method in [
+        (("snapshots", ref), "GET"),
+        (("snapshots", ref, "logs"), "GET"),
+        (("snapshots", ref), "DELETE"),
+        (("running", ref, "stop"), "POST"),
+    ]:
         kwargs = {"body": "{}"} if method == "POST" else {}
         code, data = await error(jp_fetch, "mlcontainer", *parts, method=method, **kwargs)
         assert code == 400, (parts, method, code)
@@ -185,8 +240,9 @@ async def test_bad_ids_400(jp_fetch, ref):
 @pytest.mark.parametrize("raw", ["..%2F..%2Fetc%2Fpasswd", "%2e%2e", "a%2F..%2Fb", "%00"])
 async def test_path_tricks_400(http_server_client, jp_base_url, jp_auth_header, raw):
     """Escaped slashes and dots reach the handler as one segment, and are refused there."""
-    response = await http_server_client.fetch(f"{jp_base_url}mlcontainer/snapshots/{raw}",
-                                              headers=jp_auth_header, raise_error=False)
+    response = await http_server_client.fetch(
+        f"{jp_base_url}mlcontainer/snapshots/{raw}", headers=jp_auth_header, raise_error=False
+    )
     assert response.code == 400, (raw, response.code)
     assert "Invalid snapshot reference" in json.loads(response.body)["message"]
 
@@ -204,11 +260,13 @@ def test_check_ref_accepts_ids_and_names():
 
 # -- rerun / export ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("verb", ["rerun", "export"])
 async def test_an_unset_action_answers_501(jp_fetch, jp_serverapp, verb):
     jp_serverapp.web_app.settings["mlcontainer_actions"][verb] = None
-    code, data = await error(jp_fetch, "mlcontainer", "snapshots", "a1b2c3d4e5f6", verb,
-                             method="POST", body="{}")
+    code, data = await error(
+        jp_fetch, "mlcontainer", "snapshots", "a1b2c3d4e5f6", verb, method="POST", body="{}"
+    )
     assert code == 501 and "not available yet" in data["message"]
 
 
@@ -219,16 +277,25 @@ def real_snapshot(store, namespace):
     from mlcontainer_magics.core import runs
     from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 
-    spec = RunSpec(code="print('from the server')", env_spec=EnvSpec("python:3.11-slim"),
-                   name="served")
+    spec = RunSpec(
+        code="print('from the server')", env_spec=EnvSpec("python:3.11-slim"), name="served"
+    )
     return runs.execute(spec, DockerBackend(namespace=namespace), store=store).run_id
 
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("no_leaks")
 async def test_rerun_with_verification(jp_fetch, store, real_snapshot):
-    data = body(await jp_fetch("mlcontainer", "snapshots", real_snapshot, "rerun",
-                               method="POST", body=json.dumps({"verify": True})))
+    data = body(
+        await jp_fetch(
+            "mlcontainer",
+            "snapshots",
+            real_snapshot,
+            "rerun",
+            method="POST",
+            body=json.dumps({"verify": True}),
+        )
+    )
     assert data["rerun_of"] == real_snapshot and data["status"] == "done"
     assert data["verified"] is True and store.get(data["id"])["stdout"] == "from the server\n"
 
@@ -236,8 +303,16 @@ async def test_rerun_with_verification(jp_fetch, store, real_snapshot):
 @pytest.mark.docker
 @pytest.mark.usefixtures("no_leaks")
 async def test_export_lands_under_the_server_root_only(jp_fetch, jp_serverapp, real_snapshot):
-    data = body(await jp_fetch("mlcontainer", "snapshots", real_snapshot, "export",
-                               method="POST", body=json.dumps({"dest": "/etc/evil"})))
+    data = body(
+        await jp_fetch(
+            "mlcontainer",
+            "snapshots",
+            real_snapshot,
+            "export",
+            method="POST",
+            body=json.dumps({"dest": "/etc/evil"}),
+        )
+    )
     folder = Path(jp_serverapp.root_dir) / data["path"]
     assert data["path"].startswith("mlcontainer-exports/served-") and folder.is_dir()
     assert {"Dockerfile", "README.md", "mlc"} <= set(data["files"])
@@ -252,34 +327,58 @@ async def test_action_plugs_in_through_settings(jp_fetch, jp_serverapp, store):
         return {"id": "new", "from": st.get(ref)["id"]}
 
     jp_serverapp.web_app.settings["mlcontainer_actions"]["rerun"] = rerun
-    data = body(await jp_fetch("mlcontainer", "snapshots", "train", "rerun", method="POST",
-                               body=json.dumps({"rebuild": True})))
+    data = body(
+        await jp_fetch(
+            "mlcontainer",
+            "snapshots",
+            "train",
+            "rerun",
+            method="POST",
+            body=json.dumps({"rebuild": True}),
+        )
+    )
     assert data == {"id": "new", "from": "c3d4e5f6a1b2"}
-    assert [(st.root, ref, opts) for st, ref, opts in calls] == \
-        [(store.root, "train", {"rebuild": True})]
+    assert [(st.root, ref, opts) for st, ref, opts in calls] == [
+        (store.root, "train", {"rebuild": True})
+    ]
 
 
 # -- auth -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method,parts", [
-    ("GET", ("snapshots",)), ("GET", ("snapshots", "a1b2c3d4e5f6")),
-    ("GET", ("snapshots", "a1b2c3d4e5f6", "logs")), ("DELETE", ("snapshots", "a1b2c3d4e5f6")),
-    ("POST", ("snapshots", "a1b2c3d4e5f6", "rerun")),
-    ("POST", ("snapshots", "a1b2c3d4e5f6", "export")),
-    ("GET", ("running",)), ("POST", ("running", "a1b2c3d4e5f6", "stop")), ("GET", ("status",)),
-])
+
+@pytest.mark.parametrize(
+    "method,parts",
+    [
+        ("GET", ("snapshots",)),
+        ("GET", ("snapshots", "a1b2c3d4e5f6")),
+        ("GET", ("snapshots", "a1b2c3d4e5f6", "logs")),
+        ("DELETE", ("snapshots", "a1b2c3d4e5f6")),
+        ("POST", ("snapshots", "a1b2c3d4e5f6", "rerun")),
+        ("POST", ("snapshots", "a1b2c3d4e5f6", "export")),
+        ("GET", ("running",)),
+        ("POST", ("running", "a1b2c3d4e5f6", "stop")),
+        ("GET", ("status",)),
+    ],
+)
 async def test_unauthenticated_403(jp_fetch, store, method, parts):
     kwargs = {"body": "{}"} if method == "POST" else {}
-    code, data = await error(jp_fetch, "mlcontainer", *parts, method=method,
-                             headers={"Authorization": ""}, **kwargs)
+    code, data = await error(
+        jp_fetch, "mlcontainer", *parts, method=method, headers={"Authorization": ""}, **kwargs
+    )
     assert code == 403
     assert store.count() == 4  # nothing was removed
 
 
 async def test_cookie_without_xsrf_is_refused(jp_fetch, store):
     """A write with a browser's cookie but no XSRF token is refused (as jupyter_server does)."""
-    code, _ = await error(jp_fetch, "mlcontainer", "snapshots", "a1b2c3d4e5f6", method="DELETE",
-                          headers={"Authorization": "", "Cookie": "username-x=forged"})
+    code, _ = await error(
+        jp_fetch,
+        "mlcontainer",
+        "snapshots",
+        "a1b2c3d4e5f6",
+        method="DELETE",
+        headers={"Authorization": "", "Cookie": "username-x=forged"},
+    )
     assert code == 403 and store.count() == 4
 
 
@@ -303,13 +402,15 @@ assert len(ours) == 8, ours
 bad = [str(r.message) for r in records if issubclass(r.category, JupyterServerAuthWarning)]
 print("\\n".join(bad) or "OK")
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "OK", out.stdout
 
 
 # -- status and the engine ----------------------------------------------------------------------
+
 
 async def test_status(jp_fetch, store):
     data = body(await jp_fetch("mlcontainer", "status"))
@@ -332,19 +433,28 @@ async def test_engine_down_is_reported_not_raised(jp_fetch, jp_serverapp, monkey
     assert "unix:///nowhere/docker.sock" in data["engine"]["message"]
     code, err = await error(jp_fetch, "mlcontainer", "running")
     assert code == 503 and "doctor --fix" in err["message"]
-    code, err = await error(jp_fetch, "mlcontainer", "running", "a1b2c3d4e5f6", "stop",
-                            method="POST", body="{}")
+    code, err = await error(
+        jp_fetch, "mlcontainer", "running", "a1b2c3d4e5f6", "stop", method="POST", body="{}"
+    )
     assert code == 503
 
 
 async def test_stop_validates_timeout(jp_fetch):
     for bad in ({"timeout": -1}, {"timeout": "soon"}, {"timeout": 1000}, [1]):
-        code, _ = await error(jp_fetch, "mlcontainer", "running", "a1b2c3d4e5f6", "stop",
-                              method="POST", body=json.dumps(bad))
+        code, _ = await error(
+            jp_fetch,
+            "mlcontainer",
+            "running",
+            "a1b2c3d4e5f6",
+            "stop",
+            method="POST",
+            body=json.dumps(bad),
+        )
         assert code == 400
 
 
 # -- a real container ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def docker_client():
@@ -364,9 +474,19 @@ def sleeper(docker_client, store):
     sid = uuid.uuid4().hex[:12]
     store.put({"id": sid, "name": "sleeper", "notebook": "nb/sleep.ipynb", "status": "running"})
     container = docker_client.containers.run(
-        "python:3.11-slim", ["sleep", "300"], detach=True, name=f"mlc-test-sleeper-{sid}",
-        labels=run_labels(os.environ["MLCONTAINER_NAMESPACE"], role="run", run=sid, snapshot=sid,
-                          name="sleeper", owner="test"))
+        "python:3.11-slim",
+        ["sleep", "300"],
+        detach=True,
+        name=f"mlc-test-sleeper-{sid}",
+        labels=run_labels(
+            os.environ["MLCONTAINER_NAMESPACE"],
+            role="run",
+            run=sid,
+            snapshot=sid,
+            name="sleeper",
+            owner="test",
+        ),
+    )
     try:
         yield sid, container
     finally:
@@ -393,8 +513,11 @@ async def test_running_and_stop_a_real_container(jp_fetch, docker_client, sleepe
     assert sid in [i["id"] for i in every["items"]]
 
     t0 = time.monotonic()
-    data = body(await jp_fetch("mlcontainer", "running", sid, "stop", method="POST",
-                               body=json.dumps({"timeout": 1})))
+    data = body(
+        await jp_fetch(
+            "mlcontainer", "running", sid, "stop", method="POST", body=json.dumps({"timeout": 1})
+        )
+    )
     assert [s["container"] for s in data["stopped"]] == [container.id[:12]]
     assert time.monotonic() - t0 < 20
     container.reload()
@@ -402,13 +525,15 @@ async def test_running_and_stop_a_real_container(jp_fetch, docker_client, sleepe
     data = body(await jp_fetch("mlcontainer", "running"))
     assert sid not in [i["id"] for i in data["items"]]
     # Nothing left to stop: 404 JSON.
-    code, err = await error(jp_fetch, "mlcontainer", "running", sid, "stop", method="POST",
-                            body="{}")
+    code, err = await error(
+        jp_fetch, "mlcontainer", "running", sid, "stop", method="POST", body="{}"
+    )
     assert code == 404 and sid in err["message"]
 
 
 @pytest.mark.docker
 async def test_stop_unknown_is_404(jp_fetch, docker_client):
-    code, err = await error(jp_fetch, "mlcontainer", "running", "feedfacecafe", "stop",
-                            method="POST", body="{}")
+    code, err = await error(
+        jp_fetch, "mlcontainer", "running", "feedfacecafe", "stop", method="POST", body="{}"
+    )
     assert code == 404 and "No running container" in err["message"]

@@ -1,4 +1,5 @@
 """Warm sessions: state persists between cells; stop, kernel end and death leave nothing."""
+
 from __future__ import annotations
 
 import os
@@ -16,15 +17,25 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("no_leaks")]
 
 
 def sessions_of(docker_client, namespace):
-    return docker_client.containers.list(all=True, filters={"label": [
-        f"org.mlcontainer.namespace={namespace}", "org.mlcontainer.role=session"]})
+    return docker_client.containers.list(
+        all=True,
+        filters={
+            "label": [f"org.mlcontainer.namespace={namespace}", "org.mlcontainer.role=session"]
+        },
+    )
 
 
 def test_state_persists_between_cells_until_stopped(ip, capsys, docker_client, namespace):
-    ip.run_cell_magic("containerize", "--session s1 -n load", "import os\nmodel = {'w': 41}\n"
-                      "pid = os.getpid()\nprint('loaded')")
-    ip.run_cell_magic("containerize", "--session s1 --out w,same",
-                      "model['w'] += 1\nw = model['w']\nsame = os.getpid() == pid")
+    ip.run_cell_magic(
+        "containerize",
+        "--session s1 -n load",
+        "import os\nmodel = {'w': 41}\npid = os.getpid()\nprint('loaded')",
+    )
+    ip.run_cell_magic(
+        "containerize",
+        "--session s1 --out w,same",
+        "model['w'] += 1\nw = model['w']\nsame = os.getpid() == pid",
+    )
     assert ip.user_ns["w"] == 42 and ip.user_ns["same"] is True
     assert len(sessions_of(docker_client, namespace)) == 1
     magics = ip.magics_manager.registry["ContainerizeMagics"]
@@ -44,8 +55,7 @@ def test_errors_and_timeouts_keep_the_session(ip, capsys):
     with pytest.raises(RunError, match="failed"):
         ip.run_cell_magic("containerize", "--session s2", "raise ValueError('no')")
     with pytest.raises(RunError, match="--timeout"):
-        ip.run_cell_magic("containerize", "--session s2 --timeout 1",
-                          "import time\ntime.sleep(30)")
+        ip.run_cell_magic("containerize", "--session s2 --timeout 1", "import time\ntime.sleep(30)")
     ip.run_cell_magic("containerize", "--session s2", "print('x is', x)")
     assert "x is 1" in capsys.readouterr().out
     ip.run_line_magic("container", "stop s2")
@@ -62,8 +72,7 @@ def test_another_environment_in_a_session_is_refused(ip):
 
 def test_out_of_memory_ends_the_session_clearly(ip, docker_client, namespace):
     with pytest.raises(RunError, match="Out of memory"):
-        ip.run_cell_magic("containerize", "--session s4 --memory 32m",
-                          "x = bytearray(200 * 2**20)")
+        ip.run_cell_magic("containerize", "--session s4 --memory 32m", "x = bytearray(200 * 2**20)")
     assert sessions_of(docker_client, namespace) == []
 
 
@@ -78,15 +87,24 @@ KERNEL = textwrap.dedent("""
 
 
 def test_sessions_stop_when_the_kernel_ends(docker_client, namespace):
-    proc = subprocess.run([sys.executable, "-c", KERNEL.format(end="")], capture_output=True,
-                          text=True, timeout=120, env=os.environ.copy())
+    proc = subprocess.run(
+        [sys.executable, "-c", KERNEL.format(end="")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
     assert "READY" in proc.stdout, proc.stderr
     assert sessions_of(docker_client, namespace) == []
 
 
 def test_a_killed_kernels_session_is_pruned(docker_client, namespace, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", KERNEL.format(end="import time; time.sleep(600)")],
-                            stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KERNEL.format(end="import time; time.sleep(600)")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         for line in proc.stdout:  # status lines first, then the cell's output
             if line.strip() in ("up", "READY"):
@@ -98,8 +116,13 @@ def test_a_killed_kernels_session_is_pruned(docker_client, namespace, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         assert len(sessions_of(docker_client, namespace)) == 1  # orphaned by the dead kernel
-        out = subprocess.run([sys.executable, "-m", "mlcontainer_magics.frontends.cli", "prune"],
-                             capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "prune"],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=120,
+        )
         assert "removed container" in out.stdout, out.stderr
         assert sessions_of(docker_client, namespace) == []
     finally:

@@ -1,4 +1,5 @@
 """The pure spec: validation of everything a user types, before any work."""
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -34,13 +35,17 @@ def test_requirements_file_text():
 
 def test_merge_requirements_dedupes_and_rejects_conflicts():
     assert s.merge_requirements(["six==1.16.0", "six==1.16.0", "Numpy<2"]) == (
-        "Numpy<2", "six==1.16.0")
+        "Numpy<2",
+        "six==1.16.0",
+    )
     with pytest.raises(SpecError, match="required twice"):
         s.merge_requirements(["six==1.16.0", "six==1.15.0"])
 
 
-@pytest.mark.parametrize("text,value", [("512m", 512 * 2**20), ("2g", 2 * 2**30),
-                                        ("1.5GiB", int(1.5 * 2**30)), ("7000000", 7000000)])
+@pytest.mark.parametrize(
+    "text,value",
+    [("512m", 512 * 2**20), ("2g", 2 * 2**30), ("1.5GiB", int(1.5 * 2**30)), ("7000000", 7000000)],
+)
 def test_memory(text, value):
     assert s.parse_memory(text) == value
 
@@ -75,7 +80,10 @@ def test_gpus_network_env_name_apt():
     with pytest.raises(SpecError, match="Name"):
         s.parse_name("bad;rm -rf /")
     assert s.parse_apt(["tesseract-ocr", "g++", "libc6=2.36-9"]) == (
-        "g++", "libc6=2.36-9", "tesseract-ocr")
+        "g++",
+        "libc6=2.36-9",
+        "tesseract-ocr",
+    )
     with pytest.raises(SpecError, match="Debian package"):
         s.parse_apt(["Bad Name"])
 
@@ -95,8 +103,12 @@ def test_env_key_ignores_order_and_depends_on_content():
 
 
 def test_masked_env():
-    spec = s.RunSpec("x=1", s.EnvSpec("b"), env=(("API_TOKEN", "abc"), ("MODE", "fast"),
-                                                 ("PLAIN", "p")), secret_env=frozenset({"PLAIN"}))
+    spec = s.RunSpec(
+        "x=1",
+        s.EnvSpec("b"),
+        env=(("API_TOKEN", "abc"), ("MODE", "fast"), ("PLAIN", "p")),
+        secret_env=frozenset({"PLAIN"}),
+    )
     assert spec.masked_env() == {"API_TOKEN": "***", "MODE": "fast", "PLAIN": "***"}
 
 
@@ -118,8 +130,10 @@ def test_parse_requirement_never_crashes_with_another_error(text):
     assert s.parse_requirement(out) == out  # canonical form is a fixed point
 
 
-@given(st.lists(st.sampled_from(["ALPHA", "B_2", "c"]), max_size=5),
-       st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10))
+@given(
+    st.lists(st.sampled_from(["ALPHA", "B_2", "c"]), max_size=5),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10),
+)
 def test_parse_env_round_trip(keys, value):
     pairs = s.parse_env([f"{k}={value}" for k in keys])
-    assert dict(pairs) == {k: value for k in keys}
+    assert dict(pairs) == dict.fromkeys(keys, value)

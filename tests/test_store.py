@@ -1,4 +1,5 @@
 """Unit tests of the snapshot store (SQLite in tmp_path; no Docker)."""
+
 from __future__ import annotations
 
 import json
@@ -35,27 +36,49 @@ def rec(sid, **fields):
 def full_record(sid="3f2a9c1b0d4e"):
     """A record with every documented field."""
     return {
-        "id": sid, "name": "baseline", "notebook": "work/analysis.ipynb", "cell": 12,
-        "status": "failed", "created": 1_700_000_000.25, "finished": 1_700_000_050.5,
-        "duration": 50.25, "code": "import numpy as np\nprint(np.ones(3))\n",
-        "spec": {"code": "import numpy as np", "env_spec": {"base_image": "python:3.11-slim",
-                 "apt": ["libgomp1"], "requirements": ["numpy==1.26.4"]}, "cpus": 2.0},
-        "requirements": ["numpy==1.26.4"], "captured": ["numpy==1.26.4"],
+        "id": sid,
+        "name": "baseline",
+        "notebook": "work/analysis.ipynb",
+        "cell": 12,
+        "status": "failed",
+        "created": 1_700_000_000.25,
+        "finished": 1_700_000_050.5,
+        "duration": 50.25,
+        "code": "import numpy as np\nprint(np.ones(3))\n",
+        "spec": {
+            "code": "import numpy as np",
+            "env_spec": {
+                "base_image": "python:3.11-slim",
+                "apt": ["libgomp1"],
+                "requirements": ["numpy==1.26.4"],
+            },
+            "cpus": 2.0,
+        },
+        "requirements": ["numpy==1.26.4"],
+        "captured": ["numpy==1.26.4"],
         "lock": [{"name": "numpy", "version": "1.26.4", "hashes": ["sha256:" + "a" * 64]}],
-        "base_image": "python:3.11-slim", "base_image_id": "sha256:" + "b" * 64,
-        "env_image": "mlc-env:ab12", "env_image_id": "sha256:" + "c" * 64,
-        "image_size": 1_234_567_890, "env": {"A": "1", "TOKEN": "***"},
+        "base_image": "python:3.11-slim",
+        "base_image_id": "sha256:" + "b" * 64,
+        "env_image": "mlc-env:ab12",
+        "env_image_id": "sha256:" + "c" * 64,
+        "image_size": 1_234_567_890,
+        "env": {"A": "1", "TOKEN": "***"},
         "resources": {"cpus": 2.0, "memory": 2 * 1024**3, "network": "bridge"},
         "inputs": {"df": {"format": "parquet", "digest": "sha256:" + "d" * 64, "size": 10}},
         "outputs": {"model": {"format": "pickle", "digest": "sha256:" + "e" * 64, "size": 3}},
-        "stdout": "hello\n", "stderr": "Killed\n", "exit_code": 137, "reason": "oom",
+        "stdout": "hello\n",
+        "stderr": "Killed\n",
+        "exit_code": 137,
+        "reason": "oom",
         "timings": {"build": 31.5, "run": 50.25},
         "host": {"hostname": "box", "platform": "Linux", "python": "3.11.7", "docker": "24.0"},
-        "versions": {"mlcontainer-magics": "0.1.0"}, "session": "sess-1",
+        "versions": {"mlcontainer-magics": "0.1.0"},
+        "session": "sess-1",
     }
 
 
 # -- where the store lives -----------------------------------------------------------------------
+
 
 def test_root_from_mlcontainer_store(monkeypatch, tmp_path):
     monkeypatch.setenv("MLCONTAINER_STORE", str(tmp_path / "explicit"))
@@ -131,6 +154,7 @@ def test_store_error_is_an_mlc_error():
 
 # -- ids -----------------------------------------------------------------------------------------
 
+
 def test_new_id_is_12_hex_and_differs_per_run(store):
     ids = {store.new_id({"code": "x"}) for _ in range(500)}
     assert len(ids) == 500
@@ -155,9 +179,16 @@ def test_new_id_skips_ids_already_issued_or_stored(store, monkeypatch):
 
 
 @settings(max_examples=50, deadline=None)
-@given(seed=st.dictionaries(st.text(), st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(),
-    lambda c: st.lists(c) | st.dictionaries(st.text(), c), max_leaves=10)))
+@given(
+    seed=st.dictionaries(
+        st.text(),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(),
+            lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+            max_leaves=10,
+        ),
+    )
+)
 def test_new_id_for_any_seed(seed):
     with tempfile.TemporaryDirectory() as d:
         s = Store(d)
@@ -167,6 +198,7 @@ def test_new_id_for_any_seed(seed):
 
 
 # -- put and get ---------------------------------------------------------------------------------
+
 
 def test_put_get_roundtrip_of_every_field(store):
     store.put(full_record())
@@ -194,19 +226,22 @@ def test_surrogates_and_unicode_survive(store):
     assert store.get("aaaa00000001")["stdout"] == "caf\u00e9 \udcff \U0001f600"
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"status": "done"}, "needs an 'id'"),
-    ({"id": ""}, "not valid"),
-    ({"id": "../etc"}, "not valid"),
-    ({"id": "a/b"}, "not valid"),
-    ({"id": 12}, "not valid"),
-    ({"id": "aaaa1", "status": "finished"}, "not a snapshot status"),
-    ({"id": "aaaa1", "name": 3}, "'name' must be a string"),
-    ({"id": "aaaa1", "created": "yesterday"}, "'created' must be a number"),
-    ({"id": "aaaa1", "exit_code": 1.5}, "'exit_code' must be a number"),
-    ({"id": "aaaa1", "image_size": True}, "'image_size' must be a number"),
-    ({"id": "aaaa1", "spec": object()}, "spec"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"status": "done"}, "needs an 'id'"),
+        ({"id": ""}, "not valid"),
+        ({"id": "../etc"}, "not valid"),
+        ({"id": "a/b"}, "not valid"),
+        ({"id": 12}, "not valid"),
+        ({"id": "aaaa1", "status": "finished"}, "not a snapshot status"),
+        ({"id": "aaaa1", "name": 3}, "'name' must be a string"),
+        ({"id": "aaaa1", "created": "yesterday"}, "'created' must be a number"),
+        ({"id": "aaaa1", "exit_code": 1.5}, "'exit_code' must be a number"),
+        ({"id": "aaaa1", "image_size": True}, "'image_size' must be a number"),
+        ({"id": "aaaa1", "spec": object()}, "spec"),
+    ],
+)
 def test_put_refuses_bad_records_and_writes_nothing(store, record, message):
     with pytest.raises(StoreError, match=message):
         store.put(record)
@@ -219,16 +254,21 @@ def test_put_refuses_a_non_dict(store):
 
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text()
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.text()
     | st.floats(allow_nan=False, allow_infinity=False),
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(), c, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @settings(max_examples=100, deadline=None)
-@given(extra=st.dictionaries(st.text().filter(lambda k: k not in SUMMARY_FIELDS), JSON,
-                             max_size=6),
-       status=st.sampled_from(STATUSES))
+@given(
+    extra=st.dictionaries(st.text().filter(lambda k: k not in SUMMARY_FIELDS), JSON, max_size=6),
+    status=st.sampled_from(STATUSES),
+)
 def test_any_json_record_roundtrips(extra, status):
     record = {**extra, "id": "abcd12345678", "status": status, "created": 1.5}
     with tempfile.TemporaryDirectory() as d:
@@ -240,6 +280,7 @@ def test_any_json_record_roundtrips(extra, status):
 
 
 # -- resolving references ------------------------------------------------------------------------
+
 
 def test_get_by_full_id_prefix_uppercase_prefix_and_name(store):
     store.put(rec("3f2a9c1b0d4e", name="baseline"))
@@ -312,10 +353,14 @@ def test_prefix_with_glob_or_like_characters_matches_nothing(store):
 
 
 ids_with_shared_prefixes = st.sets(
-    st.builds(lambda head, tail: head + tail,
-              st.text("ab", min_size=4, max_size=6),
-              st.text(HEX, min_size=6, max_size=6)).map(lambda s: s[:12].ljust(12, "0")),
-    min_size=1, max_size=25)
+    st.builds(
+        lambda head, tail: head + tail,
+        st.text("ab", min_size=4, max_size=6),
+        st.text(HEX, min_size=6, max_size=6),
+    ).map(lambda s: s[:12].ljust(12, "0")),
+    min_size=1,
+    max_size=25,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -340,6 +385,7 @@ def test_prefix_resolution_property(ids, data):
 
 
 # -- update --------------------------------------------------------------------------------------
+
 
 def test_update_merges_and_returns_the_new_record(store):
     store.put(rec("aaaa00000001", status="running", stdout="a", timings={"build": 1.0}))
@@ -368,11 +414,14 @@ def test_update_of_unknown_ref(store):
         store.update("nope", status="done")
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"id": "bbbb00000001"}, "id cannot be changed"),
-    ({"status": "weird"}, "not a snapshot status"),
-    ({"duration": "long"}, "must be a number"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"id": "bbbb00000001"}, "id cannot be changed"),
+        ({"status": "weird"}, "not a snapshot status"),
+        ({"duration": "long"}, "must be a number"),
+    ],
+)
 def test_bad_update_leaves_the_record_as_it_was(store, fields, message):
     store.put(rec("aaaa00000001", stdout="x"))
     before = store.get("aaaa00000001")
@@ -388,6 +437,7 @@ def test_update_with_the_same_id_is_fine(store):
 
 
 # -- list and count ------------------------------------------------------------------------------
+
 
 def test_list_newest_first_with_summary_fields_only(store):
     store.put(full_record("aaaa00000001") | {"created": 10.0})
@@ -418,17 +468,30 @@ def test_pagination_covers_everything_once(store):
 
 def test_filters_and_count(store):
     nbs, names = ["a.ipynb", "b.ipynb"], ["x", "y", None]
-    records = [rec(f"aaaa{i:08d}", created=float(i), notebook=nbs[i % 2],
-                   name=names[i % 3], status=STATUSES[i % len(STATUSES)]) for i in range(48)]
+    records = [
+        rec(
+            f"aaaa{i:08d}",
+            created=float(i),
+            notebook=nbs[i % 2],
+            name=names[i % 3],
+            status=STATUSES[i % len(STATUSES)],
+        )
+        for i in range(48)
+    ]
     store.put_many(records)
     for notebook in (None, *nbs, "c.ipynb"):
         for name in (None, "x", "y"):
             for status in (None, "done", ("done", "failed"), ["running"]):
-                wanted = [r["id"] for r in reversed(records)
-                          if (notebook is None or r["notebook"] == notebook)
-                          and (name is None or r["name"] == name)
-                          and (status is None or r["status"] in
-                               ([status] if isinstance(status, str) else status))]
+                wanted = [
+                    r["id"]
+                    for r in reversed(records)
+                    if (notebook is None or r["notebook"] == notebook)
+                    and (name is None or r["name"] == name)
+                    and (
+                        status is None
+                        or r["status"] in ([status] if isinstance(status, str) else status)
+                    )
+                ]
                 got = store.list(limit=None, notebook=notebook, name=name, status=status)
                 assert [s["id"] for s in got] == wanted
                 assert store.count(notebook=notebook, name=name, status=status) == len(wanted)
@@ -440,8 +503,16 @@ def test_notebook_filter_accepts_a_path(store):
     assert store.count(notebook=Path("dir/a.ipynb")) == 1
 
 
-@pytest.mark.parametrize("kwargs", [{"limit": -1}, {"limit": "5"}, {"offset": -2},
-                                    {"status": "nope"}, {"status": ["done", "nope"]}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"limit": -1},
+        {"limit": "5"},
+        {"offset": -2},
+        {"status": "nope"},
+        {"status": ["done", "nope"]},
+    ],
+)
 def test_list_refuses_bad_arguments(store, kwargs):
     with pytest.raises(StoreError):
         store.list(**kwargs)
@@ -460,12 +531,21 @@ def test_ten_thousand_snapshots_list_newest_first_through_an_index(store):
 
     order = list(range(n))
     random.Random(4).shuffle(order)  # put in random order; created decides
-    store.put_many(rec(sid(i), created=1_000_000.0 + i, name=f"run{i % 10}",
-                       notebook="nb.ipynb", stdout="x" * 200) for i in order)
+    store.put_many(
+        rec(
+            sid(i),
+            created=1_000_000.0 + i,
+            name=f"run{i % 10}",
+            notebook="nb.ipynb",
+            stdout="x" * 200,
+        )
+        for i in order
+    )
     assert store.count() == n
     assert [s["id"] for s in store.list()] == [sid(i) for i in range(n - 1, n - 51, -1)]
-    assert [s["id"] for s in store.list(limit=10, offset=n - 10)] == \
-        [sid(i) for i in range(9, -1, -1)]
+    assert [s["id"] for s in store.list(limit=10, offset=n - 10)] == [
+        sid(i) for i in range(9, -1, -1)
+    ]
     assert store.list(name="run3", limit=1)[0]["id"] == sid(n - 7)
     # "Fast" without timing: the listing queries walk an index and never sort the table.
     conn = store._connect()
@@ -486,6 +566,7 @@ def test_ten_thousand_snapshots_list_newest_first_through_an_index(store):
 
 
 # -- remove and artifacts ------------------------------------------------------------------------
+
 
 def test_remove_deletes_the_record_and_its_files(store):
     store.put(full_record())
@@ -528,6 +609,7 @@ def test_artifacts_dir_refuses_paths(store, bad):
 
 
 # -- atomicity and failures ----------------------------------------------------------------------
+
 
 def _failing_upsert(monkeypatch, exc=RuntimeError("boom")):
     """Make every write fail after its row was written, before the commit."""
@@ -582,8 +664,10 @@ def test_a_failure_inside_remove_keeps_the_record(store):
     store.put(full_record())
     store.artifacts_dir("3f2a9c1b0d4e")
     conn = store._connect()  # the DELETE happens, then fails inside the transaction
-    conn.execute("CREATE TEMP TRIGGER fail AFTER DELETE ON snapshots "
-                 "BEGIN SELECT RAISE(ABORT, 'simulated failure'); END")
+    conn.execute(
+        "CREATE TEMP TRIGGER fail AFTER DELETE ON snapshots "
+        "BEGIN SELECT RAISE(ABORT, 'simulated failure'); END"
+    )
     with pytest.raises(StoreError, match="simulated failure"):
         store.remove("3f2a")
     conn.execute("DROP TRIGGER temp.fail")
@@ -607,7 +691,8 @@ def test_a_process_dying_mid_write_leaves_the_previous_state(tmp_path):
     s = Store(tmp_path)
     s.put(full_record())
     proc = multiprocessing.get_context("spawn").Process(
-        target=_crash_in_the_middle_of_a_put, args=(str(tmp_path),))
+        target=_crash_in_the_middle_of_a_put, args=(str(tmp_path),)
+    )
     proc.start()
     proc.join(60)
     assert proc.exitcode == 3
@@ -655,8 +740,16 @@ def _work(store, worker, shared):
     ids = []
     for j in range(PER_WORKER):
         sid = store.new_id({"worker": worker, "j": j})
-        store.put({"id": sid, "name": f"w{worker}", "status": "running", "n": j,
-                   "code": f"print({worker}, {j})", "notebook": f"nb{worker}.ipynb"})
+        store.put(
+            {
+                "id": sid,
+                "name": f"w{worker}",
+                "status": "running",
+                "n": j,
+                "code": f"print({worker}, {j})",
+                "notebook": f"nb{worker}.ipynb",
+            }
+        )
         store.update(sid, stdout=f"out {worker} {j}")
         store.update(sid, status="done", exit_code=j)
         store.update(shared, **{f"w{worker}_{j}": j})
@@ -671,14 +764,22 @@ def _check_after(store, ids_by_worker, shared):
     for worker, ids in ids_by_worker.items():
         for j, sid in enumerate(ids):
             r = store.get(sid)
-            assert {k: r[k] for k in ("name", "status", "n", "code", "stdout", "exit_code",
-                                      "notebook")} == \
-                {"name": f"w{worker}", "status": "done", "n": j, "code": f"print({worker}, {j})",
-                 "stdout": f"out {worker} {j}", "exit_code": j, "notebook": f"nb{worker}.ipynb"}
+            assert {
+                k: r[k] for k in ("name", "status", "n", "code", "stdout", "exit_code", "notebook")
+            } == {
+                "name": f"w{worker}",
+                "status": "done",
+                "n": j,
+                "code": f"print({worker}, {j})",
+                "stdout": f"out {worker} {j}",
+                "exit_code": j,
+                "notebook": f"nb{worker}.ipynb",
+            }
         assert store.count(name=f"w{worker}", status="done") == PER_WORKER
     record = store.get(shared)
-    assert {k: v for k, v in record.items() if k.startswith("w")} == \
-        {f"w{w}_{j}": j for w in ids_by_worker for j in range(PER_WORKER)}
+    assert {k: v for k, v in record.items() if k.startswith("w")} == {
+        f"w{w}_{j}": j for w in ids_by_worker for j in range(PER_WORKER)
+    }
 
 
 def test_eight_threads_write_and_update_at_once(store):
@@ -718,8 +819,7 @@ def test_processes_write_and_update_one_store_at_once(tmp_path, processes):
         start = manager.Event()
         Store(tmp_path / "fresh").put(rec("5ea5ed000000", name="shared"))
         with ctx.Pool(processes) as pool:
-            pending = pool.map_async(_process_worker,
-                                     [(store, w, start) for w in range(processes)])
+            pending = pool.map_async(_process_worker, [(store, w, start) for w in range(processes)])
             start.set()
             results = dict(pending.get(180))
     _check_after(store, results, "5ea5ed000000")

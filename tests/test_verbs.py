@@ -1,4 +1,5 @@
 """Unit tests of the store-only snapshot verbs and their pure formatters (no Docker)."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlcontainer_magics.core import verbs
 from mlcontainer_magics.core.store import STATUSES, SUMMARY_FIELDS, Store
 from mlcontainer_magics.core.verbs import (
     format_duration,
@@ -35,29 +37,64 @@ def store(tmp_path):
 
 def full_record(sid="3f2a9c1b0d4e", **over):
     record = {
-        "id": sid, "name": "baseline", "notebook": "work/analysis.ipynb", "cell": 12,
-        "status": "failed", "created": T0, "finished": T0 + 50, "duration": 50.25,
+        "id": sid,
+        "name": "baseline",
+        "notebook": "work/analysis.ipynb",
+        "cell": 12,
+        "status": "failed",
+        "created": T0,
+        "finished": T0 + 50,
+        "duration": 50.25,
         "code": "import numpy as np\nprint(np.ones(3))\n",
-        "spec": {"code": "ignored", "env_spec": {"base_image": "python:3.11-slim",
-                                                 "apt": ["libgomp1"],
-                                                 "requirements": ["numpy==1.26.4"]},
-                 "env": [["TOKEN", "s3cr3t-value"]], "cpus": 2.0, "memory": 2 * 1024**3,
-                 "network": "none", "timeout": 600.0, "inputs": ["df"], "outputs": ["model"]},
-        "requirements": ["numpy==1.26.4", "pandas>=2,<3"], "captured": ["scipy==1.13.0"],
-        "lock": [{"name": "numpy", "version": "1.26.4", "hashes": ["sha256:" + "a" * 64]},
-                 {"name": "pandas", "version": "2.2.1", "hashes": []}],
-        "base_image": "python:3.11-slim", "base_image_id": "sha256:" + "b" * 64,
-        "env_image": "mlc-env:ab12", "env_image_id": "sha256:" + "c" * 64,
-        "image_size": 1_234_567_890, "env": {"A": "1", "TOKEN": "***"},
-        "resources": {"cpus": 2.0, "memory": 2 * 1024**3, "gpus": None, "network": "none",
-                      "timeout": 600.0},
+        "spec": {
+            "code": "ignored",
+            "env_spec": {
+                "base_image": "python:3.11-slim",
+                "apt": ["libgomp1"],
+                "requirements": ["numpy==1.26.4"],
+            },
+            "env": [["TOKEN", "s3cr3t-value"]],
+            "cpus": 2.0,
+            "memory": 2 * 1024**3,
+            "network": "none",
+            "timeout": 600.0,
+            "inputs": ["df"],
+            "outputs": ["model"],
+        },
+        "requirements": ["numpy==1.26.4", "pandas>=2,<3"],
+        "captured": ["scipy==1.13.0"],
+        "lock": [
+            {"name": "numpy", "version": "1.26.4", "hashes": ["sha256:" + "a" * 64]},
+            {"name": "pandas", "version": "2.2.1", "hashes": []},
+        ],
+        "base_image": "python:3.11-slim",
+        "base_image_id": "sha256:" + "b" * 64,
+        "env_image": "mlc-env:ab12",
+        "env_image_id": "sha256:" + "c" * 64,
+        "image_size": 1_234_567_890,
+        "env": {"A": "1", "TOKEN": "***"},
+        "resources": {
+            "cpus": 2.0,
+            "memory": 2 * 1024**3,
+            "gpus": None,
+            "network": "none",
+            "timeout": 600.0,
+        },
         "inputs": {"df": {"format": "parquet", "digest": "sha256:" + "d" * 64, "size": 1_200_000}},
         "outputs": {"model": {"format": "pickle", "digest": "sha256:" + "e" * 64, "size": 3400}},
-        "stdout": "hello\n", "stderr": "Killed", "exit_code": 137, "reason": "out of memory",
+        "stdout": "hello\n",
+        "stderr": "Killed",
+        "exit_code": 137,
+        "reason": "out of memory",
         "timings": {"build": 31.5, "run": 50.25},
-        "host": {"hostname": "box", "platform": "Linux-6.1", "python": "3.11.7",
-                 "docker": "24.0.7"},
-        "versions": {"mlcontainer-magics": "0.1.0"}, "session": "sess-1",
+        "host": {
+            "hostname": "box",
+            "platform": "Linux-6.1",
+            "python": "3.11.7",
+            "docker": "24.0.7",
+        },
+        "versions": {"mlcontainer-magics": "0.1.0"},
+        "session": "sess-1",
     }
     record.update(over)
     return record
@@ -69,11 +106,27 @@ def local(epoch):
 
 # -- small formatters ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("seconds, text", [
-    (None, "-"), ("12", "-"), (True, "-"), (float("nan"), "-"), (-1, "-"), (float("inf"), "-"),
-    (0, "0.0s"), (12.34, "12.3s"), (59.94, "59.9s"), (59.96, "1m00s"), (245, "4m05s"),
-    (3599.4, "59m59s"), (3599.6, "1h00m"), (7380, "2h03m"), (90000, "25h00m"),
-])
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (None, "-"),
+        ("12", "-"),
+        (True, "-"),
+        (float("nan"), "-"),
+        (-1, "-"),
+        (float("inf"), "-"),
+        (0, "0.0s"),
+        (12.34, "12.3s"),
+        (59.94, "59.9s"),
+        (59.96, "1m00s"),
+        (245, "4m05s"),
+        (3599.4, "59m59s"),
+        (3599.6, "1h00m"),
+        (7380, "2h03m"),
+        (90000, "25h00m"),
+    ],
+)
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
@@ -85,28 +138,45 @@ def test_format_time_is_local_iso_in_one_word():
         assert format_time(bad) == "-"
 
 
-@pytest.mark.parametrize("size, binary, text", [
-    (0, False, "0 B"), (999, False, "999 B"), (1000, False, "1.0 kB"),
-    (1_234_567_890, False, "1.2 GB"), (2 * 1024**3, True, "2.0 GiB"), (None, False, "-"),
-    (-5, False, "-"), (10**16, False, "10000.0 TB"),
-])
+@pytest.mark.parametrize(
+    "size, binary, text",
+    [
+        (0, False, "0 B"),
+        (999, False, "999 B"),
+        (1000, False, "1.0 kB"),
+        (1_234_567_890, False, "1.2 GB"),
+        (2 * 1024**3, True, "2.0 GiB"),
+        (None, False, "-"),
+        (-5, False, "-"),
+        (10**16, False, "10000.0 TB"),
+    ],
+)
 def test_format_size(size, binary, text):
     assert format_size(size, binary=binary) == text
 
 
 # -- list ----------------------------------------------------------------------------------------
 
+
 def summary(sid, **fields):
-    return {k: None for k in SUMMARY_FIELDS} | {"id": sid} | fields
+    return dict.fromkeys(SUMMARY_FIELDS) | {"id": sid} | fields
 
 
 def test_format_list_columns():
-    text = format_list([
-        summary("3f2a9c1b0d4e", name="baseline", status="done", duration=12.3, created=T0,
-                notebook="work/my notebook.ipynb"),
-        summary("abcdef123456", status="interrupted", created=T0 + 60),
-        summary("0123456789ab", name="x", status="running"),
-    ])
+    text = format_list(
+        [
+            summary(
+                "3f2a9c1b0d4e",
+                name="baseline",
+                status="done",
+                duration=12.3,
+                created=T0,
+                notebook="work/my notebook.ipynb",
+            ),
+            summary("abcdef123456", status="interrupted", created=T0 + 60),
+            summary("0123456789ab", name="x", status="running"),
+        ]
+    )
     lines = text.splitlines()
     assert [line.split()[:5] for line in lines] == [
         ["3f2a9c1b0d4e", "baseline", "done", "12.3s", local(T0)],
@@ -150,11 +220,21 @@ word = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.fixed_dictionaries({
-    "id": st.text("0123456789abcdef", min_size=12, max_size=12),
-    "name": st.none() | word, "status": st.none() | st.sampled_from(STATUSES),
-    "duration": st.none() | st.floats(), "created": st.none() | st.floats(0, 4e9),
-    "notebook": st.none() | word}), max_size=10))
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "id": st.text("0123456789abcdef", min_size=12, max_size=12),
+                "name": st.none() | word,
+                "status": st.none() | st.sampled_from(STATUSES),
+                "duration": st.none() | st.floats(),
+                "created": st.none() | st.floats(0, 4e9),
+                "notebook": st.none() | word,
+            }
+        ),
+        max_size=10,
+    )
+)
 def test_format_list_always_has_one_awkable_line_per_snapshot(summaries):
     text = format_list(summaries)
     lines = text.splitlines() if text else []
@@ -167,12 +247,19 @@ def test_format_list_always_has_one_awkable_line_per_snapshot(summaries):
 
 
 def test_list_snapshots_text_and_json(store):
-    store.put_many([full_record(f"aaaa{i:08d}", created=T0 + i,
-                                notebook="a.ipynb" if i % 2 else "b.ipynb",
-                                name=f"n{i % 3}") for i in range(10)])
+    store.put_many(
+        [
+            full_record(
+                f"aaaa{i:08d}",
+                created=T0 + i,
+                notebook="a.ipynb" if i % 2 else "b.ipynb",
+                name=f"n{i % 3}",
+            )
+            for i in range(10)
+        ]
+    )
     text = list_snapshots(store, limit=4)
-    assert [line.split()[0] for line in text.splitlines()] == \
-        [f"aaaa{i:08d}" for i in (9, 8, 7, 6)]
+    assert [line.split()[0] for line in text.splitlines()] == [f"aaaa{i:08d}" for i in (9, 8, 7, 6)]
     assert list_snapshots(store, limit=3, offset=4).splitlines()[0].startswith("aaaa00000005")
     only_a = list_snapshots(store, limit=50, notebook="a.ipynb")
     assert len(only_a.splitlines()) == 5 and all(l.endswith("a.ipynb") for l in only_a.splitlines())
@@ -186,6 +273,7 @@ def test_list_snapshots_text_and_json(store):
 
 
 # -- show ----------------------------------------------------------------------------------------
+
 
 def test_show_text_has_spec_packages_timings_exit_and_image(store):
     store.put(full_record())
@@ -225,8 +313,11 @@ def test_show_json_is_the_whole_record(store):
 
 def test_show_of_a_fresh_building_record():
     text = format_record({"id": "aaaa00000001", "status": "building", "created": T0})
-    assert text.splitlines() == ["snapshot    aaaa00000001", "status      building",
-                                 f"created     {local(T0)}"]
+    assert text.splitlines() == [
+        "snapshot    aaaa00000001",
+        "status      building",
+        f"created     {local(T0)}",
+    ]
 
 
 def test_show_falls_back_to_the_spec():
@@ -243,15 +334,15 @@ def test_show_of_an_unknown_ref(store):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(sorted(full_record())), json_values))
 def test_format_record_never_fails_on_odd_records(fields):
     """Old, partial or hand-edited records still show (only the id line is guaranteed)."""
-    text = format_record({"id": "abcd00000001", **{k: v for k, v in fields.items()
-                                                   if k != "id"}})
+    text = format_record({"id": "abcd00000001", **{k: v for k, v in fields.items() if k != "id"}})
     assert text.splitlines()[0] == "snapshot    abcd00000001"
 
 
@@ -264,10 +355,18 @@ def test_format_record_of_partial_real_records(fields):
 
 # -- logs ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stdout, stderr, text", [
-    ("out\n", "err\n", "out\nerr\n"), ("out", "err", "out\nerr"), ("out", None, "out"),
-    (None, "err", "err"), (None, None, ""), ("", "", ""),
-])
+
+@pytest.mark.parametrize(
+    "stdout, stderr, text",
+    [
+        ("out\n", "err\n", "out\nerr\n"),
+        ("out", "err", "out\nerr"),
+        ("out", None, "out"),
+        (None, "err", "err"),
+        (None, None, ""),
+        ("", "", ""),
+    ],
+)
 def test_format_logs(stdout, stderr, text):
     assert format_logs({"stdout": stdout, "stderr": stderr}) == text
 
@@ -279,9 +378,15 @@ def test_logs_by_name(store):
 
 # -- rm ------------------------------------------------------------------------------------------
 
+
 def test_rm_removes_several_and_says_which(store):
-    store.put_many([full_record("aaaa00000001", name="one"),
-                    full_record("bbbb00000001", name=None), full_record("cccc00000001")])
+    store.put_many(
+        [
+            full_record("aaaa00000001", name="one"),
+            full_record("bbbb00000001", name=None),
+            full_record("cccc00000001"),
+        ]
+    )
     folder = store.artifacts_dir("aaaa00000001")
     text = rm(store, ["one", "bbbb", "aaaa00000001"])  # 'one' and the id are the same
     assert text.splitlines() == ["removed aaaa00000001 (one)", "removed bbbb00000001"]
@@ -318,3 +423,23 @@ def test_rm_of_nothing(store):
     with pytest.raises(StoreError, match="at least one"):
         rm(store, [])
 
+
+def test_show_says_where_a_snapshot_ran():
+    k8s = {
+        "id": "abc123abc123",
+        "status": "done",
+        "backend": "kubernetes",
+        "target": {"context": "kind-dev", "namespace": "ml"},
+    }
+    assert verbs.format_where(k8s) == "kubernetes (context kind-dev, namespace ml)"
+    assert "ran on      kubernetes (context kind-dev, namespace ml)" in verbs.format_record(k8s)
+    local = {
+        "id": "abc123abc124",
+        "backend": "docker",
+        "target": {"engine": "unix:///var/run/docker.sock"},
+    }
+    assert verbs.format_where(local) == "docker"
+    assert verbs.format_where({"id": "old"}) == "docker"  # before the field existed
+    assert "ran on" not in verbs.format_record({"id": "old"})
+    odd = {"backend": "kubernetes", "target": {"context": "a\nb", "namespace": 3}}
+    assert verbs.format_where(odd) == "kubernetes (context a?b)"

@@ -4,6 +4,7 @@ Builds the wheel from a clean copy of the sources (so the jupyter-builder hook r
 installs it into a fresh venv with no node on PATH, and asks Jupyter what it sees, as the
 extension template's "install without node" job does. Slow: a few minutes.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,13 @@ LABEXT = "share/jupyter/labextensions/mlcontainer-magics"
 
 def _sources() -> list[str]:
     """The files a fresh clone has: tracked ones and new ones git does not ignore."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sorted({f for f in out.split("\0") if f and (REPO / f).is_file()})
 
 
@@ -56,8 +62,9 @@ def test_wheel_contents(wheel):
     assert f"{data}{LABEXT}/package.json" in names
     assert f"{data}{LABEXT}/install.json" in names
     assert f"{data}{LABEXT}/static/style.js" in names
-    assert any(re.match(rf"{re.escape(data + LABEXT)}/static/remoteEntry\.\w+\.js$", n)
-               for n in names)
+    assert any(
+        re.match(rf"{re.escape(data + LABEXT)}/static/remoteEntry\.\w+\.js$", n) for n in names
+    )
     assert f"{data}etc/jupyter/jupyter_server_config.d/mlcontainer_magics.json" in names
     assert "mlcontainer_magics/server/handlers.py" in names
     assert not [n for n in names if "node_modules" in n or n.endswith((".ts", ".tsx"))]
@@ -68,12 +75,18 @@ def test_installed_without_node_is_enabled(wheel, tmp_path):
     run([sys.executable, "-m", "venv", str(venv)])
     bindir = venv / "bin"
     # Only the venv on PATH: no node, no npm, nothing of this checkout.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JUPYTER", "PYTHON", "VIRTUAL_ENV", "MLCONTAINER"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JUPYTER", "PYTHON", "VIRTUAL_ENV", "MLCONTAINER"))
+    }
     env.update(PATH=str(bindir), HOME=str(tmp_path / "home"))
     assert shutil.which("node", path=env["PATH"]) is None
-    run([str(bindir / "python"), "-m", "pip", "install", "--quiet", f"{wheel}[lab]"], env=env,
-        cwd=tmp_path)
+    run(
+        [str(bindir / "python"), "-m", "pip", "install", "--quiet", f"{wheel}[lab]"],
+        env=env,
+        cwd=tmp_path,
+    )
 
     server = run([str(bindir / "jupyter"), "server", "extension", "list"], env=env, cwd=tmp_path)
     # Enabled by the config file the wheel put in the venv, not by anything here.
@@ -82,6 +95,7 @@ def test_installed_without_node_is_enabled(wheel, tmp_path):
     assert re.search(r"mlcontainer_magics\s+\S*\s*OK", server), server
 
     lab = run([str(bindir / "jupyter"), "labextension", "list"], env=env, cwd=tmp_path)
-    assert re.search(r"mlcontainer-magics v0\.1\.0 enabled\s+OK \(python, mlcontainer.magics\)",
-                     lab), lab
+    assert re.search(
+        r"mlcontainer-magics v0\.1\.0 enabled\s+OK \(python, mlcontainer.magics\)", lab
+    ), lab
     assert "not installed" not in lab.lower() and "error" not in lab.lower(), lab

@@ -1,4 +1,5 @@
 """The run status display: state transitions (pure), the widget view, the text lines."""
+
 from __future__ import annotations
 
 import io
@@ -9,8 +10,8 @@ import time
 
 import pytest
 
-from mlcontainer_magics.frontends import widgets
-from mlcontainer_magics.frontends.widgets import (
+from mlcontainer_magics.frontends import display as status_display
+from mlcontainer_magics.frontends.display import (
     BuildProgress,
     RunDisplay,
     RunStatus,
@@ -52,16 +53,25 @@ CACHE_HIT = [
     (1.5, "finished", {"status": "done", "message": "done", "detail": "", "exit_code": 0}),
 ]
 
-BUILD = ([(0.0, "resolving", {"base": "python:3.11-slim"}),
-          (0.2, "building", {"image": TAG, "apt": [],
-                             "requirements": ["numpy==1.26.4", "six==1.16.0"]})]
-         + [(1.0 + i, "build-log", {"line": line}) for i, line in enumerate(PIP_LOG)]
-         + [(9.0, "built", {"image": TAG, "size": 412_000_000}),
-            (9.1, "starting", {}),
-            (9.5, "running", {"container": "abcdef012345"}),
-            (10.0, "collecting", {}),
-            (10.2, "recorded", {"snapshot": SNAP}),
-            (10.2, "finished", {"status": "done", "message": "done", "exit_code": 0})])
+BUILD = (
+    [
+        (0.0, "resolving", {"base": "python:3.11-slim"}),
+        (
+            0.2,
+            "building",
+            {"image": TAG, "apt": [], "requirements": ["numpy==1.26.4", "six==1.16.0"]},
+        ),
+    ]
+    + [(1.0 + i, "build-log", {"line": line}) for i, line in enumerate(PIP_LOG)]
+    + [
+        (9.0, "built", {"image": TAG, "size": 412_000_000}),
+        (9.1, "starting", {}),
+        (9.5, "running", {"container": "abcdef012345"}),
+        (10.0, "collecting", {}),
+        (10.2, "recorded", {"snapshot": SNAP}),
+        (10.2, "finished", {"status": "done", "message": "done", "exit_code": 0}),
+    ]
+)
 
 OOM = [
     (0.0, "resolving", {"base": "python:3.11-slim"}),
@@ -69,30 +79,49 @@ OOM = [
     (0.2, "starting", {}),
     (0.3, "running", {"container": "abcdef012345"}),
     (0.4, "recorded", {"snapshot": SNAP}),
-    (2.3, "finished", {"status": "oom", "exit_code": 137,
-                       "message": "Out of memory: the cell used more than its --memory limit "
-                                  "of 64 MiB.",
-                       "detail": "Traceback (most recent call last):\nMemoryError"}),
+    (
+        2.3,
+        "finished",
+        {
+            "status": "oom",
+            "exit_code": 137,
+            "message": "Out of memory: the cell used more than its --memory limit of 64 MiB.",
+            "detail": "Traceback (most recent call last):\nMemoryError",
+        },
+    ),
 ]
 
 
 # -- apply ------------------------------------------------------------------------------------
 
+
 def test_cache_hit_run():
     states = run_events(CACHE_HIT)
-    assert [s.phase for s in states] == ["pending", "resolving", "cached", "starting", "running",
-                                         "running", "finished"]
+    assert [s.phase for s in states] == [
+        "pending",
+        "resolving",
+        "cached",
+        "starting",
+        "running",
+        "running",
+        "finished",
+    ]
     cached = states[2]
     assert (cached.cache, cached.image, cached.size, cached.base) == (
-        "hit", TAG, 369_000_000, "python:3.11-slim")
+        "hit",
+        TAG,
+        369_000_000,
+        "python:3.11-slim",
+    )
     assert cached.log == () and cached.progress == BuildProgress()
     final = states[-1]
     assert final.finished and final.status == "done" and final.state == "done"
     assert final.snapshot == SNAP and final.container == "1a2b3c4d5e6f" and final.exit_code == 0
-    assert final.timings == pytest.approx({"resolving": 0.3, "cached": 0.1, "starting": 0.5,
-                                           "running": 0.6})
-    assert final.seconds(widgets.ENV_PHASES) == pytest.approx(0.3)
-    assert final.seconds(widgets.RUN_PHASES) == pytest.approx(1.1)
+    assert final.timings == pytest.approx(
+        {"resolving": 0.3, "cached": 0.1, "starting": 0.5, "running": 0.6}
+    )
+    assert final.seconds(status_display.ENV_PHASES) == pytest.approx(0.3)
+    assert final.seconds(status_display.RUN_PHASES) == pytest.approx(1.1)
     assert final.elapsed(now=99.0) == pytest.approx(1.5)  # frozen at the end
 
 
@@ -107,7 +136,7 @@ def test_running_phase_elapsed_counts_up_to_now():
     s = run_events(CACHE_HIT[:4])[-1]
     assert s.phase_elapsed(now=2.0) == pytest.approx(1.1)
     assert s.elapsed(now=2.0) == pytest.approx(2.0)
-    assert s.seconds(widgets.RUN_PHASES, now=2.0) == pytest.approx(1.6)
+    assert s.seconds(status_display.RUN_PHASES, now=2.0) == pytest.approx(1.6)
 
 
 def test_build_run_counts_pip_progress():
@@ -115,11 +144,25 @@ def test_build_run_counts_pip_progress():
     building = states[2]
     assert building.cache == "miss" and building.requirements == ("numpy==1.26.4", "six==1.16.0")
     assert building.progress == BuildProgress(steps_known=1)
-    progress = [s.progress for s in states[3:3 + len(PIP_LOG)]]
+    progress = [s.progress for s in states[3 : 3 + len(PIP_LOG)]]
     assert [(p.known, p.fetched) for p in progress] == [
-        (0, 0), (1, 0), (1, 1), (2, 1), (2, 2), (2, 2), (2, 2)]
+        (0, 0),
+        (1, 0),
+        (1, 1),
+        (2, 1),
+        (2, 2),
+        (2, 2),
+        (2, 2),
+    ]
     assert [p.fraction for p in progress] == [
-        (0, 0), (0, 2), (1, 2), (1, 3), (2, 3), (2, 3), (3, 3)]
+        (0, 0),
+        (0, 2),
+        (1, 2),
+        (1, 3),
+        (2, 3),
+        (2, 3),
+        (3, 3),
+    ]
     assert progress[0].step == "pip install" and progress[2].current == "numpy==1.26.4"
     assert progress[5].installing == ("six", "numpy") and progress[6].installed == 2
     assert describe_progress(progress[2]) == "pip install · 1/1 packages fetched · numpy==1.26.4"
@@ -130,15 +173,16 @@ def test_build_run_counts_pip_progress():
     assert built.phase == "built" and built.size == 412_000_000
     assert built.progress.steps_done == 1 and built.progress.step == ""
     assert built.log == tuple(PIP_LOG) and built.log_total == len(PIP_LOG)
-    assert built.seconds(widgets.ENV_PHASES) == pytest.approx(9.0)
+    assert built.seconds(status_display.ENV_PHASES) == pytest.approx(9.0)
     final = states[-1]
     assert final.status == "done" and final.snapshot == SNAP
-    assert final.seconds(widgets.RUN_PHASES) == pytest.approx(1.1)
+    assert final.seconds(status_display.RUN_PHASES) == pytest.approx(1.1)
 
 
 def test_apt_then_pip_counts_steps():
-    s = apply(RunStatus(), "building", {"image": TAG, "apt": ["curl"], "requirements": ["six"]},
-              now=0)
+    s = apply(
+        RunStatus(), "building", {"image": TAG, "apt": ["curl"], "requirements": ["six"]}, now=0
+    )
     assert s.progress.steps_known == 2
     s = apply(s, "build-log", {"line": "--- apt-get install curl"}, now=1)
     assert describe_progress(s.progress) == "step 1/2 · apt-get install"
@@ -149,10 +193,10 @@ def test_apt_then_pip_counts_steps():
 
 def test_build_log_is_bounded():
     s = RunStatus()
-    for i in range(widgets.LOG_LIMIT + 50):
+    for i in range(status_display.LOG_LIMIT + 50):
         s = apply(s, "build-log", {"line": f"line {i}"}, now=0)
-    assert len(s.log) == widgets.LOG_LIMIT and s.log_total == widgets.LOG_LIMIT + 50
-    assert s.log[-1] == f"line {widgets.LOG_LIMIT + 49}" and s.log[0] == "line 50"
+    assert len(s.log) == status_display.LOG_LIMIT and s.log_total == status_display.LOG_LIMIT + 50
+    assert s.log[-1] == f"line {status_display.LOG_LIMIT + 49}" and s.log[0] == "line 50"
 
 
 def test_oom_failure_keeps_message_and_detail():
@@ -165,10 +209,16 @@ def test_oom_failure_keeps_message_and_detail():
 
 def test_multiline_message_keeps_one_line_and_moves_the_rest_to_detail():
     s = apply(RunStatus(), "building", {"image": TAG, "requirements": ["nope==0"]}, now=0)
-    s = apply(s, "finished", {"status": "failed",
-                              "message": "Building the environment failed (exit 1):\n"
-                                         "ERROR: No matching distribution found for nope==0"},
-              now=3)
+    s = apply(
+        s,
+        "finished",
+        {
+            "status": "failed",
+            "message": "Building the environment failed (exit 1):\n"
+            "ERROR: No matching distribution found for nope==0",
+        },
+        now=3,
+    )
     assert s.message == "Building the environment failed (exit 1):"
     assert s.detail == "ERROR: No matching distribution found for nope==0"
 
@@ -196,6 +246,7 @@ def test_unknown_events_change_nothing():
 
 # -- text mode --------------------------------------------------------------------------------
 
+
 def lines_for(events):
     states = run_events(events)
     return [line for a, b in zip(states, states[1:]) for line in text_lines(a, b)]
@@ -222,10 +273,13 @@ def test_text_lines_build_have_no_log_lines():
 
 
 def test_a_build_on_another_environment_says_which():
-    on = [(t, phase, dict(info, on="mlcontainer-env:parent") if phase == "building" else info)
-          for t, phase, info in BUILD]
-    assert lines_for(on)[1] == (f"[mlcontainer] building environment {TAG} (2 packages, "
-                                "adding to mlcontainer-env:parent)…")
+    on = [
+        (t, phase, dict(info, on="mlcontainer-env:parent") if phase == "building" else info)
+        for t, phase, info in BUILD
+    ]
+    assert lines_for(on)[1] == (
+        f"[mlcontainer] building environment {TAG} (2 packages, adding to mlcontainer-env:parent)…"
+    )
     assert "waiting for a node" not in " ".join(lines_for(on))
 
 
@@ -282,7 +336,8 @@ def test_close_finishes_a_run_that_raised(capsys):
     assert s.detail.startswith("ERROR: No matching\n\nCollecting nope==0")
     display.close()  # again: nothing more
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "[mlcontainer] failed after 0.0 s: Building the environment failed (exit 1):")
+        "[mlcontainer] failed after 0.0 s: Building the environment failed (exit 1):"
+    )
 
 
 def test_close_on_keyboard_interrupt():
@@ -301,6 +356,7 @@ def test_formats():
 
 # -- choosing the mode ------------------------------------------------------------------------
 
+
 class ZMQInteractiveShell:  # what matters is the class name, as in ipykernel
     pass
 
@@ -313,19 +369,22 @@ class MyKernelShell(ZMQInteractiveShell):
     pass
 
 
-@pytest.mark.parametrize("shell, env, available, mode", [
-    (ZMQInteractiveShell(), {}, True, "widget"),
-    (MyKernelShell(), {}, True, "widget"),
-    (ZMQInteractiveShell(), {}, False, "text"),
-    (ZMQInteractiveShell(), {"MLCONTAINER_DISPLAY": "text"}, True, "text"),
-    (ZMQInteractiveShell(), {"MLCONTAINER_DISPLAY": " Text "}, True, "text"),
-    (ZMQInteractiveShell(), {"MLCONTAINER_DISPLAY": "off"}, True, "off"),
-    (TerminalInteractiveShell(), {}, True, "text"),
-    (None, {}, True, "text"),
-    (TerminalInteractiveShell(), {"MLCONTAINER_DISPLAY": "widget"}, True, "widget"),
-    (TerminalInteractiveShell(), {"MLCONTAINER_DISPLAY": "widget"}, False, "text"),
-    (ZMQInteractiveShell(), {"MLCONTAINER_DISPLAY": "bogus"}, True, "widget"),
-])
+@pytest.mark.parametrize(
+    "shell, env, available, mode",
+    [
+        (ZMQInteractiveShell(), {}, True, "widget"),
+        (MyKernelShell(), {}, True, "widget"),
+        (ZMQInteractiveShell(), {}, False, "text"),
+        (ZMQInteractiveShell(), {"MLCONTAINER_DISPLAY": "text"}, True, "text"),
+        (ZMQInteractiveShell(), {"MLCONTAINER_DISPLAY": " Text "}, True, "text"),
+        (ZMQInteractiveShell(), {"MLCONTAINER_DISPLAY": "off"}, True, "off"),
+        (TerminalInteractiveShell(), {}, True, "text"),
+        (None, {}, True, "text"),
+        (TerminalInteractiveShell(), {"MLCONTAINER_DISPLAY": "widget"}, True, "widget"),
+        (TerminalInteractiveShell(), {"MLCONTAINER_DISPLAY": "widget"}, False, "text"),
+        (ZMQInteractiveShell(), {"MLCONTAINER_DISPLAY": "bogus"}, True, "widget"),
+    ],
+)
 def test_choose_mode(shell, env, available, mode):
     assert choose_mode(shell, env, widgets_available=available) == mode
 
@@ -335,14 +394,17 @@ def test_choose_mode_finds_ipywidgets_itself():
 
 
 def test_no_backend_or_docker_imported():
-    code = ("import sys, mlcontainer_magics.frontends.widgets\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('docker', 'ipywidgets') "
-            "or '.backends' in m]\n"
-            "assert not bad, bad")
+    code = (
+        "import sys, mlcontainer_magics.frontends.display\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('docker', 'ipywidgets') "
+        "or '.backends' in m]\n"
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # -- the widget -------------------------------------------------------------------------------
+
 
 class FakeClock:
     def __init__(self, now=0.0):
@@ -400,13 +462,21 @@ def feed(display, events):
 
 def header(display):
     v = display.view
-    return {"badge": v.badge.value, "phase": v.phase.value, "elapsed": v.elapsed.value,
-            "image": v.image.value, "snapshot": v.snapshot.value, "stop": v.stop.description,
-            "stop_disabled": v.stop.disabled, "stop_shown": v.stop.layout.display != "none",
-            "log_shown": v.log.layout.display != "none", "log_open": v.log.selected_index,
-            "details_shown": v.details.layout.display != "none",
-            "progress_shown": v.progress.layout.display != "none",
-            "classes": v.widget._dom_classes}
+    return {
+        "badge": v.badge.value,
+        "phase": v.phase.value,
+        "elapsed": v.elapsed.value,
+        "image": v.image.value,
+        "snapshot": v.snapshot.value,
+        "stop": v.stop.description,
+        "stop_disabled": v.stop.disabled,
+        "stop_shown": v.stop.layout.display != "none",
+        "log_shown": v.log.layout.display != "none",
+        "log_open": v.log.selected_index,
+        "details_shown": v.details.layout.display != "none",
+        "progress_shown": v.progress.layout.display != "none",
+        "classes": v.widget._dom_classes,
+    }
 
 
 def test_widget_layout_is_one_header_line_and_two_sections(make_display):
@@ -417,8 +487,15 @@ def test_widget_layout_is_one_header_line_and_two_sections(make_display):
     assert isinstance(d.widget, ipywidgets.VBox)
     assert d.widget.children == (v.header, v.log, v.details)
     assert isinstance(v.header, ipywidgets.HBox)
-    assert v.header.children == (v.badge, v.phase, v.progress, v.elapsed, v.image, v.snapshot,
-                                 v.stop)
+    assert v.header.children == (
+        v.badge,
+        v.phase,
+        v.progress,
+        v.elapsed,
+        v.image,
+        v.snapshot,
+        v.stop,
+    )
     assert isinstance(v.log, ipywidgets.Accordion) and isinstance(v.details, ipywidgets.Accordion)
 
 
@@ -427,7 +504,7 @@ def test_widget_cache_hit(make_display):
     feed(d, CACHE_HIT[:1])
     assert len(d.handles) == 1  # shown at the first event
     bundle = d.handles[0].bundles[0]
-    assert bundle[widgets.WIDGET_MIME]["model_id"] == d.widget.model_id
+    assert bundle[status_display.WIDGET_MIME]["model_id"] == d.widget.model_id
     h = header(d)
     assert 'data-status="resolving"' in h["badge"] and ">resolving<" in h["badge"]
     assert h["phase"] == "resolving environment"
@@ -468,11 +545,10 @@ def test_widget_build_shows_progress_and_a_live_log(make_display):
     assert ">building<" in h["badge"] and h["phase"] == "building environment"
     assert not h["log_shown"] and not h["progress_shown"]
 
-    feed(d, BUILD[2:2 + 4])  # one second apart: each redraws
+    feed(d, BUILD[2 : 2 + 4])  # one second apart: each redraws
     v = d.view
     h = header(d)
-    assert h["phase"] == ("building environment · pip install · 1/2 packages fetched · "
-                          "six==1.16.0")
+    assert h["phase"] == ("building environment · pip install · 1/2 packages fetched · six==1.16.0")
     assert h["progress_shown"] and (v.progress.value, v.progress.max) == (1, 3)
     assert h["log_shown"] and h["log_open"] == 0  # open while building
     assert v.log.titles == ("Build log (4 lines)",)
@@ -483,10 +559,12 @@ def test_widget_build_shows_progress_and_a_live_log(make_display):
     assert (v.progress.value, v.log.titles) == (1, ("Build log (4 lines)",))
     d.refresh()  # what the ticker does every interval
     assert v.progress.value == 2 and v.log.titles == ("Build log (6 lines)",)
-    assert header(d)["phase"] == "building environment · pip install · installing 2 packages " \
-                                 "(six, numpy)"
+    assert (
+        header(d)["phase"] == "building environment · pip install · installing 2 packages "
+        "(six, numpy)"
+    )
 
-    feed(d, BUILD[2 + 6:])
+    feed(d, BUILD[2 + 6 :])
     h = header(d)
     assert h["log_shown"] and h["log_open"] is None  # collapsed once built
     assert v.log.titles == ("Build log (7 lines)",) and not h["progress_shown"]
@@ -525,9 +603,14 @@ def test_widget_failure_one_line_with_detail_one_click_away(make_display):
 
 def test_widget_escapes_what_it_shows(make_display):
     d = make_display()
-    feed(d, [(0, "building", {"image": TAG, "requirements": ["x"]}),
-             (1, "build-log", {"line": "<script>alert(1)</script>"}),
-             (2, "finished", {"status": "failed", "message": "bad <b>", "detail": "a < b"})])
+    feed(
+        d,
+        [
+            (0, "building", {"image": TAG, "requirements": ["x"]}),
+            (1, "build-log", {"line": "<script>alert(1)</script>"}),
+            (2, "finished", {"status": "failed", "message": "bad <b>", "detail": "a < b"}),
+        ],
+    )
     v = d.view
     assert "<script>" not in v.log_text.value and "&lt;script&gt;" in v.log_text.value
     assert v.phase.value == "bad &lt;b&gt;" and "a &lt; b" in v.detail_text.value
@@ -590,8 +673,12 @@ def test_no_on_stop_no_button(make_display):
 
 def test_ticker_redraws_elapsed_time_and_stops_at_the_end(test_comm):
     shown = []
-    d = RunDisplay(lambda: None, mode="widget", interval=0.02,
-                   display=lambda bundle, **kw: shown.append(bundle))
+    d = RunDisplay(
+        lambda: None,
+        mode="widget",
+        interval=0.02,
+        display=lambda bundle, **kw: shown.append(bundle),
+    )
     d("running", container="c")
     first = d.view.elapsed.value
     thread = d._thread
@@ -631,8 +718,7 @@ def test_events_from_many_threads_at_once(test_comm):
         t.join()
     d("finished", status="done")
     d.close()
-    assert d.status.log_total == 800 and d.view.log.titles == (
-        "Build log (last 200 of 800 lines)",)
+    assert d.status.log_total == 800 and d.view.log.titles == ("Build log (last 200 of 800 lines)",)
 
 
 def test_text_mode_writes_to_the_given_stream():
@@ -645,7 +731,7 @@ def test_text_mode_writes_to_the_given_stream():
 
 def test_open_display_picks_the_mode(monkeypatch, capsys):
     monkeypatch.setenv("MLCONTAINER_DISPLAY", "text")
-    d = widgets.open_display(shell=ZMQInteractiveShell())
+    d = status_display.open_display(shell=ZMQInteractiveShell())
     assert d.mode == "text"
-    d = widgets.open_display(env={}, shell=TerminalInteractiveShell())
+    d = status_display.open_display(env={}, shell=TerminalInteractiveShell())
     assert d.mode == "text"

@@ -1,6 +1,7 @@
 """Backends: where environments are built and cells run. Each implements
 :class:`~mlcontainer_magics.core.backend.Backend`; front ends pick one by name here.
 """
+
 from __future__ import annotations
 
 from ..config import BACKENDS, MlcontainerSettings
@@ -10,8 +11,14 @@ from ..errors import SpecError
 __all__ = ["BACKENDS", "Backends", "make_backend"]
 
 
-def make_backend(name: str, settings: MlcontainerSettings, *, namespace: str | None = None,
-                 target: dict | None = None, clean_orphans: bool = False) -> Backend:
+def make_backend(
+    name: str,
+    settings: MlcontainerSettings,
+    *,
+    namespace: str | None = None,
+    target: dict | None = None,
+    clean_orphans: bool = False,
+) -> Backend:
     """The backend called ``name``, configured by ``settings`` (a traitlets parent: the
     KubernetesConfig of its config reaches the Kubernetes backend). ``target`` is where a
     recorded run ran (a Kubernetes context and namespace), to run there again."""
@@ -36,14 +43,20 @@ class Backends:
         self._clean_orphans = clean_orphans  # a kernel cleans up after kernels that died
         self._made: dict[tuple, Backend] = {}
 
-    def get(self, name: str | None = None, *, namespace: str | None = None,
-            target: dict | None = None) -> Backend:
+    def get(
+        self, name: str | None = None, *, namespace: str | None = None, target: dict | None = None
+    ) -> Backend:
         name = name or self.settings.backend_name
         namespace = namespace or self.settings.namespace
         key = (name, namespace, tuple(sorted((target or {}).items())))
         if key not in self._made:
-            self._made[key] = make_backend(name, self.settings, namespace=namespace,
-                                           target=target, clean_orphans=self._clean_orphans)
+            self._made[key] = make_backend(
+                name,
+                self.settings,
+                namespace=namespace,
+                target=target,
+                clean_orphans=self._clean_orphans,
+            )
         return self._made[key]
 
     def for_record(self, record: dict, override: str | None = None) -> Backend:

@@ -4,6 +4,7 @@ environment offline and reruns the cell, and (``--k8s``) a Kubernetes Job manife
 It draws on both backends (the Docker build's pure renderers, the Kubernetes object builders)
 and asks the snapshot's backend only for what the contract declares (wheels, a saved image).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ from ..runner import runner_source
 from .docker import build as render
 from .kubernetes.export import write_job_manifest
 from .kubernetes.objects import settings_from
-
 
 # -- export -----------------------------------------------------------------------------------
 
@@ -38,8 +38,16 @@ alone:
 """
 
 
-def export(store, ref: str, dest, backend: Backend, *, tar: bool = False, k8s: bool = False,
-           k8s_config: KubernetesConfig | None = None) -> Path:
+def export(
+    store,
+    ref: str,
+    dest,
+    backend: Backend,
+    *,
+    tar: bool = False,
+    k8s: bool = False,
+    k8s_config: KubernetesConfig | None = None,
+) -> Path:
     """Write a folder that rebuilds and reruns the snapshot with plain `docker build`/`run`;
     with ``k8s``, also the Job that reruns it on a cluster (placed as ``k8s_config`` says)."""
     record = store.get(ref)
@@ -60,8 +68,11 @@ def export(store, ref: str, dest, backend: Backend, *, tar: bool = False, k8s: b
         (mlc / "cell.py").write_text(record["code"], encoding="utf-8")
         if (folder / "in").is_dir():
             shutil.copytree(folder / "in", mlc / "in")
-        manifest = {"inputs": record.get("inputs") or {}, "outputs": list(spec.outputs),
-                    "host": {"python": "", "numpy": False, "pyarrow": False}}
+        manifest = {
+            "inputs": record.get("inputs") or {},
+            "outputs": list(spec.outputs),
+            "host": {"python": "", "numpy": False, "pyarrow": False},
+        }
         (mlc / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if lock:
             (staging / "requirements.lock").write_text(render.lock_txt(lock))
@@ -69,27 +80,39 @@ def export(store, ref: str, dest, backend: Backend, *, tar: bool = False, k8s: b
             (staging / "wheels").mkdir()
             for name, data in wheels.items():
                 (staging / "wheels" / name).write_bytes(data)
-        (staging / "Dockerfile").write_text(render.dockerfile(
-            spec.env_spec.base_image, spec.env_spec.apt, has_lock=bool(lock), wheels=bool(lock)))
+        (staging / "Dockerfile").write_text(
+            render.dockerfile(
+                spec.env_spec.base_image, spec.env_spec.apt, has_lock=bool(lock), wheels=bool(lock)
+            )
+        )
         (staging / "expected-stdout.txt").write_text(record.get("stdout") or "")
         (staging / "snapshot.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-        (staging / "README.md").write_text(EXPORT_README.format(
-            id=record["id"], name=f" ({record['name']})" if record.get("name") else "",
-            base=spec.env_spec.base_image, base_id=(record.get("base_image_id") or "?")[:19]))
+        (staging / "README.md").write_text(
+            EXPORT_README.format(
+                id=record["id"],
+                name=f" ({record['name']})" if record.get("name") else "",
+                base=spec.env_spec.base_image,
+                base_id=(record.get("base_image_id") or "?")[:19],
+            )
+        )
         if tar:
-            backend.save_image(record.get("env_image_id") or spec.env_spec.base_image,
-                               staging / "image.tar")
+            backend.save_image(
+                record.get("env_image_id") or spec.env_spec.base_image, staging / "image.tar"
+            )
         if k8s:
             config = k8s_config or KubernetesConfig()
-            write_job_manifest(record, spec, staging, settings_from(
-                config, config.k8s_namespace or "default"))
+            write_job_manifest(
+                record, spec, staging, settings_from(config, config.k8s_namespace or "default")
+            )
         if dest.exists():
             dest.rmdir()
         staging.rename(dest)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(e, OSError):
-            raise SpecError(f"Cannot write the export to {dest}: {e.strerror or e}. Choose a "
-                            "new folder in a place you may write to.") from None
+            raise SpecError(
+                f"Cannot write the export to {dest}: {e.strerror or e}. Choose a "
+                "new folder in a place you may write to."
+            ) from None
         raise
     return dest

@@ -4,5 +4,6 @@
 every backend implements), ``runs`` (one run, start to finish, recorded), ``store`` (snapshot
 records), ``snapshots`` (rerun, verify, diff, prune), ``verbs`` (list/show/logs/rm as text),
 ``transfer`` and ``richoutput`` (values and display data across the boundary),
-``requirements`` (locks and captured pins), ``owner`` (which process a run belongs to).
+``requirements`` (locks and captured pins), ``formatting`` (durations, sizes, times),
+``owner`` (which process a run belongs to).
 """

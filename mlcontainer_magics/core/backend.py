@@ -5,6 +5,7 @@ A backend builds environments, runs cells, stops and lists runs, and keeps its o
 none, and callers check for it. A backend raises only MlcError subclasses (errors.py): the
 third-party errors of its engine or cluster are translated where it talks to them.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -14,8 +15,16 @@ from pathlib import Path
 from .events import Events, Output, no_events
 from .spec import EnvSpec, RunSpec
 
-__all__ = ["Backend", "Environment", "Events", "Output", "RunResult", "RunningRun",
-           "WarmSessions", "no_events"]
+__all__ = [
+    "Backend",
+    "Environment",
+    "Events",
+    "Output",
+    "RunResult",
+    "RunningRun",
+    "WarmSessions",
+    "no_events",
+]
 
 
 @dataclass
@@ -68,8 +77,16 @@ class WarmSessions(ABC):
         folder must be made in so that the session sees it."""
 
     @abstractmethod
-    def run(self, spec: RunSpec, env: Environment, workdir: Path, *, run_id: str,
-            events: Events = no_events, output: Output | None = None) -> RunResult:
+    def run(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir: Path,
+        *,
+        run_id: str,
+        events: Events = no_events,
+        output: Output | None = None,
+    ) -> RunResult:
         """Run one cell in the session."""
 
     @abstractmethod
@@ -99,8 +116,14 @@ class Backend(ABC):
     # -- environments ------------------------------------------------------------------------
 
     @abstractmethod
-    def ensure_environment(self, env_spec: EnvSpec, *, events: Events = no_events,
-                           rebuild: bool = False, lock: list | None = None) -> Environment:
+    def ensure_environment(
+        self,
+        env_spec: EnvSpec,
+        *,
+        events: Events = no_events,
+        rebuild: bool = False,
+        lock: list | None = None,
+    ) -> Environment:
         """Return an environment image for env_spec, building it only if none exists."""
 
     @abstractmethod
@@ -118,8 +141,16 @@ class Backend(ABC):
     # -- runs --------------------------------------------------------------------------------
 
     @abstractmethod
-    def run(self, spec: RunSpec, env: Environment, workdir: Path, *, run_id: str,
-            events: Events = no_events, output: Output | None = None) -> RunResult:
+    def run(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir: Path,
+        *,
+        run_id: str,
+        events: Events = no_events,
+        output: Output | None = None,
+    ) -> RunResult:
         """Run the cell with ``workdir`` as /mlc (its out/ writable); stream output as it comes."""
 
     @abstractmethod

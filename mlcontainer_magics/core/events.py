@@ -10,6 +10,7 @@ In the order a run sends them::
     pulling(image, node)  running(container, session)  collecting  recorded(snapshot)
     finished(status, message, detail, exit_code)
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -36,8 +37,7 @@ class Phase(str, Enum):
 
 
 ENV_PHASES = (Phase.RESOLVING, Phase.BUILDING, Phase.PUSHING)
-RUN_PHASES = (Phase.STARTING, Phase.SCHEDULING, Phase.PULLING, Phase.RUNNING,
-              Phase.COLLECTING)
+RUN_PHASES = (Phase.STARTING, Phase.SCHEDULING, Phase.PULLING, Phase.RUNNING, Phase.COLLECTING)
 
 # How a run ended (RunResult.reason), with the words a person reads in one line.
 REASONS = {

@@ -1,4 +1,5 @@
 """Which process made a run, and whether it still lives: orphans are found this way."""
+
 from __future__ import annotations
 
 import os

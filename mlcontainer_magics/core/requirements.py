@@ -1,4 +1,5 @@
 """Requirements: locks from pip's installation report. Pure functions."""
+
 from __future__ import annotations
 
 import json
@@ -10,28 +11,34 @@ from .spec import digest
 
 def lock_from_report(report: dict | str | bytes) -> list[dict]:
     """Exact pins from `pip install --report`: [{name, version, hashes}], sorted by name."""
-    if isinstance(report, (str, bytes)):
-        report = json.loads(report)
+    data: dict = json.loads(report) if isinstance(report, (str, bytes)) else report
     lock = []
-    for item in report.get("install", []):
+    for item in data.get("install", []):
         meta = item.get("metadata", {})
         archive = item.get("download_info", {}).get("archive_info", {})
         hashes = archive.get("hashes") or {}
         if not hashes and archive.get("hash"):
             algo, _, value = archive["hash"].partition("=")
             hashes = {algo: value}
-        lock.append({
-            "name": canonicalize_name(meta["name"]),
-            "version": meta["version"],
-            "hashes": [f"{algo}:{value}" for algo, value in sorted(hashes.items())],
-        })
+        lock.append(
+            {
+                "name": canonicalize_name(meta["name"]),
+                "version": meta["version"],
+                "hashes": [f"{algo}:{value}" for algo, value in sorted(hashes.items())],
+            }
+        )
     return sorted(lock, key=lambda e: e["name"])
 
 
 def lock_key(base_image_id: str, apt, lock) -> str:
     """What an environment image is: its base, its Debian packages and its exact pins."""
-    return digest({"base": base_image_id, "apt": sorted(apt),
-                   "lock": sorted((e["name"], e["version"]) for e in lock)})
+    return digest(
+        {
+            "base": base_image_id,
+            "apt": sorted(apt),
+            "lock": sorted((e["name"], e["version"]) for e in lock),
+        }
+    )
 
 
 def extend_lock(parent: list[dict], installed: list[dict]) -> list[dict]:
@@ -70,12 +77,25 @@ def imported_modules(code: str) -> list[str]:
 
 
 # The kernel's own machinery: the runner provides IPython.display inside the container.
-NOT_CAPTURED = frozenset({"IPython", "ipykernel", "ipywidgets", "matplotlib_inline",
-                          "mlcontainer_magics", "google", "__future__"})
+NOT_CAPTURED = frozenset(
+    {
+        "IPython",
+        "ipykernel",
+        "ipywidgets",
+        "matplotlib_inline",
+        "mlcontainer_magics",
+        "google",
+        "__future__",
+    }
+)
 
 
-def capture_pins(code: str, explicit, installed: dict[str, str] | None = None,
-                 module_dists: dict[str, list[str]] | None = None) -> list[str]:
+def capture_pins(
+    code: str,
+    explicit,
+    installed: dict[str, str] | None = None,
+    module_dists: dict[str, list[str]] | None = None,
+) -> list[str]:
     """Pins `dist==version` for what the code imports, as installed in this kernel.
 
     Skips the standard library, modules the kernel does not have, and distributions already
@@ -87,7 +107,7 @@ def capture_pins(code: str, explicit, installed: dict[str, str] | None = None,
     if module_dists is None:
         module_dists = _packages_distributions()
     named = {canonicalize_name(_req_name(r)) for r in explicit}
-    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    stdlib: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
     pins: dict[str, str] = {}
     for module in imported_modules(code):
         if module in stdlib or module in sys.builtin_module_names or module in NOT_CAPTURED:
@@ -119,5 +139,5 @@ def _packages_distributions() -> dict[str, list[str]]:
     if _MODULE_DISTS is None:
         from importlib import metadata
 
-        _MODULE_DISTS = metadata.packages_distributions()
+        _MODULE_DISTS = dict(metadata.packages_distributions())
     return _MODULE_DISTS

@@ -3,6 +3,7 @@
 The runner writes each display (display(), the last expression, a matplotlib figure) as one
 line starting with MARK; everything else is text and passes through at once, so prints stay live.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,9 +19,13 @@ class StdoutDemux:
     """``display`` gets display bundles; in one-stream mode ``stderr`` gets the cell's stderr
     and ``file`` gets (name, bytes) of each output file."""
 
-    def __init__(self, text: Callable[[str], None], display: Callable[[dict], None],
-                 stderr: Callable[[str], None] | None = None,
-                 file: Callable[[str, bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        text: Callable[[str], None],
+        display: Callable[[dict], None],
+        stderr: Callable[[str], None] | None = None,
+        file: Callable[[str, bytes], None] | None = None,
+    ) -> None:
         self._text = text
         self._display = display
         self._stderr = stderr or text
@@ -37,7 +42,7 @@ class StdoutDemux:
                 keep = _partial_mark(data)
                 if len(data) > keep:
                     self._text(data[: len(data) - keep])
-                self._pending = data[len(data) - keep:] if keep else ""
+                self._pending = data[len(data) - keep :] if keep else ""
                 return
             if at:
                 self._text(data[:at])
@@ -45,13 +50,13 @@ class StdoutDemux:
             if end < 0:
                 self._pending = data[at:]
                 return
-            self._emit(data[at + len(PREFIX): end])
-            data = data[end + 1:]
+            self._emit(data[at + len(PREFIX) : end])
+            data = data[end + 1 :]
 
     def close(self) -> None:
         if self._pending:
             if self._pending.startswith(PREFIX):
-                self._emit(self._pending[len(PREFIX):])
+                self._emit(self._pending[len(PREFIX) :])
             else:
                 self._text(self._pending)
             self._pending = ""

@@ -2,6 +2,7 @@
 
 Shared by the magics, the CLI (rerun) and the server extension; knows nothing of IPython.
 """
+
 from __future__ import annotations
 
 import errno
@@ -19,9 +20,10 @@ from pathlib import Path
 from ..errors import CapabilityMissing, RunError, StoreError, StoreUnavailable
 from ..runner import MESSAGE_PREFIX, VALUES_EXIT, runner_source
 from . import transfer
-from .backend import Backend, Environment, RunResult
+from .backend import Backend, Environment, RunResult, WarmSessions
 from .events import REASONS, Events, Output, Phase, no_events
 from .spec import RunSpec
+
 
 @dataclass
 class RunOutcome:
@@ -39,8 +41,9 @@ class RunOutcome:
         return self.result is not None and self.result.reason == "done"
 
 
-def prepare_workdir(spec: RunSpec, inputs: dict, parent: Path | None = None, *,
-                    digests: bool = True) -> tuple[Path, dict]:
+def prepare_workdir(
+    spec: RunSpec, inputs: dict, parent: Path | None = None, *, digests: bool = True
+) -> tuple[Path, dict]:
     """The run's own folder, mounted at /mlc: runner, cell, manifest, values in, out/.
     In a warm session it is made inside the session's folder (``parent``). Without
     ``digests`` the inputs' records lack theirs (see transfer.BackgroundDigests)."""
@@ -49,10 +52,12 @@ def prepare_workdir(spec: RunSpec, inputs: dict, parent: Path | None = None, *,
         workdir.chmod(0o755)
         (workdir / "runner.py").write_bytes(runner_source())
         (workdir / "cell.py").write_text(spec.code, encoding="utf-8")
-        records = transfer.write_inputs(inputs, workdir / "in", digests=digests) \
-            if inputs else {}
-        manifest = {"inputs": records, "outputs": list(spec.outputs),
-                    "host": transfer.host_capabilities()}
+        records = transfer.write_inputs(inputs, workdir / "in", digests=digests) if inputs else {}
+        manifest = {
+            "inputs": records,
+            "outputs": list(spec.outputs),
+            "host": transfer.host_capabilities(),
+        }
         (workdir / "manifest.json").write_text(json.dumps(manifest))
         out = workdir / "out"
         out.mkdir()
@@ -63,9 +68,18 @@ def prepare_workdir(spec: RunSpec, inputs: dict, parent: Path | None = None, *,
     return workdir, records
 
 
-def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
-            events: Events = no_events, output: Output | None = None, rebuild: bool = False,
-            store=None, context: dict | None = None, lock: list | None = None) -> RunOutcome:
+def execute(
+    spec: RunSpec,
+    backend: Backend,
+    *,
+    inputs: dict | None = None,
+    events: Events = no_events,
+    output: Output | None = None,
+    rebuild: bool = False,
+    store=None,
+    context: dict | None = None,
+    lock: list | None = None,
+) -> RunOutcome:
     """Build (or reuse) the environment, run the cell and record the snapshot in ``store``.
 
     A failed cell raises nothing (see ``failure``). A run that never reached its container
@@ -73,61 +87,41 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
     """
     run_id = store.new_id({"spec": spec.to_dict()}) if store else uuid.uuid4().hex[:12]
     outcome = RunOutcome(run_id, spec)
-    # A backend without warm sessions refuses here, before anything is built or recorded.
-    pool = backend.sessions if spec.session else None
-    if spec.session and pool is None:
-        raise CapabilityMissing(
-            f"--session is not supported with --backend {backend.name}: every cell runs in a "
-            "container of its own there. Run the cell without --session, or with the Docker "
-            "backend (--backend docker) to keep a warm interpreter between cells.")
+    pool = _sessions_for(spec, backend)  # refused here, before anything is built or recorded
     if store:
-        store.put(dict(record_start(spec, run_id, context or {}), namespace=backend.namespace,
-                       backend=backend.name, target=backend.target()))
+        store.put(
+            dict(
+                record_start(spec, run_id, context or {}),
+                namespace=backend.namespace,
+                backend=backend.name,
+                target=backend.target(),
+            )
+        )
         events(Phase.RECORDED, snapshot=run_id)
     workdir = None
     hashing = None  # the inputs' digests, taken while the container runs
     started = False  # past this point the run is a snapshot, whatever happens
     try:
         t0 = time.perf_counter()
-        outcome.env = backend.ensure_environment(spec.env_spec, events=events, rebuild=rebuild,
-                                                 lock=lock)
-        t1 = time.perf_counter()
-        outcome.timings["environment"] = round(t1 - t0, 3)
+        outcome.env = backend.ensure_environment(
+            spec.env_spec, events=events, rebuild=rebuild, lock=lock
+        )
+        outcome.timings["environment"] = round(time.perf_counter() - t0, 3)
         parent = pool.workdir_parent(spec, outcome.env, events) if pool else None
         workdir, outcome.inputs = prepare_workdir(spec, inputs or {}, parent, digests=False)
         hashing = transfer.BackgroundDigests(outcome.inputs, workdir)
         if store:
             keep_inputs(store.artifacts_dir(run_id), workdir)
-            store.update(run_id, status="running", inputs=outcome.inputs,
-                         **record_environment(outcome.env))
+            store.update(
+                run_id, status="running", inputs=outcome.inputs, **record_environment(outcome.env)
+            )
         started = True
-        run = pool.run if pool else backend.run
-        outcome.result = run(spec, outcome.env, workdir, run_id=run_id, events=events,
-                             output=output)
-        hashing.fill(outcome.inputs)
-        t2 = time.perf_counter()
-        outcome.timings["run"] = round(t2 - t1, 3)
-        if (store and outcome.result.reason in ("killed", "failed")
-                and store.get(run_id).get("stop_requested")):
-            outcome.result.reason = "stopped"  # from the sidebar, the widget or the CLI
-        if outcome.result.reason == "done" and spec.outputs:
-            events(Phase.COLLECTING)
-            outcome.values, outcome.outputs = transfer.read_outputs(workdir / "out",
-                                                                    spec.outputs)
-            outcome.timings["collect"] = round(time.perf_counter() - t2, 3)
-            if store:
-                keep_outputs(store.artifacts_dir(run_id), workdir / "out", outcome.outputs)
+        _run_and_collect(outcome, pool or backend, workdir, hashing, store, events, output)
     except BaseException as e:
         if store and not started:
             _forget(store, run_id)
         elif store:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            try:
-                hashing.fill(outcome.inputs)
-            except Exception:  # the run's own error matters more
-                pass
-            store.update(run_id, status=status, reason=f"{type(e).__name__}: {e}".strip(": "),
-                         finished=time.time(), timings=outcome.timings, inputs=outcome.inputs)
+            _record_failure(store, outcome, e, hashing)
         raise
     finally:
         if hashing is not None:
@@ -135,19 +129,88 @@ def execute(spec: RunSpec, backend: Backend, *, inputs: dict | None = None,
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     if store:
-        end = record_end(outcome)
-        try:
-            store.update(run_id, **end)
-        except StoreError:
-            # The run is over: record that much, even when its output does not fit.
-            try:
-                status = "failed" if end["status"] == "done" else end["status"]
-                store.update(run_id, status=status, reason="its output could not be saved",
-                             exit_code=end["exit_code"], finished=end["finished"])
-            except StoreError:
-                pass
-            raise
+        _record_end(store, outcome)
     return outcome
+
+
+def _sessions_for(spec: RunSpec, backend: Backend) -> WarmSessions | None:
+    """The backend's warm sessions when the spec asks for one; refused where it has none."""
+    if not spec.session:
+        return None
+    pool = backend.sessions
+    if pool is None:
+        raise CapabilityMissing(
+            f"--session is not supported with --backend {backend.name}: every cell runs in a "
+            "container of its own there. Run the cell without --session, or with the Docker "
+            "backend (--backend docker) to keep a warm interpreter between cells."
+        )
+    return pool
+
+
+def _run_and_collect(
+    outcome: RunOutcome,
+    runner: Backend | WarmSessions,
+    workdir: Path,
+    hashing: transfer.BackgroundDigests,
+    store,
+    events: Events,
+    output: Output | None,
+) -> None:
+    """Run the cell in its folder, then bring its --out values back (and keep them)."""
+    spec, run_id, env = outcome.spec, outcome.run_id, outcome.env
+    assert env is not None, "the environment comes first"
+    t1 = time.perf_counter()
+    result = runner.run(spec, env, workdir, run_id=run_id, events=events, output=output)
+    outcome.result = result
+    hashing.fill(outcome.inputs)
+    t2 = time.perf_counter()
+    outcome.timings["run"] = round(t2 - t1, 3)
+    if store and result.reason in ("killed", "failed") and store.get(run_id).get("stop_requested"):
+        result.reason = "stopped"  # from the sidebar, the widget or the CLI
+    if result.reason == "done" and spec.outputs:
+        events(Phase.COLLECTING)
+        outcome.values, outcome.outputs = transfer.read_outputs(workdir / "out", spec.outputs)
+        outcome.timings["collect"] = round(time.perf_counter() - t2, 3)
+        if store:
+            keep_outputs(store.artifacts_dir(run_id), workdir / "out", outcome.outputs)
+
+
+def _record_failure(store, outcome: RunOutcome, error: BaseException, hashing) -> None:
+    """A run that reached its container and then raised: recorded as failed or interrupted."""
+    status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    try:
+        if hashing is not None:
+            hashing.fill(outcome.inputs)
+    except Exception:  # the run's own error matters more
+        pass
+    store.update(
+        outcome.run_id,
+        status=status,
+        reason=f"{type(error).__name__}: {error}".strip(": "),
+        finished=time.time(),
+        timings=outcome.timings,
+        inputs=outcome.inputs,
+    )
+
+
+def _record_end(store, outcome: RunOutcome) -> None:
+    end = record_end(outcome)
+    try:
+        store.update(outcome.run_id, **end)
+    except StoreError:
+        # The run is over: record that much, even when its output does not fit.
+        try:
+            status = "failed" if end["status"] == "done" else end["status"]
+            store.update(
+                outcome.run_id,
+                status=status,
+                reason="its output could not be saved",
+                exit_code=end["exit_code"],
+                finished=end["finished"],
+            )
+        except StoreError:
+            pass
+        raise
 
 
 def request_stop(store, backend: Backend, run_id: str, grace: float = 0) -> bool:
@@ -164,30 +227,54 @@ def request_stop(store, backend: Backend, run_id: str, grace: float = 0) -> bool
 
 # -- snapshot records (pure builders; the store writes them) -------------------------------
 
+
 def record_start(spec: RunSpec, run_id: str, context: dict) -> dict:
     masked = spec.masked_env()
     spec_dict = spec.to_dict()
     spec_dict["env"] = sorted(masked.items())
     return {
-        "id": run_id, "name": spec.name, "status": "building", "created": time.time(),
-        "notebook": context.get("notebook"), "cell": context.get("cell"),
-        "session": spec.session, "kernel": context.get("kernel"),
-        "rerun_of": context.get("rerun_of"), "code": spec.code, "spec": spec_dict,
-        "requirements": list(spec.env_spec.requirements), "captured": list(spec.captured),
-        "apt": list(spec.env_spec.apt), "base_image": spec.env_spec.base_image, "env": masked,
-        "resources": {"cpus": spec.cpus, "memory": spec.memory, "gpus": spec.gpus,
-                      "network": spec.network, "timeout": spec.timeout},
-        "host": host_info(), "versions": tool_versions(),
+        "id": run_id,
+        "name": spec.name,
+        "status": "building",
+        "created": time.time(),
+        "notebook": context.get("notebook"),
+        "cell": context.get("cell"),
+        "session": spec.session,
+        "kernel": context.get("kernel"),
+        "rerun_of": context.get("rerun_of"),
+        "code": spec.code,
+        "spec": spec_dict,
+        "requirements": list(spec.env_spec.requirements),
+        "captured": list(spec.captured),
+        "apt": list(spec.env_spec.apt),
+        "base_image": spec.env_spec.base_image,
+        "env": masked,
+        "resources": {
+            "cpus": spec.cpus,
+            "memory": spec.memory,
+            "gpus": spec.gpus,
+            "network": spec.network,
+            "timeout": spec.timeout,
+        },
+        "host": host_info(),
+        "versions": tool_versions(),
     }
 
 
 def record_environment(env: Environment) -> dict:
-    return {"env_image": env.image, "env_image_id": env.image_id, "image_size": env.size,
-            "base_image_id": env.base_image_id, "lock": env.lock, "env_cached": env.cached}
+    return {
+        "env_image": env.image,
+        "env_image_id": env.image_id,
+        "image_size": env.size,
+        "base_image_id": env.base_image_id,
+        "lock": env.lock,
+        "env_cached": env.cached,
+    }
 
 
 def record_end(outcome: RunOutcome) -> dict:
     r = outcome.result
+    assert r is not None, "a run that ended has a result"
     status = {"done": "done", "killed": "failed"}.get(r.reason, r.reason)
     problems = output_errors(outcome)
     if status == "done" and problems:
@@ -195,10 +282,14 @@ def record_end(outcome: RunOutcome) -> dict:
     return {
         "status": status,
         "reason": "; ".join(problems) if problems else (r.message or r.reason),
-        "exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr,
+        "exit_code": r.exit_code,
+        "stdout": r.stdout,
+        "stderr": r.stderr,
         "inputs": outcome.inputs,
-        "stdout_digest": text_digest(r.stdout), "outputs": outcome.outputs,
-        "finished": time.time(), "duration": outcome.timings.get("run"),
+        "stdout_digest": text_digest(r.stdout),
+        "outputs": outcome.outputs,
+        "finished": time.time(),
+        "duration": outcome.timings.get("run"),
         "timings": outcome.timings,
     }
 
@@ -208,8 +299,11 @@ def text_digest(text: str) -> str:
 
 
 def host_info() -> dict:
-    return {"hostname": platform.node(), "platform": platform.platform(),
-            "python": platform.python_version()}
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def tool_versions() -> dict:
@@ -238,10 +332,14 @@ def keep_inputs(folder: Path, workdir: Path) -> None:
 
 
 def _not_kept(what: str, folder: Path, e: OSError) -> StoreError:
-    hint = ("Free some disk space on the drive holding it." if e.errno == errno.ENOSPC else
-            "Check that you may write there, or set MLCONTAINER_STORE to another folder.")
-    return StoreUnavailable(f"Could not keep the {what} of the snapshot in {folder}: "
-                      f"{e.strerror or e}. {hint}")
+    hint = (
+        "Free some disk space on the drive holding it."
+        if e.errno == errno.ENOSPC
+        else "Check that you may write there, or set MLCONTAINER_STORE to another folder."
+    )
+    return StoreUnavailable(
+        f"Could not keep the {what} of the snapshot in {folder}: {e.strerror or e}. {hint}"
+    )
 
 
 def keep_outputs(folder: Path, out_dir: Path, records: dict) -> None:
@@ -288,8 +386,9 @@ def _forget(store, run_id: str) -> None:
 
 
 def output_errors(outcome: RunOutcome) -> list[str]:
-    return [f"--out {name}: {rec['error']}" for name, rec in outcome.outputs.items()
-            if "error" in rec]
+    return [
+        f"--out {name}: {rec['error']}" for name, rec in outcome.outputs.items() if "error" in rec
+    ]
 
 
 def outcome_error(outcome: RunOutcome) -> RunError | None:
@@ -305,6 +404,7 @@ def outcome_error(outcome: RunOutcome) -> RunError | None:
 def failure(outcome: RunOutcome) -> RunError:
     """The error a failed run raises: one line of what happened, then the container's traceback."""
     r = outcome.result
+    assert r is not None, "a run that ended has a result"
     what = REASONS.get(r.reason, r.reason)
     if r.reason == "timeout":
         head = f"Stopped after {outcome.spec.timeout:g} s (--timeout); the container was removed."
@@ -315,9 +415,11 @@ def failure(outcome: RunOutcome) -> RunError:
         # The container never ran, or never reported an exit: the backend says why.
         head = r.message
     elif r.reason == "killed":
-        head = (f"The container was killed from outside (exit code {r.exit_code}): something "
-                "other than this kernel stopped it (docker kill or stop, a restart of the "
-                "engine). Run the cell again.")
+        head = (
+            f"The container was killed from outside (exit code {r.exit_code}): something "
+            "other than this kernel stopped it (docker kill or stop, a restart of the "
+            "engine). Run the cell again."
+        )
     else:
         head = f"The containerized cell {what} (exit code {r.exit_code})."
         if r.reason == "failed" and r.exit_code == VALUES_EXIT and MESSAGE_PREFIX in r.stderr:
@@ -329,5 +431,5 @@ def _traceback_tail(stderr: str, limit: int = 60) -> str:
     lines = stderr.rstrip().splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
     if starts:
-        lines = lines[starts[-1]:]
+        lines = lines[starts[-1] :]
     return "\n".join(lines[-limit:])

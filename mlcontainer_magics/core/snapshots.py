@@ -1,11 +1,11 @@
 """What can be done with a recorded snapshot: rerun (and verify), diff, prune. (Export, which
 makes Docker and Kubernetes artifacts, is ``backends.export``.)"""
+
 from __future__ import annotations
 
 import difflib
 import json
 import os
-from pathlib import Path
 
 from ..errors import SpecError, StoreError
 from . import runs, transfer
@@ -18,24 +18,38 @@ def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
     """The RunSpec a snapshot was made from. Secret values were never recorded: they are taken
     from the current environment, or the rerun stops with a clear error."""
     if not isinstance(record.get("spec"), dict) or "env_spec" not in record["spec"]:
-        raise StoreError(f"Snapshot {record.get('id')} has no recorded spec, so it cannot be "
-                         "rerun or exported (it was not made by %%containerize).")
+        raise StoreError(
+            f"Snapshot {record.get('id')} has no recorded spec, so it cannot be "
+            "rerun or exported (it was not made by %%containerize)."
+        )
     d = dict(record["spec"])
-    env_spec = EnvSpec(d["env_spec"]["base_image"], tuple(d["env_spec"]["apt"]),
-                       tuple(d["env_spec"]["requirements"]))
+    env_spec = EnvSpec(
+        d["env_spec"]["base_image"],
+        tuple(d["env_spec"]["apt"]),
+        tuple(d["env_spec"]["requirements"]),
+    )
     env = []
     for key, value in d.get("env", []):
         if value == "***":
             if key not in environ:
-                raise SpecError(f"Snapshot {record['id']} used the secret {key}, whose value is "
-                                f"not recorded; set {key} in the environment and rerun.")
+                raise SpecError(
+                    f"Snapshot {record['id']} used the secret {key}, whose value is "
+                    f"not recorded; set {key} in the environment and rerun."
+                )
             value = environ[key]
         env.append((key, value))
     fields = {k: d.get(k) for k in ("name", "cpus", "memory", "gpus", "timeout", "session")}
-    return RunSpec(code=d["code"], env_spec=env_spec, env=tuple(env),
-                   network=d.get("network", "bridge"), inputs=tuple(d.get("inputs", ())),
-                   outputs=tuple(d.get("outputs", ())), captured=tuple(d.get("captured", ())),
-                   secret_env=frozenset(d.get("secret_env", ())), **fields)
+    return RunSpec(
+        code=d["code"],
+        env_spec=env_spec,
+        env=tuple(env),
+        network=d.get("network", "bridge"),
+        inputs=tuple(d.get("inputs", ())),
+        outputs=tuple(d.get("outputs", ())),
+        captured=tuple(d.get("captured", ())),
+        secret_env=frozenset(d.get("secret_env", ())),
+        **fields,
+    )
 
 
 def recorded_inputs(store, record: dict) -> dict:
@@ -45,26 +59,45 @@ def recorded_inputs(store, record: dict) -> dict:
     for name, entry in (record.get("inputs") or {}).items():
         path = folder / entry["file"]
         if not path.exists():
-            raise StoreError(f"Input {name} of snapshot {record['id']} is missing from {folder}; "
-                             "it cannot be rerun.")
+            raise StoreError(
+                f"Input {name} of snapshot {record['id']} is missing from {folder}; "
+                "it cannot be rerun."
+            )
         values[name] = transfer.read_value(path, entry["format"])
     return values
 
 
-def rerun(store, ref: str, backend, *, verify: bool = False, events=runs.no_events,
-          output=None, context=None):
+def rerun(
+    store,
+    ref: str,
+    backend,
+    *,
+    verify: bool = False,
+    events=runs.no_events,
+    output=None,
+    context=None,
+):
     """Run a snapshot again from its recorded lock and base. Returns (outcome, problems)."""
     record = store.get(ref)
     spec = spec_from_record(record)
     base_id = backend.base_image_id(spec.env_spec.base_image)
     problems = []
     if record.get("base_image_id") and base_id != record["base_image_id"]:
-        problems.append(f"base image {spec.env_spec.base_image} is now {base_id[:19]}, "
-                        f"recorded {record['base_image_id'][:19]}")
+        problems.append(
+            f"base image {spec.env_spec.base_image} is now {base_id[:19]}, "
+            f"recorded {record['base_image_id'][:19]}"
+        )
     ctx = dict(context or {}, rerun_of=record["id"])
-    outcome = runs.execute(spec, backend, inputs=recorded_inputs(store, record), events=events,
-                           output=output, store=store, context=ctx,
-                           lock=record.get("lock") or None)
+    outcome = runs.execute(
+        spec,
+        backend,
+        inputs=recorded_inputs(store, record),
+        events=events,
+        output=output,
+        store=store,
+        context=ctx,
+        lock=record.get("lock") or None,
+    )
     store.update(outcome.run_id, rerun_of=record["id"])
     if verify:
         problems += verify_against(record, store.get(outcome.run_id))
@@ -77,30 +110,37 @@ def verify_against(old: dict, new: dict) -> list[str]:
     if new.get("status") != "done":
         problems.append(f"the rerun ended {new.get('status')} (recorded {old.get('status')})")
     if old.get("stdout_digest") and old.get("stdout_digest") != new.get("stdout_digest"):
-        problems.append("stdout differs:\n" + _unified(old.get("stdout", ""),
-                                                        new.get("stdout", ""), "recorded", "rerun"))
+        problems.append(
+            "stdout differs:\n"
+            + _unified(old.get("stdout", ""), new.get("stdout", ""), "recorded", "rerun")
+        )
     for name, rec in (old.get("outputs") or {}).items():
         now = (new.get("outputs") or {}).get(name, {})
         if rec.get("digest") != now.get("digest"):
-            problems.append(f"output {name} differs: recorded {rec.get('digest')}, "
-                            f"now {now.get('digest')}")
+            problems.append(
+                f"output {name} differs: recorded {rec.get('digest')}, now {now.get('digest')}"
+            )
     return problems
 
 
 # -- diff -------------------------------------------------------------------------------------
 
+
 def diff(a: dict, b: dict) -> str:
     """What changed from snapshot a to snapshot b, section by section (pure)."""
-    out = [f"--- {a['id']} {a.get('name') or ''}".rstrip(),
-           f"+++ {b['id']} {b.get('name') or ''}".rstrip()]
+    out = [
+        f"--- {a['id']} {a.get('name') or ''}".rstrip(),
+        f"+++ {b['id']} {b.get('name') or ''}".rstrip(),
+    ]
     if a.get("code") != b.get("code"):
         out += ["code:", _unified(a.get("code", ""), b.get("code", ""), a["id"], b["id"])]
     pa = {e["name"]: e["version"] for e in a.get("lock") or []}
     pb = {e["name"]: e["version"] for e in b.get("lock") or []}
     changes = [f"  + {n}=={pb[n]}" for n in sorted(pb.keys() - pa.keys())]
     changes += [f"  - {n}=={pa[n]}" for n in sorted(pa.keys() - pb.keys())]
-    changes += [f"  ~ {n} {pa[n]} -> {pb[n]}" for n in sorted(pa.keys() & pb.keys())
-                if pa[n] != pb[n]]
+    changes += [
+        f"  ~ {n} {pa[n]} -> {pb[n]}" for n in sorted(pa.keys() & pb.keys()) if pa[n] != pb[n]
+    ]
     if changes:
         out += ["packages:"] + changes
     for field in ("base_image", "base_image_id", "apt", "resources", "env"):
@@ -109,8 +149,10 @@ def diff(a: dict, b: dict) -> str:
     oa, ob = a.get("outputs") or {}, b.get("outputs") or {}
     for name in sorted(oa.keys() | ob.keys()):
         if oa.get(name, {}).get("digest") != ob.get(name, {}).get("digest"):
-            out.append(f"output {name}: {oa.get(name, {}).get('digest')} -> "
-                       f"{ob.get(name, {}).get('digest')}")
+            out.append(
+                f"output {name}: {oa.get(name, {}).get('digest')} -> "
+                f"{ob.get(name, {}).get('digest')}"
+            )
     if a.get("stdout") != b.get("stdout"):
         out += ["stdout:", _unified(a.get("stdout", ""), b.get("stdout", ""), a["id"], b["id"])]
     if len(out) == 2:
@@ -124,6 +166,7 @@ def _unified(a: str, b: str, name_a: str, name_b: str) -> str:
 
 
 # -- prune ------------------------------------------------------------------------------------
+
 
 def prune(store, backend, backend_of=None) -> list[str]:
     """Remove what no live run needs: orphaned containers, unreferenced environment images,

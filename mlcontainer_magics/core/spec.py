@@ -3,6 +3,7 @@
 Pure: standard library and ``packaging`` only. Everything user-typed passes through here, so a
 bad flag fails with a clear SpecError before an image is built or a container started.
 """
+
 from __future__ import annotations
 
 import ast
@@ -33,11 +34,14 @@ MIN_CPUS = 0.01
 # A longer timer overflows in the timer thread, which would silently run without a timeout.
 MAX_TIMEOUT = threading.TIMEOUT_MAX
 # An image reference as Docker parses it: [domain[:port]/]path[:tag][@digest], path lowercase.
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+_DOMAIN = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+)
 _PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE_RE = re.compile(
     rf"^(?:{_DOMAIN}(?::[0-9]+)?/)?{_PATH}(?:/{_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$")
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
 
 
 def digest(obj) -> str:
@@ -58,8 +62,13 @@ class EnvSpec:
         check_image(self.base_image)
 
     def key(self) -> str:
-        return digest({"base": self.base_image, "apt": sorted(self.apt),
-                       "requirements": sorted(self.requirements)})
+        return digest(
+            {
+                "base": self.base_image,
+                "apt": sorted(self.apt),
+                "requirements": sorted(self.requirements),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -96,9 +105,11 @@ def looks_secret(key: str) -> bool:
 def check_image(ref) -> str:
     """A base image reference Docker can parse, or a SpecError before the engine is asked."""
     if not isinstance(ref, str) or len(ref) > 512 or not _IMAGE_RE.match(ref):
-        raise SpecError(f"Base image {ref!r} is not an image reference; use a name such as "
-                        "python:3.11-slim (lowercase, with an optional :tag or @sha256:digest) "
-                        "with --base or the base_image setting.")
+        raise SpecError(
+            f"Base image {ref!r} is not an image reference; use a name such as "
+            "python:3.11-slim (lowercase, with an optional :tag or @sha256:digest) "
+            "with --base or the base_image setting."
+        )
     return ref
 
 
@@ -110,16 +121,21 @@ def parse_requirement(text: str) -> str:
     except InvalidRequirement as e:
         raise SpecError(
             f"Invalid requirement {text!r}: {e}. Use a PEP 508 specifier such as "
-            f"'numpy==1.26.4' or 'pandas>=2,<3'.") from None
+            f"'numpy==1.26.4' or 'pandas>=2,<3'."
+        ) from None
     if req.url and not req.url.startswith(("https://", "http://")):
-        raise SpecError(f"Requirement {text!r} points at {req.url!r}, which a container cannot "
-                        "reach; use a package name with a version, or an https URL.")
+        raise SpecError(
+            f"Requirement {text!r} points at {req.url!r}, which a container cannot "
+            "reach; use a package name with a version, or an https URL."
+        )
     if req.url and _has_credentials(req.url):
         shown = text.replace(urlsplit(req.url).netloc.rpartition("@")[0], "***")
-        raise SpecError(f"Requirement {shown!r} has credentials in its URL, which would be kept "
-                        "in the snapshot and the image's labels. Put the index and its "
-                        "credentials in pip's settings (pip config set global.extra-index-url "
-                        "...), which builds use without recording them, and name the package.")
+        raise SpecError(
+            f"Requirement {shown!r} has credentials in its URL, which would be kept "
+            "in the snapshot and the image's labels. Put the index and its "
+            "credentials in pip's settings (pip config set global.extra-index-url "
+            "...), which builds use without recording them, and name the package."
+        )
     return str(req)
 
 
@@ -138,9 +154,11 @@ def parse_requirements_text(text: str, source: str = "requirements") -> list[str
         if not line or line.startswith("#"):
             continue
         if line.startswith("-"):
-            raise SpecError(f"{source}, line {lineno}: pip options ({line.split()[0]}) are not "
-                            "supported in a cell's requirements; configure the index with pip's "
-                            "own settings (pip config), which builds use.")
+            raise SpecError(
+                f"{source}, line {lineno}: pip options ({line.split()[0]}) are not "
+                "supported in a cell's requirements; configure the index with pip's "
+                "own settings (pip config), which builds use."
+            )
         try:
             out.append(parse_requirement(line))
         except SpecError as e:
@@ -154,8 +172,7 @@ def merge_requirements(reqs) -> tuple[str, ...]:
     for r in reqs:
         name = canonicalize_name(Requirement(r).name)
         if name in by_name and by_name[name] != r:
-            raise SpecError(f"{name} is required twice, as {by_name[name]!r} and {r!r}; "
-                            "keep one.")
+            raise SpecError(f"{name} is required twice, as {by_name[name]!r} and {r!r}; keep one.")
         by_name[name] = r
     return tuple(sorted(by_name.values(), key=str.lower))
 
@@ -163,8 +180,9 @@ def merge_requirements(reqs) -> tuple[str, ...]:
 def parse_memory(text: str) -> int:
     m = _MEMORY_RE.match(str(text))
     if not m:
-        raise SpecError(f"--memory {text!r} is not a size; use a number with a unit, "
-                        "such as 512m or 2g.")
+        raise SpecError(
+            f"--memory {text!r} is not a size; use a number with a unit, such as 512m or 2g."
+        )
     value = int(float(m.group(1)) * _MEMORY_UNITS[m.group(2).lower()])
     if value < MIN_MEMORY:
         raise SpecError(f"--memory {text!r} is below Docker's minimum of 6m; use at least 6m.")
@@ -179,8 +197,9 @@ def parse_cpus(text) -> float:
     if not value > 0 or value != value or value > 1024:
         raise SpecError(f"--cpus {text!r} must be a positive number of CPUs, such as 0.5 or 2.")
     if value < MIN_CPUS:
-        raise SpecError(f"--cpus {text!r} is below Docker's minimum of {MIN_CPUS}; use at least "
-                        f"{MIN_CPUS}.")
+        raise SpecError(
+            f"--cpus {text!r} is below Docker's minimum of {MIN_CPUS}; use at least {MIN_CPUS}."
+        )
     return value
 
 
@@ -192,8 +211,10 @@ def parse_timeout(text) -> float:
     if not value > 0 or value == float("inf"):
         raise SpecError(f"--timeout {text!r} must be a positive number of seconds.")
     if value > MAX_TIMEOUT:
-        raise SpecError(f"--timeout {text!r} is too long; use at most {MAX_TIMEOUT:.0f} seconds, "
-                        "or no --timeout for none.")
+        raise SpecError(
+            f"--timeout {text!r} is too long; use at most {MAX_TIMEOUT:.0f} seconds, "
+            "or no --timeout for none."
+        )
     return value
 
 
@@ -222,16 +243,20 @@ def parse_env(items) -> tuple[tuple[str, str], ...]:
 
 def parse_name(text) -> str:
     if not _NAME_RE.match(text or ""):
-        raise SpecError(f"Name {text!r}: use up to 64 letters, digits, '.', '_' or '-', "
-                        "starting with a letter or digit.")
+        raise SpecError(
+            f"Name {text!r}: use up to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
     return text
 
 
 def parse_apt(names) -> tuple[str, ...]:
     for n in names:
         if not _APT_RE.match(n):
-            raise SpecError(f"--apt {n!r} is not a Debian package name (lowercase letters, "
-                            "digits, '+', '-', '.').")
+            raise SpecError(
+                f"--apt {n!r} is not a Debian package name (lowercase letters, "
+                "digits, '+', '-', '.')."
+            )
     return tuple(sorted(set(names)))
 
 
@@ -251,5 +276,7 @@ def check_syntax(code: str, filename: str = "<cell>") -> None:
         line = (e.text or "").rstrip()
         pointer = f"\n    {line}\n    {' ' * max((e.offset or 1) - 1, 0)}^" if line else ""
         where = f" at line {e.lineno}" if e.lineno else ""
-        raise SpecError(f"The cell has a syntax error{where}: {e.msg}{pointer}\n"
-                        "Fix the cell; nothing was built.") from None
+        raise SpecError(
+            f"The cell has a syntax error{where}: {e.msg}{pointer}\n"
+            "Fix the cell; nothing was built."
+        ) from None

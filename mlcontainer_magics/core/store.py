@@ -47,6 +47,7 @@ in the middle leaves the previous state, and ``update`` merges inside its transa
 processes updating the same record lose nothing. SQLite errors become :class:`StoreError` here
 and nowhere else.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,19 @@ from ..errors import (
 
 STATUSES = ("building", "running", "done", "failed", "stopped", "timeout", "oom", "interrupted")
 ACTIVE_STATUSES = ("building", "running")
-SUMMARY_FIELDS = ("id", "name", "notebook", "status", "created", "finished", "duration",
-                  "exit_code", "env_image", "image_size", "session")
+SUMMARY_FIELDS = (
+    "id",
+    "name",
+    "notebook",
+    "status",
+    "created",
+    "finished",
+    "duration",
+    "exit_code",
+    "env_image",
+    "image_size",
+    "session",
+)
 SCHEMA_VERSION = 1
 DB_NAME = "store.sqlite3"
 ID_LENGTH = 12
@@ -106,8 +118,13 @@ def _create_v1(conn: sqlite3.Connection) -> None:
             record     TEXT NOT NULL
         )""")
     # Each index ends (implicitly) in rowid, which breaks ties in created: newest first.
-    for column in ("created", "name, created", "notebook, created", "status, created",
-                   "session, created"):
+    for column in (
+        "created",
+        "name, created",
+        "notebook, created",
+        "status, created",
+        "session, created",
+    ):
         ident = column.split(",")[0]
         conn.execute(f"CREATE INDEX snapshots_by_{ident} ON snapshots ({column})")
 
@@ -137,15 +154,18 @@ def _nonce() -> str:
 
 def _check_id(value) -> str:
     if not isinstance(value, str) or not _ID_RE.match(value):
-        raise StoreError(f"Snapshot id {value!r} is not valid: use letters, digits, '.', '_' "
-                         "or '-' (up to 128), as Store.new_id() makes.")
+        raise StoreError(
+            f"Snapshot id {value!r} is not valid: use letters, digits, '.', '_' "
+            "or '-' (up to 128), as Store.new_id() makes."
+        )
     return value
 
 
 def _check_status(value, what="status"):
     if value is not None and value not in STATUSES:
-        raise StoreError(f"{what} {value!r} is not a snapshot status; use one of "
-                         f"{', '.join(STATUSES)}.")
+        raise StoreError(
+            f"{what} {value!r} is not a snapshot status; use one of {', '.join(STATUSES)}."
+        )
 
 
 def _encode(record) -> tuple:
@@ -159,8 +179,9 @@ def _encode(record) -> tuple:
     for key in _TEXT_FIELDS:
         value = record.get(key)
         if value is not None and not isinstance(value, str):
-            raise StoreError(f"Snapshot {sid}: {key!r} must be a string, not "
-                             f"{type(value).__name__}.")
+            raise StoreError(
+                f"Snapshot {sid}: {key!r} must be a string, not {type(value).__name__}."
+            )
     for key in _REAL_FIELDS + _INT_FIELDS:
         value = record.get(key)
         ok = (int,) if key in _INT_FIELDS else (int, float)
@@ -177,15 +198,19 @@ def _encode(record) -> tuple:
                 canonical_json(value)
             except (TypeError, ValueError):
                 bad.append(key)
-        raise StoreError(f"Snapshot {sid} cannot be saved: field(s) {', '.join(bad) or '?'} "
-                         f"hold values JSON cannot represent ({e}).") from None
+        raise StoreError(
+            f"Snapshot {sid} cannot be saved: field(s) {', '.join(bad) or '?'} "
+            f"hold values JSON cannot represent ({e})."
+        ) from None
     return tuple(record.get(k) for k in SUMMARY_FIELDS) + (text,)
 
 
-_UPSERT = (f"INSERT INTO snapshots ({', '.join(SUMMARY_FIELDS)}, record) "
-           f"VALUES ({', '.join('?' * (len(SUMMARY_FIELDS) + 1))}) "
-           f"ON CONFLICT(id) DO UPDATE SET "
-           + ", ".join(f"{c} = excluded.{c}" for c in SUMMARY_FIELDS[1:] + ("record",)))
+_UPSERT = (
+    f"INSERT INTO snapshots ({', '.join(SUMMARY_FIELDS)}, record) "
+    f"VALUES ({', '.join('?' * (len(SUMMARY_FIELDS) + 1))}) "
+    f"ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in SUMMARY_FIELDS[1:] + ("record",))
+)
 _SUMMARY_COLUMNS = ", ".join(SUMMARY_FIELDS)
 
 
@@ -197,8 +222,9 @@ class Store:
     """
 
     def __init__(self, root=None) -> None:
-        self.root = Path(root).expanduser().absolute() if root is not None else \
-            default_root().absolute()
+        self.root = (
+            Path(root).expanduser().absolute() if root is not None else default_root().absolute()
+        )
         self._local = threading.local()
         self._issued: set[str] = set()
         self._lock = threading.Lock()
@@ -220,20 +246,28 @@ class Store:
         low = text.lower()
         if "full" in low:
             hint = f"Free some disk space on the drive holding {self.root}."
-        elif "readonly" in low or "read-only" in low or "permission" in low or \
-                "unable to open" in low:
-            hint = (f"Check that you may write to {self.root}, or set MLCONTAINER_STORE to a "
-                    "writable folder.")
+        elif (
+            "readonly" in low
+            or "read-only" in low
+            or "permission" in low
+            or "unable to open" in low
+        ):
+            hint = (
+                f"Check that you may write to {self.root}, or set MLCONTAINER_STORE to a "
+                "writable folder."
+            )
         elif "locked" in low or "busy" in low:
-            hint = (f"Another process kept the store locked for over {BUSY_TIMEOUT:.0f}s; "
-                    "try again.")
+            hint = f"Another process kept the store locked for over {BUSY_TIMEOUT:.0f}s; try again."
         elif "not a database" in low or "malformed" in low:
-            hint = (f"The file is damaged or not a snapshot store; move {self.db_path} away "
-                    "to start a new, empty store.")
+            hint = (
+                f"The file is damaged or not a snapshot store; move {self.db_path} away "
+                "to start a new, empty store."
+            )
         else:
             hint = ""
-        return StoreUnavailable(f"Could not {action} in the snapshot store {self.db_path}: "
-                          f"{text}. {hint}".rstrip())
+        return StoreUnavailable(
+            f"Could not {action} in the snapshot store {self.db_path}: {text}. {hint}".rstrip()
+        )
 
     def _connect(self) -> sqlite3.Connection:
         """This thread's connection, opened (and the schema made or migrated) on first use."""
@@ -247,12 +281,13 @@ class Store:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreUnavailable(f"Could not create the snapshot store folder {self.root}: "
-                             f"{e.strerror or e}. Set MLCONTAINER_STORE to a writable "
-                             "folder.") from None
+            raise StoreUnavailable(
+                f"Could not create the snapshot store folder {self.root}: "
+                f"{e.strerror or e}. Set MLCONTAINER_STORE to a writable "
+                "folder."
+            ) from None
         try:
-            conn = sqlite3.connect(str(self.db_path), timeout=BUSY_TIMEOUT,
-                                   isolation_level=None)
+            conn = sqlite3.connect(str(self.db_path), timeout=BUSY_TIMEOUT, isolation_level=None)
         except sqlite3.Error as e:
             raise self._error("open the database", e) from None
         try:
@@ -273,9 +308,11 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         if version > SCHEMA_VERSION:
-            raise StoreError(f"The snapshot store {self.db_path} has schema version {version}, "
-                             f"newer than this mlcontainer-magics knows ({SCHEMA_VERSION}); "
-                             "upgrade mlcontainer-magics.")
+            raise StoreError(
+                f"The snapshot store {self.db_path} has schema version {version}, "
+                f"newer than this mlcontainer-magics knows ({SCHEMA_VERSION}); "
+                "upgrade mlcontainer-magics."
+            )
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]  # another may have won
@@ -343,37 +380,52 @@ class Store:
     def _resolve(self, conn: sqlite3.Connection, ref) -> tuple[str, str]:
         """(id, record JSON) of ``ref``: a full id, then a name, then a unique id prefix."""
         if not isinstance(ref, str) or not ref.strip():
-            raise StoreError(f"{ref!r} is not a snapshot reference; give an id, an id prefix "
-                             f"of at least {MIN_PREFIX} characters, or a name.")
+            raise StoreError(
+                f"{ref!r} is not a snapshot reference; give an id, an id prefix "
+                f"of at least {MIN_PREFIX} characters, or a name."
+            )
         ref = ref.strip()
         variants = [ref] + ([ref.lower()] if ref.lower() != ref else [])
         for key in variants:
             row = conn.execute("SELECT id, record FROM snapshots WHERE id = ?", (key,)).fetchone()
             if row:
                 return row
-        row = conn.execute("SELECT id, record FROM snapshots WHERE name = ? "
-                           "ORDER BY created DESC, rowid DESC LIMIT 1", (ref,)).fetchone()
+        row = conn.execute(
+            "SELECT id, record FROM snapshots WHERE name = ? "
+            "ORDER BY created DESC, rowid DESC LIMIT 1",
+            (ref,),
+        ).fetchone()
         if row:
             return row
         if len(ref) < MIN_PREFIX:
-            raise SnapshotNotFound(f"No snapshot is named {ref!r}, and an id prefix needs at least "
-                             f"{MIN_PREFIX} characters.")
+            raise SnapshotNotFound(
+                f"No snapshot is named {ref!r}, and an id prefix needs at least "
+                f"{MIN_PREFIX} characters."
+            )
         for key in variants:
             # Ids are ASCII below DEL, so [key, key + DEL) holds exactly the ids starting with key.
             rows = conn.execute(
                 f"SELECT {_SUMMARY_COLUMNS} FROM snapshots WHERE id >= ? AND id < ? "
-                f"ORDER BY id LIMIT {_SHOWN_CANDIDATES + 1}", (key, key + "\x7f")).fetchall()
+                f"ORDER BY id LIMIT {_SHOWN_CANDIDATES + 1}",
+                (key, key + "\x7f"),
+            ).fetchall()
             if len(rows) == 1:
-                return conn.execute("SELECT id, record FROM snapshots WHERE id = ?",
-                                    (rows[0][0],)).fetchone()
+                return conn.execute(
+                    "SELECT id, record FROM snapshots WHERE id = ?", (rows[0][0],)
+                ).fetchone()
             if rows:
                 shown = [_candidate(dict(zip(SUMMARY_FIELDS, r))) for r in rows[:_SHOWN_CANDIDATES]]
                 more = "\n  and more" if len(rows) > _SHOWN_CANDIDATES else ""
-                raise AmbiguousReference(f"Snapshot prefix {ref!r} is ambiguous; it matches:\n  "
-                                 + "\n  ".join(shown) + more
-                                 + "\nGive more characters of the id.")
-        raise SnapshotNotFound(f"No snapshot matches {ref!r} (as an id, an id prefix or a name) in "
-                         f"{self.root}. List them with `%container list` or `mlcontainer list`.")
+                raise AmbiguousReference(
+                    f"Snapshot prefix {ref!r} is ambiguous; it matches:\n  "
+                    + "\n  ".join(shown)
+                    + more
+                    + "\nGive more characters of the id."
+                )
+        raise SnapshotNotFound(
+            f"No snapshot matches {ref!r} (as an id, an id prefix or a name) in "
+            f"{self.root}. List them with `%container list` or `mlcontainer list`."
+        )
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -390,8 +442,10 @@ class Store:
         try:
             record = json.loads(text)
         except ValueError as e:
-            raise StoreUnavailable(f"Snapshot {sid} in {self.db_path} is damaged ({e}); remove it "
-                             f"with `mlcontainer rm {sid}`.") from None
+            raise StoreUnavailable(
+                f"Snapshot {sid} in {self.db_path} is damaged ({e}); remove it "
+                f"with `mlcontainer rm {sid}`."
+            ) from None
         return record
 
     def _where(self, notebook, name, status) -> tuple[str, list]:
@@ -422,13 +476,13 @@ class Store:
             "list snapshots",
             f"SELECT {_SUMMARY_COLUMNS} FROM snapshots{where} "
             f"ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
-            params + [-1 if limit is None else limit, offset])
+            params + [-1 if limit is None else limit, offset],
+        )
         return [dict(zip(SUMMARY_FIELDS, row)) for row in rows]
 
     def count(self, *, notebook=None, name=None, status=None) -> int:
         where, params = self._where(notebook, name, status)
-        return self._read("count snapshots", f"SELECT COUNT(*) FROM snapshots{where}",
-                          params)[0][0]
+        return self._read("count snapshots", f"SELECT COUNT(*) FROM snapshots{where}", params)[0][0]
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -453,8 +507,10 @@ class Store:
         with self._transaction(f"update snapshot {ref!r}") as conn:
             sid, text = self._resolve(conn, ref)
             if "id" in fields and fields["id"] != sid:
-                raise StoreError(f"Snapshot {sid}: the id cannot be changed (to "
-                                 f"{fields['id']!r}); put a new record instead.")
+                raise StoreError(
+                    f"Snapshot {sid}: the id cannot be changed (to "
+                    f"{fields['id']!r}); put a new record instead."
+                )
             row = _encode({**self._decode(sid, text), **fields})
             self._upsert(conn, row)
         return json.loads(row[-1])
@@ -470,8 +526,10 @@ class Store:
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise StoreUnavailable(f"Removed snapshot {sid}, but could not delete its files in "
-                             f"{folder}: {e.strerror or e}. Delete that folder by hand.") from None
+            raise StoreUnavailable(
+                f"Removed snapshot {sid}, but could not delete its files in "
+                f"{folder}: {e.strerror or e}. Delete that folder by hand."
+            ) from None
         return self._decode(sid, text)
 
     def artifacts_dir(self, id: str) -> Path:
@@ -480,8 +538,9 @@ class Store:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreUnavailable(f"Could not create the artifacts folder {folder}: "
-                             f"{e.strerror or e}.") from None
+            raise StoreUnavailable(
+                f"Could not create the artifacts folder {folder}: {e.strerror or e}."
+            ) from None
         return folder
 
 

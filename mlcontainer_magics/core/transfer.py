@@ -4,6 +4,7 @@ numpy arrays as .npy, DataFrames as Parquet (when pyarrow is on both sides), pla
 bytes as bytes; pickle only as a last resort, and only between equal Python major.minor.
 The runner inside the container (runner/mlc_runner.py) implements the same formats.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,7 @@ PY = "{}.{}".format(*sys.version_info[:2])
 
 def _is_ndarray(value) -> bool:
     np = sys.modules.get("numpy")
-    return (np is not None and type(value) in (np.ndarray, np.memmap)
-            and not value.dtype.hasobject)
+    return np is not None and type(value) in (np.ndarray, np.memmap) and not value.dtype.hasobject
 
 
 def _is_dataframe(value) -> bool:
@@ -41,8 +41,12 @@ def has_module(name: str) -> bool:
 
 def host_capabilities() -> dict:
     """What the kernel can read back: the runner picks output formats from this."""
-    return {"python": PY, "numpy": has_module("numpy"), "pyarrow": has_module("pyarrow"),
-            "pandas": has_module("pandas")}
+    return {
+        "python": PY,
+        "numpy": has_module("numpy"),
+        "pyarrow": has_module("pyarrow"),
+        "pandas": has_module("pandas"),
+    }
 
 
 def choose_format(value, *, peer_pyarrow: bool = True) -> str:
@@ -106,8 +110,10 @@ def check_inputs(names, namespace: dict) -> dict:
     """The values named by --in, or a SpecError before anything is built."""
     missing = [n for n in names if n not in namespace]
     if missing:
-        raise SpecError(f"--in {', '.join(missing)}: no such variable in the notebook; define "
-                        "it first or fix the name.")
+        raise SpecError(
+            f"--in {', '.join(missing)}: no such variable in the notebook; define "
+            "it first or fix the name."
+        )
     values = {n: namespace[n] for n in names}
     for name, value in values.items():
         if choose_format(value) == "pickle":
@@ -117,12 +123,14 @@ def check_inputs(names, namespace: dict) -> dict:
             except Exception as e:  # pickle raises many types for unpicklable values
                 raise SpecError(
                     f"--in {name}: a {type(value).__name__} cannot be sent into a container "
-                    f"({e}). Send plain data, numpy arrays, DataFrames or bytes.") from None
+                    f"({e}). Send plain data, numpy arrays, DataFrames or bytes."
+                ) from None
             if probe.found:
                 raise SpecError(
                     f"--in {name}: it needs {probe.found[0]}, defined in the notebook, which a "
                     "container does not have (pickle keeps only its name). Define it in the "
-                    "cell, or send plain data, numpy arrays, DataFrames or bytes.")
+                    "cell, or send plain data, numpy arrays, DataFrames or bytes."
+                )
     return values
 
 
@@ -140,10 +148,14 @@ class _MainFinder(pickle.Pickler):
         self.found: list[str] = []
 
     def reducer_override(self, obj):
-        if isinstance(obj, (type, types.FunctionType)) and \
-                getattr(obj, "__module__", None) == "__main__":
-            self.found.append(f"{'class' if isinstance(obj, type) else 'function'} "
-                              f"{getattr(obj, '__qualname__', '?')}")
+        if (
+            isinstance(obj, (type, types.FunctionType))
+            and getattr(obj, "__module__", None) == "__main__"
+        ):
+            self.found.append(
+                f"{'class' if isinstance(obj, type) else 'function'} "
+                f"{getattr(obj, '__qualname__', '?')}"
+            )
         return NotImplemented
 
 
@@ -169,8 +181,9 @@ class BackgroundDigests:
 
     def __init__(self, records: dict, workdir: Path) -> None:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlcontainer-digest")
-        self._futures = {name: pool.submit(file_digest, workdir / rec["file"])
-                         for name, rec in records.items()}
+        self._futures = {
+            name: pool.submit(file_digest, workdir / rec["file"]) for name, rec in records.items()
+        }
         pool.shutdown(wait=False)
 
     def fill(self, records: dict) -> dict:
@@ -202,11 +215,16 @@ def read_outputs(out_dir: Path, names) -> tuple[dict, dict]:
             try:
                 values[name] = read_value(path, entry["format"])
             except Exception as e:  # e.g. a pickled object whose module the kernel lacks
-                records[name] = {"error": f"it came back but cannot be read in the kernel "
-                                          f"({type(e).__name__}: {e}); install what it needs "
-                                          "in the kernel, or return plain data, arrays or "
-                                          "DataFrames"}
+                records[name] = {
+                    "error": f"it came back but cannot be read in the kernel "
+                    f"({type(e).__name__}: {e}); install what it needs "
+                    "in the kernel, or return plain data, arrays or "
+                    "DataFrames"
+                }
                 continue
-            records[name] = {"format": entry["format"], "digest": digest.result(),
-                             "size": path.stat().st_size}
+            records[name] = {
+                "format": entry["format"],
+                "digest": digest.result(),
+                "size": path.stat().st_size,
+            }
     return values, records

@@ -4,65 +4,24 @@ Each verb takes a :class:`~mlcontainer_magics.core.store.Store` and returns the 
 ``format_*`` functions are pure (records in, text out), so they are tested without a store.
 Errors are :class:`~mlcontainer_magics.errors.StoreError` with a message for the user.
 """
+
 from __future__ import annotations
 
 import json
 import textwrap
-import time
 
 from ..errors import SnapshotActive, StoreError
+from .formatting import MISSING, as_number, format_duration, format_size, format_time
 from .store import ACTIVE_STATUSES, STATUSES
 
-MISSING = "-"
+# format_duration/_time/_size come from .formatting with their defaults, the CLI's style:
+# durations and times in one word ("4m05s"), "-" when unknown, so `list` stays awk-friendly.
 _STATUS_WIDTH = max(len(s) for s in STATUSES)
 _LABEL = 11  # width of the labels in `show`
 _WRAP = 100
 
 
-# -- small pure formatters ---------------------------------------------------------------------
-
-def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        return None
-    return float(value)
-
-
-def format_duration(seconds) -> str:
-    """``12.3s``, ``4m05s``, ``2h03m``; ``-`` when unknown."""
-    s = _number(seconds)
-    if s is None or s < 0 or s == float("inf"):
-        return MISSING
-    if s < 59.95:  # would print as 60.0s
-        return f"{s:.1f}s"
-    whole = int(round(s))
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-
-
-def format_time(epoch) -> str:
-    """Local time as ``2024-05-01T12:34:56`` (one word, sorts as text); ``-`` when unknown."""
-    t = _number(epoch)
-    if t is None:
-        return MISSING
-    try:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
-    except (OverflowError, OSError, ValueError):
-        return MISSING
-
-
-def format_size(size, binary: bool = False) -> str:
-    """``1.2 GB`` (decimal, as ``docker images`` shows) or ``2.0 GiB`` when ``binary``."""
-    n = _number(size)
-    if n is None or n < 0:
-        return MISSING
-    base, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else \
-        (1000, ("B", "kB", "MB", "GB", "TB"))
-    for unit in units:
-        if n < base or unit == units[-1]:
-            return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= base
-    raise AssertionError("unreachable")
+# -- small pure helpers ---------------------------------------------------------------------
 
 
 def _printable(value) -> str:
@@ -85,6 +44,7 @@ def _short_digest(value) -> str:
 
 # -- list ----------------------------------------------------------------------------------------
 
+
 def format_list(summaries) -> str:
     """One line per snapshot: id, name, status, duration, created, notebook.
 
@@ -92,9 +52,17 @@ def format_list(summaries) -> str:
     ``awk '{print $1}'`` gives the ids; columns are padded to line up. No header, no footer:
     an empty list is an empty string.
     """
-    rows = [(_word(s.get("id")), _word(s.get("name")), _word(s.get("status")),
-             format_duration(s.get("duration")), format_time(s.get("created")),
-             _printable(s.get("notebook")) or MISSING) for s in summaries]
+    rows = [
+        (
+            _word(s.get("id")),
+            _word(s.get("name")),
+            _word(s.get("status")),
+            format_duration(s.get("duration")),
+            format_time(s.get("created")),
+            _printable(s.get("notebook")) or MISSING,
+        )
+        for s in summaries
+    ]
     if not rows:
         return ""
     id_w = max(len(r[0]) for r in rows)
@@ -103,20 +71,22 @@ def format_list(summaries) -> str:
     dur_w = max(len(r[3]) for r in rows)
     return "\n".join(
         f"{i:<{id_w}}  {n:<{name_w}}  {st:<{status_w}}  {d:>{dur_w}}  {c}  {nb}".rstrip()
-        for i, n, st, d, c, nb in rows)
+        for i, n, st, d, c, nb in rows
+    )
 
 
-def list_snapshots(store, *, limit=50, notebook=None, name=None, as_json=False,
-                   offset=0, status=None) -> str:
+def list_snapshots(
+    store, *, limit=50, notebook=None, name=None, as_json=False, offset=0, status=None
+) -> str:
     """The newest ``limit`` snapshots as text lines (see ``format_list``) or a JSON array."""
-    summaries = store.list(limit=limit, offset=offset, notebook=notebook, name=name,
-                           status=status)
+    summaries = store.list(limit=limit, offset=offset, notebook=notebook, name=name, status=status)
     if as_json:
         return json.dumps(summaries, indent=2)
     return format_list(summaries)
 
 
 # -- show ----------------------------------------------------------------------------------------
+
 
 def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
@@ -131,15 +101,20 @@ def _items(value) -> list:
 def _field(label: str, text: str) -> str:
     lines = str(text).splitlines() or [""]
     pad = " " * (_LABEL + 1)
-    return "\n".join([f"{label:<{_LABEL}} {lines[0]}".rstrip()]
-                     + [(pad + line).rstrip() for line in lines[1:]])
+    return "\n".join(
+        [f"{label:<{_LABEL}} {lines[0]}".rstrip()] + [(pad + line).rstrip() for line in lines[1:]]
+    )
 
 
 def _wrapped(words, sep: str = ", ", indent: int = _LABEL + 1) -> str:
     """Words joined by ``sep``, wrapped to the screen; continuation lines are left to _field."""
     text = sep.join(str(w) for w in words)
-    return "\n".join(textwrap.wrap(text, _WRAP - indent, break_long_words=False,
-                                   break_on_hyphens=False)) or MISSING
+    return (
+        "\n".join(
+            textwrap.wrap(text, _WRAP - indent, break_long_words=False, break_on_hyphens=False)
+        )
+        or MISSING
+    )
 
 
 def _pin(entry) -> str:
@@ -167,9 +142,9 @@ def _resources(resources: dict) -> str:
     for key, value in resources.items():
         if value is None or value == "" or value == ():
             continue
-        if key == "memory" and _number(value) is not None:
+        if key == "memory" and as_number(value) is not None:
             value = format_size(value, binary=True)
-        elif key == "timeout" and _number(value) is not None:
+        elif key == "timeout" and as_number(value) is not None:
             value = format_duration(value)
         parts.append(f"{key} {value}")
     return ", ".join(parts)
@@ -188,15 +163,42 @@ def _files(files) -> list[str]:
     return out
 
 
+def format_where(record: dict) -> str:
+    """Where a snapshot ran: ``docker``, or ``kubernetes (context kind-dev, namespace ml)``;
+    records older than the field ran on Docker."""
+    target = _dict(record.get("target"))
+    bits = [
+        f"{k} {_printable(v)}"
+        for k, v in sorted(target.items())
+        if isinstance(v, str) and v and k != "engine"
+    ]
+    name = _printable(record.get("backend")) or "docker"
+    return f"{name} ({', '.join(bits)})" if bits else name
+
+
 def format_record(record: dict) -> str:
     """A readable multi-line summary of one snapshot record; tolerant of missing fields."""
     r = _dict(record)
     spec = _dict(r.get("spec"))
     env_spec = _dict(spec.get("env_spec"))
+    lines = (
+        _run_lines(r)
+        + _image_lines(r, env_spec)
+        + _spec_lines(r, spec, env_spec)
+        + _provenance_lines(r)
+        + _code_lines(r, spec)
+    )
+    return "\n".join(lines)
+
+
+def _run_lines(r: dict) -> list[str]:
+    """Which run: id, name, status, where it ran, when."""
     lines = [_field("snapshot", r.get("id", MISSING))]
     if r.get("name"):
         lines.append(_field("name", r["name"]))
     lines.append(_field("status", _status_line(r)))
+    if r.get("backend"):
+        lines.append(_field("ran on", format_where(r)))
     if r.get("notebook") or r.get("cell") is not None:
         where = str(r.get("notebook") or MISSING)
         if r.get("cell") is not None:
@@ -206,9 +208,17 @@ def format_record(record: dict) -> str:
         lines.append(_field("session", r["session"]))
     lines.append(_field("created", format_time(r.get("created"))))
     if r.get("finished") is not None or r.get("duration") is not None:
-        lines.append(_field("finished", f"{format_time(r.get('finished'))} "
-                                        f"(ran {format_duration(r.get('duration'))})"))
+        lines.append(
+            _field(
+                "finished",
+                f"{format_time(r.get('finished'))} (ran {format_duration(r.get('duration'))})",
+            )
+        )
+    return lines
 
+
+def _image_lines(r: dict, env_spec: dict) -> list[str]:
+    lines = []
     image = r.get("env_image")
     if image or r.get("env_image_id") or r.get("image_size") is not None:
         bits = [str(image or MISSING)]
@@ -223,17 +233,26 @@ def format_record(record: dict) -> str:
         if r.get("base_image_id"):
             bits.append(_short_digest(r["base_image_id"]))
         lines.append(_field("base", "  ".join(bits)))
+    return lines
 
-    requirements = _items(r.get("requirements") if r.get("requirements") is not None
-                          else env_spec.get("requirements"))
+
+def _spec_lines(r: dict, spec: dict, env_spec: dict) -> list[str]:
+    """What it asked for: requirements, apt, resources, env, values, the lock."""
+    lines = []
+    requirements = _items(
+        r.get("requirements") if r.get("requirements") is not None else env_spec.get("requirements")
+    )
     if requirements:
         lines.append(_field("requires", _wrapped(requirements, "  ")))
     if _items(env_spec.get("apt")):
         lines.append(_field("apt", _wrapped(_items(env_spec["apt"]), "  ")))
     resources = dict(_dict(r.get("resources")))
     if not resources:
-        resources = {k: spec.get(k) for k in ("cpus", "memory", "gpus", "network", "timeout")
-                     if spec.get(k) is not None}
+        resources = {
+            k: spec.get(k)
+            for k in ("cpus", "memory", "gpus", "network", "timeout")
+            if spec.get(k) is not None
+        }
     if _resources(resources):
         lines.append(_field("resources", _wrapped([_resources(resources)])))
     # Only the recorded env, whose secrets are masked; never the spec's.
@@ -251,13 +270,23 @@ def format_record(record: dict) -> str:
         lines.append(_field("captured", _wrapped((_pin(p) for p in captured), "  ")))
     lock = _items(r.get("lock"))
     if lock:
-        lines.append(_field("lock", f"{len(lock)} package{'s' * (len(lock) != 1)}\n"
-                            + _wrapped((_pin(p) for p in lock), "  ")))
+        lines.append(
+            _field(
+                "lock",
+                f"{len(lock)} package{'s' * (len(lock) != 1)}\n"
+                + _wrapped((_pin(p) for p in lock), "  "),
+            )
+        )
+    return lines
 
+
+def _provenance_lines(r: dict) -> list[str]:
+    """How long it took, and on what host with which tools."""
+    lines = []
     timings = _dict(r.get("timings"))
     if timings:
         parts = [f"{phase} {format_duration(sec)}" for phase, sec in timings.items()]
-        total = sum(_number(s) or 0.0 for s in timings.values())
+        total = sum(as_number(s) or 0.0 for s in timings.values())
         if len(timings) > 1:
             parts.append(f"total {format_duration(total)}")
         lines.append(_field("timings", _wrapped(parts)))
@@ -265,20 +294,28 @@ def format_record(record: dict) -> str:
     if isinstance(host, dict) and host:
         bits = [str(host[k]) for k in ("hostname", "platform") if host.get(k)]
         bits += [f"{k} {host[k]}" for k in ("python", "docker") if host.get(k)]
-        bits += [f"{k} {v}" for k, v in host.items()
-                 if k not in ("hostname", "platform", "python", "docker") and v]
+        bits += [
+            f"{k} {v}"
+            for k, v in host.items()
+            if k not in ("hostname", "platform", "python", "docker") and v
+        ]
         lines.append(_field("host", _wrapped(bits)))
     elif host:
         lines.append(_field("host", str(host)))
     versions = r.get("versions")
     if isinstance(versions, dict) and versions:
         lines.append(_field("versions", _wrapped(f"{k} {v}" for k, v in versions.items())))
+    return lines
+
+
+def _code_lines(r: dict, spec: dict) -> list[str]:
+    lines = []
     code = r.get("code") if r.get("code") is not None else spec.get("code")
     if isinstance(code, str) and code.strip():
         body = code.rstrip("\n").splitlines()
         lines.append(f"code ({len(body)} line{'s' * (len(body) != 1)})")
         lines.extend(("    " + line).rstrip() for line in body)
-    return "\n".join(lines)
+    return lines
 
 
 def show(store, ref, as_json=False) -> str:
@@ -290,6 +327,7 @@ def show(store, ref, as_json=False) -> str:
 
 
 # -- logs and rm --------------------------------------------------------------------------------
+
 
 def format_logs(record: dict) -> str:
     """The recorded stdout, then stderr (the order within each is kept, not across them)."""
@@ -307,8 +345,10 @@ def logs(store, ref) -> str:
 def check_removable(record: dict, force: bool = False) -> None:
     """The one rule: a snapshot still building or running is kept unless ``force``."""
     if record.get("status") in ACTIVE_STATUSES and not force:
-        raise SnapshotActive(f"Snapshot {record['id']} is still {record['status']}; stop it "
-                             "first, or force the removal (--force) if its kernel is gone.")
+        raise SnapshotActive(
+            f"Snapshot {record['id']} is still {record['status']}; stop it "
+            "first, or force the removal (--force) if its kernel is gone."
+        )
 
 
 def remove_one(store, ref: str, *, force: bool = False) -> dict:
@@ -323,7 +363,8 @@ def rm(store, refs, *, force: bool = False) -> str:
     nothing. Running or building snapshots are kept unless ``force``."""
     if isinstance(refs, str):
         refs = [refs]
-    records, problems = {}, []
+    records: dict[str, dict] = {}
+    problems: list[str] = []
     for ref in refs:
         try:
             record = store.get(ref)

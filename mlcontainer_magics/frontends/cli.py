@@ -3,6 +3,7 @@
 Every failure is one line on stderr saying what to do, never a traceback: exit 1 when a rerun
 did not reproduce, 2 for any other error, 130 on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,9 @@ def main(argv=None) -> int:
         from ..core.store import Store
 
         settings = MlcontainerSettings()
-        text = run_verb(args, store=Store(settings.store_dir), backends=Backends(settings),
-                        output=_write)
+        text = run_verb(
+            args, store=Store(settings.store_dir), backends=Backends(settings), output=_write
+        )
         if text:
             print(text)
         return 0

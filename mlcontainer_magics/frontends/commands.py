@@ -1,5 +1,6 @@
 """The snapshot verbs as commands: one parser and one dispatcher, shared by the `mlcontainer`
 CLI and the `%container` line magic (neither imports the other)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,8 @@ from ..errors import NotFound, SpecError, VerificationFailed
 def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="%container" if for_magic else "mlcontainer",
-        description="Containerized notebook runs and their snapshots.")
+        description="Containerized notebook runs and their snapshots.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="snapshots, newest first, one per line (id first)")
@@ -34,10 +36,12 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
 
     p = sub.add_parser("rerun", help="run a snapshot again from its recorded lock and base")
     p.add_argument("ref", metavar="ID")
-    p.add_argument("--verify", action="store_true",
-                   help="fail unless the outputs match the recorded digests")
-    p.add_argument("--backend", choices=BACKENDS,
-                   help="where to run it (default: where the snapshot ran)")
+    p.add_argument(
+        "--verify", action="store_true", help="fail unless the outputs match the recorded digests"
+    )
+    p.add_argument(
+        "--backend", choices=BACKENDS, help="where to run it (default: where the snapshot ran)"
+    )
 
     p = sub.add_parser("diff", help="what changed between two snapshots")
     p.add_argument("a", metavar="A")
@@ -69,9 +73,15 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
 def run_verb(args, *, store, backends: Backends, output=None) -> str:
     """Do one verb; returns the text to print. Raises MlcError on failure."""
     if args.command == "list":
-        text = verbs.list_snapshots(store, limit=args.limit, offset=args.offset, name=args.name,
-                                    notebook=args.notebook, status=args.status,
-                                    as_json=args.json)
+        text = verbs.list_snapshots(
+            store,
+            limit=args.limit,
+            offset=args.offset,
+            name=args.name,
+            notebook=args.notebook,
+            status=args.status,
+            as_json=args.json,
+        )
         return text or ("[]" if args.json else "no snapshots yet: run a %%containerize cell")
     if args.command == "show":
         return verbs.show(store, args.ref, as_json=args.json)
@@ -83,28 +93,39 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
         return snapshots.diff(store.get(args.a), store.get(args.b))
     if args.command == "export":
         record = store.get(args.ref)
-        dest = export(store, record["id"], args.dest, backends.for_record(record), tar=args.tar,
-                      k8s=args.k8s, k8s_config=KubernetesConfig(parent=backends.settings))
+        dest = export(
+            store,
+            record["id"],
+            args.dest,
+            backends.for_record(record),
+            tar=args.tar,
+            k8s=args.k8s,
+            k8s_config=KubernetesConfig(parent=backends.settings),
+        )
         return f"exported to {dest}: docker build -t snapshot {dest} && docker run --rm snapshot"
     if args.command == "stop":
         pool = backends.get().sessions
         if pool is not None and pool.stop(args.name):
             return f"stopped session {args.name}"
         running = ", ".join(pool.names()) if pool is not None else ""
-        raise NotFound(f"No session {args.name!r} runs in this kernel; running: "
-                       f"{running or 'none'}.")
+        raise NotFound(
+            f"No session {args.name!r} runs in this kernel; running: {running or 'none'}."
+        )
     if args.command == "prune":
         done = snapshots.prune(store, backends.get(), backend_of=backends.for_record)
         return "\n".join(done) or "nothing to prune"
     if args.command == "rerun":
         record = store.get(args.ref)  # before the rerun takes the same name
         backend = backends.for_record(record, override=args.backend)
-        outcome, problems = snapshots.rerun(store, record["id"], backend, verify=args.verify,
-                                            output=output)
-        line = (f"rerun {record['id']} as {outcome.run_id} on {backend.name}: "
-                f"{outcome.result.reason}")
+        outcome, problems = snapshots.rerun(
+            store, record["id"], backend, verify=args.verify, output=output
+        )
+        line = (
+            f"rerun {record['id']} as {outcome.run_id} on {backend.name}: {outcome.result.reason}"
+        )
         if args.verify and problems:
-            raise VerificationFailed(line + "\nNOT reproduced:\n- " + "\n- ".join(problems),
-                                     problems)
+            raise VerificationFailed(
+                line + "\nNOT reproduced:\n- " + "\n- ".join(problems), problems
+            )
         return line + ("\nverified: outputs match the recorded digests" if args.verify else "")
     raise SpecError(f"unknown command {args.command}")

@@ -1,4 +1,5 @@
 """The IPython magics: arguments -> spec -> run -> output. Thin by design."""
+
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
+
 from ..backends import BACKENDS, Backends
 from ..config import MlcontainerSettings
 from ..core import runs, transfer
@@ -18,16 +20,22 @@ from ..core.owner import OWNER
 from ..core.requirements import capture_pins
 from ..core.richoutput import StdoutDemux
 from ..errors import MlcError, RunError, SpecError
-from .widgets import open_display
-
+from .display import open_display
 
 
 @magics_class
 class ContainerizeMagics(Magics, MlcontainerSettings):
     """Run cells in Docker containers (or Kubernetes Jobs).
 
-    Settings are MlcontainerSettings' (config.py): `%config ContainerizeMagics.NAME = VALUE`,
-    or the environment variable each names.
+    Settings (`%config ContainerizeMagics.NAME = VALUE`, or the environment variable given;
+    they are MlcontainerSettings', which the CLI and the server read too):
+      base_image    default base image            MLCONTAINER_BASE_IMAGE; python:X.Y-slim
+      namespace     prefix of images/volumes      MLCONTAINER_NAMESPACE; mlcontainer
+      timeout       default --timeout in seconds  MLCONTAINER_TIMEOUT; none
+      network       default --network             MLCONTAINER_NETWORK; bridge
+      raise_error   raise on a nonzero exit       MLCONTAINER_RAISE_ERROR; true
+      store_dir     where snapshots are kept      MLCONTAINER_STORE
+      backend_name  docker or kubernetes          MLCONTAINER_BACKEND; docker
     """
 
     def __init__(self, shell=None, **kwargs):
@@ -56,11 +64,16 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
 
     def _context(self) -> dict:
         ns = self.shell.user_ns if self.shell is not None else {}
-        notebook = ns.get("__session__") or os.environ.get("JPY_SESSION_NAME") or ns.get(
-            "__vsc_ipynb_file__")
-        return {"notebook": notebook,
-                "cell": getattr(self.shell, "execution_count", None),
-                "kernel": OWNER}
+        notebook = (
+            ns.get("__session__")
+            or os.environ.get("JPY_SESSION_NAME")
+            or ns.get("__vsc_ipynb_file__")
+        )
+        return {
+            "notebook": notebook,
+            "cell": getattr(self.shell, "execution_count", None),
+            "kernel": OWNER,
+        }
 
     @line_magic
     def container(self, line):
@@ -92,32 +105,73 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
 
     @magic_arguments()
     @argument("-n", "--name", help="A name for this run's snapshot.")
-    @argument("-r", "--requirements", nargs="+", action="append", default=[], metavar="SPEC",
-              help="pip requirements (PEP 508), e.g. -r numpy==1.26.4 'pandas>=2'.")
+    @argument(
+        "-r",
+        "--requirements",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="pip requirements (PEP 508), e.g. -r numpy==1.26.4 'pandas>=2'.",
+    )
     @argument("-f", "--requirements-file", metavar="PATH", help="A requirements.txt file.")
     @argument("--base", metavar="IMAGE", help="Base image (default: the base_image setting).")
-    @argument("--apt", nargs="+", action="append", default=[], metavar="PKG",
-              help="Debian packages to install in the image.")
-    @argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
-              help="An environment variable for the cell (repeatable).")
+    @argument(
+        "--apt",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="PKG",
+        help="Debian packages to install in the image.",
+    )
+    @argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="An environment variable for the cell (repeatable).",
+    )
     @argument("--cpus", help="CPU limit, e.g. 0.5 or 2.")
     @argument("--memory", help="Memory limit, e.g. 512m or 2g.")
     @argument("--gpus", help="GPUs: all or a number.")
     @argument("--network", help="bridge (default) or none.")
     @argument("--timeout", help="Stop the container after this many seconds.")
-    @argument("--in", dest="inputs", metavar="A,B", default="",
-              help="Notebook variables to send into the container.")
-    @argument("--out", dest="outputs", metavar="C,D", default="",
-              help="Variables to bring back into the notebook when the cell succeeds.")
-    @argument("--backend", choices=BACKENDS,
-              help="Where the cell runs (default: the backend_name setting, docker).")
-    @argument("--session", metavar="NAME",
-              help="Run in a warm session: the container and its state live on between cells.")
-    @argument("--no-capture", action="store_true",
-              help="Do not pin what the cell imports to the kernel's installed versions.")
+    @argument(
+        "--in",
+        dest="inputs",
+        metavar="A,B",
+        default="",
+        help="Notebook variables to send into the container.",
+    )
+    @argument(
+        "--out",
+        dest="outputs",
+        metavar="C,D",
+        default="",
+        help="Variables to bring back into the notebook when the cell succeeds.",
+    )
+    @argument(
+        "--backend",
+        choices=BACKENDS,
+        help="Where the cell runs (default: the backend_name setting, docker).",
+    )
+    @argument(
+        "--session",
+        metavar="NAME",
+        help="Run in a warm session: the container and its state live on between cells.",
+    )
+    @argument(
+        "--no-capture",
+        action="store_true",
+        help="Do not pin what the cell imports to the kernel's installed versions.",
+    )
     @argument("--rebuild", action="store_true", help="Rebuild the environment image.")
-    @argument("--no-raise-error", action="store_true",
-              help="Do not raise when the cell fails; the failure is still reported.")
+    @argument(
+        "--no-raise-error",
+        action="store_true",
+        help="Do not raise when the cell fails; the failure is still reported.",
+    )
     @cell_magic
     def containerize(self, line, cell):
         """Run this cell in a fresh Docker container with its own pip packages.
@@ -142,13 +196,14 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
                 _write_output(stream, text)
 
         backend = self.backend_for(args.backend or self.backend_name)
-        run = {}
+        run: dict[str, str] = {}
         # A click on the widget's Stop reaches the kernel only after the cell ends (ipykernel
         # routes a comm's messages to the shell that published on it, and this one is busy);
         # in JupyterLab the sidebar extension stops the run through the server instead.
         display = open_display(
             on_stop=lambda: runs.request_stop(self.store, backend, run.get("id", "")),
-            shell=self.shell)
+            shell=self.shell,
+        )
 
         def events(phase, **info):
             if phase == Phase.RECORDED:
@@ -157,14 +212,25 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
 
         display.show()
         try:
-            outcome = runs.execute(spec, backend, inputs=inputs, output=output, events=events,
-                                   rebuild=args.rebuild, store=self.store,
-                                   context=self._context())
+            outcome = runs.execute(
+                spec,
+                backend,
+                inputs=inputs,
+                output=output,
+                events=events,
+                rebuild=args.rebuild,
+                store=self.store,
+                context=self._context(),
+            )
             demux.close()
             error = runs.outcome_error(outcome)
-            display(Phase.FINISHED, status=error.reason if error else "done",
-                    message=str(error) if error else "done", exit_code=outcome.result.exit_code,
-                    detail=error.logs if error else "")
+            display(
+                Phase.FINISHED,
+                status=error.reason if error else "done",
+                message=str(error) if error else "done",
+                exit_code=outcome.result.exit_code,
+                detail=error.logs if error else "",
+            )
         except BaseException as e:
             display.close(e)
             raise
@@ -189,16 +255,23 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
                     text = path.read_text()
                 except (OSError, UnicodeDecodeError) as e:
                     why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
-                    raise SpecError(f"Cannot read requirements file {str(path)!r}: "
-                                    f"{why}.") from None
+                    raise SpecError(
+                        f"Cannot read requirements file {str(path)!r}: {why}."
+                    ) from None
                 reqs += specs.parse_requirements_text(text, source=str(path))
             apt = specs.parse_apt([p for group in args.apt for p in group])
             captured = [] if args.no_capture else capture_pins(cell, reqs)
             if captured:
-                print("[mlcontainer] pinned from the kernel: " + " ".join(captured)
-                      + "  (--no-capture to turn off)")
-            env_spec = specs.EnvSpec(base_image=args.base or self.base_image, apt=apt,
-                                     requirements=specs.merge_requirements(reqs + captured))
+                print(
+                    "[mlcontainer] pinned from the kernel: "
+                    + " ".join(captured)
+                    + "  (--no-capture to turn off)"
+                )
+            env_spec = specs.EnvSpec(
+                base_image=args.base or self.base_image,
+                apt=apt,
+                requirements=specs.merge_requirements(reqs + captured),
+            )
             timeout = args.timeout if args.timeout is not None else self.timeout
             return specs.RunSpec(
                 code=cell,

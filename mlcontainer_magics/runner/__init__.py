@@ -1,6 +1,7 @@
 """The program that runs inside the container (``mlc_runner.py``, standard library only), and
 the protocol the host speaks with it: defined once, in the runner, and re-exported here.
 """
+
 from pathlib import Path
 
 from .mlc_runner import (
@@ -19,11 +20,27 @@ MLC_DIR = MLC  # where the run's folder is mounted in the container
 RUNNER_COMMAND = ("python", f"{MLC}/runner.py")
 RUN_USER = "1000:1000"  # the unprivileged user cells run as, in every backend
 # The environment every run's container starts with, whichever backend (or export) runs it.
-CONTAINER_ENV = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLBACKEND": "Agg",
-                 "PYTHONDONTWRITEBYTECODE": "1"}
+CONTAINER_ENV = {
+    "PYTHONUNBUFFERED": "1",
+    "HOME": "/tmp",
+    "MPLBACKEND": "Agg",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
 
-__all__ = ["CONTAINER_ENV", "FILE_MARK", "MARK", "MESSAGE_PREFIX", "MLC_DIR", "ONE_STREAM_ENV",
-           "PREFIX", "RUNNER_COMMAND", "RUN_USER", "STDERR_MARK", "VALUES_EXIT", "runner_source"]
+__all__ = [
+    "CONTAINER_ENV",
+    "FILE_MARK",
+    "MARK",
+    "MESSAGE_PREFIX",
+    "MLC_DIR",
+    "ONE_STREAM_ENV",
+    "PREFIX",
+    "RUNNER_COMMAND",
+    "RUN_USER",
+    "STDERR_MARK",
+    "VALUES_EXIT",
+    "runner_source",
+]
 
 
 def runner_source() -> bytes:

@@ -5,6 +5,7 @@ objects live in ``web_app.settings`` (set here only where absent), so tests and 
 deployments can put their own in before the extension loads. Settings are MlcontainerSettings
 under the ServerApp: Jupyter's config files reach them (``c.MlcontainerSettings.namespace``).
 """
+
 from __future__ import annotations
 
 from . import actions
@@ -27,10 +28,17 @@ def _load_jupyter_server_extension(server_app):
     backends = settings.setdefault("mlcontainer_backends", Backends(mlc))
     settings.setdefault("mlcontainer_namespace", mlc.namespace)
     settings.setdefault("mlcontainer_root_dir", getattr(server_app, "root_dir", None))
-    settings.setdefault("mlcontainer_actions", dict(
-        ACTIONS, rerun=actions.rerun_on(backends),
-        export=actions.export_under(settings["mlcontainer_root_dir"], backends)))
+    settings.setdefault(
+        "mlcontainer_actions",
+        dict(
+            ACTIONS,
+            rerun=actions.rerun_on(backends),
+            export=actions.export_under(settings["mlcontainer_root_dir"], backends),
+        ),
+    )
     setup_handlers(server_app.web_app)
     root = getattr(settings["mlcontainer_store"], "root", None)
-    server_app.log.info("mlcontainer_magics server extension: API at /mlcontainer/, store %s",
-                        root if root is not None else "(default)")
+    server_app.log.info(
+        "mlcontainer_magics server extension: API at /mlcontainer/, store %s",
+        root if root is not None else "(default)",
+    )

@@ -4,6 +4,7 @@ Exports go only into `<server root>/mlcontainer-exports/`, under a name the serv
 request can write anywhere else. Reruns go to the backend (and namespace) the snapshot ran on,
 unless the request names another backend.
 """
+
 from __future__ import annotations
 
 import time
@@ -31,9 +32,14 @@ def rerun_on(backends: Backends) -> Action:
         backend = backends.for_record(record, override=override)
         verify = bool(options.get("verify"))
         outcome, problems = snapshots.rerun(store, record["id"], backend, verify=verify)
-        return {"id": outcome.run_id, "rerun_of": record["id"], "backend": backend.name,
-                "status": outcome.result.reason, "verified": (not problems) if verify else None,
-                "problems": problems}
+        return {
+            "id": outcome.run_id,
+            "rerun_of": record["id"],
+            "backend": backend.name,
+            "status": outcome.result.reason,
+            "verified": (not problems) if verify else None,
+            "problems": problems,
+        }
 
     return rerun
 
@@ -50,9 +56,15 @@ def export_under(root_dir, backends: Backends) -> Action:
         name = f"{record.get('name') or 'snapshot'}-{record['id']}-{time.strftime('%Y%m%d-%H%M%S')}"
         dest = Path(root_dir) / EXPORTS / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        export_snapshot(store, record["id"], dest, backends.for_record(record),
-                        tar=bool(options.get("tar")), k8s=bool(options.get("k8s")),
-                        k8s_config=KubernetesConfig(parent=backends.settings))
+        export_snapshot(
+            store,
+            record["id"],
+            dest,
+            backends.for_record(record),
+            tar=bool(options.get("tar")),
+            k8s=bool(options.get("k8s")),
+            k8s_config=KubernetesConfig(parent=backends.settings),
+        )
         return {"path": f"{EXPORTS}/{name}", "files": sorted(p.name for p in dest.iterdir())}
 
     return export

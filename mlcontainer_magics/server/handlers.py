@@ -16,6 +16,7 @@ and to backends through their contract; blocking calls run in the executor (``_c
 leave as JSON ``{"message": ...}``, and an MlcError's class picks its HTTP status in one table
 (``HTTP_STATUS``); refs from the URL pass ``check_ref`` before anything uses them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,7 +56,7 @@ MAX_LIMIT = 500
 # event loop; ``None`` answers 501 "not available yet". The server reads the copy in
 # ``web_app.settings["mlcontainer_actions"]``, so a test or deployment can swap one in.
 ACTIONS: dict[str, Callable[[Any, str, dict], dict] | None] = {
-    "rerun": None,   # set in server/__init__.py from server/actions.py
+    "rerun": None,  # set in server/__init__.py from server/actions.py
     "export": None,  # likewise; it needs the server's root directory
 }
 ACTION_TITLES = {"rerun": "Re-run", "export": "Export"}
@@ -96,7 +97,8 @@ class BaseHandler(APIHandler):
         """Run a blocking store/Docker call in the executor; MlcError becomes an HTTP error."""
         try:
             return await IOLoop.current().run_in_executor(
-                None, functools.partial(fn, *args, **kwargs))
+                None, functools.partial(fn, *args, **kwargs)
+            )
         except MlcError as e:
             raise http_error(e) from e
 
@@ -132,16 +134,19 @@ class BaseHandler(APIHandler):
 
     def with_paths(self, record: dict) -> dict:
         out = dict(record)
-        out["notebook_path"] = notebook_path(record.get("notebook"),
-                                             self.settings.get("mlcontainer_root_dir"))
+        out["notebook_path"] = notebook_path(
+            record.get("notebook"), self.settings.get("mlcontainer_root_dir")
+        )
         return out
 
 
 def check_ref(raw: str) -> str:
     if not isinstance(raw, str) or not REF_RE.match(raw) or ".." in raw:
         raise tornado.web.HTTPError(
-            400, "Invalid snapshot reference: use a snapshot id (hex) or a run name "
-                 "(letters, digits, '_', '.', '-').")
+            400,
+            "Invalid snapshot reference: use a snapshot id (hex) or a run name "
+            "(letters, digits, '_', '.', '-').",
+        )
     return raw
 
 
@@ -186,21 +191,29 @@ def _int_arg(handler: APIHandler, name: str, default: int, lo: int, hi: int) -> 
 
 # -- handlers -------------------------------------------------------------------------------------
 
+
 class SnapshotsHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self):
         limit = _int_arg(self, "limit", 50, 1, MAX_LIMIT)
         offset = _int_arg(self, "offset", 0, 0, 10**9)
-        filters = {k: self.get_query_argument(k, None) or None
-                   for k in ("notebook", "name", "status")}
+        filters = {
+            k: self.get_query_argument(k, None) or None for k in ("notebook", "name", "status")
+        }
 
         def page():
             items = self.store.list(limit=limit, offset=offset, **filters)
             return items, self.store.count(**filters)
 
         items, total = await self._call(page)
-        self.reply({"items": [self.with_paths(i) for i in items], "total": total,
-                    "limit": limit, "offset": offset})
+        self.reply(
+            {
+                "items": [self.with_paths(i) for i in items],
+                "total": total,
+                "limit": limit,
+                "offset": offset,
+            }
+        )
 
 
 class SnapshotHandler(BaseHandler):
@@ -220,8 +233,12 @@ class SnapshotHandler(BaseHandler):
 def record_logs(store, ref: str) -> dict:
     """A snapshot's recorded output: both streams, and the text `mlcontainer logs` prints."""
     record = store.get(ref)
-    return {"id": record["id"], "logs": verbs.format_logs(record),
-            "stdout": str(record.get("stdout") or ""), "stderr": str(record.get("stderr") or "")}
+    return {
+        "id": record["id"],
+        "logs": verbs.format_logs(record),
+        "stdout": str(record.get("stdout") or ""),
+        "stderr": str(record.get("stderr") or ""),
+    }
 
 
 class LogsHandler(BaseHandler):
@@ -238,8 +255,10 @@ class ActionHandler(BaseHandler):
         fn = self.settings.get("mlcontainer_actions", ACTIONS).get(verb)
         if fn is None:
             raise tornado.web.HTTPError(
-                501, f"{ACTION_TITLES.get(verb, verb)} is not available yet in this version of "
-                     "mlcontainer-magics.")
+                501,
+                f"{ACTION_TITLES.get(verb, verb)} is not available yet in this version of "
+                "mlcontainer-magics.",
+            )
         self.reply(await self._call(fn, self.store, ref, options))
 
 
@@ -249,7 +268,8 @@ class RunningHandler(BaseHandler):
         # This server's runs: the namespace its kernels use (MLCONTAINER_NAMESPACE), unless
         # the request asks for another one, or for all with namespace=*.
         namespace = self.get_query_argument("namespace", None) or self.settings.get(
-            "mlcontainer_namespace")
+            "mlcontainer_namespace"
+        )
 
         def running():
             backend = self.backends.get(namespace=None if namespace == "*" else namespace)
@@ -264,7 +284,8 @@ class RunningHandler(BaseHandler):
                     item["snapshot_status"] = rec.get("status")
                     item["notebook"] = rec.get("notebook")
                     item["notebook_path"] = notebook_path(
-                        rec.get("notebook"), self.settings.get("mlcontainer_root_dir"))
+                        rec.get("notebook"), self.settings.get("mlcontainer_root_dir")
+                    )
             return items
 
         self.reply({"items": await self._call(running)})
@@ -302,11 +323,17 @@ class StatusHandler(BaseHandler):
         def status():
             engine = self.backends.get().status()
             try:
-                store = {"root": str(getattr(self.store, "root", "")), "total": self.store.count(),
-                         "message": None}
+                store = {
+                    "root": str(getattr(self.store, "root", "")),
+                    "total": self.store.count(),
+                    "message": None,
+                }
             except MlcError as e:
-                store = {"root": str(getattr(self.store, "root", "")), "total": None,
-                         "message": str(e)}
+                store = {
+                    "root": str(getattr(self.store, "root", "")),
+                    "total": None,
+                    "message": str(e),
+                }
             return {"version": __version__, "engine": engine, "store": store}
 
         self.reply(await self._call(status))

@@ -1,12 +1,14 @@
 """Tar archives for moving files into and out of containers (no host mounts needed)."""
+
 from __future__ import annotations
 
 import io
 import tarfile
 
 
-def tar_bytes(files: dict[str, bytes], *, root: str = "", uid: int = 0, gid: int = 0,
-              mode: int = 0o644) -> bytes:
+def tar_bytes(
+    files: dict[str, bytes], *, root: str = "", uid: int = 0, gid: int = 0, mode: int = 0o644
+) -> bytes:
     """A tar of ``files`` (relative path -> content), all owned by uid:gid, under ``root``/."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

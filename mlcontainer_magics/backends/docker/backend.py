@@ -4,6 +4,7 @@ Why install-and-commit instead of `docker build`: the host's CA bundle and index
 handed to pip through a throwaway volume, so they never enter an image layer; and a named volume
 holds pip's wheel cache across every build, which the SDK's classic builder cannot do.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -14,6 +15,7 @@ import shutil
 import threading
 import uuid
 from datetime import datetime, timezone
+from typing import Any
 
 from ...core.backend import (
     Backend,
@@ -26,12 +28,12 @@ from ...core.backend import (
     no_events,
 )
 from ...core.events import Phase
-from ...runner import CONTAINER_ENV, MLC_DIR, RUN_USER, RUNNER_COMMAND
 from ...core.owner import OWNER
 from ...core.owner import alive as owner_alive
 from ...core.requirements import closest_parent, extend_lock, lock_from_report, lock_key
 from ...core.spec import EnvSpec, RunSpec, digest
 from ...errors import BaseImageMissing, BuildError, EngineUnavailable, RunError
+from ...runner import CONTAINER_ENV, MLC_DIR, RUN_USER, RUNNER_COMMAND
 from . import build as render
 from .archive import tar_bytes, untar_files
 from .engine import address, connect, engine_errors, short, translated
@@ -54,13 +56,18 @@ def make_labels(namespace: str, **extra) -> dict[str, str]:
 class DockerBackend(Backend):
     name = "docker"
 
-    def __init__(self, client=None, namespace: str = "mlcontainer",
-                 network: BuildNetwork | None = None, clean_orphans: bool = False) -> None:
+    def __init__(
+        self,
+        client=None,
+        namespace: str = "mlcontainer",
+        network: BuildNetwork | None = None,
+        clean_orphans: bool = False,
+    ) -> None:
         self._client = client
         self._clean_orphans = clean_orphans  # a kernel's backend does, on first connection
         self.namespace = namespace
         self._network = network
-        self._runs: dict[str, object] = {}  # run_id -> container, for stop()
+        self._runs: dict[str, Any] = {}  # run_id -> container, for stop()
         self._stopped: set[str] = set()
         self._lost: set[str] = set()  # containers left when the engine went away mid-run
 
@@ -69,8 +76,12 @@ class DockerBackend(Backend):
         if self._client is None:
             self._client = connect()
             if self._clean_orphans:  # runs of kernels that died mid-run, in the background
-                threading.Thread(target=_quietly, args=(self.prune_orphans,), daemon=True,
-                                 name="mlcontainer-orphans").start()
+                threading.Thread(
+                    target=_quietly,
+                    args=(self.prune_orphans,),
+                    daemon=True,
+                    name="mlcontainer-orphans",
+                ).start()
         return self._client
 
     @property
@@ -85,6 +96,9 @@ class DockerBackend(Backend):
 
     @translated("looking up the base image")
     def base_image_id(self, base: str) -> str:
+        return self._base_image_id(base)
+
+    def _base_image_id(self, base: str) -> str:
         import docker.errors
 
         try:
@@ -99,23 +113,36 @@ class DockerBackend(Backend):
                 f"Base image {base!r} is not on this engine and cannot be pulled "
                 f"({short(e)}). Run `mlcontainer doctor --fix` to build python:X.Y-slim "
                 f"offline from Debian packages, `docker load` it from a file, or pass --base "
-                f"with an image that exists (`docker images`).") from None
+                f"with an image that exists (`docker images`)."
+            ) from None
 
-    def ensure_environment(self, env_spec: EnvSpec, *, events: Events = no_events,
-                           rebuild: bool = False, lock: list | None = None) -> Environment:
+    def ensure_environment(
+        self,
+        env_spec: EnvSpec,
+        *,
+        events: Events = no_events,
+        rebuild: bool = False,
+        lock: list | None = None,
+    ) -> Environment:
         with engine_errors("preparing the environment"):
             self._remove_lost()
-            return self._ensure_environment(env_spec, events=events, rebuild=rebuild,
-                                            lock=lock)
+            return self._ensure_environment(env_spec, events=events, rebuild=rebuild, lock=lock)
 
-    def _ensure_environment(self, env_spec: EnvSpec, *, events: Events, rebuild: bool,
-                            lock: list | None) -> Environment:
-        events("resolving", base=env_spec.base_image)
-        base_id = self.base_image_id(env_spec.base_image)
+    def _ensure_environment(
+        self, env_spec: EnvSpec, *, events: Events, rebuild: bool, lock: list | None
+    ) -> Environment:
+        events(Phase.RESOLVING, base=env_spec.base_image)
+        base_id = self._base_image_id(env_spec.base_image)
         if not env_spec.requirements and not env_spec.apt and not lock:
-            events("cached", image=env_spec.base_image)
-            return Environment(env_spec.base_image, base_id, base_id, [], cached=True,
-                               size=self.client.images.get(base_id).attrs.get("Size"))
+            events(Phase.CACHED, image=env_spec.base_image)
+            return Environment(
+                env_spec.base_image,
+                base_id,
+                base_id,
+                [],
+                cached=True,
+                size=self.client.images.get(base_id).attrs.get("Size"),
+            )
         tag = self._spec_tag(env_spec, base_id, lock)
         if not rebuild:
             found = self._find(tag)
@@ -124,19 +151,28 @@ class DockerBackend(Backend):
                 if found is not None:
                     found.tag(*tag.split(":"))
             if found is not None:
-                events("cached", image=tag, size=found.attrs.get("Size"))
+                events(Phase.CACHED, image=tag, size=found.attrs.get("Size"))
                 return self._environment(found, tag, cached=True)
         # A spec that only adds packages to an existing environment builds on it (installing
         # just the new ones); a rebuild, or a rebuild from a recorded lock, starts from the base.
         parent = None if rebuild or lock is not None else self._parent_for(env_spec, base_id)
-        events("building", image=tag, apt=list(env_spec.apt),
-               requirements=list(env_spec.requirements),
-               on=parent.tags[0] if parent is not None else None)
+        events(
+            Phase.BUILDING,
+            image=tag,
+            apt=list(env_spec.apt),
+            requirements=list(env_spec.requirements),
+            on=parent.tags[0] if parent is not None else None,
+        )
         return self._build(env_spec, base_id, tag, lock, events, parent)
 
     def _spec_tag(self, env_spec: EnvSpec, base_id: str, lock) -> str:
-        key = digest({"spec": env_spec.key(), "base": base_id,
-                      "lock": [(e["name"], e["version"]) for e in lock] if lock else None})
+        key = digest(
+            {
+                "spec": env_spec.key(),
+                "base": base_id,
+                "lock": [(e["name"], e["version"]) for e in lock] if lock else None,
+            }
+        )
         return f"{self.repository}:{key[:24]}"
 
     def _find(self, ref: str):
@@ -150,9 +186,14 @@ class DockerBackend(Backend):
     def _environment(self, image, tag: str, cached: bool, log: str = "") -> Environment:
         labels = image.attrs["Config"].get("Labels") or {}
         return Environment(
-            image=tag, image_id=image.id, base_image_id=labels.get(f"{LABEL}.base-id", ""),
-            lock=json.loads(labels.get(f"{LABEL}.lock", "[]")), cached=cached,
-            size=image.attrs.get("Size"), build_log=log)
+            image=tag,
+            image_id=image.id,
+            base_image_id=labels.get(f"{LABEL}.base-id", ""),
+            lock=json.loads(labels.get(f"{LABEL}.lock", "[]")),
+            cached=cached,
+            size=image.attrs.get("Size"),
+            build_log=log,
+        )
 
     @contextlib.contextmanager
     def _build_container(self, base_id: str, files: dict, script: str, events: Events):
@@ -170,25 +211,31 @@ class DockerBackend(Backend):
         log_lines: list[str] = []
         try:
             container = self.client.containers.create(
-                base_id, ["sh", f"{render.BUILD_DIR}/{script}"], labels=labels,
+                base_id,
+                ["sh", f"{render.BUILD_DIR}/{script}"],
+                labels=labels,
                 # Mounts, not `volumes=`: the SDK would also declare those paths as VOLUMEs in
                 # the container's config, which `docker commit` keeps in the image, and every
                 # run of it would then make two anonymous volumes.
-                mounts=[Mount("/mlc-cache", self.cache_volume),
-                        Mount(render.BUILD_DIR, secrets.name)])
+                mounts=[
+                    Mount("/mlc-cache", self.cache_volume),
+                    Mount(render.BUILD_DIR, secrets.name),
+                ],
+            )
             container.put_archive(render.BUILD_DIR, tar_bytes(files, mode=0o600))
             container.start()
             for line in _lines(container.logs(stream=True, follow=True)):
                 log_lines.append(line)
-                events("build-log", line=line)
+                events(Phase.BUILD_LOG, line=line)
             status = container.wait()["StatusCode"]
             log = "\n".join(log_lines)
             if status != 0:
                 raise BuildError(_build_failure(log, status), log=log)
             yield container, log
         except docker.errors.APIError as e:
-            raise BuildError(f"Building the environment failed: {short(e)}",
-                             log="\n".join(log_lines)) from None
+            raise BuildError(
+                f"Building the environment failed: {short(e)}", log="\n".join(log_lines)
+            ) from None
         finally:
             if container is not None:
                 _quietly(container.remove, force=True, v=True)
@@ -203,44 +250,70 @@ class DockerBackend(Backend):
         if not env_spec.requirements:
             return None
         candidates = []
-        for image in self.client.images.list(filters={"label": [
-                f"{LABEL}.namespace={self.namespace}", f"{LABEL}.role=env",
-                f"{LABEL}.base-id={base_id}"]}):
+        for image in self.client.images.list(
+            filters={
+                "label": [
+                    f"{LABEL}.namespace={self.namespace}",
+                    f"{LABEL}.role=env",
+                    f"{LABEL}.base-id={base_id}",
+                ]
+            }
+        ):
             if not image.tags or len(image.attrs["RootFS"].get("Layers", ())) >= MAX_ENV_LAYERS:
                 continue
             try:
-                candidates.append((image, json.loads(image.labels[f"{LABEL}.requirements"]),
-                                   json.loads(image.labels[f"{LABEL}.apt"])))
+                candidates.append(
+                    (
+                        image,
+                        json.loads(image.labels[f"{LABEL}.requirements"]),
+                        json.loads(image.labels[f"{LABEL}.apt"]),
+                    )
+                )
             except (KeyError, ValueError):
                 continue  # not one of ours as this version writes them
         return closest_parent(candidates, env_spec.requirements, env_spec.apt)
 
-    def _build(self, env_spec: EnvSpec, base_id: str, tag: str, lock, events: Events,
-               parent=None):
+    def _build(self, env_spec: EnvSpec, base_id: str, tag: str, lock, events: Events, parent=None):
         # Installing into ``parent`` leaves its packages in place: pip adds only what is missing.
         # A build without one does apt-get too; with one, the Debian packages are there already.
-        files = self._build_files(requirements=env_spec.requirements,
-                                  apt=() if parent is not None else env_spec.apt, lock=lock)
+        files = self._build_files(
+            requirements=env_spec.requirements,
+            apt=() if parent is not None else env_spec.apt,
+            lock=lock,
+        )
         start = parent.id if parent is not None else base_id
         with self._build_container(start, files, "install.sh", events) as (container, log):
             got = untar_files(container.get_archive(render.BUILD_DIR)[0])
-            new_lock = lock if lock is not None else lock_from_report(
-                got.get("report.json", b"{}"))
+            new_lock = lock if lock is not None else lock_from_report(got.get("report.json", b"{}"))
             if parent is not None:
-                new_lock = extend_lock(json.loads(parent.labels.get(f"{LABEL}.lock", "[]")),
-                                       new_lock)
+                new_lock = extend_lock(
+                    json.loads(parent.labels.get(f"{LABEL}.lock", "[]")), new_lock
+                )
             lkey = lock_key(base_id, env_spec.apt, new_lock)
             with _COMMIT:
-                image = self._commit_once(container, lkey, tag, {
-                    "Labels": make_labels(self.namespace, role="env", **{
-                        "lock-key": lkey, "base-id": base_id, "base": env_spec.base_image,
-                        "python": got.get("python.txt", b"").decode().strip(),
-                        "apt": json.dumps(list(env_spec.apt)),
-                        "requirements": json.dumps(list(env_spec.requirements)),
-                        "lock": json.dumps(new_lock, separators=(",", ":")),
-                        "parent": parent.id if parent is not None else ""}),
-                    "Cmd": ["python3"]})
-        events("built", image=tag, size=image.attrs.get("Size"))
+                image = self._commit_once(
+                    container,
+                    lkey,
+                    tag,
+                    {
+                        "Labels": make_labels(
+                            self.namespace,
+                            role="env",
+                            **{
+                                "lock-key": lkey,
+                                "base-id": base_id,
+                                "base": env_spec.base_image,
+                                "python": got.get("python.txt", b"").decode().strip(),
+                                "apt": json.dumps(list(env_spec.apt)),
+                                "requirements": json.dumps(list(env_spec.requirements)),
+                                "lock": json.dumps(new_lock, separators=(",", ":")),
+                                "parent": parent.id if parent is not None else "",
+                            },
+                        ),
+                        "Cmd": ["python3"],
+                    },
+                )
+        events(Phase.BUILT, image=tag, size=image.attrs.get("Size"))
         return self._environment(image, tag, cached=False, log=log)
 
     def _commit_once(self, container, lkey: str, tag: str, conf: dict):
@@ -249,8 +322,11 @@ class DockerBackend(Backend):
         same = self._by_lock_key(lkey)
         if same is None:
             image = container.commit(None, None, conf=conf)
-            found = self.client.images.list(filters={"label": [
-                f"{LABEL}.lock-key={lkey}", f"{LABEL}.namespace={self.namespace}"]})
+            found = self.client.images.list(
+                filters={
+                    "label": [f"{LABEL}.lock-key={lkey}", f"{LABEL}.namespace={self.namespace}"]
+                }
+            )
             same = min(found, key=lambda i: (i.attrs.get("Created", ""), i.id)) if found else image
             if same.id != image.id:
                 _quietly(self.client.images.remove, image.id, force=True)
@@ -258,15 +334,16 @@ class DockerBackend(Backend):
         return self.client.images.get(tag)
 
     def _by_lock_key(self, lkey: str):
-        found = self.client.images.list(filters={"label": [
-            f"{LABEL}.lock-key={lkey}", f"{LABEL}.namespace={self.namespace}"]})
+        found = self.client.images.list(
+            filters={"label": [f"{LABEL}.lock-key={lkey}", f"{LABEL}.namespace={self.namespace}"]}
+        )
         return found[0] if found else None
 
     @translated("downloading the locked packages")
     def fetch_wheels(self, base_image: str, lock: list) -> dict[str, bytes]:
         files = self._build_files(lock=lock)
         files["download.sh"] = render.download_script().encode()
-        base_id = self.base_image_id(base_image)
+        base_id = self._base_image_id(base_image)
         with self._build_container(base_id, files, "download.sh", no_events) as (container, _):
             got = untar_files(container.get_archive(f"{render.BUILD_DIR}/wheels")[0])
         return got
@@ -289,8 +366,10 @@ class DockerBackend(Backend):
         another machine's are left to it."""
         done = []
         for c in self.client.containers.list(
-                all=True, ignore_removed=True,  # one that goes meanwhile is fine
-                filters={"label": f"{LABEL}.namespace={self.namespace}"}):
+            all=True,
+            ignore_removed=True,  # one that goes meanwhile is fine
+            filters={"label": f"{LABEL}.namespace={self.namespace}"},
+        ):
             owner = c.labels.get(f"{LABEL}.owner", "")
             if owner_alive(owner):
                 continue  # its kernel lives and removes it itself
@@ -300,7 +379,8 @@ class DockerBackend(Backend):
                 shutil.rmtree(folder, ignore_errors=True)
                 done.append(f"removed run folder {folder}")
         for v in self.client.volumes.list(
-                filters={"label": [f"{LABEL}.namespace={self.namespace}", f"{LABEL}.role=build"]}):
+            filters={"label": [f"{LABEL}.namespace={self.namespace}", f"{LABEL}.role=build"]}
+        ):
             if not owner_alive(v.attrs.get("Labels", {}).get(f"{LABEL}.owner", "")):
                 _quietly(v.remove, force=True)
                 done.append(f"removed build volume {v.name}")
@@ -310,7 +390,8 @@ class DockerBackend(Backend):
     def prune_images(self, keep) -> list[str]:
         done = []
         for image in self.client.images.list(
-                filters={"label": f"{LABEL}.namespace={self.namespace}"}):
+            filters={"label": f"{LABEL}.namespace={self.namespace}"}
+        ):
             if not image.tags or set(image.tags) & set(keep):
                 continue
             for tag in image.tags:
@@ -328,8 +409,16 @@ class DockerBackend(Backend):
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def run(self, spec: RunSpec, env: Environment, workdir, *, run_id: str,
-            events: Events = no_events, output: Output | None = None) -> RunResult:
+    def run(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir,
+        *,
+        run_id: str,
+        events: Events = no_events,
+        output: Output | None = None,
+    ) -> RunResult:
         with engine_errors("running the cell"):
             return self._run(spec, env, workdir, run_id=run_id, events=events, output=output)
 
@@ -354,8 +443,16 @@ class DockerBackend(Backend):
         except Exception:  # the engine is gone: try again on the next call that reaches it
             self._lost.add(container.id)
 
-    def _run(self, spec: RunSpec, env: Environment, workdir, *, run_id: str,
-             events: Events, output: Output | None) -> RunResult:
+    def _run(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir,
+        *,
+        run_id: str,
+        events: Events,
+        output: Output | None,
+    ) -> RunResult:
         import docker.errors
 
         output = output or (lambda stream, text: None)
@@ -367,13 +464,12 @@ class DockerBackend(Backend):
         timed_out = threading.Event()
         container = None
         try:
-            events("starting")
-            container = self.client.containers.create(
-                env.image_id, list(RUNNER_COMMAND), **kwargs)
+            events(Phase.STARTING)
+            container = self.client.containers.create(env.image_id, list(RUNNER_COMMAND), **kwargs)
             self._runs[run_id] = container
             stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
             container.start()
-            events("running", container=container.id[:12])
+            events(Phase.RUNNING, container=container.id[:12])
             timer = None
             if spec.timeout:
                 timer = threading.Timer(spec.timeout, self._expire, (container, timed_out))
@@ -401,10 +497,13 @@ class DockerBackend(Backend):
         except docker.errors.APIError as e:
             hint = ""
             if spec.gpus and "capabilities: [[gpu]]" in str(e):
-                hint = (" This engine cannot give containers a GPU: install the NVIDIA "
-                        "Container Toolkit and restart Docker, or run without --gpus.")
-            raise RunError(f"The engine refused the run: {short(e)}.{hint}",
-                           logs="".join(stderr)) from None
+                hint = (
+                    " This engine cannot give containers a GPU: install the NVIDIA "
+                    "Container Toolkit and restart Docker, or run without --gpus."
+                )
+            raise RunError(
+                f"The engine refused the run: {short(e)}.{hint}", logs="".join(stderr)
+            ) from None
         finally:
             self._runs.pop(run_id, None)
             self._stopped.discard(run_id)
@@ -423,13 +522,15 @@ class DockerBackend(Backend):
 
     def start_session(self, spec: RunSpec, env: Environment, folder):
         opts = self._container_options(spec, f"session-{spec.session}", folder)
-        opts["volumes"] = {str(folder): {"bind": MLC_DIR, "mode": "ro"},
-                           str(folder / "io"): {"bind": f"{MLC_DIR}/io", "mode": "rw"}}
+        opts["volumes"] = {
+            str(folder): {"bind": MLC_DIR, "mode": "ro"},
+            str(folder / "io"): {"bind": f"{MLC_DIR}/io", "mode": "rw"},
+        }
         opts["labels"][f"{LABEL}.role"] = "session"
         opts["labels"][f"{LABEL}.session"] = spec.session
         container = self.client.containers.create(
-            env.image_id, [*RUNNER_COMMAND, "--serve",
-                           f"{MLC_DIR}/io/session.sock"], **opts)
+            env.image_id, [*RUNNER_COMMAND, "--serve", f"{MLC_DIR}/io/session.sock"], **opts
+        )
         try:
             container.start()
         except Exception:
@@ -473,14 +574,28 @@ class DockerBackend(Backend):
 
         env = {**CONTAINER_ENV, **dict(spec.env)}
         opts = dict(
-            user=RUN_USER, environment=env, working_dir=MLC_DIR,
-            labels=make_labels(self.namespace, role="run", run=run_id, snapshot=run_id,
-                           name=spec.name or "", owner=OWNER),
-            network_mode=spec.network, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-            privileged=False, init=True, pids_limit=4096,
+            user=RUN_USER,
+            environment=env,
+            working_dir=MLC_DIR,
+            labels=make_labels(
+                self.namespace,
+                role="run",
+                run=run_id,
+                snapshot=run_id,
+                name=spec.name or "",
+                owner=OWNER,
+            ),
+            network_mode=spec.network,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            privileged=False,
+            init=True,
+            pids_limit=4096,
             # The run's own folder and nothing else of the host: code in, values out.
-            volumes={str(workdir): {"bind": MLC_DIR, "mode": "ro"},
-                     str(workdir / "out"): {"bind": f"{MLC_DIR}/out", "mode": "rw"}},
+            volumes={
+                str(workdir): {"bind": MLC_DIR, "mode": "ro"},
+                str(workdir / "out"): {"bind": f"{MLC_DIR}/out", "mode": "rw"},
+            },
         )
         if spec.memory:
             opts.update(mem_limit=spec.memory, memswap_limit=spec.memory)
@@ -488,8 +603,9 @@ class DockerBackend(Backend):
             opts["nano_cpus"] = int(spec.cpus * 1e9)
         if spec.gpus:
             count = -1 if spec.gpus == "all" else int(spec.gpus)
-            opts["device_requests"] = [docker.types.DeviceRequest(count=count,
-                                                                  capabilities=[["gpu"]])]
+            opts["device_requests"] = [
+                docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])
+            ]
         return opts
 
     def _reason(self, code: int, state: dict, timed_out: bool, run_id: str) -> str:
@@ -536,16 +652,24 @@ class DockerBackend(Backend):
         except EngineUnavailable as e:
             self._client = None  # connect again next time: the engine may be back
             return {"up": False, "version": None, "message": str(e)}
-        return {"up": True, "version": info.get("Version"), "api_version": info.get("ApiVersion"),
-                "os": info.get("Os"), "arch": info.get("Arch"), "message": None}
+        return {
+            "up": True,
+            "version": info.get("Version"),
+            "api_version": info.get("ApiVersion"),
+            "os": info.get("Os"),
+            "arch": info.get("Arch"),
+            "message": None,
+        }
 
     @translated("listing running containers")
     def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
         labels = [f"{LABEL}.run"]
         if not all_namespaces:
             labels.append(f"{LABEL}.namespace={self.namespace}")
-        items = [_running_run(c) for c in self.client.containers.list(
-            sparse=True, filters={"label": labels})]
+        items = [
+            _running_run(c)
+            for c in self.client.containers.list(sparse=True, filters={"label": labels})
+        ]
         return sorted(items, key=lambda r: r.started or "", reverse=True)
 
 
@@ -553,15 +677,23 @@ def _running_run(c) -> RunningRun:
     a = c.attrs
     labels = a.get("Labels") or {}
     created = a.get("Created")
-    started = (datetime.fromtimestamp(created, timezone.utc).isoformat()
-               if isinstance(created, (int, float)) else created)
+    started = (
+        datetime.fromtimestamp(created, timezone.utc).isoformat()
+        if isinstance(created, (int, float))
+        else created
+    )
     names = a.get("Names") or []
     return RunningRun(
         id=labels.get(f"{LABEL}.snapshot") or labels.get(f"{LABEL}.run"),
         container=(a.get("Id") or c.id or "")[:12],
         container_name=names[0].lstrip("/") if names else None,
-        name=labels.get(f"{LABEL}.name") or None, namespace=labels.get(f"{LABEL}.namespace"),
-        image=a.get("Image"), state=a.get("State"), status=a.get("Status"), started=started)
+        name=labels.get(f"{LABEL}.name") or None,
+        namespace=labels.get(f"{LABEL}.namespace"),
+        image=a.get("Image"),
+        state=a.get("State"),
+        status=a.get("Status"),
+        started=started,
+    )
 
 
 def _lines(chunks):
@@ -579,10 +711,13 @@ def _build_failure(log: str, status: int) -> str:
     """The lines of pip's (or apt's) own message that say what went wrong."""
     lines = log.splitlines()
     # pip indents the failing subprocess's own output (e.g. a setup.py's message): match it too.
-    wanted = [i for i, line in enumerate(lines)
-              if line.lstrip().startswith(("ERROR", "E: ", "error:"))
-              or "No matching distribution" in line]
-    detail = "\n".join(lines[wanted[0]:wanted[0] + 20]) if wanted else "\n".join(lines[-12:])
+    wanted = [
+        i
+        for i, line in enumerate(lines)
+        if line.lstrip().startswith(("ERROR", "E: ", "error:"))
+        or "No matching distribution" in line
+    ]
+    detail = "\n".join(lines[wanted[0] : wanted[0] + 20]) if wanted else "\n".join(lines[-12:])
     return f"Building the environment failed (exit {status}):\n{detail}"
 
 
@@ -592,8 +727,11 @@ def _run_folders(container) -> list[str]:
     for mount in container.attrs.get("Mounts") or []:
         source = mount.get("Source") or ""
         name = os.path.basename(source.rstrip("/"))
-        if mount.get("Destination") == MLC_DIR and \
-                name.startswith(("mlc-run-", "mlc-session-")) and os.path.isdir(source):
+        if (
+            mount.get("Destination") == MLC_DIR
+            and name.startswith(("mlc-run-", "mlc-session-"))
+            and os.path.isdir(source)
+        ):
             out.append(source)
     return out
 
@@ -613,6 +751,3 @@ def _quietly(fn, *args, **kwargs) -> None:
         fn(*args, **kwargs)
     except Exception:  # cleanup must never hide the error that got us here
         pass
-
-
-

@@ -1,4 +1,5 @@
 """Pure: a spec in, build artifacts out (scripts, pip.conf, Dockerfile text). No I/O here."""
+
 from __future__ import annotations
 
 import json
@@ -41,13 +42,18 @@ def lock_txt(lock) -> str:
 
 def download_script() -> str:
     """Fetch every locked file (checked by hash) into BUILD_DIR/wheels, for `export`."""
-    return "\n".join([
-        "set -eu",
-        f"export PIP_CONFIG_FILE={BUILD_DIR}/pip.conf PIP_CACHE_DIR={PIP_CACHE}",
-        "export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off",
-        f"python -m pip download --no-deps --require-hashes -r {BUILD_DIR}/lock.txt "
-        f"-d {BUILD_DIR}/wheels",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "set -eu",
+                f"export PIP_CONFIG_FILE={BUILD_DIR}/pip.conf PIP_CACHE_DIR={PIP_CACHE}",
+                "export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off",
+                f"python -m pip download --no-deps --require-hashes -r {BUILD_DIR}/lock.txt "
+                f"-d {BUILD_DIR}/wheels",
+            ]
+        )
+        + "\n"
+    )
 
 
 def install_script(apt=(), has_requirements=True, from_lock=False) -> str:
@@ -85,12 +91,15 @@ def install_script(apt=(), has_requirements=True, from_lock=False) -> str:
                 f"python -m pip install -r {BUILD_DIR}/requirements.txt "
                 f"--report {BUILD_DIR}/report.json",
             ]
-    lines.append(f"python -c 'import platform; print(platform.python_version())' "
-                 f"> {BUILD_DIR}/python.txt")
+    lines.append(
+        f"python -c 'import platform; print(platform.python_version())' > {BUILD_DIR}/python.txt"
+    )
     return "\n".join(lines) + "\n"
 
 
-def build_files(net: BuildNetwork, *, requirements=(), apt=(), lock=None, ca_bundle=b"") -> dict:
+def build_files(
+    net: BuildNetwork, *, requirements=(), apt=(), lock=None, ca_bundle=b""
+) -> dict[str, bytes]:
     """Files to place in BUILD_DIR for install_script()."""
     files = {
         "install.sh": install_script(apt, bool(requirements or lock), lock is not None),
@@ -100,10 +109,10 @@ def build_files(net: BuildNetwork, *, requirements=(), apt=(), lock=None, ca_bun
     }
     if lock is not None:
         files["lock.txt"] = lock_txt(lock)
-    files = {k: v.encode() for k, v in files.items()}
+    out = {k: v.encode() for k, v in files.items()}
     if ca_bundle:
-        files["ca.pem"] = ca_bundle
-    return files
+        out["ca.pem"] = ca_bundle
+    return out
 
 
 def _without_cert(net: BuildNetwork) -> BuildNetwork:
@@ -118,19 +127,26 @@ def dockerfile(base_image: str, apt=(), has_lock=True, wheels=False) -> str:
     """
     out = [f"FROM {base_image}"]
     if apt:
-        out.append("RUN apt-get update \\\n && DEBIAN_FRONTEND=noninteractive apt-get install -y "
-                   "--no-install-recommends " + " ".join(shlex.quote(a) for a in apt) +
-                   " \\\n && rm -rf /var/lib/apt/lists/*")
+        out.append(
+            "RUN apt-get update \\\n && DEBIAN_FRONTEND=noninteractive apt-get install -y "
+            "--no-install-recommends "
+            + " ".join(shlex.quote(a) for a in apt)
+            + " \\\n && rm -rf /var/lib/apt/lists/*"
+        )
     if has_lock and wheels:
-        out += ["COPY requirements.lock /tmp/requirements.lock",
-                "COPY wheels/ /tmp/wheels/",
-                "RUN python -m pip install --no-cache-dir --no-index --find-links /tmp/wheels "
-                "--no-deps --require-hashes -r /tmp/requirements.lock \\\n"
-                " && rm -rf /tmp/requirements.lock /tmp/wheels"]
+        out += [
+            "COPY requirements.lock /tmp/requirements.lock",
+            "COPY wheels/ /tmp/wheels/",
+            "RUN python -m pip install --no-cache-dir --no-index --find-links /tmp/wheels "
+            "--no-deps --require-hashes -r /tmp/requirements.lock \\\n"
+            " && rm -rf /tmp/requirements.lock /tmp/wheels",
+        ]
     elif has_lock:
-        out += ["COPY requirements.lock /tmp/requirements.lock",
-                "RUN python -m pip install --no-cache-dir --no-deps --require-hashes "
-                "-r /tmp/requirements.lock && rm /tmp/requirements.lock"]
+        out += [
+            "COPY requirements.lock /tmp/requirements.lock",
+            "RUN python -m pip install --no-cache-dir --no-deps --require-hashes "
+            "-r /tmp/requirements.lock && rm /tmp/requirements.lock",
+        ]
     out += [
         f"COPY --chown={RUN_USER} mlc/ {MLC_DIR}/",
         f"USER {RUN_USER}",

@@ -2,18 +2,21 @@
 of ``requests`` under it) become ours. Nothing above the Docker backend sees a docker or
 requests exception.
 """
+
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import threading
 
 from ...errors import EngineError, EngineUnavailable, MlcError
 
 HOW_TO_START = (
     "Start a Docker engine: run `mlcontainer doctor --fix` (starts dockerd, installing Debian's "
     "docker.io where there is none and you are root), or start Docker Desktop, or point "
-    "DOCKER_HOST at a running engine.")
+    "DOCKER_HOST at a running engine."
+)
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 
@@ -30,8 +33,8 @@ def connect(timeout: int = 600):
         client.ping()
     except Exception as e:  # the SDK raises DockerException, requests and OS errors alike
         raise EngineUnavailable(
-            f"No Docker engine answers at {address()} ({type(e).__name__}). "
-            f"{HOW_TO_START}") from None
+            f"No Docker engine answers at {address()} ({type(e).__name__}). {HOW_TO_START}"
+        ) from None
     return client
 
 
@@ -39,6 +42,9 @@ def short(e: BaseException) -> str:
     """The first line of what the engine said (its explanation), or the error's name."""
     text = getattr(e, "explanation", None) or str(e)
     return str(text).splitlines()[0][:300] if text else type(e).__name__
+
+
+_INSIDE = threading.local()  # the outermost boundary names what was being done
 
 
 @contextlib.contextmanager
@@ -49,29 +55,44 @@ def engine_errors(doing: str):
     import docker.errors
     import requests
 
+    if getattr(_INSIDE, "active", False):
+        yield
+        return
+    _INSIDE.active = True
     try:
         yield
     except MlcError:
         raise
-    except (requests.exceptions.ConnectionError, ConnectionError, requests.exceptions.Timeout,
-            TimeoutError) as e:
+    except (
+        requests.exceptions.ConnectionError,
+        ConnectionError,
+        requests.exceptions.Timeout,
+        TimeoutError,
+    ) as e:
         raise EngineUnavailable(
             f"The Docker engine stopped answering while {doing} ({type(e).__name__}). "
-            f"{HOW_TO_START} Then try again; what was left behind is removed once the engine "
-            "is back.") from None
+            f"{HOW_TO_START} Then run the cell again (or the command); what was left behind is "
+            "removed once the engine is back."
+        ) from None
     except docker.errors.APIError as e:
         raise EngineError(f"The Docker engine refused {doing}: {short(e)}.") from None
     except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-        raise EngineUnavailable(f"The Docker engine failed while {doing} ({short(e)}). "
-                                f"{HOW_TO_START}") from None
+        raise EngineUnavailable(
+            f"The Docker engine failed while {doing} ({short(e)}). {HOW_TO_START}"
+        ) from None
+    finally:
+        _INSIDE.active = False
 
 
 def translated(doing: str):
     """Decorator: the method's engine errors pass ``engine_errors``."""
+
     def wrap(fn):
         @functools.wraps(fn)
         def call(*args, **kwargs):
             with engine_errors(doing):
                 return fn(*args, **kwargs)
+
         return call
+
     return wrap

@@ -2,18 +2,33 @@
 
 Users behind a TLS-intercepting proxy or with a private index have told pip so on the host (pip
 config files, PIP_* variables). Builds reuse exactly that: http(s) indexes and the CA bundle.
-Local paths (file:// indexes, find-links folders) do not exist inside a container and are dropped.
+Local paths (file:// indexes, find-links folders) and loopback addresses do not exist inside a
+container and are dropped. This module is the one reading of those settings: builds use
+``host_build_network()``, and ``mlcontainer doctor`` reports from the same functions.
 """
+
 from __future__ import annotations
 
+import ast
 import functools
+import ipaddress
+import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlsplit
 
-# pip config list prints each scope; later scopes win, as in pip itself.
-_SCOPE_ORDER = {"global": 0, "user": 1, "site": 2, ":env:": 3}
-_KEYS = ("index-url", "extra-index-url", "trusted-host", "cert", "find-links")
+KEYS = ("index-url", "extra-index-url", "find-links", "cert", "trusted-host")
+MULTI = frozenset({"extra-index-url", "find-links", "trusted-host"})  # pip splits on whitespace
+PYPI = "https://pypi.org/simple"
+# `pip install` reads these sections of the merged config, later ones winning; PIP_* variables
+# (which `pip config list` shows as `:env:`) win over all.
+_SECTIONS = (("env", ":env:"), ("install", "install"), ("global", "global"))
+
+# {key: (value, origin)}, origin one of "env", "install", "global"
+Settings = dict[str, tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -26,53 +41,120 @@ class BuildNetwork:
 
 
 def parse_config_list(text: str) -> dict[str, str]:
-    """Parse `pip config list` output into {key: value}, highest-priority scope winning."""
-    best: dict[str, tuple[int, str]] = {}
+    """``pip config list`` output (``section.key='value'``, values Python reprs) as
+    {"section.key": value}. Sections are pip's (global, install, :env:, ...), not files: pip
+    prints one block per config file, so a key set in two files appears twice and the later
+    line (pip's later file) wins."""
+    out = {}
     for line in text.splitlines():
-        name, sep, value = line.partition("=")
-        if not sep:
+        name, sep, raw = line.partition("=")
+        if not sep or "." not in name:
             continue
-        scope, _, key = name.rpartition(".")
-        if key not in _KEYS:
-            continue
-        rank = _SCOPE_ORDER.get(scope, 0)
-        value = value.strip().strip("'\"")
-        if key not in best or rank >= best[key][0]:
-            best[key] = (rank, value)
-    return {k: v for k, (_, v) in best.items()}
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out[name.strip()] = str(value)
+    return out
 
 
-def build_network(settings: dict[str, str]) -> BuildNetwork:
-    """Keep what a container can reach: http(s) indexes, trusted hosts and the CA bundle."""
-    dropped = []
+def effective_settings(config_list_text: str, environ: Mapping[str, str]) -> Settings:
+    """{key: (value, origin)} for KEYS, as ``pip install`` sees them: PIP_* variables in
+    ``environ`` over ``:env:`` over ``[install]`` over ``[global]``; empty values do not count."""
+    config = parse_config_list(config_list_text)
+    env = {k[4:].lower().replace("_", "-"): v for k, v in environ.items() if k.startswith("PIP_")}
+    found = {}
+    for key in KEYS:
+        candidates = [("env", env.get(key))] + [
+            (origin, config.get(f"{section}.{key}")) for origin, section in _SECTIONS
+        ]
+        for origin, value in candidates:
+            if value is not None and value.strip():
+                found[key] = (value, origin)
+                break
+    return found
 
-    def usable(url: str) -> bool:
-        ok = url.startswith(("https://", "http://"))
-        if not ok:
-            dropped.append(url)
-        return ok
 
-    index = settings.get("index-url")
-    if index and not usable(index):
-        index = None
-    extras = tuple(u for u in settings.get("extra-index-url", "").split() if usable(u))
-    for link in settings.get("find-links", "").split():
-        dropped.append(link)
+def values(key: str, value: str) -> list[str]:
+    """The separate values of one setting (pip splits the multi-valued keys on whitespace)."""
+    return value.split() if key in MULTI else [value.strip()]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def container_view(
+    key: str, value: str, is_file: Callable[[str], bool] = os.path.isfile
+) -> tuple[bool, str]:
+    """(a build container uses it, why) for one value of one pip setting."""
+    if key == "trusted-host":
+        return True, "a host name; applies to the indexes above"
+    if key == "cert":
+        if is_file(value):
+            return True, "a CA bundle on the host; usable once copied into the build"
+        return False, "no such file on the host"
+    url = urlsplit(value)
+    if url.scheme == "file" or not url.scheme or len(url.scheme) == 1:  # 1: a Windows drive
+        return False, "a path on the host; it does not exist inside containers"
+    if url.scheme not in ("http", "https"):
+        return False, f"unsupported scheme {url.scheme}://"
+    if _is_loopback(url.hostname or ""):
+        return False, "loopback: inside a container that is the container itself"
+    if key == "find-links":
+        return False, "builds install from indexes only; find-links is not passed to them"
+    return True, "a network index; reachable from containers if the host reaches it"
+
+
+def build_network(
+    settings: Settings, is_file: Callable[[str], bool] = os.path.isfile
+) -> BuildNetwork:
+    """What a build uses of ``effective_settings(...)``: every value ``container_view`` accepts;
+    the others are ``dropped``."""
+    usable: dict[str, list[str]] = {}
+    dropped: list[str] = []
+    for key, (value, _) in settings.items():
+        for v in values(key, value):
+            if v:
+                ok, _why = container_view(key, v, is_file)
+                (usable.setdefault(key, []) if ok else dropped).append(v)
     return BuildNetwork(
-        index_url=index,
-        extra_index_urls=extras,
-        trusted_hosts=tuple(settings.get("trusted-host", "").split()),
-        cert_path=settings.get("cert") or None,
+        index_url=next(iter(usable.get("index-url", ())), None),
+        extra_index_urls=tuple(usable.get("extra-index-url", ())),
+        trusted_hosts=tuple(usable.get("trusted-host", ())),
+        cert_path=next(iter(usable.get("cert", ())), None),
         dropped=tuple(dropped),
     )
+
+
+def read_config_list(
+    python: str = sys.executable, environ: Mapping[str, str] = os.environ, timeout: float = 30
+) -> tuple[str, str | None]:
+    """(``pip config list`` output, None) or ("", why it could not be read)."""
+    try:
+        # The same environment for pip as for effective_settings, so that `:env:` agrees.
+        proc = subprocess.run(
+            [python, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=dict(environ),
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        return "", f"{type(e).__name__}: {e}"
+    if proc.returncode != 0:
+        return proc.stdout, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    return proc.stdout, None
 
 
 @functools.lru_cache(maxsize=1)
 def host_build_network() -> BuildNetwork:
     """Read the host's pip settings once per process (a subprocess costs ~0.3 s)."""
-    try:
-        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    return build_network(parse_config_list(out))
+    text, _ = read_config_list()
+    return build_network(effective_settings(text, os.environ))

@@ -4,6 +4,7 @@ The session's runner listens on a Unix socket inside the session's own folder (b
 /mlc), so a warm cell costs a socket round trip and no Docker API call. State (a loaded model, a
 dataset in memory) persists, like a remote kernel, until `%container stop NAME` or the kernel ends.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -15,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ...core.backend import Environment, RunResult, WarmSessions
 from ...core.events import Events, Output, Phase, no_events
@@ -29,7 +31,7 @@ class Session:
     name: str
     env_key: str  # image id + limits: a cell asking for another environment is refused
     folder: Path
-    container: object
+    container: Any  # a docker Container
     cells: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,8 +50,16 @@ class SessionPool(WarmSessions):
     def names(self) -> list[str]:
         return list(self.sessions)
 
-    def run(self, spec, env: Environment, workdir: Path, *, run_id: str,
-            events: Events = no_events, output: Output | None = None) -> RunResult:
+    def run(
+        self,
+        spec,
+        env: Environment,
+        workdir: Path,
+        *,
+        run_id: str,
+        events: Events = no_events,
+        output: Output | None = None,
+    ) -> RunResult:
         """Run one cell whose files are in ``workdir``, inside the session's folder."""
         session = self.ensure(spec, env, events)
         with session.lock:
@@ -68,7 +78,8 @@ class SessionPool(WarmSessions):
             if session.env_key != key:
                 raise SpecError(
                     f"Session {spec.session!r} runs another environment or other limits; "
-                    f"stop it first (`%container stop {spec.session}`) or pick another name.")
+                    f"stop it first (`%container stop {spec.session}`) or pick another name."
+                )
             return session
         events(Phase.STARTING, session=spec.session)
         folder = Path(tempfile.mkdtemp(prefix=f"mlc-session-{spec.session}-"))
@@ -88,7 +99,8 @@ class SessionPool(WarmSessions):
 
     def _send(self, session: Session, spec, workdir: Path, output) -> RunResult:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        stdout, stderr = [], []
+        stdout: list[str] = []
+        stderr: list[str] = []
         reason, code = "failed", None
         try:
             sock.connect(str(session.folder / SOCKET))
@@ -113,8 +125,11 @@ class SessionPool(WarmSessions):
                 frame = json.loads(line)
                 if "exit" in frame:
                     code = frame["exit"]
-                    reason = "timeout" if deadline_hit else (
-                        "done" if code == 0 else "interrupted" if code == 130 else "failed")
+                    reason = (
+                        "timeout"
+                        if deadline_hit
+                        else ("done" if code == 0 else "interrupted" if code == 130 else "failed")
+                    )
                     break
                 if "d" in frame:
                     text = MARK + json.dumps({"data": frame["d"]}) + "\n"
@@ -124,8 +139,10 @@ class SessionPool(WarmSessions):
                     (stdout if frame["s"] == "stdout" else stderr).append(frame["t"])
                     output(frame["s"], frame["t"])
         except OSError as e:
-            raise RunError(f"Session {session.name!r} cannot be reached ({e}); "
-                           f"stop it with `%container stop {session.name}` and rerun.") from None
+            raise RunError(
+                f"Session {session.name!r} cannot be reached ({e}); "
+                f"stop it with `%container stop {session.name}` and rerun."
+            ) from None
         finally:
             sock.close()
         if code is None:  # the interpreter died: out of memory, or killed
@@ -133,8 +150,7 @@ class SessionPool(WarmSessions):
             reason = "oom" if state.get("OOMKilled") else "killed"
             code = state.get("ExitCode")
             self._drop(session)
-        return RunResult(code, reason, "".join(stdout), "".join(stderr),
-                         session.container.id)
+        return RunResult(code, reason, "".join(stdout), "".join(stderr), session.container.id)
 
     def stop(self, name: str) -> bool:
         session = self.sessions.get(name)
@@ -172,8 +188,9 @@ class _LineReader:
 
 
 def _env_key(spec, env: Environment) -> str:
-    return json.dumps([env.image_id, spec.cpus, spec.memory, spec.gpus, spec.network,
-                       sorted(spec.env)])
+    return json.dumps(
+        [env.image_id, spec.cpus, spec.memory, spec.gpus, spec.network, sorted(spec.env)]
+    )
 
 
 def _wait_for(path: Path, container, backend, timeout: float = 30.0) -> None:

@@ -13,6 +13,7 @@ output, the rich output and the ``--out`` values come back as they do from a Doc
 Every ``ApiException`` (and a cluster that does not answer) becomes a :class:`KubernetesError`
 at one boundary, :meth:`KubernetesBackend._cluster_errors`, branching only on the status.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -22,12 +23,12 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
+from ...config import KubernetesConfig
 from ...core.backend import Backend, Environment, RunningRun, RunResult
 from ...core.events import Events, Output, Phase, no_events
 from ...core.richoutput import StdoutDemux
-from ...runner import MARK, MESSAGE_PREFIX, ONE_STREAM_ENV
-from ...config import KubernetesConfig
 from ...core.spec import RunSpec
 from ...errors import (
     ClusterAuthError,
@@ -37,11 +38,13 @@ from ...errors import (
     NamespaceMissing,
     SpecError,
 )
+from ...runner import MARK, MESSAGE_PREFIX, ONE_STREAM_ENV
 from . import objects
-from .export import payload_files
 from . import registry as registries
+from .client import Api, api_message, connection_errors, connection_problem, load_client
+from .export import payload_files
+from .pods import container_terminated, job_failure, job_final, pod_progress
 
-SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 WATCH_SECONDS = 5  # a watch of the pods is renewed this often; the Job is read again each time
 FINAL_WAIT = 30.0  # after the log ends, how long the pod may take to report its exit
 JOB_WAIT = 5.0  # after a nonzero exit, how long to wait for the Job to say why (deadline?)
@@ -50,10 +53,11 @@ LOG_RETRIES = 20  # reconnects of a log stream that broke while the container st
 
 NO_REGISTRY = (
     "Kubernetes runs need a registry the cluster can pull the environment image from, and "
-    "none is set. Set one with `%config KubernetesConfig.registry = \"host:port/path\"` (or "
+    'none is set. Set one with `%config KubernetesConfig.registry = "host:port/path"` (or '
     "the environment variable MLCONTAINER_K8S_REGISTRY), for example "
-    "\"registry.example.com/team\"; give its login with KubernetesConfig.registry_username "
-    "and registry_password, or `docker login` it once.")
+    '"registry.example.com/team"; give its login with KubernetesConfig.registry_username '
+    "and registry_password, or `docker login` it once."
+)
 
 
 def _register_with_shell(config: KubernetesConfig, parent) -> None:
@@ -65,22 +69,34 @@ def _register_with_shell(config: KubernetesConfig, parent) -> None:
         configurables.append(config)
 
 
-class _Api:
-    """The official client's API groups, over one ApiClient."""
+@dataclasses.dataclass
+class _Waiting:
+    """What a run waiting for its pod has seen so far."""
 
-    def __init__(self, api_client, context: str = "") -> None:
-        from kubernetes import client
+    limit: float  # schedule_timeout: how long a pod may wait for a node
+    began: float = dataclasses.field(default_factory=time.monotonic)
+    pod_seen: bool = False
+    unschedulable_since: float | None = None
+    pulling_shown: bool = False
 
-        self.client = api_client
-        self.context = context  # the kubeconfig context it came from, for messages
-        self.core = client.CoreV1Api(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.net = client.NetworkingV1Api(api_client)
+    @property
+    def no_pod_limit(self) -> float:
+        return max(self.limit, NO_POD_GRACE)  # the Job controller may be slow, whatever limit
+
+    def watch_seconds(self) -> int:
+        """How long the next watch may last: until the next deadline, at most WATCH_SECONDS."""
+        if self.unschedulable_since is not None:
+            remaining = self.limit - (time.monotonic() - self.unschedulable_since)
+        elif not self.pod_seen:
+            remaining = self.no_pod_limit - (time.monotonic() - self.began)
+        else:
+            remaining = WATCH_SECONDS
+        return int(max(1, min(WATCH_SECONDS, math.ceil(remaining))))
 
 
 @dataclasses.dataclass
 class _Run:
-    api: _Api
+    api: Api
     namespace: str
     name: str  # of the Job, its Secret and its NetworkPolicy
     selector: str  # the run's pods (and Job)
@@ -92,8 +108,14 @@ class _Run:
 class KubernetesBackend(Backend):
     name = "kubernetes"
 
-    def __init__(self, namespace: str = "mlcontainer", parent=None, client=None,
-                 docker_backend=None, target: dict | None = None) -> None:
+    def __init__(
+        self,
+        namespace: str = "mlcontainer",
+        parent=None,
+        client=None,
+        docker_backend=None,
+        target: dict | None = None,
+    ) -> None:
         self.namespace = namespace  # of images, labels and the registry repository
         # Where a recorded run ran ({"context", "namespace"}), to run it there again.
         self._target = dict(target or {})
@@ -119,16 +141,16 @@ class KubernetesBackend(Backend):
     def repository(self) -> str:
         return f"{self.namespace}-env"
 
-    def connect(self) -> tuple[_Api, str]:
+    def connect(self) -> tuple[Api, str]:
         """The cluster's API and the namespace runs go to, from the current settings (or the
         target a recorded run ran on)."""
         c = self.config
         wanted = self._target.get("namespace") or c.k8s_namespace
         if self._given_client is not None:
-            return _Api(self._given_client), wanted or "default"
+            return Api(self._given_client), wanted or "default"
         key = (c.in_cluster, c.kubeconfig, self._target.get("context") or c.context)
         if key not in self._clients:
-            self._clients[key] = _load_client(*key)
+            self._clients[key] = load_client(*key)
         api, namespace = self._clients[key]
         return api, wanted or namespace
 
@@ -140,16 +162,25 @@ class KubernetesBackend(Backend):
         try:
             api, namespace = self.connect()
             with self._cluster_errors("answering", namespace):
-                info = _json(api.client.call_api("/version", "GET", _preload_content=False,
-                                                 _return_http_data_only=True))
+                info = _json(
+                    api.client.call_api(
+                        "/version", "GET", _preload_content=False, _return_http_data_only=True
+                    )
+                )
         except MlcError as e:
             return {"up": False, "version": None, "message": str(e)}
         return {"up": True, "version": info.get("gitVersion"), "message": None}
 
     # -- environments -------------------------------------------------------------------------
 
-    def ensure_environment(self, env_spec, *, events: Events = no_events,
-                           rebuild: bool = False, lock: list | None = None) -> Environment:
+    def ensure_environment(
+        self,
+        env_spec,
+        *,
+        events: Events = no_events,
+        rebuild: bool = False,
+        lock: list | None = None,
+    ) -> Environment:
         """Build (or reuse) the image with Docker, then push it unless the registry has it;
         the Environment's ``image`` is the pushed reference, by digest."""
         if not self.config.registry:
@@ -158,9 +189,15 @@ class KubernetesBackend(Backend):
         env = self.docker.ensure_environment(env_spec, events=events, rebuild=rebuild, lock=lock)
         tag = env.image_id.rpartition(":")[2][:24]
         events(Phase.PUSHING, image=f"{self.config.registry}/{self.repository}:{tag}")
-        ref = registries.push_image(self.docker.client, env.image_id, self.config.registry,
-                                    self.repository, tag, auth=self._registry_auth(),
-                                    log=lambda line: events(Phase.BUILD_LOG, line=line))
+        ref = registries.push_image(
+            self.docker.client,
+            env.image_id,
+            self.config.registry,
+            self.repository,
+            tag,
+            auth=self._registry_auth(),
+            log=lambda line: events(Phase.BUILD_LOG, line=line),
+        )
         return dataclasses.replace(env, image=ref)
 
     def _registry_auth(self) -> dict | None:
@@ -187,19 +224,38 @@ class KubernetesBackend(Backend):
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def run(self, spec: RunSpec, env: Environment, workdir, *, run_id: str,
-            events: Events = no_events, output: Output | None = None) -> RunResult:
+    def run(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir,
+        *,
+        run_id: str,
+        events: Events = no_events,
+        output: Output | None = None,
+    ) -> RunResult:
         output = output or (lambda stream, text: None)
         workdir = Path(workdir)
         api, namespace = self.connect()
         settings = objects.settings_from(self.config, namespace)
-        manifests = objects.run_manifests(spec, image=env.image, snapshot_id=run_id,
-                                          namespace=namespace, settings=settings,
-                                          files=payload_files(workdir))
+        manifests = objects.run_manifests(
+            spec,
+            image=env.image,
+            snapshot_id=run_id,
+            namespace=namespace,
+            settings=settings,
+            files=payload_files(workdir),
+        )
         secret, job, policies = manifests[0], manifests[1], manifests[2:]
         _add_env(job, ONE_STREAM_ENV, "1")  # the pod has one log: see the runner
-        run = _Run(api, namespace, job["metadata"]["name"], objects.pod_selector(run_id),
-                   env.image, network_policy=bool(policies))
+        run = _Run(
+            api,
+            namespace,
+            job["metadata"]["name"],
+            objects.pod_selector(run_id),
+            env.image,
+            network_policy=bool(policies),
+        )
         self._active[run_id] = run
         try:
             with self._cluster_errors("starting the run", namespace):
@@ -224,8 +280,13 @@ class KubernetesBackend(Backend):
         for policy in policies:
             api.net.create_namespaced_network_policy(ns, policy)
         created = _json(api.batch.create_namespaced_job(ns, job, _preload_content=False))
-        patch = [{"op": "add", "path": "/metadata/ownerReferences",
-                  "value": [objects.owner_reference(created)]}]
+        patch = [
+            {
+                "op": "add",
+                "path": "/metadata/ownerReferences",
+                "value": [objects.owner_reference(created)],
+            }
+        ]
         # Best effort: without it the Secret is still deleted when the run ends.
         with contextlib.suppress(Exception):
             api.core.patch_namespaced_secret(run.name, ns, patch)
@@ -238,18 +299,18 @@ class KubernetesBackend(Backend):
         so `kubectl logs job/NAME` still works. Never raises: cleanup must not hide the error
         that got us here."""
         api, ns = run.api, run.namespace
-        calls = [(api.core.delete_namespaced_secret, {})]
+        calls: list[tuple[Any, dict]] = [(api.core.delete_namespaced_secret, {})]
         if run.network_policy:
             calls.append((api.net.delete_namespaced_network_policy, {}))
         if job:
-            calls.insert(0, (api.batch.delete_namespaced_job,
-                             {"propagation_policy": "Background"}))
+            calls.insert(0, (api.batch.delete_namespaced_job, {"propagation_policy": "Background"}))
         for call, kwargs in calls:
             with contextlib.suppress(Exception):
                 call(run.name, ns, **kwargs)
 
-    def _follow(self, run: _Run, run_id: str, workdir: Path, events: Events,
-                output: Output) -> RunResult:
+    def _follow(
+        self, run: _Run, run_id: str, workdir: Path, events: Events, output: Output
+    ) -> RunResult:
         started = self._wait_for_start(run, run_id, events)
         if isinstance(started, RunResult):
             return started
@@ -267,93 +328,105 @@ class KubernetesBackend(Backend):
         deleted."""
         from kubernetes import watch
 
-        limit = self.config.schedule_timeout
-        shown = {"scheduling"}
-        began, pod_seen, unschedulable_since = time.monotonic(), False, None
+        wait = _Waiting(limit=self.config.schedule_timeout)
         while True:
             job = _get(run.api.batch.read_namespaced_job, run.name, run.namespace)
-            if job_final(job):  # it may have run its course already: then read its pod
-                pods = _json(run.api.core.list_namespaced_pod(
-                    run.namespace, label_selector=run.selector,
-                    _preload_content=False)).get("items") or []
-                ran = [p for p in pods if pod_progress(p)[0] in ("running", "terminated")]
-                if ran:
-                    return ran[-1]
-            ended = self._ended_before_start(run, run_id, job)
+            ran = self._pod_that_ran(run) if job_final(job) else None
+            if ran is not None:  # it ran its course already
+                return ran
+            ended = self._ended_before_start(run, run_id, job) or self._no_pod_yet(run, wait)
             if ended is not None:
                 return ended
-            no_pod_limit = max(limit, NO_POD_GRACE)
-            if not pod_seen and time.monotonic() - began >= no_pod_limit:
-                run.abandon = True
-                return _failed(
-                    f"The Job made no pod within {no_pod_limit:g} s: a ResourceQuota or an "
-                    f"admission policy of namespace {run.namespace} may forbid it (`kubectl "
-                    f"describe job -n {run.namespace} {run.name}` says why).")
-            if unschedulable_since is not None:
-                remaining = limit - (time.monotonic() - unschedulable_since)
-            elif not pod_seen:
-                remaining = no_pod_limit - (time.monotonic() - began)
-            else:
-                remaining = WATCH_SECONDS
             w = watch.Watch()
-            for event in w.stream(run.api.core.list_namespaced_pod, run.namespace,
-                                  label_selector=run.selector,
-                                  timeout_seconds=int(max(1, min(WATCH_SECONDS,
-                                                                 math.ceil(remaining)))),
-                                  _request_timeout=WATCH_SECONDS + 30):
+            for event in w.stream(
+                run.api.core.list_namespaced_pod,
+                run.namespace,
+                label_selector=run.selector,
+                timeout_seconds=wait.watch_seconds(),
+                _request_timeout=WATCH_SECONDS + 30,
+            ):
                 if event["type"] == "DELETED":
                     w.stop()  # read the Job again: deleted, or past its deadline?
                     break
-                pod = event["raw_object"]
-                pod_seen = True
-                state, message = pod_progress(pod)
-                if state in ("running", "terminated"):
+                decided = self._judge_pod(run, event["raw_object"], wait, events)
+                if decided is not None:
                     w.stop()
-                    return pod
-                if state in ("pulling", "image-pull", "config-error") and \
-                        "pulling" not in shown:
-                    shown.add("pulling")
-                    events(Phase.PULLING, image=run.image,
-                           node=(pod.get("spec") or {}).get("nodeName", ""))
-                if state == "image-pull":
-                    w.stop()
-                    run.abandon = True  # the kubelet would retry forever
-                    return _failed(
-                        f"The cluster cannot pull the image {run.image}: {message}. Check that "
-                        "the cluster's nodes can reach the registry (KubernetesConfig.registry "
-                        "as the nodes see it) and, for a private registry, set "
-                        "KubernetesConfig.image_pull_secret to a docker-registry Secret of "
-                        f"namespace {run.namespace}.")
-                if state == "config-error":
-                    w.stop()
-                    run.abandon = True
-                    return _failed(f"The cluster cannot start the container: {message}.")
-                if state == "unschedulable":
-                    now = time.monotonic()
-                    if unschedulable_since is None:
-                        unschedulable_since = now
-                        events(Phase.SCHEDULING, message=message)
-                    if now - unschedulable_since >= limit:
-                        w.stop()
-                        run.abandon = True
-                        waited = f" within {limit:g} s" if limit else ""
-                        return _failed(
-                            f"The cluster cannot schedule the pod{waited}: {message} Ask for "
-                            "less (--cpus, --memory, --gpus, or KubernetesConfig.default_cpus/"
-                            "default_memory), or check KubernetesConfig.node_selector and "
-                            "tolerations.")
+                    return decided
+
+    def _pod_that_ran(self, run: _Run) -> dict | None:
+        pods = _json(
+            run.api.core.list_namespaced_pod(
+                run.namespace, label_selector=run.selector, _preload_content=False
+            )
+        ).get("items")
+        ran = [p for p in pods or [] if pod_progress(p)[0] in ("running", "terminated")]
+        return ran[-1] if ran else None
+
+    def _no_pod_yet(self, run: _Run, wait: _Waiting) -> RunResult | None:
+        if wait.pod_seen or time.monotonic() - wait.began < wait.no_pod_limit:
+            return None
+        run.abandon = True
+        return _failed(
+            f"The Job made no pod within {wait.no_pod_limit:g} s: a ResourceQuota or an "
+            f"admission policy of namespace {run.namespace} may forbid it (`kubectl "
+            f"describe job -n {run.namespace} {run.name}` says why)."
+        )
+
+    def _judge_pod(self, run: _Run, pod: dict, wait: _Waiting, events: Events):
+        """What one pod event means: the pod (its container started), a RunResult (it never
+        will), or None (keep watching)."""
+        wait.pod_seen = True
+        state, message = pod_progress(pod)
+        if state in ("running", "terminated"):
+            return pod
+        if state in ("pulling", "image-pull", "config-error") and not wait.pulling_shown:
+            wait.pulling_shown = True
+            events(Phase.PULLING, image=run.image, node=(pod.get("spec") or {}).get("nodeName", ""))
+        if state == "image-pull":
+            run.abandon = True  # the kubelet would retry forever
+            return _failed(
+                f"The cluster cannot pull the image {run.image}: {message}. Check that the "
+                "cluster's nodes can reach the registry (KubernetesConfig.registry as the "
+                "nodes see it) and, for a private registry, set "
+                "KubernetesConfig.image_pull_secret to a docker-registry Secret of namespace "
+                f"{run.namespace}."
+            )
+        if state == "config-error":
+            run.abandon = True
+            return _failed(f"The cluster cannot start the container: {message}.")
+        if state == "unschedulable":
+            now = time.monotonic()
+            if wait.unschedulable_since is None:
+                wait.unschedulable_since = now
+                events(Phase.SCHEDULING, message=message)
+            if now - wait.unschedulable_since >= wait.limit:
+                run.abandon = True
+                waited = f" within {wait.limit:g} s" if wait.limit else ""
+                return _failed(
+                    f"The cluster cannot schedule the pod{waited}: {message} Ask for less "
+                    "(--cpus, --memory, --gpus, or KubernetesConfig.default_cpus/"
+                    "default_memory), or check KubernetesConfig.node_selector and "
+                    "tolerations."
+                )
+        return None
 
     def _ended_before_start(self, run: _Run, run_id: str, job: dict | None):
         if job is None:
-            return RunResult(None, "stopped" if run_id in self._stopped else "killed",
-                             message=f"The Job {run.name} was deleted before its pod started.")
+            return RunResult(
+                None,
+                "stopped" if run_id in self._stopped else "killed",
+                message=f"The Job {run.name} was deleted before its pod started.",
+            )
         failed = job_failure(job)
         if failed is None:
             return None
         reason, message = failed
         if reason == "DeadlineExceeded":
-            return RunResult(None, "timeout", message=f"The Job ran past its --timeout before "
-                                                      f"its pod started ({message}).")
+            return RunResult(
+                None,
+                "timeout",
+                message=f"The Job ran past its --timeout before its pod started ({message}).",
+            )
         return _failed(f"The Job failed before its pod started: {message} ({reason}).")
 
     def _stream_log(self, run: _Run, pod_name: str, feed) -> None:
@@ -368,8 +441,12 @@ class KubernetesBackend(Backend):
         while True:
             try:
                 response = run.api.core.read_namespaced_pod_log(
-                    pod_name, run.namespace, container=objects.CONTAINER_NAME, follow=True,
-                    _preload_content=False)
+                    pod_name,
+                    run.namespace,
+                    container=objects.CONTAINER_NAME,
+                    follow=True,
+                    _preload_content=False,
+                )
             except ApiException as e:
                 if e.status == 404:
                     return  # the pod is gone
@@ -409,7 +486,7 @@ class KubernetesBackend(Backend):
             attempts += 1
             time.sleep(0.25)
 
-    def _result(self, run: _Run, run_id: str, pod_name: str, sink: "_LogSink") -> RunResult:
+    def _result(self, run: _Run, run_id: str, pod_name: str, sink: _LogSink) -> RunResult:
         pod = self._terminated_pod(run, pod_name)
         term = container_terminated(pod) if pod is not None else None
         code = term.get("exitCode") if term else None
@@ -427,12 +504,20 @@ class KubernetesBackend(Backend):
             elif term is None:
                 reason = "killed"
                 why = ((pod or {}).get("status") or {}).get("message")
-                note = (f"The pod {pod_name} ended before its container did: "
-                        f"{why or 'it was deleted (by someone else, or the cluster evicted it)'}.")
+                note = (
+                    f"The pod {pod_name} ended before its container did: "
+                    f"{why or 'it was deleted (by someone else, or the cluster evicted it)'}."
+                )
             else:
                 reason = "killed" if code in (137, 143) else "failed"
-        return RunResult(code, reason, "".join(sink.stdout), "".join(sink.stderr),
-                         container_id=pod_name, message=note)
+        return RunResult(
+            code,
+            reason,
+            "".join(sink.stdout),
+            "".join(sink.stderr),
+            container_id=pod_name,
+            message=note,
+        )
 
     def _terminated_pod(self, run: _Run, pod_name: str) -> dict | None:
         """The pod once it reports its container's exit (the log may end a moment before), or
@@ -457,35 +542,60 @@ class KubernetesBackend(Backend):
         """Delete the run's Job (and its pod, Secret, NetworkPolicy), found by its labels."""
         api, namespace = self.connect()
         with self._cluster_errors("stopping the run", namespace):
-            jobs = _json(api.batch.list_namespaced_job(
-                namespace, label_selector=objects.pod_selector(run_id),
-                _preload_content=False)).get("items") or []
+            jobs = (
+                _json(
+                    api.batch.list_namespaced_job(
+                        namespace,
+                        label_selector=objects.pod_selector(run_id),
+                        _preload_content=False,
+                    )
+                ).get("items")
+                or []
+            )
             if not jobs:
                 return False
             if run_id in self._active:
                 self._stopped.add(run_id)
             for job in jobs:
                 name = job["metadata"]["name"]
-                _delete_absent_ok(api.batch.delete_namespaced_job, name, namespace,
-                                  propagation_policy="Background")
+                _delete_absent_ok(
+                    api.batch.delete_namespaced_job,
+                    name,
+                    namespace,
+                    propagation_policy="Background",
+                )
                 _delete_absent_ok(api.core.delete_namespaced_secret, name, namespace)
         return True
 
     def is_running(self, run_id: str) -> bool:
         api, namespace = self.connect()
         with self._cluster_errors("listing runs", namespace):
-            jobs = _json(api.batch.list_namespaced_job(
-                namespace, label_selector=objects.pod_selector(run_id),
-                _preload_content=False)).get("items") or []
+            jobs = (
+                _json(
+                    api.batch.list_namespaced_job(
+                        namespace,
+                        label_selector=objects.pod_selector(run_id),
+                        _preload_content=False,
+                    )
+                ).get("items")
+                or []
+            )
         return any(not job_final(job) for job in jobs)
 
     def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
         """The Jobs of this package in the Kubernetes namespace that have not ended."""
         api, namespace = self.connect()
         with self._cluster_errors("listing runs", namespace):
-            jobs = _json(api.batch.list_namespaced_job(
-                namespace, label_selector=f"{objects.LABEL_MANAGED_BY}={objects.MANAGED_BY}",
-                _preload_content=False)).get("items") or []
+            jobs = (
+                _json(
+                    api.batch.list_namespaced_job(
+                        namespace,
+                        label_selector=f"{objects.LABEL_MANAGED_BY}={objects.MANAGED_BY}",
+                        _preload_content=False,
+                    )
+                ).get("items")
+                or []
+            )
         items = []
         for job in jobs:
             if job_final(job):
@@ -493,13 +603,23 @@ class KubernetesBackend(Backend):
             meta = job.get("metadata") or {}
             labels = meta.get("labels") or {}
             active = ((job.get("status") or {}).get("active") or 0) > 0
-            items.append(RunningRun(
-                id=labels.get(objects.LABEL_SNAPSHOT), container=meta.get("name", ""),
-                name=labels.get(objects.LABEL_NAME), namespace=self.namespace,
-                image=((((job.get("spec") or {}).get("template") or {}).get("spec") or {})
-                       .get("containers") or [{}])[0].get("image"),
-                state="running" if active else "pending",
-                status=f"Job in {namespace}", started=meta.get("creationTimestamp")))
+            items.append(
+                RunningRun(
+                    id=labels.get(objects.LABEL_SNAPSHOT),
+                    container=meta.get("name", ""),
+                    name=labels.get(objects.LABEL_NAME),
+                    namespace=self.namespace,
+                    image=(
+                        (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+                            "containers"
+                        )
+                        or [{}]
+                    )[0].get("image"),
+                    state="running" if active else "pending",
+                    status=f"Job in {namespace}",
+                    started=meta.get("creationTimestamp"),
+                )
+            )
         return sorted(items, key=lambda r: r.started or "", reverse=True)
 
     # -- the one boundary where the client's errors become ours ---------------------------------
@@ -512,12 +632,13 @@ class KubernetesBackend(Backend):
             yield
         except ApiException as e:
             raise self._translate(e, action, namespace) from None
-        except _connection_errors() as e:
+        except connection_errors() as e:
             raise ClusterUnavailable(
                 f"Cannot reach the Kubernetes API server{self._where()} while {action} "
-                f"({_connection_problem(e)}). Check the kubeconfig context (`kubectl config "
-                "current-context`, or `%config KubernetesConfig.context = \"NAME\"`) and that "
-                "the cluster is running.") from None
+                f"({connection_problem(e)}). Check the kubeconfig context (`kubectl config "
+                'current-context`, or `%config KubernetesConfig.context = "NAME"`) and that '
+                "the cluster is running."
+            ) from None
 
     def _where(self) -> str:
         try:
@@ -528,14 +649,15 @@ class KubernetesBackend(Backend):
         return f" at {host}" + (f" (context {context})" if context else "")
 
     def _translate(self, e, action: str, namespace: str) -> KubernetesError:
-        status, detail = e.status, _api_message(e)
+        status, detail = e.status, api_message(e)
         if status == 401:
             return ClusterAuthError(
                 f"The cluster refused the credentials{self._where()} while {action} "
                 f"(401 Unauthorized: {detail}). Log in again to refresh the kubeconfig (e.g. "
                 "`gcloud container clusters get-credentials`, `aws eks update-kubeconfig`, "
                 "`az aks get-credentials`) or choose another context with "
-                "`%config KubernetesConfig.context = \"NAME\"`.")
+                '`%config KubernetesConfig.context = "NAME"`.'
+            )
         if status == 403:
             return ClusterAuthError(
                 f"The cluster does not allow your account this in namespace {namespace} while "
@@ -543,28 +665,34 @@ class KubernetesBackend(Backend):
                 f"{namespace} that allows create, get, list, watch, patch and delete on jobs, "
                 "secrets and networkpolicies, and get, list and watch on pods and pods/log; or "
                 "choose a namespace where you have it: "
-                "`%config KubernetesConfig.k8s_namespace = \"NAME\"`.")
+                '`%config KubernetesConfig.k8s_namespace = "NAME"`.'
+            )
         if status == 404:
             return NamespaceMissing(
                 f"The namespace {namespace} does not exist on the cluster{self._where()} "
                 f"({detail}). Create it with `kubectl create namespace {namespace}`, or choose "
-                "another with `%config KubernetesConfig.k8s_namespace = \"NAME\"`.")
+                'another with `%config KubernetesConfig.k8s_namespace = "NAME"`.'
+            )
         if status == 409:
             return KubernetesError(
                 f"An object of this run already exists in {namespace} while {action} "
-                f"({detail}); run the cell again for a new run id.")
+                f"({detail}); run the cell again for a new run id."
+            )
         if status in (400, 413, 422):
             return KubernetesError(
                 f"The cluster refused the run's objects while {action} ({status}: {detail}). "
-                "An admission policy of the cluster may forbid them; ask its administrator.")
+                "An admission policy of the cluster may forbid them; ask its administrator."
+            )
         if status and status >= 500:
             return KubernetesError(
                 f"The cluster's API server failed while {action} ({status}: {detail}); try "
-                "again, or check the cluster's health (`kubectl get --raw /readyz`).")
+                "again, or check the cluster's health (`kubectl get --raw /readyz`)."
+            )
         return KubernetesError(f"The cluster answered {status} while {action}: {detail}.")
 
 
 # -- reading the pod's log ---------------------------------------------------------------------
+
 
 class _LogSink:
     """Demultiplexes the one-stream log: text and marked stderr to ``output``, display data
@@ -574,8 +702,7 @@ class _LogSink:
         self.output, self.out_dir = output, out_dir
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        self._demux = StdoutDemux(self._text, self._display, stderr=self._stderr,
-                                  file=self._file)
+        self._demux = StdoutDemux(self._text, self._display, stderr=self._stderr, file=self._file)
 
     def feed(self, text: str) -> None:
         self._demux.feed(text)
@@ -601,65 +728,8 @@ class _LogSink:
         (self.out_dir / name).write_bytes(data)
 
 
-# -- reading states (pure) ---------------------------------------------------------------------
-
-IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
-                      "ErrImageNeverPull", "RegistryUnavailable")
-CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
-
-
-def pod_progress(pod: dict) -> tuple[str, str]:
-    """Where a pod is: ("scheduling" | "unschedulable" | "pulling" | "image-pull" |
-    "config-error" | "running" | "terminated", message)."""
-    status = pod.get("status") or {}
-    statuses = status.get("containerStatuses") or []
-    state = (statuses[0].get("state") or {}) if statuses else {}
-    if "terminated" in state or status.get("phase") in ("Succeeded", "Failed"):
-        return "terminated", status.get("message") or ""
-    if "running" in state:
-        return "running", ""
-    waiting = state.get("waiting") or {}
-    reason = waiting.get("reason") or ""
-    message = waiting.get("message") or reason
-    if reason in IMAGE_PULL_REASONS:
-        return "image-pull", message
-    if reason in CONFIG_REASONS:
-        return "config-error", message
-    scheduled = None
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled":
-            scheduled = condition
-    if scheduled is not None and scheduled.get("status") == "False" and \
-            scheduled.get("reason") == "Unschedulable":
-        return "unschedulable", scheduled.get("message") or "no node fits the pod."
-    if (pod.get("spec") or {}).get("nodeName") or \
-            (scheduled is not None and scheduled.get("status") == "True"):
-        return "pulling", ""
-    return "scheduling", ""
-
-
-def container_terminated(pod: dict) -> dict | None:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    return ((statuses[0].get("state") or {}).get("terminated")) if statuses else None
-
-
-def job_final(job: dict | None) -> dict | None:
-    """The Job's Complete or Failed condition, once it has one."""
-    for condition in ((job or {}).get("status") or {}).get("conditions") or []:
-        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
-            return condition
-    return None
-
-
-def job_failure(job: dict | None) -> tuple[str, str] | None:
-    """(reason, message) of a failed Job, e.g. ("DeadlineExceeded", ...); None otherwise."""
-    condition = job_final(job)
-    if condition is None or condition.get("type") != "Failed":
-        return None
-    return condition.get("reason") or "Failed", condition.get("message") or ""
-
-
 # -- helpers -----------------------------------------------------------------------------------
+
 
 def _failed(message: str) -> RunResult:
     return RunResult(None, "failed", message=message)
@@ -696,69 +766,3 @@ def _delete_absent_ok(delete, name: str, namespace: str, **kwargs) -> None:
     except ApiException as e:
         if e.status != 404:
             raise
-
-
-def _load_client(in_cluster: bool, kubeconfig: str, context: str | None) -> tuple[_Api, str]:
-    from kubernetes import client, config
-
-    try:
-        if in_cluster:
-            configuration = client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)
-            namespace = "default"
-            with contextlib.suppress(OSError):
-                namespace = Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or namespace
-            return _Api(client.ApiClient(configuration), "in-cluster"), namespace
-        path = kubeconfig or "~/.kube/config"
-        contexts, active = config.list_kube_config_contexts(config_file=path)
-        chosen = active
-        if context:
-            chosen = next((c for c in contexts if c.get("name") == context), None)
-            if chosen is None:
-                names = ", ".join(c.get("name", "?") for c in contexts) or "none"
-                raise ClusterUnavailable(
-                    f"The kubeconfig {path} has no context {context!r} (it has: {names}). Set "
-                    "`%config KubernetesConfig.context = \"NAME\"` to one of them.")
-        api_client = config.new_client_from_config(
-            config_file=path, context=(chosen or {}).get("name"), persist_config=False)
-    except config.ConfigException as e:
-        where = "in-cluster configuration" if in_cluster else \
-            f"kubeconfig {kubeconfig or '~/.kube/config'}"
-        raise ClusterUnavailable(
-            f"Cannot use the {where}: {_first_line(e)}. Point KubernetesConfig.kubeconfig (or "
-            "KUBECONFIG) at a kubeconfig, choose a context with KubernetesConfig.context, or "
-            "set KubernetesConfig.in_cluster = True when the kernel runs in the cluster."
-        ) from None
-    namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
-    return _Api(api_client, (chosen or {}).get("name", "")), namespace
-
-
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    import urllib3
-
-    return (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
-
-
-def _api_message(e) -> str:
-    """The Status message the API server sent, or the HTTP reason."""
-    try:
-        body = json.loads(e.body)
-        if isinstance(body, dict) and body.get("message"):
-            return str(body["message"])
-    except (TypeError, ValueError):
-        pass
-    return str(e.reason or "no detail").strip()
-
-
-def _first_line(e) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300].rstrip(".") if text else type(e).__name__
-
-
-def _connection_problem(e) -> str:
-    """What went wrong in words, without urllib3's wrapping: "[Errno 111] Connection refused"."""
-    text = str(getattr(e, "reason", None) or e)
-    at = text.rfind("[Errno")
-    if at >= 0:
-        return text[at:].split("'")[0].split('"')[0].rstrip(")").strip()
-    return _first_line(e)

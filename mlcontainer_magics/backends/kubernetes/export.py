@@ -4,6 +4,7 @@
 the Secret carries the export's ``mlc/`` folder (runner, cell, manifest, values in) and the
 Job mounts it at ``/mlc``. Pure apart from reading that folder and writing the one file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,15 +33,24 @@ def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSetting
     """
     folder = Path(folder)
     if not (folder / "mlc").is_dir():
-        raise SpecError(f"{folder / 'mlc'} is missing: write the export's mlc/ folder before "
-                        "job.yaml.")
+        raise SpecError(
+            f"{folder / 'mlc'} is missing: write the export's mlc/ folder before job.yaml."
+        )
     image = record.get("env_image") or spec.env_spec.base_image
     files = payload_files(folder / "mlc")
     snapshot = record["id"]
     namespace = settings.namespace
-    objects = [secret_manifest(spec, snapshot_id=snapshot, namespace=namespace, files=files),
-               job_manifest(spec, image=image, snapshot_id=snapshot, namespace=namespace,
-                            settings=settings, files=list(files))]
+    objects = [
+        secret_manifest(spec, snapshot_id=snapshot, namespace=namespace, files=files),
+        job_manifest(
+            spec,
+            image=image,
+            snapshot_id=snapshot,
+            namespace=namespace,
+            settings=settings,
+            files=list(files),
+        ),
+    ]
     if spec.network == "none":
         objects.append(network_policy_manifest(spec, snapshot_id=snapshot, namespace=namespace))
     path = folder / FILE_NAME
@@ -69,13 +79,17 @@ def _header(record: dict, spec: RunSpec, image: str, namespace: str) -> str:
         "mounted at /mlc. --out values stay in the pod; rerun with mlcontainer to get them.",
     ]
     if "/" not in image or not _has_registry(image):
-        lines.append(f"The image {image} is local to the machine that ran the cell: push it "
-                     "to a registry the cluster pulls from and change `image:` below.")
+        lines.append(
+            f"The image {image} is local to the machine that ran the cell: push it "
+            "to a registry the cluster pulls from and change `image:` below."
+        )
     secrets = secret_env_keys(spec)
     if secrets:
-        lines.append("Secret variables are never recorded: before applying, set "
-                     + ", ".join(f'data["env.{k}"]' for k in secrets)
-                     + " of the Secret (base64).")
+        lines.append(
+            "Secret variables are never recorded: before applying, set "
+            + ", ".join(f'data["env.{k}"]' for k in secrets)
+            + " of the Secret (base64)."
+        )
     return "".join(f"# {line}\n" for line in lines)
 
 

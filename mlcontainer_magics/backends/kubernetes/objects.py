@@ -20,6 +20,7 @@ One run is:
 
 The Job and the Secret share one name, made by :func:`job_name`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,9 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ...config import DEFAULT_TTL_SECONDS
-from ...runner import CONTAINER_ENV, MLC_DIR
 from ...core.spec import RunSpec, looks_secret, parse_memory
 from ...errors import SpecError
+from ...runner import CONTAINER_ENV, MLC_DIR
 from .slugs import is_dns_label, is_dns_subdomain, is_label_value, safe_name
 
 MANAGED_BY = "mlcontainer-magics"
@@ -71,47 +72,59 @@ class K8sSettings:
     """Where and how runs are placed on a cluster; validated on construction (SpecError)."""
 
     namespace: str = "default"
-    context: str | None = None          # kubeconfig context; None: the current one
-    in_cluster: bool = False            # use the pod's service account instead of a kubeconfig
-    registry: str | None = None         # host[:port][/prefix] that environment images go to
+    context: str | None = None  # kubeconfig context; None: the current one
+    in_cluster: bool = False  # use the pod's service account instead of a kubeconfig
+    registry: str | None = None  # host[:port][/prefix] that environment images go to
     image_pull_secret: str | None = None
     service_account: str | None = None
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping, ...] = ()
-    default_cpus: float | None = None   # used when a run gives no --cpus
-    default_memory: int | None = None   # bytes; used when a run gives no --memory
+    default_cpus: float | None = None  # used when a run gives no --cpus
+    default_memory: int | None = None  # bytes; used when a run gives no --memory
     ttl_seconds: int | None = DEFAULT_TTL_SECONDS  # finished Jobs are deleted after this
-    backoff_limit: int = 0              # retries of a failed pod; 0: a cell runs once
+    backoff_limit: int = 0  # retries of a failed pod; 0: a cell runs once
 
     def __post_init__(self) -> None:
         if not is_dns_label(self.namespace):
-            raise SpecError(f"Kubernetes namespace {self.namespace!r} is not a valid name: use "
-                            "up to 63 lowercase letters, digits and '-'.")
-        for what, value in (("image_pull_secret", self.image_pull_secret),
-                            ("service_account", self.service_account)):
+            raise SpecError(
+                f"Kubernetes namespace {self.namespace!r} is not a valid name: use "
+                "up to 63 lowercase letters, digits and '-'."
+            )
+        for what, value in (
+            ("image_pull_secret", self.image_pull_secret),
+            ("service_account", self.service_account),
+        ):
             if value is not None and not is_dns_subdomain(value):
-                raise SpecError(f"Kubernetes {what} {value!r} is not a valid object name: use "
-                                "lowercase letters, digits, '-' and '.'.")
+                raise SpecError(
+                    f"Kubernetes {what} {value!r} is not a valid object name: use "
+                    "lowercase letters, digits, '-' and '.'."
+                )
         selector = dict(self.node_selector or {})
         for key, value in selector.items():
             if not (_is_label_key(key) and isinstance(value, str) and is_label_value(value)):
                 raise SpecError(f"node_selector {key}={value!r} is not a valid Kubernetes label.")
         object.__setattr__(self, "node_selector", selector)
-        object.__setattr__(self, "tolerations",
-                           tuple(_check_toleration(t) for t in self.tolerations or ()))
-        for what, value in (("ttl_seconds", self.ttl_seconds),
-                            ("backoff_limit", self.backoff_limit)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 0):
-                raise SpecError(f"{what} must be a whole number of 0 or more, not {value!r}.")
+        object.__setattr__(
+            self, "tolerations", tuple(_check_toleration(t) for t in self.tolerations or ())
+        )
+        for what, count in (
+            ("ttl_seconds", self.ttl_seconds),
+            ("backoff_limit", self.backoff_limit),
+        ):
+            if count is not None and (
+                not isinstance(count, int) or isinstance(count, bool) or count < 0
+            ):
+                raise SpecError(f"{what} must be a whole number of 0 or more, not {count!r}.")
         if self.backoff_limit is None:
             raise SpecError("backoff_limit must be a whole number of 0 or more, not None.")
         if self.default_cpus is not None and not self.default_cpus > 0:
             raise SpecError(f"default_cpus must be positive, not {self.default_cpus!r}.")
-        if self.default_memory is not None and not (isinstance(self.default_memory, int)
-                                                    and self.default_memory > 0):
-            raise SpecError(f"default_memory must be a positive number of bytes, "
-                            f"not {self.default_memory!r}.")
+        if self.default_memory is not None and not (
+            isinstance(self.default_memory, int) and self.default_memory > 0
+        ):
+            raise SpecError(
+                f"default_memory must be a positive number of bytes, not {self.default_memory!r}."
+            )
 
 
 def settings_from(config, namespace: str) -> K8sSettings:
@@ -119,13 +132,18 @@ def settings_from(config, namespace: str) -> K8sSettings:
     when one is invalid."""
     memory = config.default_memory
     return K8sSettings(
-        namespace=namespace, context=config.context or None, in_cluster=config.in_cluster,
-        registry=config.registry or None, image_pull_secret=config.image_pull_secret or None,
+        namespace=namespace,
+        context=config.context or None,
+        in_cluster=config.in_cluster,
+        registry=config.registry or None,
+        image_pull_secret=config.image_pull_secret or None,
         service_account=config.service_account or None,
-        node_selector=dict(config.node_selector), tolerations=tuple(config.tolerations),
+        node_selector=dict(config.node_selector),
+        tolerations=tuple(config.tolerations),
         default_cpus=config.default_cpus,
         default_memory=parse_memory(memory) if memory else None,
-        ttl_seconds=config.ttl_seconds)
+        ttl_seconds=config.ttl_seconds,
+    )
 
 
 def _is_label_key(key) -> bool:
@@ -139,18 +157,22 @@ def _is_label_key(key) -> bool:
 
 def _check_toleration(t) -> dict:
     if not isinstance(t, Mapping) or set(t) - _TOLERATION_KEYS:
-        raise SpecError(f"Toleration {t!r}: use a mapping with keys among "
-                        f"{', '.join(sorted(_TOLERATION_KEYS))}.")
+        raise SpecError(
+            f"Toleration {t!r}: use a mapping with keys among "
+            f"{', '.join(sorted(_TOLERATION_KEYS))}."
+        )
     t = dict(t)
     if t.get("operator", "Equal") not in _TOLERATION_OPERATORS:
         raise SpecError(f"Toleration {t!r}: operator must be Exists or Equal.")
     if t.get("effect", "") not in _TAINT_EFFECTS:
-        raise SpecError(f"Toleration {t!r}: effect must be one of "
-                        "NoSchedule, PreferNoSchedule, NoExecute.")
+        raise SpecError(
+            f"Toleration {t!r}: effect must be one of NoSchedule, PreferNoSchedule, NoExecute."
+        )
     return t
 
 
 # -- names and labels ---------------------------------------------------------------------------
+
 
 def job_name(snapshot_id: str, name: str | None = None) -> str:
     """The name of a run's Job and Secret: ``mlc-[<name>-]<snapshot>``, DNS-label safe."""
@@ -161,8 +183,7 @@ secret_name = job_name
 
 
 def labels(spec: RunSpec, snapshot_id: str) -> dict[str, str]:
-    out = {LABEL_MANAGED_BY: MANAGED_BY,
-           LABEL_SNAPSHOT: safe_name(snapshot_id, "label-value")}
+    out = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_SNAPSHOT: safe_name(snapshot_id, "label-value")}
     if spec.name:
         out[LABEL_NAME] = safe_name(spec.name, "label-value")
     if spec.session:
@@ -172,8 +193,9 @@ def labels(spec: RunSpec, snapshot_id: str) -> dict[str, str]:
 
 def pod_selector(snapshot_id: str) -> str:
     """A label selector (query-string form) matching the pods of one run."""
-    return (f"{LABEL_MANAGED_BY}={MANAGED_BY},"
-            f"{LABEL_SNAPSHOT}={safe_name(snapshot_id, 'label-value')}")
+    return (
+        f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_SNAPSHOT}={safe_name(snapshot_id, 'label-value')}"
+    )
 
 
 def _annotations(spec: RunSpec, snapshot_id: str) -> dict[str, str]:
@@ -184,6 +206,7 @@ def _annotations(spec: RunSpec, snapshot_id: str) -> dict[str, str]:
 
 
 # -- resources ------------------------------------------------------------------------------
+
 
 def cpu_quantity(cpus: float) -> str:
     """0.5 -> '500m', 2 -> '2'."""
@@ -215,7 +238,8 @@ def resources(spec: RunSpec, settings: K8sSettings) -> dict:
         if not str(spec.gpus).isdigit() or int(spec.gpus) < 1:
             raise SpecError(
                 f"--gpus {spec.gpus}: Kubernetes schedules a number of GPUs, not "
-                "'all' of a node's; ask for a number, such as --gpus 1.")
+                "'all' of a node's; ask for a number, such as --gpus 1."
+            )
         amounts[GPU_RESOURCE] = str(int(spec.gpus))
     if not amounts:
         return {}
@@ -224,28 +248,30 @@ def resources(spec: RunSpec, settings: K8sSettings) -> dict:
 
 # -- environment ------------------------------------------------------------------------------
 
+
 def secret_env_keys(spec: RunSpec) -> list[str]:
     """The variables whose values go into the Secret rather than the Job (as masked_env)."""
     return [k for k, _ in spec.env if k in spec.secret_env or looks_secret(k)]
-
-
 
 
 def container_env(spec: RunSpec, secret: str) -> list[dict]:
     """Plain values inline; secret values by reference to the run's Secret. A variable of the
     cell's own wins over the defaults."""
     secrets = set(secret_env_keys(spec))
-    env = {k: {"name": k, "value": v} for k, v in CONTAINER_ENV.items()}
+    env: dict[str, dict] = {k: {"name": k, "value": v} for k, v in CONTAINER_ENV.items()}
     for key, value in spec.env:
         if key in secrets:
-            env[key] = {"name": key, "valueFrom": {"secretKeyRef": {
-                "name": secret, "key": ENV_KEY_PREFIX + key}}}
+            env[key] = {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": ENV_KEY_PREFIX + key}},
+            }
         else:
             env[key] = {"name": key, "value": value}
     return list(env.values())
 
 
 # -- payload files ----------------------------------------------------------------------------
+
 
 def payload_keys(paths) -> dict[str, str]:
     """Map payload paths (relative to /mlc, '/' allowed) to Secret keys ('/' becomes '__').
@@ -256,15 +282,23 @@ def payload_keys(paths) -> dict[str, str]:
     for path in paths:
         parts = path.split("/")
         key = "__".join(parts)
-        if (path.startswith("/") or any(p in ("", ".", "..") for p in parts)
-                or not _SECRET_KEY_RE.match(key) or len(key) > 253
-                or key.startswith(ENV_KEY_PREFIX)):
-            raise ValueError(f"Payload path {path!r} is not usable: use a relative path of "
-                             "letters, digits, '-', '_' and '.', not starting with "
-                             f"'{ENV_KEY_PREFIX}'.")
+        if (
+            path.startswith("/")
+            or any(p in ("", ".", "..") for p in parts)
+            or not _SECRET_KEY_RE.match(key)
+            or len(key) > 253
+            or key.startswith(ENV_KEY_PREFIX)
+        ):
+            raise ValueError(
+                f"Payload path {path!r} is not usable: use a relative path of "
+                "letters, digits, '-', '_' and '.', not starting with "
+                f"'{ENV_KEY_PREFIX}'."
+            )
         if key in keys.values():
-            raise ValueError(f"Payload paths {path!r} and "
-                             f"{next(p for p, k in keys.items() if k == key)!r} collide.")
+            raise ValueError(
+                f"Payload paths {path!r} and "
+                f"{next(p for p, k in keys.items() if k == key)!r} collide."
+            )
         keys[path] = key
     return keys
 
@@ -288,12 +322,21 @@ CONTAINER_SECURITY_CONTEXT = {
 
 def _check_namespace(namespace: str) -> None:
     if not is_dns_label(namespace or ""):
-        raise SpecError(f"Kubernetes namespace {namespace!r} is not a valid name: use up to 63 "
-                        "lowercase letters, digits and '-'.")
+        raise SpecError(
+            f"Kubernetes namespace {namespace!r} is not a valid name: use up to 63 "
+            "lowercase letters, digits and '-'."
+        )
 
 
-def job_manifest(spec: RunSpec, *, image: str, snapshot_id: str, namespace: str,
-                 settings: K8sSettings, files=DEFAULT_FILES) -> dict:
+def job_manifest(
+    spec: RunSpec,
+    *,
+    image: str,
+    snapshot_id: str,
+    namespace: str,
+    settings: K8sSettings,
+    files=DEFAULT_FILES,
+) -> dict:
     """The ``batch/v1`` Job that runs ``spec`` once in ``image``.
 
     ``files`` are the payload's paths (the keys of what :func:`secret_manifest` got); each is
@@ -318,8 +361,15 @@ def job_manifest(spec: RunSpec, *, image: str, snapshot_id: str, namespace: str,
         "volumeMounts": [
             {"name": WORK_VOLUME, "mountPath": MLC_DIR},
             {"name": OUT_VOLUME, "mountPath": OUT_DIR},
-            *({"name": PAYLOAD_VOLUME, "mountPath": f"{MLC_DIR}/{path}", "subPath": key,
-               "readOnly": True} for path, key in payload_keys(files).items()),
+            *(
+                {
+                    "name": PAYLOAD_VOLUME,
+                    "mountPath": f"{MLC_DIR}/{path}",
+                    "subPath": key,
+                    "readOnly": True,
+                }
+                for path, key in payload_keys(files).items()
+            ),
         ],
     }
     pod_spec: dict = {
@@ -358,14 +408,24 @@ def job_manifest(spec: RunSpec, *, image: str, snapshot_id: str, namespace: str,
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": namespace, "labels": run_labels,
-                     "annotations": annotations},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": run_labels,
+            "annotations": annotations,
+        },
         "spec": job_spec,
     }
 
 
-def secret_manifest(spec: RunSpec, *, snapshot_id: str, namespace: str,
-                    files: Mapping[str, bytes | str], owner: Mapping | None = None) -> dict:
+def secret_manifest(
+    spec: RunSpec,
+    *,
+    snapshot_id: str,
+    namespace: str,
+    files: Mapping[str, bytes | str],
+    owner: Mapping | None = None,
+) -> dict:
     """The ``v1`` Secret of a run: the payload ``files`` (path relative to /mlc -> content:
     the run's workdir without ``out/``; keys from :func:`payload_keys`) and ``env.<KEY>`` for
     each secret variable.
@@ -384,16 +444,22 @@ def secret_manifest(spec: RunSpec, *, snapshot_id: str, namespace: str,
         payload[ENV_KEY_PREFIX + key] = env[key].encode("utf-8")
     total = sum(len(v) for v in payload.values())
     if total > SECRET_MAX_BYTES:
-        sizes = ", ".join(f"{k} {_size(len(v))}" for k, v in
-                          sorted(payload.items(), key=lambda kv: -len(kv[1]))[:3])
+        sizes = ", ".join(
+            f"{k} {_size(len(v))}"
+            for k, v in sorted(payload.items(), key=lambda kv: -len(kv[1]))[:3]
+        )
         raise SpecError(
             f"The run's code and inputs add up to {_size(total)} ({sizes}), over the 1 MiB "
             "Kubernetes allows in a Secret. Pass fewer or smaller --inputs (load large data "
-            "inside the cell from storage the cluster can reach), or run with the Docker backend.")
+            "inside the cell from storage the cluster can reach), or run with the Docker backend."
+        )
     name = secret_name(snapshot_id, spec.name)
-    metadata: dict = {"name": name, "namespace": namespace,
-                      "labels": labels(spec, snapshot_id),
-                      "annotations": _annotations(spec, snapshot_id)}
+    metadata: dict = {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels(spec, snapshot_id),
+        "annotations": _annotations(spec, snapshot_id),
+    }
     if owner is not None:
         metadata["ownerReferences"] = [owner_reference(owner)]
     return {
@@ -409,8 +475,13 @@ def secret_manifest(spec: RunSpec, *, snapshot_id: str, namespace: str,
 def owner_reference(obj: Mapping) -> dict:
     """An ownerReference to ``obj`` (a created object: it has a uid), for garbage collection."""
     meta = obj["metadata"]
-    return {"apiVersion": obj.get("apiVersion", "batch/v1"), "kind": obj.get("kind", "Job"),
-            "name": meta["name"], "uid": meta["uid"], "blockOwnerDeletion": False}
+    return {
+        "apiVersion": obj.get("apiVersion", "batch/v1"),
+        "kind": obj.get("kind", "Job"),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "blockOwnerDeletion": False,
+    }
 
 
 def network_policy_manifest(spec: RunSpec, *, snapshot_id: str, namespace: str) -> dict:
@@ -423,29 +494,49 @@ def network_policy_manifest(spec: RunSpec, *, snapshot_id: str, namespace: str) 
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": job_name(snapshot_id, spec.name), "namespace": namespace,
-                     "labels": dict(run_labels)},
+        "metadata": {
+            "name": job_name(snapshot_id, spec.name),
+            "namespace": namespace,
+            "labels": dict(run_labels),
+        },
         "spec": {
-            "podSelector": {"matchLabels": {k: run_labels[k]
-                                            for k in (LABEL_MANAGED_BY, LABEL_SNAPSHOT)}},
+            "podSelector": {
+                "matchLabels": {k: run_labels[k] for k in (LABEL_MANAGED_BY, LABEL_SNAPSHOT)}
+            },
             "policyTypes": ["Ingress", "Egress"],
         },
     }
 
 
-def run_manifests(spec: RunSpec, *, image: str, snapshot_id: str, namespace: str,
-                  settings: K8sSettings, files: Mapping[str, bytes | str]) -> list[dict]:
+def run_manifests(
+    spec: RunSpec,
+    *,
+    image: str,
+    snapshot_id: str,
+    namespace: str,
+    settings: K8sSettings,
+    files: Mapping[str, bytes | str],
+) -> list[dict]:
     """Everything one run needs, in the order to create it: the Secret (so the pod finds it
     at once), the Job, and for ``--network none`` a NetworkPolicy."""
-    out = [secret_manifest(spec, snapshot_id=snapshot_id, namespace=namespace, files=files),
-           job_manifest(spec, image=image, snapshot_id=snapshot_id, namespace=namespace,
-                        settings=settings, files=list(files))]
+    out = [
+        secret_manifest(spec, snapshot_id=snapshot_id, namespace=namespace, files=files),
+        job_manifest(
+            spec,
+            image=image,
+            snapshot_id=snapshot_id,
+            namespace=namespace,
+            settings=settings,
+            files=list(files),
+        ),
+    ]
     if spec.network == "none":
         out.append(network_policy_manifest(spec, snapshot_id=snapshot_id, namespace=namespace))
     return out
 
 
 # -- export ---------------------------------------------------------------------------------
+
 
 def to_yaml(*objects: Mapping) -> str:
     """Objects as a multi-document YAML stream (``kubectl apply -f`` reads it).
@@ -457,16 +548,21 @@ def to_yaml(*objects: Mapping) -> str:
         import yaml
     except ImportError:
         return "---\n".join(json.dumps(o, indent=2) + "\n" for o in objects)
-    return yaml.safe_dump_all([_plain(o) for o in objects], sort_keys=False,
-                              default_flow_style=False)
+    return yaml.safe_dump_all(
+        [_plain(o) for o in objects], sort_keys=False, default_flow_style=False
+    )
 
 
-def job_yaml(spec: RunSpec, *, image: str, snapshot_id: str, namespace: str,
-             settings: K8sSettings) -> str:
+def job_yaml(
+    spec: RunSpec, *, image: str, snapshot_id: str, namespace: str, settings: K8sSettings
+) -> str:
     """The Job of :func:`job_manifest` as YAML. It holds no secret values: those live in the
     Secret, which is not exported."""
-    return to_yaml(job_manifest(spec, image=image, snapshot_id=snapshot_id,
-                                namespace=namespace, settings=settings))
+    return to_yaml(
+        job_manifest(
+            spec, image=image, snapshot_id=snapshot_id, namespace=namespace, settings=settings
+        )
+    )
 
 
 def _plain(obj):

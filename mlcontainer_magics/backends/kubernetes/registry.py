@@ -11,6 +11,7 @@ Docker SDK and engine errors become :class:`RegistryError` (wrong or missing cre
 :class:`RegistryAuthError`; no engine: :class:`~mlcontainer_magics.errors.EngineUnavailable`)
 here, at this one boundary.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,18 +19,29 @@ from collections.abc import Callable
 
 from ...errors import EngineUnavailable, MlcError, RegistryAuthError, RegistryError
 
-
 # The reference grammar of distribution (reference/regexp.go), simplified to what we write.
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?$")
 _PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_AUTH_MARKERS = ("unauthorized", "authentication required", "denied", "forbidden",
-                 "incorrect username or password")
+_AUTH_MARKERS = (
+    "unauthorized",
+    "authentication required",
+    "denied",
+    "forbidden",
+    "incorrect username or password",
+)
 _NO_CREDENTIALS_MARKERS = ("no basic auth credentials",)
 _ABSENT_MARKERS = ("manifest unknown", "name unknown", "not found")
-_UNREACHABLE_MARKERS = ("connection refused", "no such host", "i/o timeout",
-                        "server gave http response to https client", "tls:", "x509:",
-                        "network is unreachable", "dial tcp")
+_UNREACHABLE_MARKERS = (
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "server gave http response to https client",
+    "tls:",
+    "x509:",
+    "network is unreachable",
+    "dial tcp",
+)
 
 Log = Callable[[str], None]
 
@@ -39,19 +51,30 @@ def repository_ref(registry: str, repository: str) -> str:
     a path prefix (``ghcr.io/org``); ``repository`` is lowercase path components."""
     host, _, prefix = registry.strip().rstrip("/").partition("/")
     if not _HOST_RE.match(host) or ("." not in host and ":" not in host and host != "localhost"):
-        raise RegistryError(f"Registry {registry!r} is not a registry host: use host[:port], "
-                            "for example registry.example.com or 127.0.0.1:5000.")
+        raise RegistryError(
+            f"Registry {registry!r} is not a registry host: use host[:port], "
+            "for example registry.example.com or 127.0.0.1:5000."
+        )
     path = "/".join(p for p in (prefix, repository.strip("/")) if p)
     for part in path.split("/"):
         if not _PATH_COMPONENT_RE.match(part):
-            raise RegistryError(f"Repository {path!r} is not valid: use lowercase letters, "
-                                "digits and single '.', '_' or '-' between them, "
-                                "separated by '/'.")
+            raise RegistryError(
+                f"Repository {path!r} is not valid: use lowercase letters, "
+                "digits and single '.', '_' or '-' between them, "
+                "separated by '/'."
+            )
     return f"{host}/{path}"
 
 
-def push_image(client, image_ref_or_id: str, registry: str, repository: str, tag: str,
-               auth: dict | None = None, log: Log | None = None) -> str:
+def push_image(
+    client,
+    image_ref_or_id: str,
+    registry: str,
+    repository: str,
+    tag: str,
+    auth: dict | None = None,
+    log: Log | None = None,
+) -> str:
     """Push a local image as ``registry/repository:tag`` unless the registry already has it.
 
     ``auth`` is a docker SDK ``auth_config`` (``{"username": ..., "password": ...}``); None
@@ -65,20 +88,27 @@ def push_image(client, image_ref_or_id: str, registry: str, repository: str, tag
     log = log or (lambda line: None)
     repo = repository_ref(registry, repository)
     if not _TAG_RE.match(tag):
-        raise RegistryError(f"Tag {tag!r} is not valid: use up to 128 letters, digits, '_', "
-                            "'.' and '-', not starting with '.' or '-'.")
+        raise RegistryError(
+            f"Tag {tag!r} is not valid: use up to 128 letters, digits, '_', "
+            "'.' and '-', not starting with '.' or '-'."
+        )
     target = f"{repo}:{tag}"
     try:
         image = client.images.get(image_ref_or_id)
     except docker.errors.ImageNotFound:
-        raise RegistryError(f"There is no image {image_ref_or_id!r} in the local engine to "
-                            "push; build the environment first.") from None
+        raise RegistryError(
+            f"There is no image {image_ref_or_id!r} in the local engine to "
+            "push; build the environment first."
+        ) from None
     except _sdk_errors() as e:
         raise _translate(e, target, auth) from None
 
     remote = _remote_digest(client, target, auth)
-    known = {d.partition("@")[2] for d in image.attrs.get("RepoDigests") or []
-             if d.partition("@")[0] == repo}
+    known = {
+        d.partition("@")[2]
+        for d in image.attrs.get("RepoDigests") or []
+        if d.partition("@")[0] == repo
+    }
     if remote is not None and remote in known:
         log(f"{target} already holds this image ({remote}); nothing to push.")
         return f"{repo}@{remote}"
@@ -96,8 +126,10 @@ def push_image(client, image_ref_or_id: str, registry: str, repository: str, tag
         # An engine that reports no digest: ask the registry for it.
         digest = _remote_digest(client, target, auth)
         if digest is None:
-            raise RegistryError(f"Pushed {target}, but the registry does not list it "
-                                "afterwards.", log="\n".join(lines))
+            raise RegistryError(
+                f"Pushed {target}, but the registry does not list it afterwards.",
+                log="\n".join(lines),
+            )
     log(f"Pushed {repo}@{digest}")
     return f"{repo}@{digest}"
 
@@ -171,27 +203,33 @@ def _translate(e, target: str, auth: dict | None) -> MlcError:
             return _auth_error(target, auth, _explanation(e))
         return _translate_message(_explanation(e), target, auth)
     if not isinstance(e, docker.errors.DockerException):  # requests: the engine went away
-        return EngineUnavailable(f"The Docker engine stopped answering while pushing {target} "
-                                 f"({type(e).__name__}); start it and try again.")
+        return EngineUnavailable(
+            f"The Docker engine stopped answering while pushing {target} "
+            f"({type(e).__name__}); start it and try again."
+        )
     return _translate_message(_explanation(e), target, auth)
 
 
-def _translate_message(message: str, target: str, auth: dict | None,
-                       log: str = "") -> RegistryError:
+def _translate_message(
+    message: str, target: str, auth: dict | None, log: str = ""
+) -> RegistryError:
     lower = message.lower()
     host = target.split("/", 1)[0]
     if any(m in lower for m in _NO_CREDENTIALS_MARKERS):
         return RegistryAuthError(
             f"The registry {host} asks for a login and none was given ({message}). Pass "
             f"credentials (a username and password or token), or run `docker login {host}`.",
-            log=log)
+            log=log,
+        )
     if any(m in lower for m in _AUTH_MARKERS):
         return _auth_error(target, auth, message, log)
     if any(m in lower for m in _UNREACHABLE_MARKERS):
         return RegistryError(
             f"Cannot reach the registry {host} ({message}). Check the registry address, that "
             "it is running, and (for a registry without TLS) that the Docker engine lists it "
-            "under insecure-registries.", log=log)
+            "under insecure-registries.",
+            log=log,
+        )
     return RegistryError(f"Pushing {target} failed: {message}", log=log)
 
 
@@ -200,4 +238,6 @@ def _auth_error(target: str, auth: dict | None, message: str, log: str = "") -> 
     who = f"user {auth['username']!r}" if auth and auth.get("username") else "the stored login"
     return RegistryAuthError(
         f"The registry {host} refused {who} for {target} ({message}). Check the username and "
-        "password (or token) and that the account may push to this repository.", log=log)
+        "password (or token) and that the account may push to this repository.",
+        log=log,
+    )

@@ -19,6 +19,7 @@ Kinds (https://kubernetes.io/docs/concepts/overview/working-with-objects/names/)
     A label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a
     letter or digit (or empty).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,11 @@ _UNSAFE = {
     "dns-subdomain": re.compile(r"[^a-z0-9.]+"),
     "label-value": re.compile(r"[^a-z0-9._]+"),
 }
-_MAX = {"dns-label": DNS_LABEL_MAX, "dns-subdomain": DNS_SUBDOMAIN_MAX,
-        "label-value": LABEL_VALUE_MAX}
+_MAX = {
+    "dns-label": DNS_LABEL_MAX,
+    "dns-subdomain": DNS_SUBDOMAIN_MAX,
+    "label-value": LABEL_VALUE_MAX,
+}
 
 
 def is_dns_label(s: str) -> bool:
@@ -48,16 +52,22 @@ def is_dns_label(s: str) -> bool:
 
 
 def is_dns_subdomain(s: str) -> bool:
-    return (len(s) <= DNS_SUBDOMAIN_MAX and bool(_DNS_SUBDOMAIN_RE.match(s))
-            and all(len(part) <= DNS_LABEL_MAX for part in s.split(".")))
+    return (
+        len(s) <= DNS_SUBDOMAIN_MAX
+        and bool(_DNS_SUBDOMAIN_RE.match(s))
+        and all(len(part) <= DNS_LABEL_MAX for part in s.split("."))
+    )
 
 
 def is_label_value(s: str) -> bool:
     return s == "" or (len(s) <= LABEL_VALUE_MAX and bool(_LABEL_VALUE_RE.match(s)))
 
 
-_VALID = {"dns-label": is_dns_label, "dns-subdomain": is_dns_subdomain,
-          "label-value": is_label_value}
+_VALID = {
+    "dns-label": is_dns_label,
+    "dns-subdomain": is_dns_subdomain,
+    "label-value": is_label_value,
+}
 
 
 def short_hash(text: str) -> str:
@@ -82,6 +92,6 @@ def safe_name(name: str, kind: str = "dns-label", max_length: int | None = None)
     prefix = prefix.strip("-._")[:room].rstrip("-._") or "x"
     if kind == "dns-subdomain":  # each dot-separated label, the hashed last one too, <= 63
         parts = [p[:DNS_LABEL_MAX].strip("-") for p in prefix.split(".")]
-        parts[-1] = parts[-1][:DNS_LABEL_MAX - len(_SEPARATOR) - HASH_LENGTH].rstrip("-") or "x"
+        parts[-1] = parts[-1][: DNS_LABEL_MAX - len(_SEPARATOR) - HASH_LENGTH].rstrip("-") or "x"
         prefix = ".".join(p for p in parts if p)
     return f"{prefix}{_SEPARATOR}{short_hash(name)}"

@@ -1,0 +1,165 @@
+"""The display's words: the lines text mode prints, the badges, and which mode to show.
+
+text_lines()      pure: the lines a change of state prints in text mode
+choose_mode()     "widget", "text" or "off" for where we run
+fmt_seconds(), fmt_size(), describe_progress()   the words for times, sizes, a build
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+
+from ...core.events import ENV_PHASES, RUN_PHASES, Phase
+from ...core.formatting import format_duration, format_size
+from .state import BuildProgress, RunStatus
+
+PREFIX = "[mlcontainer]"
+ENV_VAR = "MLCONTAINER_DISPLAY"  # widget | text | off; unset: widget in a notebook kernel
+
+# What the badge says, per phase while running and per final status at the end.
+BADGES = {
+    "pending": "waiting",
+    "resolving": "resolving",
+    "cached": "cache hit",
+    "building": "building",
+    "built": "built",
+    "pushing": "pushing",
+    "starting": "starting",
+    "scheduling": "scheduling",
+    "pulling": "pulling",
+    "running": "running",
+    "collecting": "collecting",
+    "stopping": "stopping",
+    "done": "done",
+    "failed": "failed",
+    "timeout": "timed out",
+    "oom": "out of memory",
+    "interrupted": "interrupted",
+    "stopped": "stopped",
+    "killed": "killed",
+}
+PHASE_TEXT = {
+    "pending": "waiting",
+    "resolving": "resolving environment",
+    "cached": "environment found (cache hit)",
+    "building": "building environment",
+    "built": "environment built",
+    "pushing": "pushing image to the registry",
+    "starting": "starting container",
+    "scheduling": "waiting for a node",
+    "pulling": "pulling image",
+    "running": "running",
+    "collecting": "collecting results",
+}
+
+
+def fmt_seconds(seconds) -> str:
+    """``12.3 s``, ``4 min 05 s``, ``1 h 02 min``; "" when unknown."""
+    return format_duration(seconds, spaced=True, missing="")
+
+
+def fmt_size(size) -> str:
+    """Bytes as Docker shows them (powers of 1000): ``369 MB``, ``1.5 GB``; "" when unknown."""
+    return format_size(size, short=True, missing="")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def describe_progress(p: BuildProgress) -> str:
+    """A few words on a build's progress, e.g. "pip install · 3/7 packages fetched · numpy"."""
+    parts = []
+    if p.steps_known > 1 and p.step:
+        parts.append(f"step {min(p.steps_done + 1, p.steps_known)}/{p.steps_known}")
+    if p.step:
+        parts.append(p.step)
+    if p.installed:
+        parts.append(f"installed {plural(p.installed, 'package')}")
+    elif p.installing:
+        names = ", ".join(p.installing[:3]) + (", …" if len(p.installing) > 3 else "")
+        parts.append(f"installing {plural(len(p.installing), 'package')} ({names})")
+    elif p.known:
+        parts.append(f"{min(p.fetched, p.known)}/{p.known} packages fetched")
+        if p.current:
+            parts.append(p.current)
+    return " · ".join(parts)
+
+
+def _times(s: RunStatus) -> str:
+    """The duration a final line reports: the run's own if it ran, else the whole wait."""
+    seconds = s.seconds(RUN_PHASES) if s.ran else s.elapsed(s.ended or 0.0)
+    return fmt_seconds(seconds)
+
+
+def _phase_line(s: RunStatus) -> str | None:
+    if s.phase == Phase.RESOLVING:
+        return f"resolving environment (base {s.base})…" if s.base else "resolving environment…"
+    if s.phase == Phase.CACHED:
+        size = f", {fmt_size(s.size)}" if fmt_size(s.size) else ""
+        return f"environment {s.image} (cache hit{size})"
+    if s.phase == Phase.BUILDING:
+        n = len(s.requirements) + len(s.apt)
+        adding = f", adding to {s.parent}" if s.parent else ""
+        what = f" ({plural(n, 'package')}{adding})" if n else ""
+        return f"building environment {s.image}{what}…"
+    if s.phase == Phase.BUILT:
+        size = f" ({fmt_size(s.size)})" if fmt_size(s.size) else ""
+        return f"environment ready in {fmt_seconds(s.seconds(ENV_PHASES))}{size}"
+    if s.phase == Phase.PUSHING:
+        return f"pushing {s.image}…"
+    if s.phase == Phase.SCHEDULING:
+        return f"waiting for a node: {s.note}" if s.note else None
+    if s.phase == Phase.PULLING:
+        return "pulling the image on the node…"
+    if s.phase == Phase.RUNNING:
+        return f"running in container {s.container}…" if s.container else "running…"
+    if s.phase == Phase.COLLECTING:
+        return "collecting results…"
+    if s.phase == Phase.FINISHED:
+        snap = f" · snapshot {s.snapshot}" if s.snapshot else ""
+        if s.status == "done":
+            return f"done in {_times(s)}{snap}"
+        message = f": {s.message}" if s.message else ""
+        return f"{BADGES.get(s.status, s.status)} after {_times(s)}{message}{snap}"
+    return None  # "starting" is followed at once by "running": no line of its own
+
+
+def text_lines(before: RunStatus, after: RunStatus) -> list[str]:
+    """The lines to print for the change ``before`` -> ``after``: one per phase, never a repeat."""
+    lines = []
+    if after.stopping and not before.stopping:
+        lines.append("stopping…")
+    if after.stop_error and after.stop_error != before.stop_error:
+        lines.append(f"could not stop: {after.stop_error}")
+    if after.phase != before.phase:
+        line = _phase_line(after)
+        if line:
+            lines.append(line)
+    elif after.note and after.note != before.note:
+        lines.append(f"waiting for a node: {after.note}")
+    elif after.finished and after.snapshot != before.snapshot:
+        lines.append(f"snapshot {after.snapshot}")
+    return [f"{PREFIX} {line}" for line in lines]
+
+
+def choose_mode(shell, env: Mapping[str, str], widgets_available: bool | None = None) -> str:
+    """ "widget", "text" or "off": widgets in an ipykernel shell when ipywidgets is there.
+
+    ``MLCONTAINER_DISPLAY`` in ``env`` decides first: ``text``, ``off`` (nothing shown) or
+    ``widget`` (widgets even outside a kernel shell, if ipywidgets is importable).
+    """
+    wanted = str(env.get(ENV_VAR) or "").strip().lower()
+    if wanted in ("off", "none", "quiet"):
+        return "off"
+    if wanted == "text":
+        return "text"
+    if widgets_available is None:
+        widgets_available = importlib.util.find_spec("ipywidgets") is not None
+    if not widgets_available:
+        return "text"
+    if wanted == "widget":
+        return "widget"
+    in_kernel = any(c.__name__ == "ZMQInteractiveShell" for c in type(shell).__mro__)
+    return "widget" if shell is not None and in_kernel else "text"
