@@ -37,6 +37,10 @@ def env_default(trait: str, variable: str, parse: Callable[[str], Any] = str, un
     return default(trait)(from_environment)
 
 
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _false_unless_no(text: str) -> bool:
     return text.lower() not in ("0", "false", "no")
 
@@ -113,6 +117,22 @@ class MlcontainerSettings(Configurable):
         help="Default backend: docker, or kubernetes (see "
         "KubernetesConfig). Env: MLCONTAINER_BACKEND."
     ).tag(config=True)
+    default_mounts = List(
+        Unicode(),
+        help="Mounts every cell gets, as --mount takes them, e.g. ['.'] for the notebook's "
+        "folder, read-only. Env: MLCONTAINER_DEFAULT_MOUNTS (comma-separated).",
+    ).tag(config=True)
+    secrets_file = Unicode(
+        None,
+        allow_none=True,
+        help="A file of NAME=VALUE lines (as .env) that --secret NAME reads when the kernel's "
+        "environment has no NAME. Env: MLCONTAINER_SECRETS_FILE.",
+    ).tag(config=True)
+    export_data_limit = Int(
+        100 * 2**20,
+        help="Export copies mounted inputs up to this many bytes in all into the export "
+        "folder; larger ones are listed with their digests. Env: MLCONTAINER_EXPORT_DATA_LIMIT.",
+    ).tag(config=True)
 
     @default("store_dir")
     def _default_store(self):
@@ -130,6 +150,13 @@ class MlcontainerSettings(Configurable):
         "raise_error", "MLCONTAINER_RAISE_ERROR", _false_unless_no, unset=True
     )
     _backend_name = env_default("backend_name", "MLCONTAINER_BACKEND", unset="docker")
+    _default_mounts = env_default(
+        "default_mounts", "MLCONTAINER_DEFAULT_MOUNTS", _comma_list, unset=[]
+    )
+    _secrets_file = env_default("secrets_file", "MLCONTAINER_SECRETS_FILE")
+    _export_data_limit = env_default(
+        "export_data_limit", "MLCONTAINER_EXPORT_DATA_LIMIT", int, unset=100 * 2**20
+    )
 
 
 class KubernetesConfig(Configurable):
@@ -199,6 +226,12 @@ class KubernetesConfig(Configurable):
         "'operator': 'Exists', 'effect': 'NoSchedule'}]. "
         "Env: MLCONTAINER_K8S_TOLERATIONS (a JSON list).",
     ).tag(config=True)
+    volumes = Dict(
+        Unicode(),
+        help="What --mount NAME means on the cluster: a PersistentVolumeClaim, e.g. "
+        "{'data': 'pvc:training-data'} (pvc:CLAIM[/sub/path]). Other mounts travel with the "
+        "Job when small and read-only. Env: MLCONTAINER_K8S_VOLUMES='data=pvc:training-data'.",
+    ).tag(config=True)
     default_cpus = Float(
         None,
         allow_none=True,
@@ -237,6 +270,7 @@ class KubernetesConfig(Configurable):
         "node_selector", "MLCONTAINER_K8S_NODE_SELECTOR", _label_pairs, unset={}
     )
     _tolerations = env_default("tolerations", "MLCONTAINER_K8S_TOLERATIONS", _json_list, unset=[])
+    _volumes = env_default("volumes", "MLCONTAINER_K8S_VOLUMES", _label_pairs, unset={})
     _default_cpus = env_default("default_cpus", "MLCONTAINER_K8S_DEFAULT_CPUS", float)
     _default_memory = env_default("default_memory", "MLCONTAINER_K8S_DEFAULT_MEMORY")
     _ttl_seconds = env_default(

@@ -723,15 +723,24 @@ def test_export_of_a_local_image_says_to_push_it(tmp_path):
 
 def docker_pod(client, namespace, root: Path):
     """A ``run=`` callback for the fake: the pod's container, run for real on the engine with
-    the Secret's files in a folder mounted at /mlc, the pod's env and its user; the container's
-    output is the pod's log, line by line as it comes."""
+    the Secret's files in a folder mounted at /mlc (and those mounted elsewhere, a --mount's,
+    in a folder per top-level directory), the pod's env and its user; the container's output is
+    the pod's log, line by line as it comes."""
 
     def container(pod):
         c = pod.pod["spec"]["containers"][0]
         folder = Path(tempfile.mkdtemp(dir=root))
         folder.chmod(0o777)  # /mlc is an emptyDir: writable
+        elsewhere = Path(tempfile.mkdtemp(dir=root))
+        elsewhere.chmod(0o755)
+        binds = {str(folder): {"bind": "/mlc", "mode": "rw"}}
         for path, data in pod.files.items():
-            target = folder / Path(path).relative_to("/mlc")
+            if Path(path).is_relative_to("/mlc"):
+                target = folder / Path(path).relative_to("/mlc")
+            else:
+                top = Path(path).parts[1]
+                binds[str(elsewhere / top)] = {"bind": f"/{top}", "mode": "ro"}
+                target = elsewhere / Path(path).relative_to("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.parent.chmod(0o755)
             target.write_bytes(data)
@@ -749,7 +758,7 @@ def docker_pod(client, namespace, root: Path):
             network_mode="none",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
-            volumes={str(folder): {"bind": "/mlc", "mode": "rw"}},
+            volumes=binds,
         )
         try:
             made.start()
@@ -993,3 +1002,35 @@ async def test_rest_rerun_of_a_kubernetes_snapshot_runs_on_kubernetes(
             body=json.dumps({"backend": "nomad"}),
         )
     assert info.value.code == 400 and b"docker, kubernetes" in info.value.response.body
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+def test_a_small_read_only_mount_travels_with_the_job(
+    k8s_fake, registry, docker_engine, docker_images, namespace, tmp_path
+):
+    from mlcontainer_magics.core.spec import parse_mounts
+    from mlcontainer_magics.core.store import Store
+
+    k8s_fake.script("mlc-", run=docker_pod(docker_engine, namespace, tmp_path))
+    (tmp_path / "nb" / "data").mkdir(parents=True)
+    (tmp_path / "nb" / "data" / "labels.csv").write_text("cat,dog\n")
+    backend = backend_for(
+        k8s_fake,
+        namespace=namespace,
+        registry=registry.host,
+        registry_username=registry.username,
+        registry_password=registry.password,
+    )
+    spec = make_spec(
+        "print(open('data/labels.csv').read().strip())\n",
+        mounts=parse_mounts(["data"], tmp_path / "nb"),
+    )
+    store = Store(tmp_path / "store")
+    try:
+        outcome = runs.execute(spec, backend, store=store)
+    finally:
+        docker_images.extend(_pushed_tags(docker_engine, registry, "python:3.11-slim"))
+    assert outcome.ok and outcome.result.stdout == "cat,dog\n"
+    record = store.get(outcome.run_id)
+    assert record["backend"] == "kubernetes" and record["mounts"][0]["count"] == 1

@@ -576,3 +576,44 @@ def test_safe_name_max_length():
         safe_name("x", max_length=11)
     with pytest.raises(ValueError):
         safe_name("x", "dns-name")
+
+
+def test_mounts_become_claims_and_files_of_the_payload_and_stay_valid():
+    from mlcontainer_magics.core.spec import MountSpec
+
+    spec = make_spec(
+        mounts=(
+            MountSpec("pvc:training-data/v2", "/work/data"),
+            MountSpec("pvc:models", "/work/models", writable=True),
+            MountSpec("/home/me/labels.csv", "/work/labels.csv"),
+        )
+    )
+    files = {**FILES, "mnt/work/labels.csv": b"a,b\n"}
+    objs = run_manifests(
+        spec,
+        image=IMAGE,
+        snapshot_id="s1",
+        namespace="team-a",
+        settings=K8sSettings(),
+        files=files,
+    )
+    for version in K8S_VERSIONS:
+        for obj in objs:
+            kubernetes_validate.validate(obj, version, strict=True)
+    pod = objs[1]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["workingDir"] == "/work"
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: v
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims["training-data"]["persistentVolumeClaim"]["readOnly"] is True
+    assert claims["models"]["persistentVolumeClaim"]["readOnly"] is False
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/work/data"]["subPath"] == "v2" and mounts["/work/data"]["readOnly"]
+    assert not mounts["/work/models"]["readOnly"] and "subPath" not in mounts["/work/models"]
+    assert mounts["/work/labels.csv"]["subPath"] == "mnt__work__labels.csv"
+    assert mounts["/mlc/cell.py"]["subPath"] == "cell.py"  # the run's own files as before
+    with pytest.raises(SpecError, match="not a PersistentVolumeClaim name"):
+        job(make_spec(mounts=(MountSpec("pvc:Bad_Name", "/work/x"),)))

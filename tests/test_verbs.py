@@ -443,3 +443,25 @@ def test_show_says_where_a_snapshot_ran():
     assert "ran on" not in verbs.format_record({"id": "old"})
     odd = {"backend": "kubernetes", "target": {"context": "a\nb", "namespace": 3}}
     assert verbs.format_where(odd) == "kubernetes (context a?b)"
+
+
+def test_show_lists_mounted_data_written_files_and_secret_names():
+    record = {
+        "id": "d474d474d474",
+        "spec": {"secrets": ["HF_TOKEN"]},
+        "mounts": [
+            {
+                "target": "/work/data",
+                "mode": "ro",
+                "size": 2_000_000,
+                "count": 3,
+                "digest": "xxh3-128:0123456789abcdef0123",
+            }
+        ],
+        "written": {"/work/models": {"model.json": [26, "xxh3-128:ff"]}},
+    }
+    text = verbs.format_record(record)
+    assert "data in     /work/data  ro  2.0 MB, 3 files  xxh3-128:0123456789ab" in text
+    assert "data out    /work/models/model.json  26 B" in text
+    assert "secrets     HF_TOKEN" in text
+    assert "data in" not in verbs.format_record({"id": "old"})

@@ -735,3 +735,22 @@ def test_open_display_picks_the_mode(monkeypatch, capsys):
     assert d.mode == "text"
     d = status_display.open_display(env={}, shell=TerminalInteractiveShell())
     assert d.mode == "text"
+
+
+def test_mounted_data_is_shown_with_sizes_and_digest_time():
+    from mlcontainer_magics.frontends.display.state import RunStatus, apply
+    from mlcontainer_magics.frontends.display.text import text_lines
+
+    before = RunStatus()
+    mounts = [
+        {"target": "/work/data", "mode": "ro", "size": 2_100_000_000, "count": 2000},
+        {"target": "/work/models", "mode": "rw", "size": 0, "count": 1},
+    ]
+    after = apply(before, "mounted", {"mounts": mounts, "seconds": 1.25}, now=1.0)
+    assert after.phase == before.phase  # information, not a phase of its own
+    lines = text_lines(before, after)
+    assert lines == [
+        "[mlcontainer] data: /work/data (ro, 2.1 GB, 2,000 files), "
+        "/work/models (rw, 0 B, 1 file) · digested in 1.2 s"
+    ]
+    assert text_lines(after, apply(after, "mounted", {"mounts": mounts}, now=2.0)) == []

@@ -20,12 +20,33 @@ export interface ISnapshotSummary {
   session: string | null;
 }
 
+/** A folder or file a cell saw, as its record keeps it (one line per mount). */
+export interface IMount {
+  /** The path on the host. */
+  source: string;
+  /** The path in the container, e.g. `/work/data`. */
+  target: string;
+  mode: 'ro' | 'rw';
+  /** Of the whole tree, e.g. `sha256:…`. */
+  digest: string;
+  /** Files, and their bytes. */
+  count: number;
+  size: number;
+}
+
+/** Files a cell wrote in writable mounts: `{target: {relative path: [size, digest]}}`. */
+export type IWritten = Record<string, Record<string, [number, string]>>;
+
 /** A full record: the summary plus whatever else the run kept. */
 export interface ISnapshotRecord extends ISnapshotSummary {
   /** Where it ran: "docker" or "kubernetes"; absent in older records, which ran on docker. */
   backend?: string | null;
   /** Which engine or cluster, e.g. `{engine: "unix:///…"}`, `{context, namespace}`. */
   target?: Record<string, string> | null;
+  /** The data the cell saw; absent in older records. */
+  mounts?: IMount[] | null;
+  /** What it wrote in writable mounts; absent in older records. */
+  written?: IWritten | null;
   [key: string]: any;
 }
 

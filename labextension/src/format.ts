@@ -172,3 +172,85 @@ export function tailLog(
     clipped
   };
 }
+
+/** At most `max` of a list, and how many were left off. */
+export function truncate<T>(items: T[], max: number): { shown: T[]; more: number } {
+  const n = Math.max(0, max);
+  return { shown: items.slice(0, n), more: Math.max(0, items.length - n) };
+}
+
+/** "and 3 more" for the items a list leaves off, or nothing. */
+export function moreText(more: number): string {
+  return more > 0 ? `and ${more} more` : '';
+}
+
+/** The first 12 hex digits of a digest, without its algorithm: `sha256:abc…` → `abc…`. */
+export function shortDigest(digest: unknown): string {
+  if (typeof digest !== 'string' || !digest) {
+    return MISSING;
+  }
+  return digest.slice(digest.indexOf(':') + 1).slice(0, 12);
+}
+
+/** A mount as a record keeps it; every field may be missing in a damaged record. */
+export interface IMountLine {
+  source?: unknown;
+  target?: unknown;
+  mode?: unknown;
+  digest?: unknown;
+  count?: unknown;
+  size?: unknown;
+}
+
+/** The mounts of a record: its `mounts` lines that name a target, in recorded order. */
+export function recordMounts(record: { readonly [key: string]: unknown }): IMountLine[] {
+  const m = record.mounts;
+  return Array.isArray(m)
+    ? m.filter(
+        (x): x is IMountLine =>
+          !!x && typeof x === 'object' && typeof (x as IMountLine).target === 'string'
+      )
+    : [];
+}
+
+/** `/work/data (ro, 1.2 MB, 3 files)`. */
+export function formatMount(mount: IMountLine): string {
+  const count = num(mount.count);
+  const files = count === null ? MISSING : `${count} ${count === 1 ? 'file' : 'files'}`;
+  const mode = typeof mount.mode === 'string' && mount.mode ? mount.mode : MISSING;
+  return `${String(mount.target)} (${mode}, ${formatSize(mount.size)}, ${files})`;
+}
+
+/** A mount's tooltip: where it came from on the host and its short digest. */
+export function mountTitle(mount: IMountLine): string {
+  const source =
+    typeof mount.source === 'string' && mount.source ? mount.source : MISSING;
+  return `from ${source}, digest ${shortDigest(mount.digest)}`;
+}
+
+/** A written file as a line: `target/relative/path`, joined with one slash. */
+export function writtenPath(target: string, rel: string): string {
+  if (!rel) {
+    return target; // the mount is the file itself
+  }
+  return `${target.replace(/\/+$/, '')}/${rel.replace(/^\/+/, '')}`;
+}
+
+/** The files a record says were written, as `/work/out/model.pt (1.2 MB)`, in recorded order. */
+export function recordWritten(record: { readonly [key: string]: unknown }): string[] {
+  const w = record.written;
+  if (!w || typeof w !== 'object' || Array.isArray(w)) {
+    return [];
+  }
+  const lines: string[] = [];
+  for (const [target, files] of Object.entries(w)) {
+    if (!files || typeof files !== 'object' || Array.isArray(files)) {
+      continue;
+    }
+    for (const [rel, entry] of Object.entries(files)) {
+      const size = Array.isArray(entry) ? entry[0] : undefined;
+      lines.push(`${writtenPath(target, rel)} (${formatSize(size)})`);
+    }
+  }
+  return lines;
+}

@@ -4,16 +4,24 @@ import {
   errorText,
   formatAgo,
   formatDuration,
+  formatMount,
   formatPin,
   formatSize,
   formatTime,
   formatWhere,
   isActive,
   MISSING,
+  moreText,
+  mountTitle,
+  recordMounts,
   recordPackages,
   recordTimings,
+  recordWritten,
+  shortDigest,
   tailLog,
-  toDate
+  toDate,
+  truncate,
+  writtenPath
 } from '../src/format';
 
 describe('formatDuration', () => {
@@ -269,5 +277,72 @@ describe('small helpers', () => {
     expect(elapsed(1_700_000_000, 1_700_000_090_000)).toBe(90);
     expect(elapsed(null, 1_700_000_090_000)).toBeNull();
     expect(elapsed('1700000000', 1_700_000_090_000)).toBeNull();
+  });
+});
+
+describe('mounts and written files', () => {
+  const DATA = {
+    source: '/home/me/data',
+    target: '/work/data',
+    mode: 'ro',
+    digest: 'sha256:0123456789abcdef0123',
+    count: 3,
+    size: 1_234_567
+  };
+
+  it('shortens a digest to 12 hex digits after its algorithm', () => {
+    expect(shortDigest('sha256:0123456789abcdef0123')).toBe('0123456789ab');
+    expect(shortDigest('0123456789abcdef')).toBe('0123456789ab');
+    expect(shortDigest(undefined)).toBe(MISSING);
+    expect(shortDigest('')).toBe(MISSING);
+  });
+
+  it('shows a mount as target, mode, size and files', () => {
+    expect(formatMount(DATA)).toBe('/work/data (ro, 1.2 MB, 3 files)');
+    expect(formatMount({ ...DATA, mode: 'rw', count: 1, size: 12 })).toBe(
+      '/work/data (rw, 12 B, 1 file)'
+    );
+    expect(formatMount({ target: '/x' })).toBe(`/x (${MISSING}, ${MISSING}, ${MISSING})`);
+  });
+
+  it('titles a mount with its source and short digest', () => {
+    expect(mountTitle(DATA)).toBe('from /home/me/data, digest 0123456789ab');
+    expect(mountTitle({ target: '/x' })).toBe(`from ${MISSING}, digest ${MISSING}`);
+  });
+
+  it('keeps the mounts that name a target; none in older records', () => {
+    expect(recordMounts({ mounts: [DATA, null, { source: '/a' }, 'x'] })).toEqual([DATA]);
+    expect(recordMounts({})).toEqual([]);
+    expect(recordMounts({ mounts: null })).toEqual([]);
+  });
+
+  it('joins a written path to its mount with one slash', () => {
+    expect(writtenPath('/work/out', 'model.pt')).toBe('/work/out/model.pt');
+    expect(writtenPath('/work/out/', '/a/b.csv')).toBe('/work/out/a/b.csv');
+    expect(writtenPath('/work/out.csv', '')).toBe('/work/out.csv');
+  });
+
+  it('lists written files with their sizes, in recorded order', () => {
+    const written = {
+      '/work/out': { 'model.pt': [2_500_000, 'sha256:aa'], 'log.txt': [10, 'sha256:bb'] },
+      '/work/more': { 'x.csv': [1000, 'sha256:cc'] }
+    };
+    expect(recordWritten({ written })).toEqual([
+      '/work/out/model.pt (2.5 MB)',
+      '/work/out/log.txt (10 B)',
+      '/work/more/x.csv (1.0 kB)'
+    ]);
+    expect(recordWritten({})).toEqual([]);
+    expect(recordWritten({ written: {} })).toEqual([]);
+    expect(recordWritten({ written: { '/w': null, '/v': { a: 'bad' } } })).toEqual([
+      `/v/a (${MISSING})`
+    ]);
+  });
+
+  it('truncates a list and says how many it left off', () => {
+    expect(truncate([1, 2, 3], 2)).toEqual({ shown: [1, 2], more: 1 });
+    expect(truncate([1, 2], 20)).toEqual({ shown: [1, 2], more: 0 });
+    expect(moreText(5)).toBe('and 5 more');
+    expect(moreText(0)).toBe('');
   });
 });

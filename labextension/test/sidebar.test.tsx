@@ -170,6 +170,67 @@ it('shows a record without a backend as run on docker', async () => {
   expect(texts('.mlc-Hint', details)).toEqual(['None recorded.', 'No output.']);
 });
 
+it('shows the data a cell read and wrote, the first 20 written files', async () => {
+  const files: Record<string, [number, string]> = {};
+  for (let i = 0; i < 23; i++) {
+    files[`part-${String(i).padStart(2, '0')}.csv`] = [1000, `sha256:${i}`];
+  }
+  server().on('GET snapshots/k8s1', {
+    body: {
+      ...K8S,
+      mounts: [
+        {
+          source: '/home/me/data',
+          target: '/work/data',
+          mode: 'ro',
+          digest: 'sha256:0123456789abcdef0123',
+          count: 3,
+          size: 1_234_567
+        },
+        {
+          source: '/home/me/out',
+          target: '/work/out',
+          mode: 'rw',
+          digest: 'sha256:fedcba9876543210',
+          count: 23,
+          size: 23_000
+        }
+      ],
+      written: { '/work/out': files }
+    }
+  });
+  await show();
+  const details = await open('k8s1');
+  const dataIn = details.querySelector('.mlc-DataIn') as HTMLElement;
+  expect(texts('.mlc-SubTitle', dataIn)).toEqual(['Data in']);
+  expect(texts('li', dataIn)).toEqual([
+    '/work/data (ro, 1.2 MB, 3 files)',
+    '/work/out (rw, 23.0 kB, 23 files)'
+  ]);
+  expect(dataIn.querySelector('li')?.getAttribute('title')).toBe(
+    'from /home/me/data, digest 0123456789ab'
+  );
+  const dataOut = details.querySelector('.mlc-DataOut') as HTMLElement;
+  expect(texts('.mlc-SubTitle', dataOut)).toEqual(['Data out']);
+  const written = texts('li', dataOut);
+  expect(written).toHaveLength(20);
+  expect(written[0]).toBe('/work/out/part-00.csv (1.0 kB)');
+  expect(written[19]).toBe('/work/out/part-19.csv (1.0 kB)');
+  expect(texts('.mlc-Hint', dataOut)).toEqual(['and 3 more']);
+});
+
+it('shows no data blocks for a record without mounts or written files', async () => {
+  server();
+  await show();
+  for (const id of ['k8s1', 'old1']) {
+    const details = await open(id);
+    expect(details.querySelector('.mlc-DataIn')).toBeNull();
+    expect(details.querySelector('.mlc-DataOut')).toBeNull();
+    expect(texts('.mlc-SubTitle', details)).not.toContain('Data in');
+    expect(texts('.mlc-SubTitle', details)).not.toContain('Data out');
+  }
+});
+
 it("re-runs, showing the server's message where the user clicked", async () => {
   const fake = server().on('POST snapshots/k8s1/rerun', {
     status: 501,

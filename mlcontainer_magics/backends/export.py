@@ -13,12 +13,13 @@ from pathlib import Path
 
 from ..config import KubernetesConfig
 from ..core.backend import Backend
+from ..core.formatting import format_size
 from ..core.snapshots import spec_from_record
 from ..errors import SpecError
 from ..runner import runner_source
 from .docker import build as render
 from .kubernetes.export import write_job_manifest
-from .kubernetes.objects import settings_from
+from .kubernetes.objects import settings_from, with_secrets
 
 # -- export -----------------------------------------------------------------------------------
 
@@ -35,6 +36,20 @@ alone:
 - `mlc/cell.py` is the cell's code; `mlc/in/` holds the values it received; `mlc/runner.py`
   runs it as a notebook would (standard library only).
 - Recorded stdout: `expected-stdout.txt`.
+{data}{secrets}"""
+
+DATA_COPIED = """\
+- Mounted inputs travel in `data/` (at the paths the cell read them); `DATA.md` lists
+  their recorded digests.
+"""
+DATA_LISTED = """\
+- Some mounted inputs were too large to copy (over {limit}): `DATA.md` lists them with
+  their digests; mount them when you run it, e.g. `docker run --rm {mounts} snapshot-{id}`.
+"""
+SECRETS_NOTE = """\
+- The cell used the secrets {names}, whose values are never recorded: pass them with
+  `docker run -e NAME=...` (and mount a folder holding NAME as /run/secrets/NAME if it
+  reads the file).
 """
 
 
@@ -47,9 +62,11 @@ def export(
     tar: bool = False,
     k8s: bool = False,
     k8s_config: KubernetesConfig | None = None,
+    data_limit: int = 100 * 2**20,
 ) -> Path:
     """Write a folder that rebuilds and reruns the snapshot with plain `docker build`/`run`;
-    with ``k8s``, also the Job that reruns it on a cluster (placed as ``k8s_config`` says)."""
+    with ``k8s``, also the Job that reruns it on a cluster (placed as ``k8s_config`` says).
+    Mounted inputs up to ``data_limit`` bytes in all are copied in; larger ones are listed."""
     record = store.get(ref)
     dest = Path(dest).expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -80,9 +97,21 @@ def export(
             (staging / "wheels").mkdir()
             for name, data in wheels.items():
                 (staging / "wheels" / name).write_bytes(data)
+        inputs = [
+            m
+            for m in record.get("mounts") or []
+            if m.get("mode") == "ro" and str(m.get("source", "")).startswith("/")
+        ]
+        copied = sum(m.get("size") or 0 for m in inputs) <= data_limit
+        if inputs:
+            _write_data(staging, inputs, copied)
         (staging / "Dockerfile").write_text(
             render.dockerfile(
-                spec.env_spec.base_image, spec.env_spec.apt, has_lock=bool(lock), wheels=bool(lock)
+                spec.env_spec.base_image,
+                spec.env_spec.apt,
+                has_lock=bool(lock),
+                wheels=bool(lock),
+                data=bool(inputs) and copied,
             )
         )
         (staging / "expected-stdout.txt").write_text(record.get("stdout") or "")
@@ -93,6 +122,18 @@ def export(
                 name=f" ({record['name']})" if record.get("name") else "",
                 base=spec.env_spec.base_image,
                 base_id=(record.get("base_image_id") or "?")[:19],
+                data=(
+                    DATA_COPIED
+                    if copied
+                    else DATA_LISTED.format(
+                        limit=format_size(data_limit),
+                        id=record["id"],
+                        mounts=" ".join(f"-v {m['source']}:{m['target']}:ro" for m in inputs),
+                    )
+                )
+                if inputs
+                else "",
+                secrets=SECRETS_NOTE.format(names=", ".join(spec.secrets)) if spec.secrets else "",
             )
         )
         if tar:
@@ -102,7 +143,10 @@ def export(
         if k8s:
             config = k8s_config or KubernetesConfig()
             write_job_manifest(
-                record, spec, staging, settings_from(config, config.k8s_namespace or "default")
+                record,
+                with_secrets(spec, {}),
+                staging,
+                settings_from(config, config.k8s_namespace or "default"),
             )
         if dest.exists():
             dest.rmdir()
@@ -116,3 +160,28 @@ def export(
             ) from None
         raise
     return dest
+
+
+def _write_data(staging: Path, inputs: list[dict], copy: bool) -> None:
+    """DATA.md (each input, its digest, size and files) and, with ``copy``, the inputs
+    themselves under data/ at their path in the container."""
+    lines = [
+        "# Mounted inputs",
+        "",
+        "| in the container | from | files | size | digest |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for m in inputs:
+        lines.append(
+            f"| {m['target']} | {m['source']} | {m.get('count')} | "
+            f"{format_size(m.get('size'))} | `{m.get('digest')}` |"
+        )
+        if copy:
+            source, target = Path(m["source"]), staging / "data" / m["target"].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, symlinks=True)
+            else:
+                shutil.copy2(source, target)
+    lines += ["", "Copied into `data/`." if copy else "Not copied: mount them when you run it."]
+    (staging / "DATA.md").write_text("\n".join(lines) + "\n")

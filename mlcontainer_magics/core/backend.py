@@ -9,9 +9,11 @@ third-party errors of its engine or cluster are translated where it talks to the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import CapabilityMissing
 from .events import Events, Output, no_events
 from .spec import EnvSpec, RunSpec
 
@@ -86,6 +88,7 @@ class WarmSessions(ABC):
         run_id: str,
         events: Events = no_events,
         output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run one cell in the session."""
 
@@ -101,6 +104,23 @@ class WarmSessions(ABC):
 class Backend(ABC):
     name = "abstract"
     namespace = "mlcontainer"  # prefix of what it makes (images, labels, volumes)
+    # Optional capability: the cell sees this machine's files (spec.mounts).
+    supports_mounts = False
+
+    def named_volumes(self) -> dict[str, str]:
+        """Mount names that mean storage of the backend's own rather than a local path, as
+        ``{name: source}`` (e.g. a PersistentVolumeClaim: ``{"data": "pvc:training-data"}``)."""
+        return {}
+
+    def check_mounts(self, spec: RunSpec) -> None:
+        """Refuse (CapabilityMissing), before anything is built, mounts this backend cannot
+        give the cell."""
+        if spec.mounts and not self.supports_mounts:
+            raise CapabilityMissing(
+                f"--mount is not supported with --backend {self.name}: its containers do not "
+                "see this machine's files. Run the cell with --backend docker, or pass small "
+                "values with --in."
+            )
 
     # -- where -----------------------------------------------------------------------------
 
@@ -150,8 +170,11 @@ class Backend(ABC):
         run_id: str,
         events: Events = no_events,
         output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> RunResult:
-        """Run the cell with ``workdir`` as /mlc (its out/ writable); stream output as it comes."""
+        """Run the cell with ``workdir`` as /mlc (its out/ writable); stream output as it comes.
+        ``secrets`` (the values of spec.secrets) reach the cell as environment variables and
+        as files /run/secrets/NAME, and nowhere that outlives the run."""
 
     @abstractmethod
     def stop(self, run_id: str, grace: float = 0) -> bool:

@@ -5,8 +5,9 @@ listen. A Phase is a ``str``, so listeners may compare with plain strings too.
 
 In the order a run sends them::
 
-    resolving(base)  cached(image, size) | building(image, apt, requirements, on)
-    build-log(line)...  built(image, size)  pushing(image)  starting  scheduling(message)
+    mounted(mounts, seconds)  resolving(base)
+    cached(image, size) | building(image, apt, requirements, on)  build-log(line)...
+    built(image, size)  pushing(image)  starting  scheduling(message)
     pulling(image, node)  running(container, session)  collecting  recorded(snapshot)
     finished(status, message, detail, exit_code)
 """
@@ -18,6 +19,7 @@ from typing import Callable
 
 
 class Phase(str, Enum):
+    MOUNTED = "mounted"  # the mounts' digests are taken: mounts, seconds
     RESOLVING = "resolving"
     CACHED = "cached"
     BUILDING = "building"

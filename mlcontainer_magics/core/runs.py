@@ -14,14 +14,17 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CapabilityMissing, RunError, StoreError, StoreUnavailable
+from ..errors import CapabilityMissing, RunError, SpecError, StoreError, StoreUnavailable
 from ..runner import MESSAGE_PREFIX, VALUES_EXIT, runner_source
-from . import transfer
+from . import mounts, transfer
 from .backend import Backend, Environment, RunResult, WarmSessions
+from .datatree import DigestCache
 from .events import REASONS, Events, Output, Phase, no_events
+from .secrets import Masker
 from .spec import RunSpec
 
 
@@ -35,6 +38,8 @@ class RunOutcome:
     inputs: dict = field(default_factory=dict)  # name -> {format, digest, size}
     outputs: dict = field(default_factory=dict)  # name -> {format, digest, size} or {error}
     values: dict = field(default_factory=dict)  # the --out values, read back
+    mounts: list = field(default_factory=list)  # per mount: source, target, mode, digest, ...
+    written: dict = field(default_factory=dict)  # writable mount -> {path: [size, digest]}
 
     @property
     def ok(self) -> bool:
@@ -79,15 +84,25 @@ def execute(
     store=None,
     context: dict | None = None,
     lock: list | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> RunOutcome:
     """Build (or reuse) the environment, run the cell and record the snapshot in ``store``.
 
     A failed cell raises nothing (see ``failure``). A run that never reached its container
-    (bad base, failed build, interrupt while building) leaves no snapshot behind.
+    (bad base, failed build, interrupt while building) leaves no snapshot behind. ``secrets``
+    are the values of ``spec.secrets``: given to the run, masked in its output, never recorded.
     """
     run_id = store.new_id({"spec": spec.to_dict()}) if store else uuid.uuid4().hex[:12]
     outcome = RunOutcome(run_id, spec)
-    pool = _sessions_for(spec, backend)  # refused here, before anything is built or recorded
+    # Refused here, before anything is built or recorded.
+    pool = _sessions_for(spec, backend)
+    secrets = _check_data(spec, backend, secrets)
+    masker = Masker(output or (lambda stream, text: None), secrets.values())
+    cache = DigestCache(store.root) if store is not None and spec.mounts else None
+    manifests: dict = {}
+    if spec.mounts:
+        outcome.mounts, manifests, outcome.timings["digest"] = mounts.digest_inputs(spec, cache)
+        events(Phase.MOUNTED, mounts=outcome.mounts, seconds=outcome.timings["digest"])
     if store:
         store.put(
             dict(
@@ -95,6 +110,7 @@ def execute(
                 namespace=backend.namespace,
                 backend=backend.name,
                 target=backend.target(),
+                mounts=outcome.mounts,
             )
         )
         events(Phase.RECORDED, snapshot=run_id)
@@ -112,11 +128,22 @@ def execute(
         hashing = transfer.BackgroundDigests(outcome.inputs, workdir)
         if store:
             keep_inputs(store.artifacts_dir(run_id), workdir)
+            mounts.keep_manifests(store.artifacts_dir(run_id), manifests)
             store.update(
                 run_id, status="running", inputs=outcome.inputs, **record_environment(outcome.env)
             )
         started = True
-        _run_and_collect(outcome, pool or backend, workdir, hashing, store, events, output)
+        before = mounts.before_writes(spec)
+        try:
+            _run_and_collect(
+                outcome, pool or backend, workdir, hashing, store, events, masker, secrets
+            )
+        finally:
+            masker.close()
+            if outcome.result is not None:  # what a backend gathered passes the mask too
+                outcome.result.stdout = masker.mask(outcome.result.stdout)
+                outcome.result.stderr = masker.mask(outcome.result.stderr)
+            outcome.written = mounts.written(spec, before, cache)
     except BaseException as e:
         if store and not started:
             _forget(store, run_id)
@@ -147,6 +174,25 @@ def _sessions_for(spec: RunSpec, backend: Backend) -> WarmSessions | None:
     return pool
 
 
+def _check_data(spec: RunSpec, backend: Backend, secrets) -> dict[str, str]:
+    """The secrets' values, checked against the spec; mounts and secrets where the backend
+    (or a warm session) can take them."""
+    backend.check_mounts(spec)
+    if spec.session and (spec.mounts or spec.secrets):
+        raise CapabilityMissing(
+            "--mount and --secret are not supported with --session yet: the session's "
+            "container is already running. Run the cell without --session."
+        )
+    values = dict(secrets or {})
+    missing = sorted(set(spec.secrets) - set(values))
+    if missing:
+        raise SpecError(
+            f"No value for the secret(s) {', '.join(missing)}: set them in the "
+            "environment (or the secrets_file setting) and run again."
+        )
+    return {k: values[k] for k in spec.secrets}
+
+
 def _run_and_collect(
     outcome: RunOutcome,
     runner: Backend | WarmSessions,
@@ -155,12 +201,15 @@ def _run_and_collect(
     store,
     events: Events,
     output: Output | None,
+    secrets: Mapping[str, str],
 ) -> None:
     """Run the cell in its folder, then bring its --out values back (and keep them)."""
     spec, run_id, env = outcome.spec, outcome.run_id, outcome.env
     assert env is not None, "the environment comes first"
     t1 = time.perf_counter()
-    result = runner.run(spec, env, workdir, run_id=run_id, events=events, output=output)
+    result = runner.run(
+        spec, env, workdir, run_id=run_id, events=events, output=output, secrets=secrets
+    )
     outcome.result = result
     hashing.fill(outcome.inputs)
     t2 = time.perf_counter()
@@ -288,6 +337,7 @@ def record_end(outcome: RunOutcome) -> dict:
         "inputs": outcome.inputs,
         "stdout_digest": text_digest(r.stdout),
         "outputs": outcome.outputs,
+        "written": outcome.written,
         "finished": time.time(),
         "duration": outcome.timings.get("run"),
         "timings": outcome.timings,

@@ -8,9 +8,11 @@ import json
 import os
 
 from ..errors import SpecError, StoreError
-from . import runs, transfer
+from . import mounts, runs, transfer
+from . import secrets as secret_values
+from .datatree import DigestCache
 from .owner import alive as owner_alive
-from .spec import EnvSpec, RunSpec
+from .spec import EnvSpec, MountSpec, RunSpec
 from .store import ACTIVE_STATUSES
 
 
@@ -48,6 +50,11 @@ def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
         outputs=tuple(d.get("outputs", ())),
         captured=tuple(d.get("captured", ())),
         secret_env=frozenset(d.get("secret_env", ())),
+        mounts=tuple(
+            MountSpec(m["source"], m["target"], bool(m.get("writable")))
+            for m in d.get("mounts", ())
+        ),
+        secrets=tuple(d.get("secrets", ())),
         **fields,
     )
 
@@ -76,12 +83,19 @@ def rerun(
     events=runs.no_events,
     output=None,
     context=None,
+    secrets_file: str | None = None,
 ):
-    """Run a snapshot again from its recorded lock and base. Returns (outcome, problems)."""
+    """Run a snapshot again from its recorded lock and base (its secrets taken from this
+    environment or ``secrets_file``). Returns (outcome, problems); with ``verify``, a changed
+    input file is a problem named before anything runs."""
     record = store.get(ref)
     spec = spec_from_record(record)
-    base_id = backend.base_image_id(spec.env_spec.base_image)
+    values = secret_values.resolve(spec.secrets, os.environ, secrets_file)
     problems = []
+    if verify and spec.mounts:
+        kept = mounts.kept_manifests(store.artifacts_dir(record["id"]))
+        problems += mounts.input_changes(record, kept, DigestCache(store.root))
+    base_id = backend.base_image_id(spec.env_spec.base_image)
     if record.get("base_image_id") and base_id != record["base_image_id"]:
         problems.append(
             f"base image {spec.env_spec.base_image} is now {base_id[:19]}, "
@@ -97,6 +111,7 @@ def rerun(
         store=store,
         context=ctx,
         lock=record.get("lock") or None,
+        secrets=values,
     )
     store.update(outcome.run_id, rerun_of=record["id"])
     if verify:
@@ -120,6 +135,7 @@ def verify_against(old: dict, new: dict) -> list[str]:
             problems.append(
                 f"output {name} differs: recorded {rec.get('digest')}, now {now.get('digest')}"
             )
+    problems += mounts.written_changes(old.get("written") or {}, new.get("written") or {})
     return problems
 
 
@@ -153,10 +169,11 @@ def diff(a: dict, b: dict) -> str:
                 f"output {name}: {oa.get(name, {}).get('digest')} -> "
                 f"{ob.get(name, {}).get('digest')}"
             )
+    out += mounts.diff_lines(a, b)
     if a.get("stdout") != b.get("stdout"):
         out += ["stdout:", _unified(a.get("stdout", ""), b.get("stdout", ""), a["id"], b["id"])]
     if len(out) == 2:
-        out.append("no differences in code, packages, base, resources or outputs")
+        out.append("no differences in code, packages, base, resources, data or outputs")
     return "\n".join(out)
 
 

@@ -18,6 +18,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from ..errors import SpecError
+from ..runner import WORK_DIR
 
 NETWORKS = ("bridge", "none")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -72,6 +73,19 @@ class EnvSpec:
 
 
 @dataclass(frozen=True)
+class MountSpec:
+    """A host file or folder the cell sees: ``source`` (absolute, resolved) at ``target``."""
+
+    source: str
+    target: str  # absolute path in the container
+    writable: bool = False
+
+    @property
+    def mode(self) -> str:
+        return "rw" if self.writable else "ro"
+
+
+@dataclass(frozen=True)
 class RunSpec:
     code: str
     env_spec: EnvSpec
@@ -87,6 +101,8 @@ class RunSpec:
     session: str | None = None
     captured: tuple[str, ...] = ()  # pins taken from the kernel's installed versions
     secret_env: frozenset[str] = field(default_factory=frozenset)
+    mounts: tuple[MountSpec, ...] = ()
+    secrets: tuple[str, ...] = ()  # names only: values are given to a run, never recorded
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -280,3 +296,114 @@ def check_syntax(code: str, filename: str = "<cell>") -> None:
             f"The cell has a syntax error{where}: {e.msg}{pointer}\n"
             "Fix the cell; nothing was built."
         ) from None
+
+
+# -- mounts and secrets ------------------------------------------------------------------------
+
+# Where a mount may not go: over the system, or what the runner and secrets use; and not
+# over these folders as a whole (below them is fine: /tmp/data, /var/data).
+_RESERVED_TREES = (
+    "/mlc",
+    "/run/secrets",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/etc",
+    "/boot",
+    "/var/lib",
+)
+_RESERVED_FOLDERS = ("/", "/tmp", "/var", "/run", "/home", "/root", "/opt", "/srv", "/mnt")
+_SECRET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def parse_mounts(items, cwd, volumes=None) -> tuple[MountSpec, ...]:
+    """``--mount PATH[:rw]`` / ``SRC:DEST[:ro|rw]``, relative to ``cwd`` (the notebook's
+    folder). A relative path (or one inside ``cwd``) appears at the same place relative to the
+    cell's working directory; another absolute path at the same absolute path. A name in
+    ``volumes`` (the backend's own storage, e.g. a PersistentVolumeClaim) need not exist here."""
+    import os
+    from pathlib import Path, PurePosixPath
+
+    from .datatree import check_tree  # walks folders: only when there are mounts
+
+    cwd = os.path.realpath(cwd)
+    out: dict[str, MountSpec] = {}
+    for item in items:
+        parts = str(item).split(":")
+        writable = False
+        if len(parts) > 1 and parts[-1] in ("ro", "rw"):
+            writable = parts.pop() == "rw"
+        if len(parts) > 2 or not parts[0]:
+            raise SpecError(f"--mount {item!r}: use PATH, PATH:rw, or SRC:DEST[:rw].")
+        given, dest = parts[0], (parts[1] if len(parts) == 2 else None)
+        for what in (given, dest or ""):
+            if ".." in PurePosixPath(what).parts:
+                raise SpecError(
+                    f"--mount {item!r}: '..' is not allowed; name the folder "
+                    "itself (relative to the notebook, or absolute)."
+                )
+        if given in (volumes or {}):
+            target = _target(dest or given)
+            out[target] = MountSpec((volumes or {})[given], target, writable)
+            continue
+        source = given if os.path.isabs(given) else os.path.join(cwd, given)
+        if not os.path.exists(source):
+            raise SpecError(
+                f"--mount {item!r}: {source} does not exist. Mount a file or "
+                "folder that exists (paths are relative to the notebook's folder)."
+            )
+        real = os.path.realpath(source)
+        if dest is None:
+            inside = not os.path.isabs(given) or _is_within(real, cwd)
+            dest = (
+                os.path.relpath(real if os.path.isabs(given) else source, cwd) if inside else real
+            )
+        target = _target(dest, item)
+        if target in out:
+            raise SpecError(f"--mount: two mounts go to {target}; give one a DEST.")
+        check_tree(Path(real))
+        out[target] = MountSpec(real, target, writable)
+    return tuple(out[k] for k in sorted(out))
+
+
+def _target(dest: str, item: str | None = None) -> str:
+    """Where a mount goes in the container: relative to the working directory, or absolute."""
+    import os
+    from pathlib import PurePosixPath
+
+    target = str(PurePosixPath(WORK_DIR) / dest) if not dest.startswith("/") else dest
+    target = os.path.normpath(target)
+    if target in _RESERVED_FOLDERS or any(
+        target == r or target.startswith(r + "/") for r in _RESERVED_TREES
+    ):
+        raise SpecError(
+            f"--mount {item or dest!r}: {target} is a system folder of the container; "
+            "put it elsewhere with SRC:DEST (e.g. data:/data)."
+        )
+    return target
+
+
+def _is_within(path: str, folder: str) -> bool:
+    import os
+
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def parse_secret_names(items) -> tuple[str, ...]:
+    """``--secret NAME`` (or ``NAME=@path``): the names, checked; where values come from is
+    the front end's business (secrets.resolve)."""
+    names = []
+    for item in items:
+        name = str(item).split("=", 1)[0]
+        if not _SECRET_RE.match(name):
+            raise SpecError(
+                f"--secret {item!r}: use NAME or NAME=@path, with a NAME of "
+                "letters, digits and _ (an environment variable name)."
+            )
+        names.append(name)
+    return tuple(sorted(set(names)))

@@ -185,6 +185,7 @@ def format_record(record: dict) -> str:
         _run_lines(r)
         + _image_lines(r, env_spec)
         + _spec_lines(r, spec, env_spec)
+        + _data_lines(r, spec)
         + _provenance_lines(r)
         + _code_lines(r, spec)
     )
@@ -277,6 +278,31 @@ def _spec_lines(r: dict, spec: dict, env_spec: dict) -> list[str]:
                 + _wrapped((_pin(p) for p in lock), "  "),
             )
         )
+    return lines
+
+
+def _data_lines(r: dict, spec: dict) -> list[str]:
+    """Mounted data (with digests), files the cell wrote, and the secrets it was given."""
+    lines = []
+    mounts = [
+        f"{_printable(m.get('target'))}  {m.get('mode')}  {format_size(m.get('size'))}, "
+        f"{m.get('count')} file{'s' * (m.get('count') != 1)}  {_short_digest(m.get('digest'))}"
+        for m in _items(r.get("mounts"))
+        if isinstance(m, dict)
+    ]
+    if mounts:
+        lines.append(_field("data in", "\n".join(mounts)))
+    written = [
+        f"{_printable(target)}/{_printable(path)}  {format_size(entry[0])}"
+        for target, files in sorted(_dict(r.get("written")).items())
+        for path, entry in sorted(_dict(files).items())
+        if isinstance(entry, (list, tuple)) and entry
+    ]
+    if written:
+        more = [f"and {len(written) - 20} more"] if len(written) > 20 else []
+        lines.append(_field("data out", "\n".join(written[:20] + more)))
+    if _items(spec.get("secrets")):
+        lines.append(_field("secrets", _wrapped(_items(spec["secrets"]))))
     return lines
 
 

@@ -101,6 +101,7 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
             tar=args.tar,
             k8s=args.k8s,
             k8s_config=KubernetesConfig(parent=backends.settings),
+            data_limit=backends.settings.export_data_limit,
         )
         return f"exported to {dest}: docker build -t snapshot {dest} && docker run --rm snapshot"
     if args.command == "stop":
@@ -118,7 +119,12 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
         record = store.get(args.ref)  # before the rerun takes the same name
         backend = backends.for_record(record, override=args.backend)
         outcome, problems = snapshots.rerun(
-            store, record["id"], backend, verify=args.verify, output=output
+            store,
+            record["id"],
+            backend,
+            verify=args.verify,
+            output=output,
+            secrets_file=backends.settings.secrets_file,
         )
         line = (
             f"rerun {record['id']} as {outcome.run_id} on {backend.name}: {outcome.result.reason}"

@@ -13,7 +13,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..backends import BACKENDS, Backends
 from ..config import MlcontainerSettings
-from ..core import runs, transfer
+from ..core import runs, secrets, transfer
 from ..core import spec as specs
 from ..core.events import Phase
 from ..core.owner import OWNER
@@ -162,6 +162,24 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         help="Run in a warm session: the container and its state live on between cells.",
     )
     @argument(
+        "--mount",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="Files or folders the cell sees at the same relative path (PATH, read-only; "
+        "PATH:rw, writable; SRC:DEST to put one elsewhere). Their digests are recorded.",
+    )
+    @argument(
+        "--secret",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Secrets the cell gets as variables and as /run/secrets/NAME: from the kernel's "
+        "environment or the secrets_file setting (NAME), or a file (NAME=@path). Never recorded.",
+    )
+    @argument(
         "--no-capture",
         action="store_true",
         help="Do not pin what the cell imports to the kernel's installed versions.",
@@ -182,9 +200,13 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         container.
         """
         args = _parse(self.containerize, line)
-        spec = self._spec(args, cell)
+        backend = self.backend_for(args.backend or self.backend_name)
+        spec = self._spec(args, cell, volumes=backend.named_volumes())
         try:
             inputs = transfer.check_inputs(spec.inputs, self.shell.user_ns)
+            secret_values = secrets.resolve(
+                [s for group in args.secret for s in group], os.environ, self.secrets_file
+            )
         except SpecError as e:
             raise UsageError(str(e)) from None
         demux = StdoutDemux(lambda text: _write_output("stdout", text), _publish)
@@ -195,7 +217,6 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
             else:
                 _write_output(stream, text)
 
-        backend = self.backend_for(args.backend or self.backend_name)
         run: dict[str, str] = {}
         # A click on the widget's Stop reaches the kernel only after the cell ends (ipykernel
         # routes a comm's messages to the shell that published on it, and this one is busy);
@@ -221,6 +242,7 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
                 rebuild=args.rebuild,
                 store=self.store,
                 context=self._context(),
+                secrets=secret_values,
             )
             demux.close()
             error = runs.outcome_error(outcome)
@@ -244,7 +266,7 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
             raise error
         print(f"[mlcontainer] {error}", file=sys.stderr)
 
-    def _spec(self, args, cell: str) -> specs.RunSpec:
+    def _spec(self, args, cell: str, volumes=None) -> specs.RunSpec:
         """All validation happens here, before anything is built."""
         try:
             specs.check_syntax(cell)
@@ -287,6 +309,12 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
                 outputs=specs.parse_identifiers(args.outputs, "--out"),
                 captured=tuple(captured),
                 session=specs.parse_name(args.session) if args.session else None,
+                mounts=specs.parse_mounts(
+                    list(self.default_mounts) + [m for group in args.mount for m in group],
+                    cwd=os.getcwd(),
+                    volumes=volumes,
+                ),
+                secrets=specs.parse_secret_names([s for group in args.secret for s in group]),
             )
         except SpecError as e:
             raise UsageError(str(e)) from None

@@ -19,6 +19,8 @@ RUNNER_PATH = Path(__file__).with_name("mlc_runner.py")
 MLC_DIR = MLC  # where the run's folder is mounted in the container
 RUNNER_COMMAND = ("python", f"{MLC}/runner.py")
 RUN_USER = "1000:1000"  # the unprivileged user cells run as, in every backend
+WORK_DIR = "/work"  # the cell's working directory: the notebook's folder, as far as mounted
+SECRETS_DIR = "/run/secrets"  # --secret NAME is also the file SECRETS_DIR/NAME
 # The environment every run's container starts with, whichever backend (or export) runs it.
 CONTAINER_ENV = {
     "PYTHONUNBUFFERED": "1",
@@ -37,8 +39,10 @@ __all__ = [
     "PREFIX",
     "RUNNER_COMMAND",
     "RUN_USER",
+    "SECRETS_DIR",
     "STDERR_MARK",
     "VALUES_EXIT",
+    "WORK_DIR",
     "runner_source",
 ]
 

@@ -31,7 +31,13 @@ def rerun_on(backends: Backends) -> Action:
             raise SpecError(f"'backend' must be one of {', '.join(BACKENDS)}.")
         backend = backends.for_record(record, override=override)
         verify = bool(options.get("verify"))
-        outcome, problems = snapshots.rerun(store, record["id"], backend, verify=verify)
+        outcome, problems = snapshots.rerun(
+            store,
+            record["id"],
+            backend,
+            verify=verify,
+            secrets_file=backends.settings.secrets_file,
+        )
         return {
             "id": outcome.run_id,
             "rerun_of": record["id"],
@@ -64,6 +70,7 @@ def export_under(root_dir, backends: Backends) -> Action:
             tar=bool(options.get("tar")),
             k8s=bool(options.get("k8s")),
             k8s_config=KubernetesConfig(parent=backends.settings),
+            data_limit=backends.settings.export_data_limit,
         )
         return {"path": f"{EXPORTS}/{name}", "files": sorted(p.name for p in dest.iterdir())}
 

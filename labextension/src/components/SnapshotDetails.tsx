@@ -2,7 +2,15 @@ import { Clipboard, Dialog, Notification, showDialog } from '@jupyterlab/apputil
 import * as React from 'react';
 
 import { ApiError, api, ILogs, ISnapshotRecord, ISnapshotSummary } from '../api';
-import { errorText, isActive, recordPackages, recordTimings } from '../format';
+import {
+  errorText,
+  isActive,
+  recordMounts,
+  recordPackages,
+  recordTimings,
+  recordWritten
+} from '../format';
+import { DataIn, DataOut } from './DataList';
 import { LogView } from './LogView';
 import { PackageList } from './PackageList';
 import { SnapshotActions } from './SnapshotActions';
@@ -112,6 +120,8 @@ export function SnapshotDetails({
       <SnapshotFields id={id} record={r} where={record} />
       <TimingsList timings={recordTimings(r)} />
       <PackageList packages={recordPackages(r)} />
+      <DataIn mounts={recordMounts(r)} />
+      <DataOut files={recordWritten(r)} />
       <LogView logs={logs} />
     </div>
   );

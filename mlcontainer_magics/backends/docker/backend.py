@@ -12,8 +12,10 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import threading
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,7 +35,14 @@ from ...core.owner import alive as owner_alive
 from ...core.requirements import closest_parent, extend_lock, lock_from_report, lock_key
 from ...core.spec import EnvSpec, RunSpec, digest
 from ...errors import BaseImageMissing, BuildError, EngineUnavailable, RunError
-from ...runner import CONTAINER_ENV, MLC_DIR, RUN_USER, RUNNER_COMMAND
+from ...runner import (
+    CONTAINER_ENV,
+    MLC_DIR,
+    RUN_USER,
+    RUNNER_COMMAND,
+    SECRETS_DIR,
+    WORK_DIR,
+)
 from . import build as render
 from .archive import tar_bytes, untar_files
 from .engine import address, connect, engine_errors, short, translated
@@ -55,6 +64,7 @@ def make_labels(namespace: str, **extra) -> dict[str, str]:
 
 class DockerBackend(Backend):
     name = "docker"
+    supports_mounts = True
 
     def __init__(
         self,
@@ -418,9 +428,19 @@ class DockerBackend(Backend):
         run_id: str,
         events: Events = no_events,
         output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> RunResult:
-        with engine_errors("running the cell"):
-            return self._run(spec, env, workdir, run_id=run_id, events=events, output=output)
+        with engine_errors("running the cell"), _secret_files(secrets) as secrets_dir:
+            return self._run(
+                spec,
+                env,
+                workdir,
+                run_id=run_id,
+                events=events,
+                output=output,
+                secrets=secrets or {},
+                secrets_dir=secrets_dir,
+            )
 
     def _remove_lost(self) -> None:
         """Remove the containers of runs during which the engine went away, now it is back."""
@@ -452,11 +472,13 @@ class DockerBackend(Backend):
         run_id: str,
         events: Events,
         output: Output | None,
+        secrets: Mapping[str, str],
+        secrets_dir: str | None,
     ) -> RunResult:
         import docker.errors
 
         output = output or (lambda stream, text: None)
-        kwargs = self._container_options(spec, run_id, workdir)
+        kwargs = self._container_options(spec, run_id, workdir, secrets, secrets_dir)
         stdout: list[str] = []
         stderr: list[str] = []
         # A UTF-8 character may be split across two chunks of the stream.
@@ -569,14 +591,24 @@ class DockerBackend(Backend):
     def remove_container(self, container) -> None:
         _quietly(container.remove, force=True, v=True)
 
-    def _container_options(self, spec: RunSpec, run_id: str, workdir) -> dict:
+    def _container_options(
+        self,
+        spec: RunSpec,
+        run_id: str,
+        workdir,
+        secrets: Mapping[str, str] | None = None,
+        secrets_dir: str | None = None,
+    ) -> dict:
         import docker.types
 
-        env = {**CONTAINER_ENV, **dict(spec.env)}
+        env = {**CONTAINER_ENV, **dict(spec.env), **dict(secrets or {})}
+        # With mounts the cell is this user, so it reads and writes the files as the user
+        # would, and what it writes is the user's; else the image's unprivileged user.
+        user = f"{os.getuid()}:{os.getgid()}" if spec.mounts else RUN_USER
         opts = dict(
-            user=RUN_USER,
+            user=user,
             environment=env,
-            working_dir=MLC_DIR,
+            working_dir=WORK_DIR,
             labels=make_labels(
                 self.namespace,
                 role="run",
@@ -595,6 +627,9 @@ class DockerBackend(Backend):
             volumes={
                 str(workdir): {"bind": MLC_DIR, "mode": "ro"},
                 str(workdir / "out"): {"bind": f"{MLC_DIR}/out", "mode": "rw"},
+                # ... and what the user named: --mount, and the secrets' own folder.
+                **{m.source: {"bind": m.target, "mode": m.mode} for m in spec.mounts},
+                **({secrets_dir: {"bind": SECRETS_DIR, "mode": "ro"}} if secrets_dir else {}),
             },
         )
         if spec.memory:
@@ -694,6 +729,29 @@ def _running_run(c) -> RunningRun:
         status=a.get("Status"),
         started=started,
     )
+
+
+@contextlib.contextmanager
+def _secret_files(secrets: Mapping[str, str] | None):
+    """A folder holding one file per secret, for SECRETS_DIR, removed when the run ends. Its
+    parent is private (0700), so only the container (any user: 0711 and 0444) reads them."""
+    if not secrets:
+        yield None
+        return
+    parent = tempfile.mkdtemp(prefix="mlc-secrets-")
+    try:
+        folder = os.path.join(parent, "s")
+        os.mkdir(folder, 0o711)
+        os.chmod(folder, 0o711)
+        for name, value in secrets.items():
+            path = os.path.join(folder, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(value)
+            os.chmod(path, 0o444)
+        yield folder
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def _lines(chunks):

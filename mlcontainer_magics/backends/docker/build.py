@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from ...runner import CONTAINER_ENV, MLC_DIR, RUN_USER, RUNNER_COMMAND
+from ...runner import CONTAINER_ENV, MLC_DIR, RUN_USER, RUNNER_COMMAND, WORK_DIR
 from .pipconfig import BuildNetwork
 
 BUILD_DIR = "/tmp/mlc-build"  # holds the CA bundle and index settings; deleted before commit
@@ -119,7 +119,7 @@ def _without_cert(net: BuildNetwork) -> BuildNetwork:
     return BuildNetwork(net.index_url, net.extra_index_urls, net.trusted_hosts, None, net.dropped)
 
 
-def dockerfile(base_image: str, apt=(), has_lock=True, wheels=False) -> str:
+def dockerfile(base_image: str, apt=(), has_lock=True, wheels=False, data=False) -> str:
     """A plain Dockerfile that rebuilds the environment and runs the cell: used by `export`.
 
     With ``wheels``, every locked file ships beside it, so the build needs no index: it works
@@ -147,10 +147,12 @@ def dockerfile(base_image: str, apt=(), has_lock=True, wheels=False) -> str:
             "RUN python -m pip install --no-cache-dir --no-deps --require-hashes "
             "-r /tmp/requirements.lock && rm /tmp/requirements.lock",
         ]
+    out.append(f"COPY --chown={RUN_USER} mlc/ {MLC_DIR}/")
+    if data:  # the mounted inputs that travel with the export, where the cell found them
+        out.append(f"COPY --chown={RUN_USER} data/ /")
     out += [
-        f"COPY --chown={RUN_USER} mlc/ {MLC_DIR}/",
         f"USER {RUN_USER}",
-        f"WORKDIR {MLC_DIR}",
+        f"WORKDIR {WORK_DIR}",
         "ENV " + " ".join(f"{k}={v}" for k, v in CONTAINER_ENV.items()),
         "CMD " + json.dumps(list(RUNNER_COMMAND)),
     ]

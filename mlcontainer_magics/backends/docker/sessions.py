@@ -14,6 +14,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class SessionPool(WarmSessions):
         run_id: str,
         events: Events = no_events,
         output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,  # refused before a session runs a cell
     ) -> RunResult:
         """Run one cell whose files are in ``workdir``, inside the session's folder."""
         session = self.ensure(spec, env, events)

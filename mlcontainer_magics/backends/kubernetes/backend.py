@@ -22,15 +22,18 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ...config import KubernetesConfig
 from ...core.backend import Backend, Environment, RunningRun, RunResult
 from ...core.events import Events, Output, Phase, no_events
+from ...core.formatting import format_size
 from ...core.richoutput import StdoutDemux
 from ...core.spec import RunSpec
 from ...errors import (
+    CapabilityMissing,
     ClusterAuthError,
     ClusterUnavailable,
     KubernetesError,
@@ -42,7 +45,7 @@ from ...runner import MARK, MESSAGE_PREFIX, ONE_STREAM_ENV
 from . import objects
 from . import registry as registries
 from .client import Api, api_message, connection_errors, connection_problem, load_client
-from .export import payload_files
+from .export import mount_files, payload_files
 from .pods import container_terminated, job_failure, job_final, pod_progress
 
 WATCH_SECONDS = 5  # a watch of the pods is renewed this often; the Job is read again each time
@@ -51,6 +54,12 @@ JOB_WAIT = 5.0  # after a nonzero exit, how long to wait for the Job to say why 
 NO_POD_GRACE = 10.0  # the Job controller's pod may take this long, whatever schedule_timeout
 LOG_RETRIES = 20  # reconnects of a log stream that broke while the container still ran
 
+SMALL_MOUNTS = 512 * 1024  # local read-only mounts up to this travel in the run's Secret
+_NEEDS_CLAIM = (
+    "--mount {target} cannot reach the cluster: {why}. Put the data on a PersistentVolumeClaim "
+    "and name it: `%config KubernetesConfig.volumes = {{'{name}': 'pvc:CLAIM'}}` (or "
+    "MLCONTAINER_K8S_VOLUMES='{name}=pvc:CLAIM'), then `--mount {name}`."
+)
 NO_REGISTRY = (
     "Kubernetes runs need a registry the cluster can pull the environment image from, and "
     'none is set. Set one with `%config KubernetesConfig.registry = "host:port/path"` (or '
@@ -107,6 +116,9 @@ class _Run:
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
+    # Mounts: a PersistentVolumeClaim named in KubernetesConfig.volumes, or small read-only
+    # files that travel with the Job.
+    supports_mounts = True
 
     def __init__(
         self,
@@ -153,6 +165,36 @@ class KubernetesBackend(Backend):
             self._clients[key] = load_client(*key)
         api, namespace = self._clients[key]
         return api, wanted or namespace
+
+    def named_volumes(self) -> dict[str, str]:
+        return dict(self.config.volumes)
+
+    def check_mounts(self, spec: RunSpec) -> None:
+        local = [m for m in spec.mounts if not m.source.startswith(objects.CLAIM_PREFIX)]
+        for mount in local:
+            if mount.writable:
+                raise CapabilityMissing(
+                    _NEEDS_CLAIM.format(
+                        target=mount.target,
+                        why="a writable mount must be storage of the cluster's",
+                        name=Path(mount.target).name,
+                    )
+                )
+        files = mount_files(dataclasses.replace(spec, mounts=tuple(local)))
+        size = sum(len(v) for v in files.values())
+        if size > SMALL_MOUNTS:
+            raise CapabilityMissing(
+                _NEEDS_CLAIM.format(
+                    target=", ".join(m.target for m in local),
+                    why=f"{format_size(size)} is more than the {format_size(SMALL_MOUNTS)} "
+                    "that can travel with the Job",
+                    name=Path(local[0].target).name,
+                )
+            )
+        try:
+            objects.payload_keys(files)
+        except ValueError as e:
+            raise SpecError(f"--mount: {e}") from None
 
     def target(self) -> dict[str, str]:
         api, namespace = self.connect()
@@ -233,18 +275,19 @@ class KubernetesBackend(Backend):
         run_id: str,
         events: Events = no_events,
         output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> RunResult:
         output = output or (lambda stream, text: None)
         workdir = Path(workdir)
         api, namespace = self.connect()
         settings = objects.settings_from(self.config, namespace)
         manifests = objects.run_manifests(
-            spec,
+            objects.with_secrets(spec, secrets or {}),
             image=env.image,
             snapshot_id=run_id,
             namespace=namespace,
             settings=settings,
-            files=payload_files(workdir),
+            files={**payload_files(workdir), **mount_files(spec)},
         )
         secret, job, policies = manifests[0], manifests[1], manifests[2:]
         _add_env(job, ONE_STREAM_ENV, "1")  # the pod has one log: see the runner

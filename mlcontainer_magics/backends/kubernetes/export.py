@@ -7,11 +7,14 @@ Job mounts it at ``/mlc``. Pure apart from reading that folder and writing the o
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ...core.spec import RunSpec
 from ...errors import SpecError
 from .objects import (
+    CLAIM_PREFIX,
+    MOUNTED_PREFIX,
     K8sSettings,
     job_manifest,
     job_name,
@@ -38,6 +41,18 @@ def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSetting
         )
     image = record.get("env_image") or spec.env_spec.base_image
     files = payload_files(folder / "mlc")
+    # Mounted inputs the export carries (data/, at their container paths) travel as files.
+    if (folder / "data").is_dir():
+        files.update({MOUNTED_PREFIX + k: v for k, v in payload_files(folder / "data").items()})
+    spec = replace(
+        spec,
+        mounts=tuple(
+            m
+            for m in spec.mounts
+            if m.source.startswith(CLAIM_PREFIX)
+            or (folder / "data" / m.target.lstrip("/")).exists()
+        ),
+    )
     snapshot = record["id"]
     namespace = settings.namespace
     objects = [
@@ -56,6 +71,22 @@ def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSetting
     path = folder / FILE_NAME
     path.write_text(_header(record, spec, image, namespace) + to_yaml(*objects))
     return path
+
+
+def mount_files(spec: RunSpec) -> dict[str, bytes]:
+    """The files of the run's local read-only mounts, as payload paths (MOUNTED_PREFIX + the
+    path in the container): small inputs travel with the Job."""
+    files = {}
+    for mount in spec.mounts:
+        if mount.source.startswith(CLAIM_PREFIX) or mount.writable:
+            continue
+        source = Path(mount.source)
+        target = MOUNTED_PREFIX + mount.target.lstrip("/")
+        if source.is_file():
+            files[target] = source.read_bytes()
+        else:
+            files.update({f"{target}/{k}": v for k, v in payload_files(source).items()})
+    return files
 
 
 def payload_files(folder: Path) -> dict[str, bytes]:

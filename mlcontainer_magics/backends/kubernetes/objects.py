@@ -28,12 +28,12 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ...config import DEFAULT_TTL_SECONDS
-from ...core.spec import RunSpec, looks_secret, parse_memory
+from ...core.spec import MountSpec, RunSpec, looks_secret, parse_memory
 from ...errors import SpecError
-from ...runner import CONTAINER_ENV, MLC_DIR
+from ...runner import CONTAINER_ENV, MLC_DIR, WORK_DIR
 from .slugs import is_dns_label, is_dns_subdomain, is_label_value, safe_name
 
 MANAGED_BY = "mlcontainer-magics"
@@ -249,6 +249,16 @@ def resources(spec: RunSpec, settings: K8sSettings) -> dict:
 # -- environment ------------------------------------------------------------------------------
 
 
+def with_secrets(spec: RunSpec, values: Mapping[str, str]) -> RunSpec:
+    """The spec as the cluster gets it: each --secret a variable of the run's Secret, referenced
+    by the Job (its value never in the Job, and the Secret goes with the run). Without
+    ``values`` (an export), the variables are there with empty values, to fill in."""
+    names = tuple(spec.secrets)
+    env = tuple((k, v) for k, v in spec.env if k not in names)
+    env += tuple((name, values.get(name, "")) for name in names)
+    return replace(spec, env=env, secret_env=spec.secret_env | set(names))
+
+
 def secret_env_keys(spec: RunSpec) -> list[str]:
     """The variables whose values go into the Secret rather than the Job (as masked_env)."""
     return [k for k, _ in spec.env if k in spec.secret_env or looks_secret(k)]
@@ -271,6 +281,32 @@ def container_env(spec: RunSpec, secret: str) -> list[dict]:
 
 
 # -- payload files ----------------------------------------------------------------------------
+
+
+# Payload paths under this prefix are files of a --mount, mounted at their path in the
+# container ("mnt/work/data/x.csv" at /work/data/x.csv); the others go under /mlc.
+MOUNTED_PREFIX = "mnt/"
+CLAIM_PREFIX = "pvc:"  # a mount's source naming a PersistentVolumeClaim: pvc:NAME[/sub/path]
+
+
+def payload_mount_path(path: str) -> str:
+    if path.startswith(MOUNTED_PREFIX):
+        return "/" + path[len(MOUNTED_PREFIX) :]
+    return f"{MLC_DIR}/{path}"
+
+
+def claim_mounts(spec: RunSpec) -> list[tuple[str, MountSpec, str, str]]:
+    """(volume name, mount, claim, sub path) of each mount backed by a PersistentVolumeClaim."""
+    out = []
+    for i, mount in enumerate(m for m in spec.mounts if m.source.startswith(CLAIM_PREFIX)):
+        claim, _, sub = mount.source[len(CLAIM_PREFIX) :].partition("/")
+        if not is_dns_subdomain(claim):
+            raise SpecError(
+                f"--mount {mount.target}: {claim!r} is not a PersistentVolumeClaim name; "
+                "KubernetesConfig.volumes maps a mount to pvc:NAME[/sub/path]."
+            )
+        out.append((f"claim-{i}", mount, claim, sub.strip("/")))
+    return out
 
 
 def payload_keys(paths) -> dict[str, str]:
@@ -349,12 +385,13 @@ def job_manifest(
     name = job_name(snapshot_id, spec.name)
     run_labels = labels(spec, snapshot_id)
     annotations = _annotations(spec, snapshot_id)
+    claims = claim_mounts(spec)
     container = {
         "name": CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", RUNNER_PATH],
-        "workingDir": MLC_DIR,
+        "workingDir": WORK_DIR if spec.mounts else MLC_DIR,
         "env": container_env(spec, name),
         "resources": resources(spec, settings),
         "securityContext": _copy(CONTAINER_SECURITY_CONTEXT),
@@ -364,11 +401,20 @@ def job_manifest(
             *(
                 {
                     "name": PAYLOAD_VOLUME,
-                    "mountPath": f"{MLC_DIR}/{path}",
+                    "mountPath": payload_mount_path(path),
                     "subPath": key,
                     "readOnly": True,
                 }
                 for path, key in payload_keys(files).items()
+            ),
+            *(
+                {
+                    "name": volume,
+                    "mountPath": mount.target,
+                    "readOnly": not mount.writable,
+                    **({"subPath": sub} if sub else {}),
+                }
+                for volume, mount, claim, sub in claims
             ),
         ],
     }
@@ -380,6 +426,13 @@ def job_manifest(
             {"name": OUT_VOLUME, "emptyDir": {}},
             # Readable by the run's group only (fsGroup), like a 0640 file of the user's.
             {"name": PAYLOAD_VOLUME, "secret": {"secretName": name, "defaultMode": 0o440}},
+            *(
+                {
+                    "name": volume,
+                    "persistentVolumeClaim": {"claimName": claim, "readOnly": not mount.writable},
+                }
+                for volume, mount, claim, sub in claims
+            ),
         ],
         "securityContext": _copy(POD_SECURITY_CONTEXT),
         "enableServiceLinks": False,

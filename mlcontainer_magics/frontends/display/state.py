@@ -27,7 +27,7 @@ __all__ = [
 
 LOG_LIMIT = 200  # build-log lines a status keeps (the newest)
 # The events that move a run into a phase of its own; build-log and recorded only add to one.
-STEPS = tuple(p for p in Phase if p not in (Phase.BUILD_LOG, Phase.RECORDED))
+STEPS = tuple(p for p in Phase if p not in (Phase.BUILD_LOG, Phase.RECORDED, Phase.MOUNTED))
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,8 @@ class RunStatus:
     message: str = ""  # one line
     detail: str = ""  # traceback, pip's message
     exit_code: int | None = None
+    data: tuple = ()  # the mounts: (target, mode, size, files), as digested
+    data_seconds: float | None = None  # how long digesting them took
 
     @property
     def finished(self) -> bool:
@@ -157,6 +159,12 @@ def apply(
     phase = str(phase)  # a Phase's value: the status holds plain strings
     if phase == Phase.RECORDED:
         return replace(status, snapshot=str(info.get("snapshot") or status.snapshot))
+    if phase == Phase.MOUNTED:
+        data = tuple(
+            (str(m.get("target", "")), str(m.get("mode", "")), m.get("size"), m.get("count"))
+            for m in info.get("mounts") or ()
+        )
+        return replace(status, data=data, data_seconds=info.get("seconds"))
     if status.finished:
         return status
     if phase in ("done", "failed"):  # the older end events

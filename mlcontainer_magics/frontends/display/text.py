@@ -126,6 +126,18 @@ def _phase_line(s: RunStatus) -> str | None:
     return None  # "starting" is followed at once by "running": no line of its own
 
 
+def describe_data(s: RunStatus) -> str:
+    """ "data: /work/data (ro, 2.1 GB, 2,000 files) · digested in 1.3 s"."""
+    parts = [
+        f"{target} ({mode}, {fmt_size(size) or '?'}, {count:,} file{'s' * (count != 1)})"
+        if isinstance(count, int)
+        else f"{target} ({mode})"
+        for target, mode, size, count in s.data
+    ]
+    took = f" · digested in {fmt_seconds(s.data_seconds)}" if s.data_seconds is not None else ""
+    return "data: " + ", ".join(parts) + took
+
+
 def text_lines(before: RunStatus, after: RunStatus) -> list[str]:
     """The lines to print for the change ``before`` -> ``after``: one per phase, never a repeat."""
     lines = []
@@ -133,6 +145,8 @@ def text_lines(before: RunStatus, after: RunStatus) -> list[str]:
         lines.append("stopping…")
     if after.stop_error and after.stop_error != before.stop_error:
         lines.append(f"could not stop: {after.stop_error}")
+    if after.data and after.data != before.data:
+        lines.append(describe_data(after))
     if after.phase != before.phase:
         line = _phase_line(after)
         if line:

@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 from ...core.events import ENV_PHASES, RUN_PHASES, Phase
 from .state import RunStatus
-from .text import BADGES, PHASE_TEXT, describe_progress, fmt_seconds, fmt_size, plural
+from .text import (
+    BADGES,
+    PHASE_TEXT,
+    describe_data,
+    describe_progress,
+    fmt_seconds,
+    fmt_size,
+    plural,
+)
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 COLORS = {
@@ -112,7 +120,8 @@ class WidgetView:
         self.progress.max, self.progress.value = (total, done) if building else (1, 0)
         self.progress.layout.display = "" if building else "none"
         self.elapsed.value = f'<span style="color:{GREY}">{_e(self._elapsed_text(s, now))}</span>'
-        self.image.value = self._image_html(s)
+        data = f'<br><span style="color:{GREY}">{_e(describe_data(s))}</span>' if s.data else ""
+        self.image.value = self._image_html(s) + data
         self.snapshot.value = f"snapshot <code>{_e(s.snapshot)}</code>" if s.snapshot else ""
         self.stop.layout.display = "" if self._has_stop and not s.finished else "none"
         self.stop.disabled = not self._has_stop or s.finished or s.stopping
