@@ -99,65 +99,72 @@ def execute(
     secrets = _check_data(spec, backend, secrets)
     masker = Masker(output or (lambda stream, text: None), secrets.values())
     cache = DigestCache(store.root) if store is not None and spec.mounts else None
-    manifests: dict = {}
-    if spec.mounts:
-        outcome.mounts, manifests, outcome.timings["digest"] = mounts.digest_inputs(spec, cache)
-        events(Phase.MOUNTED, mounts=outcome.mounts, seconds=outcome.timings["digest"])
-    if store:
-        store.put(
-            dict(
-                record_start(spec, run_id, context or {}),
-                namespace=backend.namespace,
-                backend=backend.name,
-                target=backend.target(),
-                mounts=outcome.mounts,
-            )
-        )
-        events(Phase.RECORDED, snapshot=run_id)
-    workdir = None
-    hashing = None  # the inputs' digests, taken while the container runs
-    started = False  # past this point the run is a snapshot, whatever happens
     try:
-        t0 = time.perf_counter()
-        outcome.env = backend.ensure_environment(
-            spec.env_spec, events=events, rebuild=rebuild, lock=lock
-        )
-        outcome.timings["environment"] = round(time.perf_counter() - t0, 3)
-        parent = pool.workdir_parent(spec, outcome.env, events) if pool else None
-        workdir, outcome.inputs = prepare_workdir(spec, inputs or {}, parent, digests=False)
-        hashing = transfer.BackgroundDigests(outcome.inputs, workdir)
+        manifests: dict = {}
+        if spec.mounts:
+            outcome.mounts, manifests, outcome.timings["digest"] = mounts.digest_inputs(spec, cache)
+            events(Phase.MOUNTED, mounts=outcome.mounts, seconds=outcome.timings["digest"])
         if store:
-            keep_inputs(store.artifacts_dir(run_id), workdir)
-            mounts.keep_manifests(store.artifacts_dir(run_id), manifests)
-            store.update(
-                run_id, status="running", inputs=outcome.inputs, **record_environment(outcome.env)
+            store.put(
+                dict(
+                    record_start(spec, run_id, context or {}),
+                    namespace=backend.namespace,
+                    backend=backend.name,
+                    target=backend.target(),
+                    mounts=outcome.mounts,
+                )
             )
-        started = True
-        before = mounts.before_writes(spec)
+            events(Phase.RECORDED, snapshot=run_id)
+        workdir = None
+        hashing = None  # the inputs' digests, taken while the container runs
+        started = False  # past this point the run is a snapshot, whatever happens
         try:
-            _run_and_collect(
-                outcome, pool or backend, workdir, hashing, store, events, masker, secrets
+            t0 = time.perf_counter()
+            outcome.env = backend.ensure_environment(
+                spec.env_spec, events=events, rebuild=rebuild, lock=lock
             )
+            outcome.timings["environment"] = round(time.perf_counter() - t0, 3)
+            parent = pool.workdir_parent(spec, outcome.env, events) if pool else None
+            workdir, outcome.inputs = prepare_workdir(spec, inputs or {}, parent, digests=False)
+            hashing = transfer.BackgroundDigests(outcome.inputs, workdir)
+            if store:
+                keep_inputs(store.artifacts_dir(run_id), workdir)
+                mounts.keep_manifests(store.artifacts_dir(run_id), manifests)
+                store.update(
+                    run_id,
+                    status="running",
+                    inputs=outcome.inputs,
+                    **record_environment(outcome.env),
+                )
+            started = True
+            before = mounts.before_writes(spec)
+            try:
+                _run_and_collect(
+                    outcome, pool or backend, workdir, hashing, store, events, masker, secrets
+                )
+            finally:
+                masker.close()
+                if outcome.result is not None:  # what a backend gathered passes the mask too
+                    outcome.result.stdout = masker.mask(outcome.result.stdout)
+                    outcome.result.stderr = masker.mask(outcome.result.stderr)
+                outcome.written = mounts.written(spec, before, cache)
+        except BaseException as e:
+            if store and not started:
+                _forget(store, run_id)
+            elif store:
+                _record_failure(store, outcome, e, hashing)
+            raise
         finally:
-            masker.close()
-            if outcome.result is not None:  # what a backend gathered passes the mask too
-                outcome.result.stdout = masker.mask(outcome.result.stdout)
-                outcome.result.stderr = masker.mask(outcome.result.stderr)
-            outcome.written = mounts.written(spec, before, cache)
-    except BaseException as e:
-        if store and not started:
-            _forget(store, run_id)
-        elif store:
-            _record_failure(store, outcome, e, hashing)
-        raise
+            if hashing is not None:
+                hashing.wait()  # it reads the folder about to go
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        if store:
+            _record_end(store, outcome)
+        return outcome
     finally:
-        if hashing is not None:
-            hashing.wait()  # it reads the folder about to go
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if store:
-        _record_end(store, outcome)
-    return outcome
+        if cache is not None:
+            cache.close()
 
 
 def _sessions_for(spec: RunSpec, backend: Backend) -> WarmSessions | None:

@@ -94,7 +94,11 @@ def rerun(
     problems = []
     if verify and spec.mounts:
         kept = mounts.kept_manifests(store.artifacts_dir(record["id"]))
-        problems += mounts.input_changes(record, kept, DigestCache(store.root))
+        cache = DigestCache(store.root)
+        try:
+            problems += mounts.input_changes(record, kept, cache)
+        finally:
+            cache.close()
     base_id = backend.base_image_id(spec.env_spec.base_image)
     if record.get("base_image_id") and base_id != record["base_image_id"]:
         problems.append(
