@@ -55,67 +55,21 @@ ENGINE_PATHS = {
     "/snapshots/{ref}/export",
 }
 
+from test_server import RECORDS as SERVER_RECORDS  # noqa: E402
+
 NOW = time.time()
+# The REST tests' records, plus what a schema must also allow: extra fields, an absolute
+# notebook path, where a snapshot ran, and one more record.
 RECORDS = [
-    {
-        "id": "a1b2c3d4e5f6",
-        "name": "train",
-        "notebook": "nb/train.ipynb",
-        "status": "done",
-        "created": NOW - 3600,
-        "finished": NOW - 3590,
-        "duration": 9.5,
-        "exit_code": 0,
-        "env_image": "mlcontainer-env:1111",
-        "image_size": 420_000_000,
-        "session": "s1",
-        "stdout": "epoch 1\nepoch 2\n",
-        "stderr": "",
-        "lock": [{"name": "numpy", "version": "2.1.0"}],
-        "timings": {"build": 30.1, "run": 9.5},
-        "cell": 3,
-        "custom": {"anything": [1, "x"]},
-    },
-    {
-        "id": "b2c3d4e5f6a1",
-        "name": "plot",
-        "notebook": "/elsewhere/train.ipynb",
-        "status": "failed",
-        "created": NOW - 1800,
-        "finished": NOW - 1790,
-        "duration": 2.0,
-        "exit_code": 1,
-        "env_image": "mlcontainer-env:2222",
-        "image_size": 120_000_000,
-        "session": "s1",
-        "stdout": "start\n",
-        "stderr": "Traceback ...\nValueError: bad\n",
-        "backend": "k8s",
-        "target": {"context": "kind-dev", "namespace": "ml"},
-    },
-    {
-        "id": "c3d4e5f6a1b2",
-        "name": "train",
-        "notebook": "other.ipynb",
-        "status": "done",
-        "created": NOW - 600,
-        "finished": NOW - 590,
-        "duration": 8.0,
-        "exit_code": 0,
-        "env_image": "mlcontainer-env:1111",
-        "image_size": 420_000_000,
-        "session": "s2",
-        "backend": "docker",
-        "target": {},
-    },
-    {
-        "id": "d4e5f6a1b2c3",
-        "name": "live",
-        "notebook": "nb/train.ipynb",
-        "status": "running",
-        "created": NOW - 10,
-        "session": "s2",
-    },
+    dict(SERVER_RECORDS[0], cell=3, custom={"anything": [1, "x"]}),
+    dict(
+        SERVER_RECORDS[1],
+        notebook="/elsewhere/train.ipynb",
+        backend="kubernetes",
+        target={"context": "kind-dev", "namespace": "ml"},
+    ),
+    dict(SERVER_RECORDS[2], backend="docker", target={}),
+    SERVER_RECORDS[3],
     {"id": "e5f6a1b2c3d4", "status": "building", "created": NOW - 5, "cell": None},
 ]
 

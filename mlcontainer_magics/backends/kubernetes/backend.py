@@ -585,16 +585,7 @@ class KubernetesBackend(Backend):
         """Delete the run's Job (and its pod, Secret, NetworkPolicy), found by its labels."""
         api, namespace = self.connect()
         with self._cluster_errors("stopping the run", namespace):
-            jobs = (
-                _json(
-                    api.batch.list_namespaced_job(
-                        namespace,
-                        label_selector=objects.pod_selector(run_id),
-                        _preload_content=False,
-                    )
-                ).get("items")
-                or []
-            )
+            jobs = _jobs_of(api, namespace, run_id)
             if not jobs:
                 return False
             if run_id in self._active:
@@ -613,16 +604,7 @@ class KubernetesBackend(Backend):
     def is_running(self, run_id: str) -> bool:
         api, namespace = self.connect()
         with self._cluster_errors("listing runs", namespace):
-            jobs = (
-                _json(
-                    api.batch.list_namespaced_job(
-                        namespace,
-                        label_selector=objects.pod_selector(run_id),
-                        _preload_content=False,
-                    )
-                ).get("items")
-                or []
-            )
+            jobs = _jobs_of(api, namespace, run_id)
         return any(not job_final(job) for job in jobs)
 
     def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
@@ -776,6 +758,14 @@ class _LogSink:
 
 def _failed(message: str) -> RunResult:
     return RunResult(None, "failed", message=message)
+
+
+def _jobs_of(api, namespace: str, run_id: str) -> list[dict]:
+    """The Jobs of one run, found by its labels (another kernel may have made them)."""
+    listed = api.batch.list_namespaced_job(
+        namespace, label_selector=objects.pod_selector(run_id), _preload_content=False
+    )
+    return _json(listed).get("items") or []
 
 
 def _add_env(job: dict, name: str, value: str) -> None:

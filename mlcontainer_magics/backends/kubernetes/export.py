@@ -16,11 +16,9 @@ from .objects import (
     CLAIM_PREFIX,
     MOUNTED_PREFIX,
     K8sSettings,
-    job_manifest,
     job_name,
-    network_policy_manifest,
+    run_manifests,
     secret_env_keys,
-    secret_manifest,
     to_yaml,
 )
 
@@ -53,21 +51,15 @@ def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSetting
             or (folder / "data" / m.target.lstrip("/")).exists()
         ),
     )
-    snapshot = record["id"]
+    objects = run_manifests(
+        spec,
+        image=image,
+        snapshot_id=record["id"],
+        namespace=settings.namespace,
+        settings=settings,
+        files=files,
+    )
     namespace = settings.namespace
-    objects = [
-        secret_manifest(spec, snapshot_id=snapshot, namespace=namespace, files=files),
-        job_manifest(
-            spec,
-            image=image,
-            snapshot_id=snapshot,
-            namespace=namespace,
-            settings=settings,
-            files=list(files),
-        ),
-    ]
-    if spec.network == "none":
-        objects.append(network_policy_manifest(spec, snapshot_id=snapshot, namespace=namespace))
     path = folder / FILE_NAME
     path.write_text(_header(record, spec, image, namespace) + to_yaml(*objects))
     return path
