@@ -1034,3 +1034,34 @@ def test_a_small_read_only_mount_travels_with_the_job(
     assert outcome.ok and outcome.result.stdout == "cat,dog\n"
     record = store.get(outcome.run_id)
     assert record["backend"] == "kubernetes" and record["mounts"][0]["count"] == 1
+
+
+def test_a_secret_is_a_key_of_the_runs_secret_and_never_in_the_job(backend, k8s_fake, workdirs):
+    seen = {}
+
+    def container(pod):
+        seen["env"] = pod.env
+        pod.log("token is " + pod.env["HF_TOKEN"])
+        return 0
+
+    k8s_fake.script("mlc-", run=container)
+    spec = make_spec("pass\n", secrets=("HF_TOKEN",))
+    rec = Recorder()
+    result = backend.run(
+        spec,
+        ENV,
+        workdirs(spec),
+        run_id="run-1",
+        events=rec.event,
+        output=rec.out,
+        secrets={"HF_TOKEN": "hf_s3cret"},
+    )
+    assert result.reason == "done" and seen["env"]["HF_TOKEN"] == "hf_s3cret"
+    job = k8s_fake.get("jobs", "mlc-run-1", NS)
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "mlc-run-1", "key": "env.HF_TOKEN"}},
+    } in env
+    assert "hf_s3cret" not in json.dumps(job)
+    assert k8s_fake.get("secrets", "mlc-run-1", NS) is None  # gone with the run
