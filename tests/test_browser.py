@@ -77,6 +77,19 @@ RECORDS = [
         "stdout": LOG,
         "stderr": "",
         "timings": {"build": 30.4, "start": 0.4, "run": 41.3},
+        "backend": "kubernetes",
+        "target": {"context": "kind-dev", "namespace": "ml"},
+        "mounts": [
+            {
+                "source": "/home/me/nb/data",
+                "target": "/work/data",
+                "mode": "ro",
+                "digest": "xxh3-128:0123456789abcdef",
+                "count": 3,
+                "size": 2_100_000,
+            },
+        ],
+        "written": {"/work/models": {"model.pkl": [123_456, "xxh3-128:ff"]}},
         "lock": [
             {"name": "numpy", "version": "2.1.3"},
             {"name": "scikit-learn", "version": "1.5.2"},
@@ -334,6 +347,10 @@ def test_sidebar_lists_snapshots_and_details(start_lab, browser):
     assert "build" in dtext and "30.4s" in dtext
     assert "epoch 11: loss=0.0833" in dtext
     assert "mlcontainer-env:7a8b9c0d1e2f" in dtext
+    # Where it ran, and the data it read and wrote.
+    assert "kubernetes (context kind-dev, namespace ml)" in dtext
+    assert "/work/data (ro, 2.1 MB, 3 files)" in details.locator(".mlc-DataIn").inner_text()
+    assert "/work/models/model.pkl" in details.locator(".mlc-DataOut").inner_text()
     shot(page, "sidebar-details.png")
 
     # Re-run reaches the core; this hand-made record has no spec, and the core's message shows.
