@@ -16,6 +16,18 @@ from .datatree import DigestCache, changed_files, digest_tree, snapshot_files, w
 from .spec import MountSpec, RunSpec
 
 MANIFEST = "mounts.json"
+__all__ = [
+    "DigestCache",
+    "digest_inputs",
+    "before_writes",
+    "written",
+    "keep_manifests",
+    "kept_manifests",
+    "input_changes",
+    "written_changes",
+    "diff_lines",
+    "is_local",
+]
 
 
 def digest_inputs(spec: RunSpec, cache: DigestCache | None) -> tuple[list[dict], dict, float]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -20,9 +21,8 @@ from pathlib import Path
 
 from ..errors import CapabilityMissing, RunError, SpecError, StoreError, StoreUnavailable
 from ..runner import MESSAGE_PREFIX, VALUES_EXIT, runner_source
-from . import mounts, transfer
+from . import transfer
 from .backend import Backend, Environment, RunResult, WarmSessions
-from .datatree import DigestCache
 from .events import REASONS, Events, Output, Phase, no_events
 from .secrets import Masker
 from .spec import RunSpec
@@ -98,10 +98,12 @@ def execute(
     pool = _sessions_for(spec, backend)
     secrets = _check_data(spec, backend, secrets)
     masker = Masker(output or (lambda stream, text: None), secrets.values())
-    cache = DigestCache(store.root) if store is not None and spec.mounts else None
+    # Mounts need the digest machinery (xxhash, SQLite): imported only when there are some.
+    mounts = importlib.import_module(".mounts", __package__) if spec.mounts else None
+    cache = mounts.DigestCache(store.root) if mounts and store is not None else None
     try:
         manifests: dict = {}
-        if spec.mounts:
+        if mounts:
             outcome.mounts, manifests, outcome.timings["digest"] = mounts.digest_inputs(spec, cache)
             events(Phase.MOUNTED, mounts=outcome.mounts, seconds=outcome.timings["digest"])
         if store:
@@ -129,7 +131,8 @@ def execute(
             hashing = transfer.BackgroundDigests(outcome.inputs, workdir)
             if store:
                 keep_inputs(store.artifacts_dir(run_id), workdir)
-                mounts.keep_manifests(store.artifacts_dir(run_id), manifests)
+                if mounts:
+                    mounts.keep_manifests(store.artifacts_dir(run_id), manifests)
                 store.update(
                     run_id,
                     status="running",
@@ -137,7 +140,7 @@ def execute(
                     **record_environment(outcome.env),
                 )
             started = True
-            before = mounts.before_writes(spec)
+            before = mounts.before_writes(spec) if mounts else {}
             try:
                 _run_and_collect(
                     outcome, pool or backend, workdir, hashing, store, events, masker, secrets
@@ -147,7 +150,7 @@ def execute(
                 if outcome.result is not None:  # what a backend gathered passes the mask too
                     outcome.result.stdout = masker.mask(outcome.result.stdout)
                     outcome.result.stderr = masker.mask(outcome.result.stderr)
-                outcome.written = mounts.written(spec, before, cache)
+                outcome.written = mounts.written(spec, before, cache) if mounts else {}
         except BaseException as e:
             if store and not started:
                 _forget(store, run_id)
