@@ -74,68 +74,11 @@ def export(
         raise SpecError(f"{dest} exists and {what}; export into a new folder.")
     spec = spec_from_record(record, environ={k: "" for k, _ in record["spec"].get("env", [])})
     folder = store.artifacts_dir(record["id"])
-    lock = record.get("lock") or []
     staging = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        mlc = staging / "mlc"
-        (mlc / "out").mkdir(parents=True)
-        (mlc / "out" / ".keep").write_bytes(b"")
-        (mlc / "runner.py").write_bytes(runner_source())
-        (mlc / "cell.py").write_text(record["code"], encoding="utf-8")
-        if (folder / "in").is_dir():
-            shutil.copytree(folder / "in", mlc / "in")
-        manifest = {
-            "inputs": record.get("inputs") or {},
-            "outputs": list(spec.outputs),
-            "host": {"python": "", "numpy": False, "pyarrow": False},
-        }
-        (mlc / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if lock:
-            (staging / "requirements.lock").write_text(render.lock_txt(lock))
-            wheels = backend.fetch_wheels(spec.env_spec.base_image, lock)
-            (staging / "wheels").mkdir()
-            for name, data in wheels.items():
-                (staging / "wheels" / name).write_bytes(data)
-        inputs = [
-            m
-            for m in record.get("mounts") or []
-            if m.get("mode") == "ro" and str(m.get("source", "")).startswith("/")
-        ]
-        copied = sum(m.get("size") or 0 for m in inputs) <= data_limit
-        if inputs:
-            _write_data(staging, inputs, copied)
-        (staging / "Dockerfile").write_text(
-            render.dockerfile(
-                spec.env_spec.base_image,
-                spec.env_spec.apt,
-                has_lock=bool(lock),
-                wheels=bool(lock),
-                data=bool(inputs) and copied,
-            )
-        )
-        (staging / "expected-stdout.txt").write_text(record.get("stdout") or "")
-        (staging / "snapshot.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-        (staging / "README.md").write_text(
-            EXPORT_README.format(
-                id=record["id"],
-                name=f" ({record['name']})" if record.get("name") else "",
-                base=spec.env_spec.base_image,
-                base_id=(record.get("base_image_id") or "?")[:19],
-                data=(
-                    DATA_COPIED
-                    if copied
-                    else DATA_LISTED.format(
-                        limit=format_size(data_limit),
-                        id=record["id"],
-                        mounts=" ".join(f"-v {m['source']}:{m['target']}:ro" for m in inputs),
-                    )
-                )
-                if inputs
-                else "",
-                secrets=SECRETS_NOTE.format(names=", ".join(spec.secrets)) if spec.secrets else "",
-            )
-        )
+        _write_run_folder(staging / "mlc", record, spec, folder)
+        _write_build_context(staging, record, spec, backend, data_limit)
         if tar:
             backend.save_image(
                 record.get("env_image_id") or spec.env_spec.base_image, staging / "image.tar"
@@ -160,6 +103,72 @@ def export(
             ) from None
         raise
     return dest
+
+
+def _write_run_folder(mlc: Path, record: dict, spec, kept: Path) -> None:
+    """mlc/: the runner, the cell, the values it received and its manifest, as a run has them."""
+    (mlc / "out").mkdir(parents=True)
+    (mlc / "out" / ".keep").write_bytes(b"")
+    (mlc / "runner.py").write_bytes(runner_source())
+    (mlc / "cell.py").write_text(record["code"], encoding="utf-8")
+    if (kept / "in").is_dir():
+        shutil.copytree(kept / "in", mlc / "in")
+    manifest = {
+        "inputs": record.get("inputs") or {},
+        "outputs": list(spec.outputs),
+        "host": {"python": "", "numpy": False, "pyarrow": False},
+    }
+    (mlc / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _write_build_context(
+    staging: Path, record: dict, spec, backend: Backend, data_limit: int
+) -> None:
+    """The locked wheels, the mounted inputs, the Dockerfile and the README."""
+    lock = record.get("lock") or []
+    if lock:
+        (staging / "requirements.lock").write_text(render.lock_txt(lock))
+        wheels = backend.fetch_wheels(spec.env_spec.base_image, lock)
+        (staging / "wheels").mkdir()
+        for name, data in wheels.items():
+            (staging / "wheels" / name).write_bytes(data)
+    inputs = [
+        m
+        for m in record.get("mounts") or []
+        if m.get("mode") == "ro" and str(m.get("source", "")).startswith("/")
+    ]
+    copied = sum(m.get("size") or 0 for m in inputs) <= data_limit
+    if inputs:
+        _write_data(staging, inputs, copied)
+    (staging / "Dockerfile").write_text(
+        render.dockerfile(
+            spec.env_spec.base_image,
+            spec.env_spec.apt,
+            has_lock=bool(lock),
+            wheels=bool(lock),
+            data=bool(inputs) and copied,
+        )
+    )
+    (staging / "expected-stdout.txt").write_text(record.get("stdout") or "")
+    (staging / "snapshot.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+    data_note = ""
+    if inputs:
+        mounts = " ".join(f"-v {m['source']}:{m['target']}:ro" for m in inputs)
+        data_note = (
+            DATA_COPIED
+            if copied
+            else DATA_LISTED.format(limit=format_size(data_limit), id=record["id"], mounts=mounts)
+        )
+    (staging / "README.md").write_text(
+        EXPORT_README.format(
+            id=record["id"],
+            name=f" ({record['name']})" if record.get("name") else "",
+            base=spec.env_spec.base_image,
+            base_id=(record.get("base_image_id") or "?")[:19],
+            data=data_note,
+            secrets=SECRETS_NOTE.format(names=", ".join(spec.secrets)) if spec.secrets else "",
+        )
+    )
 
 
 def _write_data(staging: Path, inputs: list[dict], copy: bool) -> None:

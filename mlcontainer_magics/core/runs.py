@@ -102,21 +102,7 @@ def execute(
     mounts = importlib.import_module(".mounts", __package__) if spec.mounts else None
     cache = mounts.DigestCache(store.root) if mounts and store is not None else None
     try:
-        manifests: dict = {}
-        if mounts:
-            outcome.mounts, manifests, outcome.timings["digest"] = mounts.digest_inputs(spec, cache)
-            events(Phase.MOUNTED, mounts=outcome.mounts, seconds=outcome.timings["digest"])
-        if store:
-            store.put(
-                dict(
-                    record_start(spec, run_id, context or {}),
-                    namespace=backend.namespace,
-                    backend=backend.name,
-                    target=backend.target(),
-                    mounts=outcome.mounts,
-                )
-            )
-            events(Phase.RECORDED, snapshot=run_id)
+        manifests = _start_record(outcome, backend, store, context or {}, events, mounts, cache)
         workdir = None
         hashing = None  # the inputs' digests, taken while the container runs
         started = False  # past this point the run is a snapshot, whatever happens
@@ -146,11 +132,7 @@ def execute(
                     outcome, pool or backend, workdir, hashing, store, events, masker, secrets
                 )
             finally:
-                masker.close()
-                if outcome.result is not None:  # what a backend gathered passes the mask too
-                    outcome.result.stdout = masker.mask(outcome.result.stdout)
-                    outcome.result.stderr = masker.mask(outcome.result.stderr)
-                outcome.written = mounts.written(spec, before, cache) if mounts else {}
+                _mask_and_note_writes(outcome, masker, mounts, before, cache)
         except BaseException as e:
             if store and not started:
                 _forget(store, run_id)
@@ -168,6 +150,40 @@ def execute(
     finally:
         if cache is not None:
             cache.close()
+
+
+def _start_record(
+    outcome: RunOutcome, backend: Backend, store, context: dict, events: Events, mounts, cache
+) -> dict:
+    """Digest the mounts (what the cell will read), then record the run's start; the mounts'
+    per-file manifests, to keep with the snapshot."""
+    spec, manifests = outcome.spec, {}
+    if mounts:
+        outcome.mounts, manifests, outcome.timings["digest"] = mounts.digest_inputs(spec, cache)
+        events(Phase.MOUNTED, mounts=outcome.mounts, seconds=outcome.timings["digest"])
+    if store:
+        start = record_start(spec, outcome.run_id, context)
+        store.put(
+            dict(
+                start,
+                namespace=backend.namespace,
+                backend=backend.name,
+                target=backend.target(),
+                mounts=outcome.mounts,
+            )
+        )
+        events(Phase.RECORDED, snapshot=outcome.run_id)
+    return manifests
+
+
+def _mask_and_note_writes(outcome: RunOutcome, masker: Masker, mounts, before: dict, cache) -> None:
+    """After the run, however it ended: what the backend gathered passes the mask too, and
+    what the cell wrote in writable mounts is noted."""
+    masker.close()
+    if outcome.result is not None:
+        outcome.result.stdout = masker.mask(outcome.result.stdout)
+        outcome.result.stderr = masker.mask(outcome.result.stderr)
+    outcome.written = mounts.written(outcome.spec, before, cache) if mounts else {}
 
 
 def _sessions_for(spec: RunSpec, backend: Backend) -> WarmSessions | None:

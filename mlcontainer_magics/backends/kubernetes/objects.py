@@ -386,54 +386,10 @@ def job_manifest(
     run_labels = labels(spec, snapshot_id)
     annotations = _annotations(spec, snapshot_id)
     claims = claim_mounts(spec)
-    container = {
-        "name": CONTAINER_NAME,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python", RUNNER_PATH],
-        "workingDir": WORK_DIR if spec.mounts else MLC_DIR,
-        "env": container_env(spec, name),
-        "resources": resources(spec, settings),
-        "securityContext": _copy(CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [
-            {"name": WORK_VOLUME, "mountPath": MLC_DIR},
-            {"name": OUT_VOLUME, "mountPath": OUT_DIR},
-            *(
-                {
-                    "name": PAYLOAD_VOLUME,
-                    "mountPath": payload_mount_path(path),
-                    "subPath": key,
-                    "readOnly": True,
-                }
-                for path, key in payload_keys(files).items()
-            ),
-            *(
-                {
-                    "name": volume,
-                    "mountPath": mount.target,
-                    "readOnly": not mount.writable,
-                    **({"subPath": sub} if sub else {}),
-                }
-                for volume, mount, claim, sub in claims
-            ),
-        ],
-    }
     pod_spec: dict = {
         "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": [
-            {"name": WORK_VOLUME, "emptyDir": {}},
-            {"name": OUT_VOLUME, "emptyDir": {}},
-            # Readable by the run's group only (fsGroup), like a 0640 file of the user's.
-            {"name": PAYLOAD_VOLUME, "secret": {"secretName": name, "defaultMode": 0o440}},
-            *(
-                {
-                    "name": volume,
-                    "persistentVolumeClaim": {"claimName": claim, "readOnly": not mount.writable},
-                }
-                for volume, mount, claim, sub in claims
-            ),
-        ],
+        "containers": [_container(spec, name, image, settings, files, claims)],
+        "volumes": _volumes(name, claims),
         "securityContext": _copy(POD_SECURITY_CONTEXT),
         "enableServiceLinks": False,
     }
@@ -469,6 +425,58 @@ def job_manifest(
         },
         "spec": job_spec,
     }
+
+
+def _container(spec: RunSpec, name: str, image: str, settings: K8sSettings, files, claims) -> dict:
+    """The run's one container: the runner, the run's files from the Secret, the mounts."""
+    return {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", RUNNER_PATH],
+        "workingDir": WORK_DIR if spec.mounts else MLC_DIR,
+        "env": container_env(spec, name),
+        "resources": resources(spec, settings),
+        "securityContext": _copy(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": [
+            {"name": WORK_VOLUME, "mountPath": MLC_DIR},
+            {"name": OUT_VOLUME, "mountPath": OUT_DIR},
+            *(
+                {
+                    "name": PAYLOAD_VOLUME,
+                    "mountPath": payload_mount_path(path),
+                    "subPath": key,
+                    "readOnly": True,
+                }
+                for path, key in payload_keys(files).items()
+            ),
+            *(
+                {
+                    "name": volume,
+                    "mountPath": mount.target,
+                    "readOnly": not mount.writable,
+                    **({"subPath": sub} if sub else {}),
+                }
+                for volume, mount, claim, sub in claims
+            ),
+        ],
+    }
+
+
+def _volumes(name: str, claims) -> list[dict]:
+    return [
+        {"name": WORK_VOLUME, "emptyDir": {}},
+        {"name": OUT_VOLUME, "emptyDir": {}},
+        # Readable by the run's group only (fsGroup), like a 0640 file of the user's.
+        {"name": PAYLOAD_VOLUME, "secret": {"secretName": name, "defaultMode": 0o440}},
+        *(
+            {
+                "name": volume,
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": not mount.writable},
+            }
+            for volume, mount, claim, sub in claims
+        ),
+    ]
 
 
 def secret_manifest(
