@@ -62,11 +62,8 @@ class Backends:
     def for_record(self, record: dict, override: str | None = None) -> Backend:
         """The backend a snapshot ran on (Docker for records older than this field), in its
         namespace and, for Kubernetes, its context and namespace; ``override`` picks another."""
-        name = override or record.get("backend") or "docker"
-        target = record.get("target") if name == record.get("backend", "docker") else None
-        if name != "kubernetes":
-            target = None  # a Docker engine is whichever this machine has
+        recorded = record.get("backend") or "docker"
+        name = override or recorded
+        # A cluster's context and namespace; a Docker engine is whichever this machine has.
+        target = record.get("target") if name == recorded == "kubernetes" else None
         return self.get(name, namespace=record.get("namespace"), target=target or None)
-
-    def all(self) -> list[Backend]:
-        return list(self._made.values())

@@ -292,8 +292,10 @@ def request_stop(store, backend: Backend, run_id: str, grace: float = 0) -> bool
     """Stop a run, from whichever front end: said in its record first, so that the kernel
     running it, seeing its container end, records it as stopped (not failed)."""
     if store is not None:
+        from .store import ACTIVE_STATUSES  # sqlite3: not at `%load_ext`
+
         try:
-            if store.get(run_id).get("status") in ("building", "running"):
+            if store.get(run_id).get("status") in ACTIVE_STATUSES:
                 store.update(run_id, stop_requested=True)
         except StoreError:
             pass  # a run with no record of its own
