@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import random
 import re
@@ -137,6 +138,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _parse_time(text: str) -> datetime:
+    """An RFC 3339 time of the API (``sinceTime`` has whole seconds once it reaches the
+    kubelet: the API server passes it on without its fraction)."""
+    whole = text.split(".")[0].rstrip("Z")
+    return datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+
+
 def _now_nano() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
 
@@ -217,6 +225,13 @@ class Scenario:
     deadline_after: float = 0.2  # "deadline" without activeDeadlineSeconds on the Job
     message: str | None = None  # for unschedulable / image_pull
     run: Callable[[PodRun], int] | None = None  # acts as the container; returns its exit code
+    # What the container does on SIGTERM: "exit" (143 at once, as a process that handles it),
+    # "ignore" (PID 1 without a handler: it runs on until SIGKILL at the grace period's end).
+    sigterm: str = "exit"
+    pull_failures: int = 0  # ErrImagePull / ImagePullBackOff this many times, then it pulls
+    sidecar: str | None = None  # a container a mutating webhook injects (a mesh proxy)
+    suspended_seconds: float | None = None  # a queue (Kueue) holds the Job suspended this long
+    evict_after: float | None = None  # the node evicts the running pod (memory pressure)
 
     def __post_init__(self) -> None:
         self.scenario = self.scenario.replace("-", "_")
@@ -238,16 +253,80 @@ class PodRun:
     files: dict[str, bytes]  # absolute path -> content, from Secret volumes
     env: dict[str, str]  # resolved, secretKeyRef values included
     _append: Callable[[str], None] = field(repr=False, default=print)
-    _cancelled: Callable[[], bool] = field(repr=False, default=lambda: False)
+    _container: _Container | None = field(repr=False, default=None)
 
     def log(self, text: str) -> None:
         """Write to the container's log (a newline is added when missing)."""
         self._append(text if text.endswith("\n") else text + "\n")
 
+    def write(self, text: str) -> None:
+        """Write to the container's log as is (a line ends only at a newline)."""
+        self._append(text)
+
     @property
     def cancelled(self) -> bool:
-        """True once the pod was deleted or its Job ran past its deadline."""
-        return self._cancelled()
+        """True once the kubelet sent SIGTERM (the pod is deleted, or past its deadline)."""
+        return self._container is not None and self._container.term_sent
+
+    def on_signal(self, handler: Callable[[str], None]) -> None:
+        """Call ``handler("SIGTERM")`` when the pod is deleted, ``handler("SIGKILL")`` at the
+        end of its grace period: for a container that really runs somewhere."""
+        if self._container is not None:
+            self._container.signal_handlers.append(handler)
+
+    def on_exec(self, handler: Callable[[list[str]], tuple[bytes, bytes, int]]) -> None:
+        """Answer ``pods/exec`` of this pod: ``handler(command) -> (stdout, stderr, code)``."""
+        if self._container is not None:
+            self._container.exec_handler = handler
+
+
+@dataclass
+class _Container:
+    """The kubelet's view of the one container it runs for a pod."""
+
+    term_sent: bool = False
+    kill_sent: bool = False
+    signal_handlers: list = field(default_factory=list)
+    exec_handler: Callable[[list[str]], tuple[bytes, bytes, int]] | None = None
+
+    def signal(self, name: str) -> None:
+        if name == "SIGTERM":
+            self.term_sent = True
+        else:
+            self.kill_sent = True
+        for handler in self.signal_handlers:
+            try:
+                handler(name)
+            except Exception:  # the container may be gone already
+                pass
+
+
+@dataclass
+class Fault:
+    status: int | str
+    method: str | None
+    path: re.Pattern
+    times: int | None
+    message: str | None
+    reason: str | None
+    every: int
+    seen: int = 0
+    hits: int = 0  # how many requests it answered
+
+
+@dataclass
+class _Drops:
+    every_bytes: tuple[int, int]
+    every_seconds: float | None
+
+    def budget(self) -> tuple[int, float | None]:
+        """Bytes, and the time, after which the next stream is cut."""
+        cut_at = None if self.every_seconds is None else time.monotonic() + self.every_seconds
+        return random.randint(*self.every_bytes), cut_at
+
+
+class _StreamCut(Exception):
+    """A follow stream is cut: the connection closes without the last chunk."""
 
 
 # -- the fake -----------------------------------------------------------------------------------
@@ -281,6 +360,13 @@ class FakeKubernetes:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
+        self._containers: dict[tuple[str, str], _Container] = {}  # running pods
+        # Misbehaviour of a real cluster, off unless a test asks for it:
+        self.log_rotate_bytes: int | None = None  # the kubelet rotates the log file at this size
+        self._rotated: dict[tuple[str, str], int] = {}  # pod -> entries in rotated files
+        self._drops: _Drops | None = None  # streams (log, exec) cut at random points
+        self.dropped = 0  # how many streams were cut
+        self._faults: list[Fault] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -363,6 +449,48 @@ class FakeKubernetes:
             self._scripts.insert(0, (job_name_prefix, s))
         return s
 
+    def drop_streams(self, every_bytes: tuple[int, int] = (1, 64 * 1024), *, every_seconds=None):
+        """Cut follow streams (``pods/log``, ``pods/exec``) as load balancers and idle timeouts
+        do: after a random number of bytes in ``every_bytes`` or after ``every_seconds``."""
+        self._drops = _Drops(every_bytes, every_seconds)
+
+    def fault(
+        self,
+        status: int | str,
+        *,
+        method: str | None = None,
+        path: str = "",
+        times: int | None = 1,
+        message: str | None = None,
+        reason: str | None = None,
+        every: int = 1,
+    ) -> Fault:
+        """Answer matching requests (``path``: a regex searched in the path) with ``status``:
+        an HTTP status (429 comes with Retry-After), ``"reset"`` (the connection is closed
+        without an answer) or ``"watch-error"`` (a watch that sends an ERROR event, 410
+        Expired, and ends). ``times``: how many requests (None: all); ``every``: only every
+        n-th matching request."""
+        f = Fault(status, method, re.compile(path), times, message, reason, every)
+        with self._cond:
+            self._faults.append(f)
+        return f
+
+    def _fault_for(self, method: str, path: str, watch: bool) -> Fault | None:
+        with self._cond:
+            for f in self._faults:
+                if f.status == "watch-error" and not watch:
+                    continue
+                if (f.method and f.method != method) or not f.path.search(path):
+                    continue
+                if f.times is not None and f.hits >= f.times:
+                    continue
+                f.seen += 1
+                if f.seen % f.every:
+                    continue
+                f.hits += 1
+                return f
+        return None
+
     def _scenario_for(self, job_name: str) -> Scenario:
         for prefix, s in self._scripts:
             if job_name.startswith(prefix):
@@ -432,6 +560,11 @@ class FakeKubernetes:
             return copy.deepcopy(obj)
 
     def _remove(self, resource: str, namespace: str, name: str, propagation: str | None) -> dict:
+        if resource == "pods":
+            pod = self._delete_pod(namespace, name)
+            if pod is None:
+                raise _not_found(resource, name)
+            return pod
         with self._cond:
             obj = self._objects[resource].pop((namespace, name), None)
             if obj is None:
@@ -508,6 +641,8 @@ class FakeKubernetes:
                 namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1
             )
             if resource == "jobs":
+                if self._scenario_for(name).suspended_seconds is not None:
+                    obj.setdefault("spec", {})["suspend"] = True  # a queue's webhook (Kueue)
                 self._default_job(obj)
             if dry_run:
                 return obj
@@ -641,7 +776,7 @@ class FakeKubernetes:
     def list_objects(
         self, resource: str, namespace: str, label_selector: str | None, field_selector: str | None
     ) -> dict:
-        self._check_namespace(namespace)
+        # A namespace that does not exist lists as empty on a real server: no 404.
         match_labels = parse_label_selector(label_selector or "")
         match_fields = parse_field_selector(field_selector or "")
         group, version, kind, _ = RESOURCES[resource]
@@ -764,7 +899,6 @@ class FakeKubernetes:
     ):
         """Check a watch request (raising ApiError), then return a generator of its events
         (dicts), which ends at ``timeout`` or when the fake stops."""
-        self._check_namespace(namespace)
         match_labels = parse_label_selector(label_selector or "")
         match_fields = parse_field_selector(field_selector or "")
         end = time.monotonic() + timeout if timeout else None
@@ -812,10 +946,20 @@ class FakeKubernetes:
         generator of the log's text, which follows it with ``follow=true``."""
         self._check_namespace(namespace)
         pod = self.read("pods", namespace, name)
-        container = pod["spec"]["containers"][0]["name"]
+        container = _main_container(pod)["name"]
+        names = [c["name"] for c in pod["spec"]["containers"]]
         wanted = query.get("container")
-        if wanted and wanted != container:
+        if not wanted and len(names) > 1:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"a container name must be specified for pod {name}, choose one of: "
+                f"[{' '.join(names)}]",
+            )
+        if wanted and wanted not in names:
             raise ApiError(400, "BadRequest", f"container {wanted} is not valid for pod {name}")
+        if wanted and wanted != container:
+            return iter(())  # the sidecar's log: nothing of ours
         if query.get("previous") == "true":
             raise ApiError(
                 400,
@@ -832,42 +976,107 @@ class FakeKubernetes:
         return self._log_stream((namespace, name), query)
 
     def _log_stream(self, key, query):
+        """The log as the kubelet serves it: from the current file only (earlier ones were
+        rotated away), a line's timestamp at its start, cut when the fake drops streams."""
         follow = query.get("follow") == "true"
         timestamps = query.get("timestamps") == "true"
         tail = int(query["tailLines"]) if query.get("tailLines") else None
+        since = _parse_time(query["sinceTime"]) if query.get("sinceTime") else None
+        budget, cut_at = self._drops.budget() if self._drops else (None, None)
+        previous = {"ended": True}  # did the last entry end its line?
 
         def fmt(entries):
-            return "".join(f"{ts} {line}" if timestamps else line for ts, line in entries)
+            out = []
+            for ts, line in entries:
+                if since is not None and _parse_time(ts) < since:
+                    previous["ended"] = line.endswith("\n")
+                    continue
+                out.append(f"{ts} {line}" if timestamps and previous["ended"] else line)
+                previous["ended"] = line.endswith("\n")
+            return "".join(out)
+
+        def cut(text):
+            nonlocal budget
+            if budget is None and cut_at is None:
+                return text, False
+            if cut_at is not None and time.monotonic() >= cut_at:
+                return "", True
+            if budget is not None and len(text) >= budget:
+                text, budget = text[:budget], 0
+                return text, True
+            if budget is not None:
+                budget -= len(text)
+            return text, False
 
         with self._cond:
-            lines = list(self._logs.get(key, []))
-        sent = len(lines)
+            lines = self._logs.get(key, [])
+            sent = len(lines)
+            lines = lines[self._rotated.get(key, 0) :]
         if tail is not None:
             lines = lines[-tail:] if tail else []
-        if lines:
-            yield fmt(lines)
-        while follow and not self._stopping.is_set():
+        while True:
+            text, dropped = cut(fmt(lines)) if lines else ("", False)
+            if text:
+                yield text
+            if dropped:
+                with self._cond:
+                    self.dropped += 1
+                raise _StreamCut()
+            if not follow or self._stopping.is_set():
+                return
             with self._cond:
-                lines = self._logs.get(key, [])
-                new = lines[sent:]
+                entries = self._logs.get(key, [])
+                lines = entries[sent:]
                 pod = self._objects["pods"].get(key)
                 done = pod is None or _terminated(pod)
-                if not new and not done:
-                    self._cond.wait(0.1)
-                    continue
-                sent += len(new)
-            if new:
-                yield fmt(new)
-            if done and not new:
-                return
+                if not lines and done:
+                    return
+                if not lines:
+                    self._cond.wait(0.05)
+                sent += len(lines)
+
+    def exec_in(self, namespace: str, name: str, container: str | None, command: list[str]):
+        """Check an exec request (raising ApiError as the server would), then return a
+        callable that runs it: (stdout, stderr, exit code)."""
+        pod = self.read("pods", namespace, name)
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        if not container and len(names) > 1:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"a container name must be specified for pod {name}, choose one of: "
+                f"[{' '.join(names)}]",
+            )
+        if not command:
+            raise ApiError(400, "BadRequest", "you must specify at least 1 command")
+        if _terminated(pod) or pod["status"].get("phase") in ("Succeeded", "Failed"):
+            raise ApiError(
+                400,
+                "BadRequest",
+                "cannot exec into a container in a completed pod; current phase is "
+                + pod["status"].get("phase", "Failed"),
+            )
+        with self._cond:
+            handler = (self._containers.get((namespace, name)) or _Container()).exec_handler
+        if handler is None:
+            return lambda: (b"", f"exec: {command[0]!r}: not found\n".encode(), 127)
+        return lambda: handler(list(command))
 
     # -- the Job controller and the kubelet ----------------------------------------------------
 
     def _append_log(self, namespace: str, pod: str, text: str) -> None:
+        """As the container runtime writes the log file: an entry per line, split only at
+        newlines (a text without one is a partial entry); rotated past log_rotate_bytes."""
+        key = (namespace, pod)
         with self._cond:
-            entries = self._logs.setdefault((namespace, pod), [])
-            for line in text.splitlines(keepends=True):
-                entries.append((_now_nano(), line))
+            entries = self._logs.setdefault(key, [])
+            for line in re.split(r"(?<=\n)", text):
+                if line:
+                    entries.append((_now_nano(), line))
+            if self.log_rotate_bytes:
+                current = entries[self._rotated.get(key, 0) :]
+                if sum(len(line) for _, line in current) > self.log_rotate_bytes:
+                    self._rotated[key] = len(entries)
             self._cond.notify_all()
 
     def _drive_job(self, namespace: str, name: str) -> None:
@@ -885,7 +1094,10 @@ class FakeKubernetes:
         deadline = None if deadline is None else deadline * self.time_scale
         if scenario.scenario == "deadline" and deadline is None:
             deadline = scenario.deadline_after
-        clock = _Clock(self, namespace, name, started, deadline)
+        clock = _Clock(self, namespace, name, started, deadline, scenario)
+        if spec.get("suspend"):
+            self._hold_suspended(namespace, name, scenario, clock)
+            clock.started = time.monotonic()  # the deadline counts from the resume
         self._update(
             "jobs",
             namespace,
@@ -902,25 +1114,28 @@ class FakeKubernetes:
         )
         failures = 0
         while True:
-            pod_name = self._create_pod(job)
-            clock.pod = pod_name
+            pod_name = self._create_pod(job, scenario)
+            container = _Container()
+            clock.pod, clock.container = pod_name, container
+            with self._cond:
+                self._containers[(namespace, pod_name)] = container
             try:
                 code, reason = self._run_pod(namespace, pod_name, scenario, clock)
-            except _DeadlineExceeded:
-                self._exceed_deadline(namespace, name, pod_name)
-                break
             except _Gone:
-                if clock.gone(require_pod=False):
-                    raise
-                code = None  # someone deleted the pod: a failed attempt
+                if self._stopping.is_set():
+                    return
+                code = None  # deleted before its container ran: a failed attempt
+            finally:
+                with self._cond:
+                    self._containers.pop((namespace, pod_name), None)
+            self._kubelet_forgets(namespace, pod_name)
+            if clock.deadline_hit:
+                self._finish_job(namespace, name, False, *_DEADLINE, target_set=True)
+                break
+            if self.get("jobs", name, namespace) is None:
+                return  # deleted: no new pod
             if code == 0:
-                self._finish_job(
-                    namespace,
-                    name,
-                    True,
-                    "CompletionsReached",
-                    "Reached expected number of succeeded pods",
-                )
+                self._finish_job(namespace, name, True, *_COMPLETED)
                 break
             failures += 1
             self._update(
@@ -930,32 +1145,108 @@ class FakeKubernetes:
                 lambda j: j["status"].update(failed=failures, active=0, ready=0),
             )
             if failures > spec.get("backoffLimit", 6):
-                self._finish_job(
-                    namespace,
-                    name,
-                    False,
-                    "BackoffLimitExceeded",
-                    "Job has reached the specified backoff limit",
-                )
+                self._finish_job(namespace, name, False, *_BACKOFF)
                 break
         ttl = spec.get("ttlSecondsAfterFinished")
         if ttl is not None:
             clock.deadline = None
             clock.sleep(ttl * self.time_scale, require_pod=False)
-            try:
-                self._remove("jobs", namespace, name, "Background")
+            try:  # the TTL controller deletes in the foreground
+                self._remove("jobs", namespace, name, "Foreground")
             except ApiError:
                 pass
 
-    def _create_pod(self, job: dict) -> str:
+    def _hold_suspended(self, namespace: str, name: str, scenario: Scenario, clock) -> None:
+        """A queue (Kueue) admitted the Job suspended: no pod until it resumes it."""
+        suspended = _condition("Suspended", "True", "JobSuspended", "Job suspended")
+        self._update("jobs", namespace, name, lambda j: j["status"].update(conditions=[suspended]))
+        clock.sleep(scenario.suspended_seconds, require_pod=False)
+        resumed = _condition("Suspended", "False", "JobResumed", "Job resumed")
+
+        def resume(j):
+            j["spec"]["suspend"] = False
+            j["status"]["conditions"] = [resumed]
+
+        self._update("jobs", namespace, name, resume)
+
+    def _kubelet_forgets(self, namespace: str, pod_name: str) -> None:
+        """A pod marked for deletion goes once its container has ended."""
+        with self._cond:
+            pod = self._objects["pods"].get((namespace, pod_name))
+            if pod is None or not pod["metadata"].get("deletionTimestamp"):
+                return
+            self._objects["pods"].pop((namespace, pod_name))
+            self._record("pods", "DELETED", pod)
+
+    def _delete_pod(self, namespace: str, pod_name: str) -> dict | None:
+        """A graceful deletion, as the kubelet carries it out: a pod whose container runs is
+        marked, its container gets SIGTERM, then SIGKILL at the end of the grace period, and
+        the pod goes when the container has ended. Others go at once."""
+        with self._cond:
+            pod = self._objects["pods"].get((namespace, pod_name))
+            container = self._containers.get((namespace, pod_name))
+            if pod is None:
+                return None
+            if container is None or _terminated(pod) or not _running(pod):
+                self._objects["pods"].pop((namespace, pod_name))
+                pod["metadata"]["deletionTimestamp"] = _now()
+                self._record("pods", "DELETED", pod)
+                if container is not None:
+                    container.signal("SIGKILL")
+                return pod
+            if pod["metadata"].get("deletionTimestamp"):
+                return copy.deepcopy(pod)
+            grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+            pod["metadata"]["deletionTimestamp"] = _now()
+            pod["metadata"]["deletionGracePeriodSeconds"] = grace
+            self._record("pods", "MODIFIED", pod)
+            marked = copy.deepcopy(pod)
+
+        def kubelet():
+            container.signal("SIGTERM")
+            end = time.monotonic() + grace * self.time_scale
+            with self._cond:
+                while (namespace, pod_name) in self._containers and time.monotonic() < end:
+                    self._cond.wait(min(0.05, max(end - time.monotonic(), 0.001)))
+                if (namespace, pod_name) not in self._containers:
+                    return
+            container.signal("SIGKILL")
+
+        thread = threading.Thread(target=kubelet, name=f"k8s-fake-kill-{pod_name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return marked
+
+    def _evict(self, namespace: str, pod_name: str) -> None:
+        """The node under memory pressure evicts the pod: no grace, the pod stays Failed."""
+        message = (
+            "The node was low on resource: memory. Threshold quantity: 100Mi, available: "
+            "51200Ki. Container cell was using 1900Mi, request is 0, has larger consumption "
+            "of memory."
+        )
+
+        def change(p):
+            conditions = list(p["status"].get("conditions") or [])
+            conditions.append(
+                _condition("DisruptionTarget", "True", "TerminationByKubelet", message)
+            )
+            p["status"].update(conditions=conditions, reason="Evicted", message=message)
+
+        self._update("pods", namespace, pod_name, change)
+        container = self._containers.get((namespace, pod_name))
+        if container is not None:
+            container.signal("SIGKILL")
+
+    def _create_pod(self, job: dict, scenario: Scenario) -> str:
         meta, template = job["metadata"], job["spec"]["template"]
-        name = meta["name"][:58] + "-" + _random_suffix()
+        # generateName "JOB-", cut to 58 characters by the API server, then 5 random ones.
+        name = (meta["name"] + "-")[:58] + _random_suffix()
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
                 "name": name,
-                "generateName": meta["name"][:58] + "-",
+                "generateName": meta["name"] + "-",
                 "namespace": meta["namespace"],
                 "uid": str(uuid.uuid4()),
                 "creationTimestamp": _now(),
@@ -975,6 +1266,11 @@ class FakeKubernetes:
             "spec": copy.deepcopy(template["spec"]),
             "status": {"phase": "Pending", "qosClass": _qos(template["spec"])},
         }
+        if scenario.sidecar:  # a mutating webhook injects it, first in the list
+            pod["spec"]["containers"].insert(
+                0, {"name": scenario.sidecar, "image": "docker.io/istio/proxyv2:1.24.0"}
+            )
+            pod["metadata"]["annotations"][SIDECAR_ANNOTATION] = scenario.sidecar
         self._put("pods", pod, "ADDED")
         self._update(
             "jobs", meta["namespace"], meta["name"], lambda j: j["status"].update(active=1, ready=0)
@@ -984,13 +1280,25 @@ class FakeKubernetes:
     def _set_pod(self, namespace: str, pod: str, **status) -> None:
         def change(p):
             p["status"].update(status)
+            sidecar = (p["metadata"].get("annotations") or {}).get(SIDECAR_ANNOTATION)
+            if sidecar and "containerStatuses" in status:
+                # The kubelet lists container statuses sorted by name: the sidecar's first.
+                ours = [c for c in status["containerStatuses"] if c["name"] != sidecar]
+                ended = any("terminated" in c["state"] for c in ours)
+                state = (
+                    {"terminated": {"exitCode": 0, "reason": "Completed"}}
+                    if ended
+                    else {"running": {"startedAt": _now()}}
+                )
+                side = {"name": sidecar, "ready": not ended, "restartCount": 0, "state": state}
+                p["status"]["containerStatuses"] = sorted([side, *ours], key=lambda c: c["name"])
 
         if self._update("pods", namespace, pod, change) is None:
             raise _Gone()
 
     def _run_pod(self, namespace: str, pod_name: str, scenario: Scenario, clock: _Clock):
         pod = self.get("pods", pod_name, namespace)
-        container = pod["spec"]["containers"][0]
+        container = _main_container(pod)
         image, cname = container["image"], container["name"]
         clock.sleep(self.step)
         if scenario.scenario == "unschedulable":
@@ -1019,6 +1327,20 @@ class FakeKubernetes:
             pod_name,
             containerStatuses=[{**waiting, "state": {"waiting": {"reason": "ContainerCreating"}}}],
         )
+        for pull in range(scenario.pull_failures):  # a registry that fails for a while
+            transient = (
+                f'rpc error: code = Unavailable desc = failed to pull and unpack image "{image}": '
+                "failed to do request: dial tcp 10.0.0.9:443: i/o timeout"
+            )
+            state = (
+                {"reason": "ErrImagePull", "message": transient}
+                if pull % 2 == 0
+                else {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}
+            )
+            self._set_pod(
+                namespace, pod_name, containerStatuses=[{**waiting, "state": {"waiting": state}}]
+            )
+            clock.sleep(self.step * 5)
         if scenario.scenario == "image_pull":
             message = scenario.message or (
                 f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
@@ -1084,24 +1406,12 @@ class FakeKubernetes:
         job_name = pod["metadata"]["labels"]["job-name"]
         self._update("jobs", namespace, job_name, lambda j: j["status"].update(ready=1))
 
-        code = scenario.code
-        if scenario.run is not None:
-            run = PodRun(
-                pod=self.get("pods", pod_name, namespace),
-                files=self._pod_files(namespace, pod),
-                env=self._pod_env(namespace, pod),
-                _append=lambda text: self._append_log(namespace, pod_name, text),
-                _cancelled=clock.expired,
-            )
-            code = scenario.run(run)
-            clock.check()
-        else:
-            for line in scenario.logs:
-                self._append_log(namespace, pod_name, line if line.endswith("\n") else line + "\n")
-                clock.sleep(scenario.line_seconds)
-            if scenario.scenario in ("hang", "deadline"):
-                clock.sleep(None)
-            clock.sleep(scenario.run_seconds)
+        clock.running_since = time.monotonic()
+        try:
+            code = self._run_container(namespace, pod_name, pod, scenario, clock)
+        except _Exit as e:
+            code = e.code
+        clock.running_since = None
 
         oom = scenario.scenario == "oom"
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
@@ -1112,16 +1422,61 @@ class FakeKubernetes:
             "finishedAt": _now(),
             "containerID": container_id,
         }
+        disruption = [
+            c
+            for c in (self.get("pods", pod_name, namespace) or {"status": {}})["status"].get(
+                "conditions"
+            )
+            or []
+            if c["type"] == "DisruptionTarget"
+        ]
         self._set_pod(
             namespace,
             pod_name,
             phase="Succeeded" if code == 0 else "Failed",
-            conditions=_pod_conditions(cname, ready=False, completed=True),
+            conditions=_pod_conditions(cname, ready=False, completed=True) + disruption,
             containerStatuses=[
                 {**running, "ready": False, "started": False, "state": {"terminated": terminated}}
             ],
         )
         return code, reason
+
+    def _run_container(self, namespace, pod_name, pod, scenario: Scenario, clock) -> int:
+        """The container's life: the script's lines, or the ``run`` callback (in a thread of
+        its own, so that SIGKILL ends it whatever it does). Raises _Exit on a signal."""
+        if scenario.run is None:
+            for line in scenario.logs:
+                self._append_log(namespace, pod_name, line if line.endswith("\n") else line + "\n")
+                clock.sleep(scenario.line_seconds)
+            if scenario.scenario in ("hang", "deadline"):
+                clock.sleep(None)
+            clock.sleep(scenario.run_seconds)
+            return scenario.code
+        run = PodRun(
+            pod=self.get("pods", pod_name, namespace),
+            files=self._pod_files(namespace, pod),
+            env=self._pod_env(namespace, pod),
+            _append=lambda text: self._append_log(namespace, pod_name, text),
+            _container=clock.container,
+        )
+        result: list = []
+
+        def container():
+            try:
+                result.append(scenario.run(run))
+            except BaseException as e:  # noqa: BLE001 - reported as the container's failure
+                result.append(e)
+
+        thread = threading.Thread(target=container, name=f"k8s-fake-run-{pod_name}", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(self.step)
+            clock.tick()
+            if clock.container.kill_sent:
+                raise _Exit(137)
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
 
     def _schedule(self, namespace: str, pod_name: str, container: str) -> None:
         def change(p):
@@ -1148,7 +1503,7 @@ class FakeKubernetes:
                     and (namespace, ref["secretName"]) not in secrets
                 ):
                     return ("mount", f'secret "{ref["secretName"]}" not found')
-            for var in pod["spec"]["containers"][0].get("env") or []:
+            for var in _main_container(pod).get("env") or []:
                 ref = (var.get("valueFrom") or {}).get("secretKeyRef")
                 if not ref or ref.get("optional"):
                     continue
@@ -1166,7 +1521,7 @@ class FakeKubernetes:
         files: dict[str, bytes] = {}
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
         with self._cond:
-            for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+            for mount in _main_container(pod).get("volumeMounts") or []:
                 ref = volumes.get(mount["name"], {}).get("secret")
                 if not ref:
                     continue
@@ -1191,7 +1546,7 @@ class FakeKubernetes:
     def _pod_env(self, namespace: str, pod: dict) -> dict[str, str]:
         env = {}
         with self._cond:
-            for var in pod["spec"]["containers"][0].get("env") or []:
+            for var in _main_container(pod).get("env") or []:
                 if "value" in var:
                     env[var["name"]] = var["value"]
                     continue
@@ -1203,109 +1558,123 @@ class FakeKubernetes:
                         env[var["name"]] = base64.b64decode(value).decode("utf-8", "replace")
         return env
 
-    def _finish_job(self, namespace: str, name: str, ok: bool, reason: str, message: str):
-        def change(j):
-            status = j["status"]
-            status.update(active=0, ready=0, terminating=0)
-            if ok:
-                status.update(
-                    succeeded=1,
-                    completionTime=_now(),
-                    conditions=[
-                        _condition("SuccessCriteriaMet", "True", reason, message),
-                        _condition("Complete", "True", reason, message),
-                    ],
-                )
-            else:
-                status["conditions"] = [
-                    _condition("FailureTarget", "True", reason, message),
-                    _condition("Failed", "True", reason, message),
+    def _finish_job(
+        self, namespace: str, name: str, ok: bool, reason: str, message: str, target_set=False
+    ):
+        """The Job controller's end of a Job. Since 1.31 the interim condition
+        (SuccessCriteriaMet, FailureTarget) comes first, the final one (Complete, Failed)
+        only once every pod has terminated: a moment later."""
+        interim, final = ("SuccessCriteriaMet", "Complete") if ok else ("FailureTarget", "Failed")
+        staged = tuple(int(x) for x in self.k8s_version.split(".")[:2]) >= (1, 31)
+
+        def add(*types):
+            def change(j):
+                status = j["status"]
+                status.update(active=0, ready=0, terminating=0)
+                if ok:
+                    status.update(succeeded=1, completionTime=_now())
+                conditions = [c for c in status.get("conditions") or [] if c["type"] != "Suspended"]
+                known = {c["type"] for c in conditions}
+                conditions += [
+                    _condition(t, "True", reason, message) for t in types if t not in known
                 ]
+                status["conditions"] = conditions
+
+            self._update("jobs", namespace, name, change)
+
+        if not staged:
+            add(interim, final)
+            return
+        if not target_set:
+            add(interim)
+        time.sleep(self.step * 5)
+        add(final)
+
+    def _fail_target(self, namespace: str, name: str, reason: str, message: str) -> None:
+        def change(j):
+            conditions = j["status"].setdefault("conditions", [])
+            conditions.append(_condition("FailureTarget", "True", reason, message))
 
         self._update("jobs", namespace, name, change)
-
-    def _exceed_deadline(self, namespace: str, name: str, pod_name: str) -> None:
-        """As the Job controller: mark the Job failed, then delete its active pod."""
-        self._finish_job(
-            namespace,
-            name,
-            False,
-            "DeadlineExceeded",
-            "Job was active longer than specified deadline",
-        )
-
-        def terminate(p):
-            p["metadata"]["deletionTimestamp"] = _now()
-            p["metadata"]["deletionGracePeriodSeconds"] = 30
-            status = p["status"]
-            if status.get("phase") == "Running":
-                status["phase"] = "Failed"
-                for cs in status.get("containerStatuses") or []:
-                    started = cs["state"].get("running", {}).get("startedAt", _now())
-                    cs.update(
-                        ready=False,
-                        started=False,
-                        state={
-                            "terminated": {
-                                "exitCode": 143,
-                                "reason": "Error",
-                                "startedAt": started,
-                                "finishedAt": _now(),
-                                "containerID": cs.get("containerID", ""),
-                            }
-                        },
-                    )
-
-        self._update(
-            "jobs",
-            namespace,
-            name,
-            lambda j: j["status"].update(failed=j["status"].get("failed", 0) + 1),
-        )
-        if self._update("pods", namespace, pod_name, terminate) is not None:
-            time.sleep(self.step)
-            try:
-                self._remove("pods", namespace, pod_name, "Background")
-            except ApiError:
-                pass
 
 
 class _Gone(Exception):
     """The Job or its pod was deleted: the fake controller stops caring."""
 
 
-class _DeadlineExceeded(Exception):
-    pass
+class _Exit(Exception):
+    """The container ended on a signal: 143 (it handled SIGTERM) or 137 (SIGKILL)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+_DEADLINE = ("DeadlineExceeded", "Job was active longer than specified deadline")
+_COMPLETED = ("CompletionsReached", "Reached expected number of succeeded pods")
+_BACKOFF = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+SIDECAR_ANNOTATION = "sidecar.fake.mlcontainer.org/injected"
 
 
 class _Clock:
-    """Sleeps of the fake controller, which end early when the pod goes or the deadline hits."""
+    """The time of one Job: sleeps of the fake controller and kubelet that end early when the
+    pod goes or its container gets a signal, and the timers they keep (the Job's deadline,
+    the node's eviction)."""
 
     def __init__(
-        self, fake: FakeKubernetes, namespace: str, job: str, started: float, deadline: float | None
+        self,
+        fake: FakeKubernetes,
+        namespace: str,
+        job: str,
+        started: float,
+        deadline: float | None,
+        scenario: Scenario,
     ) -> None:
         self.fake, self.namespace, self.job = fake, namespace, job
-        self.started, self.deadline = started, deadline
+        self.started, self.deadline, self.scenario = started, deadline, scenario
         self.pod: str | None = None
+        self.container: _Container | None = None
+        self.deadline_hit = False
+        self.running_since: float | None = None
+        self.evicted = False
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() - self.started >= self.deadline
 
-    def gone(self, require_pod: bool = True) -> bool:
-        objects = self.fake._objects
-        if self.fake._stopping.is_set() or (self.namespace, self.job) not in objects["jobs"]:
-            return True
-        return (
-            require_pod
-            and self.pod is not None
-            and (self.namespace, self.pod) not in objects["pods"]
-        )
+    def tick(self) -> None:
+        """The timers: past the deadline, the Job controller sets FailureTarget and deletes
+        the pod (gracefully); past evict_after, the node evicts it."""
+        if self.expired() and not self.deadline_hit:
+            self.deadline_hit = True
+            self.fake._fail_target(self.namespace, self.job, *_DEADLINE)
+            if self.pod is not None:
+                self.fake._delete_pod(self.namespace, self.pod)
+        after = self.scenario.evict_after
+        if (
+            after is not None
+            and not self.evicted
+            and self.running_since is not None
+            and time.monotonic() - self.running_since >= after
+        ):
+            self.evicted = True
+            self.fake._evict(self.namespace, self.pod)
 
     def check(self, require_pod: bool = True) -> None:
-        if self.gone(require_pod):
+        self.tick()
+        objects = self.fake._objects
+        if self.fake._stopping.is_set():
             raise _Gone()
-        if self.expired():
-            raise _DeadlineExceeded()
+        c = self.container
+        if require_pod and c is not None and self.running_since is not None:
+            if c.kill_sent:
+                raise _Exit(137)
+            if c.term_sent and self.scenario.sigterm == "exit":
+                raise _Exit(143)
+        if require_pod:
+            if self.pod is not None and (self.namespace, self.pod) not in objects["pods"]:
+                raise _Gone()
+        elif (self.namespace, self.job) not in objects["jobs"]:
+            raise _Gone()
 
     def sleep(self, seconds: float | None, require_pod: bool = True) -> None:
         """Sleep ``seconds`` (None: until something ends it), waking on every change."""
@@ -1319,7 +1688,7 @@ class _Clock:
                     if now >= end:
                         return
                     waits.append(end - now)
-                if self.deadline is not None:
+                if self.deadline is not None and not self.deadline_hit:
                     waits.append(max(self.started + self.deadline - now, 0.001))
                 self.fake._cond.wait(min(waits))
 
@@ -1347,12 +1716,29 @@ def _pod_conditions(container: str, ready: bool, completed: bool = False) -> lis
     ]
 
 
+def _main_container(pod: dict) -> dict:
+    """The Job's container, not one a webhook injected."""
+    injected = (pod["metadata"].get("annotations") or {}).get(SIDECAR_ANNOTATION)
+    return next(c for c in pod["spec"]["containers"] if c["name"] != injected)
+
+
+def _main_status(pod: dict) -> dict | None:
+    name = _main_container(pod)["name"]
+    statuses = pod["status"].get("containerStatuses") or []
+    return next((c for c in statuses if c["name"] == name), None)
+
+
+def _running(pod: dict) -> bool:
+    status = _main_status(pod)
+    return status is not None and "running" in status["state"]
+
+
 def _waiting_reason(pod: dict) -> str | None:
     """Why a pod's log cannot be read yet, in the API server's words; None when it can."""
-    statuses = pod["status"].get("containerStatuses") or []
-    if not statuses:
+    status = _main_status(pod)
+    if status is None:
         return "ContainerCreating"
-    waiting = statuses[0]["state"].get("waiting")
+    waiting = status["state"].get("waiting")
     if waiting is None:
         return None
     return {
@@ -1362,8 +1748,8 @@ def _waiting_reason(pod: dict) -> str | None:
 
 
 def _terminated(pod: dict) -> bool:
-    statuses = pod["status"].get("containerStatuses") or []
-    return bool(statuses) and "terminated" in statuses[0]["state"]
+    status = _main_status(pod)
+    return status is not None and "terminated" in status["state"]
 
 
 def _qos(pod_spec: dict) -> str:
@@ -1442,6 +1828,15 @@ def _json_patch(target: dict, ops: list) -> dict:
 # -- HTTP -------------------------------------------------------------------------------------
 
 
+_FAULTS = {  # status -> (reason, message), as API servers and their proxies answer
+    429: ("TooManyRequests", "Too many requests, please try again later."),
+    500: ("InternalError", "Internal error occurred: etcdserver: leader changed"),
+    502: ("InternalError", "Bad Gateway"),
+    503: ("ServiceUnavailable", "The server is currently unable to handle the request"),
+    504: ("Timeout", "Timeout: request did not complete within the allowed duration"),
+}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     fake: FakeKubernetes
@@ -1488,11 +1883,28 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             if raw and body is None:
                 raise ApiError(400, "BadRequest", "the request body is not valid JSON")
+            fault = fake._fault_for(method, url.path, query.get("watch") in ("true", "1"))
+            if fault is not None:
+                return self._fault(fault)
             self._route(method, url.path, query, body)
         except ApiError as e:
             self._json(e.code, e.status())
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, _StreamCut):
             self.close_connection = True
+
+    def _fault(self, fault: Fault) -> None:
+        if fault.status == "reset":
+            self.close_connection = True  # closed without a word
+            return
+        if fault.status == "watch-error":
+            expired = ApiError(410, "Expired", fault.message or "too old resource version: 1 (2)")
+            event = {"type": "ERROR", "object": expired.status()}
+            return self._stream("application/json", iter([json.dumps(event) + "\n"]))
+        code = int(fault.status)
+        reason, message = _FAULTS.get(code, ("InternalError", "an error on the server"))
+        error = ApiError(code, fault.reason or reason, fault.message or message)
+        headers = {"Retry-After": "1"} if code == 429 else {}
+        self._json(code, error.status(), headers)
 
     def _route(self, method: str, path: str, query: dict, body) -> None:
         fake = self.fake
@@ -1533,7 +1945,7 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         ns, res, name, sub = m.group("ns", "res", "name", "sub")
-        if sub is not None and not (res == "pods" and sub == "log"):
+        if sub is not None and not (res == "pods" and sub in ("log", "exec")):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if name is None:
             if method == "POST":
@@ -1560,6 +1972,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif sub == "log":
             if method == "GET":
                 return self._stream("text/plain", fake.log_chunks(ns, name, query))
+        elif sub == "exec":
+            if method == "GET" and self.headers.get("Upgrade", "").lower() == "websocket":
+                command = parse_qs(urlsplit(self.path).query).get("command") or []
+                answer = fake.exec_in(ns, name, query.get("container"), command)
+                return self._websocket_exec(answer)
+            raise ApiError(400, "BadRequest", "Upgrade request required")
         else:
             if method == "GET":
                 return self._json(200, fake.read(res, ns, name))
@@ -1576,9 +1994,65 @@ class _Handler(BaseHTTPRequestHandler):
             "the server does not allow this method on the requested resource",
         )
 
-    def _json(self, code: int, obj) -> None:
+    def _websocket_exec(self, answer) -> None:
+        """The exec subprotocol v4.channel.k8s.io over a WebSocket: each binary message is
+        a channel byte (1 stdout, 2 stderr, 3 the Status) and data."""
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if "v4.channel.k8s.io" not in offered:
+            raise ApiError(400, "BadRequest", "the v4.channel.k8s.io subprotocol is required")
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        ).decode()
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+        self.end_headers()
+        self.close_connection = True
+        stdout, stderr, code = answer()
+        budget, _ = self.fake._drops.budget() if self.fake._drops else (None, None)
+        for channel, data in ((1, stdout), (2, stderr)):
+            for at in range(0, len(data), 32 * 1024):
+                piece = data[at : at + 32 * 1024]
+                if budget is not None:
+                    if len(piece) >= budget:
+                        self._ws_frame(bytes([channel]) + piece[:budget])
+                        with self.fake._cond:
+                            self.fake.dropped += 1
+                        return  # cut: no Status, no close frame
+                    budget -= len(piece)
+                self._ws_frame(bytes([channel]) + piece)
+        if code == 0:
+            status = {"metadata": {}, "status": "Success"}
+        else:
+            status = {
+                "metadata": {},
+                "status": "Failure",
+                "message": f"command terminated with non-zero exit code: exit status {code}",
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+            }
+        self._ws_frame(b"\x03" + json.dumps(status).encode())
+        self._ws_frame(b"\x03\xe8", opcode=0x8)  # close, 1000
+
+    def _ws_frame(self, payload: bytes, opcode: int = 0x2) -> None:
+        n = len(payload)
+        if n < 126:
+            head = bytes([0x80 | opcode, n])
+        elif n < 1 << 16:
+            head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+        else:
+            head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+        self.wfile.write(head + payload)
+        self.wfile.flush()
+
+    def _json(self, code: int, obj, headers: dict | None = None) -> None:
         data = json.dumps(obj).encode()
         self.send_response(code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

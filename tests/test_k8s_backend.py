@@ -13,6 +13,8 @@ import codecs
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -40,7 +42,15 @@ from mlcontainer_magics.core.backend import Environment
 from mlcontainer_magics.core.richoutput import StdoutDemux
 from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 from mlcontainer_magics.errors import CapabilityMissing, MlcError, SpecError
-from mlcontainer_magics.runner import FILE_MARK, MARK, STDERR_MARK
+from mlcontainer_magics.runner import (
+    MARK,
+    MLC_DIR,
+    OUTPUTS_MARK,
+    RUNNER_COMMAND,
+    RUNNER_PATH,
+    STDERR_MARK,
+    mlc_runner,
+)
 
 kubernetes = pytest.importorskip("kubernetes")
 from kubernetes.client.rest import ApiException  # noqa: E402
@@ -135,20 +145,52 @@ def stderr_line(text):
     return STDERR_MARK + json.dumps(text)
 
 
-def file_line(name, data: bytes):
-    return FILE_MARK + json.dumps({"name": name, "data": base64.b64encode(data).decode()})
+def runner_exec(root: Path, command: list[str]):
+    """``pods/exec`` of a scripted pod, answered by the real runner (``--send``,
+    ``--collected``) on ``root``, the folder that stands for /mlc."""
+    assert command[:2] == list(RUNNER_COMMAND), command
+    args = [a.replace(MLC_DIR, str(root)) for a in command[2:]]
+    done = subprocess.run([sys.executable, str(RUNNER_PATH), *args], capture_output=True)
+    return done.stdout, done.stderr, done.returncode
+
+
+def runner_pod(lines=(), code=0, **files: bytes):
+    """A ``run=`` callback that plays the runner in one-stream mode: its log lines, then the
+    offer of the files of out/ (``files``), taken over exec; it exits once they are."""
+
+    def container(pod):
+        root = Path(tempfile.mkdtemp(prefix="mlc-pod-"))
+        try:
+            (root / "out").mkdir()
+            for name, data in files.items():
+                (root / "out" / name).write_bytes(data)
+            pod.on_exec(lambda command: runner_exec(root, command))
+            for line in lines:
+                pod.log(line)
+            if files:
+                pod.log(OUTPUTS_MARK + json.dumps(mlc_runner.out_offer(str(root / "out"))))
+                deadline = time.monotonic() + 60
+                while not (root / "collected").exists() and not pod.cancelled:
+                    assert time.monotonic() < deadline, "the outputs were never collected"
+                    time.sleep(0.01)
+            return code
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    return container
 
 
 def display_line(bundle):
     return MARK + json.dumps({"data": bundle})
 
 
-def out_files(**values):
-    """The file marks the runner writes at the end for --out values sent as JSON."""
+def json_outputs(**values) -> dict[str, bytes]:
+    """The out/ files the runner writes for --out values sent as JSON."""
     manifest = {k: {"file": f"{k}.json", "format": "json"} for k in values}
-    return [file_line("outputs.json", json.dumps(manifest).encode())] + [
-        file_line(f"{k}.json", json.dumps(v).encode()) for k, v in values.items()
-    ]
+    return {
+        "outputs.json": json.dumps(manifest).encode(),
+        **{f"{k}.json": json.dumps(v).encode() for k, v in values.items()},
+    }
 
 
 def failure_of(spec, result):
@@ -267,17 +309,13 @@ def test_stderr_display_and_out_files_come_apart_as_from_docker(backend, k8s_fak
         stderr_line("a warning\n"),
         display_line({"text/html": "<b>7</b>", "text/plain": "7"}),
         "text after",
-        *out_files(x=[1, 2, {"a": None}]),
-        file_line("../escape.txt", b"nope"),
     ]
-    k8s_fake.script("mlc-", logs=logs)
+    k8s_fake.script("mlc-", run=runner_pod(logs, **json_outputs(x=[1, 2, {"a": None}])))
     spec = make_spec(outputs=("x",))
     result, rec, workdir = run(backend, workdirs, spec)
     assert result.reason == "done"
     assert rec.output[:2] == [("stdout", "text before\n"), ("stderr", "a warning\n")]
     assert result.stderr.startswith("a warning\n")
-    assert "ignored an output file named '../escape.txt'" in result.stderr
-    assert not (workdir.parent / "escape.txt").exists()
     # Display data goes on as a marked line, which the magics' own demux turns into a display.
     shown, texts = [], []
     demux = StdoutDemux(texts.append, shown.append)
@@ -295,10 +333,8 @@ def test_runs_execute_brings_an_out_value_back(backend, k8s_fake, monkeypatch):
 
     def container(pod):
         manifest = json.loads(pod.files["/mlc/manifest.json"])
-        pod.log("computing")
-        for line in out_files(**{name: {"answer": 42} for name in manifest["outputs"]}):
-            pod.log(line)
-        return 0
+        outputs = json_outputs(**{name: {"answer": 42} for name in manifest["outputs"]})
+        return runner_pod(["computing"], **outputs)(pod)
 
     k8s_fake.script("mlc-", run=container)
     monkeypatch.setattr(backend, "ensure_environment", lambda *a, **k: ENV)
@@ -694,7 +730,8 @@ def test_export_writes_a_job_yaml_that_validates(tmp_path, monkeypatch):
     docs = list(yaml.safe_load_all(text))
     assert [d["kind"] for d in docs] == ["Secret", "Job", "NetworkPolicy"]
     for doc in docs:
-        kubernetes_validate.validate(doc, "1.37", strict=True)
+        for version in (objects.OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
+            kubernetes_validate.validate(doc, version, strict=True)
     secret, job, _ = docs
     assert job["metadata"]["namespace"] == "team-a"
     container = job["spec"]["template"]["spec"]["containers"][0]
@@ -742,7 +779,8 @@ def docker_pod(client, namespace, root: Path):
                 binds[str(elsewhere / top)] = {"bind": f"/{top}", "mode": "ro"}
                 target = elsewhere / Path(path).relative_to("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.parent.chmod(0o755)
+            if target.parent != folder:  # /mlc itself is an emptyDir: writable by all
+                target.parent.chmod(0o755)
             target.write_bytes(data)
             target.chmod(0o644)
         (folder / "out").mkdir()
@@ -760,6 +798,13 @@ def docker_pod(client, namespace, root: Path):
             security_opt=["no-new-privileges"],
             volumes=binds,
         )
+
+        def exec_in(command):  # pods/exec, as the kubelet does it: in the running container
+            done = made.exec_run(command, user=f"{uid}:{uid}", demux=True)
+            return done.output[0] or b"", done.output[1] or b"", done.exit_code
+
+        pod.on_exec(exec_in)
+        pod.on_signal(lambda name: made.kill(signal=name))  # the kubelet's SIGTERM, SIGKILL
         try:
             made.start()
             decoder, pending = codecs.getincrementaldecoder("utf-8")("replace"), ""
@@ -923,7 +968,8 @@ def test_magics_run_the_real_runner_as_a_pod_and_export_a_job(
     docs = list(yaml.safe_load_all((tmp_path / "export" / "job.yaml").read_text()))
     assert [d["kind"] for d in docs] == ["Secret", "Job"]
     for doc in docs:
-        kubernetes_validate.validate(doc, "1.37", strict=True)
+        for version in (objects.OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
+            kubernetes_validate.validate(doc, version, strict=True)
     assert docs[1]["spec"]["template"]["spec"]["containers"][0]["image"] == record["env_image"]
 
 

@@ -117,10 +117,14 @@ def test_kubeconfig_points_at_the_fake_and_the_token_is_checked(k8s_fake, tmp_pa
     assert info.value.status == 401
 
 
-def test_unknown_namespace(api):
+def test_unknown_namespace_lists_as_empty_but_refuses_a_create(api):
+    """As a real API server: a list in a namespace that does not exist is empty, not 404."""
     core, _ = api
+    assert core.list_namespaced_pod("nope").items == []
     with pytest.raises(ApiException) as info:
-        core.list_namespaced_pod("nope")
+        core.create_namespaced_secret(
+            "nope", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}
+        )
     assert info.value.status == 404 and 'namespaces \\"nope\\" not found' in info.value.body
 
 

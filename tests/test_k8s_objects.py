@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from mlcontainer_magics.backends.kubernetes import slugs
 from mlcontainer_magics.backends.kubernetes.objects import (
+    OLDEST_KUBERNETES,
     K8sSettings,
     job_manifest,
     job_name,
@@ -27,15 +29,17 @@ from mlcontainer_magics.backends.kubernetes.objects import (
     safe_name,
     secret_manifest,
     to_yaml,
+    with_secrets,
 )
 from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 from mlcontainer_magics.errors import SpecError
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
-# The oldest and newest Kubernetes versions whose schemas kubernetes-validate ships and that we
-# claim to support (batch/v1 Jobs with ttlSecondsAfterFinished are GA since 1.23).
-K8S_VERSIONS = ["1.25", "1.37"]
+# The oldest Kubernetes the objects are made for, and the newest whose schemas
+# kubernetes-validate ships: every object must validate strictly against both.
+NEWEST_KUBERNETES = kubernetes_validate.utils.major_minor(kubernetes_validate.latest_version())
+K8S_VERSIONS = [OLDEST_KUBERNETES, NEWEST_KUBERNETES]
 IMAGE = "127.0.0.1:5000/mlc/env@sha256:" + "a" * 64
 FILES = {
     "runner.py": b"print('runner')\n",
@@ -71,8 +75,8 @@ def container(manifest):
     return c
 
 
-def validate(obj):
-    for version in K8S_VERSIONS:
+def validate(obj, versions=K8S_VERSIONS):
+    for version in [versions] if isinstance(versions, str) else versions:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
@@ -118,9 +122,10 @@ SPECS = {
 }
 
 
+@pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("settings", [K8sSettings(), FULL_SETTINGS], ids=["defaults", "full"])
 @pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
-def test_every_object_is_valid_against_the_official_schemas(spec, settings):
+def test_every_object_is_valid_against_the_official_schemas(spec, settings, version):
     objs = run_manifests(
         spec,
         image=IMAGE,
@@ -133,7 +138,7 @@ def test_every_object_is_valid_against_the_official_schemas(spec, settings):
         ["Secret", "Job", "NetworkPolicy"] if spec.network == "none" else ["Secret", "Job"]
     )
     for obj in objs:
-        validate(obj)
+        validate(obj, version)
         # Names must be DNS labels (the schemas do not check formats).
         assert slugs.is_dns_label(obj["metadata"]["name"])
         assert all(slugs.is_label_value(v) for v in obj["metadata"]["labels"].values())
@@ -144,6 +149,80 @@ def test_the_validator_catches_what_it_should():
     bad["spec"]["template"]["spec"]["restartPolicyy"] = "Never"
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(bad)
+
+
+def test_the_oldest_schema_refuses_fields_that_came_later():
+    """Validating against the oldest version is what keeps newer fields out of the objects."""
+    assert OLDEST_KUBERNETES in {
+        kubernetes_validate.utils.major_minor(v) for v in kubernetes_validate.utils.all_versions()
+    }
+    assert [int(n) for n in OLDEST_KUBERNETES.split(".")] < [
+        int(n) for n in NEWEST_KUBERNETES.split(".")
+    ]
+    for field, value in [
+        ("managedBy", "kueue.x-k8s.io/multikueue"),
+        ("successPolicy", {"rules": [{"succeededCount": 1}]}),
+    ]:
+        newer = job()
+        newer["spec"][field] = value  # both came in 1.30
+        validate(newer, NEWEST_KUBERNETES)
+        with pytest.raises(kubernetes_validate.ValidationError, match=field):
+            validate(newer, OLDEST_KUBERNETES)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_a_rich_run_is_valid_on_the_oldest_and_newest_kubernetes(version):
+    """Mounts, secrets, --network none, GPUs, tolerations and a node selector at once."""
+    from mlcontainer_magics.core.spec import MountSpec
+
+    spec = make_spec(
+        name="train",
+        env=(("MODE", "fast"), ("API_TOKEN", "t0k")),
+        secrets=("DB_PASSWORD",),
+        cpus=2,
+        memory=4 * 1024**3,
+        gpus="1",
+        network="none",
+        timeout=600,
+        mounts=(
+            MountSpec("pvc:training-data/v2", "/work/data"),
+            MountSpec("pvc:models", "/work/models", writable=True),
+            MountSpec("/home/me/labels.csv", "/work/labels.csv"),
+        ),
+    )
+    spec = with_secrets(spec, {"DB_PASSWORD": "pw"})
+    settings = replace(
+        FULL_SETTINGS,
+        tolerations=(
+            *FULL_SETTINGS.tolerations,
+            {"operator": "Exists"},
+            {
+                "key": "node.kubernetes.io/unreachable",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            },
+        ),
+    )
+    objs = run_manifests(
+        spec,
+        image=IMAGE,
+        snapshot_id="20251125-0001",
+        namespace="team-a",
+        settings=settings,
+        files={**FILES, "mnt/work/labels.csv": b"a,b\n"},
+    )
+    assert [o["kind"] for o in objs] == ["Secret", "Job", "NetworkPolicy"]
+    pod = pod_spec(objs[1])
+    assert len(pod["tolerations"]) == 4 and pod["nodeSelector"]
+    assert container(objs[1])["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "env.DB_PASSWORD" in objs[0]["data"]
+    for obj in objs:
+        validate(obj, version)
+    # The exported YAML, read back, too.
+    yaml = pytest.importorskip("yaml")
+    for doc in yaml.safe_load_all(to_yaml(*objs)):
+        validate(doc, version)
 
 
 # -- the Job ----------------------------------------------------------------------------------
@@ -486,6 +565,85 @@ def test_yaml_without_pyyaml_is_json(monkeypatch):
 def test_settings_are_validated(kwargs, match):
     with pytest.raises(SpecError, match=match):
         K8sSettings(**kwargs)
+
+
+# What the API server refuses (ValidateTolerations in pkg/apis/core/validation), each with
+# what the message tells to write instead.
+BAD_TOLERATIONS = {
+    "value-under-exists": (
+        {"key": "gpu", "operator": "Exists", "value": "true"},
+        r"operator Exists .* takes no value\. Drop value 'true', or write operator: Equal",
+    ),
+    "seconds-without-effect": (
+        {"key": "spot", "value": "true", "tolerationSeconds": 60},
+        r"tolerationSeconds .* only to effect NoExecute\. Write effect: NoExecute, or drop",
+    ),
+    "seconds-with-noschedule": (
+        {"key": "spot", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 60},
+        r"only to effect NoExecute\. Write effect: NoExecute, or drop tolerationSeconds",
+    ),
+    "no-key-equal": (
+        {"operator": "Equal", "value": "x"},
+        r"without a key, only operator Exists .* Give the taint's key, or write operator: Exists",
+    ),
+    "no-key-default-operator": ({"effect": "NoSchedule"}, r"without a key.*operator: Exists"),
+    "bad-key": (
+        {"key": "bad key!", "operator": "Exists"},
+        r"'bad key!' is not a taint key\. Use the taint's key, such as 'nvidia\.com/gpu'",
+    ),
+    "bad-key-prefix": ({"key": "Example_Com/spot", "operator": "Exists"}, "not a taint key"),
+    "key-not-a-string": ({"key": 5, "operator": "Exists"}, "not a taint key"),
+    "bad-value": (
+        {"key": "spot", "value": "not valid!"},
+        r"'not valid!' cannot be a taint value\. Use up to 63 .* or write operator: Exists",
+    ),
+    "long-value": ({"key": "spot", "operator": "Equal", "value": "x" * 64}, "taint value"),
+    "value-not-a-string": ({"key": "spot", "value": True}, "value must be a string"),
+    "seconds-not-a-number": (
+        {"key": "k", "effect": "NoExecute", "tolerationSeconds": "60"},
+        "tolerationSeconds must be a whole number",
+    ),
+    "seconds-a-bool": (
+        {"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": True},
+        "whole number",
+    ),
+}
+GOOD_TOLERATIONS = {
+    "everything": {"operator": "Exists"},
+    "exists": {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    "exists-empty-value": {"key": "gpu", "operator": "Exists", "value": ""},
+    "default-equal": {"key": "spot", "value": "true"},
+    "equal-empty-value": {"key": "spot", "operator": "Equal", "value": ""},
+    "no-execute-for-a-while": {
+        "key": "node.kubernetes.io/unreachable",
+        "operator": "Exists",
+        "effect": "NoExecute",
+        "tolerationSeconds": 300,
+    },
+    "equal-no-execute": {
+        "key": "example.com/spot",
+        "operator": "Equal",
+        "value": "true",
+        "effect": "NoExecute",
+        "tolerationSeconds": 0,
+    },
+}
+
+
+@pytest.mark.parametrize("toleration, match", BAD_TOLERATIONS.values(), ids=BAD_TOLERATIONS.keys())
+def test_tolerations_the_api_server_refuses_are_refused_with_the_fix(toleration, match):
+    with pytest.raises(SpecError, match=match) as info:
+        K8sSettings(tolerations=(toleration,))
+    assert str(info.value).startswith(f"Toleration {toleration!r}: ")
+
+
+@pytest.mark.parametrize("toleration", GOOD_TOLERATIONS.values(), ids=GOOD_TOLERATIONS.keys())
+def test_tolerations_the_api_server_takes_pass_as_written(toleration):
+    settings = K8sSettings(tolerations=(toleration,))
+    assert settings.tolerations == (toleration,)
+    m = job(settings=settings)
+    assert pod_spec(m)["tolerations"] == [toleration]
+    validate(m)
 
 
 def test_settings_are_frozen_and_copy_their_mappings():

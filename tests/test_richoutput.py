@@ -46,18 +46,13 @@ def test_text_passes_through_without_waiting_for_a_newline():
     assert out == ["progress 50%"]
 
 
-def test_one_stream_mode_separates_stderr_and_files():
-    import base64
+def test_one_stream_mode_separates_stderr_and_the_offer_of_output_files():
+    from mlcontainer_magics.runner import OUTPUTS_MARK, STDERR_MARK
 
-    from mlcontainer_magics.runner import FILE_MARK, STDERR_MARK
-
-    text, err, files = [], [], {}
-    demux = StdoutDemux(
-        text.append, lambda d: None, err.append, lambda name, data: files.__setitem__(name, data)
-    )
+    text, err, offers = [], [], []
+    demux = StdoutDemux(text.append, lambda d: None, err.append, offers.append)
     demux.feed("out\n" + STDERR_MARK + json.dumps("Traceback\n") + "\n")
-    demux.feed(
-        FILE_MARK + json.dumps({"name": "y.json", "data": base64.b64encode(b"[1]").decode()}) + "\n"
-    )
+    offer = {"files": [{"name": "y.json", "size": 3, "sha256": "0" * 64}]}
+    demux.feed(OUTPUTS_MARK + json.dumps(offer) + "\n")
     demux.close()
-    assert "".join(text) == "out\n" and err == ["Traceback\n"] and files == {"y.json": b"[1]"}
+    assert "".join(text) == "out\n" and err == ["Traceback\n"] and offers == [offer]

@@ -6,7 +6,6 @@ line starting with MARK; everything else is text and passes through at once, so 
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Callable
 
@@ -17,19 +16,20 @@ __all__ = ["MARK", "StdoutDemux"]
 
 class StdoutDemux:
     """``display`` gets display bundles; in one-stream mode ``stderr`` gets the cell's stderr
-    and ``file`` gets (name, bytes) of each output file."""
+    and ``outputs`` the runner's offer of its output files ({"files": [{name, size, sha256}]}:
+    they do not travel in the log)."""
 
     def __init__(
         self,
         text: Callable[[str], None],
         display: Callable[[dict], None],
         stderr: Callable[[str], None] | None = None,
-        file: Callable[[str, bytes], None] | None = None,
+        outputs: Callable[[dict], None] | None = None,
     ) -> None:
         self._text = text
         self._display = display
         self._stderr = stderr or text
-        self._file = file or (lambda name, data: None)
+        self._outputs = outputs or (lambda offer: None)
         self._pending = ""  # a marked line not complete yet, or a possible start of a mark
 
     def feed(self, chunk: str) -> None:
@@ -72,8 +72,8 @@ class StdoutDemux:
             self._display(message.get("data", {}))
         elif kind == "stderr":
             self._stderr(message)
-        elif kind == "file":
-            self._file(message["name"], base64.b64decode(message["data"]))
+        elif kind == "outputs":
+            self._outputs(message)
         else:
             self._text(PREFIX + line + "\n")
 

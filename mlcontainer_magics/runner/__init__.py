@@ -4,12 +4,16 @@ the protocol the host speaks with it: defined once, in the runner, and re-export
 
 from pathlib import Path
 
+from . import mlc_runner
 from .mlc_runner import (
-    FILE_MARK,
+    COLLECT_WAIT_ENV,
+    COLLECTED,
     MARK,
     MESSAGE_PREFIX,
     MLC,
     ONE_STREAM_ENV,
+    OUT,
+    OUTPUTS_MARK,
     PREFIX,
     STDERR_MARK,
     VALUES_EXIT,
@@ -17,6 +21,7 @@ from .mlc_runner import (
 
 RUNNER_PATH = Path(__file__).with_name("mlc_runner.py")
 MLC_DIR = MLC  # where the run's folder is mounted in the container
+OUT_DIR = OUT  # the cell's --out values, in files
 RUNNER_COMMAND = ("python", f"{MLC}/runner.py")
 RUN_USER = "1000:1000"  # the unprivileged user cells run as, in every backend
 WORK_DIR = "/work"  # the cell's working directory: the notebook's folder, as far as mounted
@@ -30,12 +35,15 @@ CONTAINER_ENV = {
 }
 
 __all__ = [
+    "COLLECTED",
+    "COLLECT_WAIT_ENV",
     "CONTAINER_ENV",
-    "FILE_MARK",
     "MARK",
     "MESSAGE_PREFIX",
     "MLC_DIR",
     "ONE_STREAM_ENV",
+    "OUTPUTS_MARK",
+    "OUT_DIR",
     "PREFIX",
     "RUNNER_COMMAND",
     "RUN_USER",
@@ -43,6 +51,7 @@ __all__ = [
     "STDERR_MARK",
     "VALUES_EXIT",
     "WORK_DIR",
+    "mlc_runner",
     "runner_source",
 ]
 

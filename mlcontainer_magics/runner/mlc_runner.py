@@ -7,10 +7,12 @@ in order with the prints, and the kernel turns them back into display data.
 """
 import ast
 import base64
+import hashlib
 import json
 import os
 import pickle
 import sys
+import time
 import traceback
 import types
 
@@ -21,10 +23,15 @@ OUT = MLC + "/out"
 PREFIX = "\x1e\x1fmlc-"  # starts a marked line of stdout
 MARK = PREFIX + "display:"  # + JSON {"data": bundle}: rich output
 STDERR_MARK = PREFIX + "stderr:"  # + JSON text: stderr, in one-stream mode
-FILE_MARK = PREFIX + "file:"  # + JSON {"name", "data" (base64)}: a file of out/, one-stream
+# + JSON {"files": [{"name", "size", "sha256"}]}: one-stream mode, out/ is ready to be taken
+# (over exec, --send); the runner waits for COLLECTED, for up to MLC_COLLECT_WAIT seconds.
+OUTPUTS_MARK = PREFIX + "outputs:"
+COLLECTED = MLC + "/collected"
+COLLECT_WAIT_ENV = "MLC_COLLECT_WAIT"
 ONE_STREAM_ENV = "MLC_ONE_STREAM"  # "1": everything on stdout (a Kubernetes pod's one log)
 MESSAGE_PREFIX = "mlcontainer: "  # starts a line of stderr that explains a values problem
 VALUES_EXIT = 2  # the exit status that goes with it
+TERM_EXIT = 143  # 128 + SIGTERM: the run was stopped by SIGTERM (a pod deleted, docker stop)
 PY = "{}.{}".format(*sys.version_info[:2])
 MAP_AT_LEAST = 1 << 20  # bytes of .npy from which an input array is mapped, not read
 EXT = {"json": "json", "npy": "npy", "parquet": "parquet", "bytes": "bin", "pickle": "pkl"}
@@ -36,6 +43,10 @@ MIME_METHODS = [("text/html", "_repr_html_"), ("text/markdown", "_repr_markdown_
 
 class CellError(Exception):
     """A problem with the values in or out; reported as one clear line."""
+
+
+class Terminated(BaseException):
+    """Raised in the cell by the first SIGTERM: the cell stops, its finally blocks run."""
 
 
 # -- display --------------------------------------------------------------------------------
@@ -354,7 +365,7 @@ def run_in(base, namespace):
                                 "DataFrames" % (name, type(e).__name__, e))
         run_cell(source, namespace, cell)
         flush_figures()
-    except SystemExit:
+    except (SystemExit, Terminated):
         raise
     except CellError as e:
         sys.stderr.write(MESSAGE_PREFIX + "%s\n" % e)
@@ -367,7 +378,7 @@ def run_in(base, namespace):
         traceback.print_exception(type(e), e, tb or e.__traceback__)
         sys.stderr.flush()
         return 130 if isinstance(e, KeyboardInterrupt) else 1
-    if manifest.get("outputs"):
+    if manifest.get("outputs") and not _term["signals"]:  # stopped: no values go back
         write_outputs(manifest["outputs"], namespace, manifest.get("host", {}),
                       os.path.join(base, "out"))
     return 0
@@ -386,27 +397,124 @@ class _MarkedStderr(object):
         pass
 
 
-def emit_out_files(out):
-    """One-stream mode: the files the cell left in out/ travel in the log, base64 encoded."""
+def out_offer(out):
+    """The files of out/, each with its size and SHA-256."""
+    files = []
     for name in sorted(os.listdir(out)):
         path = os.path.join(out, name)
         if os.path.isfile(path):
+            digest, size = hashlib.sha256(), 0
             with open(path, "rb") as f:
-                data = base64.b64encode(f.read()).decode("ascii")
-            sys.__stdout__.write(FILE_MARK + json.dumps({"name": name, "data": data}) + "\n")
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+                    size += len(block)
+            files.append({"name": name, "size": size, "sha256": digest.hexdigest()})
+    return {"files": files}
+
+
+def emit_out_files(out):
+    """One-stream mode: offer the files of out/ and wait until the host has taken them. They do
+    not travel in the log: the kubelet rotates it, and a reconnect cannot read back what went."""
+    offer = out_offer(out)
+    if not offer["files"]:
+        return
+    sys.__stdout__.write(OUTPUTS_MARK + json.dumps(offer) + "\n")
     sys.__stdout__.flush()
+    wait = float(os.environ.get(COLLECT_WAIT_ENV) or 300)
+    deadline = time.time() + wait
+    while not os.path.exists(COLLECTED):
+        if time.time() > deadline:
+            sys.stderr.write(MESSAGE_PREFIX + "nobody took the --out values within %g s\n" % wait)
+            return
+        time.sleep(0.02)
+
+
+def send_file(path, offset):
+    """--send PATH OFFSET: the bytes of a file of out/ from OFFSET on, to stdout (exec)."""
+    out = getattr(sys.stdout, "buffer", sys.stdout)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            out.write(block)
+    out.flush()
+
+
+# -- SIGTERM: a pod deleted, `docker stop` --------------------------------------------------
+# Without an init process (a Kubernetes pod) the runner is PID 1, and PID 1 ignores SIGTERM unless
+# it handles it: the run would go on until the grace period ends in SIGKILL.
+
+# The SIGTERMs main() received; the line said? past the cell, waiting for its threads to end?
+_term = {"signals": 0, "said": False, "exiting": False}
+EXIT_GRACE = 3.0  # seconds that exiting may take once stopped (a non-daemon thread, atexit)
+
+
+def _flush_streams():
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:  # e.g. a reentrant call: the signal came in the middle of a write
+            pass
+
+
+def _say_stopped():
+    """The one line that says why the run ended (a marked line of stdout in one-stream mode)."""
+    if _term["said"]:
+        return
+    _term["said"] = True
+    _flush_streams()
+    line = MESSAGE_PREFIX + "stopped by SIGTERM\n"
+    try:
+        sys.stderr.write(line)
+    except Exception:  # interrupted in the middle of a write: go around the stream
+        try:
+            os.write(2, line.encode("utf-8"))
+        except OSError:
+            pass
+    _flush_streams()
+
+
+def _hard_exit():
+    _say_stopped()
+    os._exit(TERM_EXIT)
+
+
+def _on_sigterm(signum, frame):
+    _term["signals"] += 1
+    if _term["signals"] > 1 or _term["exiting"]:  # the cell swallowed the first, or is over
+        _hard_exit()
+    raise Terminated()
+
+
+def _stopped():
+    """After the first SIGTERM: the cell has stopped (its finally blocks ran); no values go back.
+    If exiting then hangs (a non-daemon thread of the cell, an atexit handler), end anyway."""
+    _say_stopped()
+    import threading
+    timer = threading.Timer(EXIT_GRACE, _hard_exit)
+    timer.daemon = True
+    timer.start()
+    return TERM_EXIT
 
 
 def main():
-    _install_display()
-    _matplotlib_backend()
+    import signal
+    signal.signal(signal.SIGTERM, _on_sigterm)
     one_stream = os.environ.get(ONE_STREAM_ENV) == "1"
     if one_stream:
         sys.stderr = _MarkedStderr()
-    code = run_in(MLC, {"__name__": "__main__", "display": display})
-    if one_stream:
-        sys.stdout.flush()
-        emit_out_files(OUT)
+    try:
+        _install_display()
+        _matplotlib_backend()
+        code = run_in(MLC, {"__name__": "__main__", "display": display})
+        if one_stream and not _term["signals"]:
+            sys.stdout.flush()
+            emit_out_files(OUT)
+    except BaseException:  # Terminated, or what the cell did when it caught it (sys.exit...)
+        if not _term["signals"]:
+            raise
+    if _term["signals"]:  # also when the cell caught Terminated and went on to the end
+        return _stopped()
+    _term["exiting"] = True  # its values are back; a non-daemon thread of it may yet run
     return code
 
 
@@ -484,5 +592,9 @@ def serve(path):
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--serve":
         serve(sys.argv[2])
+    elif len(sys.argv) > 3 and sys.argv[1] == "--send":
+        send_file(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) > 2 and sys.argv[1] == "--collected":
+        open(sys.argv[2], "a").close()
     else:
         sys.exit(main())

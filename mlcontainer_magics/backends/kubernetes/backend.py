@@ -19,10 +19,13 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +44,37 @@ from ...errors import (
     NamespaceMissing,
     SpecError,
 )
-from ...runner import MARK, MESSAGE_PREFIX, ONE_STREAM_ENV
+from ...runner import COLLECTED, MARK, ONE_STREAM_ENV, OUT_DIR, RUNNER_COMMAND
 from . import objects
 from . import registry as registries
-from .client import Api, api_message, connection_errors, connection_problem, load_client
+from .client import (
+    TRANSIENT_STATUSES,
+    Api,
+    Backoff,
+    ExecBroken,
+    api_message,
+    connection_errors,
+    connection_problem,
+    exec_output,
+    load_client,
+    open_pod_log,
+)
 from .export import mount_files, payload_files
-from .pods import container_terminated, job_failure, job_final, pod_progress
+from .pods import (
+    container_terminated,
+    disruption,
+    job_failure,
+    job_final,
+    job_outcome,
+    job_suspended,
+    pod_progress,
+)
 
 WATCH_SECONDS = 5  # a watch of the pods is renewed this often; the Job is read again each time
 FINAL_WAIT = 30.0  # after the log ends, how long the pod may take to report its exit
 JOB_WAIT = 5.0  # after a nonzero exit, how long to wait for the Job to say why (deadline?)
 NO_POD_GRACE = 10.0  # the Job controller's pod may take this long, whatever schedule_timeout
-LOG_RETRIES = 20  # reconnects of a log stream that broke while the container still ran
+PULL_PATIENCE = 30.0  # a pull the kubelet retries (a registry timing out) may fail this long
 
 SMALL_MOUNTS = 512 * 1024  # local read-only mounts up to this travel in the run's Secret
 _NEEDS_CLAIM = (
@@ -86,6 +108,8 @@ class _Waiting:
     began: float = dataclasses.field(default_factory=time.monotonic)
     pod_seen: bool = False
     unschedulable_since: float | None = None
+    pull_failing_since: float | None = None
+    suspended_since: float | None = None
     pulling_shown: bool = False
 
     @property
@@ -94,8 +118,12 @@ class _Waiting:
 
     def watch_seconds(self) -> int:
         """How long the next watch may last: until the next deadline, at most WATCH_SECONDS."""
+        now = time.monotonic()
         if self.unschedulable_since is not None:
-            remaining = self.limit - (time.monotonic() - self.unschedulable_since)
+            remaining = self.limit - (now - self.unschedulable_since)
+        elif (self.suspended_since or self.pull_failing_since) is not None:
+            since = self.suspended_since or self.pull_failing_since or now
+            remaining = max(self.limit, PULL_PATIENCE) - (now - since)
         elif not self.pod_seen:
             remaining = self.no_pod_limit - (time.monotonic() - self.began)
         else:
@@ -111,6 +139,7 @@ class _Run:
     selector: str  # the run's pods (and Job)
     image: str
     network_policy: bool = False
+    pod_owns_policy: bool = False  # the policy goes with the pod (see _guard_isolation)
     abandon: bool = False  # delete the Job too when the run ends (it still runs or waits)
 
 
@@ -337,13 +366,14 @@ class KubernetesBackend(Backend):
                 api.net.patch_namespaced_network_policy(run.name, ns, patch)
 
     def _remove(self, run: _Run, job: bool) -> None:
-        """Delete the run's Secret and NetworkPolicy (the pod no longer needs them) and, with
-        ``job``, the Job and its pod (Background: at once). A finished Job stays until its TTL,
-        so `kubectl logs job/NAME` still works. Never raises: cleanup must not hide the error
+        """Delete the run's Secret and, with ``job``, the Job and its pod (Background: at
+        once). The NetworkPolicy goes once the pod has: by the garbage collector when the pod
+        owns it, else here when the pod ran its course. A finished Job stays until its TTL, so
+        `kubectl logs job/NAME` still works. Never raises: cleanup must not hide the error
         that got us here."""
         api, ns = run.api, run.namespace
         calls: list[tuple[Any, dict]] = [(api.core.delete_namespaced_secret, {})]
-        if run.network_policy:
+        if run.network_policy and (not job or not run.pod_owns_policy):
             calls.append((api.net.delete_namespaced_network_policy, {}))
         if job:
             calls.insert(0, (api.batch.delete_namespaced_job, {"propagation_policy": "Background"}))
@@ -359,10 +389,101 @@ class KubernetesBackend(Backend):
             return started
         pod_name = started["metadata"]["name"]
         events(Phase.RUNNING, container=pod_name)
-        sink = _LogSink(output, workdir / "out")
+        self._guard_isolation(run, started)
+        out_dir = workdir / "out"
+        sink = _LogSink(output, lambda offer: self._collect(run, pod_name, offer, out_dir))
         self._stream_log(run, pod_name, sink.feed)
         sink.close()
         return self._result(run, run_id, pod_name, sink)
+
+    def _guard_isolation(self, run: _Run, pod: dict) -> None:
+        """Make the pod an owner of its NetworkPolicy too: the garbage collector deletes an
+        object only once all its owners are gone, so the policy outlives the pod's last
+        moment whoever deletes the Job (a stop, the TTL, an interrupt)."""
+        if not run.network_policy:
+            return
+        meta = pod["metadata"]
+        owner = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "blockOwnerDeletion": False,
+        }
+        patch = [{"op": "add", "path": "/metadata/ownerReferences/-", "value": owner}]
+        with contextlib.suppress(Exception):  # the Job owns it still: deleted with the Job
+            run.api.net.patch_namespaced_network_policy(run.name, run.namespace, patch)
+            run.pod_owns_policy = True
+
+    def _collect(self, run: _Run, pod_name: str, offer: dict, out_dir: Path) -> None:
+        """Bring the files of /mlc/out the runner offers (it waits for them to be taken)
+        over ``pods/exec``, each checked against its SHA-256; then tell the runner it may
+        exit. They do not travel in the log, which the kubelet rotates and a reconnect cannot
+        read back."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            for entry in offer.get("files") or []:
+                name = str(entry["name"])
+                if not _safe_file_name(name):
+                    continue  # a runner lists out/: never a path
+                digest = self._fetch_file(run, pod_name, name, int(entry["size"]), out_dir)
+                if digest != entry.get("sha256"):
+                    raise KubernetesError(
+                        f"The output file {name} came back from the pod {pod_name} changed "
+                        "(its SHA-256 differs); run the cell again."
+                    )
+            collected = [*RUNNER_COMMAND, "--collected", COLLECTED]
+            for _ in exec_output(
+                run.api, run.namespace, pod_name, objects.CONTAINER_NAME, collected
+            ):
+                pass
+        except RuntimeError as e:
+            raise KubernetesError(
+                f"Taking the outputs from the pod {pod_name} failed: {e}"
+            ) from None
+        except ApiException as e:
+            if e.status == 403:
+                raise ClusterAuthError(
+                    f"The cluster does not allow your account to exec into the run's pod in "
+                    f"namespace {run.namespace} ({api_message(e)}); --out values come back "
+                    "that way. Ask an administrator for `create` on pods/exec in "
+                    f"{run.namespace}."
+                ) from None
+            if e.status in (400, 404):
+                raise KubernetesError(
+                    f"The pod {pod_name} ended before its --out values were taken "
+                    f"({api_message(e)}); run the cell again."
+                ) from None
+            raise
+
+    def _fetch_file(self, run: _Run, pod_name: str, name: str, size: int, out_dir: Path) -> str:
+        """One file of out/, resumed at the byte where a broken stream left it: its SHA-256."""
+        from kubernetes.client.rest import ApiException
+
+        broken: tuple[type[BaseException], ...] = (ExecBroken, *connection_errors())
+        digest = hashlib.sha256()
+        backoff = Backoff()
+        with open(out_dir / name, "wb") as f:
+            while f.tell() < size:
+                command = [*RUNNER_COMMAND, "--send", f"{OUT_DIR}/{name}", str(f.tell())]
+                at = f.tell()
+                try:
+                    for data in exec_output(
+                        run.api, run.namespace, pod_name, objects.CONTAINER_NAME, command
+                    ):
+                        f.write(data)
+                        digest.update(data)
+                        backoff.reset()
+                    if f.tell() == at:  # a whole answer, and nothing in it
+                        raise RuntimeError(f"{name} is shorter than the {size} bytes offered")
+                except broken:
+                    backoff.sleep()
+                except ApiException as e:
+                    if e.status not in TRANSIENT_STATUSES:
+                        raise
+                    backoff.sleep()
+        return digest.hexdigest()
 
     def _wait_for_start(self, run: _Run, run_id: str, events: Events):
         """Watch the run's pod until its container runs (or already ended): the pod, as a
@@ -370,31 +491,71 @@ class KubernetesBackend(Backend):
         it (or no pod is made) within schedule_timeout, the deadline passed, the Job was
         deleted."""
         from kubernetes import watch
+        from kubernetes.client.rest import ApiException
 
         wait = _Waiting(limit=self.config.schedule_timeout)
+        backoff = Backoff()
         while True:
             job = _get(run.api.batch.read_namespaced_job, run.name, run.namespace)
-            ran = self._pod_that_ran(run) if job_final(job) else None
+            ran = self._pod_that_ran(run) if job_outcome(job) else None
             if ran is not None:  # it ran its course already
                 return ran
-            ended = self._ended_before_start(run, run_id, job) or self._no_pod_yet(run, wait)
+            ended = (
+                self._ended_before_start(run, run_id, job)
+                or self._queued(run, job, wait, events)
+                or self._no_pod_yet(run, wait)
+            )
             if ended is not None:
                 return ended
             w = watch.Watch()
-            for event in w.stream(
-                run.api.core.list_namespaced_pod,
-                run.namespace,
-                label_selector=run.selector,
-                timeout_seconds=wait.watch_seconds(),
-                _request_timeout=WATCH_SECONDS + 30,
-            ):
-                if event["type"] == "DELETED":
-                    w.stop()  # read the Job again: deleted, or past its deadline?
-                    break
-                decided = self._judge_pod(run, event["raw_object"], wait, events)
-                if decided is not None:
-                    w.stop()
-                    return decided
+            try:
+                for event in w.stream(
+                    run.api.core_raw.list_namespaced_pod,
+                    run.namespace,
+                    label_selector=run.selector,
+                    timeout_seconds=wait.watch_seconds(),
+                    _request_timeout=WATCH_SECONDS + 30,
+                ):
+                    if event["type"] in ("DELETED", "ERROR"):
+                        w.stop()  # read the Job again: deleted, or past its deadline?
+                        break
+                    decided = self._judge_pod(run, event["raw_object"], wait, events)
+                    if decided is not None:
+                        w.stop()
+                        return decided
+                backoff.reset()
+            except ApiException as e:
+                # An expired watch (410) or a busy server: start again from a fresh read.
+                if e.status != 410 and e.status not in TRANSIENT_STATUSES:
+                    raise
+                backoff.sleep()
+            except connection_errors():
+                backoff.sleep()
+
+    def _queued(self, run: _Run, job: dict | None, wait: _Waiting, events: Events):
+        """A Job a queue holds suspended (Kueue) makes no pod until it is admitted: wait for
+        that up to schedule_timeout, saying so."""
+        if not job_suspended(job):
+            if wait.suspended_since is not None:  # admitted: its pod may take a while now
+                wait.suspended_since, wait.began = None, time.monotonic()
+            return None
+        now = time.monotonic()
+        if wait.suspended_since is None:
+            wait.suspended_since = now
+            events(
+                Phase.SCHEDULING,
+                message=f"queued: the Job {run.name} is suspended until a queue (such as "
+                "Kueue) admits it",
+            )
+        if now - wait.suspended_since < max(wait.limit, PULL_PATIENCE):
+            return None
+        run.abandon = True
+        return _failed(
+            f"The Job stayed suspended (queued) for {now - wait.suspended_since:.0f} s: a queue "
+            f"of namespace {run.namespace} (such as Kueue) has not admitted it. Check its "
+            f"queue (`kubectl describe job -n {run.namespace} {run.name}`), or wait longer: "
+            "KubernetesConfig.schedule_timeout."
+        )
 
     def _pod_that_ran(self, run: _Run) -> dict | None:
         pods = _json(
@@ -422,7 +583,12 @@ class KubernetesBackend(Backend):
         state, message = pod_progress(pod)
         if state in ("running", "terminated"):
             return pod
-        if state in ("pulling", "image-pull", "config-error") and not wait.pulling_shown:
+        if state != "image-retry":
+            wait.pull_failing_since = None
+        if (
+            state in ("pulling", "image-pull", "image-retry", "config-error")
+            and not wait.pulling_shown
+        ):
             wait.pulling_shown = True
             events(Phase.PULLING, image=run.image, node=(pod.get("spec") or {}).get("nodeName", ""))
         if state == "image-pull":
@@ -434,6 +600,18 @@ class KubernetesBackend(Backend):
                 "KubernetesConfig.image_pull_secret to a docker-registry Secret of namespace "
                 f"{run.namespace}."
             )
+        if state == "image-retry":  # the kubelet retries; a registry may be slow for a while
+            now = time.monotonic()
+            if wait.pull_failing_since is None:
+                wait.pull_failing_since = now
+            if now - wait.pull_failing_since >= max(wait.limit, PULL_PATIENCE):
+                run.abandon = True
+                return _failed(
+                    f"The cluster has failed to pull the image {run.image} for "
+                    f"{now - wait.pull_failing_since:.0f} s: {message}. Check that the "
+                    "cluster's nodes can reach the registry (KubernetesConfig.registry as the "
+                    "nodes see it)."
+                )
         if state == "config-error":
             run.abandon = True
             return _failed(f"The cluster cannot start the container: {message}.")
@@ -474,72 +652,77 @@ class KubernetesBackend(Backend):
 
     def _stream_log(self, run: _Run, pod_name: str, feed) -> None:
         """Follow the container's log and ``feed`` it as it comes, until the container ends.
-        A stream that breaks while the container still runs is opened again, and what was
-        already fed is skipped."""
+        Streams break on real clusters (load balancers, idle timeouts, an API server that
+        restarts): one that breaks while the container runs is opened again, with backoff,
+        for as long as it runs, from the second of the last line fed (``sinceTime``); lines
+        already fed are known by their timestamps and skipped. Once the container has ended,
+        the log is read once more, unfollowed, to the end."""
         import urllib3
         from kubernetes.client.rest import ApiException
 
-        received = 0  # characters fed so far
-        attempts = 0
+        position = _LogPosition()
+        backoff = Backoff()
+        follow = True
         while True:
             try:
-                response = run.api.core.read_namespaced_pod_log(
-                    pod_name,
+                response = open_pod_log(
+                    run.api,
                     run.namespace,
-                    container=objects.CONTAINER_NAME,
-                    follow=True,
-                    _preload_content=False,
+                    pod_name,
+                    objects.CONTAINER_NAME,
+                    follow=follow,
+                    since=position.since(),
                 )
             except ApiException as e:
                 if e.status == 404:
                     return  # the pod is gone
-                if e.status != 400:
+                if e.status != 400 and e.status not in TRANSIENT_STATUSES:
                     raise
-                # No log to read: the container ended without one (evicted before it
-                # started), or has not started after all (a race with the kubelet): wait.
-                pod = _get(run.api.core.read_namespaced_pod, pod_name, run.namespace)
-                if pod is None or pod_progress(pod)[0] == "terminated":
-                    return
-                if attempts >= LOG_RETRIES:
-                    raise
-                attempts += 1
-                time.sleep(0.25)
-                continue
-            skip, decoder = received, codecs.getincrementaldecoder("utf-8")("replace")
-            try:
-                for chunk in response.stream(amt=None, decode_content=False):
-                    text = decoder.decode(chunk)
-                    if skip:
-                        text, skip = text[skip:], max(0, skip - len(text))
-                    if text:
-                        received += len(text)
-                        feed(text)
-                text = decoder.decode(b"", final=True)[skip:]
-                if text:
-                    received += len(text)
-                    feed(text)
-            except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError):
-                pass  # the connection broke: see below whether the container still runs
-            finally:
-                with contextlib.suppress(Exception):
-                    response.release_conn()
-            pod = _get(run.api.core.read_namespaced_pod, pod_name, run.namespace)
-            if pod is None or pod_progress(pod)[0] == "terminated" or attempts >= LOG_RETRIES:
+                response = None  # no log yet (a race with the kubelet), or a busy server
+            except connection_errors():
+                response = None
+            clean = False
+            if response is not None:
+                position.reopen()
+                try:
+                    for line in _log_lines(response):
+                        if position.take(line, feed):
+                            backoff.reset()
+                    clean = True
+                except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError):
+                    pass  # the connection broke
+                finally:
+                    with contextlib.suppress(Exception):
+                        response.release_conn()
+            if not follow and clean:
+                position.flush(feed)
                 return
-            attempts += 1
-            time.sleep(0.25)
+            pod = _get(run.api.core.read_namespaced_pod, pod_name, run.namespace)
+            if pod is None:
+                return
+            if pod_progress(pod)[0] == "terminated":
+                follow = False  # read what is left, to the end
+                continue
+            backoff.sleep()
 
     def _result(self, run: _Run, run_id: str, pod_name: str, sink: _LogSink) -> RunResult:
         pod = self._terminated_pod(run, pod_name)
         term = container_terminated(pod) if pod is not None else None
         code = term.get("exitCode") if term else None
         note = None
+        evicted = disruption(pod)
         if run_id in self._stopped:
             reason = "stopped"
         elif term and term.get("reason") == "OOMKilled":
             reason = "oom"
         elif code == 0:
             reason = "done"
+        elif evicted:
+            reason = "killed"
+            note = (
+                f"The cluster took the pod {pod_name} away ({evicted}). Run the cell again; "
+                "ask for the memory it uses (--memory) so that the node keeps room for it."
+            )
         else:
             failed = job_failure(self._finished_job(run))
             if failed and failed[0] == "DeadlineExceeded":
@@ -573,16 +756,18 @@ class KubernetesBackend(Backend):
             time.sleep(0.1)
 
     def _finished_job(self, run: _Run) -> dict | None:
-        """The Job once it has a final condition (a deadline shows there), briefly waited for."""
+        """The Job once the controller knows how it ends (a deadline shows there: since 1.31
+        in FailureTarget, before the pod has gone), briefly waited for."""
         deadline = time.monotonic() + JOB_WAIT
         while True:
             job = _get(run.api.batch.read_namespaced_job, run.name, run.namespace)
-            if job is None or job_final(job) or time.monotonic() > deadline:
+            if job is None or job_outcome(job) or time.monotonic() > deadline:
                 return job
             time.sleep(0.1)
 
     def stop(self, run_id: str, grace: float = 0) -> bool:
-        """Delete the run's Job (and its pod, Secret, NetworkPolicy), found by its labels."""
+        """Delete the run's Job, found by its labels: its pod gets SIGTERM (the runner exits
+        at once); the Secret goes with the Job, the NetworkPolicy with the pod."""
         api, namespace = self.connect()
         with self._cluster_errors("stopping the run", namespace):
             jobs = _jobs_of(api, namespace, run_id)
@@ -598,7 +783,6 @@ class KubernetesBackend(Backend):
                     namespace,
                     propagation_policy="Background",
                 )
-                _delete_absent_ok(api.core.delete_namespaced_secret, name, namespace)
         return True
 
     def is_running(self, run_id: str) -> bool:
@@ -673,6 +857,37 @@ class KubernetesBackend(Backend):
             return ""
         return f" at {host}" + (f" (context {context})" if context else "")
 
+    def _forbidden(self, detail: str, action: str, namespace: str) -> KubernetesError:
+        """A 403 says why in its message: RBAC is one reason among several."""
+        if "exceeded quota" in detail:
+            return KubernetesError(
+                f"A ResourceQuota of namespace {namespace} refuses the run while {action} "
+                f"({detail}). Ask for less (--cpus, --memory, --gpus, or KubernetesConfig."
+                "default_cpus/default_memory), wait for other runs to end (`kubectl describe "
+                f"resourcequota -n {namespace}`), or ask its administrator for more."
+            )
+        if "being terminated" in detail:
+            return NamespaceMissing(
+                f"The namespace {namespace} is being deleted, so nothing new may be made in "
+                f"it ({detail}). Choose another: "
+                '`%config KubernetesConfig.k8s_namespace = "NAME"`.'
+            )
+        if _ADMISSION.search(detail):
+            return KubernetesError(
+                f"An admission policy of the cluster refused the run while {action}: {detail}. "
+                "Change what it names (KubernetesConfig settings such as node_selector, "
+                "tolerations, service_account, or --cpus/--memory), or ask the cluster's "
+                "administrator."
+            )
+        return ClusterAuthError(
+            f"The cluster does not allow your account this in namespace {namespace} while "
+            f"{action} (403 Forbidden: {detail}). Ask an administrator for an RBAC Role in "
+            f"{namespace} that allows create, get, list, watch, patch and delete on jobs, "
+            "secrets and networkpolicies, get, list and watch on pods and pods/log, and create "
+            "on pods/exec; or choose a namespace where you have it: "
+            '`%config KubernetesConfig.k8s_namespace = "NAME"`.'
+        )
+
     def _translate(self, e, action: str, namespace: str) -> KubernetesError:
         status, detail = e.status, api_message(e)
         if status == 401:
@@ -684,14 +899,7 @@ class KubernetesBackend(Backend):
                 '`%config KubernetesConfig.context = "NAME"`.'
             )
         if status == 403:
-            return ClusterAuthError(
-                f"The cluster does not allow your account this in namespace {namespace} while "
-                f"{action} (403 Forbidden: {detail}). Ask an administrator for an RBAC Role in "
-                f"{namespace} that allows create, get, list, watch, patch and delete on jobs, "
-                "secrets and networkpolicies, and get, list and watch on pods and pods/log; or "
-                "choose a namespace where you have it: "
-                '`%config KubernetesConfig.k8s_namespace = "NAME"`.'
-            )
+            return self._forbidden(detail, action, namespace)
         if status == 404:
             return NamespaceMissing(
                 f"The namespace {namespace} does not exist on the cluster{self._where()} "
@@ -704,9 +912,11 @@ class KubernetesBackend(Backend):
                 f"({detail}); run the cell again for a new run id."
             )
         if status in (400, 413, 422):
+            if _ADMISSION.search(detail):
+                return self._forbidden(detail, action, namespace)
             return KubernetesError(
-                f"The cluster refused the run's objects while {action} ({status}: {detail}). "
-                "An admission policy of the cluster may forbid them; ask its administrator."
+                f"The cluster refused the run's objects while {action} ({status} "
+                f"{_reason(e)}: {detail}). {_field_hint(detail)}"
             )
         if status and status >= 500:
             return KubernetesError(
@@ -721,13 +931,14 @@ class KubernetesBackend(Backend):
 
 class _LogSink:
     """Demultiplexes the one-stream log: text and marked stderr to ``output``, display data
-    re-emitted as a MARK line (the magics' own demux shows it), files into ``out_dir``."""
+    re-emitted as a MARK line (the magics' own demux shows it), the runner's offer of its
+    output files to ``collect``."""
 
-    def __init__(self, output: Output, out_dir: Path) -> None:
-        self.output, self.out_dir = output, out_dir
+    def __init__(self, output: Output, collect: Callable[[dict], None]) -> None:
+        self.output = output
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        self._demux = StdoutDemux(self._text, self._display, stderr=self._stderr, file=self._file)
+        self._demux = StdoutDemux(self._text, self._display, stderr=self._stderr, outputs=collect)
 
     def feed(self, text: str) -> None:
         self._demux.feed(text)
@@ -746,14 +957,120 @@ class _LogSink:
         self.stderr.append(text)
         self.output("stderr", text)
 
-    def _file(self, name: str, data: bytes) -> None:
-        if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-            self._stderr(f"{MESSAGE_PREFIX}ignored an output file named {name!r}\n")
-            return
-        (self.out_dir / name).write_bytes(data)
+
+class _LogPosition:
+    """How far the log was read: the timestamp of the last line fed (in nanoseconds) and how
+    many lines had it, so a stream opened again from that second skips what was fed."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.at_last = 0
+        self._skip = 0
+        self._partial = ""  # the end of a log without its newline (it may still grow)
+
+    def since(self) -> str | None:
+        if self.last is None:
+            return None
+        seconds = self.last // 1_000_000_000
+        return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def reopen(self) -> None:
+        self._skip, self._partial = self.at_last, ""
+
+    def take(self, line: str, feed) -> bool:
+        """Feed one line (its timestamp first) unless it was fed before; True if fed."""
+        if not line.endswith("\n"):
+            self._partial = line
+            return False
+        stamp, _, text = line.partition(" ")
+        at = _log_time(stamp)
+        if at is None:  # no timestamp: the rest of a line that started before
+            feed(line)
+            return True
+        if self.last is not None and at < self.last:
+            return False
+        if at == self.last:
+            if self._skip:
+                self._skip -= 1
+                return False
+            self.at_last += 1
+        else:
+            self.last, self.at_last, self._skip = at, 1, 0
+        feed(text)
+        return True
+
+    def flush(self, feed) -> None:
+        """The log ended: a last line without a newline is complete after all."""
+        if self._partial:
+            self.take(self._partial + "\n", lambda text: feed(text[:-1]))
+            self._partial = ""
+
+
+def _log_lines(response) -> Iterator[str]:
+    """The lines of a log response, as they come (the last one without its newline if the
+    stream ends there)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending = ""
+    for chunk in response.stream(amt=None, decode_content=False):
+        pending += decoder.decode(chunk)
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            yield line + "\n"
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending
+
+
+def _log_time(stamp: str) -> int | None:
+    """Nanoseconds since the epoch of a kubelet timestamp (RFC 3339, up to 9 digits of
+    fraction); None when ``stamp`` is not one."""
+    m = _STAMP.match(stamp)
+    if not m:
+        return None
+    whole, fraction, zone = m.groups()
+    try:
+        at = datetime.strptime(whole + (zone if zone != "Z" else "+00:00"), "%Y-%m-%dT%H:%M:%S%z")
+    except ValueError:
+        return None
+    return int(at.timestamp()) * 1_000_000_000 + int((fraction or "").ljust(9, "0")[:9] or 0)
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def _safe_file_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+_ADMISSION = re.compile(
+    r"admission webhook|denied (the )?request|ValidatingAdmissionPolicy|violates PodSecurity"
+)
+
+
+def _reason(e) -> str:
+    try:
+        return str(json.loads(e.body).get("reason") or e.reason or "")
+    except (TypeError, ValueError, AttributeError):
+        return str(e.reason or "")
+
+
+def _field_hint(detail: str) -> str:
+    """What to change, by the fields the server names."""
+    if "toleration" in detail:
+        return "Check KubernetesConfig.tolerations."
+    if "nodeSelector" in detail or "affinity" in detail:
+        return "Check KubernetesConfig.node_selector."
+    if "resources" in detail:
+        return "Check --cpus, --memory, --gpus (or KubernetesConfig.default_cpus/default_memory)."
+    if "volume" in detail.lower():
+        return "Check --mount and KubernetesConfig.volumes."
+    return (
+        "An admission policy of the cluster may forbid them; ask its administrator, or report "
+        "the message to mlcontainer-magics."
+    )
 
 
 def _failed(message: str) -> RunResult:

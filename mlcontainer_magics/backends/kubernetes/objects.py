@@ -59,6 +59,11 @@ RUN_AS_USER = 1000
 GPU_RESOURCE = "nvidia.com/gpu"
 # The API server refuses a Secret whose data adds up to more than 1 MiB.
 SECRET_MAX_BYTES = 1024 * 1024
+# The oldest Kubernetes (minor version) the objects are made for: they use only fields its API
+# has (no Job managedBy or successPolicy, which came in 1.30; nor podReplacementPolicy or
+# backoffLimitPerIndex, beta in 1.29), and the tests validate them strictly against its schema
+# and the newest one kubernetes-validate ships.
+OLDEST_KUBERNETES = "1.29"
 
 _SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 _LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -156,18 +161,62 @@ def _is_label_key(key) -> bool:
 
 
 def _check_toleration(t) -> dict:
+    """A toleration as the API server accepts it (pkg/apis/core/validation, ValidateTolerations),
+    else SpecError saying what to write instead."""
     if not isinstance(t, Mapping) or set(t) - _TOLERATION_KEYS:
         raise SpecError(
             f"Toleration {t!r}: use a mapping with keys among "
             f"{', '.join(sorted(_TOLERATION_KEYS))}."
         )
     t = dict(t)
-    if t.get("operator", "Equal") not in _TOLERATION_OPERATORS:
+    key = t.get("key", "")
+    operator = t.get("operator", "Equal")
+    value = t.get("value", "")
+    effect = t.get("effect", "")
+    seconds = t.get("tolerationSeconds")
+    if not isinstance(key, str) or (key and not _is_label_key(key)):
+        raise SpecError(
+            f"Toleration {t!r}: key {key!r} is not a taint key. Use the taint's key, such as "
+            "'nvidia.com/gpu' or 'spot' (an optional DNS-subdomain prefix and '/', then up to "
+            "63 letters, digits, '-', '_' and '.'), or leave key out with operator Exists to "
+            "tolerate every taint."
+        )
+    if operator not in _TOLERATION_OPERATORS:
         raise SpecError(f"Toleration {t!r}: operator must be Exists or Equal.")
-    if t.get("effect", "") not in _TAINT_EFFECTS:
+    if not key and operator != "Exists":
+        raise SpecError(
+            f"Toleration {t!r}: without a key, only operator Exists is allowed (it tolerates "
+            "every taint). Give the taint's key, or write operator: Exists."
+        )
+    if not isinstance(value, str):
+        raise SpecError(f"Toleration {t!r}: value must be a string, such as 'true'.")
+    if operator == "Exists" and value:
+        raise SpecError(
+            f"Toleration {t!r}: operator Exists matches any value of the key, so it takes no "
+            f"value. Drop value {value!r}, or write operator: Equal to match only that value."
+        )
+    if operator == "Equal" and not is_label_value(value):
+        raise SpecError(
+            f"Toleration {t!r}: value {value!r} cannot be a taint value. Use up to 63 letters, "
+            "digits, '-', '_' and '.', beginning and ending with a letter or digit, or write "
+            "operator: Exists (without a value) to match any value."
+        )
+    if effect not in _TAINT_EFFECTS:
         raise SpecError(
             f"Toleration {t!r}: effect must be one of NoSchedule, PreferNoSchedule, NoExecute."
         )
+    if seconds is not None:
+        if not isinstance(seconds, int) or isinstance(seconds, bool):
+            raise SpecError(
+                f"Toleration {t!r}: tolerationSeconds must be a whole number of seconds, "
+                f"not {seconds!r}."
+            )
+        if effect != "NoExecute":
+            raise SpecError(
+                f"Toleration {t!r}: tolerationSeconds (how long a running pod stays on a node "
+                "newly tainted) applies only to effect NoExecute. Write effect: NoExecute, or "
+                "drop tolerationSeconds."
+            )
     return t
 
 

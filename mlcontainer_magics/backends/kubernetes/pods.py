@@ -3,6 +3,10 @@ in, words out). The backend's watch loop decides with these; tests feed them pla
 
 from __future__ import annotations
 
+import re
+
+from .objects import CONTAINER_NAME
+
 IMAGE_PULL_REASONS = (
     "ErrImagePull",
     "ImagePullBackOff",
@@ -10,15 +14,29 @@ IMAGE_PULL_REASONS = (
     "ErrImageNeverPull",
     "RegistryUnavailable",
 )
+# A pull that cannot succeed by waiting; others (a registry that times out) the kubelet retries.
+NEVER_PULLS = re.compile(
+    r"not found|manifest unknown|unauthorized|authentication required|denied|forbidden"
+    r"|invalid reference|InvalidImageName|ErrImageNeverPull",
+    re.IGNORECASE,
+)
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
+
+def container_status(pod: dict, name: str = CONTAINER_NAME) -> dict | None:
+    """The status of the cell's container, found by name: the kubelet sorts statuses by name,
+    so an injected sidecar (a service mesh, a log shipper) may come first."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == name:
+            return status
+    return None
 
 
 def pod_progress(pod: dict) -> tuple[str, str]:
     """Where a pod is: ("scheduling" | "unschedulable" | "pulling" | "image-pull" |
-    "config-error" | "running" | "terminated", message)."""
+    "image-retry" | "config-error" | "running" | "terminated", message)."""
     status = pod.get("status") or {}
-    statuses = status.get("containerStatuses") or []
-    state = (statuses[0].get("state") or {}) if statuses else {}
+    state = (container_status(pod) or {}).get("state") or {}
     if "terminated" in state or status.get("phase") in ("Succeeded", "Failed"):
         return "terminated", status.get("message") or ""
     if "running" in state:
@@ -27,7 +45,8 @@ def pod_progress(pod: dict) -> tuple[str, str]:
     reason = waiting.get("reason") or ""
     message = waiting.get("message") or reason
     if reason in IMAGE_PULL_REASONS:
-        return "image-pull", message
+        never = NEVER_PULLS.search(f"{reason} {message}")
+        return ("image-pull" if never else "image-retry"), message
     if reason in CONFIG_REASONS:
         return "config-error", message
     scheduled = None
@@ -48,21 +67,51 @@ def pod_progress(pod: dict) -> tuple[str, str]:
 
 
 def container_terminated(pod: dict) -> dict | None:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    return ((statuses[0].get("state") or {}).get("terminated")) if statuses else None
+    return ((container_status(pod) or {}).get("state") or {}).get("terminated")
 
 
-def job_final(job: dict | None) -> dict | None:
-    """The Job's Complete or Failed condition, once it has one."""
+def disruption(pod: dict | None) -> str | None:
+    """Why the cluster took the pod away (an eviction, a preemption, a node going), if it
+    did: its DisruptionTarget condition, or the Evicted reason of older kubelets."""
+    status = (pod or {}).get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            reason = condition.get("reason") or "disrupted"
+            return f"{reason}: {condition.get('message') or status.get('message') or ''}".strip()
+    if status.get("reason") == "Evicted":
+        return f"Evicted: {status.get('message') or ''}".strip()
+    return None
+
+
+def _condition(job: dict | None, *types: str) -> dict | None:
     for condition in ((job or {}).get("status") or {}).get("conditions") or []:
-        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+        if condition.get("type") in types and condition.get("status") == "True":
             return condition
     return None
 
 
+def job_final(job: dict | None) -> dict | None:
+    """The Job's Complete or Failed condition, once it has one: every pod has terminated."""
+    return _condition(job, "Complete", "Failed")
+
+
+def job_outcome(job: dict | None) -> dict | None:
+    """How the Job ends, as soon as the controller knows: since 1.31 SuccessCriteriaMet and
+    FailureTarget come first, Complete and Failed only once its pods have terminated."""
+    return _condition(job, "FailureTarget", "Failed") or _condition(
+        job, "SuccessCriteriaMet", "Complete"
+    )
+
+
 def job_failure(job: dict | None) -> tuple[str, str] | None:
-    """(reason, message) of a failed Job, e.g. ("DeadlineExceeded", ...); None otherwise."""
-    condition = job_final(job)
-    if condition is None or condition.get("type") != "Failed":
+    """(reason, message) of a failing Job, e.g. ("DeadlineExceeded", ...); None otherwise."""
+    condition = job_outcome(job)
+    if condition is None or condition.get("type") not in ("FailureTarget", "Failed"):
         return None
     return condition.get("reason") or "Failed", condition.get("message") or ""
+
+
+def job_suspended(job: dict | None) -> bool:
+    """A Job held by a queue (Kueue sets ``suspend``) makes no pod until it is admitted."""
+    spec = (job or {}).get("spec") or {}
+    return bool(spec.get("suspend")) or _condition(job, "Suspended") is not None
