@@ -140,3 +140,20 @@ def env_images(client, namespace=NAMESPACE):
 def _no_docker_host_leak(monkeypatch):
     # Tests that point DOCKER_HOST elsewhere must not affect the next test.
     monkeypatch.setenv("DOCKER_HOST", os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+
+
+@pytest.fixture
+def workdirs():
+    """Makes the run folder of a spec, as runs.execute does; removes them all afterwards."""
+    from mlcontainer_magics.core import runs
+
+    made = []
+
+    def make(spec, inputs=None):
+        workdir, _ = runs.prepare_workdir(spec, inputs or {})
+        made.append(workdir)
+        return workdir
+
+    yield make
+    for w in made:
+        shutil.rmtree(w, ignore_errors=True)

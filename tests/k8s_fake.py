@@ -309,8 +309,6 @@ class Fault:
     times: int | None
     message: str | None
     reason: str | None
-    every: int
-    seen: int = 0
     hits: int = 0  # how many requests it answered
 
 
@@ -318,9 +316,12 @@ class Fault:
 class _Drops:
     every_bytes: tuple[int, int]
     every_seconds: float | None
+    times: int | None
 
-    def budget(self) -> tuple[int, float | None]:
-        """Bytes, and the time, after which the next stream is cut."""
+    def budget(self, dropped: int) -> tuple[int | None, float | None]:
+        """Bytes, and the time, after which the next stream is cut (None, None: it is not)."""
+        if self.times is not None and dropped >= self.times:
+            return None, None
         cut_at = None if self.every_seconds is None else time.monotonic() + self.every_seconds
         return random.randint(*self.every_bytes), cut_at
 
@@ -364,8 +365,10 @@ class FakeKubernetes:
         # Misbehaviour of a real cluster, off unless a test asks for it:
         self.log_rotate_bytes: int | None = None  # the kubelet rotates the log file at this size
         self._rotated: dict[tuple[str, str], int] = {}  # pod -> entries in rotated files
+        self._log_size: dict[tuple[str, str], int] = {}  # pod -> size of its current file
         self._drops: _Drops | None = None  # streams (log, exec) cut at random points
         self.dropped = 0  # how many streams were cut
+        self.rotations = 0  # how many log files were rotated away
         self._faults: list[Fault] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -449,10 +452,17 @@ class FakeKubernetes:
             self._scripts.insert(0, (job_name_prefix, s))
         return s
 
-    def drop_streams(self, every_bytes: tuple[int, int] = (1, 64 * 1024), *, every_seconds=None):
-        """Cut follow streams (``pods/log``, ``pods/exec``) as load balancers and idle timeouts
-        do: after a random number of bytes in ``every_bytes`` or after ``every_seconds``."""
-        self._drops = _Drops(every_bytes, every_seconds)
+    def drop_streams(
+        self,
+        every_bytes: tuple[int, int] = (1, 64 * 1024),
+        *,
+        every_seconds: float | None = None,
+        times: int | None = None,
+    ):
+        """Cut streams (``pods/log``, ``pods/exec``) as load balancers and idle timeouts do:
+        after a random number of bytes in ``every_bytes`` or after ``every_seconds``; at most
+        ``times`` streams (None: every one)."""
+        self._drops = _Drops(every_bytes, every_seconds, times)
 
     def fault(
         self,
@@ -463,14 +473,12 @@ class FakeKubernetes:
         times: int | None = 1,
         message: str | None = None,
         reason: str | None = None,
-        every: int = 1,
     ) -> Fault:
         """Answer matching requests (``path``: a regex searched in the path) with ``status``:
         an HTTP status (429 comes with Retry-After), ``"reset"`` (the connection is closed
         without an answer) or ``"watch-error"`` (a watch that sends an ERROR event, 410
-        Expired, and ends). ``times``: how many requests (None: all); ``every``: only every
-        n-th matching request."""
-        f = Fault(status, method, re.compile(path), times, message, reason, every)
+        Expired, and ends). ``times``: how many requests (None: all)."""
+        f = Fault(status, method, re.compile(path), times, message, reason)
         with self._cond:
             self._faults.append(f)
         return f
@@ -483,9 +491,6 @@ class FakeKubernetes:
                 if (f.method and f.method != method) or not f.path.search(path):
                     continue
                 if f.times is not None and f.hits >= f.times:
-                    continue
-                f.seen += 1
-                if f.seen % f.every:
                     continue
                 f.hits += 1
                 return f
@@ -571,8 +576,16 @@ class FakeKubernetes:
                 raise _not_found(resource, name)
             obj["metadata"]["deletionTimestamp"] = _now()
             self._record(resource, "DELETED", obj)
-            uid = obj["metadata"]["uid"]
-            # The garbage collector: dependents go too, unless orphaned.
+            self._collect_garbage(namespace, obj["metadata"]["uid"], propagation)
+            return obj
+
+    def _collect_garbage(self, namespace: str, uid: str, propagation: str | None) -> None:
+        """The garbage collector, once the object ``uid`` is gone: its dependents go too
+        when none of their owners is left (unless orphaned). Holds the lock."""
+        with self._cond:
+            alive = {
+                o["metadata"]["uid"] for objects in self._objects.values() for o in objects.values()
+            }
             for res, objects in self._objects.items():
                 for (ns, n), dep in list(objects.items()):
                     refs = dep["metadata"].get("ownerReferences") or []
@@ -583,9 +596,8 @@ class FakeKubernetes:
                             r for r in refs if r.get("uid") != uid
                         ]
                         self._record(res, "MODIFIED", dep)
-                    elif (ns, n) in objects:
+                    elif (ns, n) in objects and not any(r.get("uid") in alive for r in refs):
                         self._remove(res, ns, n, propagation)
-            return obj
 
     def _check_namespace(self, namespace: str) -> None:
         if namespace not in self.namespaces:
@@ -982,7 +994,7 @@ class FakeKubernetes:
         timestamps = query.get("timestamps") == "true"
         tail = int(query["tailLines"]) if query.get("tailLines") else None
         since = _parse_time(query["sinceTime"]) if query.get("sinceTime") else None
-        budget, cut_at = self._drops.budget() if self._drops else (None, None)
+        budget, cut_at = self._drops.budget(self.dropped) if self._drops else (None, None)
         previous = {"ended": True}  # did the last entry end its line?
 
         def fmt(entries):
@@ -1015,7 +1027,7 @@ class FakeKubernetes:
         if tail is not None:
             lines = lines[-tail:] if tail else []
         while True:
-            text, dropped = cut(fmt(lines)) if lines else ("", False)
+            text, dropped = cut(fmt(lines) if lines else "")  # an idle stream is cut too
             if text:
                 yield text
             if dropped:
@@ -1073,10 +1085,10 @@ class FakeKubernetes:
             for line in re.split(r"(?<=\n)", text):
                 if line:
                     entries.append((_now_nano(), line))
-            if self.log_rotate_bytes:
-                current = entries[self._rotated.get(key, 0) :]
-                if sum(len(line) for _, line in current) > self.log_rotate_bytes:
-                    self._rotated[key] = len(entries)
+            self._log_size[key] = self._log_size.get(key, 0) + len(text)
+            if self.log_rotate_bytes and self._log_size[key] > self.log_rotate_bytes:
+                self._rotated[key], self._log_size[key] = len(entries), 0
+                self.rotations += 1
             self._cond.notify_all()
 
     def _drive_job(self, namespace: str, name: str) -> None:
@@ -1177,6 +1189,7 @@ class FakeKubernetes:
                 return
             self._objects["pods"].pop((namespace, pod_name))
             self._record("pods", "DELETED", pod)
+            self._collect_garbage(namespace, pod["metadata"]["uid"], "Background")
 
     def _delete_pod(self, namespace: str, pod_name: str) -> dict | None:
         """A graceful deletion, as the kubelet carries it out: a pod whose container runs is
@@ -1191,6 +1204,7 @@ class FakeKubernetes:
                 self._objects["pods"].pop((namespace, pod_name))
                 pod["metadata"]["deletionTimestamp"] = _now()
                 self._record("pods", "DELETED", pod)
+                self._collect_garbage(namespace, pod["metadata"]["uid"], "Background")
                 if container is not None:
                     container.signal("SIGKILL")
                 return pod
@@ -2012,7 +2026,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         stdout, stderr, code = answer()
-        budget, _ = self.fake._drops.budget() if self.fake._drops else (None, None)
+        budget, _ = self.fake._drops.budget(self.fake.dropped) if self.fake._drops else (None, None)
         for channel, data in ((1, stdout), (2, stderr)):
             for at in range(0, len(data), 32 * 1024):
                 piece = data[at : at + 32 * 1024]

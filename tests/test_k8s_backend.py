@@ -119,20 +119,6 @@ class Recorder:
         return [p for p, _ in self.events]
 
 
-@pytest.fixture
-def workdirs():
-    made = []
-
-    def make(spec, inputs=None):
-        workdir, _ = runs.prepare_workdir(spec, inputs or {})
-        made.append(workdir)
-        return workdir
-
-    yield make
-    for w in made:
-        shutil.rmtree(w, ignore_errors=True)
-
-
 def run(backend, workdirs, spec=None, run_id="run-1", rec=None):
     spec = spec or make_spec()
     rec = rec or Recorder()

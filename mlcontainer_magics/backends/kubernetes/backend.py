@@ -233,11 +233,7 @@ class KubernetesBackend(Backend):
         try:
             api, namespace = self.connect()
             with self._cluster_errors("answering", namespace):
-                info = _json(
-                    api.client.call_api(
-                        "/version", "GET", _preload_content=False, _return_http_data_only=True
-                    )
-                )
+                info = _json(api.version.get_code(_preload_content=False))
         except MlcError as e:
             return {"up": False, "version": None, "message": str(e)}
         return {"up": True, "version": info.get("gitVersion"), "message": None}
@@ -567,7 +563,11 @@ class KubernetesBackend(Backend):
         return ran[-1] if ran else None
 
     def _no_pod_yet(self, run: _Run, wait: _Waiting) -> RunResult | None:
-        if wait.pod_seen or time.monotonic() - wait.began < wait.no_pod_limit:
+        if (
+            wait.pod_seen
+            or wait.suspended_since is not None  # queued: no pod is expected yet
+            or time.monotonic() - wait.began < wait.no_pod_limit
+        ):
             return None
         run.abandon = True
         return _failed(
@@ -700,8 +700,8 @@ class KubernetesBackend(Backend):
             pod = _get(run.api.core.read_namespaced_pod, pod_name, run.namespace)
             if pod is None:
                 return
-            if pod_progress(pod)[0] == "terminated":
-                follow = False  # read what is left, to the end
+            if follow and pod_progress(pod)[0] == "terminated":
+                follow = False  # read what is left, to the end, at once
                 continue
             backoff.sleep()
 

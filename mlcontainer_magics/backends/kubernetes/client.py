@@ -128,6 +128,7 @@ class Api:
         self.core: Any = _Patient(self.core_raw, self)
         self.batch: Any = _Patient(client.BatchV1Api(api_client), self)
         self.net: Any = _Patient(client.NetworkingV1Api(api_client), self)
+        self.version: Any = _Patient(client.VersionApi(api_client), self)
 
 
 def open_pod_log(api: Api, namespace: str, pod: str, container: str, *, follow: bool, since=None):
@@ -193,20 +194,17 @@ def exec_output(api: Api, namespace: str, pod: str, container: str, command) -> 
     status: bytes = b""
     stderr: bytes = b""
     try:
-        while ws.is_open():
-            try:
-                ws.update(timeout=LOG_TIMEOUTS[1])
-            except Exception as e:  # the websocket library's: closed, reset, timed out
-                raise ExecBroken(str(e) or type(e).__name__) from None
-            out = ws.read_channel(1)
-            if out:
-                yield out
-            stderr += ws.read_channel(2) or b""
-            status += ws.read_channel(3) or b""
-        out = ws.read_channel(1)
-        if out:
-            yield out
-        status += ws.read_channel(3) or b""
+        ws.sock.settimeout(LOG_TIMEOUTS[1])
+        while True:
+            channel, data = _next_message(ws)
+            if channel is None:
+                break
+            if channel == 1 and data:
+                yield data
+            elif channel == 2:
+                stderr += data
+            elif channel == 3:
+                status += data
     finally:
         with contextlib.suppress(Exception):
             ws.close()
@@ -219,6 +217,24 @@ def exec_output(api: Api, namespace: str, pod: str, container: str, command) -> 
     if answer.get("status") != "Success":
         why = stderr.decode("utf-8", "replace").strip() or answer.get("message", "")
         raise RuntimeError(f"{' '.join(command)}: {why}")
+
+
+def _next_message(ws) -> tuple[int | None, bytes]:
+    """The next message of an exec stream, read from its socket one at a time (the client's
+    own buffering copies all it holds on every frame): (channel, data), or (None, b"") once
+    the server closed it."""
+    from websocket import ABNF
+
+    try:
+        opcode, frame = ws.sock.recv_data_frame(True)
+    except Exception as e:  # the websocket library's: closed, reset, timed out
+        raise ExecBroken(str(e) or type(e).__name__) from None
+    if opcode == ABNF.OPCODE_CLOSE:
+        return None, b""
+    data = frame.data if isinstance(frame.data, bytes) else str(frame.data).encode()
+    if opcode not in (ABNF.OPCODE_BINARY, ABNF.OPCODE_TEXT) or not data:
+        return -1, b""  # a ping, a pong
+    return data[0], data[1:]
 
 
 def _handshake_error(e):
