@@ -369,6 +369,9 @@ class FakeKubernetes:
         self._drops: _Drops | None = None  # streams (log, exec) cut at random points
         self.dropped = 0  # how many streams were cut
         self.rotations = 0  # how many log files were rotated away
+        # Seconds from SuccessCriteriaMet/FailureTarget to Complete/Failed (1.31+): the
+        # controller waits for every pod to be terminated and accounted for.
+        self.final_condition_delay: float | None = None
         self._faults: list[Fault] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -1304,7 +1307,16 @@ class FakeKubernetes:
                     if ended
                     else {"running": {"startedAt": _now()}}
                 )
-                side = {"name": sidecar, "ready": not ended, "restartCount": 0, "state": state}
+                side = {
+                    "name": sidecar,
+                    "image": "docker.io/istio/proxyv2:1.24.0",
+                    "imageID": _image_id("docker.io/istio/proxyv2:1.24.0"),
+                    "containerID": "containerd://" + "5" * 64,
+                    "ready": not ended,
+                    "started": not ended,
+                    "restartCount": 0,
+                    "state": state,
+                }
                 p["status"]["containerStatuses"] = sorted([side, *ours], key=lambda c: c["name"])
 
         if self._update("pods", namespace, pod, change) is None:
@@ -1601,7 +1613,7 @@ class FakeKubernetes:
             return
         if not target_set:
             add(interim)
-        time.sleep(self.step * 5)
+        time.sleep(self.final_condition_delay or self.step * 5)
         add(final)
 
     def _fail_target(self, namespace: str, name: str, reason: str, message: str) -> None:
