@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import io
 import json
 import random
 import re
@@ -60,7 +61,16 @@ import pytest
 TOKEN = "mlc-fake-token"
 NODE = "fake-node-1"
 SECRET_MAX_BYTES = 1024 * 1024
-SCENARIOS = ("success", "fail", "oom", "image_pull", "unschedulable", "deadline", "hang")
+SCENARIOS = (
+    "success",
+    "fail",
+    "oom",
+    "image_pull",
+    "unschedulable",
+    "deadline",
+    "hang",
+    "evicted",  # by the node (memory pressure) while its image is pulled: it never runs
+)
 
 # resource -> (group, version, kind, path prefix, namespaced name rule)
 RESOURCES = {
@@ -479,8 +489,9 @@ class FakeKubernetes:
     ) -> Fault:
         """Answer matching requests (``path``: a regex searched in the path) with ``status``:
         an HTTP status (429 comes with Retry-After), ``"reset"`` (the connection is closed
-        without an answer) or ``"watch-error"`` (a watch that sends an ERROR event, 410
-        Expired, and ends). ``times``: how many requests (None: all)."""
+        without an answer), ``"lost"`` (the request is carried out, its answer lost on the
+        way back) or ``"watch-error"`` (a watch that sends an ERROR event, 410 Expired, and
+        ends). ``times``: how many requests (None: all)."""
         f = Fault(status, method, re.compile(path), times, message, reason)
         with self._cond:
             self._faults.append(f)
@@ -1367,6 +1378,11 @@ class FakeKubernetes:
                 namespace, pod_name, containerStatuses=[{**waiting, "state": {"waiting": state}}]
             )
             clock.sleep(self.step * 5)
+        if scenario.scenario == "evicted":
+            clock.sleep(self.step * 3)
+            self._evict(namespace, pod_name)
+            self._set_pod(namespace, pod_name, phase="Failed")
+            return 137, "Evicted"
         if scenario.scenario == "image_pull":
             message = scenario.message or (
                 f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
@@ -1910,6 +1926,11 @@ class _Handler(BaseHTTPRequestHandler):
             if raw and body is None:
                 raise ApiError(400, "BadRequest", "the request body is not valid JSON")
             fault = fake._fault_for(method, url.path, query.get("watch") in ("true", "1"))
+            if fault is not None and fault.status == "lost":
+                self.wfile, answered = io.BytesIO(), self.wfile  # done, but not told
+                self._route(method, url.path, query, body)
+                self.wfile, self.close_connection = answered, True
+                return
             if fault is not None:
                 return self._fault(fault)
             self._route(method, url.path, query, body)

@@ -27,6 +27,7 @@ from mlcontainer_magics.backends.kubernetes import backend as k8s_backend
 from mlcontainer_magics.core import transfer
 from mlcontainer_magics.core.backend import Environment
 from mlcontainer_magics.errors import ClusterAuthError, KubernetesError, NamespaceMissing
+from mlcontainer_magics.runner import OUTPUTS_MARK
 
 pytest.importorskip("kubernetes")
 
@@ -369,3 +370,56 @@ def test_status_says_the_servers_version_or_why_it_is_down(k8s_fake, tmp_path):
     (tmp_path / "gone").write_text(json.dumps(config))
     down = backend_for(k8s_fake, kubeconfig=str(tmp_path / "gone")).status()
     assert down["up"] is False and "Cannot reach the Kubernetes API server" in down["message"]
+
+
+def test_a_pod_evicted_before_it_ran_ends_the_run_saying_so(backend, k8s_fake, workdirs):
+    """Phase Failed, no container ever started: its log is a 400 for good, not a wait."""
+    k8s_fake.script("mlc-", scenario="evicted")
+    result, _, _ = run(backend, workdirs)
+    assert result.reason == "killed" and "low on resource" in result.message
+
+
+def test_a_job_made_though_its_answer_was_lost_runs(backend, k8s_fake, workdirs):
+    """The create is carried out, its answer lost: the retry's 409 means it was made."""
+    lost = k8s_fake.fault("lost", method="POST", path="/jobs$")
+    k8s_fake.script("mlc-", logs=["once"])
+    result, rec, _ = run(backend, workdirs)
+    assert lost.hits == 1 and result.reason == "done" and rec.text() == "once\n"
+    assert len(k8s_fake.list("jobs", NS)) == 1
+
+
+def test_a_stop_while_the_values_come_back_is_a_stop(backend, k8s_fake, workdirs):
+    """The Stop comes from another thread (the sidebar's) while an exec is open: its calls
+    must stay plain HTTP (the client's stream() swaps its ApiClient's request method)."""
+
+    def exec_then_stopped(command):
+        backend.stop("run-1")
+        return b"", b"the pod is going", 1
+
+    def cell(pod):
+        pod.on_exec(exec_then_stopped)
+        offer = {"files": [{"name": "x.json", "size": 3, "sha256": "0" * 64}]}
+        pod.log(OUTPUTS_MARK + json.dumps(offer))
+        while not pod.cancelled:
+            time.sleep(0.01)
+        return 143
+
+    k8s_fake.script("mlc-", run=cell)
+    result, _, _ = run(backend, workdirs, make_spec(outputs=("x",)))
+    assert result.reason == "stopped", result
+
+
+def test_lines_of_the_two_streams_out_of_time_order_are_all_fed_and_a_replay_is_not():
+    from mlcontainer_magics.backends.kubernetes.backend import _LogPosition
+
+    fed: list[str] = []
+    position = _LogPosition()
+    stamp = "2026-12-01T10:00:0{}.{:09d}Z "
+    live = [stamp.format(1, 5) + "a\n", stamp.format(1, 3) + "b\n", stamp.format(1, 5) + "c\n"]
+    for line in live:
+        position.take(line, fed.append)
+    assert fed == ["a\n", "b\n", "c\n"] and position.since() == "2026-12-01T10:00:01Z"
+    position.reopen()  # the same second comes again, then what is new
+    for line in [*live, stamp.format(1, 5) + "d\n", stamp.format(2, 0) + "e\n"]:
+        position.take(line, fed.append)
+    assert fed == ["a\n", "b\n", "c\n", "d\n", "e\n"]

@@ -27,7 +27,8 @@ STDERR_MARK = PREFIX + "stderr:"  # + JSON text: stderr, in one-stream mode
 # (over exec, --send); the runner waits for COLLECTED, for up to MLC_COLLECT_WAIT seconds.
 OUTPUTS_MARK = PREFIX + "outputs:"
 COLLECTED = MLC + "/collected"
-COLLECT_WAIT_ENV = "MLC_COLLECT_WAIT"
+TAKING = "taking"  # beside out/: touched as --send goes, so a long transfer is not cut short
+COLLECT_WAIT_ENV = "MLC_COLLECT_WAIT"  # seconds without progress before the runner gives up
 ONE_STREAM_ENV = "MLC_ONE_STREAM"  # "1": everything on stdout (a Kubernetes pod's one log)
 MESSAGE_PREFIX = "mlcontainer: "  # starts a line of stderr that explains a values problem
 VALUES_EXIT = 2  # the exit status that goes with it
@@ -420,10 +421,17 @@ def emit_out_files(out):
         return
     sys.__stdout__.write(OUTPUTS_MARK + json.dumps(offer) + "\n")
     sys.__stdout__.flush()
-    wait = float(os.environ.get(COLLECT_WAIT_ENV) or 300)
-    deadline = time.time() + wait
+    wait = float(os.environ.get(COLLECT_WAIT_ENV) or 120)
+    taking = os.path.join(os.path.dirname(out), TAKING)
+    seen, since = None, time.monotonic()
     while not os.path.exists(COLLECTED):
-        if time.time() > deadline:
+        try:
+            now = os.stat(taking).st_mtime
+        except OSError:
+            now = None
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since > wait:
             sys.stderr.write(MESSAGE_PREFIX + "nobody took the --out values within %g s\n" % wait)
             return
         time.sleep(0.02)
@@ -432,9 +440,13 @@ def emit_out_files(out):
 def send_file(path, offset):
     """--send PATH OFFSET: the bytes of a file of out/ from OFFSET on, to stdout (exec)."""
     out = getattr(sys.stdout, "buffer", sys.stdout)
+    taking = os.path.join(os.path.dirname(os.path.dirname(path)), TAKING)
     with open(path, "rb") as f:
         f.seek(offset)
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for i, block in enumerate(iter(lambda: f.read(1 << 20), b"")):
+            if i % 64 == 0:  # the runner waits while this moves
+                with open(taking, "a"):
+                    os.utime(taking, None)
             out.write(block)
     out.flush()
 

@@ -48,6 +48,7 @@ from ...runner import COLLECTED, MARK, ONE_STREAM_ENV, OUT_DIR, RUNNER_COMMAND
 from . import objects
 from . import registry as registries
 from .client import (
+    API_PATIENCE,
     TRANSIENT_STATUSES,
     Api,
     Backoff,
@@ -75,6 +76,8 @@ FINAL_WAIT = 30.0  # after the log ends, how long the pod may take to report its
 JOB_WAIT = 5.0  # after a nonzero exit, how long to wait for the Job to say why (deadline?)
 NO_POD_GRACE = 10.0  # the Job controller's pod may take this long, whatever schedule_timeout
 PULL_PATIENCE = 30.0  # a pull the kubelet retries (a registry timing out) may fail this long
+FINAL_LOG_TRIES = 10  # reads of the log's end, once the container has ended
+CLEANUP_PATIENCE = 5.0  # seconds a cleanup call retries: it must not hold up an interrupt
 
 SMALL_MOUNTS = 512 * 1024  # local read-only mounts up to this travel in the run's Secret
 _NEEDS_CLAIM = (
@@ -140,6 +143,7 @@ class _Run:
     image: str
     network_policy: bool = False
     pod_owns_policy: bool = False  # the policy goes with the pod (see _guard_isolation)
+    container_ended: bool = False  # the cell's process is over: isolation may go
     abandon: bool = False  # delete the Job too when the run ends (it still runs or waits)
 
 
@@ -163,6 +167,7 @@ class KubernetesBackend(Backend):
         self.config = KubernetesConfig(parent=parent)
         _register_with_shell(self.config, parent)
         self._given_client = client  # a kubernetes.client.ApiClient, used as is
+        self._given_api: Api | None = None
         self._clients: dict[tuple, tuple] = {}  # (in_cluster, kubeconfig, context) -> (api, ns)
         self._docker = docker_backend
         self._active: dict[str, _Run] = {}
@@ -188,7 +193,9 @@ class KubernetesBackend(Backend):
         c = self.config
         wanted = self._target.get("namespace") or c.k8s_namespace
         if self._given_client is not None:
-            return Api(self._given_client), wanted or "default"
+            if self._given_api is None:
+                self._given_api = Api(self._given_client)
+            return self._given_api, wanted or "default"
         key = (c.in_cluster, c.kubeconfig, self._target.get("context") or c.context)
         if key not in self._clients:
             self._clients[key] = load_client(*key)
@@ -347,7 +354,15 @@ class KubernetesBackend(Backend):
         api.core.create_namespaced_secret(ns, secret)
         for policy in policies:
             api.net.create_namespaced_network_policy(ns, policy)
-        created = _json(api.batch.create_namespaced_job(ns, job, _preload_content=False))
+        answer = api.batch.create_namespaced_job(ns, job, _preload_content=False)
+        # None: its answer was lost, and the retry found it made; read it for its uid.
+        created = (
+            _json(answer)
+            if answer is not None
+            else _get(api.batch.read_namespaced_job, run.name, ns)
+        )
+        if created is None:
+            raise KubernetesError(f"The Job {run.name} was made, then gone at once.")
         patch = [
             {
                 "op": "add",
@@ -369,13 +384,14 @@ class KubernetesBackend(Backend):
         that got us here."""
         api, ns = run.api, run.namespace
         calls: list[tuple[Any, dict]] = [(api.core.delete_namespaced_secret, {})]
-        if run.network_policy and (not job or not run.pod_owns_policy):
+        if run.network_policy and (not run.pod_owns_policy or run.container_ended):
             calls.append((api.net.delete_namespaced_network_policy, {}))
         if job:
             calls.insert(0, (api.batch.delete_namespaced_job, {"propagation_policy": "Background"}))
-        for call, kwargs in calls:
-            with contextlib.suppress(Exception):
-                call(run.name, ns, **kwargs)
+        with api.patience(CLEANUP_PATIENCE):
+            for call, kwargs in calls:
+                with contextlib.suppress(Exception):
+                    call(run.name, ns, **kwargs)
 
     def _follow(
         self, run: _Run, run_id: str, workdir: Path, events: Events, output: Output
@@ -387,7 +403,7 @@ class KubernetesBackend(Backend):
         events(Phase.RUNNING, container=pod_name)
         self._guard_isolation(run, started)
         out_dir = workdir / "out"
-        sink = _LogSink(output, lambda offer: self._collect(run, pod_name, offer, out_dir))
+        sink = _LogSink(output, lambda offer: self._collect(run, run_id, pod_name, offer, out_dir))
         self._stream_log(run, pod_name, sink.feed)
         sink.close()
         return self._result(run, run_id, pod_name, sink)
@@ -411,7 +427,7 @@ class KubernetesBackend(Backend):
             run.api.net.patch_namespaced_network_policy(run.name, run.namespace, patch)
             run.pod_owns_policy = True
 
-    def _collect(self, run: _Run, pod_name: str, offer: dict, out_dir: Path) -> None:
+    def _collect(self, run: _Run, run_id: str, pod_name: str, offer: dict, out_dir: Path) -> None:
         """Bring the files of /mlc/out the runner offers (it waits for them to be taken)
         over ``pods/exec``, each checked against its SHA-256; then tell the runner it may
         exit. They do not travel in the log, which the kubelet rotates and a reconnect cannot
@@ -423,22 +439,25 @@ class KubernetesBackend(Backend):
                 name = str(entry["name"])
                 if not _safe_file_name(name):
                     continue  # a runner lists out/: never a path
-                digest = self._fetch_file(run, pod_name, name, int(entry["size"]), out_dir)
+                digest = fetch_out_file(
+                    run.api, run.namespace, pod_name, name, int(entry["size"]), out_dir
+                )
                 if digest != entry.get("sha256"):
                     raise KubernetesError(
                         f"The output file {name} came back from the pod {pod_name} changed "
                         "(its SHA-256 differs); run the cell again."
                     )
             collected = [*RUNNER_COMMAND, "--collected", COLLECTED]
-            for _ in exec_output(
-                run.api, run.namespace, pod_name, objects.CONTAINER_NAME, collected
-            ):
-                pass
-        except RuntimeError as e:
+            exec_patiently(run.api, run.namespace, pod_name, collected)
+        except (RuntimeError, ExecBroken) as e:
+            if run_id in self._stopped:
+                return  # stopped while its values came: they do not matter
             raise KubernetesError(
                 f"Taking the outputs from the pod {pod_name} failed: {e}"
             ) from None
         except ApiException as e:
+            if run_id in self._stopped:
+                return
             if e.status == 403:
                 raise ClusterAuthError(
                     f"The cluster does not allow your account to exec into the run's pod in "
@@ -452,34 +471,6 @@ class KubernetesBackend(Backend):
                     f"({api_message(e)}); run the cell again."
                 ) from None
             raise
-
-    def _fetch_file(self, run: _Run, pod_name: str, name: str, size: int, out_dir: Path) -> str:
-        """One file of out/, resumed at the byte where a broken stream left it: its SHA-256."""
-        from kubernetes.client.rest import ApiException
-
-        broken: tuple[type[BaseException], ...] = (ExecBroken, *connection_errors())
-        digest = hashlib.sha256()
-        backoff = Backoff()
-        with open(out_dir / name, "wb") as f:
-            while f.tell() < size:
-                command = [*RUNNER_COMMAND, "--send", f"{OUT_DIR}/{name}", str(f.tell())]
-                at = f.tell()
-                try:
-                    for data in exec_output(
-                        run.api, run.namespace, pod_name, objects.CONTAINER_NAME, command
-                    ):
-                        f.write(data)
-                        digest.update(data)
-                        backoff.reset()
-                    if f.tell() == at:  # a whole answer, and nothing in it
-                        raise RuntimeError(f"{name} is shorter than the {size} bytes offered")
-                except broken:
-                    backoff.sleep()
-                except ApiException as e:
-                    if e.status not in TRANSIENT_STATUSES:
-                        raise
-                    backoff.sleep()
-        return digest.hexdigest()
 
     def _wait_for_start(self, run: _Run, run_id: str, events: Events):
         """Watch the run's pod until its container runs (or already ended): the pod, as a
@@ -656,13 +647,13 @@ class KubernetesBackend(Backend):
         restarts): one that breaks while the container runs is opened again, with backoff,
         for as long as it runs, from the second of the last line fed (``sinceTime``); lines
         already fed are known by their timestamps and skipped. Once the container has ended,
-        the log is read once more, unfollowed, to the end."""
-        import urllib3
+        the log is read once more, unfollowed, to the end (a few tries: it may have none)."""
         from kubernetes.client.rest import ApiException
 
         position = _LogPosition()
         backoff = Backoff()
         follow = True
+        final_tries = FINAL_LOG_TRIES
         while True:
             try:
                 response = open_pod_log(
@@ -674,8 +665,8 @@ class KubernetesBackend(Backend):
                     since=position.since(),
                 )
             except ApiException as e:
-                if e.status == 404:
-                    return  # the pod is gone
+                if e.status == 404 or (e.status == 400 and not follow):
+                    return  # the pod is gone, or ended without a log (evicted before it ran)
                 if e.status != 400 and e.status not in TRANSIENT_STATUSES:
                     raise
                 response = None  # no log yet (a race with the kubelet), or a busy server
@@ -689,14 +680,18 @@ class KubernetesBackend(Backend):
                         if position.take(line, feed):
                             backoff.reset()
                     clean = True
-                except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError):
-                    pass  # the connection broke
+                except connection_errors():
+                    pass  # the connection broke, or went silent
                 finally:
                     with contextlib.suppress(Exception):
                         response.release_conn()
             if not follow and clean:
                 position.flush(feed)
                 return
+            if not follow:
+                final_tries -= 1
+                if final_tries <= 0:
+                    return  # the end of the log cannot be had: what came is what there is
             pod = _get(run.api.core.read_namespaced_pod, pod_name, run.namespace)
             if pod is None:
                 return
@@ -708,6 +703,7 @@ class KubernetesBackend(Backend):
     def _result(self, run: _Run, run_id: str, pod_name: str, sink: _LogSink) -> RunResult:
         pod = self._terminated_pod(run, pod_name)
         term = container_terminated(pod) if pod is not None else None
+        run.container_ended = pod is None or term is not None
         code = term.get("exitCode") if term else None
         note = None
         evicted = disruption(pod)
@@ -751,7 +747,8 @@ class KubernetesBackend(Backend):
         deadline = time.monotonic() + FINAL_WAIT
         while True:
             pod = _get(run.api.core.read_namespaced_pod, pod_name, run.namespace)
-            if pod is None or container_terminated(pod) or time.monotonic() > deadline:
+            ended = pod is not None and pod_progress(pod)[0] == "terminated"  # maybe never ran
+            if pod is None or container_terminated(pod) or ended or time.monotonic() > deadline:
                 return pod
             time.sleep(0.1)
 
@@ -966,6 +963,7 @@ class _LogPosition:
         self.last: int | None = None
         self.at_last = 0
         self._skip = 0
+        self._replaying = False  # a stream opened again sends what was fed once more
         self._partial = ""  # the end of a log without its newline (it may still grow)
 
     def since(self) -> str | None:
@@ -976,6 +974,7 @@ class _LogPosition:
 
     def reopen(self) -> None:
         self._skip, self._partial = self.at_last, ""
+        self._replaying = self.last is not None
 
     def take(self, line: str, feed) -> bool:
         """Feed one line (its timestamp first) unless it was fed before; True if fed."""
@@ -987,15 +986,19 @@ class _LogPosition:
         if at is None:  # no timestamp: the rest of a line that started before
             feed(line)
             return True
-        if self.last is not None and at < self.last:
-            return False
-        if at == self.last:
-            if self._skip:
+        if self._replaying and self.last is not None:
+            if at < self.last:
+                return False  # fed before the stream broke
+            if at == self.last and self._skip:
                 self._skip -= 1
                 return False
+            self._replaying = False
+        # Lines of the container's two streams may come slightly out of time order: each
+        # is fed as it comes; the position is the newest.
+        if self.last is None or at > self.last:
+            self.last, self.at_last = at, 1
+        elif at == self.last:
             self.at_last += 1
-        else:
-            self.last, self.at_last, self._skip = at, 1, 0
         feed(text)
         return True
 
@@ -1010,15 +1013,20 @@ def _log_lines(response) -> Iterator[str]:
     """The lines of a log response, as they come (the last one without its newline if the
     stream ends there)."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    pending = ""
+    pending: list[str] = []  # pieces of a line not ended yet (a long one comes in many)
     for chunk in response.stream(amt=None, decode_content=False):
-        pending += decoder.decode(chunk)
-        *lines, pending = pending.split("\n")
+        text = decoder.decode(chunk)
+        if "\n" not in text:
+            pending.append(text)
+            continue
+        first, *lines, rest = text.split("\n")
+        yield "".join(pending) + first + "\n"
         for line in lines:
             yield line + "\n"
-    pending += decoder.decode(b"", final=True)
-    if pending:
-        yield pending
+        pending = [rest] if rest else []
+    tail = "".join(pending) + decoder.decode(b"", final=True)
+    if tail:
+        yield tail
 
 
 def _log_time(stamp: str) -> int | None:
@@ -1075,6 +1083,61 @@ def _field_hint(detail: str) -> str:
 
 def _failed(message: str) -> RunResult:
     return RunResult(None, "failed", message=message)
+
+
+def fetch_out_file(api: Api, namespace: str, pod: str, name: str, size: int, out_dir: Path) -> str:
+    """One file of the pod's out/ into ``out_dir`` over exec, resumed at the byte where a broken
+    stream left it: its SHA-256. Gives up after API_PATIENCE seconds without a byte."""
+    digest = hashlib.sha256()
+    with open(out_dir / name, "wb") as f:
+
+        def more() -> None:
+            at = f.tell()
+            command = [*RUNNER_COMMAND, "--send", f"{OUT_DIR}/{name}", str(at)]
+            for data in exec_output(api, namespace, pod, objects.CONTAINER_NAME, command):
+                f.write(data)
+                digest.update(data)
+            if f.tell() == at:  # a whole answer, and nothing in it
+                raise RuntimeError(f"{name} is shorter than the {size} bytes offered")
+
+        while f.tell() < size:
+            exec_patiently(api, namespace, pod, more, progress=f.tell)
+    return digest.hexdigest()
+
+
+def exec_patiently(api: Api, namespace: str, pod: str, command, progress=None) -> None:
+    """Run ``command`` (a list: its output is not wanted) or call ``command()`` (it execs),
+    again with backoff while the stream breaks or the server is busy, until API_PATIENCE
+    seconds pass without ``progress()`` changing."""
+    from kubernetes.client.rest import ApiException
+
+    def once() -> None:
+        if callable(command):
+            command()
+        else:
+            for _ in exec_output(api, namespace, pod, objects.CONTAINER_NAME, command):
+                pass
+
+    broken: tuple[type[BaseException], ...] = (ExecBroken, *connection_errors())
+    backoff = Backoff()
+    seen = progress() if progress else None
+    since = time.monotonic()
+    while True:
+        try:
+            return once()
+        except broken:
+            pass
+        except ApiException as e:
+            if e.status != 0 and e.status not in TRANSIENT_STATUSES:
+                raise  # status 0: the websocket could not connect
+        now = progress() if progress else None
+        if now != seen:
+            seen, since = now, time.monotonic()
+            backoff.reset()
+            continue
+        if time.monotonic() - since > API_PATIENCE:
+            raise ExecBroken(f"no progress for {API_PATIENCE:g} s")
+        backoff.sleep()
 
 
 def _jobs_of(api, namespace: str, run_id: str) -> list[dict]:

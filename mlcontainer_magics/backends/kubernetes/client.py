@@ -105,6 +105,7 @@ class _Patient:
             answer = patiently(
                 lambda: call(*args, **kwargs),
                 creating=name.startswith("create_"),
+                patience=self._api.patient_for,
                 reconnect=self._api.answered,
             )
             self._api.answered = True
@@ -124,11 +125,21 @@ class Api:
         self.client = api_client
         self.context = context  # the kubeconfig context it came from, for messages
         self.answered = False  # has the server answered a call yet?
+        self.patient_for = API_PATIENCE  # seconds a call retries transient answers
         self.core_raw = client.CoreV1Api(api_client)
         self.core: Any = _Patient(self.core_raw, self)
         self.batch: Any = _Patient(client.BatchV1Api(api_client), self)
         self.net: Any = _Patient(client.NetworkingV1Api(api_client), self)
         self.version: Any = _Patient(client.VersionApi(api_client), self)
+
+    @contextlib.contextmanager
+    def patience(self, seconds: float):
+        """Calls within retry for ``seconds`` at most (cleanup must not hold up an interrupt)."""
+        before, self.patient_for = self.patient_for, seconds
+        try:
+            yield
+        finally:
+            self.patient_for = before
 
 
 def open_pod_log(api: Api, namespace: str, pod: str, container: str, *, follow: bool, since=None):
@@ -172,12 +183,16 @@ def exec_output(api: Api, namespace: str, pod: str, container: str, command) -> 
     """Run ``command`` in the container (``pods/exec``) and yield its stdout as it comes.
     Raises ExecBroken when the stream breaks, RuntimeError when the command fails, and an
     ApiException with the handshake's status when the server refuses."""
+    from kubernetes import client
     from kubernetes.client.rest import ApiException
     from kubernetes.stream import stream
 
+    # stream() swaps the ApiClient's request method for a WebSocket call while it runs: an
+    # ApiClient of its own, so calls of other threads (a Stop) stay plain HTTP.
+    own = client.CoreV1Api(client.ApiClient(api.client.configuration))
     try:
         ws = stream(
-            api.core_raw.connect_get_namespaced_pod_exec,
+            own.connect_get_namespaced_pod_exec,
             pod,
             namespace,
             command=list(command),
