@@ -136,10 +136,14 @@ def _exec_locally(root: Path):
     """pods/exec of the fake pod: the command run on this machine, /mlc being ``root``."""
 
     def run(command: list[str]):
-        if command[:2] == list(RUNNER_COMMAND):
-            command = [sys.executable, str(RUNNER_PATH), *command[2:]]
-        command = [a.replace("/mlc", str(root)) for a in command]
-        done = subprocess.run(command, capture_output=True)
+        program, args = command[:2], command[2:]
+        if program != list(RUNNER_COMMAND):
+            program, args = command[:1], command[1:]  # cat FILE
+        if program == list(RUNNER_COMMAND):
+            program = [sys.executable, str(RUNNER_PATH)]
+        done = subprocess.run(
+            [*program, *(a.replace("/mlc", str(root)) for a in args)], capture_output=True
+        )
         return done.stdout, done.stderr, done.returncode
 
     return run
