@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -157,3 +158,14 @@ def workdirs():
     yield make
     for w in made:
         shutil.rmtree(w, ignore_errors=True)
+
+
+def wait_for(predicate, timeout=60.0, every=0.05):
+    """``predicate()``'s first truthy value within ``timeout`` seconds, else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    return None

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from conftest import NAMESPACE, STORE, env_images
+from conftest import NAMESPACE, STORE, env_images, wait_for
 from mlcontainer_magics.errors import (
     BaseImageMissing,
     BuildError,
@@ -56,16 +56,6 @@ def run(ip, line, cell):
 def containers(client, namespace=NAMESPACE, role=None, all=True):
     labels = [f"{LABEL}.namespace={namespace}"] + ([f"{LABEL}.role={role}"] if role else [])
     return client.containers.list(all=all, filters={"label": labels})
-
-
-def wait_for(predicate, timeout=60.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return None
 
 
 def cli(*argv, env=None, timeout=120):

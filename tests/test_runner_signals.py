@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NAMESPACE
+from conftest import NAMESPACE, wait_for
 from mlcontainer_magics.runner import (
     MESSAGE_PREFIX,
     ONE_STREAM_ENV,
@@ -43,16 +43,6 @@ PROMPTLY = 5.0  # seconds from SIGTERM to the end of the process
 def runner_bytes() -> bytes:
     path = os.environ.get("MLC_TEST_RUNNER")
     return Path(path).read_bytes() if path else runner_source()
-
-
-def wait_for(predicate, timeout=30.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return None
 
 
 # == the runner as a process ======================================================================
