@@ -166,6 +166,15 @@ def runner_pod(lines=(), code=0, **files: bytes):
     return container
 
 
+def assert_env_by_reference(job: dict, name: str, value: str) -> dict:
+    """The Job gives the cell ``name`` from the run's Secret, and holds its value nowhere."""
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    ref = {"secretKeyRef": {"name": job["metadata"]["name"], "key": f"env.{name}"}}
+    assert {"name": name, "valueFrom": ref} in env
+    assert value not in json.dumps(job)
+    return job
+
+
 def display_line(bundle):
     return MARK + json.dumps({"data": bundle})
 
@@ -237,13 +246,7 @@ def test_a_run_creates_secret_and_job_streams_and_leaves_the_job_for_its_ttl(
     assert json.loads(seen["files"]["/mlc/manifest.json"])["outputs"] == []
     assert seen["env"]["MLC_ONE_STREAM"] == "1" and seen["env"]["MODE"] == "test"
     assert seen["env"]["API_TOKEN"] == "s3"  # by reference to the Secret, never in the Job
-    job = k8s_fake.get("jobs", "mlc-run-1", NS)
-    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {
-        "name": "API_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "mlc-run-1", "key": "env.API_TOKEN"}},
-    } in env
-    assert "s3" not in json.dumps(job)
+    job = assert_env_by_reference(k8s_fake.get("jobs", "mlc-run-1", NS), "API_TOKEN", "s3")
     # The Secret belonged to the Job while it ran, and went when the run ended.
     owner = seen["secret"]["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "Job" and owner["uid"] == job["metadata"]["uid"]
@@ -1089,11 +1092,5 @@ def test_a_secret_is_a_key_of_the_runs_secret_and_never_in_the_job(backend, k8s_
         secrets={"HF_TOKEN": "hf_s3cret"},
     )
     assert result.reason == "done" and seen["env"]["HF_TOKEN"] == "hf_s3cret"
-    job = k8s_fake.get("jobs", "mlc-run-1", NS)
-    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {
-        "name": "HF_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "mlc-run-1", "key": "env.HF_TOKEN"}},
-    } in env
-    assert "hf_s3cret" not in json.dumps(job)
+    assert_env_by_reference(k8s_fake.get("jobs", "mlc-run-1", NS), "HF_TOKEN", "hf_s3cret")
     assert k8s_fake.get("secrets", "mlc-run-1", NS) is None  # gone with the run

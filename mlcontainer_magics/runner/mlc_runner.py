@@ -413,7 +413,7 @@ def out_offer(out):
     return {"files": files}
 
 
-def emit_out_files(out):
+def offer_out_files(out):
     """One-stream mode: offer the files of out/ and wait until the host has taken them. They do
     not travel in the log: the kubelet rotates it, and a reconnect cannot read back what went."""
     offer = out_offer(out)
@@ -520,7 +520,7 @@ def main():
         code = run_in(MLC, {"__name__": "__main__", "display": display})
         if one_stream and not _term["signals"]:
             sys.stdout.flush()
-            emit_out_files(OUT)
+            offer_out_files(OUT)
     except BaseException:  # Terminated, or what the cell did when it caught it (sys.exit...)
         if not _term["signals"]:
             raise

@@ -122,13 +122,15 @@ class _Waiting:
     def watch_seconds(self) -> int:
         """How long the next watch may last: until the next deadline, at most WATCH_SECONDS."""
         now = time.monotonic()
+        patient_since = (
+            self.suspended_since if self.suspended_since is not None else self.pull_failing_since
+        )
         if self.unschedulable_since is not None:
             remaining = self.limit - (now - self.unschedulable_since)
-        elif (self.suspended_since or self.pull_failing_since) is not None:
-            since = self.suspended_since or self.pull_failing_since or now
-            remaining = max(self.limit, PULL_PATIENCE) - (now - since)
+        elif patient_since is not None:
+            remaining = max(self.limit, PULL_PATIENCE) - (now - patient_since)
         elif not self.pod_seen:
-            remaining = self.no_pod_limit - (time.monotonic() - self.began)
+            remaining = self.no_pod_limit - (now - self.began)
         else:
             remaining = WATCH_SECONDS
         return int(max(1, min(WATCH_SECONDS, math.ceil(remaining))))
@@ -447,8 +449,14 @@ class KubernetesBackend(Backend):
                         f"The output file {name} came back from the pod {pod_name} changed "
                         "(its SHA-256 differs); run the cell again."
                     )
-            collected = [*RUNNER_COMMAND, "--collected", COLLECTED]
-            exec_patiently(run.api, run.namespace, pod_name, collected)
+
+            def collected() -> None:  # the runner may exit now
+                command = [*RUNNER_COMMAND, "--collected", COLLECTED]
+                cell = objects.CONTAINER_NAME
+                for _ in exec_output(run.api, run.namespace, pod_name, cell, command):
+                    pass
+
+            exec_patiently(collected)
         except (RuntimeError, ExecBroken) as e:
             if run_id in self._stopped:
                 return  # stopped while its values came: they do not matter
@@ -1101,27 +1109,18 @@ def fetch_out_file(api: Api, namespace: str, pod: str, name: str, size: int, out
                 raise RuntimeError(f"{name} is shorter than the {size} bytes offered")
 
         while f.tell() < size:
-            exec_patiently(api, namespace, pod, more, progress=f.tell)
+            exec_patiently(more, progress=f.tell)
     return digest.hexdigest()
 
 
-def exec_patiently(api: Api, namespace: str, pod: str, command, progress=None) -> None:
-    """Run ``command`` (a list: its output is not wanted) or call ``command()`` (it execs),
-    again with backoff while the stream breaks or the server is busy, until API_PATIENCE
-    seconds pass without ``progress()`` changing."""
+def exec_patiently(once: Callable[[], None], progress: Callable[[], object] = lambda: None):
+    """``once()`` (it execs), again with backoff while the stream breaks or the server is
+    busy, until API_PATIENCE seconds pass without ``progress()`` changing."""
     from kubernetes.client.rest import ApiException
-
-    def once() -> None:
-        if callable(command):
-            command()
-        else:
-            for _ in exec_output(api, namespace, pod, objects.CONTAINER_NAME, command):
-                pass
 
     broken: tuple[type[BaseException], ...] = (ExecBroken, *connection_errors())
     backoff = Backoff()
-    seen = progress() if progress else None
-    since = time.monotonic()
+    seen, since = progress(), time.monotonic()
     while True:
         try:
             return once()
@@ -1130,7 +1129,7 @@ def exec_patiently(api: Api, namespace: str, pod: str, command, progress=None) -
         except ApiException as e:
             if e.status != 0 and e.status not in TRANSIENT_STATUSES:
                 raise  # status 0: the websocket could not connect
-        now = progress() if progress else None
+        now = progress()
         if now != seen:
             seen, since = now, time.monotonic()
             backoff.reset()
