@@ -274,11 +274,13 @@ def test_effective_pip_settings_precedence():
         ("index-url", "http://localhost:3141/root/pypi", False, "loopback"),
         ("index-url", "http://127.0.0.1:3141/simple", False, "loopback"),
         ("index-url", "http://[::1]:3141/simple", False, "loopback"),
-        ("extra-index-url", "file:///opt/pypi/simple", False, "path on the host"),
-        ("find-links", "/opt/wheels", False, "path on the host"),
-        ("find-links", "wheels", False, "path on the host"),
-        # builds take indexes only: a network find-links stays on the host
-        ("find-links", "https://download.example/wheels.html", False, "indexes only"),
+        ("extra-index-url", "file:///opt/pypi/simple", True, "mounted read-only"),
+        ("extra-index-url", "file:///gone/simple", False, "no such folder"),
+        ("find-links", "/opt/wheels", True, "mounted read-only"),
+        ("find-links", "wheels", False, "no such folder"),
+        ("find-links", "https://download.example/wheels.html", True, "page of links"),
+        ("find-links", "http://localhost:8000/wheels", False, "loopback"),
+        ("no-index", "true", True, "find-links only"),
         ("index-url", "ftp://mirror.example/simple", False, "unsupported scheme"),
         ("trusted-host", "pypi.corp.example", True, "host name"),
         ("cert", "/exists.pem", True, "CA bundle"),
@@ -286,13 +288,20 @@ def test_effective_pip_settings_precedence():
     ],
 )
 def test_container_view(key, value, usable, why):
-    got = pipconfig.container_view(key, value, is_file=lambda p: p == "/exists.pem")
+    got = pipconfig.container_view(
+        key,
+        value,
+        is_file=lambda p: p == "/exists.pem",
+        is_dir=lambda p: p in ("/opt/pypi/simple", "/opt/wheels"),
+    )
     assert got[0] is usable and why in got[1]
 
 
 def test_pip_report_from():
     env = {"PIP_INDEX_URL": "https://mirror.example/simple"}
-    rep = doctor.pip_report_from(PIP_CONFIG_LIST, env, is_file=lambda p: True)
+    rep = doctor.pip_report_from(
+        PIP_CONFIG_LIST, env, is_file=lambda p: True, is_dir=lambda p: p == "/opt/pypi/simple"
+    )
     assert rep["ok"] and rep["error"] is None
     s = rep["settings"]
     assert list(s) == ["index-url", "extra-index-url", "find-links", "cert", "trusted-host"]
@@ -308,16 +317,17 @@ def test_pip_report_from():
         "file:///opt/pypi/simple",
         "file:///opt/pypi-more/simple",
     ]
-    assert [e["container"] for e in s["extra-index-url"]] == [False, False]
+    # a folder on the host is mounted into builds; one that is not there stays out
+    assert [e["container"] for e in s["extra-index-url"]] == [True, False]
     assert s["find-links"][0]["origin"] == "env"
     assert [e["value"] for e in s["trusted-host"]] == ["pypi.corp.example", "it's.example"]
     assert rep["container_usable"] == {
         "index-url": ["https://mirror.example/simple"],
+        "extra-index-url": ["file:///opt/pypi/simple"],
         "cert": ["/etc/ssl/certs/ca-certificates.crt"],
         "trusted-host": ["pypi.corp.example", "it's.example"],
     }
     assert rep["host_only"] == [
-        "extra-index-url file:///opt/pypi/simple",
         "extra-index-url file:///opt/pypi-more/simple",
         "find-links /opt/wheels",
     ]
@@ -459,7 +469,9 @@ REPORT_OK = {
         "offline": True,
         "offline_from": "debian-bookworm",
     },
-    "pip": doctor.pip_report_from(PIP_CONFIG_LIST, {}, is_file=lambda p: True),
+    "pip": doctor.pip_report_from(
+        PIP_CONFIG_LIST, {}, is_file=lambda p: True, is_dir=lambda p: p == "/opt/wheels"
+    ),
     "ok": True,
 }
 
@@ -472,10 +484,9 @@ def test_format_report(monkeypatch):
         "✔ base image python:3.11-slim: sha256:abababababab "
         "(built offline, offline build from debian-bookworm)"
     )
-    assert (
-        "! pip extra-index-url: file:///opt/pypi/simple (global; a path on the host"
-        in "\n".join(lines)
-    )
+    text = "\n".join(lines)
+    assert "! pip extra-index-url: file:///opt/pypi/simple (global; no such folder" in text
+    assert "✔ pip find-links: /opt/wheels (env; a folder on the host; mounted read-only" in text
     bad = dict(
         REPORT_OK,
         engine={"ok": False, "error": "No Docker engine answers at X. To fix: Y."},

@@ -26,11 +26,12 @@ def test_pip_config_priority_and_usable_urls():
     assert settings["cert"] == ("/etc/ssl/certs/ca-certificates.crt", "env")  # env beats global
     # [install] beats [global] though printed before it; pip reads no [user] section
     assert settings["index-url"] == ("https://user:pw@private.example/simple", "install")
-    net = build_network(settings, is_file=lambda p: True)
+    net = build_network(settings, is_file=lambda p: True, is_dir=lambda p: p == "/opt/pypi/simple")
     assert net.index_url == "https://user:pw@private.example/simple"
-    assert net.extra_index_urls == ("https://mirror.example/simple",)
+    # a file:// index on the host is kept (mounted into builds); a missing folder is dropped
+    assert net.extra_index_urls == ("file:///opt/pypi/simple", "https://mirror.example/simple")
     assert net.cert_path == "/etc/ssl/certs/ca-certificates.crt"
-    assert set(net.dropped) == {"file:///opt/pypi/simple", "/opt/wheels"}
+    assert net.dropped == ("/opt/wheels",) and net.find_links == ()
 
 
 def test_pip_variables_beat_every_section():
@@ -42,18 +43,62 @@ def test_pip_variables_beat_every_section():
 def test_build_network_drops_what_a_container_cannot_reach():
     text = (
         "global.index-url='http://localhost:3141/simple'\n"
-        "global.find-links='https://wheels.example/links.html'\n"
+        "global.find-links='https://wheels.example/links.html /missing-wheels'\n"
         "global.cert='/missing.pem'\nglobal.trusted-host='a.example b.example'\n"
     )
-    net = build_network(effective_settings(text, {}), is_file=lambda p: False)
+    net = build_network(
+        effective_settings(text, {}), is_file=lambda p: False, is_dir=lambda p: False
+    )
     assert net == BuildNetwork(
         trusted_hosts=("a.example", "b.example"),
-        dropped=(
-            "http://localhost:3141/simple",
-            "https://wheels.example/links.html",
-            "/missing.pem",
-        ),
+        find_links=("https://wheels.example/links.html",),
+        dropped=("http://localhost:3141/simple", "/missing-wheels", "/missing.pem"),
     )
+
+
+def test_local_wheel_folders_are_mounted_at_their_path_under_host_dir():
+    net = BuildNetwork(
+        index_url="https://i.example/simple",
+        extra_index_urls=("file:///opt/pypi/simple", "file:///simple"),
+        find_links=("/opt/wheels/", "https://w.example/links.html"),
+        no_index=True,
+    )
+    # an index's parent is mounted: its pages link to ../../files/...
+    assert render.host_folders(net) == ["/opt/wheels", "/opt/pypi", "/simple"]
+    pip = render.pip_conf(net)
+    assert "extra-index-url = file:///mlc-host/opt/pypi/simple file:///mlc-host/simple" in pip
+    assert "find-links = /mlc-host/opt/wheels https://w.example/links.html" in pip
+    assert "no-index = true" in pip
+    uv = render.uv_toml(net)
+    assert 'index-url = "https://i.example/simple"' in uv
+    assert 'find-links = ["/mlc-host/opt/wheels", "https://w.example/links.html"]' in uv
+    assert "no-index = true" in uv and 'index-strategy = "unsafe-best-match"' in uv
+    assert render.from_host_folder("file:///mlc-host/opt/pypi/simple")
+    assert render.from_host_folder("/mlc-host/opt/wheels")
+    assert not render.from_host_folder("https://pypi.org/simple")
+    # an engine on another machine cannot mount them: dropped, and said
+    remote = render.with_local_folders_dropped(net)
+    assert remote.extra_index_urls == () and remote.find_links == ("https://w.example/links.html",)
+    assert set(remote.dropped) == {"file:///opt/pypi/simple", "file:///simple", "/opt/wheels/"}
+    assert render.host_folders(remote) == []
+
+
+def test_build_steps_and_wheel_counts_from_the_log():
+    timed = [
+        (10.0, "--- resolve six"),
+        (10.5, "x"),
+        (11.0, "--- install (uv)"),
+        (13.5, "--- bytecode"),
+    ]
+    assert render.step_seconds(timed, 14.0) == {"resolve": 1.0, "install": 2.5, "bytecode": 0.5}
+    assert render.step_seconds([], 1.0) == {}
+    log = [
+        "Resolved 10 packages in 1ms",
+        "Prepared 3 packages in 1.1s",
+        "Installed 10 packages in 9ms",
+    ]
+    assert render.uv_counts(log) == {"prepared": 3, "installed": 10}
+    assert render.uv_counts(["Installed 1 package in 1ms"]) == {"prepared": 0, "installed": 1}
 
 
 def test_pip_conf_points_at_the_build_copy_of_the_ca():
@@ -67,6 +112,20 @@ def test_build_files_without_ca_do_not_name_one():
     files = render.build_files(BuildNetwork(cert_path="/missing.pem"), requirements=["six"])
     assert b"cert" not in files["pip.conf"] and "ca.pem" not in files
     assert files["requirements.txt"] == b"six\n"
+
+
+def test_uv_scripts_take_values_only_from_files_and_install_exactly_the_lock():
+    resolve = render.resolve_script()
+    assert "--generate-hashes" in resolve and "--emit-index-annotation" in resolve
+    assert f"{render.BUILD_DIR}/requirements.txt" in resolve and "no-uv" in resolve
+    script = render.install_script(apt=("tesseract-ocr",), installer="uv", remove=True)
+    assert "tesseract-ocr" not in script and f"-r {render.BUILD_DIR}/remove.txt" in script
+    assert "--no-deps --require-hashes" in script and "compileall" in script
+    assert "pip uninstall" not in render.install_script(installer="uv", remove=False)
+    files = render.build_files(
+        BuildNetwork(), requirements=["six"], lock=[], installer="uv", remove=["a", "b"]
+    )
+    assert files["remove.txt"] == b"a\nb\n" and b"UV_CONFIG_FILE" in files["install.sh"]
 
 
 def test_install_script_takes_values_only_from_files():

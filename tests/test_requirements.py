@@ -2,6 +2,8 @@
 
 from importlib import metadata
 
+import pytest
+
 from mlcontainer_magics.core.requirements import (
     capture_pins,
     closest_parent,
@@ -73,3 +75,41 @@ def test_extend_lock_keeps_the_parents_pins_and_takes_pips_changes():
         ("numpy", "1.26.4"),
         ("six", "1.16.0"),
     ]
+
+
+def test_lock_from_uv_compile_output():
+    from mlcontainer_magics.core.requirements import lock_from_compiled
+
+    text = (
+        "numpy==1.26.4 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n"
+        "    # from https://pypi.org/simple\n"
+        "Torch==2.13.0+cpu \\\n    --hash=sha256:cc\n    # from file:///mlc-host/opt/wheels\n"
+        "six==1.16.0 ; python_version >= '3' \\\n    --hash=sha256:dd\n"
+    )
+    lock, sources = lock_from_compiled(text)
+    assert lock == [
+        {"name": "numpy", "version": "1.26.4", "hashes": ["sha256:aa", "sha256:bb"]},
+        {"name": "six", "version": "1.16.0", "hashes": ["sha256:dd"]},
+        {"name": "torch", "version": "2.13.0+cpu", "hashes": ["sha256:cc"]},
+    ]
+    assert sources == {"numpy": "https://pypi.org/simple", "torch": "file:///mlc-host/opt/wheels"}
+    with pytest.raises(ValueError, match="exact pin"):
+        lock_from_compiled("numpy>=1\n")
+
+
+def test_closest_locked_parent_shares_the_most_pins():
+    from mlcontainer_magics.core.requirements import closest_locked_parent
+
+    def lock(**pins):
+        return [{"name": n, "version": v} for n, v in pins.items()]
+
+    sk14 = lock(numpy="1", scipy="1", sklearn="1.4", joblib="1")
+    tiny = lock(numpy="1")
+    other = lock(requests="2", urllib3="2", idna="3")
+    want = lock(numpy="1", scipy="1", sklearn="1.5", joblib="1")
+    cands = [("tiny", tiny, []), ("sk14", sk14, []), ("other", other, [])]
+    assert closest_locked_parent(cands, want, []) == "sk14"
+    # other Debian packages, or more to remove than is shared: not a parent
+    assert closest_locked_parent([("sk14", sk14, ["tesseract-ocr"])], want, []) is None
+    assert closest_locked_parent([("other", other + tiny, [])], lock(numpy="1"), []) is None
+    assert closest_locked_parent([], want, []) is None

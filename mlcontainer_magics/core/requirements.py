@@ -30,6 +30,32 @@ def lock_from_report(report: dict | str | bytes) -> list[dict]:
     return sorted(lock, key=lambda e: e["name"])
 
 
+def lock_from_compiled(text: str) -> tuple[list[dict], dict[str, str]]:
+    """Exact pins from a requirements file with hashes (``uv pip compile --generate-hashes
+    --emit-index-annotation``): ([{name, version, hashes}] sorted by name, {name: where it came
+    from}). Every file of a version is listed, as pip-tools does: the install takes the one that
+    fits its platform, and the hash check holds for whichever."""
+    lock: dict[str, dict] = {}
+    sources: dict[str, str] = {}
+    current = None
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = raw.strip()
+        if line.startswith("# from "):
+            if current:
+                sources[current] = line[len("# from ") :].strip()
+            continue
+        if not line or line.startswith(("#", "-")):
+            continue
+        spec, *options = line.split()
+        name, sep, version = spec.partition("==")
+        if not sep:
+            raise ValueError(f"not an exact pin in the resolved lock: {spec!r}")
+        current = canonicalize_name(name.split("[")[0])
+        hashes = [o[len("--hash=") :] for o in options if o.startswith("--hash=")]
+        lock[current] = {"name": current, "version": version.split(";")[0], "hashes": hashes}
+    return sorted(lock.values(), key=lambda e: e["name"]), sources
+
+
 def lock_key(base_image_id: str, apt, lock) -> str:
     """What an environment image is: its base, its Debian packages and its exact pins."""
     return digest(
@@ -59,6 +85,26 @@ def closest_parent(candidates, requirements, apt):
         reqs = set(reqs)
         if sorted(cand_apt) == apt and reqs and reqs < wanted and len(reqs) > best_n:
             best, best_n = key, len(reqs)
+    return best
+
+
+def closest_locked_parent(candidates, lock, apt):
+    """Of ``candidates`` (key, lock, apt) on one base with the same Debian packages, the
+    environment that ``lock`` shares the most exact pins with, to install only the difference
+    on (and remove what it has that the lock does not). None when none shares at least as many
+    pins as it would have removed."""
+    wanted = {(e["name"], e["version"]) for e in lock}
+    apt = sorted(apt)
+    best, best_score = None, (0, 0)
+    for key, cand_lock, cand_apt in candidates:
+        if sorted(cand_apt) != apt:
+            continue
+        have = {(e["name"], e["version"]) for e in cand_lock}
+        shared = len(have & wanted)
+        extra = len({n for n, _ in have} - {n for n, _ in wanted})
+        score = (shared, -extra)
+        if shared and extra <= shared and score > best_score:
+            best, best_score = key, score
     return best
 
 

@@ -14,8 +14,10 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,7 +34,14 @@ from ...core.backend import (
 from ...core.events import Phase
 from ...core.owner import OWNER
 from ...core.owner import alive as owner_alive
-from ...core.requirements import closest_parent, extend_lock, lock_from_report, lock_key
+from ...core.requirements import (
+    closest_locked_parent,
+    closest_parent,
+    extend_lock,
+    lock_from_compiled,
+    lock_from_report,
+    lock_key,
+)
 from ...core.spec import EnvSpec, RunSpec, digest
 from ...errors import BaseImageMissing, BuildError, EngineUnavailable, RunError
 from ...runner import (
@@ -45,7 +54,7 @@ from ...runner import (
 )
 from . import build as render
 from .archive import tar_bytes, untar_files
-from .engine import address, connect, engine_errors, short, translated
+from .engine import address, connect, engine_errors, is_local, short, translated
 from .pipconfig import BuildNetwork, host_build_network
 
 LABEL = "org.mlcontainer"
@@ -54,6 +63,7 @@ LABEL = "org.mlcontainer"
 MAX_ENV_LAYERS = 64
 # One look-up-then-commit at a time in this process: concurrent builds of one lock share one image.
 _COMMIT = threading.Lock()
+_NO_UV_SAID: set[str] = set()  # bases whose builds fall back to pip, said once per process
 
 
 def make_labels(namespace: str, **extra) -> dict[str, str]:
@@ -158,22 +168,38 @@ class DockerBackend(Backend):
             found = self._find(tag)
             if found is None and lock:
                 found = self._by_lock_key(lock_key(base_id, env_spec.apt, lock))
-                if found is not None:
-                    found.tag(*tag.split(":"))
             if found is not None:
-                events(Phase.CACHED, image=tag, size=found.attrs.get("Size"))
-                return self._environment(found, tag, cached=True)
-        # A spec that only adds packages to an existing environment builds on it (installing
-        # just the new ones); a rebuild, or a rebuild from a recorded lock, starts from the base.
-        parent = None if rebuild or lock is not None else self._parent_for(env_spec, base_id)
+                return self._cached(found, tag, events)
+        build = _Build(env_spec, base_id, tag, lock)
+        if lock is None and env_spec.requirements:
+            # Lock first (uv, in a throwaway container of the base), then install exactly it.
+            self._resolve(build, events)
+            if build.lock is not None and not rebuild:
+                found = self._by_lock_key(lock_key(base_id, env_spec.apt, build.lock))
+                if found is not None:  # other words for the same packages
+                    return self._cached(found, tag, events)
+        if build.lock is not None and build.uv:
+            # Build on the environment sharing the most pins, removing what it has beyond the
+            # lock: only the difference is installed and committed. A rebuild starts afresh.
+            parent = None if rebuild or lock is not None else self._locked_parent(build)
+        else:
+            # pip: a spec that only adds packages to an existing environment builds on it.
+            parent = None if rebuild or lock is not None else self._parent_for(env_spec, base_id)
         events(
             Phase.BUILDING,
             image=tag,
             apt=list(env_spec.apt),
             requirements=list(env_spec.requirements),
             on=parent.tags[0] if parent is not None else None,
+            installer="uv" if build.uv else "pip",
         )
-        return self._build(env_spec, base_id, tag, lock, events, parent)
+        return self._build(build, events, parent)
+
+    def _cached(self, image, tag: str, events: Events) -> Environment:
+        if tag not in image.tags:
+            image.tag(*tag.split(":"))
+        events(Phase.CACHED, image=tag, size=image.attrs.get("Size"))
+        return self._environment(image, tag, cached=True)
 
     def _spec_tag(self, env_spec: EnvSpec, base_id: str, lock) -> str:
         key = digest(
@@ -206,10 +232,14 @@ class DockerBackend(Backend):
         )
 
     @contextlib.contextmanager
-    def _build_container(self, base_id: str, files: dict, script: str, events: Events):
+    def _build_container(
+        self, base_id: str, files: dict, script: str, events: Events, timed: list | None = None
+    ):
         """Run ``script`` from BUILD_DIR in a throwaway container of ``base_id``; yield it,
-        stopped and successful, with its log. BUILD_DIR is a volume of its own, so the CA bundle
-        and index settings in it never enter the container's filesystem or a commit."""
+        stopped and successful, with its log (and, into ``timed``, (arrival time, line) pairs
+        and the end time). BUILD_DIR is a volume of its own, so the CA bundle and index settings
+        in it never enter the container's filesystem or a commit; the host's wheel folders and
+        uv are bind mounts, never committed either."""
         import docker.errors
         from docker.types import Mount
 
@@ -219,6 +249,13 @@ class DockerBackend(Backend):
         secrets = self.client.volumes.create(f"{self.namespace}-build-{build_id}", labels=labels)
         container = None
         log_lines: list[str] = []
+        binds = [
+            Mount(render.HOST_DIR + folder, folder, type="bind", read_only=True)
+            for folder in render.host_folders(self._build_network())
+        ]
+        uv = _host_uv()
+        if uv:
+            binds.append(Mount(render.UV_PATH, uv, type="bind", read_only=True))
         try:
             container = self.client.containers.create(
                 base_id,
@@ -228,16 +265,21 @@ class DockerBackend(Backend):
                 # the container's config, which `docker commit` keeps in the image, and every
                 # run of it would then make two anonymous volumes.
                 mounts=[
-                    Mount("/mlc-cache", self.cache_volume),
+                    Mount(render.CACHE_DIR, self.cache_volume),
                     Mount(render.BUILD_DIR, secrets.name),
+                    *binds,
                 ],
             )
             container.put_archive(render.BUILD_DIR, tar_bytes(files, mode=0o600))
             container.start()
             for line in _lines(container.logs(stream=True, follow=True)):
                 log_lines.append(line)
+                if timed is not None:
+                    timed.append((time.monotonic(), line))
                 events(Phase.BUILD_LOG, line=line)
             status = container.wait()["StatusCode"]
+            if timed is not None:
+                timed.append((time.monotonic(), None))
             log = "\n".join(log_lines)
             if status != 0:
                 raise BuildError(_build_failure(log, status), log=log)
@@ -251,26 +293,70 @@ class DockerBackend(Backend):
                 _quietly(container.remove, force=True, v=True)
             _quietly(secrets.remove, force=True)
 
-    def _build_files(self, **kwargs) -> dict:
+    def _build_network(self) -> BuildNetwork:
         net = self._network or host_build_network()
+        return net if is_local() else render.with_local_folders_dropped(net)
+
+    def _build_files(self, **kwargs) -> dict:
+        net = self._build_network()
         return render.build_files(net, ca_bundle=_read_optional(net.cert_path), **kwargs)
+
+    def _resolve(self, build: _Build, events: Events) -> None:
+        """Resolve the requirements into ``build.lock`` with uv in a throwaway container of the
+        base. Where uv cannot run there (or the host has none), say so once and leave the lock
+        to pip's build."""
+        why = None if _host_uv() else "no uv on this machine (pip install uv)"
+        if why is None and build.base_id not in _NO_UV_SAID:
+            t0 = time.monotonic()
+            files = self._build_files(requirements=build.env_spec.requirements)
+            with self._build_container(build.base_id, files, "resolve.sh", events) as (c, log):
+                got = untar_files(c.get_archive(render.BUILD_DIR)[0])
+            build.log.append(log)
+            if "no-uv" not in got:
+                build.lock, build.sources = lock_from_compiled(got["lock.txt"].decode())
+                build.uv = True
+                build.steps["resolve"] = round(time.monotonic() - t0, 3)
+                return
+            said = got["no-uv"].decode(errors="replace").strip().splitlines() or ["?"]
+            why = f"uv cannot run in {build.env_spec.base_image}: {said[0]}"
+        if build.base_id not in _NO_UV_SAID:
+            _NO_UV_SAID.add(build.base_id)
+            events(Phase.BUILD_LOG, line=f"note: {why}; installing with pip (slower)")
+
+    def _locked_parent(self, build: _Build):
+        """The tagged environment of this namespace, base and Debian packages that shares the
+        most pins with ``build.lock`` (closest_locked_parent), or None."""
+        candidates = []
+        for image in self._env_images(build.base_id):
+            try:
+                lock = json.loads(image.labels[f"{LABEL}.lock"])
+                apt = json.loads(image.labels[f"{LABEL}.apt"])
+            except (KeyError, ValueError):
+                continue  # not one of ours as this version writes them
+            candidates.append((image, lock, apt))
+        return closest_locked_parent(candidates, build.lock, build.env_spec.apt)
+
+    def _env_images(self, base_id: str) -> list:
+        return [
+            image
+            for image in self.client.images.list(
+                filters={
+                    "label": [
+                        f"{LABEL}.namespace={self.namespace}",
+                        f"{LABEL}.role=env",
+                        f"{LABEL}.base-id={base_id}",
+                    ]
+                }
+            )
+            if image.tags and len(image.attrs["RootFS"].get("Layers", ())) < MAX_ENV_LAYERS
+        ]
 
     def _parent_for(self, env_spec: EnvSpec, base_id: str):
         """The tagged environment image of this namespace and base that ``env_spec`` adds to."""
         if not env_spec.requirements:
             return None
         candidates = []
-        for image in self.client.images.list(
-            filters={
-                "label": [
-                    f"{LABEL}.namespace={self.namespace}",
-                    f"{LABEL}.role=env",
-                    f"{LABEL}.base-id={base_id}",
-                ]
-            }
-        ):
-            if not image.tags or len(image.attrs["RootFS"].get("Layers", ())) >= MAX_ENV_LAYERS:
-                continue
+        for image in self._env_images(base_id):
             try:
                 candidates.append(
                     (
@@ -283,35 +369,46 @@ class DockerBackend(Backend):
                 continue  # not one of ours as this version writes them
         return closest_parent(candidates, env_spec.requirements, env_spec.apt)
 
-    def _build(self, env_spec: EnvSpec, base_id: str, tag: str, lock, events: Events, parent=None):
-        # Installing into ``parent`` leaves its packages in place: pip adds only what is missing.
-        # A build without one does apt-get too; with one, the Debian packages are there already.
+    def _build(self, build: _Build, events: Events, parent=None):
+        # With a parent the Debian packages are there already; a build without one does apt-get.
+        # uv installs exactly the lock (removing what the parent has beyond it); pip, without a
+        # lock, resolves and installs, adding to the parent's packages.
+        env_spec = build.env_spec
+        if build.lock is not None and not build.uv:
+            build.uv = _host_uv() is not None and build.base_id not in _NO_UV_SAID
+        parent_lock = json.loads(parent.labels.get(f"{LABEL}.lock", "[]")) if parent else []
+        remove = sorted({e["name"] for e in parent_lock} - {e["name"] for e in build.lock or ()})
         files = self._build_files(
             requirements=env_spec.requirements,
             apt=() if parent is not None else env_spec.apt,
-            lock=lock,
+            lock=build.lock,
+            installer="uv" if build.uv else "pip",
+            remove=remove if build.uv else (),
         )
-        start = parent.id if parent is not None else base_id
-        with self._build_container(start, files, "install.sh", events) as (container, log):
+        start = parent.id if parent is not None else build.base_id
+        timed: list = []
+        with self._build_container(start, files, "install.sh", events, timed) as (container, log):
             got = untar_files(container.get_archive(render.BUILD_DIR)[0])
-            new_lock = lock if lock is not None else lock_from_report(got.get("report.json", b"{}"))
-            if parent is not None:
-                new_lock = extend_lock(
-                    json.loads(parent.labels.get(f"{LABEL}.lock", "[]")), new_lock
-                )
-            lkey = lock_key(base_id, env_spec.apt, new_lock)
+            if build.lock is not None:
+                new_lock = build.lock
+            else:
+                new_lock = lock_from_report(got.get("report.json", b"{}"))
+                if parent is not None:
+                    new_lock = extend_lock(parent_lock, new_lock)
+            lkey = lock_key(build.base_id, env_spec.apt, new_lock)
+            t0 = time.monotonic()
             with _COMMIT:
                 image = self._commit_once(
                     container,
                     lkey,
-                    tag,
+                    build.tag,
                     {
                         "Labels": make_labels(
                             self.namespace,
                             role="env",
                             **{
                                 "lock-key": lkey,
-                                "base-id": base_id,
+                                "base-id": build.base_id,
                                 "base": env_spec.base_image,
                                 "python": got.get("python.txt", b"").decode().strip(),
                                 "apt": json.dumps(list(env_spec.apt)),
@@ -323,8 +420,18 @@ class DockerBackend(Backend):
                         "Cmd": ["python3"],
                     },
                 )
-        events(Phase.BUILT, image=tag, size=image.attrs.get("Size"))
-        return self._environment(image, tag, cached=False, log=log)
+        build.steps.update(render.step_seconds(timed[:-1], timed[-1][0]) if timed else {})
+        build.steps["commit"] = round(time.monotonic() - t0, 3)
+        build.log.append(log)
+        events(
+            Phase.BUILT,
+            image=build.tag,
+            size=image.attrs.get("Size"),
+            installer="uv" if build.uv else "pip",
+            steps=build.steps,
+            wheels=build.wheels(log.splitlines()) if build.uv else None,
+        )
+        return self._environment(image, build.tag, cached=False, log="\n".join(build.log))
 
     def _commit_once(self, container, lkey: str, tag: str, conf: dict):
         """The image of ``lkey``: an existing one tagged ``tag``, else this container committed.
@@ -706,6 +813,49 @@ class DockerBackend(Backend):
             for c in self.client.containers.list(sparse=True, filters={"label": labels})
         ]
         return sorted(items, key=lambda r: r.started or "", reverse=True)
+
+
+@dataclass
+class _Build:
+    """One environment being made: what was asked, and what resolving and building found."""
+
+    env_spec: EnvSpec
+    base_id: str
+    tag: str
+    lock: list | None  # given (a rebuild from a record) or resolved by uv; None: pip resolves
+    uv: bool = False
+    sources: dict = field(default_factory=dict)  # package -> the index or folder it came from
+    steps: dict = field(default_factory=dict)  # step -> seconds
+    log: list = field(default_factory=list)
+
+    def wheels(self, install_log: list[str]) -> dict[str, int]:
+        """Where the installed packages came from: the shared wheel cache, fetched, and (of
+        either) a folder of the host's (a find-links folder or a file:// index)."""
+        counts = render.uv_counts(install_log)
+        installed = {
+            line.strip()[2:].split("==")[0] for line in install_log if line.strip().startswith("+ ")
+        }
+        local = sum(
+            1
+            for name, where in self.sources.items()
+            if name in installed and render.from_host_folder(where)
+        )
+        return {
+            "installed": counts["installed"],
+            "cached": max(0, counts["installed"] - counts["prepared"]),
+            "fetched": counts["prepared"],
+            "local": local,
+        }
+
+
+def _host_uv() -> str | None:
+    """The uv binary of this package's own dependency (or on PATH), for builds to mount."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
 
 
 def _running_run(c) -> RunningRun:

@@ -3,25 +3,111 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
+from dataclasses import replace
 
 from ...runner import CONTAINER_ENV, MLC_DIR, RUN_USER, RUNNER_COMMAND, WORK_DIR
-from .pipconfig import BuildNetwork
+from .pipconfig import BuildNetwork, local_folder
 
 BUILD_DIR = "/tmp/mlc-build"  # holds the CA bundle and index settings; deleted before commit
-PIP_CACHE = "/mlc-cache/pip"  # a named volume: the wheel cache shared by every build
+CACHE_DIR = "/mlc-cache"  # a named volume: the wheel caches shared by every build
+PIP_CACHE = f"{CACHE_DIR}/pip"
+UV_CACHE = f"{CACHE_DIR}/uv"
+# The host's wheel folders appear read-only at HOST_DIR + their host path, so the relative links
+# of a file:// index (../../files/x.whl) and the paths in a lock's annotations stay readable.
+HOST_DIR = "/mlc-host"
+UV_PATH = f"{HOST_DIR}/.uv"  # the host's uv binary, mounted read-only; never in an image
+
+
+def host_folders(net: BuildNetwork) -> list[str]:
+    """The host folders a build mounts read-only: find-links folders, and the folder holding
+    each file:// index (a simple index links to its files with relative paths)."""
+    out: dict[str, None] = {}
+    for value in net.find_links:
+        folder = local_folder(value)
+        if folder:
+            out[folder.rstrip("/") or "/"] = None
+    for value in (*([net.index_url] if net.index_url else []), *net.extra_index_urls):
+        index = local_folder(value)
+        if index:
+            index = index.rstrip("/") or "/"
+            parent = os.path.dirname(index)
+            out[parent if parent not in ("", "/") else index] = None
+    return list(out)
+
+
+def in_container(value: str) -> str:
+    """A pip setting's value as the build container sees it (local folders under HOST_DIR)."""
+    folder = local_folder(value)
+    if folder is None:
+        return value
+    return ("file://" if value.startswith("file:") else "") + HOST_DIR + folder
+
+
+def from_host_folder(source: str) -> bool:
+    """Whether a lock's "from" annotation names one of the host's mounted folders."""
+    return source.removeprefix("file://").startswith(HOST_DIR + "/")
+
+
+def with_local_folders_dropped(net: BuildNetwork) -> BuildNetwork:
+    """``net`` for an engine on another machine, which cannot mount this one's folders."""
+    local = [
+        v for v in (net.index_url, *net.extra_index_urls, *net.find_links) if v and local_folder(v)
+    ]
+    if not local:
+        return net
+    return replace(
+        net,
+        index_url=None if net.index_url in local else net.index_url,
+        extra_index_urls=tuple(v for v in net.extra_index_urls if v not in local),
+        find_links=tuple(v for v in net.find_links if v not in local),
+        dropped=(*net.dropped, *local),
+    )
 
 
 def pip_conf(net: BuildNetwork) -> str:
     lines = ["[global]"]
     if net.index_url:
-        lines.append(f"index-url = {net.index_url}")
+        lines.append(f"index-url = {in_container(net.index_url)}")
     if net.extra_index_urls:
-        lines.append("extra-index-url = " + " ".join(net.extra_index_urls))
+        lines.append("extra-index-url = " + " ".join(map(in_container, net.extra_index_urls)))
+    if net.find_links:
+        lines.append("find-links = " + " ".join(map(in_container, net.find_links)))
+    if net.no_index:
+        lines.append("no-index = true")
     if net.trusted_hosts:
         lines.append("trusted-host = " + " ".join(net.trusted_hosts))
     if net.cert_path:
         lines.append(f"cert = {BUILD_DIR}/ca.pem")
+    return "\n".join(lines) + "\n"
+
+
+def uv_toml(net: BuildNetwork) -> str:
+    """uv's settings for a build: the same indexes, find-links and trusted hosts as pip's (the
+    CA bundle goes by SSL_CERT_FILE), its cache on the shared volume."""
+    q = json.dumps  # a JSON string is a TOML basic string
+    lines = [
+        f"cache-dir = {q(UV_CACHE)}",
+        'python-downloads = "never"',
+        # The cache is a volume and the target the container's overlay: no hard links across.
+        'link-mode = "copy"',
+        # pip's way: the best version over every index, not the first index that has the name.
+        'index-strategy = "unsafe-best-match"',
+    ]
+    if net.index_url:
+        lines.append(f"index-url = {q(in_container(net.index_url))}")
+    if net.extra_index_urls:
+        urls = ", ".join(q(in_container(u)) for u in net.extra_index_urls)
+        lines.append(f"extra-index-url = [{urls}]")
+    if net.find_links:
+        lines.append(f"find-links = [{', '.join(q(in_container(u)) for u in net.find_links)}]")
+    if net.no_index:
+        lines.append("no-index = true")
+    if net.trusted_hosts:
+        lines.append(f"allow-insecure-host = [{', '.join(q(h) for h in net.trusted_hosts)}]")
+    lines += ["[pip]", "break-system-packages = true"]  # a Debian python3 marks itself managed
     return "\n".join(lines) + "\n"
 
 
@@ -56,56 +142,124 @@ def download_script() -> str:
     )
 
 
-def install_script(apt=(), has_requirements=True, from_lock=False) -> str:
+_PIP_ENV = [
+    f"export PIP_CONFIG_FILE={BUILD_DIR}/pip.conf PIP_CACHE_DIR={PIP_CACHE}",
+    "export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore",
+    "export PIP_PROGRESS_BAR=off DEBIAN_FRONTEND=noninteractive",
+]
+_UV_ENV = [
+    f"export UV_CONFIG_FILE={BUILD_DIR}/uv.toml UV_NO_PROGRESS=1 UV={UV_PATH}",
+    f"if [ -f {BUILD_DIR}/ca.pem ]; then export SSL_CERT_FILE={BUILD_DIR}/ca.pem; fi",
+    "PY=$(command -v python3 || command -v python || echo python3)",
+]
+_PYTHON_VERSION = (
+    f"python -c 'import platform; print(platform.python_version())' > {BUILD_DIR}/python.txt"
+)
+STEP = "--- "  # a build log line that starts a step: "--- NAME ...", timed by the backend
+
+
+def resolve_script() -> str:
+    """Run in a throwaway container of the base: resolve the requirements into BUILD_DIR/lock.txt
+    (exact pins, the hashes of every file of each, and the index each came from). Where uv cannot
+    run in this base (no glibc, an old one), write why to BUILD_DIR/no-uv and stop: pip builds."""
+    lines = [
+        "set -eu",
+        *_UV_ENV,
+        f'if ! "$UV" --version > {BUILD_DIR}/uv-version.txt 2>&1; then',
+        f"  cp {BUILD_DIR}/uv-version.txt {BUILD_DIR}/no-uv; exit 0",
+        "fi",
+        f"echo '{STEP}resolve' $(cat {BUILD_DIR}/requirements.txt)",
+        f'"$UV" pip compile --python "$PY" --generate-hashes --no-header --no-annotate '
+        f"--emit-index-annotation --quiet {BUILD_DIR}/requirements.txt -o {BUILD_DIR}/lock.txt",
+        _PYTHON_VERSION,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def install_script(
+    apt=(), has_requirements=True, from_lock=False, installer="pip", remove=False
+) -> str:
     """Shell script run in a throwaway container whose filesystem becomes the environment image.
 
     Every value it uses comes from files in BUILD_DIR, so no user text is ever part of the shell
-    command; the pip settings are exported here, not in the container config, so they are not
-    kept by `docker commit`.
+    command; the index settings are exported here, not in the container config, so they are not
+    kept by `docker commit`. With uv it installs exactly BUILD_DIR/lock.txt (hash-checked),
+    first removing what ``remove`` lists (packages of the environment it builds on that the
+    lock does not have); with pip it resolves and installs (or installs a given lock).
     """
-    lines = [
-        "set -eu",
-        f"export PIP_CONFIG_FILE={BUILD_DIR}/pip.conf PIP_CACHE_DIR={PIP_CACHE}",
-        "export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore",
-        "export PIP_PROGRESS_BAR=off DEBIAN_FRONTEND=noninteractive",
-    ]
+    lines = ["set -eu", *_PIP_ENV]
     if apt:
         lines += [
-            "echo '--- apt-get install' $(cat " + BUILD_DIR + "/apt.txt)",
+            f"echo '{STEP}apt-get install' $(cat {BUILD_DIR}/apt.txt)",
             "apt-get update -qq",
             f"xargs -a {BUILD_DIR}/apt.txt apt-get install -y --no-install-recommends",
             "rm -rf /var/lib/apt/lists/*",
         ]
-    if has_requirements:
+    if installer == "uv":
+        lines += _UV_ENV
+        lines += [  # a recorded lock, rebuilt where uv cannot run: pip installs it the same
+            'if ! "$UV" --version > /dev/null 2>&1; then',
+            "  echo 'note: uv cannot run in this image; installing the lock with pip'",
+            f"  python -m pip install --no-deps --require-hashes -r {BUILD_DIR}/lock.txt",
+            f"  {_PYTHON_VERSION}; exit 0",
+            "fi",
+        ]
+        if remove:
+            lines += [
+                f"echo '{STEP}uninstall' $(cat {BUILD_DIR}/remove.txt)",
+                f'"$UV" pip uninstall --python "$PY" -r {BUILD_DIR}/remove.txt',
+            ]
+        lines += [
+            f"echo '{STEP}install (uv, the lock, hash-checked)'",
+            f'"$UV" pip install --python "$PY" --no-deps --require-hashes -r {BUILD_DIR}/lock.txt',
+            # Bytecode, as pip writes it: the cell's user cannot write site-packages, so without
+            # it every fresh container compiles what it imports. Test suites are left out: half
+            # the files, and no cell imports them.
+            f"echo '{STEP}bytecode'",
+            '"$PY" -m compileall -q -j 0 -x "/tests?/" $("$PY" -c "import sysconfig as s; '
+            "print(' '.join({s.get_paths()[k] for k in ('purelib', 'platlib')}))\") "
+            "> /dev/null || true",
+        ]
+    elif has_requirements:
         if from_lock:
             # Rebuild exactly what was recorded: no resolution, every file checked by hash.
             lines += [
-                "echo '--- pip install (from lock)'",
+                f"echo '{STEP}install (pip, from lock)'",
                 f"python -m pip install --no-deps --require-hashes -r {BUILD_DIR}/lock.txt "
                 f"--report {BUILD_DIR}/report.json",
             ]
         else:
             # The report pip writes is the lock: exact versions and hashes of what it installed.
             lines += [
-                "echo '--- pip install' $(cat " + BUILD_DIR + "/requirements.txt)",
+                f"echo '{STEP}install (pip)' $(cat {BUILD_DIR}/requirements.txt)",
                 f"python -m pip install -r {BUILD_DIR}/requirements.txt "
                 f"--report {BUILD_DIR}/report.json",
             ]
-    lines.append(
-        f"python -c 'import platform; print(platform.python_version())' > {BUILD_DIR}/python.txt"
-    )
+    lines.append(_PYTHON_VERSION)
     return "\n".join(lines) + "\n"
 
 
 def build_files(
-    net: BuildNetwork, *, requirements=(), apt=(), lock=None, ca_bundle=b""
+    net: BuildNetwork,
+    *,
+    requirements=(),
+    apt=(),
+    lock=None,
+    ca_bundle=b"",
+    installer="pip",
+    remove=(),
 ) -> dict[str, bytes]:
-    """Files to place in BUILD_DIR for install_script()."""
+    """Files to place in BUILD_DIR for install_script() and resolve_script()."""
     files = {
-        "install.sh": install_script(apt, bool(requirements or lock), lock is not None),
+        "install.sh": install_script(
+            apt, bool(requirements or lock), lock is not None, installer, bool(remove)
+        ),
+        "resolve.sh": resolve_script(),
         "pip.conf": pip_conf(net if ca_bundle else _without_cert(net)),
+        "uv.toml": uv_toml(net),
         "requirements.txt": requirements_txt(requirements),
         "apt.txt": "\n".join(apt) + "\n",
+        "remove.txt": "".join(f"{name}\n" for name in remove),
     }
     if lock is not None:
         files["lock.txt"] = lock_txt(lock)
@@ -115,8 +269,37 @@ def build_files(
     return out
 
 
+def step_seconds(timed_lines, end: float) -> dict[str, float]:
+    """{step: seconds} from (arrival time, line) pairs of a build log: a step runs from its
+    STEP line to the next one (or ``end``)."""
+    out: dict[str, float] = {}
+    current, since = None, 0.0
+    for t, line in timed_lines:
+        if line.startswith(STEP):
+            if current:
+                out[current] = round(out.get(current, 0) + t - since, 3)
+            current, since = line[len(STEP) :].split(" ", 1)[0] or "step", t
+    if current:
+        out[current] = round(out.get(current, 0) + end - since, 3)
+    return out
+
+
+_UV_COUNT = re.compile(r"^(Prepared|Installed) (\d+) packages? in ")
+
+
+def uv_counts(lines) -> dict[str, int]:
+    """{"prepared": N, "installed": M} from uv's summary lines: prepared ones were fetched (or
+    built); the others it installed came from the wheel cache."""
+    out = {"prepared": 0, "installed": 0}
+    for line in lines:
+        m = _UV_COUNT.match(line.strip())
+        if m:
+            out[m.group(1).lower()] = int(m.group(2))
+    return out
+
+
 def _without_cert(net: BuildNetwork) -> BuildNetwork:
-    return BuildNetwork(net.index_url, net.extra_index_urls, net.trusted_hosts, None, net.dropped)
+    return replace(net, cert_path=None)
 
 
 def dockerfile(base_image: str, apt=(), has_lock=True, wheels=False, data=False) -> str:

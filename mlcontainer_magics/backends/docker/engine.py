@@ -24,6 +24,11 @@ def address() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
+def is_local() -> bool:
+    """Whether the engine runs on this machine, so it can bind-mount this machine's folders."""
+    return address().startswith(("unix://", "npipe://"))
+
+
 def connect(timeout: int = 600):
     """Return a docker.DockerClient that has answered a ping, or raise EngineUnavailable."""
     import docker  # imported here so that `%load_ext` stays fast

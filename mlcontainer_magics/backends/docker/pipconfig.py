@@ -1,10 +1,11 @@
 """The host's pip settings, turned into what a build container can use.
 
 Users behind a TLS-intercepting proxy or with a private index have told pip so on the host (pip
-config files, PIP_* variables). Builds reuse exactly that: http(s) indexes and the CA bundle.
-Local paths (file:// indexes, find-links folders) and loopback addresses do not exist inside a
-container and are dropped. This module is the one reading of those settings: builds use
-``host_build_network()``, and ``mlcontainer doctor`` reports from the same functions.
+config files, PIP_* variables). Builds reuse exactly that: http(s) indexes, find-links, the CA
+bundle, no-index. Local folders (file:// indexes, find-links folders) are mounted read-only into
+builds; loopback addresses do not exist inside a container and are dropped. This module is the
+one reading of those settings: builds use ``host_build_network()``, and ``mlcontainer doctor``
+reports from the same functions.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
-KEYS = ("index-url", "extra-index-url", "find-links", "cert", "trusted-host")
+KEYS = ("index-url", "extra-index-url", "find-links", "no-index", "cert", "trusted-host")
 MULTI = frozenset({"extra-index-url", "find-links", "trusted-host"})  # pip splits on whitespace
 PYPI = "https://pypi.org/simple"
 # `pip install` reads these sections of the merged config, later ones winning; PIP_* variables
@@ -38,6 +39,18 @@ class BuildNetwork:
     trusted_hosts: tuple[str, ...] = ()
     cert_path: str | None = None  # a host file, fed to the build and deleted before commit
     dropped: tuple[str, ...] = ()  # settings a container cannot use, for `doctor` to report
+    find_links: tuple[str, ...] = ()  # URLs or host folders (mounted read-only)
+    no_index: bool = False  # an air-gapped host: packages come from find-links only
+
+
+def local_folder(value: str) -> str | None:
+    """The host folder a find-links value or file:// index names, or None for a URL."""
+    url = urlsplit(value)
+    if url.scheme == "file":
+        return url.path or None
+    if not url.scheme or len(url.scheme) == 1:  # a path (1: a Windows drive)
+        return os.path.abspath(value)
+    return None
 
 
 def parse_config_list(text: str) -> dict[str, str]:
@@ -90,29 +103,43 @@ def _is_loopback(host: str) -> bool:
 
 
 def container_view(
-    key: str, value: str, is_file: Callable[[str], bool] = os.path.isfile
+    key: str,
+    value: str,
+    is_file: Callable[[str], bool] = os.path.isfile,
+    is_dir: Callable[[str], bool] = os.path.isdir,
 ) -> tuple[bool, str]:
     """(a build container uses it, why) for one value of one pip setting."""
     if key == "trusted-host":
         return True, "a host name; applies to the indexes above"
+    if key == "no-index":
+        return True, "builds use find-links only" if _true(value) else "indexes are used"
     if key == "cert":
         if is_file(value):
             return True, "a CA bundle on the host; usable once copied into the build"
         return False, "no such file on the host"
+    folder = local_folder(value)
+    if folder is not None:
+        if is_dir(folder):
+            return True, "a folder on the host; mounted read-only into builds"
+        return False, "no such folder on the host"
     url = urlsplit(value)
-    if url.scheme == "file" or not url.scheme or len(url.scheme) == 1:  # 1: a Windows drive
-        return False, "a path on the host; it does not exist inside containers"
     if url.scheme not in ("http", "https"):
         return False, f"unsupported scheme {url.scheme}://"
     if _is_loopback(url.hostname or ""):
         return False, "loopback: inside a container that is the container itself"
     if key == "find-links":
-        return False, "builds install from indexes only; find-links is not passed to them"
+        return True, "a page of links on the network; reachable if the host reaches it"
     return True, "a network index; reachable from containers if the host reaches it"
 
 
+def _true(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 def build_network(
-    settings: Settings, is_file: Callable[[str], bool] = os.path.isfile
+    settings: Settings,
+    is_file: Callable[[str], bool] = os.path.isfile,
+    is_dir: Callable[[str], bool] = os.path.isdir,
 ) -> BuildNetwork:
     """What a build uses of ``effective_settings(...)``: every value ``container_view`` accepts;
     the others are ``dropped``."""
@@ -121,7 +148,7 @@ def build_network(
     for key, (value, _) in settings.items():
         for v in values(key, value):
             if v:
-                ok, _why = container_view(key, v, is_file)
+                ok, _why = container_view(key, v, is_file, is_dir)
                 (usable.setdefault(key, []) if ok else dropped).append(v)
     return BuildNetwork(
         index_url=next(iter(usable.get("index-url", ())), None),
@@ -129,6 +156,8 @@ def build_network(
         trusted_hosts=tuple(usable.get("trusted-host", ())),
         cert_path=next(iter(usable.get("cert", ())), None),
         dropped=tuple(dropped),
+        find_links=tuple(usable.get("find-links", ())),
+        no_index=_true(next(iter(usable.get("no-index", ())), "")),
     )
 
 

@@ -114,6 +114,9 @@ class RunStatus:
     exit_code: int | None = None
     data: tuple = ()  # the mounts: (target, mode, size, files), as digested
     data_seconds: float | None = None  # how long digesting them took
+    installer: str = ""  # what installed the packages: "uv" or "pip"
+    build_steps: tuple = ()  # ((step, seconds), ...): resolve, install, bytecode, commit...
+    wheels: Mapping = field(default_factory=dict)  # installed, cached, fetched, local: counts
 
     @property
     def finished(self) -> bool:
@@ -210,6 +213,9 @@ def apply(
             status,
             image=str(info.get("image") or status.image),
             size=info.get("size", status.size),
+            installer=str(info.get("installer") or ""),
+            build_steps=tuple((str(k), v) for k, v in (info.get("steps") or {}).items()),
+            wheels=dict(info.get("wheels") or {}),
             progress=replace(p, steps_done=max(p.steps_known, p.steps_done), step=""),
         )
     if phase == Phase.PUSHING:

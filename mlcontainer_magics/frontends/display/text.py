@@ -126,6 +126,21 @@ def _phase_line(s: RunStatus) -> str | None:
     return None  # "starting" is followed at once by "running": no line of its own
 
 
+def describe_build(s: RunStatus) -> str:
+    """ "uv: resolve 0.8 s, install 2.5 s, commit 4.2 s · wheels: 6 from the cache, 4 fetched
+    (4 from a local wheelhouse)": which installer and cache served the build, step by step."""
+    steps = ", ".join(f"{name} {fmt_seconds(sec)}" for name, sec in s.build_steps)
+    text = f"{s.installer}: {steps}" if s.installer and steps else s.installer or steps
+    w = s.wheels
+    if w.get("installed"):
+        local = f" ({w['local']} from a local wheelhouse)" if w.get("local") else ""
+        text += (
+            f" · {plural(w['installed'], 'package')}: {w.get('cached', 0)} from the wheel cache,"
+            f" {w.get('fetched', 0)} fetched{local}"
+        )
+    return text
+
+
 def describe_data(s: RunStatus) -> str:
     """ "data: /work/data (ro, 2.1 GB, 2,000 files) · digested in 1.3 s"."""
     parts = [
@@ -151,6 +166,8 @@ def text_lines(before: RunStatus, after: RunStatus) -> list[str]:
         line = _phase_line(after)
         if line:
             lines.append(line)
+        if after.phase == Phase.BUILT and describe_build(after):
+            lines.append("  " + describe_build(after))
     elif after.note and after.note != before.note:
         lines.append(f"waiting for a node: {after.note}")
     elif after.finished and after.snapshot != before.snapshot:

@@ -13,6 +13,7 @@ from .state import RunStatus
 from .text import (
     BADGES,
     PHASE_TEXT,
+    describe_build,
     describe_data,
     describe_progress,
     fmt_seconds,
@@ -121,7 +122,9 @@ class WidgetView:
         self.progress.layout.display = "" if building else "none"
         self.elapsed.value = f'<span style="color:{GREY}">{_e(self._elapsed_text(s, now))}</span>'
         data = f'<br><span style="color:{GREY}">{_e(describe_data(s))}</span>' if s.data else ""
-        self.image.value = self._image_html(s) + data
+        how = describe_build(s)
+        build = f'<br><span class="mlc-build" style="color:{GREY}">{_e(how)}</span>' if how else ""
+        self.image.value = self._image_html(s) + build + data
         self.snapshot.value = f"snapshot <code>{_e(s.snapshot)}</code>" if s.snapshot else ""
         self.stop.layout.display = "" if self._has_stop and not s.finished else "none"
         self.stop.disabled = not self._has_stop or s.finished or s.stopping

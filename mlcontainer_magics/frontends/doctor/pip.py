@@ -20,12 +20,14 @@ from ...backends.docker.pipconfig import (
 )
 
 
-def _entries(key: str, value: str, origin: str, is_file: Callable[[str], bool]) -> list[dict]:
+def _entries(
+    key: str, value: str, origin: str, is_file: Callable[[str], bool], is_dir: Callable[[str], bool]
+) -> list[dict]:
     return [
         dict(
             zip(
                 ("value", "origin", "container", "why"),
-                (v, origin, *container_view(key, v, is_file)),
+                (v, origin, *container_view(key, v, is_file, is_dir)),
             )
         )
         for v in values(key, value)
@@ -38,6 +40,8 @@ def build_uses(net: BuildNetwork) -> dict[str, list[str]]:
     uses = {
         "index-url": [net.index_url or PYPI],
         "extra-index-url": list(net.extra_index_urls),
+        "find-links": list(net.find_links),
+        "no-index": ["true"] if net.no_index else [],
         "cert": [net.cert_path] if net.cert_path else [],
         "trusted-host": list(net.trusted_hosts),
     }
@@ -49,11 +53,12 @@ def pip_report_from(
     environ,
     error: str | None = None,
     is_file: Callable[[str], bool] = os.path.isfile,
+    is_dir: Callable[[str], bool] = os.path.isdir,
 ) -> dict:
     """The pip part of the doctor report, from ``pip config list`` output and the environment."""
     found = effective_settings(config_text or "", environ)
     settings = {
-        key: _entries(key, value, origin, is_file) for key, (value, origin) in found.items()
+        key: _entries(key, value, origin, is_file, is_dir) for key, (value, origin) in found.items()
     }
     index = settings.setdefault("index-url", [])
     if not any(e["container"] for e in index):  # builds then use pip's default
@@ -64,7 +69,7 @@ def pip_report_from(
         "ok": error is None,
         "error": error,
         "settings": settings,
-        "container_usable": build_uses(build_network(found, is_file)),
+        "container_usable": build_uses(build_network(found, is_file, is_dir)),
         "host_only": [
             f"{k} {e['value']}" for k, v in settings.items() for e in v if not e["container"]
         ],

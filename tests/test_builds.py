@@ -1,0 +1,170 @@
+"""Environments on the real engine: uv installs exactly the lock, one wheel cache serves every
+environment of a namespace, a new one builds on the environment it shares most pins with, and
+the host's own wheel folders are mounted into builds (an air-gapped host builds from them)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import zipfile
+
+import pytest
+
+from conftest import NAMESPACE
+from mlcontainer_magics.backends.docker.backend import DockerBackend
+from mlcontainer_magics.backends.docker.pipconfig import BuildNetwork, host_build_network
+from mlcontainer_magics.core.spec import EnvSpec
+from mlcontainer_magics.errors import BuildError
+
+BASE = "python:3.11-slim"
+pytestmark = pytest.mark.docker
+
+# Every distribution of the environment, as the image has it: name, version, its installer.
+INSTALLED = (
+    "import json, importlib.metadata as m; print(json.dumps({d.metadata['Name'].lower(): "
+    "[d.version, (d.read_text('INSTALLER') or '').strip()] for d in m.distributions()}))"
+)
+
+
+class Events(list):
+    def __call__(self, phase, **info):
+        self.append((str(phase), info))
+
+    def of(self, phase):
+        return [info for p, info in self if p == phase]
+
+
+def installed(docker_client, image_id) -> dict:
+    out = docker_client.containers.run(image_id, ["python", "-c", INSTALLED], remove=True)
+    return json.loads(out)
+
+
+def remove_images(docker_client, *envs):
+    for env in envs:
+        for ref in (env.image, env.image_id):
+            try:
+                docker_client.images.remove(ref, force=True)
+            except Exception:
+                pass  # gone with its tag already
+
+
+def test_uv_installs_exactly_the_lock_and_a_second_environment_builds_on_the_first(
+    docker_client, no_leaks
+):
+    backend = DockerBackend(namespace=NAMESPACE)
+    first_events, second_events = Events(), Events()
+    first = backend.ensure_environment(
+        EnvSpec(BASE, (), ("requests==2.32.3", "six==1.16.0")), events=first_events
+    )
+    second = backend.ensure_environment(
+        EnvSpec(BASE, (), ("requests==2.32.2",)), events=second_events
+    )
+    try:
+        # The lock: every package with exact version and hashes; the image has exactly it, by uv.
+        names = {e["name"] for e in first.lock}
+        assert {"requests", "six", "idna", "urllib3", "certifi", "charset-normalizer"} <= names
+        assert all(e["hashes"] and e["hashes"][0].startswith("sha256:") for e in first.lock)
+        have = installed(docker_client, first.image_id)
+        for e in first.lock:
+            assert have[e["name"]] == [e["version"], "uv"], e["name"]
+        built = first_events.of("built")[0]
+        assert built["installer"] == "uv"
+        assert {"resolve", "install", "bytecode", "commit"} <= set(built["steps"])
+        assert built["wheels"]["installed"] == len(first.lock)
+
+        # The second shares all but requests (and six, which it lacks): it is built on the
+        # first, installs one package and removes six.
+        assert second_events.of("building")[0]["on"] == first.image
+        have = installed(docker_client, second.image_id)
+        for e in second.lock:
+            assert have[e["name"]] == [e["version"], "uv"], e["name"]
+        assert have["requests"][0] == "2.32.2" and "six" not in have
+        wheels = second_events.of("built")[0]["wheels"]
+        assert wheels["installed"] == 1
+        labels = docker_client.images.get(second.image_id).labels
+        assert labels["org.mlcontainer.parent"] == first.image_id
+        assert json.loads(labels["org.mlcontainer.lock"]) == second.lock
+    finally:
+        remove_images(docker_client, second, first)
+
+
+def test_a_lock_whose_hash_does_not_match_fails_the_build_and_leaves_nothing(
+    docker_client, no_leaks
+):
+    backend = DockerBackend(namespace=NAMESPACE)
+    good = backend.ensure_environment(EnvSpec(BASE, (), ("six==1.16.0",)))
+    remove_images(docker_client, good)
+    bad = [dict(good.lock[0], hashes=["sha256:" + "0" * 64])]
+    images_before = {i.id for i in docker_client.images.list()}
+    with pytest.raises(BuildError, match="(?i)hash"):
+        backend.ensure_environment(EnvSpec(BASE, (), ("six==1.16.0",)), lock=bad)
+    assert {i.id for i in docker_client.images.list()} == images_before
+    # ... and the recorded lock rebuilds the same environment from nothing
+    again = backend.ensure_environment(EnvSpec(BASE, (), ("six==1.16.0",)), lock=good.lock)
+    try:
+        assert not again.cached and again.lock == good.lock
+        assert installed(docker_client, again.image_id)["six"] == ["1.16.0", "uv"]
+    finally:
+        remove_images(docker_client, again)
+
+
+def _wheel(folder, name: str, version: str, code: str) -> None:
+    """A pure-Python wheel that exists nowhere but in ``folder``."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": code,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+
+
+@pytest.mark.parametrize("kind", ["find-links", "file-index"])
+def test_a_package_only_in_a_local_folder_builds_with_no_index_reachable(
+    docker_client, tmp_path, no_leaks, kind
+):
+    """Air-gapped: no network index at all. The package is in a folder of wheels (find-links),
+    or in a file:// simple index whose pages link to ../../files/ as such indexes do."""
+    host = host_build_network()
+    if kind == "find-links":
+        folder = tmp_path / "wheels"
+        folder.mkdir()
+        _wheel(folder, "mlc_localonly", "0.3", "ANSWER = 42\n")
+        net = BuildNetwork(find_links=(str(folder),), no_index=True, cert_path=host.cert_path)
+    else:
+        (tmp_path / "pypi" / "files").mkdir(parents=True)
+        _wheel(tmp_path / "pypi" / "files", "mlc_localonly", "0.3", "ANSWER = 42\n")
+        page = tmp_path / "pypi" / "simple" / "mlc-localonly"
+        page.mkdir(parents=True)
+        page.joinpath("index.html").write_text(
+            '<a href="../../files/mlc_localonly-0.3-py3-none-any.whl">'
+            "mlc_localonly-0.3-py3-none-any.whl</a>\n"
+        )
+        index = f"file://{tmp_path}/pypi/simple"
+        net = BuildNetwork(index_url=index, cert_path=host.cert_path)
+    backend = DockerBackend(namespace=NAMESPACE, network=net)
+    events = Events()
+    env = backend.ensure_environment(EnvSpec(BASE, (), ("mlc-localonly==0.3",)), events=events)
+    try:
+        assert [(e["name"], e["version"]) for e in env.lock] == [("mlc-localonly", "0.3")]
+        out = docker_client.containers.run(
+            env.image_id,
+            ["python", "-c", "import mlc_localonly; print(mlc_localonly.ANSWER)"],
+            remove=True,
+        )
+        assert out == b"42\n"
+        assert events.of("built")[0]["wheels"]["local"] == 1
+        # the folder was a read-only bind mount of the build: the image does not name it
+        assert str(tmp_path) not in json.dumps(docker_client.images.get(env.image_id).attrs)
+    finally:
+        remove_images(docker_client, env)
