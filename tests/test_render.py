@@ -85,12 +85,16 @@ def test_local_wheel_folders_are_mounted_at_their_path_under_host_dir():
 
 def test_build_steps_and_wheel_counts_from_the_log():
     timed = [
-        (10.0, "--- resolve six"),
+        (10.0, "--- apt-get install curl"),
         (10.5, "x"),
-        (11.0, "--- install (uv)"),
-        (13.5, "--- bytecode"),
+        (11.0, "--- uv install (the lock)"),
+        (13.5, "--- compile bytecode"),
     ]
-    assert render.step_seconds(timed, 14.0) == {"resolve": 1.0, "install": 2.5, "bytecode": 0.5}
+    assert render.step_seconds(timed, 14.0) == {
+        "apt-get install": 1.0,
+        "uv install": 2.5,
+        "compile bytecode": 0.5,
+    }
     assert render.step_seconds([], 1.0) == {}
     log = [
         "Resolved 10 packages in 1ms",

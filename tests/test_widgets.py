@@ -754,3 +754,34 @@ def test_mounted_data_is_shown_with_sizes_and_digest_time():
         "/work/models (rw, 0 B, 1 file) · digested in 1.2 s"
     ]
     assert text_lines(after, apply(after, "mounted", {"mounts": mounts}, now=2.0)) == []
+
+
+def test_a_uv_build_shows_its_steps_and_where_the_wheels_came_from():
+    from mlcontainer_magics.frontends.display.text import describe_build
+
+    log = [
+        "--- uv install (exactly the lock, hash-checked)",
+        "Resolved 10 packages in 200ms",
+        "Prepared 4 packages in 1.1s",
+        "Installed 10 packages in 1.2s",
+        "--- compile bytecode",
+    ]
+    s = apply(RunStatus(), "building", {"image": TAG, "requirements": ["numpy"]}, now=0)
+    for i, line in enumerate(log):
+        s = apply(s, "build-log", {"line": line}, now=1 + i)
+        if i == 2:
+            assert describe_progress(s.progress) == "uv install · 4/10 packages fetched"
+    assert s.progress.step == "compile bytecode" and s.progress.installed == 10
+    steps = {"resolve": 0.8, "uv install": 2.5, "compile bytecode": 4.7, "commit": 4.2}
+    wheels = {"installed": 10, "cached": 6, "fetched": 4, "local": 4}
+    built = {"image": TAG, "installer": "uv", "steps": steps, "wheels": wheels}
+    s = apply(s, "built", built, now=9)
+    assert describe_build(s) == (
+        "resolve 0.8 s, uv install 2.5 s, compile bytecode 4.7 s, commit 4.2 s · 10 packages: "
+        "6 from the wheel cache, 4 fetched (4 from a local wheelhouse)"
+    )
+    from mlcontainer_magics.frontends.display.widget import WidgetView
+
+    view = WidgetView(on_click=None)
+    view.render(s, 10.0)
+    assert "6 from the wheel cache" in view.image.value

@@ -52,6 +52,15 @@ REASONS = {
     "killed": "killed from outside",
 }
 
+STEP = "--- "  # a build log line that starts a step: "--- NAME ...", as the build scripts write
+
+
+def step_name(line: str) -> str:
+    """The step a build log's STEP line starts: its first two words ("pip install", "uv
+    install", "apt-get install", "compile bytecode")."""
+    return " ".join(line.strip()[len(STEP) :].split()[:2])
+
+
 Events = Callable[..., None]  # events(phase, **info)
 Output = Callable[[str, str], None]  # (stream name "stdout"|"stderr", text)
 

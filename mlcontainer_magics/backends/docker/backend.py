@@ -55,7 +55,7 @@ from ...runner import (
 from . import build as render
 from .archive import tar_bytes, untar_files
 from .engine import address, connect, engine_errors, is_local, short, translated
-from .pipconfig import BuildNetwork, host_build_network
+from .pipconfig import BuildNetwork, host_build_network, host_uv
 
 LABEL = "org.mlcontainer"
 # Each environment built on another adds a layer; overlay2 mounts at most 128. Past this many an
@@ -253,7 +253,7 @@ class DockerBackend(Backend):
             Mount(render.HOST_DIR + folder, folder, type="bind", read_only=True)
             for folder in render.host_folders(self._build_network())
         ]
-        uv = _host_uv()
+        uv = host_uv()
         if uv:
             binds.append(Mount(render.UV_PATH, uv, type="bind", read_only=True))
         try:
@@ -305,7 +305,7 @@ class DockerBackend(Backend):
         """Resolve the requirements into ``build.lock`` with uv in a throwaway container of the
         base. Where uv cannot run there (or the host has none), say so once and leave the lock
         to pip's build."""
-        why = None if _host_uv() else "no uv on this machine (pip install uv)"
+        why = None if host_uv() else "no uv on this machine (pip install uv)"
         if why is None and build.base_id not in _NO_UV_SAID:
             t0 = time.monotonic()
             files = self._build_files(requirements=build.env_spec.requirements)
@@ -375,7 +375,7 @@ class DockerBackend(Backend):
         # lock, resolves and installs, adding to the parent's packages.
         env_spec = build.env_spec
         if build.lock is not None and not build.uv:
-            build.uv = _host_uv() is not None and build.base_id not in _NO_UV_SAID
+            build.uv = host_uv() is not None and build.base_id not in _NO_UV_SAID
         parent_lock = json.loads(parent.labels.get(f"{LABEL}.lock", "[]")) if parent else []
         remove = sorted({e["name"] for e in parent_lock} - {e["name"] for e in build.lock or ()})
         files = self._build_files(
@@ -846,16 +846,6 @@ class _Build:
             "fetched": counts["prepared"],
             "local": local,
         }
-
-
-def _host_uv() -> str | None:
-    """The uv binary of this package's own dependency (or on PATH), for builds to mount."""
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        return shutil.which("uv")
 
 
 def _running_run(c) -> RunningRun:

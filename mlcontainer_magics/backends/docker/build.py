@@ -8,6 +8,7 @@ import re
 import shlex
 from dataclasses import replace
 
+from ...core.events import STEP, step_name
 from ...runner import CONTAINER_ENV, MLC_DIR, RUN_USER, RUNNER_COMMAND, WORK_DIR
 from .pipconfig import BuildNetwork, local_folder
 
@@ -155,7 +156,6 @@ _UV_ENV = [
 _PYTHON_VERSION = (
     f"python -c 'import platform; print(platform.python_version())' > {BUILD_DIR}/python.txt"
 )
-STEP = "--- "  # a build log line that starts a step: "--- NAME ...", timed by the backend
 
 
 def resolve_script() -> str:
@@ -168,7 +168,7 @@ def resolve_script() -> str:
         f'if ! "$UV" --version > {BUILD_DIR}/uv-version.txt 2>&1; then',
         f"  cp {BUILD_DIR}/uv-version.txt {BUILD_DIR}/no-uv; exit 0",
         "fi",
-        f"echo '{STEP}resolve' $(cat {BUILD_DIR}/requirements.txt)",
+        f"echo '{STEP}uv resolve' $(cat {BUILD_DIR}/requirements.txt)",
         f'"$UV" pip compile --python "$PY" --generate-hashes --no-header --no-annotate '
         f"--emit-index-annotation --quiet {BUILD_DIR}/requirements.txt -o {BUILD_DIR}/lock.txt",
         _PYTHON_VERSION,
@@ -206,16 +206,16 @@ def install_script(
         ]
         if remove:
             lines += [
-                f"echo '{STEP}uninstall' $(cat {BUILD_DIR}/remove.txt)",
+                f"echo '{STEP}uv uninstall' $(cat {BUILD_DIR}/remove.txt)",
                 f'"$UV" pip uninstall --python "$PY" -r {BUILD_DIR}/remove.txt',
             ]
         lines += [
-            f"echo '{STEP}install (uv, the lock, hash-checked)'",
+            f"echo '{STEP}uv install (exactly the lock, hash-checked)'",
             f'"$UV" pip install --python "$PY" --no-deps --require-hashes -r {BUILD_DIR}/lock.txt',
             # Bytecode, as pip writes it: the cell's user cannot write site-packages, so without
             # it every fresh container compiles what it imports. Test suites are left out: half
             # the files, and no cell imports them.
-            f"echo '{STEP}bytecode'",
+            f"echo '{STEP}compile bytecode'",
             '"$PY" -m compileall -q -j 0 -x "/tests?/" $("$PY" -c "import sysconfig as s; '
             "print(' '.join({s.get_paths()[k] for k in ('purelib', 'platlib')}))\") "
             "> /dev/null || true",
@@ -224,14 +224,14 @@ def install_script(
         if from_lock:
             # Rebuild exactly what was recorded: no resolution, every file checked by hash.
             lines += [
-                f"echo '{STEP}install (pip, from lock)'",
+                f"echo '{STEP}pip install (from lock)'",
                 f"python -m pip install --no-deps --require-hashes -r {BUILD_DIR}/lock.txt "
                 f"--report {BUILD_DIR}/report.json",
             ]
         else:
             # The report pip writes is the lock: exact versions and hashes of what it installed.
             lines += [
-                f"echo '{STEP}install (pip)' $(cat {BUILD_DIR}/requirements.txt)",
+                f"echo '{STEP}pip install' $(cat {BUILD_DIR}/requirements.txt)",
                 f"python -m pip install -r {BUILD_DIR}/requirements.txt "
                 f"--report {BUILD_DIR}/report.json",
             ]
@@ -278,7 +278,7 @@ def step_seconds(timed_lines, end: float) -> dict[str, float]:
         if line.startswith(STEP):
             if current:
                 out[current] = round(out.get(current, 0) + t - since, 3)
-            current, since = line[len(STEP) :].split(" ", 1)[0] or "step", t
+            current, since = step_name(line) or "step", t
     if current:
         out[current] = round(out.get(current, 0) + end - since, 3)
     return out

@@ -14,6 +14,7 @@ import ast
 import functools
 import ipaddress
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -180,6 +181,16 @@ def read_config_list(
     if proc.returncode != 0:
         return proc.stdout, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
     return proc.stdout, None
+
+
+def host_uv() -> str | None:
+    """The uv binary builds mount: this package's own dependency's, else one on PATH."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,11 +7,12 @@ error_info()                         the finished event for a run that ended by 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from ...core.events import ENV_PHASES, REASONS, RUN_PHASES, Phase
+from ...core.events import ENV_PHASES, REASONS, RUN_PHASES, STEP, Phase, step_name
 
 __all__ = [
     "ENV_PHASES",
@@ -58,9 +59,8 @@ class BuildProgress:
 
 def parse_build_line(progress: BuildProgress, line: str) -> BuildProgress:
     text = line.strip()
-    if text.startswith("--- "):
-        words = text[4:].split()
-        step = " ".join(words[:2]) if len(words) > 1 else text[4:]
+    if text.startswith(STEP):
+        step = step_name(text)
         done = progress.steps_done + (1 if progress.step else 0)
         return replace(
             progress,
@@ -78,7 +78,18 @@ def parse_build_line(progress: BuildProgress, line: str) -> BuildProgress:
         return replace(progress, installing=names, current="")
     if text.startswith("Successfully installed "):
         return replace(progress, installed=len(text.split()) - 2, current="")
+    uv = _UV_SUMMARY.match(text)  # uv: "Resolved 10 packages in 0.2s", "Prepared 3 ..."
+    if uv:
+        n = int(uv.group(2))
+        if uv.group(1) == "Resolved":
+            return replace(progress, known=n, current="")
+        if uv.group(1) == "Prepared":
+            return replace(progress, fetched=n, current="")
+        return replace(progress, installed=n, current="")
     return progress
+
+
+_UV_SUMMARY = re.compile(r"^(Resolved|Prepared|Installed) (\d+) packages? in ")
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,14 @@ def format_report(report: dict) -> list[str]:
                 f"{_tick(True if e['container'] else None)} pip {key}: {e['value']} "
                 f"({e['origin']}; {e['why']})"
             )
+    uv = pip.get("uv")
+    if uv is not None:
+        lines.append(
+            f"{_tick(True)} uv {uv['version']} at {uv['path']}: builds lock and install with it"
+            if uv["ok"]
+            else f"{_tick(None)} uv: none usable on this machine; builds use pip, slower "
+            "(pip install uv)"
+        )
     return lines
 
 

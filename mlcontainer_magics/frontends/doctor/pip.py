@@ -5,6 +5,7 @@ so the report says exactly what builds do."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from typing import Callable
 
@@ -15,6 +16,7 @@ from ...backends.docker.pipconfig import (
     build_network,
     container_view,
     effective_settings,
+    host_uv,
     read_config_list,
     values,
 )
@@ -77,6 +79,20 @@ def pip_report_from(
 
 
 def pip_settings_report(python: str = sys.executable, environ=os.environ) -> dict:
-    """Read-only: the host's pip index/cert settings and which of them a container can use."""
+    """Read-only: the host's pip index/cert settings and which of them a container can use,
+    and the uv that builds lock and install with."""
     text, error = read_config_list(python, environ, timeout=60)
-    return pip_report_from(text, environ, error)
+    return {**pip_report_from(text, environ, error), "uv": uv_report()}
+
+
+def uv_report() -> dict:
+    path = host_uv()
+    if path is None:
+        return {"ok": False, "path": None, "version": None}
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return {"ok": False, "path": path, "version": None}
+    return {"ok": True, "path": path, "version": out[1] if len(out) > 1 else None}
