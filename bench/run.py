@@ -335,33 +335,29 @@ class Bench:
             nsk = self.janitor.namespace(f"{self.ns}-c{k}")
             out = {}
 
-            def ours():
-                log(f"cold {k}: ours (namespace {nsk})")
-                dt, o, rec = self.cell(line3, z["cold_code"], namespace=nsk)
-                out["ours3"] = o
-                cold_rows["total"].ours.append(dt)
-                cold_rows["build"].ours.append(rec["timings"]["environment"])
-                sc.check(
-                    "cold_built_an_image",
+            def built(scenario, what, line, code, rows):
+                """One of our cells that must build an image: its times into ``rows``."""
+                dt, o, rec = self.cell(line, code, namespace=nsk)
+                rows["total"].ours.append(dt)
+                rows["build"].ours.append(rec["timings"]["environment"])
+                scenario.check(
+                    f"{what}_built_an_image",
                     rec.get("env_cached") is False,
                     f"env_cached={rec.get('env_cached')}",
                 )
+                return dt, o, rec
+
+            def ours():
+                log(f"cold {k}: ours (namespace {nsk})")
+                dt, out["ours3"], rec = built(sc, "cold", line3, z["cold_code"], cold_rows)
                 if k == 0:
                     sc.info["cache_volume_mb_after_cold"] = self.volume_mb(f"{nsk}-pip-cache", base)
                     sc.info["env_image_size"] = rec.get("image_size")
                 if add_sc is not None:
                     log(f"cold {k}: ours + {z['add']}")
-                    dt4, o4, rec4 = self.cell(line4, z["add_code"], namespace=nsk)
-                    out["ours4"] = o4
-                    add_rows["total"].ours.append(dt4)
+                    _, o4, _ = built(add_sc, "added_package", line4, z["add_code"], add_rows)
                     add_rows["total"].baseline.append(dt)
-                    add_rows["build"].ours.append(rec4["timings"]["environment"])
                     add_rows["build"].baseline.append(rec["timings"]["environment"])
-                    add_sc.check(
-                        "added_package_built_an_image",
-                        rec4.get("env_cached") is False,
-                        f"env_cached={rec4.get('env_cached')}",
-                    )
                     want = (
                         out["ours3"].strip().replace("cold", "add", 1)
                         + " "
@@ -370,15 +366,7 @@ class Bench:
                     add_sc.check("same_output", o4.strip() == want, f"{o4!r} vs {want!r}")
                 if second_sc is not None:
                     log(f"cold {k}: ours, a second environment: {reqs9}")
-                    dt9, o9, rec9 = self.cell(line9, second_code, namespace=nsk)
-                    out["ours9"] = o9
-                    second_rows["total"].ours.append(dt9)
-                    second_rows["build"].ours.append(rec9["timings"]["environment"])
-                    second_sc.check(
-                        "second_built_an_image",
-                        rec9.get("env_cached") is False,
-                        f"env_cached={rec9.get('env_cached')}",
-                    )
+                    out["ours9"] = built(second_sc, "second", line9, second_code, second_rows)[1]
 
             def baseline():
                 tag = f"{self.ns}-docker:c{k}"
