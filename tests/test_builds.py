@@ -96,10 +96,11 @@ def test_a_lock_whose_hash_does_not_match_fails_the_build_and_leaves_nothing(
     good = backend.ensure_environment(EnvSpec(BASE, (), ("six==1.16.0",)))
     remove_images(docker_client, good)
     bad = [dict(good.lock[0], hashes=["sha256:" + "0" * 64])]
-    images_before = {i.id for i in docker_client.images.list()}
+    ours = {"label": f"org.mlcontainer.namespace={NAMESPACE}"}
+    images_before = {i.id for i in docker_client.images.list(filters=ours)}
     with pytest.raises(BuildError, match="(?i)hash"):
         backend.ensure_environment(EnvSpec(BASE, (), ("six==1.16.0",)), lock=bad)
-    assert {i.id for i in docker_client.images.list()} == images_before
+    assert {i.id for i in docker_client.images.list(filters=ours)} == images_before
     # ... and the recorded lock rebuilds the same environment from nothing
     again = backend.ensure_environment(EnvSpec(BASE, (), ("six==1.16.0",)), lock=good.lock)
     try:
