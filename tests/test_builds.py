@@ -169,3 +169,34 @@ def test_a_package_only_in_a_local_folder_builds_with_no_index_reachable(
         assert str(tmp_path) not in json.dumps(docker_client.images.get(env.image_id).attrs)
     finally:
         remove_images(docker_client, env)
+
+
+def test_where_uv_cannot_run_pip_builds_and_says_so_once(
+    docker_client, tmp_path, monkeypatch, no_leaks
+):
+    """A base image uv cannot run in (here: a uv that fails, as a glibc binary does on musl):
+    pip resolves and installs, and the build says why once, not at every build."""
+    from mlcontainer_magics.backends.docker import backend as docker_backend
+
+    broken = tmp_path / "uv"
+    broken.write_text("#!/bin/sh\necho 'uv: not found (musl)' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(docker_backend, "host_uv", lambda: str(broken))
+    monkeypatch.setattr(docker_backend, "_NO_UV_SAID", set())
+    backend = DockerBackend(namespace=NAMESPACE)
+    first, second = Events(), Events()
+    one = backend.ensure_environment(EnvSpec(BASE, (), ("six==1.16.0",)), events=first)
+    two = backend.ensure_environment(EnvSpec(BASE, (), ("idna==3.7",)), events=second)
+    try:
+        notes = [i["line"] for i in first.of("build-log") if i["line"].startswith("note:")]
+        assert notes == [
+            "note: uv cannot run in python:3.11-slim: uv: not found (musl); "
+            "installing with pip (slower)"
+        ]
+        assert not [i for i in second.of("build-log") if i["line"].startswith("note:")]
+        for events, env, name in ((first, one, "six"), (second, two, "idna")):
+            assert events.of("built")[0]["installer"] == "pip"
+            assert installed(docker_client, env.image_id)[name][1] == "pip"
+            assert env.lock[0]["name"] == name and env.lock[0]["hashes"]
+    finally:
+        remove_images(docker_client, one, two)
