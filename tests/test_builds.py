@@ -165,8 +165,13 @@ def test_a_package_only_in_a_local_folder_builds_with_no_index_reachable(
         )
         assert out == b"42\n"
         assert events.of("built")[0]["wheels"]["local"] == 1
-        # the folder was a read-only bind mount of the build: the image does not name it
+        # the folder was a read-only bind mount of the build: the image does not name it, and
+        # of the mount points only numbered, empty ones are left
         assert str(tmp_path) not in json.dumps(docker_client.images.get(env.image_id).attrs)
+        left = docker_client.containers.run(
+            env.image_id, ["find", "/mlc-host"], remove=True
+        ).decode()
+        assert sorted(left.split()) == ["/mlc-host", "/mlc-host/.uv", "/mlc-host/0"]
     finally:
         remove_images(docker_client, env)
 

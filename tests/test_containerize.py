@@ -263,6 +263,7 @@ def test_failing_install_shows_the_installers_message(ip, docker_client):
     with pytest.raises(BuildError) as e:
         run(ip, "-r mlctest-no-such-package==9.9", "pass")
     # uv's own words, resolving: the package is in no index the build can see
+    assert str(e.value).startswith("Resolving the requirements failed (exit 1):")
     assert "mlctest-no-such-package was not found in the package registry" in str(e.value)
     assert env_images(docker_client) == before
 

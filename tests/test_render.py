@@ -66,15 +66,16 @@ def test_local_wheel_folders_are_mounted_at_their_path_under_host_dir():
     # an index's parent is mounted: its pages link to ../../files/...
     assert render.host_folders(net) == ["/opt/wheels", "/opt/pypi", "/simple"]
     pip = render.pip_conf(net)
-    assert "extra-index-url = file:///mlc-host/opt/pypi/simple file:///mlc-host/simple" in pip
-    assert "find-links = /mlc-host/opt/wheels https://w.example/links.html" in pip
+    assert "extra-index-url = file:///mlc-host/1/simple file:///mlc-host/2" in pip
+    assert "find-links = /mlc-host/0 https://w.example/links.html" in pip
     assert "no-index = true" in pip
     uv = render.uv_toml(net)
     assert 'index-url = "https://i.example/simple"' in uv
-    assert 'find-links = ["/mlc-host/opt/wheels", "https://w.example/links.html"]' in uv
+    assert 'find-links = ["/mlc-host/0", "https://w.example/links.html"]' in uv
     assert "no-index = true" in uv and 'index-strategy = "unsafe-best-match"' in uv
-    assert render.from_host_folder("file:///mlc-host/opt/pypi/simple")
-    assert render.from_host_folder("/mlc-host/opt/wheels")
+    assert "/opt" not in pip + uv  # no host path is named in the build's settings
+    assert render.from_host_folder("file:///mlc-host/1/simple")
+    assert render.from_host_folder("/mlc-host/0")
     assert not render.from_host_folder("https://pypi.org/simple")
     # an engine on another machine cannot mount them: dropped, and said
     remote = render.with_local_folders_dropped(net)

@@ -250,8 +250,8 @@ class DockerBackend(Backend):
         container = None
         log_lines: list[str] = []
         binds = [
-            Mount(render.HOST_DIR + folder, folder, type="bind", read_only=True)
-            for folder in render.host_folders(self._build_network())
+            Mount(f"{render.HOST_DIR}/{i}", folder, type="bind", read_only=True)
+            for i, folder in enumerate(render.host_folders(self._build_network()))
         ]
         uv = host_uv()
         if uv:
@@ -282,7 +282,8 @@ class DockerBackend(Backend):
                 timed.append((time.monotonic(), None))
             log = "\n".join(log_lines)
             if status != 0:
-                raise BuildError(_build_failure(log, status), log=log)
+                doing = "Resolving the requirements" if script == "resolve.sh" else "Building"
+                raise BuildError(_build_failure(log, status, doing), log=log)
             yield container, log
         except docker.errors.APIError as e:
             raise BuildError(
@@ -905,7 +906,7 @@ def _lines(chunks):
         yield pending.decode("utf-8", "replace")
 
 
-def _build_failure(log: str, status: int) -> str:
+def _build_failure(log: str, status: int, doing: str = "Building") -> str:
     """The lines of pip's (or apt's) own message that say what went wrong."""
     lines = log.splitlines()
     # pip indents the failing subprocess's own output (e.g. a setup.py's message): match it too.
@@ -916,7 +917,8 @@ def _build_failure(log: str, status: int) -> str:
         or "No matching distribution" in line
     ]
     detail = "\n".join(lines[wanted[0] : wanted[0] + 20]) if wanted else "\n".join(lines[-12:])
-    return f"Building the environment failed (exit {status}):\n{detail}"
+    what = f"{doing} the environment" if doing == "Building" else doing
+    return f"{what} failed (exit {status}):\n{detail}"
 
 
 def _run_folders(container) -> list[str]:

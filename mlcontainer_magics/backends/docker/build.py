@@ -16,15 +16,15 @@ BUILD_DIR = "/tmp/mlc-build"  # holds the CA bundle and index settings; deleted 
 CACHE_DIR = "/mlc-cache"  # a named volume: the wheel caches shared by every build
 PIP_CACHE = f"{CACHE_DIR}/pip"
 UV_CACHE = f"{CACHE_DIR}/uv"
-# The host's wheel folders appear read-only at HOST_DIR + their host path, so the relative links
-# of a file:// index (../../files/x.whl) and the paths in a lock's annotations stay readable.
+# The host's wheel folders appear read-only at HOST_DIR/0, HOST_DIR/1, ... (numbered, so that no
+# host path is named in an image, where the empty mount points stay).
 HOST_DIR = "/mlc-host"
 UV_PATH = f"{HOST_DIR}/.uv"  # the host's uv binary, mounted read-only; never in an image
 
 
 def host_folders(net: BuildNetwork) -> list[str]:
-    """The host folders a build mounts read-only: find-links folders, and the folder holding
-    each file:// index (a simple index links to its files with relative paths)."""
+    """The host folders a build mounts read-only, the i-th at HOST_DIR/i: find-links folders,
+    and the folder holding each file:// index (its pages link to ../../files/x.whl)."""
     out: dict[str, None] = {}
     for value in net.find_links:
         folder = local_folder(value)
@@ -39,12 +39,18 @@ def host_folders(net: BuildNetwork) -> list[str]:
     return list(out)
 
 
-def in_container(value: str) -> str:
-    """A pip setting's value as the build container sees it (local folders under HOST_DIR)."""
-    folder = local_folder(value)
-    if folder is None:
+def _in_container(value: str, folders: list[str]) -> str:
+    """A pip setting's value as the build container sees it: a local folder (or a path in
+    one) under the HOST_DIR/i where ``folders[i]`` (host_folders) is mounted."""
+    path = local_folder(value)
+    if path is None:
         return value
-    return ("file://" if value.startswith("file:") else "") + HOST_DIR + folder
+    path = path.rstrip("/") or "/"
+    for i, root in enumerate(folders):
+        if path == root or path.startswith(root.rstrip("/") + "/"):
+            inside = f"{HOST_DIR}/{i}{path[len(root.rstrip('/')) :]}"
+            return ("file://" if value.startswith("file:") else "") + inside
+    raise ValueError(f"{value!r} is in no mounted folder")
 
 
 def from_host_folder(source: str) -> bool:
@@ -69,6 +75,11 @@ def with_local_folders_dropped(net: BuildNetwork) -> BuildNetwork:
 
 
 def pip_conf(net: BuildNetwork) -> str:
+    folders = host_folders(net)
+
+    def in_container(value: str) -> str:
+        return _in_container(value, folders)
+
     lines = ["[global]"]
     if net.index_url:
         lines.append(f"index-url = {in_container(net.index_url)}")
@@ -89,6 +100,11 @@ def uv_toml(net: BuildNetwork) -> str:
     """uv's settings for a build: the same indexes, find-links and trusted hosts as pip's (the
     CA bundle goes by SSL_CERT_FILE), its cache on the shared volume."""
     q = json.dumps  # a JSON string is a TOML basic string
+    folders = host_folders(net)
+
+    def in_container(value: str) -> str:
+        return _in_container(value, folders)
+
     lines = [
         f"cache-dir = {q(UV_CACHE)}",
         'python-downloads = "never"',
