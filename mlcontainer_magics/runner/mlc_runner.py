@@ -601,8 +601,19 @@ def serve(path):
         conn.close()
 
 
+# -- standby: started before its cell is known -----------------------------------------------
+
+def wait_for_go(path):
+    """Wait, blocked (no CPU) in open() and then read() of the FIFO ``path``, until the host
+    writes "go": the run's folder is filled then. End of file instead: not needed after all."""
+    with open(path) as f:
+        return f.readline().strip() == "go"
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--serve":
+    if len(sys.argv) > 2 and sys.argv[1] == "--standby":
+        sys.exit(main() if wait_for_go(sys.argv[2]) else 0)
+    elif len(sys.argv) > 2 and sys.argv[1] == "--serve":
         serve(sys.argv[2])
     elif len(sys.argv) > 3 and sys.argv[1] == "--send":
         send_file(sys.argv[2], int(sys.argv[3]))
