@@ -53,6 +53,7 @@ from .pipconfig import BuildNetwork, host_build_network
 from .standby import GO as STANDBY_GO
 from .standby import PREFIX as STANDBY_PREFIX
 from .standby import (
+    EndMarks,
     Standby,
     StandbyPool,
     close_fd,
@@ -532,12 +533,14 @@ class DockerBackend(Backend):
         stdout: list[str] = []
         stderr: list[str] = []
         # A UTF-8 character may be split across two chunks of the stream.
-        decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("o", "e")}
+        decoders = {
+            s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("stdout", "stderr")
+        }
         timed_out = threading.Event()
         container = stream = None
         # A standby container claimed for this folder (claim_run_folder): already started.
         standby = self._standby_pool.take(workdir) if self._standby_pool is not None else None
-        exited = False  # the container has ended: removing it can wait
+        finished = False  # the cell has ended: removing its container can wait
         try:
             events(Phase.STARTING)
             if standby is not None:
@@ -557,25 +560,37 @@ class DockerBackend(Backend):
                 timer = threading.Timer(spec.timeout, self._expire, (container, timed_out))
                 timer.daemon = True
                 timer.start()
+            # A standby's runner says how it ended (standby.EndMarks); other runs' end is the
+            # engine's to report.
+            marks = EndMarks() if standby is not None else None
+            said = None
             try:
                 for out, err in stream:
-                    if out:
-                        text = decoders["o"].decode(out)
-                        stdout.append(text)
-                        output("stdout", text)
-                    if err:
-                        text = decoders["e"].decode(err)
-                        stderr.append(text)
-                        output("stderr", text)
-                for name, chunks in (("o", stdout), ("e", stderr)):
+                    for name, data, chunks in (("stdout", out, stdout), ("stderr", err, stderr)):
+                        if data:
+                            text = decoders[name].decode(data)
+                            text = marks.feed(name, text) if marks is not None else text
+                            chunks.append(text)
+                            output(name, text)
+                    said = marks.status if marks is not None else None
+                    if said is not None:
+                        break
+                for name, chunks in (("stdout", stdout), ("stderr", stderr)):
                     chunks.append(decoders[name].decode(b"", final=True))
-                code = container.wait()["StatusCode"]
-                exited = True
+                    if marks is not None and said is None:
+                        chunks.append(marks.rest(name))
+                if said is not None and not timed_out.is_set():
+                    code, state = said, {}
+                    _quietly(stream.close)
+                else:
+                    code = container.wait()["StatusCode"]
+                    container.reload()
+                    state = container.attrs["State"]
+                finished = True
             finally:
                 if timer is not None:
                     timer.cancel()
-            container.reload()
-            reason = self._reason(code, container.attrs["State"], timed_out.is_set(), run_id)
+            reason = self._reason(code, state, timed_out.is_set(), run_id)
             self._replenish(spec, env)
             return RunResult(code, reason, "".join(stdout), "".join(stderr), container.id)
         except docker.errors.APIError as e:
@@ -591,7 +606,7 @@ class DockerBackend(Backend):
         finally:
             self._runs.pop(run_id, None)
             self._stopped.discard(run_id)
-            if container is not None and standby is not None and exited:
+            if container is not None and standby is not None and finished:
                 self._standby_pool.remove_used(container)  # type: ignore[union-attr]
             elif container is not None:
                 self._remove_or_remember(container)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import json
 import os
 import select
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.spec import digest
+from ...runner import END_MARK
 
 GO = ".go"  # the FIFO in a standby's folder: the runner waits on /mlc/.go
 PREFIX = "mlc-standby-"  # its folder's name starts so (orphan cleanup knows it by that)
@@ -125,6 +127,51 @@ def go(standby: Standby) -> None:
         os.write(fd, b"go\n")
     finally:
         close_fd(standby)
+
+
+class EndMarks:
+    """Takes the runner's end marks (END_MARK) out of a standby run's two streams. Once both
+    have come, all the output is in and ``status`` is the runner's exit status: no need to wait
+    for the engine to report the container's end. Text is passed on as it comes, but for a
+    tail that may be the start of a mark."""
+
+    def __init__(self) -> None:
+        self._held = {"stdout": "", "stderr": ""}
+        self._said: dict[str, dict] = {}
+
+    def feed(self, stream: str, text: str) -> str:
+        """``text`` of ``stream`` (stdout or stderr) without the mark: what to pass on."""
+        text = self._held[stream] + text
+        self._held[stream] = ""
+        at = text.find(END_MARK)
+        if at >= 0:
+            end = text.find("\n", at)
+            if end < 0:
+                self._held[stream] = text[at:]
+                return text[:at]
+            try:
+                self._said[stream] = json.loads(text[at + len(END_MARK) : end])
+            except ValueError:
+                self._said[stream] = {}
+            return text[:at] + text[end + 1 :]
+        tail = text.rfind(END_MARK[0])
+        if tail >= 0 and END_MARK.startswith(text[tail:]):
+            self._held[stream] = text[tail:]
+            return text[:tail]
+        return text
+
+    def rest(self, stream: str) -> str:
+        """What was held back of ``stream`` when it ended without a mark."""
+        text, self._held[stream] = self._held[stream], ""
+        return text
+
+    @property
+    def status(self) -> int | None:
+        """The exit status both marks agree on, when the memory limit killed nothing."""
+        out, err = self._said.get("stdout"), self._said.get("stderr")
+        if not out or out != err or out.get("oom") != 0 or not isinstance(out.get("exit"), int):
+            return None
+        return out["exit"]
 
 
 class StandbyPool:
