@@ -428,3 +428,21 @@ def test_standbys_go_when_the_kernel_exits(docker_client, namespace, no_leaks):
     assert name.startswith(f"{namespace}-standby-")
     assert standbys(docker_client, namespace) == []
     assert not Path(folder).exists()
+
+
+@docker_only
+def test_doctor_lists_the_standbys(sip, docker_client, namespace):
+    sip.run_cell_magic("containerize", "", "pass")
+    waiting = ready_standby(sip, docker_client, namespace)
+    assert waiting.labels[f"{LABEL}.role"] == "standby"
+    out = subprocess.run(
+        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    assert f"standby containers ({namespace}): 1" in out.stdout, out.stdout + out.stderr
+    mine = [line for line in lines if line.startswith(waiting.name)]
+    assert mine and "running, waiting, kernel" in mine[0] and "(gone)" not in mine[0]

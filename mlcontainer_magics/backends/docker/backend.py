@@ -888,6 +888,33 @@ class DockerBackend(Backend):
         return sorted(items, key=lambda r: r.started or "", reverse=True)
 
 
+def list_standbys(client, namespace: str) -> list[dict]:
+    """The standby containers of ``namespace``, every kernel's, for `mlcontainer doctor`: what a
+    user who sees `NAMESPACE-standby-...` in `docker ps` wants to know about them."""
+    with engine_errors("listing standby containers"):
+        found = client.containers.list(
+            all=True,
+            ignore_removed=True,
+            filters={"label": [f"{LABEL}.namespace={namespace}", f"{LABEL}.role=standby"]},
+        )
+    items = []
+    for c in found:
+        owner = c.labels.get(f"{LABEL}.owner", "")
+        items.append(
+            {
+                "name": c.name,
+                "id": c.id[:12],
+                "status": c.status,
+                "run": _run_of(c),  # claimed: the run it runs
+                "owner": owner,
+                "owner_alive": owner_alive(owner),
+                "image": c.labels.get(f"{LABEL}.image", ""),
+                "created": c.attrs.get("Created"),
+            }
+        )
+    return sorted(items, key=lambda i: i["created"] or "")
+
+
 def _names(c) -> list[str]:
     return [n.lstrip("/") for n in (c.attrs.get("Names") or [c.attrs.get("Name") or ""])]
 
