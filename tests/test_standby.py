@@ -377,6 +377,10 @@ def test_a_running_standby_cell_is_seen_and_stopped_by_its_run_id(
 def test_prune_removes_standbys_and_the_next_cell_still_runs(sip, capsys, docker_client, namespace):
     sip.run_cell_magic("containerize", "", "pass")
     waiting = ready_standby(sip, docker_client, namespace)
+    # A new kernel's orphan cleanup leaves a live kernel's standby alone ...
+    DockerBackend(namespace=namespace)._prune_orphans(False)
+    assert [c.id for c in standbys(docker_client, namespace)] == [waiting.id]
+    # ... prune does not.
     out = subprocess.run(
         [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "prune"],
         capture_output=True,
@@ -446,3 +450,31 @@ def test_doctor_lists_the_standbys(sip, docker_client, namespace):
     assert f"standby containers ({namespace}): 1" in out.stdout, out.stdout + out.stderr
     mine = [line for line in lines if line.startswith(waiting.name)]
     assert mine and "running, waiting, kernel" in mine[0] and "(gone)" not in mine[0]
+
+
+@docker_only
+def test_a_killed_kernels_standby_goes_with_its_folder(docker_client, namespace, no_leaks):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KERNEL + "import time; time.sleep(600)\n"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MLCONTAINER_STANDBY": "1"},
+    )
+    try:
+        ready = None
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("READY"):
+                ready = line.split()
+                break
+        assert ready is not None
+    finally:
+        proc.kill()
+        proc.wait(10)
+    _, name, folder = ready
+    assert [c.name for c in standbys(docker_client, namespace)] == [name]  # orphaned
+    # What a new kernel's backend does on its first connection: not other kernels' live
+    # standbys, but those whose kernel is gone, with their folders.
+    done = DockerBackend(namespace=namespace)._prune_orphans(False)
+    assert any(name in line for line in done), done
+    assert standbys(docker_client, namespace) == []
+    assert not Path(folder).exists()
