@@ -478,3 +478,27 @@ def test_a_killed_kernels_standby_goes_with_its_folder(docker_client, namespace,
     assert any(name in line for line in done), done
     assert standbys(docker_client, namespace) == []
     assert not Path(folder).exists()
+
+
+@docker_only
+def test_a_standby_gone_after_its_claim_is_no_failure(
+    sip, capsys, docker_client, namespace, monkeypatch
+):
+    sip.run_cell_magic("containerize", "", "pass")
+    waiting = ready_standby(sip, docker_client, namespace)
+    pool = magics(sip).backend.standbys
+    real_claim = pool.claim
+
+    def claim_then_remove(key):
+        found = real_claim(key)
+        if found is not None:  # removed from outside between the claim and the hand-over
+            docker_client.containers.get(found.container.id).remove(force=True)
+        return found
+
+    monkeypatch.setattr(pool, "claim", claim_then_remove)
+    capsys.readouterr()
+    sip.user_ns["a"] = 20
+    sip.run_cell_magic("containerize", "--in a --out b", "b = a + 1\nprint('ran')")
+    out = capsys.readouterr().out
+    assert "ran" in out and sip.user_ns["b"] == 21
+    assert ran_in(out) != waiting.id[:12] and "standby container" not in out

@@ -591,7 +591,7 @@ class DockerBackend(Backend):
                 if timer is not None:
                     timer.cancel()
             reason = self._reason(code, state, timed_out.is_set(), run_id)
-            self._replenish(spec, env)
+            _quietly(self._replenish, spec, env)  # a standby is never the cell's failure
             return RunResult(code, reason, "".join(stdout), "".join(stderr), container.id)
         except docker.errors.APIError as e:
             hint = ""
@@ -626,8 +626,11 @@ class DockerBackend(Backend):
         pool = self.standbys
         if pool is None or not pool.enabled:
             return None
-        key = self._standby_key(spec, env)
-        found = pool.claim(key) if key is not None else None
+        try:
+            key = self._standby_key(spec, env)
+            found = pool.claim(key) if key is not None else None
+        except Exception:  # a standby is never the cell's failure: it makes its own container
+            return None
         return found.folder if found is not None else None
 
     def release_run_folder(self, folder) -> None:
@@ -695,7 +698,10 @@ class DockerBackend(Backend):
             self._runs.pop(run_id, None)
             if stream is not None:
                 _quietly(stream.close)
-            self.discard_standby(standby)
+            # Its container only: the folder is the run's now, filled, and serves the
+            # container the run makes instead.
+            close_fd(standby)
+            self._remove_or_remember(container)
             if isinstance(e, (docker.errors.APIError, OSError)):
                 return None, None
             raise
