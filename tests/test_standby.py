@@ -502,3 +502,46 @@ def test_a_standby_gone_after_its_claim_is_no_failure(
     out = capsys.readouterr().out
     assert "ran" in out and sip.user_ns["b"] == 21
     assert ran_in(out) != waiting.id[:12] and "standby container" not in out
+
+
+@docker_only
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "x = bytearray(200 * 2**20)",  # the runner itself is killed
+        # a child is killed, the runner goes on to exit 0: the engine still says out of memory
+        "import subprocess, sys\n"
+        "subprocess.run([sys.executable, '-c', 'x = bytearray(200 * 2**20)'])\nprint('on')",
+    ],
+)
+def test_out_of_memory_in_a_standby_says_so(sip, docker_client, namespace, cell):
+    sip.run_cell_magic("containerize", "--memory 48m", "pass")
+    ready_standby(sip, docker_client, namespace)
+    with pytest.raises(RunError, match="Out of memory") as e:
+        sip.run_cell_magic("containerize", "--memory 48m", cell)
+    assert e.value.reason == "oom"
+
+
+@docker_only
+def test_interrupt_in_a_standby_stops_and_removes_it_at_once(sip, docker_client, namespace):
+    import signal
+    import time
+
+    sip.run_cell_magic("containerize", "", "pass")
+    waiting = ready_standby(sip, docker_client, namespace)
+
+    def interrupt_when_running():
+        if wait_for(lambda: magics(sip).backend._runs):
+            time.sleep(0.5)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        sip.run_cell_magic(
+            "containerize",
+            "-n sb-interrupted",
+            "import time\nprint('on', flush=True)\ntime.sleep(120)",
+        )
+    flt = {"label": f"{LABEL}.namespace={namespace}"}
+    assert waiting.id not in {c.id for c in docker_client.containers.list(all=True, filters=flt)}
+    assert magics(sip).store.get("sb-interrupted")["status"] == "interrupted"

@@ -199,7 +199,8 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         """Run this cell in a fresh Docker container with its own pip packages.
 
         The environment (base image + apt + pip packages) is built once and reused by every
-        cell that needs the same one; editing the code never reinstalls packages. Output
+        cell that needs the same one; editing the code never reinstalls packages, and the next
+        cell in it runs in a container started ahead (a standby: see the standby setting). Output
         streams into the cell while it runs. Ctrl-C (the stop button) stops and removes the
         container.
         """
