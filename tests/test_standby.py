@@ -281,6 +281,9 @@ def test_the_next_cell_runs_in_the_standby_with_its_limits(
     waiting = ready_standby(sip, docker_client, namespace)
     assert waiting.name.startswith(f"{namespace}-standby-")
     assert waiting.labels[f"{LABEL}.owner"] and waiting.status == "running"
+    host = waiting.attrs["HostConfig"]  # made as a run's container is
+    assert host["Memory"] == 256 * 2**20 and host["CapDrop"] == ["ALL"] and host["Init"]
+    assert "no-new-privileges" in host["SecurityOpt"] and waiting.attrs["Config"]["User"]
     capsys.readouterr()
 
     created = []

@@ -649,7 +649,10 @@ class DockerBackend(Backend):
     def _replenish(self, spec: RunSpec, env: Environment) -> None:
         """After a run: a standby for its settings, started in the background."""
         pool = self.standbys
-        if pool is None or not pool.enabled:
+        if pool is None:
+            return
+        if not pool.enabled:
+            pool.clear()  # turned off (%config): those still waiting go now
             return
         key = self._standby_key(spec, env)
         if key is not None:
