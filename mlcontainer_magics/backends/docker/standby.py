@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ class Standby:
     folder: Path
     container: Any = None  # the engine's handle
     fd: int | None = None  # the FIFO's write end, held while it waits
-    since: float = field(default_factory=time.monotonic)
     timer: threading.Timer | None = None
 
 
@@ -237,7 +236,8 @@ class StandbyPool:
             self._in_background(self.engine.discard_standby, standby)
 
     def remove_used(self, container) -> None:
-        """A container that ran its cell and exited, removed off the cell's critical path."""
+        """A container whose cell has ended (its runner said so, or it exited), removed off
+        the cell's critical path: whatever it still does (Python's last cleanup) is over."""
         self._in_background(self.engine.remove_used, container)
 
     # -- after a run: one ready for next time ------------------------------------------------
@@ -274,7 +274,6 @@ class StandbyPool:
             keep = standby is not None and self.enabled
             if keep:
                 assert standby is not None
-                standby.since = time.monotonic()
                 standby.timer = threading.Timer(
                     max(float(self.settings.standby_idle), 0.0), self._expire, (standby,)
                 )
