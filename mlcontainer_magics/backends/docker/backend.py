@@ -11,6 +11,7 @@ import codecs
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -401,7 +402,7 @@ class DockerBackend(Backend):
             filters={"label": f"{LABEL}.run={run_id}"}
         ) or self.client.containers.list(
             filters={
-                "name": f"^/?{run_name(self.namespace, run_id)}$",
+                "name": f"^/?{re.escape(run_name(self.namespace, run_id))}$",
                 "label": f"{LABEL}.role=standby",
             }
         )
