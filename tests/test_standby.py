@@ -123,6 +123,24 @@ def test_display_marks_pass_and_a_missing_or_oom_end_says_nothing():
     assert unknown.status is None
 
 
+def test_a_standby_runner_not_needed_exits_without_running_anything(tmp_path):
+    from mlcontainer_magics.backends.docker.standby import open_go
+    from mlcontainer_magics.runner import RUNNER_PATH
+
+    fifo = tmp_path / ".go"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [sys.executable, str(RUNNER_PATH), "--standby", str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    fd = open_go(fifo, lambda: proc.poll() is None, wait=30)
+    os.close(fd)  # end of file: discarded before any cell came
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out, err) == (0, "", "")
+
+
 # -- the pool's books, with a fake engine --------------------------------------------------
 
 
