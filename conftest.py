@@ -27,6 +27,9 @@ STORE = tempfile.mkdtemp(prefix="mlctest-store-")
 # and store too, never the user's.
 os.environ["MLCONTAINER_NAMESPACE"] = NAMESPACE
 os.environ["MLCONTAINER_STORE"] = STORE
+# A standby container outlives the cell that made it (until the kernel ends): off, so that
+# each test's leak check sees only what the test made; tests/test_standby.py turns it on.
+os.environ["MLCONTAINER_STANDBY"] = "0"
 
 
 def _client():

@@ -92,6 +92,9 @@ class MlcontainerSettings(Configurable):
       raise_error   raise on a nonzero exit       MLCONTAINER_RAISE_ERROR; true
       store_dir     where snapshots are kept      MLCONTAINER_STORE; ~/.local/share/mlcontainer
       backend_name  docker or kubernetes          MLCONTAINER_BACKEND; docker
+      standby       a started container kept ready MLCONTAINER_STANDBY; true
+      standby_max   standby containers per kernel MLCONTAINER_STANDBY_MAX; 2
+      standby_idle  seconds an unused one is kept MLCONTAINER_STANDBY_IDLE; 600
     """
 
     base_image = Unicode(
@@ -134,6 +137,21 @@ class MlcontainerSettings(Configurable):
         "folder; larger ones are listed with their digests. Env: MLCONTAINER_EXPORT_DATA_LIMIT.",
     ).tag(config=True)
 
+    standby = Bool(
+        help="After a cell, keep one started, never-used container ready for its environment "
+        "and limits: the next such cell runs in it (a fresh process and filesystem all the "
+        "same) instead of waiting for a container to start. Docker backend, kernels only. "
+        "Env: MLCONTAINER_STANDBY (0 turns it off)."
+    ).tag(config=True)
+    standby_max = Int(
+        help="At most this many standby containers per kernel (the least recently used goes "
+        "first). Env: MLCONTAINER_STANDBY_MAX."
+    ).tag(config=True)
+    standby_idle = Float(
+        help="A standby container unused for this many seconds is removed. "
+        "Env: MLCONTAINER_STANDBY_IDLE."
+    ).tag(config=True)
+
     @default("store_dir")
     def _default_store(self):
         return str(default_store_root())
@@ -154,6 +172,9 @@ class MlcontainerSettings(Configurable):
         "default_mounts", "MLCONTAINER_DEFAULT_MOUNTS", _comma_list, unset=[]
     )
     _secrets_file = env_default("secrets_file", "MLCONTAINER_SECRETS_FILE")
+    _standby = env_default("standby", "MLCONTAINER_STANDBY", _false_unless_no, unset=True)
+    _standby_max = env_default("standby_max", "MLCONTAINER_STANDBY_MAX", int, unset=2)
+    _standby_idle = env_default("standby_idle", "MLCONTAINER_STANDBY_IDLE", float, unset=600.0)
     _export_data_limit = env_default(
         "export_data_limit", "MLCONTAINER_EXPORT_DATA_LIMIT", int, unset=100 * 2**20
     )

@@ -261,6 +261,14 @@ def test_text_lines_cache_hit():
     ]
 
 
+def test_text_lines_say_when_the_container_was_a_standby():
+    events = [
+        (0.9, "running", {"container": "1a2b3c4d5e6f", "standby": True}) if e[1] == "running" else e
+        for e in CACHE_HIT
+    ]
+    assert "[mlcontainer] running in standby container 1a2b3c4d5e6f…" in lines_for(events)
+
+
 def test_text_lines_build_have_no_log_lines():
     assert lines_for(BUILD) == [
         "[mlcontainer] resolving environment (base python:3.11-slim)…",

@@ -18,15 +18,21 @@ def make_backend(
     namespace: str | None = None,
     target: dict | None = None,
     clean_orphans: bool = False,
+    standby: bool = False,
 ) -> Backend:
     """The backend called ``name``, configured by ``settings`` (a traitlets parent: the
     KubernetesConfig of its config reaches the Kubernetes backend). ``target`` is where a
-    recorded run ran (a Kubernetes context and namespace), to run there again."""
+    recorded run ran (a Kubernetes context and namespace), to run there again. With
+    ``standby`` (a kernel's), the Docker backend keeps standby containers as ``settings`` say."""
     namespace = namespace or settings.namespace
     if name == "docker":
         from .docker.backend import DockerBackend
 
-        return DockerBackend(namespace=namespace, clean_orphans=clean_orphans)
+        return DockerBackend(
+            namespace=namespace,
+            clean_orphans=clean_orphans,
+            standby=settings if standby else None,
+        )
     if name == "kubernetes":
         from .kubernetes.backend import KubernetesBackend
 
@@ -38,9 +44,13 @@ class Backends:
     """The backends one front end uses, each made on first use and kept (a kernel's sessions
     and a cluster's client live in them): one per name, namespace and target."""
 
-    def __init__(self, settings: MlcontainerSettings, *, clean_orphans: bool = False) -> None:
+    def __init__(
+        self, settings: MlcontainerSettings, *, clean_orphans: bool = False, standby: bool = False
+    ) -> None:
         self.settings = settings
         self._clean_orphans = clean_orphans  # a kernel cleans up after kernels that died
+        # A kernel keeps standby containers; a CLI process (gone in a moment) or the server not.
+        self._standby = standby
         self._made: dict[tuple, Backend] = {}
 
     def get(
@@ -56,6 +66,7 @@ class Backends:
                 namespace=namespace,
                 target=target,
                 clean_orphans=self._clean_orphans,
+                standby=self._standby,
             )
         return self._made[key]
 

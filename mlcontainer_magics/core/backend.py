@@ -2,7 +2,8 @@
 
 A backend builds environments, runs cells, stops and lists runs, and keeps its own house
 (prune). Warm sessions are an optional capability: ``sessions`` is None where a backend has
-none, and callers check for it. A backend raises only MlcError subclasses (errors.py): the
+none, and callers check for it. So are standby containers: ``claim_run_folder`` returns None
+where a backend has none. A backend raises only MlcError subclasses (errors.py): the
 third-party errors of its engine or cluster are translated where it talks to them.
 """
 
@@ -192,6 +193,20 @@ class Backend(ABC):
     @property
     def sessions(self) -> WarmSessions | None:
         """Warm sessions, where this backend has them; None where it has not."""
+        return None
+
+    # -- standby containers (optional) ---------------------------------------------------------
+
+    def claim_run_folder(self, spec: RunSpec, env: Environment) -> Path | None:
+        """Optional capability: the folder of a container already started (and not used) for
+        ``spec``'s settings in ``env``, claimed for this run so that no other run takes it. The
+        run's files are written there, and ``run()`` with it as ``workdir`` runs the cell in
+        that container. None (the default): the run makes a folder of its own."""
+        return None
+
+    def release_run_folder(self, folder: Path) -> None:
+        """The run of a claimed folder is over, or never reached ``run()``: what is left of
+        its container is the backend's to remove. Never raises."""
         return None
 
     # -- housekeeping -----------------------------------------------------------------------

@@ -46,13 +46,28 @@ class RunOutcome:
         return self.result is not None and self.result.reason == "done"
 
 
+def run_folder_root() -> str | None:
+    """Where run folders (and a backend's standby folders) are made; None: tempfile's default."""
+    return None
+
+
 def prepare_workdir(
-    spec: RunSpec, inputs: dict, parent: Path | None = None, *, digests: bool = True
+    spec: RunSpec,
+    inputs: dict,
+    parent: Path | None = None,
+    *,
+    digests: bool = True,
+    folder: Path | None = None,
 ) -> tuple[Path, dict]:
     """The run's own folder, mounted at /mlc: runner, cell, manifest, values in, out/.
-    In a warm session it is made inside the session's folder (``parent``). Without
-    ``digests`` the inputs' records lack theirs (see transfer.BackgroundDigests)."""
-    workdir = Path(tempfile.mkdtemp(prefix="mlc-run-", dir=parent))
+    In a warm session it is made inside the session's folder (``parent``); a folder the
+    backend claimed (``folder``: a standby container's, out/ mounted already) is filled
+    instead. Without ``digests`` the inputs' records lack theirs (see
+    transfer.BackgroundDigests)."""
+    if folder is not None:
+        workdir = folder
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="mlc-run-", dir=parent or run_folder_root()))
     try:
         workdir.chmod(0o755)
         (workdir / "runner.py").write_bytes(runner_source())
@@ -65,7 +80,7 @@ def prepare_workdir(
         }
         (workdir / "manifest.json").write_text(json.dumps(manifest))
         out = workdir / "out"
-        out.mkdir()
+        out.mkdir(exist_ok=folder is not None)
         out.chmod(0o777)  # the container's non-root user writes here
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -103,7 +118,7 @@ def execute(
     cache = mounts.DigestCache(store.root) if mounts and store is not None else None
     try:
         manifests = _start_record(outcome, backend, store, context or {}, events, mounts, cache)
-        workdir = None
+        workdir = claimed = None
         hashing = None  # the inputs' digests, taken while the container runs
         started = False  # past this point the run is a snapshot, whatever happens
         try:
@@ -113,7 +128,11 @@ def execute(
             )
             outcome.timings["environment"] = round(time.perf_counter() - t0, 3)
             parent = pool.workdir_parent(spec, outcome.env, events) if pool else None
-            workdir, outcome.inputs = prepare_workdir(spec, inputs or {}, parent, digests=False)
+            # A standby container's folder, where the backend has one ready for these settings.
+            claimed = None if pool else backend.claim_run_folder(spec, outcome.env)
+            workdir, outcome.inputs = prepare_workdir(
+                spec, inputs or {}, parent, digests=False, folder=claimed
+            )
             hashing = transfer.BackgroundDigests(outcome.inputs, workdir)
             if store:
                 keep_inputs(store.artifacts_dir(run_id), workdir)
@@ -144,6 +163,8 @@ def execute(
                 hashing.wait()  # it reads the folder about to go
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
+            if claimed is not None:
+                backend.release_run_folder(claimed)
         if store:
             _record_end(store, outcome)
         return outcome

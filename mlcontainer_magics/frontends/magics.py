@@ -36,12 +36,16 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
       raise_error   raise on a nonzero exit       MLCONTAINER_RAISE_ERROR; true
       store_dir     where snapshots are kept      MLCONTAINER_STORE
       backend_name  docker or kubernetes          MLCONTAINER_BACKEND; docker
+      standby       a started container kept ready MLCONTAINER_STANDBY; true
+      standby_max   standby containers per kernel MLCONTAINER_STANDBY_MAX; 2
+      standby_idle  seconds an unused one is kept MLCONTAINER_STANDBY_IDLE; 600
     """
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
         # A kernel's Docker backend cleans up after kernels that died mid-run (their orphans).
-        self.backends = Backends(self, clean_orphans=True)
+        # ... and keeps standby containers (the standby settings).
+        self.backends = Backends(self, clean_orphans=True, standby=True)
         self._store = None
         if shell is not None:
             shell.set_custom_exc((MlcError,), _show_error)
@@ -195,7 +199,8 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         """Run this cell in a fresh Docker container with its own pip packages.
 
         The environment (base image + apt + pip packages) is built once and reused by every
-        cell that needs the same one; editing the code never reinstalls packages. Output
+        cell that needs the same one; editing the code never reinstalls packages, and the next
+        cell in it runs in a container started ahead (a standby: see the standby setting). Output
         streams into the cell while it runs. Ctrl-C (the stop button) stops and removes the
         container.
         """

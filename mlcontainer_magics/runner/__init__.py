@@ -8,6 +8,7 @@ from . import mlc_runner
 from .mlc_runner import (
     COLLECT_WAIT_ENV,
     COLLECTED,
+    END_MARK,
     MARK,
     MESSAGE_PREFIX,
     MLC,
@@ -38,6 +39,7 @@ __all__ = [
     "COLLECTED",
     "COLLECT_WAIT_ENV",
     "CONTAINER_ENV",
+    "END_MARK",
     "MARK",
     "MESSAGE_PREFIX",
     "MLC_DIR",

@@ -11,6 +11,7 @@ import codecs
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from ...core.backend import (
@@ -42,6 +44,7 @@ from ...core.requirements import (
     lock_from_report,
     lock_key,
 )
+from ...core.runs import run_folder_root
 from ...core.spec import EnvSpec, RunSpec, digest
 from ...errors import BaseImageMissing, BuildError, EngineUnavailable, RunError
 from ...runner import (
@@ -51,11 +54,25 @@ from ...runner import (
     RUNNER_COMMAND,
     SECRETS_DIR,
     WORK_DIR,
+    runner_source,
 )
 from . import build as render
 from .archive import tar_bytes, untar_files
 from .engine import address, connect, engine_errors, is_local, short, translated
 from .pipconfig import BuildNetwork, host_build_network, host_uv
+from .standby import GO as STANDBY_GO
+from .standby import PREFIX as STANDBY_PREFIX
+from .standby import (
+    EndMarks,
+    Standby,
+    StandbyPool,
+    close_fd,
+    go,
+    make_folder,
+    open_go,
+    remove_folder,
+    standby_key,
+)
 
 LABEL = "org.mlcontainer"
 # Each environment built on another adds a layer; overlay2 mounts at most 128. Past this many an
@@ -64,6 +81,12 @@ MAX_ENV_LAYERS = 64
 # One look-up-then-commit at a time in this process: concurrent builds of one lock share one image.
 _COMMIT = threading.Lock()
 _NO_UV_SAID: set[str] = set()  # bases whose builds fall back to pip, said once per process
+
+
+def run_name(namespace: str, run_id: str) -> str:
+    """The name a standby container takes when a run claims it: its labels, fixed when it was
+    made, cannot say which run it is, so `stop`, `is_running` and `running` read its name."""
+    return f"{namespace}-run-{run_id}"
 
 
 def make_labels(namespace: str, **extra) -> dict[str, str]:
@@ -82,8 +105,13 @@ class DockerBackend(Backend):
         namespace: str = "mlcontainer",
         network: BuildNetwork | None = None,
         clean_orphans: bool = False,
+        standby=None,
     ) -> None:
         self._client = client
+        # Settings (standby, standby_max, standby_idle) where this backend keeps standby
+        # containers: a kernel's does; the CLI's and the server's do not.
+        self._standby_settings = standby
+        self._standby_pool: StandbyPool | None = None
         self._clean_orphans = clean_orphans  # a kernel's backend does, on first connection
         self.namespace = namespace
         self._network = network
@@ -98,7 +126,8 @@ class DockerBackend(Backend):
             if self._clean_orphans:  # runs of kernels that died mid-run, in the background
                 threading.Thread(
                     target=_quietly,
-                    args=(self.prune_orphans,),
+                    # not other kernels' standbys: they are alive and in use
+                    args=(self._prune_orphans, False),
                     daemon=True,
                     name="mlcontainer-orphans",
                 ).start()
@@ -474,24 +503,47 @@ class DockerBackend(Backend):
 
     # -- housekeeping ---------------------------------------------------------------------------
 
+    def _run_containers(self, run_id: str) -> list:
+        """The running container of ``run_id``: by its label, or by its name where the run
+        took a standby (whose labels were fixed before the run existed)."""
+        return self.client.containers.list(
+            filters={"label": f"{LABEL}.run={run_id}"}
+        ) or self.client.containers.list(
+            filters={
+                "name": f"^/?{re.escape(run_name(self.namespace, run_id))}$",
+                "label": f"{LABEL}.role=standby",
+            }
+        )
+
     @translated("listing runs")
     def is_running(self, run_id: str) -> bool:
-        return bool(self.client.containers.list(filters={"label": f"{LABEL}.run={run_id}"}))
+        return bool(self._run_containers(run_id))
 
     @translated("pruning containers")
     def prune_orphans(self) -> list[str]:
-        """Remove containers (and build volumes) of this namespace whose kernel process is gone;
-        another machine's are left to it."""
+        """Remove containers (and build volumes) of this namespace whose kernel process is gone
+        (another machine's are left to it), and every standby container no run has claimed,
+        whoever made it: they are disposable, and their kernels make new ones."""
+        return self._prune_orphans(True)
+
+    def _prune_orphans(self, all_standbys: bool) -> list[str]:
         done = []
+        if all_standbys and self._standby_pool is not None:
+            self._standby_pool.clear()  # this kernel's own, with their folders
         for c in self.client.containers.list(
             all=True,
             ignore_removed=True,  # one that goes meanwhile is fine
             filters={"label": f"{LABEL}.namespace={self.namespace}"},
         ):
             owner = c.labels.get(f"{LABEL}.owner", "")
-            if owner_alive(owner):
+            alive = owner_alive(owner)
+            unclaimed = c.labels.get(f"{LABEL}.role") == "standby" and not _run_of(c)
+            if alive and not (all_standbys and unclaimed):
                 continue  # its kernel lives and removes it itself
             _quietly(c.remove, force=True, v=True)
+            if alive:  # a live kernel's standby: its folder is that kernel's to remove
+                done.append(f"removed standby container {c.name} (owner {owner})")
+                continue
             done.append(f"removed container {c.name} ({c.status}, owner {owner or '?'})")
             for folder in _run_folders(c):  # its kernel died before removing them
                 shutil.rmtree(folder, ignore_errors=True)
@@ -590,39 +642,65 @@ class DockerBackend(Backend):
         stdout: list[str] = []
         stderr: list[str] = []
         # A UTF-8 character may be split across two chunks of the stream.
-        decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("o", "e")}
+        decoders = {
+            s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("stdout", "stderr")
+        }
         timed_out = threading.Event()
-        container = None
+        container = stream = None
+        # A standby container claimed for this folder (claim_run_folder): already started.
+        standby = self._standby_pool.take(workdir) if self._standby_pool is not None else None
+        finished = False  # the cell has ended: removing its container can wait
         try:
             events(Phase.STARTING)
-            container = self.client.containers.create(env.image_id, list(RUNNER_COMMAND), **kwargs)
-            self._runs[run_id] = container
-            stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
-            container.start()
-            events(Phase.RUNNING, container=container.id[:12])
+            if standby is not None:
+                container, stream = self._hand_over(standby, run_id)
+            if container is None:  # no standby, or it died meanwhile: a container of its own
+                standby = None
+                container = self.client.containers.create(
+                    env.image_id, list(RUNNER_COMMAND), **kwargs
+                )
+                self._runs[run_id] = container
+                stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
+                container.start()
+            assert stream is not None, "attached before it runs"
+            events(Phase.RUNNING, container=container.id[:12], standby=standby is not None)
             timer = None
             if spec.timeout:
                 timer = threading.Timer(spec.timeout, self._expire, (container, timed_out))
                 timer.daemon = True
                 timer.start()
+            # A standby's runner says how it ended (standby.EndMarks); other runs' end is the
+            # engine's to report.
+            marks = EndMarks() if standby is not None else None
+            said = None
             try:
                 for out, err in stream:
-                    if out:
-                        text = decoders["o"].decode(out)
-                        stdout.append(text)
-                        output("stdout", text)
-                    if err:
-                        text = decoders["e"].decode(err)
-                        stderr.append(text)
-                        output("stderr", text)
-                for name, chunks in (("o", stdout), ("e", stderr)):
+                    for name, data, chunks in (("stdout", out, stdout), ("stderr", err, stderr)):
+                        if data:
+                            text = decoders[name].decode(data)
+                            text = marks.feed(name, text) if marks is not None else text
+                            chunks.append(text)
+                            output(name, text)
+                    said = marks.status if marks is not None else None
+                    if said is not None:
+                        break
+                for name, chunks in (("stdout", stdout), ("stderr", stderr)):
                     chunks.append(decoders[name].decode(b"", final=True))
-                code = container.wait()["StatusCode"]
+                    if marks is not None and said is None:
+                        chunks.append(marks.rest(name))
+                if said is not None and not timed_out.is_set():
+                    code, state = said, {}
+                    _quietly(stream.close)
+                else:
+                    code = container.wait()["StatusCode"]
+                    container.reload()
+                    state = container.attrs["State"]
+                finished = True
             finally:
                 if timer is not None:
                     timer.cancel()
-            container.reload()
-            reason = self._reason(code, container.attrs["State"], timed_out.is_set(), run_id)
+            reason = self._reason(code, state, timed_out.is_set(), run_id)
+            _quietly(self._replenish, spec, env)  # a standby is never the cell's failure
             return RunResult(code, reason, "".join(stdout), "".join(stderr), container.id)
         except docker.errors.APIError as e:
             hint = ""
@@ -637,8 +715,119 @@ class DockerBackend(Backend):
         finally:
             self._runs.pop(run_id, None)
             self._stopped.discard(run_id)
-            if container is not None:
+            if container is not None and standby is not None and finished:
+                self._standby_pool.remove_used(container)  # type: ignore[union-attr]
+            elif container is not None:
                 self._remove_or_remember(container)
+
+    # -- standby containers (the pool's books are in standby.py) ------------------------------
+
+    @property
+    def standbys(self) -> StandbyPool | None:
+        """This backend's standby containers; None where it keeps none (not a kernel's)."""
+        if self._standby_settings is None:
+            return None
+        if self._standby_pool is None:
+            self._standby_pool = StandbyPool(self, self._standby_settings)
+        return self._standby_pool
+
+    def claim_run_folder(self, spec: RunSpec, env: Environment):
+        pool = self.standbys
+        if pool is None or not pool.enabled:
+            return None
+        try:
+            key = self._standby_key(spec, env)
+            found = pool.claim(key) if key is not None else None
+        except Exception:  # a standby is never the cell's failure: it makes its own container
+            return None
+        return found.folder if found is not None else None
+
+    def release_run_folder(self, folder) -> None:
+        if self._standby_pool is not None:
+            self._standby_pool.release(folder)
+
+    def _standby_key(self, spec: RunSpec, env: Environment) -> str | None:
+        """What a standby must have been made with to run ``spec``; None: no standby for it.
+        A run with secrets has none (its values are fixed when its container is made)."""
+        if spec.secrets or spec.session:
+            return None
+        folder = Path("/nonexistent/mlc-standby-key")
+        opts = self._container_options(spec, "", folder)
+        return standby_key(env.image_id, opts, folder, spec.mounts)
+
+    def _replenish(self, spec: RunSpec, env: Environment) -> None:
+        """After a run: a standby for its settings, started in the background."""
+        pool = self.standbys
+        if pool is None:
+            return
+        if not pool.enabled:
+            pool.clear()  # turned off (%config): those still waiting go now
+            return
+        key = self._standby_key(spec, env)
+        if key is not None:
+            pool.replenish(key, lambda: self._make_standby(spec, env.image_id, key))
+
+    def _make_standby(self, spec: RunSpec, image_id: str, key: str) -> Standby:
+        """A started container for ``spec``'s settings whose runner waits at its FIFO."""
+        folder = Path(tempfile.mkdtemp(prefix=STANDBY_PREFIX, dir=run_folder_root()))
+        try:
+            make_folder(folder, runner_source())
+            opts = self._container_options(spec, "", folder)
+            opts["labels"] = make_labels(
+                self.namespace, role="standby", owner=OWNER, key=key[:16], image=image_id
+            )
+            container = self.client.containers.create(
+                image_id,
+                [*RUNNER_COMMAND, "--standby", f"{MLC_DIR}/{STANDBY_GO}"],
+                name=f"{self.namespace}-standby-{uuid.uuid4().hex[:8]}",
+                **opts,
+            )
+            try:
+                container.start()
+                fd = open_go(folder / STANDBY_GO, lambda: self.container_running(container))
+            except BaseException:
+                _quietly(container.remove, force=True, v=True)
+                raise
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return Standby(key, folder, container, fd)
+
+    def _hand_over(self, standby: Standby, run_id: str):
+        """(container, its attached stream) of a claimed standby, told to run the cell; (None,
+        None) when it has gone meanwhile (killed, pruned): the run then makes its own."""
+        import docker.errors
+
+        container, stream = standby.container, None
+        try:
+            container.rename(run_name(self.namespace, run_id))
+            self._runs[run_id] = container
+            # Its runner has printed nothing yet: with logs=True nothing the cell prints is
+            # lost between here and the line that sets it going.
+            stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
+            go(standby)
+        except BaseException as e:
+            self._runs.pop(run_id, None)
+            if stream is not None:
+                _quietly(stream.close)
+            # Its container only: the folder is the run's now, filled, and serves the
+            # container the run makes instead.
+            close_fd(standby)
+            self._remove_or_remember(container)
+            if isinstance(e, (docker.errors.APIError, OSError)):
+                return None, None
+            raise
+        return container, stream
+
+    def discard_standby(self, standby: Standby) -> None:
+        """Remove a standby that ran no cell: its container and its folder."""
+        close_fd(standby)  # its runner reads end-of-file and exits
+        if standby.container is not None:
+            self._remove_or_remember(standby.container)
+        remove_folder(standby)
+
+    def remove_used(self, container) -> None:
+        self._remove_or_remember(container)
 
     # -- warm sessions (the protocol is in sessions.py) --------------------------------------
 
@@ -772,7 +961,7 @@ class DockerBackend(Backend):
         """Stop the run's container: at once, or after ``grace`` seconds of SIGTERM."""
         container = self._runs.get(run_id)
         if container is None:
-            found = self.client.containers.list(filters={"label": [f"{LABEL}.run={run_id}"]})
+            found = self._run_containers(run_id)
             container = found[0] if found else None
         if container is None:
             return False
@@ -806,12 +995,13 @@ class DockerBackend(Backend):
 
     @translated("listing running containers")
     def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
-        labels = [f"{LABEL}.run"]
+        labels = [f"{LABEL}.managed=1"]
         if not all_namespaces:
             labels.append(f"{LABEL}.namespace={self.namespace}")
         items = [
             _running_run(c)
             for c in self.client.containers.list(sparse=True, filters={"label": labels})
+            if _run_of(c)
         ]
         return sorted(items, key=lambda r: r.started or "", reverse=True)
 
@@ -849,6 +1039,48 @@ class _Build:
         }
 
 
+def list_standbys(client, namespace: str) -> list[dict]:
+    """The standby containers of ``namespace``, every kernel's, for `mlcontainer doctor`: what a
+    user who sees `NAMESPACE-standby-...` in `docker ps` wants to know about them."""
+    with engine_errors("listing standby containers"):
+        found = client.containers.list(
+            all=True,
+            ignore_removed=True,
+            filters={"label": [f"{LABEL}.namespace={namespace}", f"{LABEL}.role=standby"]},
+        )
+    items = []
+    for c in found:
+        owner = c.labels.get(f"{LABEL}.owner", "")
+        items.append(
+            {
+                "name": c.name,
+                "id": c.id[:12],
+                "status": c.status,
+                "run": _run_of(c),  # claimed: the run it runs
+                "owner": owner,
+                "owner_alive": owner_alive(owner),
+                "image": c.labels.get(f"{LABEL}.image", ""),
+                "created": c.attrs.get("Created"),
+            }
+        )
+    return sorted(items, key=lambda i: i["created"] or "")
+
+
+def _names(c) -> list[str]:
+    return [n.lstrip("/") for n in (c.attrs.get("Names") or [c.attrs.get("Name") or ""])]
+
+
+def _run_of(c) -> str | None:
+    """The run a container runs: its label, or for a claimed standby its name (run_name)."""
+    labels = c.attrs.get("Labels") or c.attrs.get("Config", {}).get("Labels") or {}
+    if labels.get(f"{LABEL}.run"):
+        return labels.get(f"{LABEL}.snapshot") or labels[f"{LABEL}.run"]
+    if labels.get(f"{LABEL}.role") != "standby":
+        return None
+    prefix = f"{labels.get(f'{LABEL}.namespace')}-run-"
+    return next((n[len(prefix) :] for n in _names(c) if n.startswith(prefix)), None)
+
+
 def _running_run(c) -> RunningRun:
     a = c.attrs
     labels = a.get("Labels") or {}
@@ -860,7 +1092,7 @@ def _running_run(c) -> RunningRun:
     )
     names = a.get("Names") or []
     return RunningRun(
-        id=labels.get(f"{LABEL}.snapshot") or labels.get(f"{LABEL}.run"),
+        id=_run_of(c),
         container=(a.get("Id") or c.id or "")[:12],
         container_name=names[0].lstrip("/") if names else None,
         name=labels.get(f"{LABEL}.name") or None,
@@ -922,14 +1154,15 @@ def _build_failure(log: str, status: int, doing: str = "Building") -> str:
 
 
 def _run_folders(container) -> list[str]:
-    """Host folders this package made for a container (mlc-run-*, mlc-session-*), to remove."""
+    """Host folders this package made for a container (mlc-run-*, mlc-session-*,
+    mlc-standby-*), to remove."""
     out = []
     for mount in container.attrs.get("Mounts") or []:
         source = mount.get("Source") or ""
         name = os.path.basename(source.rstrip("/"))
         if (
             mount.get("Destination") == MLC_DIR
-            and name.startswith(("mlc-run-", "mlc-session-"))
+            and name.startswith(("mlc-run-", "mlc-session-", STANDBY_PREFIX))
             and os.path.isdir(source)
         ):
             out.append(source)

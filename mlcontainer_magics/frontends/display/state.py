@@ -112,6 +112,7 @@ class RunStatus:
     apt: tuple = ()
     parent: str = ""  # the environment a build adds to, if any
     container: str = ""
+    standby: bool = False  # the container was started before the cell, as a standby
     note: str = ""  # why a pod waits (the scheduler's words)
     snapshot: str = ""
     progress: BuildProgress = field(default_factory=BuildProgress)
@@ -234,7 +235,12 @@ def apply(
     if phase == Phase.SCHEDULING:
         return replace(status, note=str(info.get("message") or status.note))
     if phase == Phase.RUNNING:
-        return replace(status, container=str(info.get("container") or ""), note="")
+        return replace(
+            status,
+            container=str(info.get("container") or ""),
+            standby=bool(info.get("standby")),
+            note="",
+        )
     if phase == Phase.FINISHED:
         message, rest = _split_message(info.get("message"))
         detail = str(info.get("detail") or "")

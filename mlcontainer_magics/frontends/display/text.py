@@ -114,7 +114,8 @@ def _phase_line(s: RunStatus) -> str | None:
     if s.phase == Phase.PULLING:
         return "pulling the image on the node…"
     if s.phase == Phase.RUNNING:
-        return f"running in container {s.container}…" if s.container else "running…"
+        where = "standby container" if s.standby else "container"
+        return f"running in {where} {s.container}…" if s.container else "running…"
     if s.phase == Phase.COLLECTING:
         return "collecting results…"
     if s.phase == Phase.FINISHED:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ...config import MlcontainerSettings
 from ...errors import MlcError
 from .engine import (
     ENGINE_WAIT,
@@ -115,7 +116,7 @@ def format_report(report: dict) -> list[str]:
             else f"{_tick(None)} uv: none usable on this machine; builds use pip, slower "
             "(pip install uv)"
         )
-    return lines
+    return lines + _standby_lines(report.get("standby") or {"skipped": True})
 
 
 def _base_image_report(client, image: str, fix: bool, log: Log) -> dict:
@@ -136,8 +137,42 @@ def _base_image_report(client, image: str, fix: bool, log: Log) -> dict:
     }
 
 
-def run_doctor(fix: bool, base_image: str | None, log: Log = print) -> dict:
-    """Check (and with ``fix`` repair) engine, base image and pip settings; return a report."""
+def _standby_report(client, namespace: str) -> dict:
+    if client is None:
+        return {"ok": None, "namespace": namespace, "skipped": True}
+    from ...backends.docker.backend import list_standbys
+
+    try:
+        return {"ok": True, "namespace": namespace, "containers": list_standbys(client, namespace)}
+    except MlcError as e:
+        return {"ok": None, "namespace": namespace, "error": str(e)}
+
+
+def _standby_lines(sb: dict) -> list[str]:
+    if sb.get("skipped"):
+        return []
+    if "error" in sb:
+        return [f"{_tick(None)} standby containers: {sb['error']}"]
+    items = sb.get("containers") or []
+    if not items:
+        return [f"{_tick(True)} standby containers ({sb['namespace']}): none"]
+    lines = [
+        f"{_tick(True)} standby containers ({sb['namespace']}): {len(items)}, each started "
+        "ahead for the next cell of a kernel (removed when idle, at kernel exit and by "
+        "`mlcontainer prune`)"
+    ]
+    for c in items:
+        kernel = f"kernel {c['owner'] or '?'}" + ("" if c["owner_alive"] else " (gone)")
+        use = f"running {c['run']}" if c.get("run") else "waiting"
+        lines.append(f"    {c['name']}: {c['status']}, {use}, {kernel}, image {c['image'][:19]}")
+    return lines
+
+
+def run_doctor(
+    fix: bool, base_image: str | None, log: Log = print, namespace: str | None = None
+) -> dict:
+    """Check (and with ``fix`` repair) engine, base image and pip settings, and list the
+    namespace's standby containers; return a report."""
     report: dict = {}
     client = None
     try:
@@ -147,6 +182,7 @@ def run_doctor(fix: bool, base_image: str | None, log: Log = print) -> dict:
         report["engine"] = {"ok": False, "error": str(e)}
     report["base_image"] = _base_image_report(client, base_image or default_base_image(), fix, log)
     report["pip"] = pip_settings_report()
+    report["standby"] = _standby_report(client, namespace or MlcontainerSettings().namespace)
     report["ok"] = bool(report["engine"]["ok"] and report["base_image"]["ok"])
     return report
 
