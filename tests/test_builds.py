@@ -181,13 +181,13 @@ def test_where_uv_cannot_run_pip_builds_and_says_so_once(
 ):
     """A base image uv cannot run in (here: a uv that fails, as a glibc binary does on musl):
     pip resolves and installs, and the build says why once, not at every build."""
-    from mlcontainer_magics.backends.docker import backend as docker_backend
+    from mlcontainer_magics.backends.docker import environments as docker_envs
 
     broken = tmp_path / "uv"
     broken.write_text("#!/bin/sh\necho 'uv: not found (musl)' >&2\nexit 127\n")
     broken.chmod(0o755)
-    monkeypatch.setattr(docker_backend, "host_uv", lambda: str(broken))
-    monkeypatch.setattr(docker_backend, "_NO_UV_SAID", set())
+    monkeypatch.setattr(docker_envs, "host_uv", lambda: str(broken))
+    monkeypatch.setattr(docker_envs, "_NO_UV_SAID", set())
     backend = DockerBackend(namespace=NAMESPACE)
     first, second = Events(), Events()
     one = backend.ensure_environment(EnvSpec(BASE, (), ("six==1.16.0",)), events=first)

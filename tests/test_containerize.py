@@ -93,13 +93,14 @@ def test_adding_a_package_builds_on_the_environment_it_extends(ip, namespace, ca
 
 def test_a_deep_environment_is_not_built_on(namespace, monkeypatch):
     """Layers are finite (overlay2 mounts at most 128): past MAX_ENV_LAYERS, from the base."""
-    from mlcontainer_magics.backends.docker import backend as docker_backend
+    from mlcontainer_magics.backends.docker import environments
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
     from mlcontainer_magics.core.spec import EnvSpec
 
-    backend = docker_backend.DockerBackend(namespace=namespace)
+    backend = DockerBackend(namespace=namespace)
     six = backend.ensure_environment(EnvSpec("python:3.11-slim", (), ("six==1.16.0",)))
     layers = len(backend.client.images.get(six.image_id).attrs["RootFS"]["Layers"])
-    monkeypatch.setattr(docker_backend, "MAX_ENV_LAYERS", layers)
+    monkeypatch.setattr(environments, "MAX_ENV_LAYERS", layers)
     seen = []
     env = backend.ensure_environment(
         EnvSpec("python:3.11-slim", (), ("six==1.16.0", "idna==3.6")),

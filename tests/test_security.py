@@ -326,7 +326,7 @@ def _constant_script(node) -> bool:
 
 def test_the_only_shell_script_runs_fixed_scripts():
     """The build container runs `sh BUILD_DIR/<script>`, and the scripts are ours."""
-    source = (PACKAGE / "backends" / "docker" / "backend.py").read_text()
+    source = (PACKAGE / "backends" / "docker" / "environments.py").read_text()
     calls = re.findall(r'_build_container\([^)]*?"(\w+\.sh)"', source)
     assert sorted(set(calls)) == ["download.sh", "install.sh", "resolve.sh"]
 

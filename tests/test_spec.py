@@ -137,3 +137,19 @@ def test_parse_requirement_never_crashes_with_another_error(text):
 def test_parse_env_round_trip(keys, value):
     pairs = s.parse_env([f"{k}={value}" for k in keys])
     assert dict(pairs) == dict.fromkeys(keys, value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: s.EnvSpec("python:3.11-slim\n"),
+        lambda: s.parse_apt(["curl\n"]),
+        lambda: s.parse_name("a\n"),
+        lambda: s.parse_env(["KEY\n=1"]),
+        lambda: s.parse_secret_names(["TOKEN\n"]),
+    ],
+)
+def test_a_trailing_newline_is_not_part_of_a_valid_name(make):
+    # `$` matches before a final newline: every such check must take the whole text
+    with pytest.raises(SpecError):
+        make()

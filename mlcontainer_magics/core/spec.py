@@ -120,7 +120,7 @@ def looks_secret(key: str) -> bool:
 
 def check_image(ref) -> str:
     """A base image reference Docker can parse, or a SpecError before the engine is asked."""
-    if not isinstance(ref, str) or len(ref) > 512 or not _IMAGE_RE.match(ref):
+    if not isinstance(ref, str) or len(ref) > 512 or not _IMAGE_RE.fullmatch(ref):
         raise SpecError(
             f"Base image {ref!r} is not an image reference; use a name such as "
             "python:3.11-slim (lowercase, with an optional :tag or @sha256:digest) "
@@ -251,14 +251,14 @@ def parse_env(items) -> tuple[tuple[str, str], ...]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not _ENV_KEY_RE.match(key):
+        if not sep or not _ENV_KEY_RE.fullmatch(key):
             raise SpecError(f"-e {item!r}: use KEY=VALUE with a KEY of letters, digits and _.")
         out[key] = value
     return tuple(sorted(out.items()))
 
 
 def parse_name(text) -> str:
-    if not _NAME_RE.match(text or ""):
+    if not _NAME_RE.fullmatch(text or ""):
         raise SpecError(
             f"Name {text!r}: use up to 64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit."
@@ -268,7 +268,7 @@ def parse_name(text) -> str:
 
 def parse_apt(names) -> tuple[str, ...]:
     for n in names:
-        if not _APT_RE.match(n):
+        if not _APT_RE.fullmatch(n):
             raise SpecError(
                 f"--apt {n!r} is not a Debian package name (lowercase letters, "
                 "digits, '+', '-', '.')."
@@ -279,7 +279,7 @@ def parse_apt(names) -> tuple[str, ...]:
 def parse_identifiers(text: str, flag: str) -> tuple[str, ...]:
     names = [n.strip() for n in (text or "").split(",") if n.strip()]
     for n in names:
-        if not _IDENT_RE.match(n):
+        if not _IDENT_RE.fullmatch(n):
             raise SpecError(f"{flag} {n!r} is not a Python variable name.")
     return tuple(dict.fromkeys(names))
 
@@ -400,7 +400,7 @@ def parse_secret_names(items) -> tuple[str, ...]:
     names = []
     for item in items:
         name = str(item).split("=", 1)[0]
-        if not _SECRET_RE.match(name):
+        if not _SECRET_RE.fullmatch(name):
             raise SpecError(
                 f"--secret {item!r}: use NAME or NAME=@path, with a NAME of "
                 "letters, digits and _ (an environment variable name)."

@@ -18,6 +18,13 @@ HOW_TO_START = (
     "DOCKER_HOST at a running engine."
 )
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+LABEL = "org.mlcontainer"  # every object this package makes carries LABEL.namespace=<namespace>
+
+
+def make_labels(namespace: str, **extra) -> dict[str, str]:
+    labels = {f"{LABEL}.managed": "1", f"{LABEL}.namespace": namespace}
+    labels.update({f"{LABEL}.{k}": str(v) for k, v in extra.items()})
+    return labels
 
 
 def address() -> str:
@@ -101,3 +108,22 @@ def translated(doing: str):
         return call
 
     return wrap
+
+
+def stream_lines(chunks):
+    """Text lines from a stream of byte chunks (a container's log), split where they end."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace").rstrip("\r")
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
+
+def quietly(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except Exception:  # cleanup must never hide the error that got us here
+        pass

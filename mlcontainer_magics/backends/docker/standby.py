@@ -32,6 +32,7 @@ from typing import Any
 
 from ...core.spec import digest
 from ...runner import END_MARK
+from .engine import quietly
 
 GO = ".go"  # the FIFO in a standby's folder: the runner waits on /mlc/.go
 PREFIX = "mlc-standby-"  # its folder's name starts so (orphan cleanup knows it by that)
@@ -299,7 +300,7 @@ class StandbyPool:
     # -- housekeeping --------------------------------------------------------------------------
 
     def _in_background(self, fn, *args) -> None:
-        thread = threading.Thread(target=_quietly, args=(fn, *args), daemon=True)
+        thread = threading.Thread(target=quietly, args=(fn, *args), daemon=True)
         with self._lock:
             self._chores = [t for t in self._chores if t.is_alive()]
             self._chores.append(thread)
@@ -323,7 +324,7 @@ class StandbyPool:
         for standby in ready:
             if standby.timer is not None:
                 standby.timer.cancel()
-            _quietly(self.engine.discard_standby, standby)
+            quietly(self.engine.discard_standby, standby)
 
     def close(self) -> None:
         """The kernel ends: no new standbys; those starting finish and go with the rest."""
@@ -333,17 +334,10 @@ class StandbyPool:
         with self._lock:
             claimed, self._claimed = list(self._claimed.values()), {}
         for standby in claimed:
-            _quietly(self.engine.discard_standby, standby)
+            quietly(self.engine.discard_standby, standby)
         self.settle(timeout=30.0)
 
 
 def remove_folder(standby: Standby) -> None:
     close_fd(standby)
     shutil.rmtree(standby.folder, ignore_errors=True)
-
-
-def _quietly(fn, *args) -> None:
-    try:
-        fn(*args)
-    except Exception:  # cleanup in the background must never take the kernel down
-        pass
