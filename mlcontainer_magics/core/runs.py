@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -40,19 +41,88 @@ class RunOutcome:
     values: dict = field(default_factory=dict)  # the --out values, read back
     mounts: list = field(default_factory=list)  # per mount: source, target, mode, digest, ...
     written: dict = field(default_factory=dict)  # writable mount -> {path: [size, digest]}
+    output_digests: dict = field(default_factory=dict)  # name -> algorithm, else transfer's
 
     @property
     def ok(self) -> bool:
         return self.result is not None and self.result.reason == "done"
 
 
+# Run folders go to a RAM-backed filesystem (tmpfs) when one has room: a large value then
+# crosses at memory speed. On disk, the container's write of a 200 MB output and the kernel's
+# read of it cost about a second more here (the pages it wrote are charged to a container
+# that is then removed); bench/run.py scenario 7 measures it.
+RAM_ROOTS = ("/dev/shm",)
+RAM_RESERVE = 1 << 30  # memory a run folder in RAM leaves free, beyond twice its inputs
+RUN_DIR_ENV = "MLCONTAINER_RUN_DIR"  # a folder of the user's choice (e.g. /var/tmp: on disk)
+
+
+def run_folder_root() -> str | None:
+    """The folder run folders are made in: $MLCONTAINER_RUN_DIR when set; else /dev/shm when
+    it is a tmpfs with RAM_RESERVE to spare; else None (tempfile's default, usually /tmp).
+    Standby folders are made here too, so that a run in one lands on the same filesystem."""
+    chosen = os.environ.get(RUN_DIR_ENV)
+    if chosen:
+        return chosen
+    for root in RAM_ROOTS:
+        if in_memory(root) and os.access(root, os.W_OK | os.X_OK) and ram_room(root) > RAM_RESERVE:
+            return root
+    return None
+
+
+def in_memory(path: str | Path) -> bool:
+    """Whether ``path`` is on a tmpfs: the last-mounted of the longest mount points above it."""
+    real, best, fstype = os.path.realpath(path), "", ""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = fields[1].replace("\\040", " ")
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, fstype = point, fields[2]
+    except OSError:  # not Linux: no tmpfs to find
+        return False
+    return fstype == "tmpfs"
+
+
+def ram_room(path: str | Path) -> int:
+    """Bytes a file in the tmpfs at ``path`` may take: its free space, and no more than the
+    memory the machine has available (a tmpfs may be sized larger than that)."""
+    try:
+        st = os.statvfs(path)
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0
+    return min(st.f_bavail * st.f_frsize, available)
+
+
+def _root_for(spec: RunSpec, inputs: dict) -> str | None:
+    """run_folder_root(), unless that is in RAM and this run should not be: its inputs, and an
+    output as large, would not leave RAM_RESERVE free; or the cell has a --memory limit, which
+    what it writes to a tmpfs counts against (on disk that is page cache the kernel can evict)."""
+    root = run_folder_root()
+    if root is None or not in_memory(root):
+        return root
+    if spec.memory:
+        return None
+    need = sum(transfer.value_size(value) for value in inputs.values())
+    return root if ram_room(root) > 2 * need + RAM_RESERVE else None
+
+
 def prepare_workdir(
     spec: RunSpec, inputs: dict, parent: Path | None = None, *, digests: bool = True
 ) -> tuple[Path, dict]:
     """The run's own folder, mounted at /mlc: runner, cell, manifest, values in, out/.
-    In a warm session it is made inside the session's folder (``parent``). Without
-    ``digests`` the inputs' records lack theirs (see transfer.BackgroundDigests)."""
-    workdir = Path(tempfile.mkdtemp(prefix="mlc-run-", dir=parent))
+    In a warm session it is made inside the session's folder (``parent``), else in
+    ``run_folder_root()`` when this run fits there. Without ``digests`` the inputs' records
+    lack theirs (see transfer.BackgroundDigests)."""
+    root = parent if parent is not None else _root_for(spec, inputs)
+    workdir = Path(tempfile.mkdtemp(prefix="mlc-run-", dir=root))
     try:
         workdir.chmod(0o755)
         (workdir / "runner.py").write_bytes(runner_source())
@@ -85,15 +155,17 @@ def execute(
     context: dict | None = None,
     lock: list | None = None,
     secrets: Mapping[str, str] | None = None,
+    output_digests: Mapping[str, str] | None = None,
 ) -> RunOutcome:
     """Build (or reuse) the environment, run the cell and record the snapshot in ``store``.
 
     A failed cell raises nothing (see ``failure``). A run that never reached its container
     (bad base, failed build, interrupt while building) leaves no snapshot behind. ``secrets``
     are the values of ``spec.secrets``: given to the run, masked in its output, never recorded.
+    ``output_digests``: output name -> digest algorithm (a rerun's, as its record has them).
     """
     run_id = store.new_id({"spec": spec.to_dict()}) if store else uuid.uuid4().hex[:12]
-    outcome = RunOutcome(run_id, spec)
+    outcome = RunOutcome(run_id, spec, output_digests=dict(output_digests or {}))
     # Refused here, before anything is built or recorded.
     pool = _sessions_for(spec, backend)
     secrets = _check_data(spec, backend, secrets)
@@ -114,9 +186,10 @@ def execute(
             outcome.timings["environment"] = round(time.perf_counter() - t0, 3)
             parent = pool.workdir_parent(spec, outcome.env, events) if pool else None
             workdir, outcome.inputs = prepare_workdir(spec, inputs or {}, parent, digests=False)
-            hashing = transfer.BackgroundDigests(outcome.inputs, workdir)
+            kept = store.artifacts_dir(run_id) if store else None
+            hashing = transfer.BackgroundDigests(outcome.inputs, workdir, keep=kept)
             if store:
-                keep_inputs(store.artifacts_dir(run_id), workdir)
+                keep_inputs(store.artifacts_dir(run_id), workdir, values=False)
                 if mounts:
                     mounts.keep_manifests(store.artifacts_dir(run_id), manifests)
                 store.update(
@@ -143,7 +216,7 @@ def execute(
             if hashing is not None:
                 hashing.wait()  # it reads the folder about to go
             if workdir is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
+                remove_soon(workdir)
         if store:
             _record_end(store, outcome)
         return outcome
@@ -237,14 +310,19 @@ def _run_and_collect(
         spec, env, workdir, run_id=run_id, events=events, output=output, secrets=secrets
     )
     outcome.result = result
-    hashing.fill(outcome.inputs)
+    try:
+        hashing.fill(outcome.inputs)
+    except OSError as e:
+        raise _not_kept("inputs", store.artifacts_dir(run_id) if store else workdir, e) from None
     t2 = time.perf_counter()
     outcome.timings["run"] = round(t2 - t1, 3)
     if store and result.reason in ("killed", "failed") and store.get(run_id).get("stop_requested"):
         result.reason = "stopped"  # from the sidebar, the widget or the CLI
     if result.reason == "done" and spec.outputs:
         events(Phase.COLLECTING)
-        outcome.values, outcome.outputs = transfer.read_outputs(workdir / "out", spec.outputs)
+        outcome.values, outcome.outputs = transfer.read_outputs(
+            workdir / "out", spec.outputs, outcome.output_digests
+        )
         outcome.timings["collect"] = round(time.perf_counter() - t2, 3)
         if store:
             keep_outputs(store.artifacts_dir(run_id), workdir / "out", outcome.outputs)
@@ -399,10 +477,13 @@ def tool_versions() -> dict:
 SMALL_OUTPUT = 16 * 2**20  # outputs up to this size are kept with the snapshot
 
 
-def keep_inputs(folder: Path, workdir: Path) -> None:
-    """Inputs, code and manifest stay with the snapshot: rerun and export need them."""
+def keep_inputs(folder: Path, workdir: Path, *, values: bool = True) -> None:
+    """Inputs, code and manifest stay with the snapshot: rerun and export need them. Without
+    ``values`` only code and manifest: a run keeps its inputs as it digests them
+    (transfer.BackgroundDigests)."""
     try:
-        _link_tree(workdir / "in", folder / "in")
+        if values:
+            _link_tree(workdir / "in", folder / "in")
         for name in ("cell.py", "manifest.json"):
             shutil.copyfile(workdir / name, folder / name)
     except OSError as e:
@@ -454,6 +535,13 @@ def _link(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+def remove_soon(folder: Path) -> None:
+    """Remove a run's folder on another thread: freeing the pages of a few hundred MB of values
+    takes tens of ms, which the cell's result need not wait for. Not a daemon thread: the
+    interpreter waits for it at exit, so no folder is left in RAM."""
+    threading.Thread(target=shutil.rmtree, args=(folder, True), name="mlcontainer-cleanup").start()
 
 
 def _forget(store, run_id: str) -> None:
