@@ -125,6 +125,9 @@ def test_a_run_folder_root_of_the_users_choice(tmp_path, monkeypatch):
     workdir, _ = runs.prepare_workdir(spec(), {})
     assert workdir.parent == tmp_path
     runs.remove_soon(workdir)
+    monkeypatch.setenv(runs.RUN_DIR_ENV, str(tmp_path / "nope"))
+    with pytest.raises(SpecError, match="MLCONTAINER_RUN_DIR=.*nope: no such folder"):
+        runs.prepare_workdir(spec(), {})
 
 
 def test_tmpfs_is_found_from_the_mount_table():

@@ -63,6 +63,11 @@ def run_folder_root() -> str | None:
     Standby folders are made here too, so that a run in one lands on the same filesystem."""
     chosen = os.environ.get(RUN_DIR_ENV)
     if chosen:
+        if not os.path.isdir(chosen):
+            raise SpecError(
+                f"{RUN_DIR_ENV}={chosen}: no such folder. Create it, or unset {RUN_DIR_ENV} "
+                "to let run folders go to /dev/shm or the system's temp folder."
+            )
         return chosen
     for root in RAM_ROOTS:
         if in_memory(root) and os.access(root, os.W_OK | os.X_OK) and ram_room(root) > RAM_RESERVE:
