@@ -89,12 +89,12 @@ def profile_cached_run(
                 (store, "update", "store.update (x2: environment, end)"),
                 (backend, "ensure_environment", "ensure_environment (cached lookup)"),
                 (runs, "prepare_workdir", "prepare work folder (runner, cell, manifest)"),
-                (runs, "keep_inputs", "keep inputs/code with the snapshot"),
+                (runs, "keep_inputs", "keep code/manifest with the snapshot"),
                 (backend, "run", "backend.run (create..remove)"),
                 (runs, "record_end", "build end record"),
                 # nested in the phases above (a leading space marks them)
-                (transfer, "write_inputs", "  write --in values (np.save + sha256)"),
-                (transfer, "read_outputs", "collect --out values (np.load + sha256)"),
+                (transfer, "write_inputs", "  write --in values (np.save)"),
+                (transfer, "read_outputs", "collect --out values (np.load + digest)"),
                 (runs, "keep_outputs", "keep small outputs with the snapshot"),
             ]:
                 stack.enter_context(_patched(obj, name, label, log, t_origin))

@@ -76,7 +76,11 @@ def host_tmp(monkeypatch):
     folder = Path(tempfile.mkdtemp(prefix="mlcrel-host-"))
     folder.chmod(0o755)  # the container's user traverses it to /mlc
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("MLCONTAINER_RUN_DIR", str(folder))  # not /dev/shm: here, to be checked
     yield folder
+    for thread in threading.enumerate():
+        if thread.name == "mlcontainer-cleanup":  # run folders are removed on another thread
+            thread.join(30)
     left = sorted(p.name for p in folder.iterdir())
     shutil.rmtree(folder, ignore_errors=True)
     assert not left, f"run folders left on the host: {left}"
@@ -725,6 +729,7 @@ def dead_kernel(docker_client):
         "MLCONTAINER_NAMESPACE": namespace,
         "MLCONTAINER_STORE": store_dir,
         "TMPDIR": str(tmp),
+        "MLCONTAINER_RUN_DIR": str(tmp),
     }
     facts = {}
     kernel = subprocess.Popen(

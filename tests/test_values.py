@@ -69,6 +69,25 @@ def test_a_large_array_is_mapped_in_and_may_be_changed_in_place(ip):
     assert file_digest(kept) == record["inputs"]["big"]["digest"]
 
 
+def test_values_cross_through_a_folder_in_ram_unless_the_cell_has_a_memory_limit(ip):
+    """Where /dev/shm is a tmpfs with room, the run's folder is there: a large value crosses at
+    memory speed. A cell with --memory writes its outputs to disk: in RAM they would count
+    against its limit."""
+    from mlcontainer_magics.core import runs
+
+    root = runs.run_folder_root()
+    if root is None or not runs.in_memory(root):
+        pytest.skip("no tmpfs with room for run folders on this machine")
+    probe = (
+        "fs = [line.split(' - ')[1].split()[0] for line in open('/proc/self/mountinfo')\n"
+        "      if line.split()[4] == '/mlc/out'][-1]"
+    )
+    ip.run_cell_magic("containerize", "--no-capture --out fs", probe)
+    assert ip.user_ns["fs"] == "tmpfs"
+    ip.run_cell_magic("containerize", "--no-capture --memory 256m --out fs", probe)
+    assert ip.user_ns["fs"] != "tmpfs"
+
+
 def test_values_are_computed_on_in_the_container(ip):
     ip.user_ns["df"] = pd.DataFrame({"g": ["a", "b", "a"], "v": [1, 2, 3]})
     ip.run_cell_magic(

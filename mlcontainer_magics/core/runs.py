@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -40,15 +41,87 @@ class RunOutcome:
     values: dict = field(default_factory=dict)  # the --out values, read back
     mounts: list = field(default_factory=list)  # per mount: source, target, mode, digest, ...
     written: dict = field(default_factory=dict)  # writable mount -> {path: [size, digest]}
+    output_digests: dict = field(default_factory=dict)  # name -> algorithm, else transfer's
 
     @property
     def ok(self) -> bool:
         return self.result is not None and self.result.reason == "done"
 
 
+# Run folders go to a RAM-backed filesystem (tmpfs) when one has room: a large value then
+# crosses at memory speed. On disk (ext4, measured 2026-12-01) a container's np.save of 200 MB
+# made its run 0.3 s longer, and the kernel's np.load of that file took 0.5-1 s, not 0.1 s;
+# bench/run.py scenario 7 measures the whole crossing.
+RAM_ROOTS = ("/dev/shm",)
+RAM_RESERVE = 1 << 30  # memory a run folder in RAM leaves free, beyond twice its inputs
+RUN_DIR_ENV = "MLCONTAINER_RUN_DIR"  # a folder of the user's choice (e.g. /var/tmp: on disk)
+
+
 def run_folder_root() -> str | None:
-    """Where run folders (and a backend's standby folders) are made; None: tempfile's default."""
+    """The folder run folders are made in: $MLCONTAINER_RUN_DIR when set; else /dev/shm when
+    it is a tmpfs with RAM_RESERVE to spare; else None (tempfile's default, usually /tmp).
+    Standby folders are made here too, so that a run in one lands on the same filesystem."""
+    chosen = os.environ.get(RUN_DIR_ENV)
+    if chosen:
+        if not os.path.isdir(chosen):
+            raise SpecError(
+                f"{RUN_DIR_ENV}={chosen}: no such folder. Create it, or unset {RUN_DIR_ENV} "
+                "to let run folders go to /dev/shm or the system's temp folder."
+            )
+        return chosen
+    for root in RAM_ROOTS:
+        if in_memory(root) and os.access(root, os.W_OK | os.X_OK) and ram_room(root) > RAM_RESERVE:
+            return root
     return None
+
+
+def in_memory(path: str | Path) -> bool:
+    """Whether ``path`` is on a tmpfs: the last-mounted of the longest mount points above it."""
+    real, best, fstype = os.path.realpath(path), "", ""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = fields[1].replace("\\040", " ")
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, fstype = point, fields[2]
+    except OSError:  # not Linux: no tmpfs to find
+        return False
+    return fstype == "tmpfs"
+
+
+def ram_room(path: str | Path) -> int:
+    """Bytes a file in the tmpfs at ``path`` may take: its free space, and no more than the
+    memory the machine has available (a tmpfs may be sized larger than that)."""
+    try:
+        st = os.statvfs(path)
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0
+    return min(st.f_bavail * st.f_frsize, available)
+
+
+def run_root_for(spec: RunSpec, inputs: dict) -> str | None:
+    """run_folder_root(), unless that is in RAM and this run should not be: its inputs, and an
+    output as large, would not leave RAM_RESERVE free; or the cell has a --memory limit, which
+    what it writes to a tmpfs counts against (on disk that is page cache the kernel can evict)."""
+    root = run_folder_root()
+    if root is None or not in_memory(root):
+        return root
+    if spec.memory:
+        return None
+    need = sum(transfer.value_size(value) for value in inputs.values())
+    return root if ram_room(root) > 2 * need + RAM_RESERVE else None
+
+
+def _same_root(folder: Path, root: str | None) -> bool:
+    where = root if root is not None else tempfile.gettempdir()
+    return os.path.realpath(Path(folder).parent) == os.path.realpath(where)
 
 
 def prepare_workdir(
@@ -60,14 +133,15 @@ def prepare_workdir(
     folder: Path | None = None,
 ) -> tuple[Path, dict]:
     """The run's own folder, mounted at /mlc: runner, cell, manifest, values in, out/.
-    In a warm session it is made inside the session's folder (``parent``); a folder the
-    backend claimed (``folder``: a standby container's, out/ mounted already) is filled
-    instead. Without ``digests`` the inputs' records lack theirs (see
-    transfer.BackgroundDigests)."""
+    In a warm session it is made inside the session's folder (``parent``), else in
+    ``run_folder_root()`` when this run fits there; a folder the backend claimed (``folder``:
+    a standby container's, out/ mounted already) is filled instead. Without ``digests`` the
+    inputs' records lack theirs (see transfer.BackgroundDigests)."""
     if folder is not None:
         workdir = folder
     else:
-        workdir = Path(tempfile.mkdtemp(prefix="mlc-run-", dir=parent or run_folder_root()))
+        root = parent if parent is not None else run_root_for(spec, inputs)
+        workdir = Path(tempfile.mkdtemp(prefix="mlc-run-", dir=root))
     try:
         workdir.chmod(0o755)
         (workdir / "runner.py").write_bytes(runner_source())
@@ -100,15 +174,17 @@ def execute(
     context: dict | None = None,
     lock: list | None = None,
     secrets: Mapping[str, str] | None = None,
+    output_digests: Mapping[str, str] | None = None,
 ) -> RunOutcome:
     """Build (or reuse) the environment, run the cell and record the snapshot in ``store``.
 
     A failed cell raises nothing (see ``failure``). A run that never reached its container
     (bad base, failed build, interrupt while building) leaves no snapshot behind. ``secrets``
     are the values of ``spec.secrets``: given to the run, masked in its output, never recorded.
+    ``output_digests``: output name -> digest algorithm (a rerun's, as its record has them).
     """
     run_id = store.new_id({"spec": spec.to_dict()}) if store else uuid.uuid4().hex[:12]
-    outcome = RunOutcome(run_id, spec)
+    outcome = RunOutcome(run_id, spec, output_digests=dict(output_digests or {}))
     # Refused here, before anything is built or recorded.
     pool = _sessions_for(spec, backend)
     secrets = _check_data(spec, backend, secrets)
@@ -128,14 +204,19 @@ def execute(
             )
             outcome.timings["environment"] = round(time.perf_counter() - t0, 3)
             parent = pool.workdir_parent(spec, outcome.env, events) if pool else None
-            # A standby container's folder, where the backend has one ready for these settings.
+            # A standby container's folder, where the backend has one ready for these settings
+            # and it lies where this run's folder would (not in RAM for large inputs).
             claimed = None if pool else backend.claim_run_folder(spec, outcome.env)
+            if claimed is not None and not _same_root(claimed, run_root_for(spec, inputs or {})):
+                backend.release_run_folder(claimed)
+                claimed = None
             workdir, outcome.inputs = prepare_workdir(
                 spec, inputs or {}, parent, digests=False, folder=claimed
             )
-            hashing = transfer.BackgroundDigests(outcome.inputs, workdir)
+            kept = store.artifacts_dir(run_id) if store else None
+            hashing = transfer.BackgroundDigests(outcome.inputs, workdir, keep=kept)
             if store:
-                keep_inputs(store.artifacts_dir(run_id), workdir)
+                keep_inputs(store.artifacts_dir(run_id), workdir, values=False)
                 if mounts:
                     mounts.keep_manifests(store.artifacts_dir(run_id), manifests)
                 store.update(
@@ -154,6 +235,8 @@ def execute(
                 _mask_and_note_writes(outcome, masker, mounts, before, cache)
         except BaseException as e:
             if store and not started:
+                if hashing is not None:
+                    hashing.wait()  # it writes into the snapshot's folder about to go
                 _forget(store, run_id)
             elif store:
                 _record_failure(store, outcome, e, hashing)
@@ -162,7 +245,7 @@ def execute(
             if hashing is not None:
                 hashing.wait()  # it reads the folder about to go
             if workdir is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
+                remove_soon(workdir)
             if claimed is not None:
                 backend.release_run_folder(claimed)
         if store:
@@ -258,14 +341,19 @@ def _run_and_collect(
         spec, env, workdir, run_id=run_id, events=events, output=output, secrets=secrets
     )
     outcome.result = result
-    hashing.fill(outcome.inputs)
+    try:
+        hashing.fill(outcome.inputs)
+    except OSError as e:
+        raise _not_kept("inputs", store.artifacts_dir(run_id) if store else workdir, e) from None
     t2 = time.perf_counter()
     outcome.timings["run"] = round(t2 - t1, 3)
     if store and result.reason in ("killed", "failed") and store.get(run_id).get("stop_requested"):
         result.reason = "stopped"  # from the sidebar, the widget or the CLI
     if result.reason == "done" and spec.outputs:
         events(Phase.COLLECTING)
-        outcome.values, outcome.outputs = transfer.read_outputs(workdir / "out", spec.outputs)
+        outcome.values, outcome.outputs = transfer.read_outputs(
+            workdir / "out", spec.outputs, outcome.output_digests
+        )
         outcome.timings["collect"] = round(time.perf_counter() - t2, 3)
         if store:
             keep_outputs(store.artifacts_dir(run_id), workdir / "out", outcome.outputs)
@@ -420,10 +508,13 @@ def tool_versions() -> dict:
 SMALL_OUTPUT = 16 * 2**20  # outputs up to this size are kept with the snapshot
 
 
-def keep_inputs(folder: Path, workdir: Path) -> None:
-    """Inputs, code and manifest stay with the snapshot: rerun and export need them."""
+def keep_inputs(folder: Path, workdir: Path, *, values: bool = True) -> None:
+    """Inputs, code and manifest stay with the snapshot: rerun and export need them. Without
+    ``values`` only code and manifest: a run keeps its inputs as it digests them
+    (transfer.BackgroundDigests)."""
     try:
-        _link_tree(workdir / "in", folder / "in")
+        if values:
+            _link_tree(workdir / "in", folder / "in")
         for name in ("cell.py", "manifest.json"):
             shutil.copyfile(workdir / name, folder / name)
     except OSError as e:
@@ -475,6 +566,13 @@ def _link(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+def remove_soon(folder: Path) -> None:
+    """Remove a run's folder on another thread: freeing the pages of a few hundred MB of values
+    takes tens of ms, which the cell's result need not wait for. Not a daemon thread: the
+    interpreter waits for it at exit, so no folder is left in RAM."""
+    threading.Thread(target=shutil.rmtree, args=(folder, True), name="mlcontainer-cleanup").start()
 
 
 def _forget(store, run_id: str) -> None:

@@ -106,6 +106,12 @@ def rerun(
             f"recorded {record['base_image_id'][:19]}"
         )
     ctx = dict(context or {}, rerun_of=record["id"])
+    # Digested as recorded (sha256 in older snapshots), so that --verify compares like with like.
+    algorithms = {
+        name: algo
+        for name, rec in (record.get("outputs") or {}).items()
+        if (algo := transfer.digest_algorithm(rec.get("digest"))) in transfer.ALGORITHMS
+    }
     outcome = runs.execute(
         spec,
         backend,
@@ -116,6 +122,7 @@ def rerun(
         context=ctx,
         lock=record.get("lock") or None,
         secrets=values,
+        output_digests=algorithms,
     )
     store.update(outcome.run_id, rerun_of=record["id"])
     if verify:
@@ -135,10 +142,16 @@ def verify_against(old: dict, new: dict) -> list[str]:
         )
     for name, rec in (old.get("outputs") or {}).items():
         now = (new.get("outputs") or {}).get(name, {})
-        if rec.get("digest") != now.get("digest"):
+        if rec.get("digest") == now.get("digest"):
+            continue
+        was, got = transfer.digest_algorithm(rec.get("digest")), now.get("digest")
+        if got and rec.get("digest") and was not in transfer.ALGORITHMS:
             problems.append(
-                f"output {name} differs: recorded {rec.get('digest')}, now {now.get('digest')}"
+                f"output {name} cannot be compared: recorded as {rec.get('digest')}, an "
+                "algorithm this version does not know; upgrade mlcontainer-magics"
             )
+        else:
+            problems.append(f"output {name} differs: recorded {rec.get('digest')}, now {got}")
     problems += mounts.written_changes(old.get("written") or {}, new.get("written") or {})
     return problems
 
@@ -168,11 +181,11 @@ def diff(a: dict, b: dict) -> str:
             out.append(f"{field}: {json.dumps(a.get(field))} -> {json.dumps(b.get(field))}")
     oa, ob = a.get("outputs") or {}, b.get("outputs") or {}
     for name in sorted(oa.keys() | ob.keys()):
-        if oa.get(name, {}).get("digest") != ob.get(name, {}).get("digest"):
-            out.append(
-                f"output {name}: {oa.get(name, {}).get('digest')} -> "
-                f"{ob.get(name, {}).get('digest')}"
-            )
+        da, db = oa.get(name, {}).get("digest"), ob.get(name, {}).get("digest")
+        if da != db:
+            kinds = {transfer.digest_algorithm(da), transfer.digest_algorithm(db)} - {None}
+            note = " (digests of two algorithms: the values may be equal)" if len(kinds) > 1 else ""
+            out.append(f"output {name}: {da} -> {db}{note}")
     out += mounts.diff_lines(a, b)
     if a.get("stdout") != b.get("stdout"):
         out += ["stdout:", _unified(a.get("stdout", ""), b.get("stdout", ""), a["id"], b["id"])]

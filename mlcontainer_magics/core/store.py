@@ -31,7 +31,8 @@ env_image       environment image reference; ``env_image_id`` its image id
 image_size      environment image size in bytes (int)
 env             environment variables, secrets masked as ``***`` (dict)
 resources       limits that applied: cpus, memory (bytes), gpus, network, timeout (dict)
-inputs/outputs  variable name -> ``{"format", "digest", "size"}``
+inputs/outputs  variable name -> ``{"format", "digest", "size"}``; the digest names its algorithm:
+                ``xxh3-128:<hex>``, or ``sha256:<hex>`` in records made before 2026-12
 stdout/stderr   what the cell printed
 exit_code       the container's exit status (int)
 reason          why it ended when not ``done`` (free text)

@@ -3,12 +3,17 @@
 numpy arrays as .npy, DataFrames as Parquet (when pyarrow is on both sides), plain data as JSON,
 bytes as bytes; pickle only as a last resort, and only between equal Python major.minor.
 The runner inside the container (runner/mlc_runner.py) implements the same formats.
+
+Each value file's digest names its algorithm: ``xxh3-128:<hex>`` (about 9 GB/s on one core, so a
+large value's digest costs next to nothing beside reading it), or ``sha256:<hex>`` in snapshots
+recorded before. Both verify: a rerun digests each output as its record did (``digest_algorithm``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import sys
 import types
@@ -47,6 +52,18 @@ def host_capabilities() -> dict:
         "pyarrow": has_module("pyarrow"),
         "pandas": has_module("pandas"),
     }
+
+
+def value_size(value) -> int:
+    """About the bytes a value takes in its file: arrays, bytes, DataFrames and text; other
+    values count as small (what it costs to know more is what writing them costs)."""
+    if _is_ndarray(value):
+        return int(value.nbytes)
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if _is_dataframe(value):
+        return int(value.memory_usage(index=True, deep=False).sum())
+    return 0
 
 
 def choose_format(value, *, peer_pyarrow: bool = True) -> str:
@@ -98,12 +115,39 @@ def read_value(path: Path, fmt: str):
     raise SpecError(f"Unknown value format {fmt!r}.")
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+DIGEST = "xxh3-128"  # of new records; the datatree's (mounted files') algorithm too
+ALGORITHMS = ("xxh3-128", "sha256")  # what this version can verify
+CHUNK = 1 << 20
+
+
+def digest_algorithm(digest: str | None) -> str | None:
+    """The algorithm a recorded digest names (``sha256`` of ``sha256:ab12...``)."""
+    algo, sep, _ = (digest or "").partition(":")
+    return algo if sep else None
+
+
+def _hasher(algorithm: str):
+    if algorithm == "xxh3-128":
+        import xxhash  # a C extension, loaded on the first value: not at %load_ext
+
+        return xxhash.xxh3_128()
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise SpecError(
+        f"Unknown digest algorithm {algorithm!r}: this version knows {', '.join(ALGORITHMS)}. "
+        "Upgrade mlcontainer-magics to verify a snapshot recorded by a newer one."
+    )
+
+
+def file_digest(path: Path, algorithm: str = DIGEST) -> str:
+    """``<algorithm>:<hex>`` of the file's bytes."""
+    h = _hasher(algorithm)
+    buf = bytearray(CHUNK)  # reused: no new memory per block for a 200 MB file
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return f"{algorithm}:{h.hexdigest()}"
 
 
 def check_inputs(names, namespace: dict) -> dict:
@@ -175,19 +219,49 @@ def write_inputs(values: dict, folder: Path, *, digests: bool = True) -> dict:
     return entries
 
 
-class BackgroundDigests:
-    """The inputs' digests, taken on another thread while the container starts and runs.
-    hashlib releases the GIL, so hashing a large input costs the run next to no time."""
+def copy_digest(src: Path, dst: Path, algorithm: str = DIGEST) -> str:
+    """Copy ``src`` to ``dst`` and return its digest, reading it once."""
+    h = _hasher(algorithm)
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with src.open("rb", buffering=0) as f, dst.open("wb", buffering=0) as g:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            g.write(view[:n])
+    return f"{algorithm}:{h.hexdigest()}"
 
-    def __init__(self, records: dict, workdir: Path) -> None:
+
+def keep_digest(src: Path, dst: Path | None) -> str:
+    """The digest of ``src``; with ``dst``, the file is kept there too: a hard link where both
+    are on one filesystem (free), else a copy made in the same pass as the digest."""
+    if dst is None:
+        return file_digest(src)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem (a run folder in RAM), or links not allowed
+        return copy_digest(src, dst)
+    return file_digest(src)
+
+
+class BackgroundDigests:
+    """The inputs' digests, taken on another thread while the container starts and runs, and
+    with ``keep`` (a snapshot's folder) the input files kept there in the same pass. Hashing
+    and copying release the GIL, so a large input costs the run next to no time."""
+
+    def __init__(self, records: dict, workdir: Path, keep: Path | None = None) -> None:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlcontainer-digest")
         self._futures = {
-            name: pool.submit(file_digest, workdir / rec["file"]) for name, rec in records.items()
+            name: pool.submit(
+                keep_digest, workdir / rec["file"], keep / rec["file"] if keep else None
+            )
+            for name, rec in records.items()
         }
         pool.shutdown(wait=False)
 
     def fill(self, records: dict) -> dict:
-        """Wait for the digests and put them into ``records``; returns ``records``."""
+        """Wait for the digests and put them into ``records``; returns ``records``. An
+        OSError is a file that could not be kept."""
         for name, future in self._futures.items():
             records[name]["digest"] = future.result()
         return records
@@ -197,9 +271,10 @@ class BackgroundDigests:
             future.exception()  # done either way; a failure shows in fill()
 
 
-def read_outputs(out_dir: Path, names) -> tuple[dict, dict]:
-    """(values, records) for the --out names the runner wrote; SpecError-free: errors are
-    reported by the runner in outputs.json and raised by the caller."""
+def read_outputs(out_dir: Path, names, algorithms: dict | None = None) -> tuple[dict, dict]:
+    """(values, records) for the --out names the runner wrote; errors are reported by the
+    runner in outputs.json and raised by the caller. ``algorithms``: name -> the digest
+    algorithm to take (a rerun's, as recorded), else ``DIGEST``."""
     manifest_path = out_dir / "outputs.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     values, records = {}, {}
@@ -211,7 +286,7 @@ def read_outputs(out_dir: Path, names) -> tuple[dict, dict]:
                 records[name] = {"error": (entry or {}).get("error", "no value came back")}
                 continue
             path = out_dir / entry["file"]
-            digest = pool.submit(file_digest, path)
+            digest = pool.submit(file_digest, path, (algorithms or {}).get(name, DIGEST))
             try:
                 values[name] = read_value(path, entry["format"])
             except Exception as e:  # e.g. a pickled object whose module the kernel lacks

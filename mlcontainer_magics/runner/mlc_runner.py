@@ -291,6 +291,57 @@ def choose_format(value, host):
     return "pickle" if host.get("python") == PY else None
 
 
+RAM_RESERVE = 512 << 20  # memory left free when a value is written to a folder in RAM
+
+
+def _in_memory(folder):
+    """Whether ``folder`` is on a tmpfs (the host may put run folders in RAM): the
+    last-mounted of the longest mount points above it."""
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                point = left.split()[4].replace("\\040", " ")
+                inside = folder == point or folder.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best) and right:
+                    best, fstype = point, right.split()[0]
+    except (OSError, IndexError):
+        return False
+    return fstype == "tmpfs"
+
+
+def _memory_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def no_room(value, out):
+    """Why a large array or bytes value should not be written to ``out``, or None: in a folder
+    in RAM it must leave RAM_RESERVE of memory free (the kernel then reads it into memory too)."""
+    np = sys.modules.get("numpy")
+    if type(value) in (bytes, bytearray):
+        size = len(value)
+    elif np is not None and isinstance(value, np.ndarray):
+        size = value.nbytes
+    else:
+        return None
+    if size < MAP_AT_LEAST or not _in_memory(out):
+        return None
+    available = _memory_available()
+    if available is None or size + RAM_RESERVE <= available:
+        return None
+    return ("it is %d MB and the run's folder is in memory, with %d MB to spare; set "
+            "MLCONTAINER_RUN_DIR to a folder on disk (e.g. /var/tmp) and run the cell again"
+            % (size >> 20, max(available - RAM_RESERVE, 0) >> 20))
+
+
 def write_outputs(names, namespace, host, out=OUT):
     result = {}
     for name in names:
@@ -303,6 +354,10 @@ def write_outputs(names, namespace, host, out=OUT):
             result[name] = {"error": "a %s cannot go back to the kernel (Python %s there, %s "
                                      "here); return plain data, arrays or DataFrames"
                             % (type(value).__name__, host.get("python"), PY)}
+            continue
+        why = no_room(value, out)
+        if why:
+            result[name] = {"error": why}
             continue
         # "v-" keeps value files apart from outputs.json: `--out outputs` is a valid name.
         path = os.path.join(out, "v-%s.%s" % (name, EXT[fmt]))
