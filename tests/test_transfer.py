@@ -107,11 +107,11 @@ def test_a_run_folder_stays_on_disk_for_large_inputs_or_a_memory_limit(ram_root,
     root, room = ram_root
     room["bytes"] = runs.RAM_RESERVE + (3 << 20)
     small = np.zeros(1 << 17)  # 1 MiB: it and an output as large fit
-    assert runs._root_for(spec(), {"a": small}) == str(root)
+    assert runs.run_folder_for(spec(), {"a": small}) == str(root)
     big = np.zeros(1 << 18)  # 2 MiB: twice that does not
-    assert runs._root_for(spec(), {"a": big}) is None
+    assert runs.run_folder_for(spec(), {"a": big}) is None
     # What the cell writes to a tmpfs counts against its --memory; page cache on disk need not.
-    assert runs._root_for(spec(memory=2**30), {}) is None
+    assert runs.run_folder_for(spec(memory=2**30), {}) is None
     workdir, _ = runs.prepare_workdir(spec(), {"a": small})
     try:
         assert workdir.parent == root

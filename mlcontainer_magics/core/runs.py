@@ -106,10 +106,11 @@ def ram_room(path: str | Path) -> int:
     return min(st.f_bavail * st.f_frsize, available)
 
 
-def _root_for(spec: RunSpec, inputs: dict) -> str | None:
+def run_folder_for(spec: RunSpec, inputs: dict) -> str | None:
     """run_folder_root(), unless that is in RAM and this run should not be: its inputs, and an
     output as large, would not leave RAM_RESERVE free; or the cell has a --memory limit, which
-    what it writes to a tmpfs counts against (on disk that is page cache the kernel can evict)."""
+    what it writes to a tmpfs counts against (on disk that is page cache the kernel can evict).
+    A folder made ahead for a spec (a standby's) can ask with no inputs."""
     root = run_folder_root()
     if root is None or not in_memory(root):
         return root
@@ -126,7 +127,7 @@ def prepare_workdir(
     In a warm session it is made inside the session's folder (``parent``), else in
     ``run_folder_root()`` when this run fits there. Without ``digests`` the inputs' records
     lack theirs (see transfer.BackgroundDigests)."""
-    root = parent if parent is not None else _root_for(spec, inputs)
+    root = parent if parent is not None else run_folder_for(spec, inputs)
     workdir = Path(tempfile.mkdtemp(prefix="mlc-run-", dir=root))
     try:
         workdir.chmod(0o755)
