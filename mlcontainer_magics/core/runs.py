@@ -324,6 +324,9 @@ def _run_and_collect(
         raise _not_kept("inputs", store.artifacts_dir(run_id) if store else workdir, e) from None
     t2 = time.perf_counter()
     outcome.timings["run"] = round(t2 - t1, 3)
+    # The snapshot has its inputs by now: freed before the outputs are read, they do not add
+    # to the run's peak memory (in a run folder in RAM, a 200 MB input is 200 MB of it).
+    shutil.rmtree(workdir / "in", ignore_errors=True)
     if store and result.reason in ("killed", "failed") and store.get(run_id).get("stop_requested"):
         result.reason = "stopped"  # from the sidebar, the widget or the CLI
     if result.reason == "done" and spec.outputs:
