@@ -108,11 +108,11 @@ def test_a_run_folder_stays_on_disk_for_large_inputs_or_a_memory_limit(ram_root,
     root, room = ram_root
     room["bytes"] = runs.RAM_RESERVE + (3 << 20)
     small = np.zeros(1 << 17)  # 1 MiB: it and an output as large fit
-    assert runs.run_root_for(spec(), {"a": small}) == str(root)
+    assert runs.run_folder_for(spec(), {"a": small}) == str(root)
     big = np.zeros(1 << 18)  # 2 MiB: twice that does not
-    assert runs.run_root_for(spec(), {"a": big}) is None
+    assert runs.run_folder_for(spec(), {"a": big}) is None
     # What the cell writes to a tmpfs counts against its --memory; page cache on disk need not.
-    assert runs.run_root_for(spec(memory=2**30), {}) is None
+    assert runs.run_folder_for(spec(memory=2**30), {}) is None
     workdir, _ = runs.prepare_workdir(spec(), {"a": small})
     try:
         assert workdir.parent == root
@@ -194,10 +194,10 @@ def test_a_standby_folder_is_used_only_where_the_runs_own_would_be(ram_root, tmp
     room["bytes"] = runs.RAM_RESERVE + (3 << 20)
     standby = root / "mlc-standby-x"
     standby.mkdir()
-    assert runs._same_root(standby, runs.run_root_for(spec(), {"a": np.zeros(1 << 17)}))
-    assert not runs._same_root(standby, runs.run_root_for(spec(), {"a": np.zeros(1 << 18)}))
+    assert runs._same_root(standby, runs.run_folder_for(spec(), {"a": np.zeros(1 << 17)}))
+    assert not runs._same_root(standby, runs.run_folder_for(spec(), {"a": np.zeros(1 << 18)}))
     on_disk = Path(tempfile.mkdtemp(prefix="mlc-standby-"))
     try:
-        assert runs._same_root(on_disk, runs.run_root_for(spec(memory=2**30), {}))
+        assert runs._same_root(on_disk, runs.run_folder_for(spec(memory=2**30), {}))
     finally:
         on_disk.rmdir()

@@ -106,10 +106,11 @@ def ram_room(path: str | Path) -> int:
     return min(st.f_bavail * st.f_frsize, available)
 
 
-def run_root_for(spec: RunSpec, inputs: dict) -> str | None:
+def run_folder_for(spec: RunSpec, inputs: dict) -> str | None:
     """run_folder_root(), unless that is in RAM and this run should not be: its inputs, and an
     output as large, would not leave RAM_RESERVE free; or the cell has a --memory limit, which
-    what it writes to a tmpfs counts against (on disk that is page cache the kernel can evict)."""
+    what it writes to a tmpfs counts against (on disk that is page cache the kernel can evict).
+    A folder made ahead for a spec (a standby's) can ask with no inputs."""
     root = run_folder_root()
     if root is None or not in_memory(root):
         return root
@@ -140,7 +141,7 @@ def prepare_workdir(
     if folder is not None:
         workdir = folder
     else:
-        root = parent if parent is not None else run_root_for(spec, inputs)
+        root = parent if parent is not None else run_folder_for(spec, inputs)
         workdir = Path(tempfile.mkdtemp(prefix="mlc-run-", dir=root))
     try:
         workdir.chmod(0o755)
@@ -207,7 +208,7 @@ def execute(
             # A standby container's folder, where the backend has one ready for these settings
             # and it lies where this run's folder would (not in RAM for large inputs).
             claimed = None if pool else backend.claim_run_folder(spec, outcome.env)
-            if claimed is not None and not _same_root(claimed, run_root_for(spec, inputs or {})):
+            if claimed is not None and not _same_root(claimed, run_folder_for(spec, inputs or {})):
                 backend.release_run_folder(claimed)
                 claimed = None
             workdir, outcome.inputs = prepare_workdir(
@@ -347,6 +348,9 @@ def _run_and_collect(
         raise _not_kept("inputs", store.artifacts_dir(run_id) if store else workdir, e) from None
     t2 = time.perf_counter()
     outcome.timings["run"] = round(t2 - t1, 3)
+    # The snapshot has its inputs by now: freed before the outputs are read, they do not add
+    # to the run's peak memory (in a run folder in RAM, a 200 MB input is 200 MB of it).
+    shutil.rmtree(workdir / "in", ignore_errors=True)
     if store and result.reason in ("killed", "failed") and store.get(run_id).get("stop_requested"):
         result.reason = "stopped"  # from the sidebar, the widget or the CLI
     if result.reason == "done" and spec.outputs:

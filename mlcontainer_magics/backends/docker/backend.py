@@ -29,7 +29,7 @@ from ...core.backend import (
 from ...core.events import Phase
 from ...core.owner import OWNER
 from ...core.owner import alive as owner_alive
-from ...core.runs import run_root_for
+from ...core.runs import run_folder_for
 from ...core.spec import RunSpec
 from ...errors import EngineUnavailable, RunError
 from ...runner import (
@@ -372,7 +372,7 @@ class DockerBackend(EnvironmentImages, Backend):
 
     def _make_standby(self, spec: RunSpec, image_id: str, key: str) -> Standby:
         """A started container for ``spec``'s settings whose runner waits at its FIFO."""
-        folder = Path(tempfile.mkdtemp(prefix=STANDBY_PREFIX, dir=run_root_for(spec, {})))
+        folder = Path(tempfile.mkdtemp(prefix=STANDBY_PREFIX, dir=run_folder_for(spec, {})))
         try:
             make_folder(folder, runner_source())
             opts = self._container_options(spec, "", folder)
