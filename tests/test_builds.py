@@ -114,7 +114,8 @@ def _wheel(folder, name: str, version: str, code: str) -> None:
     """A pure-Python wheel that exists nowhere but in ``folder``."""
     dist = f"{name}-{version}.dist-info"
     files = {
-        f"{name}.py": code,
+        f"{name}/__init__.py": code,
+        f"{name}/tests/test_it.py": "def test_it():\n    pass\n",
         f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
         "Tag: py3-none-any\n",
@@ -165,6 +166,11 @@ def test_a_package_only_in_a_local_folder_builds_with_no_index_reachable(
         )
         assert out == b"42\n"
         assert events.of("built")[0]["wheels"]["local"] == 1
+        # its bytecode was compiled at build time, but for its test suite
+        pyc = docker_client.containers.run(
+            env.image_id, ["sh", "-c", "find / -name '*.pyc' -path '*mlc_localonly*'"], remove=True
+        ).decode()
+        assert "/mlc_localonly/__pycache__/__init__." in pyc and "test_it" not in pyc
         # the folder was a read-only bind mount of the build: the image does not name it, and
         # of the mount points only numbered, empty ones are left
         assert str(tmp_path) not in json.dumps(docker_client.images.get(env.image_id).attrs)

@@ -125,7 +125,7 @@ def test_uv_scripts_take_values_only_from_files_and_install_exactly_the_lock():
     assert f"{render.BUILD_DIR}/requirements.txt" in resolve and "no-uv" in resolve
     script = render.install_script(apt=("tesseract-ocr",), installer="uv", remove=True)
     assert "tesseract-ocr" not in script and f"-r {render.BUILD_DIR}/remove.txt" in script
-    assert "--no-deps --require-hashes" in script and "compileall" in script
+    assert "--no-deps --require-hashes" in script and f"{render.BUILD_DIR}/bytecode.py" in script
     assert "pip uninstall" not in render.install_script(installer="uv", remove=False)
     files = render.build_files(
         BuildNetwork(), requirements=["six"], lock=[], installer="uv", remove=["a", "b"]

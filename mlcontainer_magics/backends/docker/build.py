@@ -174,6 +174,48 @@ _PYTHON_VERSION = (
 )
 
 
+# Bytecode, as pip writes it: the cell's user cannot write site-packages, so without it every
+# fresh container compiles what it imports (`import numpy, pandas, sklearn`: 3.5 s, not 1.1 s).
+# Only the packages this build installed (an environment built on another has the rest), and
+# not their test suites: half the files, and no cell imports them. Standard library only.
+BYTECODE_PY = """\
+import compileall, re, sys, sysconfig
+from concurrent.futures import ProcessPoolExecutor
+
+TESTS = re.compile(r"(^|/)tests?/")
+
+def files():
+    try:
+        import importlib.metadata as md
+    except ImportError:  # Python < 3.8: all of site-packages
+        return None
+    out = []
+    with open(sys.argv[1], encoding="utf-8", errors="replace") as log:
+        names = [line.split()[1].split("==")[0] for line in log if line.startswith(" + ")]
+    for name in names:
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            continue
+        for f in dist.files or ():
+            if str(f).endswith(".py") and not TESTS.search(str(f)):
+                out.append(str(dist.locate_file(f)))
+    return out
+
+def compile_one(path):
+    return compileall.compile_file(path, quiet=2)
+
+if __name__ == "__main__":
+    todo = files()
+    if todo is None:
+        for key in ("purelib", "platlib"):
+            compileall.compile_dir(sysconfig.get_paths()[key], quiet=2, rx=TESTS, workers=0)
+    elif todo:
+        with ProcessPoolExecutor() as pool:
+            list(pool.map(compile_one, todo, chunksize=16))
+"""
+
+
 def resolve_script() -> str:
     """Run in a throwaway container of the base: resolve the requirements into BUILD_DIR/lock.txt
     (exact pins, the hashes of every file of each, and the index each came from). Where uv cannot
@@ -227,14 +269,14 @@ def install_script(
             ]
         lines += [
             f"echo '{STEP}uv install (exactly the lock, hash-checked)'",
-            f'"$UV" pip install --python "$PY" --no-deps --require-hashes -r {BUILD_DIR}/lock.txt',
-            # Bytecode, as pip writes it: the cell's user cannot write site-packages, so without
-            # it every fresh container compiles what it imports. Test suites are left out: half
-            # the files, and no cell imports them.
+            # uv says what it installed (" + name==version"): the bytecode step needs the list.
+            f'if ! "$UV" pip install --python "$PY" --no-deps --require-hashes '
+            f"-r {BUILD_DIR}/lock.txt > {BUILD_DIR}/installed.log 2>&1; then",
+            f"  cat {BUILD_DIR}/installed.log; exit 1",
+            "fi",
+            f"cat {BUILD_DIR}/installed.log",
             f"echo '{STEP}compile bytecode'",
-            '"$PY" -m compileall -q -j 0 -x "/tests?/" $("$PY" -c "import sysconfig as s; '
-            "print(' '.join({s.get_paths()[k] for k in ('purelib', 'platlib')}))\") "
-            "> /dev/null || true",
+            f'"$PY" {BUILD_DIR}/bytecode.py {BUILD_DIR}/installed.log',
         ]
     elif has_requirements:
         if from_lock:
@@ -276,6 +318,7 @@ def build_files(
         "requirements.txt": requirements_txt(requirements),
         "apt.txt": "\n".join(apt) + "\n",
         "remove.txt": "".join(f"{name}\n" for name in remove),
+        "bytecode.py": BYTECODE_PY,
     }
     if lock is not None:
         files["lock.txt"] = lock_txt(lock)
