@@ -70,7 +70,7 @@ def test_uv_installs_exactly_the_lock_and_a_second_environment_builds_on_the_fir
             assert have[e["name"]] == [e["version"], "uv"], e["name"]
         built = first_events.of("built")[0]
         assert built["installer"] == "uv"
-        assert {"resolve", "uv install", "compile bytecode", "commit"} <= set(built["steps"])
+        assert {"uv resolve", "uv install", "compile bytecode", "commit"} <= set(built["steps"])
         assert built["wheels"]["installed"] == len(first.lock)
 
         # The second shares all but requests (and six, which it lacks): it is built on the

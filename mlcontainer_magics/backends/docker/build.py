@@ -226,16 +226,26 @@ def resolve_script() -> str:
         f'if ! "$UV" --version > {BUILD_DIR}/uv-version.txt 2>&1; then',
         f"  cp {BUILD_DIR}/uv-version.txt {BUILD_DIR}/no-uv; exit 0",
         "fi",
-        f"echo '{STEP}uv resolve' $(cat {BUILD_DIR}/requirements.txt)",
-        f'"$UV" pip compile --python "$PY" --generate-hashes --no-header --no-annotate '
-        f"--emit-index-annotation --quiet {BUILD_DIR}/requirements.txt -o {BUILD_DIR}/lock.txt",
+        *_UV_RESOLVE,
         _PYTHON_VERSION,
     ]
     return "\n".join(lines) + "\n"
 
 
+_UV_RESOLVE = [
+    f"echo '{STEP}uv resolve' $(cat {BUILD_DIR}/requirements.txt)",
+    f'"$UV" pip compile --python "$PY" --generate-hashes --no-header --no-annotate '
+    f"--emit-index-annotation --quiet {BUILD_DIR}/requirements.txt -o {BUILD_DIR}/lock.txt",
+]
+# The report pip writes is the lock: exact versions and hashes of what it installed.
+_PIP_RESOLVE = [
+    f"echo '{STEP}pip install' $(cat {BUILD_DIR}/requirements.txt)",
+    f"python -m pip install -r {BUILD_DIR}/requirements.txt --report {BUILD_DIR}/report.json",
+]
+
+
 def install_script(
-    apt=(), has_requirements=True, from_lock=False, installer="pip", remove=False
+    apt=(), has_requirements=True, from_lock=False, installer="pip", remove=False, resolve=False
 ) -> str:
     """Shell script run in a throwaway container whose filesystem becomes the environment image.
 
@@ -243,7 +253,9 @@ def install_script(
     command; the index settings are exported here, not in the container config, so they are not
     kept by `docker commit`. With uv it installs exactly BUILD_DIR/lock.txt (hash-checked),
     first removing what ``remove`` lists (packages of the environment it builds on that the
-    lock does not have); with pip it resolves and installs (or installs a given lock).
+    lock does not have), after resolving it there first with ``resolve`` (a build from the base
+    with nothing to build on: one container, not two); with pip it resolves and installs (or
+    installs a given lock).
     """
     lines = ["set -eu", *_PIP_ENV]
     if apt:
@@ -255,12 +267,19 @@ def install_script(
         ]
     if installer == "uv":
         lines += _UV_ENV
-        lines += [  # a recorded lock, rebuilt where uv cannot run: pip installs it the same
-            'if ! "$UV" --version > /dev/null 2>&1; then',
-            "  echo 'note: uv cannot run in this image; installing the lock with pip'",
-            f"  python -m pip install --no-deps --require-hashes -r {BUILD_DIR}/lock.txt",
+        if resolve:  # where uv cannot run, say why (BUILD_DIR/no-uv) and let pip resolve
+            fallback = [f"  cp {BUILD_DIR}/uv-version.txt {BUILD_DIR}/no-uv", *_PIP_RESOLVE]
+        else:  # a recorded lock, rebuilt where uv cannot run: pip installs it the same
+            fallback = [
+                "  echo 'note: uv cannot run in this image; installing the lock with pip'",
+                f"  python -m pip install --no-deps --require-hashes -r {BUILD_DIR}/lock.txt",
+            ]
+        lines += [
+            f'if ! "$UV" --version > {BUILD_DIR}/uv-version.txt 2>&1; then',
+            *(line if line.startswith("  ") else "  " + line for line in fallback),
             f"  {_PYTHON_VERSION}; exit 0",
             "fi",
+            *(_UV_RESOLVE if resolve else []),
         ]
         if remove:
             lines += [
@@ -287,12 +306,7 @@ def install_script(
                 f"--report {BUILD_DIR}/report.json",
             ]
         else:
-            # The report pip writes is the lock: exact versions and hashes of what it installed.
-            lines += [
-                f"echo '{STEP}pip install' $(cat {BUILD_DIR}/requirements.txt)",
-                f"python -m pip install -r {BUILD_DIR}/requirements.txt "
-                f"--report {BUILD_DIR}/report.json",
-            ]
+            lines += _PIP_RESOLVE
     lines.append(_PYTHON_VERSION)
     return "\n".join(lines) + "\n"
 
@@ -310,7 +324,12 @@ def build_files(
     """Files to place in BUILD_DIR for install_script() and resolve_script()."""
     files = {
         "install.sh": install_script(
-            apt, bool(requirements or lock), lock is not None, installer, bool(remove)
+            apt,
+            bool(requirements or lock),
+            lock is not None,
+            installer,
+            bool(remove),
+            resolve=installer == "uv" and lock is None and bool(requirements),
         ),
         "resolve.sh": resolve_script(),
         "pip.conf": pip_conf(net if ca_bundle else _without_cert(net)),

@@ -130,7 +130,11 @@ class EnvironmentImages:
             if found is not None:
                 return self._cached(found, tag, events)
         build = _Build(env_spec, base_id, tag, lock)
-        if lock is None and env_spec.requirements:
+        if lock is None and env_spec.requirements and self._from_base_anyway(build, rebuild):
+            # Nothing to build on: resolve with uv in the build's own container (one, not two);
+            # where uv cannot run there, pip resolves and installs instead.
+            build.uv = True
+        elif lock is None and env_spec.requirements:
             # Lock first (uv, in a throwaway container of the base), then install exactly it.
             self._resolve(build, events)
             if build.lock is not None and not rebuild:
@@ -275,13 +279,21 @@ class EnvironmentImages:
             if "no-uv" not in got:
                 build.lock, build.sources = lock_from_compiled(got["lock.txt"].decode())
                 build.uv = True
-                build.steps["resolve"] = round(time.monotonic() - t0, 3)
+                build.steps["uv resolve"] = round(time.monotonic() - t0, 3)
                 return
-            said = got["no-uv"].decode(errors="replace").strip().splitlines() or ["?"]
-            why = f"uv cannot run in {build.env_spec.base_image}: {said[0]}"
-        if build.base_id not in _NO_UV_SAID:
-            _NO_UV_SAID.add(build.base_id)
-            events(Phase.BUILD_LOG, line=f"note: {why}; installing with pip (slower)")
+            why = _why_no_uv(build, got["no-uv"])
+        _say_no_uv(build, why or "", events)
+
+    def _from_base_anyway(self, build: _Build, rebuild: bool) -> bool:
+        """Whether this build starts from the base whatever its lock (a rebuild, or no
+        environment of this base and Debian packages to build on) and uv can be tried."""
+        if host_uv() is None or build.base_id in _NO_UV_SAID:
+            return False
+        apt = sorted(build.env_spec.apt)
+        return rebuild or not any(
+            sorted(json.loads(image.labels.get(f"{LABEL}.apt", "[]"))) == apt
+            for image in self._env_images(build.base_id)
+        )
 
     def _locked_parent(self, build: _Build):
         """The tagged environment of this namespace, base and Debian packages that shares the
@@ -349,6 +361,12 @@ class EnvironmentImages:
         timed: list = []
         with self._build_container(start, files, "install.sh", events, timed) as (container, log):
             got = untar_files(container.get_archive(render.BUILD_DIR)[0])
+            if build.lock is None and build.uv:  # resolved in this container
+                if "no-uv" in got:
+                    build.uv = False
+                    _say_no_uv(build, _why_no_uv(build, got["no-uv"]), events)
+                else:
+                    build.lock, build.sources = lock_from_compiled(got["lock.txt"].decode())
             if build.lock is not None:
                 new_lock = build.lock
             else:
@@ -471,6 +489,17 @@ class _Build:
             "fetched": counts["prepared"],
             "local": local,
         }
+
+
+def _why_no_uv(build: _Build, said: bytes) -> str:
+    first = said.decode(errors="replace").strip().splitlines() or ["?"]
+    return f"uv cannot run in {build.env_spec.base_image}: {first[0]}"
+
+
+def _say_no_uv(build: _Build, why: str, events: Events) -> None:
+    if build.base_id not in _NO_UV_SAID:
+        _NO_UV_SAID.add(build.base_id)
+        events(Phase.BUILD_LOG, line=f"note: {why}; installing with pip (slower)")
 
 
 def _build_failure(log: str, status: int, doing: str = "Building") -> str:
