@@ -12,17 +12,20 @@ Scenarios (target: ours / baseline):
              vs `docker run --rm ENV_IMAGE python -c CODE`; no image may be built; it runs
              in the standby container the previous run left
   2 rerun    the same cell again                                          <= 1.1
-  3 cold     first run of a numpy+pandas+scikit-learn cell: fresh namespace, empty pip
-             cache volume, vs a hand-written Dockerfile, classic `docker build --no-cache`
-             (+ `docker run` of the cell)                                <= 1.1
+  3 cold     first run of a numpy+pandas+scikit-learn cell: fresh namespace, empty wheel
+             cache volume, vs a hand-written Dockerfile with pip, classic `docker build
+             --no-cache` (+ `docker run` of the cell)                    <= 0.4
   4 add      + six on top of scenario 3's environment, same cache volume, vs scenario 3  <= 0.4
   5 import   `%load_ext mlcontainer_magics` vs `import ipywidgets`, fresh interpreters <= 1.5
   6 list     listing from 10,000 snapshots vs from 100 (CLI and REST)     <= 10
   7 data     a 200 MB array --in and --out vs np.save + np.load           <= 2
   8 session  a trivial cell in a warm session vs `docker run`             <= 0.3
+  9 second   scikit-learn 1.5.2 after scenario 3's 1.4.2 (same numpy, pandas), same namespace,
+             vs its own hand-written Dockerfile, `docker build --no-cache` (+ `docker run`)
+                                                                         <= 0.2
 
 Samples: --repeat N (default 5) pairs for scenario 7; 4N pairs for the cheap scenarios (1, 2,
-5, 6 CLI, 8), 20N for REST, 50N in-process; min(N, --cold-repeat) for 3 and 4. A full run takes
+5, 6 CLI, 8), 20N for REST, 50N in-process; min(N, --cold-repeat) for 3, 4 and 9. A full run takes
 about 10-15 minutes, the cold builds most of it.
 
 --short runs each scenario once with tiny sizes and checks correctness only (same output from
