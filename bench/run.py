@@ -712,13 +712,16 @@ class Bench:
             tiny_s.append(dt)
             sc.check("ours_round_trip_equal", ok, "b != a (tiny)")
 
-        def baseline():
+        def save_load(where: Path, samples: list, what: str) -> None:
             t0 = time.perf_counter()
-            np.save(path, big)
-            b = np.load(path)
-            raw.baseline.append(time.perf_counter() - t0)
-            sc.check("baseline_round_trip_equal", np.array_equal(b, big), "np.load != a")
-            path.unlink()
+            np.save(where, big)
+            b = np.load(where)
+            samples.append(time.perf_counter() - t0)
+            sc.check("baseline_round_trip_equal", np.array_equal(b, big), f"np.load != a{what}")
+            where.unlink()
+
+        def baseline():
+            save_load(path, raw.baseline, "")
 
         # The same np.save + np.load in the folder ours puts run folders in (RAM, when it is a
         # tmpfs): shown beside the judged row, so that it is clear what the medium gives.
@@ -735,12 +738,7 @@ class Bench:
         ram_path = Path(root or tempfile.gettempdir()) / f"{self.ns}-data.npy"
 
         def baseline_ram():
-            t0 = time.perf_counter()
-            np.save(ram_path, big)
-            b = np.load(ram_path)
-            ram_row.baseline.append(time.perf_counter() - t0)
-            sc.check("baseline_round_trip_equal", np.array_equal(b, big), "np.load != a (RAM)")
-            ram_path.unlink()
+            save_load(ram_path, ram_row.baseline, " (RAM)")
 
         # The same crossing with the plain docker CLI: np.save on the host, `docker run` of the
         # same environment image doing np.load + np.save on a bind-mounted folder, np.load on
