@@ -211,3 +211,16 @@ def test_where_uv_cannot_run_pip_builds_and_says_so_once(
             assert env.lock[0]["name"] == name and env.lock[0]["hashes"]
     finally:
         remove_images(docker_client, one, two)
+
+
+def test_an_engine_on_another_machine_gets_no_uv_and_pip_builds(monkeypatch):
+    """Its builds cannot mount this machine's uv (nor its wheel folders): uv is not tried."""
+    from mlcontainer_magics.backends.docker import environments
+
+    monkeypatch.setattr(environments, "host_uv", lambda: "/opt/bin/uv")
+    monkeypatch.setattr(environments, "_NO_UV_SAID", set())
+    monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+    assert environments._no_host_uv() is None and environments._uv_worth_trying("sha256:a")
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.5:2376")
+    assert "another machine" in environments._no_host_uv()
+    assert not environments._uv_worth_trying("sha256:a")

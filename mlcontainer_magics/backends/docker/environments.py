@@ -206,6 +206,9 @@ class EnvironmentImages:
         import docker.errors
         from docker.types import Mount
 
+        doing = (
+            "Resolving the requirements" if script == "resolve.sh" else "Building the environment"
+        )
         build_id = uuid.uuid4().hex[:12]
         labels = make_labels(self.namespace, role="build", build=build_id, owner=OWNER)
         self._ensure_volume(self.cache_volume)
@@ -216,7 +219,7 @@ class EnvironmentImages:
             Mount(f"{render.HOST_DIR}/{i}", folder, type="bind", read_only=True)
             for i, folder in enumerate(render.host_folders(self._build_network()))
         ]
-        uv = host_uv()
+        uv = host_uv() if _no_host_uv() is None else None
         if uv:
             binds.append(Mount(render.UV_PATH, uv, type="bind", read_only=True))
         try:
@@ -245,13 +248,10 @@ class EnvironmentImages:
                 timed.append((time.monotonic(), None))
             log = "\n".join(log_lines)
             if status != 0:
-                doing = "Resolving the requirements" if script == "resolve.sh" else "Building"
                 raise BuildError(_build_failure(log, status, doing), log=log)
             yield container, log
         except docker.errors.APIError as e:
-            raise BuildError(
-                f"Building the environment failed: {short(e)}", log="\n".join(log_lines)
-            ) from None
+            raise BuildError(f"{doing} failed: {short(e)}", log="\n".join(log_lines)) from None
         finally:
             if container is not None:
                 quietly(container.remove, force=True, v=True)
@@ -269,7 +269,7 @@ class EnvironmentImages:
         """Resolve the requirements into ``build.lock`` with uv in a throwaway container of the
         base. Where uv cannot run there (or the host has none), say so once and leave the lock
         to pip's build."""
-        why = None if host_uv() else "no uv on this machine (pip install uv)"
+        why = _no_host_uv()
         if why is None and build.base_id not in _NO_UV_SAID:
             t0 = time.monotonic()
             files = self._build_files(requirements=build.env_spec.requirements)
@@ -287,7 +287,7 @@ class EnvironmentImages:
     def _from_base_anyway(self, build: _Build, rebuild: bool) -> bool:
         """Whether this build starts from the base whatever its lock (a rebuild, or no
         environment of this base and Debian packages to build on) and uv can be tried."""
-        if host_uv() is None or build.base_id in _NO_UV_SAID:
+        if not _uv_worth_trying(build.base_id):
             return False
         apt = sorted(build.env_spec.apt)
         return rebuild or not any(
@@ -347,7 +347,7 @@ class EnvironmentImages:
         # lock, resolves and installs, adding to the parent's packages.
         env_spec = build.env_spec
         if build.lock is not None and not build.uv:
-            build.uv = host_uv() is not None and build.base_id not in _NO_UV_SAID
+            build.uv = _uv_worth_trying(build.base_id)
         parent_lock = json.loads(parent.labels.get(f"{LABEL}.lock", "[]")) if parent else []
         remove = sorted({e["name"] for e in parent_lock} - {e["name"] for e in build.lock or ()})
         files = self._build_files(
@@ -491,6 +491,18 @@ class _Build:
         }
 
 
+def _no_host_uv() -> str | None:
+    """Why builds cannot have this machine's uv, or None when they can (mounted read-only)."""
+    if not is_local():
+        return "an engine on another machine cannot mount this machine's uv"
+    return None if host_uv() else "no uv on this machine (pip install uv)"
+
+
+def _uv_worth_trying(base_id: str) -> bool:
+    """uv can reach the build, and has not failed to run in this base before."""
+    return _no_host_uv() is None and base_id not in _NO_UV_SAID
+
+
 def _why_no_uv(build: _Build, said: bytes) -> str:
     first = said.decode(errors="replace").strip().splitlines() or ["?"]
     return f"uv cannot run in {build.env_spec.base_image}: {first[0]}"
@@ -502,7 +514,7 @@ def _say_no_uv(build: _Build, why: str, events: Events) -> None:
         events(Phase.BUILD_LOG, line=f"note: {why}; installing with pip (slower)")
 
 
-def _build_failure(log: str, status: int, doing: str = "Building") -> str:
+def _build_failure(log: str, status: int, doing: str) -> str:
     """The lines of pip's (or apt's) own message that say what went wrong."""
     lines = log.splitlines()
     # pip indents the failing subprocess's own output (e.g. a setup.py's message): match it too.
@@ -513,8 +525,7 @@ def _build_failure(log: str, status: int, doing: str = "Building") -> str:
         or "No matching distribution" in line
     ]
     detail = "\n".join(lines[wanted[0] : wanted[0] + 20]) if wanted else "\n".join(lines[-12:])
-    what = f"{doing} the environment" if doing == "Building" else doing
-    return f"{what} failed (exit {status}):\n{detail}"
+    return f"{doing} failed (exit {status}):\n{detail}"
 
 
 def _read_optional(path: str | None) -> bytes:

@@ -183,8 +183,10 @@ def read_config_list(
     return proc.stdout, None
 
 
+@functools.lru_cache(maxsize=1)
 def host_uv() -> str | None:
-    """The uv binary builds mount: this package's own dependency's, else one on PATH."""
+    """The uv binary builds mount: this package's own dependency's, else one on PATH. Looked
+    up once per process: every build asks."""
     try:
         from uv import find_uv_bin
 
