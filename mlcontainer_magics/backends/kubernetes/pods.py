@@ -66,6 +66,28 @@ def pod_progress(pod: dict) -> tuple[str, str]:
     return "scheduling", ""
 
 
+# Restarts after which a container that keeps exiting is a crash loop, even before the kubelet
+# says CrashLoopBackOff.
+CRASH_RESTARTS = 3
+
+
+def crash_loop(pod: dict) -> str | None:
+    """Why a container of a restarting pod (a Deployment's) keeps ending, in words, once it
+    is a crash loop: the kubelet backs off (CrashLoopBackOff) or it restarted CRASH_RESTARTS
+    times. None otherwise."""
+    status = container_status(pod) or {}
+    waiting = (status.get("state") or {}).get("waiting") or {}
+    restarts = status.get("restartCount") or 0
+    if waiting.get("reason") != "CrashLoopBackOff" and restarts < CRASH_RESTARTS:
+        return None
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    code = last.get("exitCode")
+    how = f"exited with code {code}" if code is not None else "ended"
+    if last.get("reason") == "OOMKilled":
+        how = "ran out of memory (OOMKilled)"
+    return f"its container {how} and was restarted {restarts} time(s) (CrashLoopBackOff)"
+
+
 def container_terminated(pod: dict) -> dict | None:
     return ((container_status(pod) or {}).get("state") or {}).get("terminated")
 
