@@ -1,0 +1,436 @@
+"""Serving a cell on Kubernetes: the Secret, Deployment and Service of :mod:`.serving` applied
+with the official client (created, or patched in place so that a new snapshot rolls out), the
+rollout followed until it serves or cannot, and why in plain words (an image the nodes cannot
+pull, no node that fits, a crash loop with the container's last log lines), and the objects
+removed. A notebook calls the service through the API server's service proxy, with the
+kubeconfig's credentials (:meth:`ServiceMixin.call_service`).
+
+:class:`ServiceMixin` is part of :class:`KubernetesBackend`: it uses the backend's connection,
+settings and its one boundary for the client's errors (``_cluster_errors``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Mapping
+
+from ...core.backend import Environment
+from ...core.events import Events, Phase, no_events
+from ...core.spec import RunSpec
+from ...errors import KubernetesError, NotFound
+from . import objects, serving
+from .client import Backoff, connection_errors, connection_problem
+from .client import body_of as _json
+from .client import read_or_none as _get
+from .pods import PULL_PATIENCE, cannot_pull, cannot_schedule, cannot_start, failing_pull
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+LOG_TAIL = 20  # lines of a crash-looping container's log a failure shows
+CLEANUP_PATIENCE = 5.0
+
+
+class RolloutFailed(KubernetesError):
+    """A service's new pods cannot serve: ``kind`` says why ("image-pull", "unschedulable",
+    "crash-loop", "config-error", "deadline", "timeout"), ``logs`` the container's last lines."""
+
+    def __init__(self, message: str, kind: str | None = None, logs: str = "") -> None:
+        super().__init__(message)
+        self.kind, self.logs = kind, logs
+
+
+@dataclasses.dataclass
+class DeployedService:
+    name: str  # the service's name (the user's)
+    namespace: str
+    deployment: str  # the Deployment's and the Service's name
+    url: str  # through the API server's service proxy
+    replicas: int
+    snapshot: str
+    image: str
+    entry: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ServiceMixin:
+    """Deployments and Services of served cells (part of KubernetesBackend)."""
+
+    def deploy_service(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        files: Mapping[str, bytes],
+        *,
+        run_id: str,
+        service: str,
+        entry: str = "predict",
+        replicas: int = 1,
+        secrets: Mapping[str, str] | None = None,
+        events: Events = no_events,
+        timeout: float | None = None,
+    ) -> DeployedService:
+        """Serve snapshot ``run_id``'s cell as ``service`` with ``replicas`` pods of
+        ``env.image`` (pushed), its payload ``files`` (the run's folder, whose manifest.json
+        carries the serve block): create the objects, or patch the Deployment and Service that
+        serve ``service`` already (a rollout, no pod taken away before its replacement is
+        ready), and wait until the rollout is done. RolloutFailed says why it cannot be: a
+        first deployment is then removed, a re-deployment rolled back to what served before."""
+        api, namespace = self.connect()
+        settings = objects.settings_from(self.config, namespace)
+        secret, deployment, svc = serving.service_manifests(
+            objects.with_secrets(spec, secrets or {}),
+            image=env.image,
+            snapshot_id=run_id,
+            namespace=namespace,
+            settings=settings,
+            service=service,
+            files=files,
+            entry=entry,
+            replicas=replicas,
+        )
+        name = deployment["metadata"]["name"]
+        events(Phase.STARTING)
+        with self._cluster_errors("deploying the service", namespace):
+            previous = _get(api.apps.read_namespaced_deployment, name, namespace)
+            # A 409: this snapshot's payload is there already (a change of replicas).
+            _created(api.core.create_namespaced_secret, namespace, secret)
+            if previous is None:
+                api.apps.create_namespaced_deployment(namespace, deployment)
+            else:
+                api.apps.patch_namespaced_deployment(
+                    name, namespace, _updates(deployment), _content_type=MERGE_PATCH
+                )
+            owner = _get(api.apps.read_namespaced_deployment, name, namespace)
+            with contextlib.suppress(Exception):  # best effort: removal deletes it by label
+                api.core.patch_namespaced_secret(
+                    secret["metadata"]["name"],
+                    namespace,
+                    [
+                        {
+                            "op": "add",
+                            "path": "/metadata/ownerReferences",
+                            "value": [objects.owner_reference(owner)],
+                        }
+                    ],
+                    _content_type=JSON_PATCH,
+                )
+            if _get(api.core.read_namespaced_service, name, namespace) is None:
+                _created(api.core.create_namespaced_service, namespace, svc)
+            else:
+                api.core.patch_namespaced_service(
+                    name, namespace, _updates(svc), _content_type=MERGE_PATCH
+                )
+        try:
+            self.rollout_status(service, wait=True, timeout=timeout, events=events)
+        except BaseException as e:
+            undone = self._undo(api, namespace, service, previous)
+            if isinstance(e, RolloutFailed) and undone:
+                raise RolloutFailed(f"{e} {undone}", e.kind, e.logs) from None
+            raise
+        with self._cluster_errors("removing the previous payload", namespace):
+            self._forget_payloads(api, namespace, service, keep=secret["metadata"]["name"])
+        events(Phase.RUNNING, container=name)
+        return DeployedService(
+            name=service,
+            namespace=namespace,
+            deployment=name,
+            url=self.service_url(service),
+            replicas=replicas,
+            snapshot=run_id,
+            image=env.image,
+            entry=entry,
+        )
+
+    def rollout_status(
+        self,
+        service: str,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        events: Events = no_events,
+    ) -> serving.Rollout:
+        """Where the rollout of ``service`` is. With ``wait``, follow it until it is done
+        (the Rollout), or raise RolloutFailed when it cannot be: an image the nodes cannot
+        pull, pods no node takes within KubernetesConfig.schedule_timeout, a crash loop (with
+        the container's last log lines), the Deployment's progress deadline, or ``timeout``
+        seconds."""
+        api, namespace = self.connect()
+        name = serving.deployment_name(service)
+        began = time.monotonic()
+        since: dict[str, float] = {}  # kind of a waiting problem -> when first seen
+        shown = None
+        backoff = Backoff(0.1, 2.0)
+        while True:
+            with self._cluster_errors("following the rollout", namespace):
+                deployment = _get(api.apps.read_namespaced_deployment, name, namespace)
+                if deployment is None:
+                    raise NotFound(
+                        f"No service {service!r} is deployed in namespace {namespace} "
+                        f"(no Deployment {name}); deploy it with `mlcontainer deploy ID`."
+                    )
+                pods = (
+                    _json(
+                        api.core.list_namespaced_pod(
+                            namespace,
+                            label_selector=serving.selector_text(service),
+                            _preload_content=False,
+                        )
+                    ).get("items")
+                    or []
+                )
+                rollout = serving.rollout_progress(deployment, pods)
+                if not wait or rollout.state == "done":
+                    return rollout
+                if rollout.message != shown:
+                    shown = rollout.message
+                    events(Phase.SCHEDULING, message=f"{service}: {rollout.message}")
+                    backoff.reset()
+                failure = self._failure(api, namespace, service, deployment, rollout, since)
+            if failure is not None:
+                raise failure
+            if timeout is not None and time.monotonic() - began > timeout:
+                raise RolloutFailed(
+                    f"The service {service} did not roll out within {timeout:g} s "
+                    f"({rollout.message}). `kubectl describe deployment -n {namespace} {name}` "
+                    "says more.",
+                    "timeout",
+                )
+            backoff.sleep()
+
+    def _failure(self, api, namespace, service, deployment, rollout, since) -> RolloutFailed | None:
+        """The error a rollout's state means, once it means one (some waits are given the
+        time a cluster may need: a node an autoscaler adds, a registry that is slow)."""
+        image = _image(deployment)
+        kind, words = rollout.kind, rollout.message
+        now = time.monotonic()
+        if rollout.state == "waiting":
+            for waiting in list(since):
+                if waiting != kind:
+                    del since[waiting]
+            if kind is None:
+                return None
+            first = since.setdefault(kind, now)
+            limit = self.config.schedule_timeout
+            if kind == "unschedulable" and now - first >= limit:
+                return RolloutFailed(_cannot(service, cannot_schedule(words, limit)), kind)
+            if kind == "image-retry" and now - first >= max(limit, PULL_PATIENCE):
+                return RolloutFailed(
+                    _cannot(service, failing_pull(image, words, now - first)), kind
+                )
+            return None
+        if kind == "image-pull":
+            return RolloutFailed(_cannot(service, cannot_pull(image, words, namespace)), kind)
+        if kind == "config-error":
+            return RolloutFailed(_cannot(service, cannot_start(words)), kind)
+        if kind == "crash-loop":
+            logs = _last_lines(api, namespace, rollout.pod)
+            shown = f" Its last log lines:\n{logs}" if logs else " It wrote nothing to its log."
+            return RolloutFailed(
+                _cannot(service, f"its pod {rollout.pod}: {words}.") + shown, kind, logs
+            )
+        return RolloutFailed(
+            _cannot(
+                service,
+                f"{words}. `kubectl describe deployment -n {namespace} "
+                f"{serving.deployment_name(service)}` says more.",
+            ),
+            kind,
+        )
+
+    def _undo(self, api, namespace: str, service: str, previous: dict | None) -> str:
+        """After a failed rollout: remove a first deployment; roll a re-deployment back to
+        the template that served before. What was done, in words ("" when nothing could)."""
+        name = serving.deployment_name(service)
+        with api.patience(CLEANUP_PATIENCE), contextlib.suppress(Exception):
+            if previous is None:
+                self._delete_service_objects(api, namespace, service)
+                return f"Nothing of it was left on the cluster (namespace {namespace})."
+            spec = previous["spec"]
+            api.apps.patch_namespaced_deployment(
+                name,
+                namespace,
+                {"spec": {"template": spec["template"], "replicas": spec.get("replicas", 1)}},
+                _content_type=MERGE_PATCH,
+            )
+            was = (previous["metadata"].get("annotations") or {}).get(
+                objects.ANNOTATION_SNAPSHOT, "?"
+            )
+            return f"The service was rolled back: snapshot {was} serves as before."
+        return ""
+
+    def remove_service(self, service: str) -> bool:
+        """Delete the Deployment (its pods go, after their grace period), the Service and the
+        payload Secrets of ``service``; False when none was there."""
+        api, namespace = self.connect()
+        with self._cluster_errors("removing the service", namespace):
+            return self._delete_service_objects(api, namespace, service)
+
+    def _delete_service_objects(self, api, namespace: str, service: str) -> bool:
+        from kubernetes.client.rest import ApiException
+
+        name = serving.deployment_name(service)
+        found = False
+        for delete, kwargs in (
+            (api.apps.delete_namespaced_deployment, {"propagation_policy": "Background"}),
+            (api.core.delete_namespaced_service, {}),
+        ):
+            try:
+                delete(name, namespace, **kwargs)
+                found = True
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        return self._forget_payloads(api, namespace, service) or found
+
+    def _forget_payloads(self, api, namespace: str, service: str, keep: str | None = None) -> bool:
+        """Delete the service's payload Secrets but ``keep``: True if any was there."""
+        from kubernetes.client.rest import ApiException
+
+        listed = (
+            _json(
+                api.core.list_namespaced_secret(
+                    namespace, label_selector=serving.selector_text(service), _preload_content=False
+                )
+            ).get("items")
+            or []
+        )
+        for secret in listed:
+            if secret["metadata"]["name"] == keep:
+                continue
+            try:
+                api.core.delete_namespaced_secret(secret["metadata"]["name"], namespace)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        return any(s["metadata"]["name"] != keep for s in listed)
+
+    def deployed_services(self) -> list[dict]:
+        """The services deployed in the namespace: name, snapshot, replicas (wanted, ready),
+        image, url."""
+        api, namespace = self.connect()
+        with self._cluster_errors("listing services", namespace):
+            items = (
+                _json(
+                    api.apps.list_namespaced_deployment(
+                        namespace,
+                        label_selector=f"{serving.LABEL_COMPONENT}=service,"
+                        f"{objects.LABEL_MANAGED_BY}={objects.MANAGED_BY}",
+                        _preload_content=False,
+                    )
+                ).get("items")
+                or []
+            )
+        out = []
+        for d in items:
+            notes = d["metadata"].get("annotations") or {}
+            service = notes.get(serving.ANNOTATION_SERVICE) or d["metadata"]["name"]
+            out.append(
+                {
+                    "name": service,
+                    "namespace": namespace,
+                    "snapshot": notes.get(objects.ANNOTATION_SNAPSHOT),
+                    "entry": notes.get(serving.ANNOTATION_ENTRY),
+                    "replicas": (d.get("spec") or {}).get("replicas"),
+                    "ready": (d.get("status") or {}).get("availableReplicas") or 0,
+                    "image": _image(d),
+                    "url": self.service_url(service),
+                }
+            )
+        return out
+
+    # -- calling it ------------------------------------------------------------------------------
+
+    def service_url(self, service: str) -> str:
+        """The service's URL through the API server's proxy (it needs the kubeconfig's
+        credentials: see call_service)."""
+        api, namespace = self.connect()
+        host = api.client.configuration.host.rstrip("/")
+        return host + serving.proxy_path(namespace, service)
+
+    def call_service(
+        self,
+        service: str,
+        path: str = "",
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = 300,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request to the service through the API server's service proxy, with the
+        kubeconfig's credentials and TLS settings: (status, headers, body). The transport a
+        client (``mlcontainer_magics.service``) needs for a service on a cluster."""
+        api, namespace = self.connect()
+        resource = serving.proxy_path(namespace, service) + path.lstrip("/")
+        _, url, sent, _, _ = api.client.param_serialize(
+            method, resource, header_params=dict(headers or {}), auth_settings=["BearerToken"]
+        )
+        try:
+            answer = api.client.rest_client.pool_manager.request(
+                method, url, body=body, headers=sent, timeout=timeout, retries=False
+            )
+        except connection_errors() as e:
+            raise KubernetesError(
+                f"Cannot reach the service {service} through the API server "
+                f"({connection_problem(e)}); check that the cluster is running."
+            ) from None
+        return answer.status, dict(answer.headers), answer.data
+
+
+def _cannot(service: str, why: str) -> str:
+    return f"The service {service} cannot roll out: {why}"
+
+
+def _image(deployment: dict) -> str:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    ours = [c for c in containers if c.get("name") == objects.CONTAINER_NAME] or containers
+    return ours[0].get("image", "")
+
+
+def _updates(obj: dict) -> dict:
+    """A merge patch that makes ``obj``'s labels, annotations and spec the object's (lists,
+    such as the container's volume mounts, replaced whole, unlike a strategic merge)."""
+    meta = obj["metadata"]
+    return {
+        "metadata": {"labels": meta.get("labels"), "annotations": meta.get("annotations")},
+        "spec": obj["spec"],
+    }
+
+
+def _last_lines(api, namespace: str, pod: str | None) -> str:
+    """The last lines of the container's previous life (it crashed), else of this one."""
+    from kubernetes.client.rest import ApiException
+
+    if not pod:
+        return ""
+    for previous in (True, False):
+        try:
+            text = api.core.read_namespaced_pod_log(
+                pod,
+                namespace,
+                container=objects.CONTAINER_NAME,
+                previous=previous,
+                tail_lines=LOG_TAIL,
+            )
+        except ApiException:
+            continue
+        if text and text.strip():
+            return text.rstrip("\n")
+    return ""
+
+
+def _created(create, namespace: str, body: dict) -> bool:
+    """Create ``body``; False when it exists already (409)."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        create(namespace, body)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        return False
+    return True
