@@ -43,7 +43,7 @@ alone:
 - Recorded stdout: `expected-stdout.txt`.
 {data}{secrets}"""
 
-SERVE_README = """# Service {name}: snapshot {snapshot}
+SERVE_README = """# Service {service}: snapshot {snapshot}
 
 A containerized notebook cell that serves its function `{entry}` over HTTP, exported by
 mlcontainer-magics. Build and run it with Docker alone:
@@ -281,7 +281,9 @@ def _write_build_context(
             data=data_note,
             secrets=SECRETS_NOTE.format(names=", ".join(spec.secrets)) if spec.secrets else "",
             port=SERVE_PORT,
-            **(serving or {}),
+            service=(serving or {}).get("name"),
+            entry=(serving or {}).get("entry"),
+            snapshot=record["id"],
         )
     )
 

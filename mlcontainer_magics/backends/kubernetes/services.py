@@ -36,9 +36,17 @@ class RolloutFailed(KubernetesError):
     """A service's new pods cannot serve: ``kind`` says why ("image-pull", "unschedulable",
     "crash-loop", "config-error", "deadline", "timeout"), ``logs`` the container's last lines."""
 
-    def __init__(self, message: str, kind: str | None = None, logs: str = "") -> None:
-        super().__init__(message)
-        self.kind, self.logs = kind, logs
+    def __init__(self, summary: str, kind: str | None = None, logs: str | None = None) -> None:
+        shown = ""
+        if logs is not None:
+            shown = f" Its last log lines:\n{logs}" if logs else " It wrote nothing to its log."
+        super().__init__(summary + shown)
+        self.summary, self.kind, self.logs = summary, kind, logs or ""
+
+    def noting(self, note: str) -> RolloutFailed:
+        """The same failure, with what was done about it said before the log."""
+        logs = self.logs if self.kind == "crash-loop" else None
+        return RolloutFailed(f"{self.summary} {note}", self.kind, logs)
 
 
 @dataclasses.dataclass
@@ -129,7 +137,7 @@ class ServiceMixin:
         except BaseException as e:
             undone = self._undo(api, namespace, service, previous)
             if isinstance(e, RolloutFailed) and undone:
-                raise RolloutFailed(f"{e} {undone}", e.kind, e.logs) from None
+                raise e.noting(undone) from None
             raise
         with self._cluster_errors("removing the previous payload", namespace):
             self._forget_payloads(api, namespace, service, keep=secret["metadata"]["name"])
@@ -228,10 +236,7 @@ class ServiceMixin:
             return RolloutFailed(_cannot(service, cannot_start(words)), kind)
         if kind == "crash-loop":
             logs = _last_lines(api, namespace, rollout.pod)
-            shown = f" Its last log lines:\n{logs}" if logs else " It wrote nothing to its log."
-            return RolloutFailed(
-                _cannot(service, f"its pod {rollout.pod}: {words}.") + shown, kind, logs
-            )
+            return RolloutFailed(_cannot(service, f"its pod {rollout.pod}: {words}."), kind, logs)
         return RolloutFailed(
             _cannot(
                 service,
@@ -279,7 +284,7 @@ class ServiceMixin:
             (api.core.delete_namespaced_service, {}),
         ):
             try:
-                delete(name, namespace, **kwargs)
+                delete(name, namespace, _preload_content=False, **kwargs)
                 found = True
             except ApiException as e:
                 if e.status != 404:
@@ -302,7 +307,9 @@ class ServiceMixin:
             if secret["metadata"]["name"] == keep:
                 continue
             try:
-                api.core.delete_namespaced_secret(secret["metadata"]["name"], namespace)
+                api.core.delete_namespaced_secret(
+                    secret["metadata"]["name"], namespace, _preload_content=False
+                )
             except ApiException as e:
                 if e.status != 404:
                     raise
