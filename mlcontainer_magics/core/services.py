@@ -44,8 +44,9 @@ CHUNK = 1 << 16
 class Proxy:
     """A TCP proxy on 127.0.0.1:``port`` (a free one when None) to ``upstream`` (host, port),
     which ``switch`` changes: connections made after it go to the new upstream, those open
-    finish where they were. ``connections`` counts what it passed on: the requests a service
-    answered, since its server closes the connection after each answer (HTTP/1.0)."""
+    finish where they were. ``served[upstream]`` counts the connections passed on: the
+    requests a service answered, since its server closes the connection after each answer
+    (HTTP/1.0)."""
 
     def __init__(self, port: int | None = None, upstream: tuple[str, int] | None = None) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -64,7 +65,7 @@ class Proxy:
         self._sock = sock
         self.port: int = sock.getsockname()[1]
         self.upstream = upstream
-        self.connections = 0
+        self.served: dict[tuple[str, int], int] = {}
         self._open: dict[tuple[str, int], int] = {}  # upstream -> connections still open
         self._changed = threading.Condition()
         self._closed = False
@@ -112,7 +113,7 @@ class Proxy:
             with self._changed:
                 upstream = self.upstream
                 if upstream is not None:
-                    self.connections += 1
+                    self.served[upstream] = self.served.get(upstream, 0) + 1
                     self._open[upstream] = self._open.get(upstream, 0) + 1
             if upstream is None:  # nothing serves yet: refused, as by a closed port
                 client.close()
@@ -209,7 +210,9 @@ class Service:
 
     @property
     def requests(self) -> int | None:
-        return self.proxy.connections if self.proxy is not None else None
+        if self.proxy is None:
+            return None
+        return self.proxy.served.get(upstream_of(self.handle.url) or ("", 0), 0)
 
     def row(self) -> dict:
         return {

@@ -18,7 +18,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from ..errors import SpecError
-from ..runner import WORK_DIR
+from ..runner import DEFAULT_ENTRY, WORK_DIR
 
 NETWORKS = ("bridge", "none")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -34,7 +34,6 @@ MIN_MEMORY = 6 * 1024**2
 MIN_CPUS = 0.01
 # A longer timer overflows in the timer thread, which would silently run without a timeout.
 MAX_TIMEOUT = threading.TIMEOUT_MAX
-DEFAULT_ENTRY = "predict"  # the function a service calls unless --entry names another
 MAX_REPLICAS = 1000
 # An image reference as Docker parses it: [domain[:port]/]path[:tag][@digest], path lowercase.
 _DOMAIN = (
