@@ -199,6 +199,7 @@ class Service:
     services: Services
     backend: str
     url: str  # what users call: the proxy's, or the backend's own where no proxy fronts it
+    entry: str  # the cell's function it serves
     proxy: Proxy | None
     workdir: Path
     store: object = None
@@ -270,6 +271,15 @@ class Registry:
             raise NotFound(f"No service {name!r} runs in this process; running: {here}.")
         _stop(service, grace)
         return service
+
+    def wait(self, every: float = 0.5) -> None:
+        """Block until every service of this process has ended (a KeyboardInterrupt gets
+        through: the joins are short)."""
+        while True:
+            watchers = [s.watcher for s in self.all() if s.watcher is not None]
+            if not watchers:
+                return
+            watchers[0].join(timeout=every)
 
     def stop_all(self, grace: float = 2.0) -> None:
         """Every service at once (at exit: a kernel shutting down waits for none of them long)."""
@@ -402,6 +412,7 @@ def serve(
         services=pool,
         backend=backend.name,
         url=url,
+        entry=spec.serve.entry,
         proxy=own_proxy,
         workdir=started["workdir"],
         store=store,

@@ -147,9 +147,14 @@ def parse_serve(name, *, port=None, entry=None, replicas=None) -> ServeSpec | No
     return ServeSpec(
         name,
         entry,
-        _int_flag("--port", port, 1, 65535),
+        parse_port(port),
         _int_flag("--replicas", replicas, 1, MAX_REPLICAS) or 1,
     )
+
+
+def parse_port(value) -> int | None:
+    """--port: a TCP port, 1-65535; None when not given."""
+    return _int_flag("--port", value, 1, 65535)
 
 
 def _int_flag(flag: str, value, low: int, high: int) -> int | None:

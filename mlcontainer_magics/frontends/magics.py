@@ -87,7 +87,9 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
           %container show ID [--json]        %container logs ID
           %container rerun ID [--verify]     %container diff A B
           %container export ID DIR [--tar]   %container rm ID [ID ...]
-          %container prune                  %container stop SESSION
+          %container prune                  %container stop NAME  (a service or session)
+          %container services               %container logs NAME  (a service's live log)
+          %container serve ID [--name NAME] [--port PORT]
 
         The same verbs run in a terminal as `mlcontainer VERB ...`.
         """
@@ -166,6 +168,18 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         help="Run in a warm session: the container and its state live on between cells.",
     )
     @argument(
+        "--serve",
+        metavar="NAME",
+        help="Serve the cell over HTTP after it has run: POST /predict calls its predict "
+        "function (see --entry), at http://127.0.0.1:PORT, until the kernel ends or "
+        "`%container stop NAME`. Running the cell again replaces the service.",
+    )
+    @argument("--port", help="With --serve: the port on 127.0.0.1 (default: a free one).")
+    @argument("--entry", help="With --serve: the cell's function to serve (default: predict).")
+    @argument(
+        "--replicas", help="With --serve: copies of the service (more than 1: Kubernetes only)."
+    )
+    @argument(
         "--mount",
         nargs="+",
         action="append",
@@ -237,6 +251,9 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
             display(phase, **info)
 
         display.show()
+        if spec.serve is not None:
+            self._serve(spec, backend, args, inputs, secret_values, output, events, display, demux)
+            return
         try:
             outcome = runs.execute(
                 spec,
@@ -270,6 +287,45 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         if self.raise_error and not args.no_raise_error:
             raise error
         print(f"[mlcontainer] {error}", file=sys.stderr)
+
+    def _serve(self, spec, backend, args, inputs, secret_values, output, events, display, demux):
+        """The cell as a service: the display ends "serving" (the service lives on), and
+        the output says where it is and how to call it."""
+        from ..core import services
+        from .commands import served_line
+
+        try:
+            service = services.serve(
+                spec,
+                backend,
+                inputs=inputs,
+                output=output,
+                events=events,
+                rebuild=args.rebuild,
+                store=self.store,
+                context=self._context(),
+                secrets=secret_values,
+            )
+            demux.close()
+            display(
+                Phase.FINISHED,
+                status="serving",
+                message=f"serving {service.name} at {service.url}",
+            )
+        except RunError as e:
+            demux.close()
+            display.close(e)
+            if self.raise_error and not args.no_raise_error:
+                raise
+            print(f"[mlcontainer] {e}", file=sys.stderr)
+            return
+        except BaseException as e:
+            display.close(e)
+            raise
+        finally:
+            demux.close()
+            display.close()
+        print(f"[mlcontainer] {served_line(service)}")
 
     def _spec(self, args, cell: str, volumes=None) -> specs.RunSpec:
         """All validation happens here, before anything is built."""
@@ -320,6 +376,9 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
                     volumes=volumes,
                 ),
                 secrets=specs.parse_secret_names([s for group in args.secret for s in group]),
+                serve=specs.parse_serve(
+                    args.serve, port=args.port, entry=args.entry, replicas=args.replicas
+                ),
             )
         except SpecError as e:
             raise UsageError(str(e)) from None
