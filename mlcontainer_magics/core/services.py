@@ -208,6 +208,9 @@ class Service:
     stopping: bool = False
     replaced_by: str | None = None
     watcher: threading.Thread | None = None
+    # Set once its end is recorded. Waited on rather than joining the watcher: a Ctrl-C
+    # during Thread.join() can mark a live thread as ended (CPython 3.11).
+    ended: threading.Event = field(default_factory=threading.Event)
 
     @property
     def requests(self) -> int | None:
@@ -276,10 +279,10 @@ class Registry:
         """Block until every service of this process has ended (a KeyboardInterrupt gets
         through: the joins are short)."""
         while True:
-            watchers = [s.watcher for s in self.all() if s.watcher is not None]
-            if not watchers:
+            running = self.all()
+            if not running:
                 return
-            watchers[0].join(timeout=every)
+            running[0].ended.wait(timeout=every)
 
     def stop_all(self, grace: float = 2.0) -> None:
         """Every service at once (at exit: a kernel shutting down waits for none of them long)."""
@@ -300,7 +303,7 @@ def _stop(service: Service, grace: float) -> None:
     except MlcError:
         pass  # its watcher records how it ended, whatever stopped it
     if service.watcher is not None and service.watcher is not threading.current_thread():
-        service.watcher.join(timeout=grace + 30)
+        service.ended.wait(timeout=grace + 30)
 
 
 # -- serve -------------------------------------------------------------------------------------
@@ -524,11 +527,12 @@ def _watch(service: Service, registry: Registry) -> None:
         result = service.services.wait(service.handle)
     except MlcError as e:
         result = RunResult(None, "failed", message=str(e))
-    registry.ended(service)
     try:
+        registry.ended(service)
         _record_end(service, result)
     finally:
         shutil.rmtree(service.workdir, ignore_errors=True)
+        service.ended.set()
 
 
 def _record_end(service: Service, result: RunResult) -> None:

@@ -172,7 +172,7 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         metavar="NAME",
         help="Serve the cell over HTTP after it has run: POST /predict calls its predict "
         "function (see --entry), at http://127.0.0.1:PORT, until the kernel ends or "
-        "`%container stop NAME`. Running the cell again replaces the service.",
+        "`%%container stop NAME`. Running the cell again replaces the service.",
     )
     @argument("--port", help="With --serve: the port on 127.0.0.1 (default: a free one).")
     @argument("--entry", help="With --serve: the cell's function to serve (default: predict).")
