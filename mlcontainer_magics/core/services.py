@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..errors import CapabilityMissing, Conflict, MlcError, NotFound, ServiceFailed
@@ -202,7 +202,7 @@ class Service:
     entry: str  # the cell's function it serves
     proxy: Proxy | None
     workdir: Path
-    store: object = None
+    store: Any = None
     mask: Callable[[str], str] = str
     started: float = field(default_factory=time.time)
     stopping: bool = False
@@ -353,8 +353,10 @@ def serve(
     name = spec.serve.name
     old = registry.get(name)
     # The address stays when a service is served again; a port taken is refused before work.
-    reuse = old is not None and old.proxy is not None and spec.serve.port in (None, old.proxy.port)
-    proxy = old.proxy if reuse and old is not None else Proxy(spec.serve.port)
+    if old is not None and old.proxy is not None and spec.serve.port in (None, old.proxy.port):
+        proxy, reuse = old.proxy, True
+    else:
+        proxy, reuse = Proxy(spec.serve.port), False
     started: dict = {}
 
     def start(outcome, workdir, hashing, masker, values) -> bool:
@@ -557,7 +559,7 @@ def _record_end(service: Service, result: RunResult) -> None:
     if service.replaced_by:
         fields["replaced_by"] = service.replaced_by
     try:
-        store.update(service.run_id, **fields)  # type: ignore[attr-defined]
+        store.update(service.run_id, **fields)
     except MlcError:
         pass  # a watcher thread has no one to tell
 

@@ -94,7 +94,7 @@ class DockerServices(Services):
 
     def _until_serving(self, container, stream, timeout, output) -> ServiceFailed | None:
         """Pass on its output until the serving line (None) or its end (the failure)."""
-        chunks = {"stdout": [], "stderr": []}
+        chunks: dict[str, list[str]] = {"stdout": [], "stderr": []}
         decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in chunks}
         pending = ""  # stdout held back to the end of its line: it may be the serving line
         timed_out = threading.Event()
