@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import CapabilityMissing, RunError, SpecError, StoreError, StoreUnavailable
 from ..runner import MESSAGE_PREFIX, VALUES_EXIT, runner_source
@@ -172,21 +173,10 @@ def prepare_workdir(
 Step = Callable[[RunOutcome, Path, transfer.BackgroundDigests, Output, Mapping[str, str]], bool]
 
 
-def execute(
-    spec: RunSpec,
-    backend: Backend,
-    *,
-    inputs: dict | None = None,
-    events: Events = no_events,
-    output: Output | None = None,
-    rebuild: bool = False,
-    store=None,
-    context: dict | None = None,
-    lock: list | None = None,
-    secrets: Mapping[str, str] | None = None,
-    output_digests: Mapping[str, str] | None = None,
-) -> RunOutcome:
+def execute(spec: RunSpec, backend: Backend, **options: Any) -> RunOutcome:
     """Build (or reuse) the environment, run the cell and record the snapshot in ``store``.
+    ``options`` are run_steps' (inputs, events, output, rebuild, store, context, lock,
+    secrets, output_digests).
 
     A failed cell raises nothing (see ``failure``). A run that never reached its container
     (bad base, failed build, interrupt while building) leaves no snapshot behind. ``secrets``
@@ -194,26 +184,13 @@ def execute(
     ``output_digests``: output name -> digest algorithm (a rerun's, as its record has them).
     """
     pool = _sessions_for(spec, backend)
+    store, events = options.get("store"), options.get("events") or no_events
 
     def run_and_collect(outcome, workdir, hashing, masker, values) -> bool:
         _run_and_collect(outcome, pool or backend, workdir, hashing, store, events, masker, values)
         return False
 
-    outcome = run_steps(
-        spec,
-        backend,
-        run_and_collect,
-        inputs=inputs,
-        events=events,
-        output=output,
-        rebuild=rebuild,
-        store=store,
-        context=context,
-        lock=lock,
-        secrets=secrets,
-        output_digests=output_digests,
-        pool=pool,
-    )
+    outcome = run_steps(spec, backend, run_and_collect, pool=pool, **options)
     if store:
         _record_end(store, outcome)
     return outcome

@@ -20,7 +20,6 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -330,24 +329,15 @@ def services_of(backend: Backend, spec: RunSpec) -> Services:
 
 
 def serve(
-    spec: RunSpec,
-    backend: Backend,
-    *,
-    inputs: dict | None = None,
-    events: Events = no_events,
-    output: Output | None = None,
-    store=None,
-    context: dict | None = None,
-    secrets: Mapping[str, str] | None = None,
-    rebuild: bool = False,
-    lock: list | None = None,
-    registry: Registry = REGISTRY,
+    spec: RunSpec, backend: Backend, *, registry: Registry = REGISTRY, **options: Any
 ) -> Service:
     """Run the cell of ``spec`` (with ``spec.serve``) as a service, recorded as a snapshot with
     status "serving"; replaces a service of the same name in ``registry`` once the new one
     answers. A cell that fails (or defines no entry function) raises RunError, its snapshot
     recorded as failed and nothing left running; what fails before its container starts
-    leaves no snapshot."""
+    leaves no snapshot. ``options`` are runs.run_steps' (inputs, events, output, rebuild,
+    store, context, lock, secrets)."""
+    store, events = options.get("store"), options.get("events") or no_events
     assert spec.serve is not None, "a served spec"
     pool = services_of(backend, spec)
     name = spec.serve.name
@@ -385,19 +375,7 @@ def serve(
         return True  # the folder is the service's until it ends
 
     try:
-        outcome = runs.run_steps(
-            spec,
-            backend,
-            start,
-            inputs=inputs,
-            events=events,
-            output=output,
-            rebuild=rebuild,
-            store=store,
-            context=context,
-            lock=lock,
-            secrets=secrets,
-        )
+        outcome = runs.run_steps(spec, backend, start, **options)
     except BaseException:
         if not reuse:
             proxy.close()

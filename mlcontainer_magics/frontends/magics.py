@@ -251,11 +251,8 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
             display(phase, **info)
 
         display.show()
-        if spec.serve is not None:
-            self._serve(spec, backend, args, inputs, secret_values, output, events, display, demux)
-            return
         try:
-            outcome = runs.execute(
+            outcome, service, error = self._run_or_serve(
                 spec,
                 backend,
                 inputs=inputs,
@@ -267,20 +264,29 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
                 secrets=secret_values,
             )
             demux.close()
-            error = runs.outcome_error(outcome)
-            display(
-                Phase.FINISHED,
-                status=error.reason if error else "done",
-                message=str(error) if error else "done",
-                exit_code=outcome.result.exit_code,
-                detail=error.logs if error else "",
-            )
+            if error is not None:
+                display(
+                    Phase.FINISHED,
+                    status=error.reason,
+                    message=str(error),
+                    exit_code=error.exit_code,
+                    detail=error.logs,
+                )
+            elif service is not None:  # it lives on: the display ends saying where
+                display(Phase.FINISHED, status="serving", message=f"serving at {service.url}")
+            else:
+                display(Phase.FINISHED, status="done", message="done", exit_code=0)
         except BaseException as e:
             display.close(e)
             raise
         finally:
             demux.close()
             display.close()
+        if error is None and service is not None:
+            from .commands import served_line
+
+            print(f"[mlcontainer] {served_line(service)}")
+            return
         if error is None:
             self.shell.user_ns.update(outcome.values)
             return
@@ -288,44 +294,19 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
             raise error
         print(f"[mlcontainer] {error}", file=sys.stderr)
 
-    def _serve(self, spec, backend, args, inputs, secret_values, output, events, display, demux):
-        """The cell as a service: the display ends "serving" (the service lives on), and
-        the output says where it is and how to call it."""
+    @staticmethod
+    def _run_or_serve(spec, backend, **kwargs):
+        """(outcome, service, the error to raise): a run's outcome, or a served cell's service
+        (--serve), whose failed cell is a RunError like a run's."""
+        if spec.serve is None:
+            outcome = runs.execute(spec, backend, **kwargs)
+            return outcome, None, runs.outcome_error(outcome)
         from ..core import services
-        from .commands import served_line
 
         try:
-            service = services.serve(
-                spec,
-                backend,
-                inputs=inputs,
-                output=output,
-                events=events,
-                rebuild=args.rebuild,
-                store=self.store,
-                context=self._context(),
-                secrets=secret_values,
-            )
-            demux.close()
-            display(
-                Phase.FINISHED,
-                status="serving",
-                message=f"serving {service.name} at {service.url}",
-            )
+            return None, services.serve(spec, backend, **kwargs), None
         except RunError as e:
-            demux.close()
-            display.close(e)
-            if self.raise_error and not args.no_raise_error:
-                raise
-            print(f"[mlcontainer] {e}", file=sys.stderr)
-            return
-        except BaseException as e:
-            display.close(e)
-            raise
-        finally:
-            demux.close()
-            display.close()
-        print(f"[mlcontainer] {served_line(service)}")
+            return None, None, e
 
     def _spec(self, args, cell: str, volumes=None) -> specs.RunSpec:
         """All validation happens here, before anything is built."""
