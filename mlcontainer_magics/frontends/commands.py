@@ -190,8 +190,8 @@ def stop(name: str, *, store, backends: Backends) -> str:
         sessions = ", ".join(pool.names()) if pool is not None else ""
         serving = ", ".join(r["name"] for r in services.rows(store)) or "none"
         raise NotFound(
-            f"No service or session {name!r} runs; services: {serving}; sessions: "
-            f"{sessions or 'none'}."
+            f"No session {name!r} runs in this kernel, nor a service of that name; "
+            f"sessions: {sessions or 'none'}; services: {serving}."
         ) from None
     # Another process serves it: its watcher sees the container end and records it stopped.
     runs.request_stop(store, backends.for_record(record), record["id"], grace=services.STOP_GRACE)

@@ -68,7 +68,7 @@ class DockerServices(Services):
                 stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
                 container.start()
                 events(Phase.RUNNING, container=container.id[:12])
-                ready = self._until_serving(container, stream, spec.timeout, output)
+                ready = self._until_serving(container, stream, spec.timeout, output, run_id)
                 if ready is not None:
                     raise ready
                 container.reload()
@@ -84,6 +84,7 @@ class DockerServices(Services):
         except BaseException:
             if container is not None:
                 self.backend._remove_or_remember(container)
+            self.backend._stopped.discard(run_id)
             held.close()
             raise
         self._held[run_id] = held
@@ -92,7 +93,7 @@ class DockerServices(Services):
         threading.Thread(target=_drain, args=(stream,), daemon=True).start()
         return handle
 
-    def _until_serving(self, container, stream, timeout, output) -> ServiceFailed | None:
+    def _until_serving(self, container, stream, timeout, output, run_id) -> ServiceFailed | None:
         """Pass on its output until the serving line (None) or its end (the failure)."""
         chunks: dict[str, list[str]] = {"stdout": [], "stderr": []}
         decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in chunks}
@@ -126,7 +127,8 @@ class DockerServices(Services):
         chunks["stdout"].append(pending + decoders["stdout"].decode(b"", final=True))
         code = container.wait(timeout=60)["StatusCode"]
         container.reload()
-        reason = self.backend._reason(code, container.attrs["State"], timed_out.is_set(), "")
+        # "stopped" when the backend's stop(run_id) did it (the widget's Stop, the sidebar)
+        reason = self.backend._reason(code, container.attrs["State"], timed_out.is_set(), run_id)
         stdout, stderr = "".join(chunks["stdout"]), "".join(chunks["stderr"])
         if timed_out.is_set():
             message = f"The service was not ready within {timeout:g} s (--timeout)."
