@@ -126,6 +126,23 @@ class RunError(MlcError):
         self.reason = reason  # error | timeout | oom | interrupted | stopped | killed
 
 
+class ServiceFailed(RunError):
+    """A service's container ended (or never became ready) before it served: the cell raised,
+    or defines no entry function. ``stdout``/``stderr`` hold all it printed."""
+
+    def __init__(
+        self,
+        message: str,
+        exit_code: int | None = None,
+        reason: str = "failed",
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        super().__init__(message, exit_code=exit_code, logs=stderr, reason=reason)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
 class VerificationFailed(MlcError):
     """A rerun did not reproduce the recorded outputs; ``problems`` lists each difference."""
 

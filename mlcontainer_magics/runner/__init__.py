@@ -6,8 +6,11 @@ from pathlib import Path
 
 from . import mlc_runner
 from .mlc_runner import (
+    BODY_TYPES,
     COLLECT_WAIT_ENV,
     COLLECTED,
+    CONTAINER_PORT,
+    DEFAULT_ENTRY,
     END_MARK,
     MARK,
     MESSAGE_PREFIX,
@@ -16,6 +19,7 @@ from .mlc_runner import (
     OUT,
     OUTPUTS_MARK,
     PREFIX,
+    SERVING_MARK,
     STDERR_MARK,
     VALUES_EXIT,
 )
@@ -24,6 +28,8 @@ RUNNER_PATH = Path(__file__).with_name("mlc_runner.py")
 MLC_DIR = MLC  # where the run's folder is mounted in the container
 OUT_DIR = OUT  # the cell's --out values, in files
 RUNNER_COMMAND = ("python", f"{MLC}/runner.py")
+SERVE_PORT = CONTAINER_PORT  # the port a service listens on in its container
+SERVE_COMMAND = (*RUNNER_COMMAND, "--http", str(SERVE_PORT))  # prints SERVING_MARK when ready
 RUN_USER = "1000:1000"  # the unprivileged user cells run as, in every backend
 WORK_DIR = "/work"  # the cell's working directory: the notebook's folder, as far as mounted
 SECRETS_DIR = "/run/secrets"  # --secret NAME is also the file SECRETS_DIR/NAME
@@ -36,9 +42,11 @@ CONTAINER_ENV = {
 }
 
 __all__ = [
+    "BODY_TYPES",
     "COLLECTED",
     "COLLECT_WAIT_ENV",
     "CONTAINER_ENV",
+    "DEFAULT_ENTRY",
     "END_MARK",
     "MARK",
     "MESSAGE_PREFIX",
@@ -50,6 +58,9 @@ __all__ = [
     "RUNNER_COMMAND",
     "RUN_USER",
     "SECRETS_DIR",
+    "SERVE_COMMAND",
+    "SERVE_PORT",
+    "SERVING_MARK",
     "STDERR_MARK",
     "VALUES_EXIT",
     "WORK_DIR",
