@@ -815,8 +815,8 @@ def encode_value(value, want_json=False):
     try:
         text = json.dumps(value, default=_jsonable, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise HttpError(500, "a %s cannot be sent as JSON (%s); return plain data (dicts, lists, "
-                             "numbers, strings, no NaN), bytes, a numpy array or a DataFrame"
+        raise HttpError(500, "a %s cannot be sent as JSON (%s); use plain data (dicts, lists, "
+                             "numbers, strings; no NaN), bytes, a numpy array or a DataFrame"
                         % (type(value).__name__, e))
     return BODY_TYPES["json"], text.encode("utf-8")
 
