@@ -458,8 +458,13 @@ def test_the_client_sends_and_reads_every_format(echo):
     pd.testing.assert_frame_equal(client(frame), frame.assign(b=[15, 18]))
     assert client(b"\x00\x01\x02") == b"\x02\x01\x00"
     assert client(np.int64(7)) == {"echo": 7, "scale": 3}  # numpy scalars go as JSON numbers
+    # What cannot travel is refused before anything is sent, saying why.
     with pytest.raises(SpecError, match="a object cannot be sent as JSON"):
         client(object())
+    with pytest.raises(SpecError, match=r"a float cannot be sent as JSON \(Out of range"):
+        client(float("nan"))
+    with pytest.raises(SpecError, match=f"a DataFrame cannot be sent as {PARQUET} "):
+        client(pd.DataFrame({"a": [1, "x"]}))  # a column of mixed types has no Parquet type
 
 
 def test_an_error_answer_raises_service_error_with_the_remote_traceback(echo):

@@ -807,10 +807,14 @@ def encode_value(value, want_json=False):
         return BODY_TYPES["bytes"], bytes(value)
     if fmt in ("npy", "parquet"):
         buf = io.BytesIO()
-        if fmt == "npy":
-            sys.modules["numpy"].save(buf, value, allow_pickle=False)
-        else:
-            value.to_parquet(buf)
+        try:
+            if fmt == "npy":
+                sys.modules["numpy"].save(buf, value, allow_pickle=False)
+            else:
+                value.to_parquet(buf)
+        except Exception as e:  # e.g. a DataFrame whose column names are not strings
+            raise HttpError(500, "a %s cannot be sent as %s (%s: %s)"
+                            % (type(value).__name__, BODY_TYPES[fmt], type(e).__name__, e))
         return BODY_TYPES[fmt], buf.getvalue()
     try:
         text = json.dumps(value, default=_jsonable, allow_nan=False)
@@ -999,7 +1003,8 @@ def _http_handler(service):
             self.body_read = True
             body = json.dumps({"error": message or explain or "bad request"}).encode("utf-8")
             self.send(code, BODY_TYPES["json"], body)
-            sys.stderr.write("%s %s %d\n" % (self.command, self.path, code))
+            # (a request line too long to read leaves no path)
+            sys.stderr.write("%s %s %d\n" % (self.command, getattr(self, "path", ""), code))
 
         def log_message(self, format, *args):
             pass  # answer() writes the one line per request
