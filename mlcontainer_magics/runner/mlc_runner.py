@@ -888,6 +888,7 @@ def _http_handler(service):
         protocol_version = "HTTP/1.0"  # one answer per connection: a replaced server keeps none
         server_version = "mlcontainer"
         timeout = REQUEST_IDLE
+        disable_nagle_algorithm = True  # headers and body leave at once, not 40 ms apart
 
         def handle(self):
             service.counted(+1)
