@@ -40,6 +40,7 @@ from mlcontainer_magics.runner import (
     SERVE_PORT,
     SERVING_MARK,
     runner_source,
+    serving_line,
 )
 
 NPY, PARQUET = "application/x-npy", "application/vnd.apache.parquet"
@@ -113,10 +114,7 @@ class Served:
         return self._err.read_text("utf-8", "replace")
 
     def serving_line(self) -> dict | None:
-        for line in self.stdout.split("\n"):  # split: the mark holds \x1e, a splitlines boundary
-            if line.startswith(SERVING_MARK):
-                return json.loads(line[len(SERVING_MARK) :])
-        return None
+        return serving_line(self.stdout)
 
     def ready(self, timeout: float = 60.0) -> Served:
         wait_for(lambda: self.serving_line() or self.proc.poll() is not None, timeout)
