@@ -440,6 +440,16 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(start):
     assert "POST /predict 200" in served.stderr
 
 
+def test_a_thread_the_cell_left_running_does_not_hold_the_exit(start):
+    served = start(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(600,)).start()  # not a daemon\n"
+        "def predict(x):\n    return x\n"
+    ).ready()
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.wait(10) == 0
+
+
 # == the client ===================================================================================
 
 

@@ -1075,6 +1075,11 @@ def serve_http(port=CONTAINER_PORT, host="0.0.0.0"):
         sys.stderr.write(MESSAGE_PREFIX + "%d request(s) still running after %g s; "
                                           "exiting anyway\n" % (service.in_flight, DRAIN_SECONDS))
     _flush_streams()
+    # A thread the cell started and never ended (not a daemon) would hold the exit: not long.
+    import threading
+    timer = threading.Timer(EXIT_GRACE, os._exit, (0,))
+    timer.daemon = True
+    timer.start()
     return 0
 
 
