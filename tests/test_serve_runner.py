@@ -421,7 +421,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(start):
         "    return 'slept %s' % seconds\n"
     ).ready()
     answer = {}
-    slow = threading.Thread(target=lambda: answer.update(r=http(served.url, body=b"1.5")))
+    slow = threading.Thread(target=lambda: answer.update(r=http(served.url, body=b"3")))
     slow.start()
     assert wait_for(lambda: "working" in served.stdout, 30)
     served.proc.send_signal(signal.SIGTERM)
@@ -436,7 +436,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(start):
     assert wait_for(refused, 5), "still accepting connections after SIGTERM"
     assert served.proc.poll() is None  # ... but still finishing the request
     slow.join(30)
-    assert answer["r"][::2] == (200, b'"slept 1.5"')
+    assert answer["r"][::2] == (200, b'"slept 3"')
     assert served.wait(10) == 0
     assert "POST /predict 200" in served.stderr
 
