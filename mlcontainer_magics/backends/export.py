@@ -17,14 +17,13 @@ from pathlib import Path
 from ..config import KubernetesConfig
 from ..core.backend import Backend
 from ..core.formatting import format_size
-from ..core.requirements import lock_key
 from ..core.snapshots import spec_from_record
+from ..core.spec import parse_serve, serve_manifest
 from ..errors import SpecError
-from ..runner import runner_source
+from ..runner import SERVE_PORT, runner_source
 from .docker import build as render
 from .kubernetes.export import write_job_manifest, write_service_manifest
 from .kubernetes.objects import settings_from, with_secrets
-from .kubernetes.serving import SERVE_PORT
 
 # -- export -----------------------------------------------------------------------------------
 
@@ -159,31 +158,19 @@ def serve_block(record: dict, name: str | None = None, entry: str | None = None)
     """The manifest's ``serve`` block for serving snapshot ``record``: the name and entry it
     was served with (a service's snapshot), else ``name`` (default: the snapshot's name, or
     its id) and ``entry`` (default ``predict``). SpecError when the cell defines no such
-    function."""
-    served = record.get("service") or {}
-    entry = entry or served.get("entry") or "predict"
-    if not defines(record.get("code") or "", entry):
-        raise SpecError(
-            f"The cell of snapshot {record['id']} defines no function {entry}(...), so there is "
-            f"nothing to serve. Choose the function with --entry NAME, or serve a cell that "
-            f"defines `def {entry}(x): ...`."
-        )
-    return {
-        "name": name or served.get("name") or record.get("name") or record["id"],
-        "entry": entry,
-        "snapshot": record["id"],
-        "lock_digest": lock_digest(record),
-    }
-
-
-def lock_digest(record: dict) -> str:
-    """What the snapshot's environment is (base image, Debian packages, exact pins)."""
-    if record.get("lock_digest"):
-        return record["lock_digest"]
-    key = lock_key(
-        record.get("base_image_id") or "", record.get("apt") or [], record.get("lock") or []
+    function: a snapshot of any run whose cell defines it can be served."""
+    was = (record.get("spec") or {}).get("serve") or record.get("service") or {}
+    serve = parse_serve(
+        name or was.get("name") or record.get("name") or record["id"],
+        entry=entry or was.get("entry"),
     )
-    return f"sha256:{key}"
+    if not defines(record.get("code") or "", serve.entry):
+        raise SpecError(
+            f"The cell of snapshot {record['id']} defines no function {serve.entry}(...), so "
+            "there is nothing to serve. Choose the function with --entry NAME, or serve a cell "
+            f"that defines `def {serve.entry}(x): ...`."
+        )
+    return serve_manifest(serve, record["id"], record.get("lock"))
 
 
 def defines(code: str, name: str) -> bool:
@@ -209,7 +196,8 @@ def defines(code: str, name: str) -> bool:
 
 
 def _recorded_replicas(record: dict) -> int:
-    return int((record.get("service") or {}).get("replicas") or 1)
+    was = (record.get("spec") or {}).get("serve") or record.get("service") or {}
+    return int(was.get("replicas") or 1)
 
 
 def _write_run_folder(

@@ -77,7 +77,7 @@ from .pods import (
     job_suspended,
     pod_progress,
 )
-from .services import ServiceMixin
+from .services import KubernetesServices, ServiceMixin
 
 WATCH_SECONDS = 5  # a watch of the pods is renewed this often; the Job is read again each time
 FINAL_WAIT = 30.0  # after the log ends, how long the pod may take to report its exit
@@ -760,14 +760,24 @@ class KubernetesBackend(ServiceMixin, Backend):
                 return job
             time.sleep(0.1)
 
+    @property
+    def services(self) -> KubernetesServices:
+        """Served cells: a Deployment and a Service per name (services.py)."""
+        if getattr(self, "_services", None) is None:
+            self._services = KubernetesServices(self)
+        return self._services
+
     def stop(self, run_id: str, grace: float = 0) -> bool:
         """Delete the run's Job, found by its labels: its pod gets SIGTERM (the runner exits
-        at once); the Secret goes with the Job, the NetworkPolicy with the pod."""
+        at once); the Secret goes with the Job, the NetworkPolicy with the pod. A served
+        snapshot's Deployment and Service go (whichever process served it)."""
         api, namespace = self.connect()
         with self._cluster_errors("stopping the run", namespace):
             jobs = _jobs_of(api, namespace, run_id)
             if not jobs:
-                return False
+                served = [s for s in self.deployed_services() if s["snapshot"] == run_id]
+                removed = [self.remove_service(s["name"]) for s in served]  # every one
+                return any(removed)
             if run_id in self._active:
                 self._stopped.add(run_id)
             for job in jobs:
@@ -784,7 +794,9 @@ class KubernetesBackend(ServiceMixin, Backend):
         api, namespace = self.connect()
         with self._cluster_errors("listing runs", namespace):
             jobs = _jobs_of(api, namespace, run_id)
-        return any(not job_final(job) for job in jobs)
+        if any(not job_final(job) for job in jobs):
+            return True
+        return any(s["snapshot"] == run_id for s in self.deployed_services())
 
     def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
         """The Jobs of this package in the Kubernetes namespace that have not ended."""

@@ -7,6 +7,9 @@ kubeconfig's credentials (:meth:`ServiceMixin.call_service`).
 
 :class:`ServiceMixin` is part of :class:`KubernetesBackend`: it uses the backend's connection,
 settings and its one boundary for the client's errors (``_cluster_errors``).
+:class:`KubernetesServices` is the backend's side of the services contract (``--serve NAME
+--backend kubernetes``): a service is its Deployment, replaced in place when served again, and
+it ends when the Deployment is deleted or serves another snapshot.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
-from ...core.backend import Environment
-from ...core.events import Events, Phase, no_events
-from ...core.spec import RunSpec
-from ...errors import KubernetesError, NotFound
+from ...core.backend import Environment, RunResult, ServiceHandle, Services
+from ...core.events import Events, Output, Phase, no_events
+from ...core.spec import MAX_REPLICAS, RunSpec
+from ...errors import KubernetesError, MlcError, NotFound, ServiceFailed
+from ...runner import SERVING_MARK
 from . import objects, serving
 from .client import Backoff, connection_errors, connection_problem
 from .client import body_of as _json
@@ -27,6 +32,7 @@ from .client import read_or_none as _get
 from .pods import PULL_PATIENCE, cannot_pull, cannot_schedule, cannot_start, failing_pull
 
 MERGE_PATCH = "application/merge-patch+json"
+WAIT_POLL = 2.0  # seconds between two looks at a service's Deployment, while it serves
 JSON_PATCH = "application/json-patch+json"
 LOG_TAIL = 20  # lines of a crash-looping container's log a failure shows
 CLEANUP_PATIENCE = 5.0
@@ -441,3 +447,144 @@ def _created(create, namespace: str, body: dict) -> bool:
             raise
         return False
     return True
+
+
+# -- the services contract ---------------------------------------------------------------------
+
+
+class KubernetesServices(Services):
+    """``--serve NAME --backend kubernetes``: the Deployment and Service of NAME, with
+    ``--replicas`` pods, reached through the API server's service proxy."""
+
+    max_replicas = MAX_REPLICAS
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self._started: dict[str, str] = {}  # run id -> what its pods printed up to serving
+
+    def start(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir: Path,
+        *,
+        run_id: str,
+        events: Events = no_events,
+        output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> ServiceHandle:
+        from .export import mount_files, payload_files
+
+        assert spec.serve is not None, "a served spec"
+        output = output or (lambda stream, text: None)
+        try:
+            deployed = self.backend.deploy_service(
+                spec,
+                env,
+                {**payload_files(workdir), **mount_files(spec)},
+                run_id=run_id,
+                service=spec.serve.name,
+                entry=spec.serve.entry,
+                replicas=spec.serve.replicas,
+                secrets=secrets,
+                events=events,
+                timeout=spec.timeout,
+            )
+        except RolloutFailed as e:
+            raise ServiceFailed(str(e), reason="failed", stderr=e.logs) from None
+        handle = ServiceHandle(
+            name=spec.serve.name,
+            run_id=run_id,
+            url=deployed.url,
+            backend=self.backend.name,
+            ident=deployed.deployment,
+        )
+        printed = self.logs(handle)
+        self._started[run_id] = printed
+        if printed:
+            output("stdout", printed)
+        return handle
+
+    def _serves(self, handle: ServiceHandle) -> bool | None:
+        """Whether the service's Deployment still runs ``handle``'s snapshot (None: the
+        cluster did not say)."""
+        api, namespace = self.backend.connect()
+        try:
+            with self.backend._cluster_errors("reading the service", namespace):
+                deployment = _get(
+                    api.apps.read_namespaced_deployment,
+                    serving.deployment_name(handle.name),
+                    namespace,
+                )
+        except MlcError:
+            return None
+        if deployment is None:
+            return False
+        notes = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+        return notes.get(objects.ANNOTATION_SNAPSHOT) == handle.run_id
+
+    def wait(self, handle: ServiceHandle) -> RunResult:
+        """Until the Deployment is deleted or rolled to another snapshot (served again)."""
+        backoff = Backoff(WAIT_POLL, 30.0)
+        while True:
+            serves = self._serves(handle)
+            if serves is False:
+                printed = self._started.pop(handle.run_id, "")
+                return RunResult(0, "stopped", printed, container_id=handle.ident)
+            if serves:
+                backoff.reset()
+            backoff.sleep()  # the cluster may be out of reach a while: ask again, less often
+
+    def stop(self, handle: ServiceHandle, grace: float = 10.0) -> bool:
+        """Remove the service's objects while they serve ``handle``'s snapshot (its pods get
+        SIGTERM and finish the requests they have); False when they serve another or none."""
+        if not self._serves(handle):
+            return False
+        return self.backend.remove_service(handle.name)
+
+    def logs(self, handle: ServiceHandle) -> str:
+        """What the pods of ``handle``'s snapshot printed: the cell's output, the serving
+        line's words left out, then a line per request (each pod's under its name when
+        there are several)."""
+        api, namespace = self.backend.connect()
+        snapshot = objects.safe_name(handle.run_id, "label-value")
+        with self.backend._cluster_errors("reading the service's log", namespace):
+            pods = (
+                _json(
+                    api.core.list_namespaced_pod(
+                        namespace,
+                        label_selector=f"{serving.selector_text(handle.name)},"
+                        f"{objects.LABEL_SNAPSHOT}={snapshot}",
+                        _preload_content=False,
+                    )
+                ).get("items")
+                or []
+            )
+            texts = []
+            for pod in pods:
+                name = pod["metadata"]["name"]
+                try:
+                    text = api.core.read_namespaced_pod_log(
+                        name, namespace, container=objects.CONTAINER_NAME
+                    )
+                except Exception:  # not started yet, or gone meanwhile
+                    continue
+                text = "".join(
+                    line for line in text.splitlines(True) if not line.startswith(SERVING_MARK)
+                )
+                texts.append((name, text))
+        if len(texts) == 1:
+            return texts[0][1]
+        return "".join(f"== {name} ==\n{text}" for name, text in texts)
+
+    def running(self) -> list[ServiceHandle]:
+        return [
+            ServiceHandle(
+                name=s["name"],
+                run_id=s["snapshot"] or "",
+                url=s["url"],
+                backend=self.backend.name,
+                ident=serving.deployment_name(s["name"]),
+            )
+            for s in self.backend.deployed_services()
+        ]

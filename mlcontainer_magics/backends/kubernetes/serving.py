@@ -26,11 +26,7 @@ import dataclasses
 
 from ...core.spec import RunSpec
 from ...errors import SpecError
-
-try:
-    from ...runner import SERVE_PORT
-except ImportError:  # until the runner's --http lands (serve-runner)
-    SERVE_PORT = 8080
+from ...runner import SERVE_COMMAND, SERVE_PORT
 from . import objects
 from .objects import K8sSettings
 from .pods import crash_loop, pod_progress
@@ -102,7 +98,7 @@ def serve_container(
     serving: the runner with ``--http``, its port named, probes on /healthz, and a read-only
     root filesystem with /tmp writable."""
     container = objects._container(spec, secret, image, settings, files, claims)
-    container["command"] = [*container["command"], "--http", str(SERVE_PORT)]
+    container["command"] = list(SERVE_COMMAND)
     container["ports"] = [{"name": PORT_NAME, "containerPort": SERVE_PORT, "protocol": "TCP"}]
     probe = {"httpGet": {"path": HEALTH_PATH, "port": PORT_NAME}, "timeoutSeconds": 2}
     container["startupProbe"] = {
