@@ -8,16 +8,15 @@ real runner, called through the API server's service proxy.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -507,10 +506,190 @@ def test_the_fake_refuses_what_the_api_server_refuses(k8s_fake):
     backend.remove_service("ocr")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_the_services_contract_on_the_fake(k8s_fake, tmp_path):
+    """What core.services asks of a backend: start (deployed and rolled out: its handle, the
+    pods' output), logs, running, wait (until it is served again or removed), stop."""
+    from mlcontainer_magics.core.spec import ServeSpec
+
+    k8s_fake.script("mlc-ocr", run=stub_server())
+    backend = backend_for(k8s_fake)
+    pool = backend.services
+    assert pool.max_replicas > 1
+    spec = make_spec(serve=ServeSpec("ocr", replicas=2))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    for name, data in FILES.items():
+        (workdir / name).write_bytes(data)
+    printed = []
+    handle = pool.start(
+        spec, ENV, workdir, run_id="snap-1", output=lambda s, t: printed.append((s, t))
+    )
+    assert handle.url.endswith("/services/mlc-ocr:80/proxy/") and handle.ident == "mlc-ocr"
+    assert "serving" in pool.logs(handle) and ("stdout", pool.logs(handle)) in printed
+    assert [(h.name, h.run_id) for h in pool.running()] == [("ocr", "snap-1")]
+    assert backend.is_running("snap-1")
+    # Served again: the same Deployment rolls; the old handle's wait ends, its stop does nothing.
+    newer = pool.start(spec, ENV, workdir, run_id="snap-2")
+    assert pool.wait(handle).reason == "stopped"
+    assert pool.stop(handle) is False
+    ended = []
+    waiter = threading.Thread(target=lambda: ended.append(pool.wait(newer)))
+    waiter.start()
+    assert backend.stop("snap-2") is True  # as request_stop does, from another process
+    waiter.join(30)
+    assert ended and ended[0].reason == "stopped"
+    assert k8s_fake.list("deployments", NS) == [] and not backend.is_running("snap-2")
 
 
-__all__ = ["free_port", "subprocess", "uuid", "Path"]
+def test_the_services_contract_says_why_a_cell_cannot_serve(k8s_fake, tmp_path):
+    from mlcontainer_magics.core.spec import ServeSpec
+    from mlcontainer_magics.errors import ServiceFailed
+
+    k8s_fake.script("mlc-ocr", scenario="crash_loop", logs=["ZeroDivisionError: boom"])
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    for name, data in FILES.items():
+        (workdir / name).write_bytes(data)
+    with pytest.raises(ServiceFailed, match="crash|CrashLoopBackOff") as e:
+        backend_for(k8s_fake).services.start(
+            make_spec(serve=ServeSpec("ocr")), ENV, workdir, run_id="snap-1"
+        )
+    assert "ZeroDivisionError: boom" in e.value.stderr
+    assert k8s_fake.list("deployments", NS) == []
+
+
+# -- with Docker: plain docker build/run of the export, and pods of the real runner ------------
+
+
+def _docker(*args, check=True, timeout=600):
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {done.returncode}\n{done.stderr}")
+    return done
+
+
+def _call(url, body=None, timeout=5.0):
+    request = urllib.request.Request(
+        url,
+        data=body,
+        headers={"Content-Type": "application/json"} if body is not None else {},
+        method="POST" if body is not None else "GET",
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        return answer.status, json.loads(answer.read())
+
+
+def _until_healthy(url, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _call(url + "/healthz")
+        except (OSError, urllib.error.URLError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+def test_export_serve_builds_and_serves_with_plain_docker(tmp_path, namespace):
+    store, run_id, _ = recorded(
+        tmp_path, code="def predict(values):\n    return [v + x for v in values]\n"
+    )
+    store.update(run_id, env_image="python:3.11-slim")
+    dest = export(store, run_id, tmp_path / "export", None, serve=True)
+    tag = f"mlctest-serve-{run_id}"
+    containers = []
+    try:
+        _docker("build", "-q", "-t", tag, str(dest))
+        for extra in ([], ["--read-only", "--tmpfs", "/tmp"]):  # and as the Deployment runs it
+            cid = _docker(
+                "run",
+                "-d",
+                "-p",
+                "127.0.0.1::8080",
+                "--label",
+                f"org.mlcontainer.namespace={namespace}",
+                *extra,
+                tag,
+            ).stdout.strip()
+            containers.append(cid)
+            port = _docker("port", cid, "8080/tcp").stdout.split(":")[-1].strip()
+            url = f"http://127.0.0.1:{port}"
+            assert _until_healthy(url) == (200, {"status": "ok"})
+            assert _call(url + "/predict", b"[1, 2]") == (200, [42, 43])
+            meta = _call(url + "/metadata")[1]
+            assert (meta["snapshot"], meta["name"], meta["entry"]) == (run_id, "doubler", "predict")
+            assert _docker("exec", cid, "id", "-u").stdout.strip() == "1000"
+            # The image's HEALTHCHECK, as the engine runs it: Python alone, no curl.
+            check = json.loads(
+                _docker("inspect", "--format", "{{json .Config.Healthcheck}}", tag).stdout
+            )
+            assert check["Test"][0] == "CMD" and check["Test"][1] == "python"
+            assert _docker("exec", cid, *check["Test"][1:], check=False).returncode == 0
+    finally:
+        for cid in containers:
+            _docker("rm", "-f", cid, check=False)
+        _docker("rmi", "-f", tag, check=False)
+
+
+def _pushed_tags(client, registry, image_ref):
+    image = client.images.get(image_ref)
+    return [t for t in image.tags if t.startswith(registry.host + "/")]
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+def test_deploy_serves_the_real_runner_through_the_proxy_and_redeploys(
+    k8s_fake, registry, docker_engine, docker_images, namespace, tmp_path, monkeypatch, capsys
+):
+    """`mlcontainer deploy ID --replicas 2`: the image pushed to a real registry, the pods
+    run by the real engine with the real runner serving, called through the fake API server's
+    service proxy; then --replicas 1 patches it in place; then it is removed."""
+    from test_k8s_backend import docker_pod
+
+    from mlcontainer_magics.frontends import cli
+
+    store, run_id, _ = recorded(
+        tmp_path, code="def predict(values):\n    return [v * x for v in values]\n"
+    )
+    store.update(run_id, base_image_id=docker_engine.images.get("python:3.11-slim").id)
+    k8s_fake.script("mlc-", run=docker_pod(docker_engine, namespace, tmp_path, serve=True))
+    monkeypatch.setenv("MLCONTAINER_STORE", str(store.root))
+    monkeypatch.setenv("MLCONTAINER_NAMESPACE", namespace)
+    monkeypatch.setenv("KUBECONFIG", str(k8s_fake.kubeconfig))
+    for key, value in [
+        ("NAMESPACE", NS),
+        ("REGISTRY", registry.host),
+        ("REGISTRY_USERNAME", registry.username),
+        ("REGISTRY_PASSWORD", registry.password),
+    ]:
+        monkeypatch.setenv(f"MLCONTAINER_K8S_{key}", value)
+    backend = backend_for(k8s_fake)
+    try:
+        assert cli.main(["deploy", run_id, "--replicas", "2"]) == 0
+        out = capsys.readouterr().out
+        assert "deployed 'doubler'" in out and "2 replica(s) ready" in out
+        assert "/api/v1/namespaces/mlc/services/mlc-doubler:80/proxy/" in out
+        status, _, body = backend.call_service(
+            "doubler",
+            "predict",
+            method="POST",
+            body=b"[1, 2]",
+            headers={"Content-Type": "application/json"},
+        )
+        assert (status, json.loads(body)) == (200, [41, 82])
+        meta = json.loads(backend.call_service("doubler", "metadata")[2])
+        assert meta["snapshot"] == run_id
+        assert store.get(run_id)["deployed"][0]["replicas"] == 2
+
+        assert cli.main(["deploy", run_id, "--replicas", "1"]) == 0
+        deployment = k8s_fake.get("deployments", "mlc-doubler", NS)
+        assert deployment["spec"]["replicas"] == 1
+        k8s_fake.wait_for(lambda: len(k8s_fake.list("pods", NS)) == 1, timeout=60)
+        assert backend.call_service("doubler", "healthz")[0] == 200
+    finally:
+        with contextlib.suppress(Exception):
+            backend.remove_service("doubler")
+        k8s_fake.wait_for(lambda: not k8s_fake.list("pods", NS), timeout=60)
+        docker_images.extend(_pushed_tags(docker_engine, registry, "python:3.11-slim"))

@@ -1,7 +1,8 @@
 """A snapshot as artifacts other tools run: a plain Docker build context that rebuilds the
 environment offline and reruns the cell, and (``--k8s``) a Kubernetes Job manifest. With
 ``--serve`` the image serves the cell's function over HTTP instead (``runner.py --http``), and
-``--k8s`` writes the Deployment and Service that serve it on a cluster.
+``--k8s`` writes the Deployment and Service that serve it on a cluster; ``deploy_snapshot``
+applies those on the cluster itself (``mlcontainer deploy``).
 
 It draws on both backends (the Docker build's pure renderers, the Kubernetes object builders)
 and asks the snapshot's backend only for what the contract declares (wheels, a saved image).
@@ -11,12 +12,18 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
+import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import KubernetesConfig
 from ..core.backend import Backend
+from ..core.events import no_events
 from ..core.formatting import format_size
+from ..core.secrets import resolve
 from ..core.snapshots import spec_from_record
 from ..core.spec import parse_serve, serve_manifest
 from ..errors import SpecError
@@ -299,3 +306,61 @@ def _write_data(staging: Path, inputs: list[dict], copy: bool) -> None:
                 shutil.copy2(source, target)
     lines += ["", "Copied into `data/`." if copy else "Not copied: mount them when you run it."]
     (staging / "DATA.md").write_text("\n".join(lines) + "\n")
+
+
+# -- deploy -----------------------------------------------------------------------------------
+
+
+def deploy_snapshot(
+    store,
+    ref: str,
+    backend,
+    *,
+    name: str | None = None,
+    entry: str | None = None,
+    replicas: int | None = None,
+    events=no_events,
+    secrets_file: str | None = None,
+):
+    """Serve snapshot ``ref``'s cell on a cluster (``backend``: a KubernetesBackend) as a
+    Deployment of ``replicas`` pods (default: as it was served, else 1) and a Service: its
+    environment built from the recorded lock where the image is gone and pushed where the
+    registry lacks it, then created or patched (a rollout) and waited for. The record notes
+    where it is deployed. Returns the DeployedService; RolloutFailed says why it cannot."""
+    record = store.get(ref)
+    serving = serve_block(record, name, entry)
+    replicas = parse_serve(serving["name"], replicas=replicas).replicas if replicas else None
+    spec = spec_from_record(record)
+    # What a served cell cannot have (check_serve) means nothing to a Deployment: a run's --out
+    # values stay in its pods, its session was this kernel's.
+    spec = replace(spec, outputs=(), session=None, network="bridge", serve=None)
+    values = resolve(spec.secrets, os.environ, secrets_file)
+    backend.check_mounts(spec)
+    env = backend.ensure_environment(spec.env_spec, events=events, lock=record.get("lock") or None)
+    from .kubernetes.export import mount_files, payload_files
+
+    with tempfile.TemporaryDirectory(prefix="mlc-deploy-") as folder:
+        mlc = Path(folder) / "mlc"
+        _write_run_folder(mlc, record, spec, store.artifacts_dir(record["id"]), serving)
+        files = {**payload_files(mlc), **mount_files(spec)}
+    deployed = backend.deploy_service(
+        spec,
+        env,
+        files,
+        run_id=record["id"],
+        service=serving["name"],
+        entry=serving["entry"],
+        replicas=replicas or _recorded_replicas(record),
+        secrets=values,
+        events=events,
+    )
+    target = backend.target()
+    here = {**deployed.to_dict(), "context": target.get("context"), "at": time.time()}
+    kept = [
+        d
+        for d in store.get(record["id"]).get("deployed") or []
+        if (d.get("context"), d.get("namespace"), d.get("name"))
+        != (here["context"], here["namespace"], here["name"])
+    ]
+    store.update(record["id"], deployed=[*kept, here])
+    return deployed

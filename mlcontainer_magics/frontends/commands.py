@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 
 from ..backends import BACKENDS, Backends
-from ..backends.export import export
+from ..backends.export import deploy_snapshot, export
 from ..config import KubernetesConfig
 from ..core import runs, services, snapshots, verbs
-from ..core.spec import parse_port
+from ..core.spec import parse_port, parse_serve
 from ..errors import NotFound, SpecError, VerificationFailed
 
 
@@ -53,6 +53,27 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
     p.add_argument("dest", metavar="DIR")
     p.add_argument("--tar", action="store_true", help="also write the image (docker save)")
     p.add_argument("--k8s", action="store_true", help="also write a Kubernetes Job manifest")
+    # -- export --serve, deploy (served cells as artifacts and on a cluster) --
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="the image serves the cell's function on port 8080 (with --k8s: service.yaml, a "
+        "Deployment and a Service, instead of the Job)",
+    )
+    p.add_argument("--name", help="with --serve: the service's name (default: as served, or ID)")
+    p.add_argument("--entry", help="with --serve: the function to serve (default: predict)")
+    p.add_argument("--replicas", help="with --serve --k8s: pods of the Deployment (default: 1)")
+
+    p = sub.add_parser(
+        "deploy",
+        help="serve a snapshot's cell on Kubernetes (a Deployment and a Service), or change its "
+        "replicas; waits for the rollout",
+    )
+    p.add_argument("ref", metavar="ID")
+    p.add_argument("--replicas", help="pods serving it (default: as served, else 1)")
+    p.add_argument("--name", help="the service's name (default: as served, or the snapshot's)")
+    p.add_argument("--entry", help="the cell's function to serve (default: as served, predict)")
+    # -- end of export --serve, deploy --
 
     p = sub.add_parser("rm", help="remove snapshots")
     p.add_argument("refs", nargs="+", metavar="ID")
@@ -136,8 +157,16 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
             k8s=args.k8s,
             k8s_config=KubernetesConfig(parent=backends.settings),
             data_limit=backends.settings.export_data_limit,
+            **export_serve_options(args),
         )
+        if args.serve:
+            return (
+                f"exported to {dest}: docker build -t service {dest} && "
+                "docker run --rm -p 127.0.0.1:8080:8080 service (README.md says how to call it)"
+            )
         return f"exported to {dest}: docker build -t snapshot {dest} && docker run --rm snapshot"
+    if args.command == "deploy":
+        return deploy(args, store=store, backends=backends, output=output)
     if args.command == "stop":
         return stop(args.name, store=store, backends=backends)
     if args.command == "prune":
@@ -196,3 +225,52 @@ def stop(name: str, *, store, backends: Backends) -> str:
     # Another process serves it: its watcher sees the container end and records it stopped.
     runs.request_stop(store, backends.for_record(record), record["id"], grace=services.STOP_GRACE)
     return f"stopped service {name} (snapshot {record['id']})"
+
+
+# -- export --serve, deploy ---------------------------------------------------------------------
+
+
+def export_serve_options(args) -> dict:
+    """export's --serve options; refused without --serve, where they mean nothing."""
+    given = [f"--{k}" for k in ("name", "entry", "replicas") if getattr(args, k, None)]
+    if not args.serve:
+        if given:
+            raise SpecError(f"{', '.join(given)}: only with --serve; add --serve.")
+        return {}
+    replicas = parse_serve("x", replicas=args.replicas).replicas if args.replicas else None
+    return {"serve": True, "service": args.name, "entry": args.entry, "replicas": replicas}
+
+
+def deploy(args, *, store, backends: Backends, output=None) -> str:
+    """`deploy ID`: the snapshot's cell served on the configured cluster (KubernetesConfig)."""
+    record = store.get(args.ref)
+    recorded = record.get("backend") == "kubernetes"
+    backend = backends.get(
+        "kubernetes",
+        namespace=record.get("namespace"),
+        target=(record.get("target") or None) if recorded else None,
+    )
+    say = (lambda text: output("stdout", text + "\n")) if output else (lambda text: None)
+
+    def events(phase, **info):
+        if info.get("message"):
+            say(f"{phase}: {info['message']}")
+
+    deployed = deploy_snapshot(
+        store,
+        record["id"],
+        backend,
+        name=args.name,
+        entry=args.entry,
+        replicas=args.replicas,
+        events=events,
+        secrets_file=backends.settings.secrets_file,
+    )
+    ns, name = deployed.namespace, deployed.deployment
+    return (
+        f"deployed {deployed.name!r} (snapshot {deployed.snapshot}): {deployed.replicas} "
+        f"replica(s) ready, deployment/{name} and service/{name} in namespace {ns}.\n"
+        f"Through the API server (with your kubeconfig's credentials): {deployed.url}\n"
+        f"Or: kubectl port-forward -n {ns} service/{name} 8080:80, then POST to "
+        f"http://127.0.0.1:8080/{deployed.entry}"
+    )
