@@ -1292,6 +1292,25 @@ class FakeKubernetes:
 
         self._update("jobs", namespace, name, resume)
 
+    def _never_pull(self, namespace, pod_name, image, message, status: dict, sleep) -> None:
+        """The kubelet failing to pull ``image`` for ever: ErrImagePull, then ImagePullBackOff,
+        again and again (``status``: the container's status but its state)."""
+        pulls = 0
+        while True:
+            sleep(self.step * 3)
+            pulls += 1
+            state = (
+                {"reason": "ErrImagePull", "message": message}
+                if pulls % 2
+                else {
+                    "reason": "ImagePullBackOff",
+                    "message": f'Back-off pulling image "{image}": ErrImagePull: {message}',
+                }
+            )
+            self._set_pod(
+                namespace, pod_name, containerStatuses=[{**status, "state": {"waiting": state}}]
+            )
+
     def _kubelet_forgets(self, namespace: str, pod_name: str) -> None:
         """A pod marked for deletion goes once its container has ended."""
         with self._cond:
@@ -1485,23 +1504,7 @@ class FakeKubernetes:
                 f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
                 f'failed to resolve reference "{image}": not found'
             )
-            pulls = 0
-            while True:
-                clock.sleep(self.step * 3)
-                pulls += 1
-                state = (
-                    {"reason": "ErrImagePull", "message": message}
-                    if pulls % 2
-                    else {
-                        "reason": "ImagePullBackOff",
-                        "message": f'Back-off pulling image "{image}": ErrImagePull: {message}',
-                    }
-                )
-                self._set_pod(
-                    namespace,
-                    pod_name,
-                    containerStatuses=[{**waiting, "state": {"waiting": state}}],
-                )
+            self._never_pull(namespace, pod_name, image, message, waiting, clock.sleep)
         # The kubelet mounts Secret volumes and resolves env before the container starts.
         shown = None
         while True:
@@ -2093,25 +2096,14 @@ class FakeKubernetes:
                 f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
                 f'failed to resolve reference "{image}": not found'
             )
-            pulls = 0
-            while True:
-                self._pod_sleep(namespace, pod_name, self.step * 3, container)
-                pulls += 1
-                state = (
-                    {"reason": "ErrImagePull", "message": message}
-                    if pulls % 2
-                    else {
-                        "reason": "ImagePullBackOff",
-                        "message": f'Back-off pulling image "{image}": ErrImagePull: {message}',
-                    }
-                )
-                self._set_pod(
-                    namespace,
-                    pod_name,
-                    containerStatuses=[
-                        {**base, "restartCount": 0, "lastState": {}, "state": {"waiting": state}}
-                    ],
-                )
+            self._never_pull(
+                namespace,
+                pod_name,
+                image,
+                message,
+                {**base, "restartCount": 0, "lastState": {}},
+                lambda seconds: self._pod_sleep(namespace, pod_name, seconds, container),
+            )
         while self._container_config_problem(namespace, pod) is not None:
             self._pod_sleep(namespace, pod_name, self.step, container)
         self._pod_sleep(namespace, pod_name, scenario.pending_seconds, container)

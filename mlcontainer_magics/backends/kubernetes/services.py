@@ -186,15 +186,8 @@ class ServiceMixin:
                         f"No service {service!r} is deployed in namespace {namespace} "
                         f"(no Deployment {name}); deploy it with `mlcontainer deploy ID`."
                     )
-                pods = (
-                    _json(
-                        api.core.list_namespaced_pod(
-                            namespace,
-                            label_selector=serving.selector_text(service),
-                            _preload_content=False,
-                        )
-                    ).get("items")
-                    or []
+                pods = _listed(
+                    api.core.list_namespaced_pod, namespace, serving.selector_text(service)
                 )
                 rollout = serving.rollout_progress(deployment, pods)
                 if not wait or rollout.state == "done":
@@ -301,14 +294,7 @@ class ServiceMixin:
         """Delete the service's payload Secrets but ``keep``: True if any was there."""
         from kubernetes.client.rest import ApiException
 
-        listed = (
-            _json(
-                api.core.list_namespaced_secret(
-                    namespace, label_selector=serving.selector_text(service), _preload_content=False
-                )
-            ).get("items")
-            or []
-        )
+        listed = _listed(api.core.list_namespaced_secret, namespace, serving.selector_text(service))
         for secret in listed:
             if secret["metadata"]["name"] == keep:
                 continue
@@ -326,16 +312,10 @@ class ServiceMixin:
         image, url."""
         api, namespace = self.connect()
         with self._cluster_errors("listing services", namespace):
-            items = (
-                _json(
-                    api.apps.list_namespaced_deployment(
-                        namespace,
-                        label_selector=f"{serving.LABEL_COMPONENT}=service,"
-                        f"{objects.LABEL_MANAGED_BY}={objects.MANAGED_BY}",
-                        _preload_content=False,
-                    )
-                ).get("items")
-                or []
+            items = _listed(
+                api.apps.list_namespaced_deployment,
+                namespace,
+                f"{serving.LABEL_COMPONENT}=service,{objects.LABEL_MANAGED_BY}={objects.MANAGED_BY}",
             )
         out = []
         for d in items:
@@ -392,6 +372,14 @@ class ServiceMixin:
                 f"({connection_problem(e)}); check that the cluster is running."
             ) from None
         return answer.status, dict(answer.headers), answer.data
+
+
+def _listed(list_call, namespace: str, selector: str) -> list[dict]:
+    """The objects a list call finds by ``selector``, as dicts."""
+    return (
+        _json(list_call(namespace, label_selector=selector, _preload_content=False)).get("items")
+        or []
+    )
 
 
 def _cannot(service: str, why: str) -> str:
@@ -549,16 +537,10 @@ class KubernetesServices(Services):
         api, namespace = self.backend.connect()
         snapshot = objects.safe_name(handle.run_id, "label-value")
         with self.backend._cluster_errors("reading the service's log", namespace):
-            pods = (
-                _json(
-                    api.core.list_namespaced_pod(
-                        namespace,
-                        label_selector=f"{serving.selector_text(handle.name)},"
-                        f"{objects.LABEL_SNAPSHOT}={snapshot}",
-                        _preload_content=False,
-                    )
-                ).get("items")
-                or []
+            pods = _listed(
+                api.core.list_namespaced_pod,
+                namespace,
+                f"{serving.selector_text(handle.name)},{objects.LABEL_SNAPSHOT}={snapshot}",
             )
             texts = []
             for pod in pods:
