@@ -50,6 +50,7 @@ from mlcontainer_magics.runner import (
     RUNNER_PATH,
     STDERR_MARK,
     mlc_runner,
+    runner_source,
 )
 
 kubernetes = pytest.importorskip("kubernetes")
@@ -242,7 +243,7 @@ def test_a_run_creates_secret_and_job_streams_and_leaves_the_job_for_its_ttl(
     assert result.container_id.startswith("mlc-run-1-")
     # The pod got the run's folder from the Secret, and the one-stream mode.
     assert seen["files"]["/mlc/cell.py"] == spec.code.encode()
-    assert b"def main()" in seen["files"]["/mlc/runner.py"]
+    assert seen["files"]["/mlc/runner.py"] == runner_source()
     assert json.loads(seen["files"]["/mlc/manifest.json"])["outputs"] == []
     assert seen["env"]["MLC_ONE_STREAM"] == "1" and seen["env"]["MODE"] == "test"
     assert seen["env"]["API_TOKEN"] == "s3"  # by reference to the Secret, never in the Job

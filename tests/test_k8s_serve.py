@@ -693,3 +693,73 @@ def test_deploy_serves_the_real_runner_through_the_proxy_and_redeploys(
             backend.remove_service("doubler")
         k8s_fake.wait_for(lambda: not k8s_fake.list("pods", NS), timeout=60)
         docker_images.extend(_pushed_tags(docker_engine, registry, "python:3.11-slim"))
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+def test_containerize_serve_on_kubernetes_rolls_out_replaces_and_stops(
+    ip, k8s_fake, registry, docker_engine, docker_images, namespace, tmp_path, capsys
+):
+    """%%containerize --serve NAME --backend kubernetes: the cell's pods on the real engine,
+    its snapshot recorded as serving with the proxy URL; served again, the same Deployment
+    rolls to the new snapshot (the old one recorded as replaced); stopped, nothing is left."""
+    from test_k8s_backend import docker_pod
+
+    from mlcontainer_magics.core import services
+
+    k8s_fake.script("mlc-", run=docker_pod(docker_engine, namespace, tmp_path, serve=True))
+    for key, value in [
+        ("kubeconfig", str(k8s_fake.kubeconfig)),
+        ("k8s_namespace", NS),
+        ("registry", registry.host),
+        ("registry_username", registry.username),
+        ("registry_password", registry.password),
+    ]:
+        ip.run_line_magic("config", f"KubernetesConfig.{key} = {value!r}")
+    store = ip.magics_manager.registry["ContainerizeMagics"].store
+    backend = backend_for(k8s_fake)
+    cell = "print('loading', k)\ndef predict(values):\n    return [v * k for v in values]\n"
+    try:
+        ip.user_ns["k"] = 3
+        ip.run_cell_magic(
+            "containerize", "--serve k8s-triple --backend kubernetes --replicas 2 --in k", cell
+        )
+        first = services.REGISTRY.get("k8s-triple")
+        assert first is not None and first.url.endswith("/services/mlc-k8s-triple:80/proxy/")
+        assert "loading 3" in capsys.readouterr().out
+        record = store.get(first.run_id)
+        assert record["status"] == "serving" and record["service"]["replicas"] == 2
+        answer = backend.call_service(
+            "k8s-triple",
+            "predict",
+            method="POST",
+            body=b"[1, 2]",
+            headers={"Content-Type": "application/json"},
+        )
+        assert json.loads(answer[2]) == [3, 6]
+
+        ip.user_ns["k"] = 4
+        ip.run_cell_magic(
+            "containerize", "--serve k8s-triple --backend kubernetes --replicas 2 --in k", cell
+        )
+        second = services.REGISTRY.get("k8s-triple")
+        assert second.run_id != first.run_id
+        answer = backend.call_service(
+            "k8s-triple",
+            "predict",
+            method="POST",
+            body=b"[1]",
+            headers={"Content-Type": "application/json"},
+        )
+        assert json.loads(answer[2]) == [4]
+        first.ended.wait(30)
+        old = store.get(first.run_id)
+        assert (old["status"], old.get("replaced_by")) == ("stopped", second.run_id)
+        assert len(k8s_fake.list("deployments", NS)) == 1
+    finally:
+        if services.REGISTRY.get("k8s-triple") is not None:
+            services.REGISTRY.stop("k8s-triple")
+        k8s_fake.wait_for(lambda: not k8s_fake.list("pods", NS), timeout=60)
+        docker_images.extend(_pushed_tags(docker_engine, registry, "python:3.11-slim"))
+    assert store.get(second.run_id)["status"] == "stopped"
+    assert k8s_fake.list("deployments", NS) == [] and k8s_fake.list("services", NS) == []
