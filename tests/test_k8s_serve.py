@@ -332,7 +332,7 @@ def test_deploy_creates_waits_serves_through_the_proxy_and_removes(k8s_fake):
     backend = backend_for(k8s_fake)
     phases = []
     deployed = deploy(backend, replicas=2, events=lambda phase, **info: phases.append(phase))
-    assert deployed.url == k8s_fake.url + "/api/v1/namespaces/mlc/services/mlc-ocr:80/proxy/"
+    assert deployed.url == k8s_fake.url + "/api/v1/namespaces/mlc/services/mlc-ocr:80/proxy"
     deployment = k8s_fake.get("deployments", "mlc-ocr", NS)
     status = deployment["status"]
     assert status["availableReplicas"] == status["updatedReplicas"] == 2
@@ -350,7 +350,7 @@ def test_deploy_creates_waits_serves_through_the_proxy_and_removes(k8s_fake):
     )
     assert (status_code, json.loads(body)) == (200, [2, 4])
     assert backend.call_service("ocr", "healthz")[0] == 200
-    unauthenticated = urllib.request.Request(deployed.url + "healthz")
+    unauthenticated = urllib.request.Request(deployed.url + "/healthz")
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(unauthenticated)
     assert e.value.code == 401
@@ -524,14 +524,17 @@ def test_the_services_contract_on_the_fake(k8s_fake, tmp_path):
     handle = pool.start(
         spec, ENV, workdir, run_id="snap-1", output=lambda s, t: printed.append((s, t))
     )
-    assert handle.url.endswith("/services/mlc-ocr:80/proxy/") and handle.ident == "mlc-ocr"
-    assert "serving" in pool.logs(handle) and ("stdout", pool.logs(handle)) in printed
+    assert handle.url.endswith("/services/mlc-ocr:80/proxy") and handle.ident == "mlc-ocr"
+    assert printed == [("stdout", "serving\n")]  # one pod's output, up to serving
+    assert pool.logs(handle).count("serving\n") == 2  # each pod's, under its name
     assert [(h.name, h.run_id) for h in pool.running()] == [("ocr", "snap-1")]
     assert backend.is_running("snap-1")
-    # Served again: the same Deployment rolls; the old handle's wait ends, its stop does nothing.
+    # Served again: the same Deployment rolls; stopping the old handle lets it go (its wait
+    # ends) and removes nothing: the new snapshot serves on.
     newer = pool.start(spec, ENV, workdir, run_id="snap-2")
+    assert pool.stop(handle) is True
     assert pool.wait(handle).reason == "stopped"
-    assert pool.stop(handle) is False
+    assert k8s_fake.get("deployments", "mlc-ocr", NS) is not None
     ended = []
     waiter = threading.Thread(target=lambda: ended.append(pool.wait(newer)))
     waiter.start()
@@ -670,7 +673,7 @@ def test_deploy_serves_the_real_runner_through_the_proxy_and_redeploys(
         assert cli.main(["deploy", run_id, "--replicas", "2"]) == 0
         out = capsys.readouterr().out
         assert "deployed 'doubler'" in out and "2 replica(s) ready" in out
-        assert "/api/v1/namespaces/mlc/services/mlc-doubler:80/proxy/" in out
+        assert "/api/v1/namespaces/mlc/services/mlc-doubler:80/proxy" in out
         status, _, body = backend.call_service(
             "doubler",
             "predict",
@@ -725,7 +728,7 @@ def test_containerize_serve_on_kubernetes_rolls_out_replaces_and_stops(
             "containerize", "--serve k8s-triple --backend kubernetes --replicas 2 --in k", cell
         )
         first = services.REGISTRY.get("k8s-triple")
-        assert first is not None and first.url.endswith("/services/mlc-k8s-triple:80/proxy/")
+        assert first is not None and first.url.endswith("/services/mlc-k8s-triple:80/proxy")
         assert "loading 3" in capsys.readouterr().out
         record = store.get(first.run_id)
         assert record["status"] == "serving" and record["service"]["replicas"] == 2

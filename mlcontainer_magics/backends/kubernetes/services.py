@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +35,9 @@ from .pods import PULL_PATIENCE, cannot_pull, cannot_schedule, cannot_start, fai
 
 MERGE_PATCH = "application/merge-patch+json"
 WAIT_POLL = 2.0  # seconds between two looks at a service's Deployment, while it serves
+# A service whose Deployment rolled to another snapshot (served again) ends when whoever served
+# it again stops it (the core, once the new one answers), or after this many seconds.
+REPLACED_GRACE = 60.0
 JSON_PATCH = "application/json-patch+json"
 LOG_TAIL = 20  # lines of a crash-looping container's log a failure shows
 CLEANUP_PATIENCE = 5.0
@@ -342,7 +347,7 @@ class ServiceMixin:
         credentials: see call_service)."""
         api, namespace = self.connect()
         host = api.client.configuration.host.rstrip("/")
-        return host + serving.proxy_path(namespace, service)
+        return host + serving.proxy_path(namespace, service).rstrip("/")
 
     def call_service(
         self,
@@ -372,6 +377,9 @@ class ServiceMixin:
                 f"({connection_problem(e)}); check that the cluster is running."
             ) from None
         return answer.status, dict(answer.headers), answer.data
+
+
+_PROBE = re.compile(rf'^"?GET {serving.HEALTH_PATH} 200 ')  # the kubelet's, in the access log
 
 
 def _listed(list_call, namespace: str, selector: str) -> list[dict]:
@@ -449,6 +457,7 @@ class KubernetesServices(Services):
     def __init__(self, backend) -> None:
         self.backend = backend
         self._started: dict[str, str] = {}  # run id -> what its pods printed up to serving
+        self._let_go: dict[str, threading.Event] = {}  # run id -> set by stop()
 
     def start(
         self,
@@ -487,15 +496,15 @@ class KubernetesServices(Services):
             backend=self.backend.name,
             ident=deployed.deployment,
         )
-        printed = self.logs(handle)
+        printed = self.logs(handle, until_serving=True)
         self._started[run_id] = printed
         if printed:
             output("stdout", printed)
         return handle
 
-    def _serves(self, handle: ServiceHandle) -> bool | None:
-        """Whether the service's Deployment still runs ``handle``'s snapshot (None: the
-        cluster did not say)."""
+    def _serves(self, handle: ServiceHandle) -> str | None:
+        """Whether the service's Deployment runs ``handle``'s snapshot: "this", "other" (it
+        was served again), "gone", or None (the cluster did not say)."""
         api, namespace = self.backend.connect()
         try:
             with self.backend._cluster_errors("reading the service", namespace):
@@ -507,33 +516,46 @@ class KubernetesServices(Services):
         except MlcError:
             return None
         if deployment is None:
-            return False
+            return "gone"
         notes = deployment["spec"]["template"]["metadata"].get("annotations") or {}
-        return notes.get(objects.ANNOTATION_SNAPSHOT) == handle.run_id
+        return "this" if notes.get(objects.ANNOTATION_SNAPSHOT) == handle.run_id else "other"
 
     def wait(self, handle: ServiceHandle) -> RunResult:
-        """Until the Deployment is deleted or rolled to another snapshot (served again)."""
+        """Until the Deployment is deleted, or rolled to another snapshot (served again) and
+        this one let go (``stop``)."""
+        let_go = self._let_go.setdefault(handle.run_id, threading.Event())
         backoff = Backoff(WAIT_POLL, 30.0)
         while True:
             serves = self._serves(handle)
-            if serves is False:
+            if serves == "other":
+                let_go.wait(REPLACED_GRACE)
+            if serves in ("gone", "other"):
+                self._let_go.pop(handle.run_id, None)
                 printed = self._started.pop(handle.run_id, "")
                 return RunResult(0, "stopped", printed, container_id=handle.ident)
-            if serves:
+            if serves is not None:
                 backoff.reset()
-            backoff.sleep()  # the cluster may be out of reach a while: ask again, less often
+            if let_go.wait(backoff.next()):  # the cluster may be out of reach a while
+                let_go.clear()
 
     def stop(self, handle: ServiceHandle, grace: float = 10.0) -> bool:
         """Remove the service's objects while they serve ``handle``'s snapshot (its pods get
         SIGTERM and finish the requests they have); False when they serve another or none."""
-        if not self._serves(handle):
+        serves = self._serves(handle)
+        if serves == "other":  # served again: its pods are gone already
+            self._let_go.setdefault(handle.run_id, threading.Event()).set()
+            return True
+        if serves != "this":
             return False
-        return self.backend.remove_service(handle.name)
+        removed = self.backend.remove_service(handle.name)
+        self._let_go.setdefault(handle.run_id, threading.Event()).set()
+        return removed
 
-    def logs(self, handle: ServiceHandle) -> str:
+    def logs(self, handle: ServiceHandle, until_serving: bool = False) -> str:
         """What the pods of ``handle``'s snapshot printed: the cell's output, the serving
-        line's words left out, then a line per request (each pod's under its name when
-        there are several)."""
+        line's words left out, then a line per request but the kubelet's probes (each pod's
+        under its name when there are several). ``until_serving``: the cell's output, of one
+        pod."""
         api, namespace = self.backend.connect()
         snapshot = objects.safe_name(handle.run_id, "label-value")
         with self.backend._cluster_errors("reading the service's log", namespace):
@@ -551,8 +573,12 @@ class KubernetesServices(Services):
                     )
                 except Exception:  # not started yet, or gone meanwhile
                     continue
+                if until_serving:
+                    return text.split(SERVING_MARK, 1)[0]
                 text = "".join(
-                    line for line in text.splitlines(True) if not line.startswith(SERVING_MARK)
+                    line
+                    for line in text.splitlines(True)
+                    if not line.startswith(SERVING_MARK) and not _PROBE.match(line)
                 )
                 texts.append((name, text))
         if len(texts) == 1:
