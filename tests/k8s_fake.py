@@ -700,17 +700,16 @@ class FakeKubernetes:
                 return obj
             created = self._put(resource, obj, "ADDED")
         if resource == "deployments":
-            self._start_deployment(namespace, name)
+            self._spawn(self._drive_deployment, (namespace, name), f"deployment-{name}")
         if resource == "jobs":
-            thread = threading.Thread(
-                target=self._drive_job,
-                args=(namespace, name),
-                name=f"k8s-fake-job-{name}",
-                daemon=True,
-            )
-            thread.start()
-            self._threads.append(thread)
+            self._spawn(self._drive_job, (namespace, name), f"job-{name}")
         return created
+
+    def _spawn(self, target, args: tuple, name: str) -> None:
+        """A thread of the fake's controllers (stopped with the fake: they watch for it)."""
+        thread = threading.Thread(target=target, args=args, name=f"k8s-fake-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _validate(self, resource: str, obj: dict) -> None:
         name = obj["metadata"]["name"]
@@ -1771,16 +1770,6 @@ class FakeKubernetes:
             port.setdefault("targetPort", port["port"])
         service["status"] = {"loadBalancer": {}}
 
-    def _start_deployment(self, namespace: str, name: str) -> None:
-        thread = threading.Thread(
-            target=self._drive_deployment,
-            args=(namespace, name),
-            name=f"k8s-fake-deployment-{name}",
-            daemon=True,
-        )
-        thread.start()
-        self._threads.append(thread)
-
     def _drive_deployment(self, namespace: str, name: str) -> None:
         """The Deployment controller for one Deployment, until it is deleted."""
         progress: dict = {}
@@ -2018,16 +2007,12 @@ class FakeKubernetes:
             "spec": copy.deepcopy(template["spec"]),
             "status": {"phase": "Pending", "qosClass": _qos(template["spec"])},
         }
-        self._put("pods", pod, "ADDED")
+        with self._cond:  # not for a ReplicaSet deleted meanwhile: its pod would be orphaned
+            if (namespace, rs_name) not in self._objects["replicasets"]:
+                return
+            self._put("pods", pod, "ADDED")
         scenario = self._scenario_for(deployment["metadata"]["name"])
-        thread = threading.Thread(
-            target=self._drive_replica_pod,
-            args=(namespace, name, scenario),
-            name=f"k8s-fake-pod-{name}",
-            daemon=True,
-        )
-        thread.start()
-        self._threads.append(thread)
+        self._spawn(self._drive_replica_pod, (namespace, name, scenario), f"pod-{name}")
 
     def _drive_replica_pod(self, namespace: str, pod_name: str, scenario: Scenario) -> None:
         container = _Container()

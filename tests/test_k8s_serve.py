@@ -321,6 +321,13 @@ def stub_server(answers=None):
     return container
 
 
+def post_json(backend, service: str, body: bytes):
+    """POST ``body`` (JSON) to the service's /predict through the API server's proxy."""
+    return backend.call_service(
+        service, "predict", method="POST", body=body, headers={"Content-Type": "application/json"}
+    )
+
+
 def deploy(backend, run_id="snap-1", service="ocr", replicas=1, **kw):
     return backend.deploy_service(
         make_spec(), ENV, FILES, run_id=run_id, service=service, replicas=replicas, **kw
@@ -341,13 +348,7 @@ def test_deploy_creates_waits_serves_through_the_proxy_and_removes(k8s_fake):
     assert k8s_fake.get("secrets", "mlc-ocr-snap-1", NS) is not None
     assert phases[0] == "starting" and phases[-1] == "running"
     # Through the API server's service proxy, with the kubeconfig's credentials.
-    status_code, headers, body = backend.call_service(
-        "ocr",
-        "predict",
-        method="POST",
-        body=b"[1, 2]",
-        headers={"Content-Type": "application/json"},
-    )
+    status_code, headers, body = post_json(backend, "ocr", b"[1, 2]")
     assert (status_code, json.loads(body)) == (200, [2, 4])
     assert backend.call_service("ocr", "healthz")[0] == 200
     unauthenticated = urllib.request.Request(deployed.url + "/healthz")
@@ -674,13 +675,7 @@ def test_deploy_serves_the_real_runner_through_the_proxy_and_redeploys(
         out = capsys.readouterr().out
         assert "deployed 'doubler'" in out and "2 replica(s) ready" in out
         assert "/api/v1/namespaces/mlc/services/mlc-doubler:80/proxy" in out
-        status, _, body = backend.call_service(
-            "doubler",
-            "predict",
-            method="POST",
-            body=b"[1, 2]",
-            headers={"Content-Type": "application/json"},
-        )
+        status, _, body = post_json(backend, "doubler", b"[1, 2]")
         assert (status, json.loads(body)) == (200, [41, 82])
         meta = json.loads(backend.call_service("doubler", "metadata")[2])
         assert meta["snapshot"] == run_id
@@ -732,13 +727,7 @@ def test_containerize_serve_on_kubernetes_rolls_out_replaces_and_stops(
         assert "loading 3" in capsys.readouterr().out
         record = store.get(first.run_id)
         assert record["status"] == "serving" and record["service"]["replicas"] == 2
-        answer = backend.call_service(
-            "k8s-triple",
-            "predict",
-            method="POST",
-            body=b"[1, 2]",
-            headers={"Content-Type": "application/json"},
-        )
+        answer = post_json(backend, "k8s-triple", b"[1, 2]")
         assert json.loads(answer[2]) == [3, 6]
 
         ip.user_ns["k"] = 4
@@ -747,13 +736,7 @@ def test_containerize_serve_on_kubernetes_rolls_out_replaces_and_stops(
         )
         second = services.REGISTRY.get("k8s-triple")
         assert second.run_id != first.run_id
-        answer = backend.call_service(
-            "k8s-triple",
-            "predict",
-            method="POST",
-            body=b"[1]",
-            headers={"Content-Type": "application/json"},
-        )
+        answer = post_json(backend, "k8s-triple", b"[1]")
         assert json.loads(answer[2]) == [4]
         first.ended.wait(30)
         old = store.get(first.run_id)
