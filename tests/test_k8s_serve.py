@@ -279,6 +279,34 @@ def test_export_of_a_service_keeps_its_name_and_entry(tmp_path):
     assert "replicas: 3" in (dest / "service.yaml").read_text()
 
 
+def test_export_serve_options_only_with_serve(tmp_path, monkeypatch, capsys):
+    from mlcontainer_magics.frontends import cli
+
+    store, run_id, _ = recorded(tmp_path)
+    monkeypatch.setenv("MLCONTAINER_STORE", str(store.root))
+    assert cli.main(["export", run_id, str(tmp_path / "a"), "--entry", "predict"]) != 0
+    assert "--entry: only with --serve; add --serve." in capsys.readouterr().err
+    assert cli.main(["export", run_id, str(tmp_path / "b"), "--serve", "--replicas", "0"]) != 0
+    assert "--replicas '0': use a number from 1" in capsys.readouterr().err
+    assert cli.main(["export", run_id, str(tmp_path / "c"), "--serve", "--name", "dbl"]) == 0
+    assert "docker run --rm -p 127.0.0.1:8080:8080" in capsys.readouterr().out
+    assert "# Service dbl: snapshot" in (tmp_path / "c" / "README.md").read_text()
+
+
+def test_deploy_without_a_registry_says_how_to_set_one_and_makes_nothing(
+    k8s_fake, tmp_path, monkeypatch, capsys
+):
+    from mlcontainer_magics.frontends import cli
+
+    store, run_id, _ = recorded(tmp_path)
+    monkeypatch.setenv("MLCONTAINER_STORE", str(store.root))
+    monkeypatch.setenv("KUBECONFIG", str(k8s_fake.kubeconfig))
+    monkeypatch.delenv("MLCONTAINER_K8S_REGISTRY", raising=False)
+    assert cli.main(["deploy", run_id]) != 0
+    assert "KubernetesConfig.registry" in capsys.readouterr().err
+    assert not [r for r in k8s_fake.requests if r["method"] != "GET"]
+
+
 # -- deploy against the fake ----------------------------------------------------------------
 
 
