@@ -24,6 +24,7 @@ import pytest
 from conftest import NAMESPACE, STORE, wait_for
 from mlcontainer_magics.core import services, verbs
 from mlcontainer_magics.core.events import Phase
+from mlcontainer_magics.core.proxy import Proxy, upstream_of
 from mlcontainer_magics.errors import CapabilityMissing, Conflict, NotFound, RunError
 from mlcontainer_magics.frontends.display import RunStatus, apply, text_lines
 
@@ -85,14 +86,14 @@ def get(url, path="/", body=None, ctype="application/json", accept=None, timeout
 
 def test_proxy_passes_requests_and_switches_without_cutting_one_in_flight():
     with local_server("a") as a, local_server("b") as b:
-        proxy = services.Proxy(upstream=a)
+        proxy = Proxy(upstream=a)
         try:
             assert get(proxy.url)[2] == b"a"
             assert get(proxy.url, body=b"x" * 300_000)[2] == b"x" * 300_000  # larger than a chunk
             slow = {}
             t = threading.Thread(target=lambda: slow.update(answer=get(proxy.url, "/slow")))
             t.start()
-            assert wait_for(lambda: proxy._open.get(a), timeout=5)
+            assert wait_for(lambda: proxy.served.get(a) == 3, timeout=5)  # the slow one is in
             assert proxy.switch(b) == a
             assert get(proxy.url)[2] == b"b"  # new connections: the new upstream
             assert not proxy.drain(a, timeout=0.01)  # the slow one is still open...
@@ -112,10 +113,10 @@ def test_proxy_refuses_a_port_in_use_and_closes_connections_with_no_upstream():
     taken.listen(1)
     try:
         with pytest.raises(Conflict, match=r"in use.*another --port"):
-            services.Proxy(taken.getsockname()[1])
+            Proxy(taken.getsockname()[1])
     finally:
         taken.close()
-    proxy = services.Proxy()
+    proxy = Proxy()
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
             assert s.recv(10) == b""  # closed at once: nothing serves yet
@@ -127,7 +128,7 @@ def test_proxy_refuses_a_port_in_use_and_closes_connections_with_no_upstream():
 def test_proxy_passes_a_half_close_on():
     """A client that shuts its sending side after the request still gets the answer."""
     with local_server("a") as a:
-        proxy = services.Proxy(upstream=a)
+        proxy = Proxy(upstream=a)
         try:
             with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
@@ -148,7 +149,7 @@ def test_proxy_passes_a_half_close_on():
     ],
 )
 def test_what_the_proxy_can_front(url, upstream):
-    assert services.upstream_of(url) == upstream
+    assert upstream_of(url) == upstream
 
 
 def test_services_table_and_status_line():

@@ -72,13 +72,16 @@ class DockerServices(Services):
                 if ready is not None:
                     raise ready
                 container.reload()
-                port = container.attrs["NetworkSettings"]["Ports"][f"{SERVE_PORT}/tcp"][0]
+                network = container.attrs["NetworkSettings"]
+                port = network["Ports"][f"{SERVE_PORT}/tcp"][0]
+                ip = network.get("IPAddress") or ""
                 handle = ServiceHandle(
                     name=spec.serve.name,
                     run_id=run_id,
                     url=f"http://{HOST}:{port['HostPort']}",
                     backend="docker",
                     ident=container.id,
+                    direct=f"http://{ip}:{SERVE_PORT}" if ip else "",
                     ref=container,
                 )
         except BaseException:
