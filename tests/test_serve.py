@@ -152,6 +152,19 @@ def test_what_the_proxy_can_front(url, upstream):
     assert upstream_of(url) == upstream
 
 
+def test_a_served_spec_survives_its_record():
+    from mlcontainer_magics.core import snapshots
+    from mlcontainer_magics.core import spec as specs
+
+    spec = specs.RunSpec(
+        code="def predict(x): return x",
+        env_spec=specs.EnvSpec("python:3.11-slim"),
+        serve=specs.parse_serve("ocr", port="8123", entry="predict", replicas="2"),
+    )
+    record = json.loads(json.dumps({"id": "abc", "spec": spec.to_dict()}))
+    assert snapshots.spec_from_record(record) == spec
+
+
 def test_services_table_and_status_line():
     rows = [
         {"name": "ocr", "url": "http://127.0.0.1:5000", "snapshot": "abc", "requests": 3,
