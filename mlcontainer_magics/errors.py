@@ -143,6 +143,20 @@ class ServiceFailed(RunError):
         self.stderr = stderr
 
 
+class ServiceError(MlcError):
+    """A served cell answered a call with an error; ``status`` is the HTTP status (None: no
+    answer) and ``payload`` its JSON (``error``, and for a 500 ``type`` and ``traceback``)."""
+
+    def __init__(self, message: str, status: int | None = None, payload=None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.payload = payload or {}
+
+
+class ServiceUnavailable(ServiceError, Unavailable):
+    """A served cell did not answer at all: not running, unreachable, or too slow."""
+
+
 class VerificationFailed(MlcError):
     """A rerun did not reproduce the recorded outputs; ``problems`` lists each difference."""
 

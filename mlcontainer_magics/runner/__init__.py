@@ -2,6 +2,9 @@
 the protocol the host speaks with it: defined once, in the runner, and re-exported here.
 """
 
+from __future__ import annotations
+
+import json
 from pathlib import Path
 
 from . import mlc_runner
@@ -66,8 +69,20 @@ __all__ = [
     "WORK_DIR",
     "mlc_runner",
     "runner_source",
+    "serving_line",
 ]
 
 
 def runner_source() -> bytes:
     return RUNNER_PATH.read_bytes()
+
+
+def serving_line(stdout: str) -> dict | None:
+    """What a service's serving line says ({"port", "entry", "signature"}), if ``stdout`` (its
+    output so far) has it: the server is ready then."""
+    # split, not splitlines(): the marks hold \x1e, a line boundary to splitlines; the last
+    # piece is a line still being written
+    for line in stdout.split("\n")[:-1]:
+        if line.startswith(SERVING_MARK):
+            return json.loads(line[len(SERVING_MARK) :])
+    return None

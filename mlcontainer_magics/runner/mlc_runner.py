@@ -807,16 +807,20 @@ def encode_value(value, want_json=False):
         return BODY_TYPES["bytes"], bytes(value)
     if fmt in ("npy", "parquet"):
         buf = io.BytesIO()
-        if fmt == "npy":
-            sys.modules["numpy"].save(buf, value, allow_pickle=False)
-        else:
-            value.to_parquet(buf)
+        try:
+            if fmt == "npy":
+                sys.modules["numpy"].save(buf, value, allow_pickle=False)
+            else:
+                value.to_parquet(buf)
+        except Exception as e:  # e.g. a DataFrame whose column names are not strings
+            raise HttpError(500, "a %s cannot be sent as %s (%s: %s)"
+                            % (type(value).__name__, BODY_TYPES[fmt], type(e).__name__, e))
         return BODY_TYPES[fmt], buf.getvalue()
     try:
         text = json.dumps(value, default=_jsonable, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise HttpError(500, "a %s cannot be sent as JSON (%s); return plain data (dicts, lists, "
-                             "numbers, strings, no NaN), bytes, a numpy array or a DataFrame"
+        raise HttpError(500, "a %s cannot be sent as JSON (%s); use plain data (dicts, lists, "
+                             "numbers, strings; no NaN), bytes, a numpy array or a DataFrame"
                         % (type(value).__name__, e))
     return BODY_TYPES["json"], text.encode("utf-8")
 
@@ -884,6 +888,7 @@ def _http_handler(service):
         protocol_version = "HTTP/1.0"  # one answer per connection: a replaced server keeps none
         server_version = "mlcontainer"
         timeout = REQUEST_IDLE
+        disable_nagle_algorithm = True  # headers and body leave at once, not 40 ms apart
 
         def handle(self):
             service.counted(+1)
@@ -999,7 +1004,8 @@ def _http_handler(service):
             self.body_read = True
             body = json.dumps({"error": message or explain or "bad request"}).encode("utf-8")
             self.send(code, BODY_TYPES["json"], body)
-            sys.stderr.write("%s %s %d\n" % (self.command, self.path, code))
+            # (a request line too long to read leaves no path)
+            sys.stderr.write("%s %s %d\n" % (self.command, getattr(self, "path", ""), code))
 
         def log_message(self, format, *args):
             pass  # answer() writes the one line per request
@@ -1069,6 +1075,11 @@ def serve_http(port=CONTAINER_PORT, host="0.0.0.0"):
         sys.stderr.write(MESSAGE_PREFIX + "%d request(s) still running after %g s; "
                                           "exiting anyway\n" % (service.in_flight, DRAIN_SECONDS))
     _flush_streams()
+    # A thread the cell started and never ended (not a daemon) would hold the exit: not long.
+    import threading
+    timer = threading.Timer(EXIT_GRACE, os._exit, (0,))
+    timer.daemon = True
+    timer.start()
     return 0
 
 
