@@ -14,7 +14,7 @@ from ...core.backend import Environment, RunResult, ServiceHandle, Services
 from ...core.events import Events, Output, Phase, no_events
 from ...core.spec import RunSpec
 from ...errors import ServiceFailed
-from ...runner import SERVE_COMMAND, SERVE_PORT, SERVING_MARK
+from ...runner import SERVE_COMMAND, SERVE_PORT, SERVING_MARK, serving_line
 from .engine import LABEL, engine_errors, quietly, translated
 
 HOST = "127.0.0.1"  # never published on other interfaces: the kernel's proxy is the way in
@@ -118,7 +118,7 @@ class DockerServices(Services):
                 pending += decoders["stdout"].decode(out)
                 *lines, pending = pending.split("\n")
                 for line in lines:
-                    if line.startswith(SERVING_MARK):
+                    if serving_line(line + "\n") is not None:
                         if pending:
                             output("stdout", pending)
                         return None
