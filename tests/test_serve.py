@@ -71,6 +71,10 @@ def local_server(name):
         server.server_close()
 
 
+# This machine's own addresses: never through a proxy the environment may name.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def get(url, path="/", body=None, ctype="application/json", accept=None, timeout=30.0):
     """(status, content type, body) of one request."""
     headers = {"Content-Type": ctype} if body is not None else {}
@@ -78,7 +82,7 @@ def get(url, path="/", body=None, ctype="application/json", accept=None, timeout
         headers["Accept"] = accept
     request = urllib.request.Request(url + path, data=body, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
+        with _DIRECT.open(request, timeout=timeout) as r:
             return r.status, r.headers.get_content_type(), r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get_content_type(), e.read()
@@ -280,6 +284,10 @@ def test_served_model_answers_like_the_model_in_the_cell(model):
     status, ctype, body = get(model["url"], "/predict", buf.getvalue(), "application/x-npy")
     assert (status, ctype) == (200, "application/x-npy")
     assert np.load(io.BytesIO(body)).tolist() == model["expected"]
+    import mlcontainer_magics
+
+    sk = mlcontainer_magics.service("sk")  # as the cell's output says to call it
+    assert sk(model["X_test"]).tolist() == model["expected"]
     meta = json.loads(get(model["url"], "/metadata")[2])
     assert meta["snapshot"] == model["run_id"] and meta["name"] == "sk"
     assert meta["signature"] == "predict(x)"
