@@ -416,6 +416,11 @@ def test_reserving_replaces_without_a_gap_and_stop_leaves_nothing(docker_client)
         second.run_id
     ]
     assert pid  # each container's own process
+    with pytest.raises(RunError, match="failed") as broken:  # a broken new version...
+        _serve(shell, "--serve echo", "predict = undefined_name")
+    assert "NameError" in broken.value.logs
+    assert services.REGISTRY.get("echo") is second  # ... leaves the one that serves
+    assert json.loads(get(url, "/predict", b"4")[2])["x"] == 4
     shell.run_line_magic("container", "stop echo")
     assert _service_containers(docker_client, "echo") == []
     assert _store().get(second.run_id)["status"] == "stopped"
@@ -558,24 +563,32 @@ def _published(container) -> str:
     return container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
 
 
+def _cli(*argv, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _served_by_cli(cli, name):
+    """(url, snapshot id) from the line `mlcontainer serve` prints once it serves."""
+    line = ""
+    while f"service {name!r} at" not in line:
+        line = cli.stdout.readline()
+        assert line or cli.poll() is None, cli.stderr.read()
+    return line.split(" at ", 1)[1].split()[0], line.split("(snapshot ", 1)[1].split(",")[0]
+
+
 @docker
 @pytest.mark.usefixtures("no_leaks")
 def test_mlcontainer_serve_serves_a_snapshot_again_until_interrupted(docker_client):
     proc, (run_id, _) = _serve_in_process("original", "exit")
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "serve", run_id[:8],
-         "--name", "again"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    cli = _cli("serve", run_id[:8], "--name", "again")
     try:
-        line = ""
-        while "service 'again' at" not in line:
-            line = cli.stdout.readline()
-            assert line or cli.poll() is None, cli.stderr.read()
-        url = line.split(" at ", 1)[1].split()[0]
-        new_id = line.split("(snapshot ", 1)[1].split(",")[0]
+        url, new_id = _served_by_cli(cli, "again")
         assert json.loads(get(url, "/predict", b"3")[2])["x"] == 3
         record = _store().get(new_id)
         assert record["status"] == "serving" and record["rerun_of"] == run_id
@@ -587,3 +600,36 @@ def test_mlcontainer_serve_serves_a_snapshot_again_until_interrupted(docker_clie
             cli.kill()
     assert _service_containers(docker_client, "again") == []
     assert _store().get(new_id)["status"] == "stopped"
+
+
+@docker
+@pytest.mark.usefixtures("no_leaks")
+def test_mlcontainer_stop_stops_a_service_another_process_serves(docker_client):
+    proc, (run_id, _) = _serve_in_process("first", "exit")
+    cli = _cli("serve", run_id, "--name", "elsewhere")
+    try:
+        url, new_id = _served_by_cli(cli, "elsewhere")
+        listed = subprocess.run(
+            [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "services"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        row = next(r for r in listed.stdout.splitlines() if r.startswith("elsewhere "))
+        assert row.split()[1:4] == [url, new_id, "-"]  # its requests are the other's to count
+        stop = subprocess.run(
+            [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "stop", "elsewhere"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert stop.returncode == 0 and f"stopped service elsewhere (snapshot {new_id})" in (
+            stop.stdout
+        ), stop.stderr
+        assert cli.wait(timeout=60) == 0  # its one service ended: `serve` is done
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    record = _store().get(new_id)
+    assert record["status"] == "stopped" and record["reason"] == "stopped"
+    assert _service_containers(docker_client, "elsewhere") == []

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from ..errors import CapabilityMissing, MlcError, NotFound, ServiceFailed
+from ..errors import CapabilityMissing, Conflict, MlcError, NotFound, ServiceFailed
 from . import runs, snapshots
 from .backend import Backend, RunResult, ServiceHandle, Services
 from .events import Events, Output, Phase, no_events
@@ -231,6 +231,11 @@ def serve(
             proxy.close()
         raise
     handle: ServiceHandle = started["handle"]
+    if reuse and proxy.closed:  # the old one ended meanwhile, and its proxy with it
+        try:
+            proxy = Proxy(proxy.port)
+        except Conflict:  # taken since: the address changes, the service comes up all the same
+            proxy = Proxy()
     target = reachable(handle.direct) or upstream_of(handle.url)
     if target is None:  # served where a TCP proxy cannot front it (a cluster's API proxy)
         if not reuse:

@@ -15,7 +15,7 @@ from ...core.events import Events, Output, Phase, no_events
 from ...core.spec import RunSpec
 from ...errors import ServiceFailed
 from ...runner import SERVE_COMMAND, SERVE_PORT, SERVING_MARK, serving_line
-from .engine import LABEL, engine_errors, quietly, translated
+from .engine import LABEL, engine_errors, translated
 
 HOST = "127.0.0.1"  # never published on other interfaces: the kernel's proxy is the way in
 
@@ -181,10 +181,7 @@ class DockerServices(Services):
         if container is None:
             return False
         self.backend._stopped.add(handle.run_id)
-        if grace:
-            quietly(container.stop, timeout=max(1, round(grace)))
-        else:
-            quietly(container.kill)
+        self.backend.end_container(container, grace)
         return True
 
     @translated("reading the service's log")
