@@ -111,6 +111,25 @@ def test_proxy_passes_requests_and_switches_without_cutting_one_in_flight():
             get(proxy.url, timeout=2)
 
 
+def test_a_closed_proxy_frees_its_port_at_once_and_finishes_what_it_has():
+    with local_server("a") as a:
+        proxy = Proxy(upstream=a)
+        slow = {}
+        t = threading.Thread(target=lambda: slow.update(answer=get(proxy.url, "/slow")))
+        t.start()
+        assert wait_for(lambda: proxy.served.get(a) == 1, timeout=5)
+        started = time.monotonic()
+        proxy.close()
+        assert time.monotonic() - started < 0.4  # not waiting for the slow one
+        again = Proxy(proxy.port, upstream=a)  # the same address, for what comes next
+        try:
+            assert get(again.url)[2] == b"a"
+        finally:
+            again.close()
+        t.join()
+        assert slow["answer"][2] == b"a"
+
+
 def test_proxy_refuses_a_port_in_use_and_closes_connections_with_no_upstream():
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))

@@ -70,6 +70,7 @@ class Proxy:
         self._open: dict[Address, int] = {}  # upstream -> connections still open
         self._changed = threading.Condition()
         self._closed = False
+        self._unbound = threading.Event()  # the port is free again
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()  # close() wakes the loop through it
         self._sel.register(sock, selectors.EVENT_READ, self._accept)
@@ -110,7 +111,7 @@ class Proxy:
             pass
         if threading.current_thread() is not self._thread:
             # The port is free once close() returns: a service served again may take it.
-            self._thread.join(timeout=5)
+            self._unbound.wait(timeout=5)
 
     # -- the loop (its thread only) -------------------------------------------------------------
 
@@ -121,6 +122,7 @@ class Proxy:
                 if listening and self._closed:
                     self._sel.unregister(self._sock)
                     self._sock.close()
+                    self._unbound.set()
                     listening = False
                     if not self._links:
                         break
@@ -134,6 +136,7 @@ class Proxy:
                 link.close()
             if listening:
                 self._sock.close()
+                self._unbound.set()
             self._sel.close()
             self._wake_r.close()
             self._wake_w.close()
