@@ -522,6 +522,45 @@ def test_bad_combinations_are_refused_before_any_work(docker_client):
     assert services.REGISTRY.get("p") is None
 
 
+@docker
+@pytest.mark.usefixtures("no_leaks")
+def test_a_service_keeps_its_secrets_while_it_serves_and_masks_them_in_its_log(
+    docker_client, monkeypatch
+):
+    token = "tok-" + os.urandom(8).hex()
+    monkeypatch.setenv("SERVE_TOKEN", token)
+    shell = _shell()
+    cell = (
+        "import os\nprint('token', os.environ['SERVE_TOKEN'])\n"
+        "def predict(x):\n    return open('/run/secrets/SERVE_TOKEN').read() == x\n"
+    )
+    printed = _serve(shell, "--serve secretive --secret SERVE_TOKEN", cell)
+    assert token not in printed and "token ***" in printed
+    service = services.REGISTRY.get("secretive")
+    (container,) = _service_containers(docker_client, "secretive")
+    (folder,) = [
+        m["Source"] for m in container.attrs["Mounts"] if m["Destination"] == "/run/secrets"
+    ]
+    # read at a request, long after the cell ran: the file is there as long as the service
+    assert json.loads(get(service.url, "/predict", json.dumps(token).encode())[2]) is True
+    shell.run_line_magic("container", "stop secretive")
+    record = _store().get(service.run_id)
+    assert "token ***" in record["stdout"] and token not in json.dumps(record)
+    assert not os.path.exists(folder)
+
+
+@docker
+@pytest.mark.usefixtures("no_leaks")
+def test_a_cell_slower_than_its_timeout_never_serves(docker_client):
+    shell = _shell()
+    started = time.monotonic()
+    with pytest.raises(RunError, match=r"Stopped after 2 s \(--timeout\)") as late:
+        _serve(shell, "--serve late --timeout 2", "import time\ntime.sleep(60)\n" + ECHO_CELL)
+    assert late.value.reason == "timeout" and time.monotonic() - started < 30
+    assert _service_containers(docker_client, "late") == []
+    assert services.REGISTRY.get("late") is None
+
+
 _SERVE_AND_EXIT = """
 import sys
 from mlcontainer_magics.backends.docker.backend import DockerBackend
