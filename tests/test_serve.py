@@ -388,6 +388,14 @@ def test_the_published_port_is_bound_to_127_0_0_1_only(model, docker_client):
     assert {p["HostIp"] for p in published} == {"127.0.0.1"}
     assert container.name.startswith(f"{NAMESPACE}-service-sk-")
     assert container.labels[f"{LABEL}.run"] == model["run_id"]
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+
+    backend = DockerBackend(namespace=NAMESPACE)
+    listed = {h.name: h for h in backend.services.running()}
+    assert listed["sk"].run_id == model["run_id"]
+    assert listed["sk"].url == f"http://127.0.0.1:{published[0]['HostPort']}"
+    assert model["run_id"] not in [r.id for r in backend.running()]  # a service, not a run
+    assert backend.is_running(model["run_id"])
     other = _bridge_address(docker_client)
     for port in (int(published[0]["HostPort"]), int(model["url"].rsplit(":", 1)[1])):
         assert get(f"http://127.0.0.1:{port}", "/healthz")[0] == 200
