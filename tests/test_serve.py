@@ -206,6 +206,13 @@ def test_services_table_and_status_line():
     assert text_lines(s, after) == ["[mlcontainer] serving ocr at http://x:1"]
     end = apply(after, Phase.FINISHED, {"status": "serving", "message": "serving"}, now=2)
     assert end.state == "serving" and text_lines(after, end) == []
+    pytest.importorskip("ipywidgets")
+    from mlcontainer_magics.frontends.display import WidgetView
+
+    view = WidgetView(None)
+    view.render(end, now=3)
+    assert 'data-status="serving"' in view.badge.value
+    assert 'href="http://x:1"' in view.snapshot.value and "abc" in view.snapshot.value
 
 
 # -- on the engine ------------------------------------------------------------------------------
