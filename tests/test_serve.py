@@ -615,6 +615,35 @@ def test_a_process_that_exits_stops_its_services(docker_client):
 
 @docker
 @pytest.mark.usefixtures("no_leaks")
+def test_a_kernel_that_shuts_down_stops_its_services(docker_client):
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", env=dict(os.environ))
+    try:
+        kc.execute_interactive("%load_ext mlcontainer_magics", timeout=60)
+        msg_id = kc.execute(f"%%containerize --serve kern\n{ECHO_CELL}")
+        printed = ""
+        while True:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                printed += msg["content"]["text"]
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        assert "service 'kern' at http://127.0.0.1:" in printed, printed
+        (container,) = _service_containers(docker_client, "kern")
+        run_id = container.labels[f"{LABEL}.run"]
+        assert _store().get(run_id)["status"] == "serving"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()  # as Jupyter does: the kernel exits, its atexit handlers run
+    assert _service_containers(docker_client, "kern") == []
+    assert _store().get(run_id)["status"] == "stopped"
+
+
+@docker
+@pytest.mark.usefixtures("no_leaks")
 def test_prune_removes_the_services_of_a_process_that_died(docker_client):
     from mlcontainer_magics.backends.docker.backend import DockerBackend
     from mlcontainer_magics.core import snapshots
