@@ -129,8 +129,13 @@ class Proxy:
                 for key, mask in self._sel.select():
                     if key.data is None:
                         self._wake_r.recv(64)
-                    else:
+                        continue
+                    try:
                         key.data(key.fileobj, mask)
+                    except Exception:  # one connection's trouble must not end the others'
+                        link = getattr(key.data, "__self__", None)
+                        if isinstance(link, _Link):
+                            link.close()
         finally:
             for link in list(self._links):
                 link.close()
