@@ -445,6 +445,7 @@ def test_reserving_replaces_without_a_gap_and_stop_leaves_nothing(docker_client)
     assert json.loads(get(url, "/predict", b"2")[2])["x"] == 2
     old = _store().get(first.run_id)
     assert old["status"] == "stopped" and old["replaced_by"] == second.run_id
+    assert old["name"] == "echo" and _store().get("echo")["id"] == second.run_id  # the newest
     assert "loading" in old["stdout"] and "GET /healthz 200" in old["stderr"]
     assert [c.labels[f"{LABEL}.run"] for c in _service_containers(docker_client, "echo")] == [
         second.run_id
@@ -695,6 +696,7 @@ def test_mlcontainer_serve_serves_a_snapshot_again_until_interrupted(docker_clie
         record = _store().get(new_id)
         assert record["status"] == "serving" and record["rerun_of"] == run_id
         assert record["service"]["name"] == "again" and record["code"] == ECHO_CELL
+        assert record["name"] == "again"  # was "original", the old service's (by default)
         cli.send_signal(signal.SIGINT)
         assert cli.wait(timeout=60) == 0
     finally:

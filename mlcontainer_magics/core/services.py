@@ -190,6 +190,8 @@ def serve(
     store, events = options.get("store"), options.get("events") or no_events
     assert spec.serve is not None, "a served spec"
     pool = services_of(backend, spec)
+    if spec.name is None:  # its snapshots go by its name: `mlcontainer serve NAME` serves the last
+        spec = replace(spec, name=spec.serve.name)
     name = spec.serve.name
     old = registry.get(name)
     # The address stays when a service is served again; a port taken is refused before work.
@@ -316,7 +318,9 @@ def serve_snapshot(
         entry=entry or (was.entry if was else None),
         replicas=was.replicas if was else None,
     )
-    spec = replace(spec, serve=serve_spec)
+    # A name that was the service's (the default) follows the service's new name.
+    named = spec.name if was is None or spec.name != was.name else None
+    spec = replace(spec, serve=serve_spec, name=named)
     values = resolve(spec.secrets, os.environ, secrets_file)
     inputs = snapshots.recorded_inputs(store, record)
     service = serve(
