@@ -24,6 +24,7 @@ import pytest
 from conftest import NAMESPACE, STORE, wait_for
 from mlcontainer_magics.core import services, verbs
 from mlcontainer_magics.core.events import Phase
+from mlcontainer_magics.core.proxy import Proxy, upstream_of
 from mlcontainer_magics.errors import CapabilityMissing, Conflict, NotFound, RunError
 from mlcontainer_magics.frontends.display import RunStatus, apply, text_lines
 
@@ -70,6 +71,10 @@ def local_server(name):
         server.server_close()
 
 
+# This machine's own addresses: never through a proxy the environment may name.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def get(url, path="/", body=None, ctype="application/json", accept=None, timeout=30.0):
     """(status, content type, body) of one request."""
     headers = {"Content-Type": ctype} if body is not None else {}
@@ -77,7 +82,7 @@ def get(url, path="/", body=None, ctype="application/json", accept=None, timeout
         headers["Accept"] = accept
     request = urllib.request.Request(url + path, data=body, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
+        with _DIRECT.open(request, timeout=timeout) as r:
             return r.status, r.headers.get_content_type(), r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get_content_type(), e.read()
@@ -85,14 +90,14 @@ def get(url, path="/", body=None, ctype="application/json", accept=None, timeout
 
 def test_proxy_passes_requests_and_switches_without_cutting_one_in_flight():
     with local_server("a") as a, local_server("b") as b:
-        proxy = services.Proxy(upstream=a)
+        proxy = Proxy(upstream=a)
         try:
             assert get(proxy.url)[2] == b"a"
             assert get(proxy.url, body=b"x" * 300_000)[2] == b"x" * 300_000  # larger than a chunk
             slow = {}
             t = threading.Thread(target=lambda: slow.update(answer=get(proxy.url, "/slow")))
             t.start()
-            assert wait_for(lambda: proxy._open.get(a), timeout=5)
+            assert wait_for(lambda: proxy.served.get(a) == 3, timeout=5)  # the slow one is in
             assert proxy.switch(b) == a
             assert get(proxy.url)[2] == b"b"  # new connections: the new upstream
             assert not proxy.drain(a, timeout=0.01)  # the slow one is still open...
@@ -106,16 +111,35 @@ def test_proxy_passes_requests_and_switches_without_cutting_one_in_flight():
             get(proxy.url, timeout=2)
 
 
+def test_a_closed_proxy_frees_its_port_at_once_and_finishes_what_it_has():
+    with local_server("a") as a:
+        proxy = Proxy(upstream=a)
+        slow = {}
+        t = threading.Thread(target=lambda: slow.update(answer=get(proxy.url, "/slow")))
+        t.start()
+        assert wait_for(lambda: proxy.served.get(a) == 1, timeout=5)
+        started = time.monotonic()
+        proxy.close()
+        assert time.monotonic() - started < 0.4  # not waiting for the slow one
+        again = Proxy(proxy.port, upstream=a)  # the same address, for what comes next
+        try:
+            assert get(again.url)[2] == b"a"
+        finally:
+            again.close()
+        t.join()
+        assert slow["answer"][2] == b"a"
+
+
 def test_proxy_refuses_a_port_in_use_and_closes_connections_with_no_upstream():
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
     try:
         with pytest.raises(Conflict, match=r"in use.*another --port"):
-            services.Proxy(taken.getsockname()[1])
+            Proxy(taken.getsockname()[1])
     finally:
         taken.close()
-    proxy = services.Proxy()
+    proxy = Proxy()
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
             assert s.recv(10) == b""  # closed at once: nothing serves yet
@@ -127,7 +151,7 @@ def test_proxy_refuses_a_port_in_use_and_closes_connections_with_no_upstream():
 def test_proxy_passes_a_half_close_on():
     """A client that shuts its sending side after the request still gets the answer."""
     with local_server("a") as a:
-        proxy = services.Proxy(upstream=a)
+        proxy = Proxy(upstream=a)
         try:
             with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
@@ -148,7 +172,20 @@ def test_proxy_passes_a_half_close_on():
     ],
 )
 def test_what_the_proxy_can_front(url, upstream):
-    assert services.upstream_of(url) == upstream
+    assert upstream_of(url) == upstream
+
+
+def test_a_served_spec_survives_its_record():
+    from mlcontainer_magics.core import snapshots
+    from mlcontainer_magics.core import spec as specs
+
+    spec = specs.RunSpec(
+        code="def predict(x): return x",
+        env_spec=specs.EnvSpec("python:3.11-slim"),
+        serve=specs.parse_serve("ocr", port="8123", entry="predict", replicas="2"),
+    )
+    record = json.loads(json.dumps({"id": "abc", "spec": spec.to_dict()}))
+    assert snapshots.spec_from_record(record) == spec
 
 
 def test_services_table_and_status_line():
@@ -169,6 +206,13 @@ def test_services_table_and_status_line():
     assert text_lines(s, after) == ["[mlcontainer] serving ocr at http://x:1"]
     end = apply(after, Phase.FINISHED, {"status": "serving", "message": "serving"}, now=2)
     assert end.state == "serving" and text_lines(after, end) == []
+    pytest.importorskip("ipywidgets")
+    from mlcontainer_magics.frontends.display import WidgetView
+
+    view = WidgetView(None)
+    view.render(end, now=3)
+    assert 'data-status="serving"' in view.badge.value
+    assert 'href="http://x:1"' in view.snapshot.value and "abc" in view.snapshot.value
 
 
 # -- on the engine ------------------------------------------------------------------------------
@@ -266,6 +310,10 @@ def test_served_model_answers_like_the_model_in_the_cell(model):
     status, ctype, body = get(model["url"], "/predict", buf.getvalue(), "application/x-npy")
     assert (status, ctype) == (200, "application/x-npy")
     assert np.load(io.BytesIO(body)).tolist() == model["expected"]
+    import mlcontainer_magics
+
+    sk = mlcontainer_magics.service("sk")  # as the cell's output says to call it
+    assert sk(model["X_test"]).tolist() == model["expected"]
     meta = json.loads(get(model["url"], "/metadata")[2])
     assert meta["snapshot"] == model["run_id"] and meta["name"] == "sk"
     assert meta["signature"] == "predict(x)"
@@ -347,6 +395,14 @@ def test_the_published_port_is_bound_to_127_0_0_1_only(model, docker_client):
     assert {p["HostIp"] for p in published} == {"127.0.0.1"}
     assert container.name.startswith(f"{NAMESPACE}-service-sk-")
     assert container.labels[f"{LABEL}.run"] == model["run_id"]
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+
+    backend = DockerBackend(namespace=NAMESPACE)
+    listed = {h.name: h for h in backend.services.running()}
+    assert listed["sk"].run_id == model["run_id"]
+    assert listed["sk"].url == f"http://127.0.0.1:{published[0]['HostPort']}"
+    assert model["run_id"] not in [r.id for r in backend.running()]  # a service, not a run
+    assert backend.is_running(model["run_id"])
     other = _bridge_address(docker_client)
     for port in (int(published[0]["HostPort"]), int(model["url"].rsplit(":", 1)[1])):
         assert get(f"http://127.0.0.1:{port}", "/healthz")[0] == 200
@@ -389,11 +445,17 @@ def test_reserving_replaces_without_a_gap_and_stop_leaves_nothing(docker_client)
     assert json.loads(get(url, "/predict", b"2")[2])["x"] == 2
     old = _store().get(first.run_id)
     assert old["status"] == "stopped" and old["replaced_by"] == second.run_id
+    assert old["name"] == "echo" and _store().get("echo")["id"] == second.run_id  # the newest
     assert "loading" in old["stdout"] and "GET /healthz 200" in old["stderr"]
     assert [c.labels[f"{LABEL}.run"] for c in _service_containers(docker_client, "echo")] == [
         second.run_id
     ]
     assert pid  # each container's own process
+    with pytest.raises(RunError, match="failed") as broken:  # a broken new version...
+        _serve(shell, "--serve echo", "predict = undefined_name")
+    assert "NameError" in broken.value.logs
+    assert services.REGISTRY.get("echo") is second  # ... leaves the one that serves
+    assert json.loads(get(url, "/predict", b"4")[2])["x"] == 4
     shell.run_line_magic("container", "stop echo")
     assert _service_containers(docker_client, "echo") == []
     assert _store().get(second.run_id)["status"] == "stopped"
@@ -476,6 +538,45 @@ def test_bad_combinations_are_refused_before_any_work(docker_client):
     assert services.REGISTRY.get("p") is None
 
 
+@docker
+@pytest.mark.usefixtures("no_leaks")
+def test_a_service_keeps_its_secrets_while_it_serves_and_masks_them_in_its_log(
+    docker_client, monkeypatch
+):
+    token = "tok-" + os.urandom(8).hex()
+    monkeypatch.setenv("SERVE_TOKEN", token)
+    shell = _shell()
+    cell = (
+        "import os\nprint('token', os.environ['SERVE_TOKEN'])\n"
+        "def predict(x):\n    return open('/run/secrets/SERVE_TOKEN').read() == x\n"
+    )
+    printed = _serve(shell, "--serve secretive --secret SERVE_TOKEN", cell)
+    assert token not in printed and "token ***" in printed
+    service = services.REGISTRY.get("secretive")
+    (container,) = _service_containers(docker_client, "secretive")
+    (folder,) = [
+        m["Source"] for m in container.attrs["Mounts"] if m["Destination"] == "/run/secrets"
+    ]
+    # read at a request, long after the cell ran: the file is there as long as the service
+    assert json.loads(get(service.url, "/predict", json.dumps(token).encode())[2]) is True
+    shell.run_line_magic("container", "stop secretive")
+    record = _store().get(service.run_id)
+    assert "token ***" in record["stdout"] and token not in json.dumps(record)
+    assert not os.path.exists(folder)
+
+
+@docker
+@pytest.mark.usefixtures("no_leaks")
+def test_a_cell_slower_than_its_timeout_never_serves(docker_client):
+    shell = _shell()
+    started = time.monotonic()
+    with pytest.raises(RunError, match=r"Stopped after 2 s \(--timeout\)") as late:
+        _serve(shell, "--serve late --timeout 2", "import time\ntime.sleep(60)\n" + ECHO_CELL)
+    assert late.value.reason == "timeout" and time.monotonic() - started < 30
+    assert _service_containers(docker_client, "late") == []
+    assert services.REGISTRY.get("late") is None
+
+
 _SERVE_AND_EXIT = """
 import sys
 from mlcontainer_magics.backends.docker.backend import DockerBackend
@@ -515,6 +616,35 @@ def test_a_process_that_exits_stops_its_services(docker_client):
 
 @docker
 @pytest.mark.usefixtures("no_leaks")
+def test_a_kernel_that_shuts_down_stops_its_services(docker_client):
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", env=dict(os.environ))
+    try:
+        kc.execute_interactive("%load_ext mlcontainer_magics", timeout=60)
+        msg_id = kc.execute(f"%%containerize --serve kern\n{ECHO_CELL}")
+        printed = ""
+        while True:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                printed += msg["content"]["text"]
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        assert "service 'kern' at http://127.0.0.1:" in printed, printed
+        (container,) = _service_containers(docker_client, "kern")
+        run_id = container.labels[f"{LABEL}.run"]
+        assert _store().get(run_id)["status"] == "serving"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()  # as Jupyter does: the kernel exits, its atexit handlers run
+    assert _service_containers(docker_client, "kern") == []
+    assert _store().get(run_id)["status"] == "stopped"
+
+
+@docker
+@pytest.mark.usefixtures("no_leaks")
 def test_prune_removes_the_services_of_a_process_that_died(docker_client):
     from mlcontainer_magics.backends.docker.backend import DockerBackend
     from mlcontainer_magics.core import snapshots
@@ -536,28 +666,37 @@ def _published(container) -> str:
     return container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
 
 
+def _cli(*argv, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _served_by_cli(cli, name):
+    """(url, snapshot id) from the line `mlcontainer serve` prints once it serves."""
+    line = ""
+    while f"service {name!r} at" not in line:
+        line = cli.stdout.readline()
+        assert line or cli.poll() is None, cli.stderr.read()
+    return line.split(" at ", 1)[1].split()[0], line.split("(snapshot ", 1)[1].split(",")[0]
+
+
 @docker
 @pytest.mark.usefixtures("no_leaks")
 def test_mlcontainer_serve_serves_a_snapshot_again_until_interrupted(docker_client):
     proc, (run_id, _) = _serve_in_process("original", "exit")
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "serve", run_id[:8],
-         "--name", "again"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    cli = _cli("serve", run_id[:8], "--name", "again")
     try:
-        line = ""
-        while "service 'again' at" not in line:
-            line = cli.stdout.readline()
-            assert line or cli.poll() is None, cli.stderr.read()
-        url = line.split(" at ", 1)[1].split()[0]
-        new_id = line.split("(snapshot ", 1)[1].split(",")[0]
+        url, new_id = _served_by_cli(cli, "again")
         assert json.loads(get(url, "/predict", b"3")[2])["x"] == 3
         record = _store().get(new_id)
         assert record["status"] == "serving" and record["rerun_of"] == run_id
         assert record["service"]["name"] == "again" and record["code"] == ECHO_CELL
+        assert record["name"] == "again"  # was "original", the old service's (by default)
         cli.send_signal(signal.SIGINT)
         assert cli.wait(timeout=60) == 0
     finally:
@@ -565,3 +704,36 @@ def test_mlcontainer_serve_serves_a_snapshot_again_until_interrupted(docker_clie
             cli.kill()
     assert _service_containers(docker_client, "again") == []
     assert _store().get(new_id)["status"] == "stopped"
+
+
+@docker
+@pytest.mark.usefixtures("no_leaks")
+def test_mlcontainer_stop_stops_a_service_another_process_serves(docker_client):
+    proc, (run_id, _) = _serve_in_process("first", "exit")
+    cli = _cli("serve", run_id, "--name", "elsewhere")
+    try:
+        url, new_id = _served_by_cli(cli, "elsewhere")
+        listed = subprocess.run(
+            [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "services"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        row = next(r for r in listed.stdout.splitlines() if r.startswith("elsewhere "))
+        assert row.split()[1:4] == [url, new_id, "-"]  # its requests are the other's to count
+        stop = subprocess.run(
+            [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "stop", "elsewhere"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert stop.returncode == 0 and f"stopped service elsewhere (snapshot {new_id})" in (
+            stop.stdout
+        ), stop.stderr
+        assert cli.wait(timeout=60) == 0  # its one service ended: `serve` is done
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    record = _store().get(new_id)
+    assert record["status"] == "stopped" and record["reason"] == "stopped"
+    assert _service_containers(docker_client, "elsewhere") == []

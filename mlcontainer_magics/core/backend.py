@@ -115,6 +115,9 @@ class ServiceHandle:
     url: str  # where the backend serves it: a published port, a cluster Service's address
     backend: str = ""
     ident: str = ""  # what names it to the backend: a container id, a Deployment's name
+    # The same server one hop closer, where this machine may reach it so (a container's own
+    # address on the engine's bridge, skipping the engine's port forwarder); "" if none.
+    direct: str = ""
     ref: Any = field(default=None, repr=False, compare=False)  # the backend's own object
 
     def to_dict(self) -> dict:

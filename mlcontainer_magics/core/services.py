@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
-import selectors
 import shutil
-import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -29,160 +27,11 @@ from ..errors import CapabilityMissing, Conflict, MlcError, NotFound, ServiceFai
 from . import runs, snapshots
 from .backend import Backend, RunResult, ServiceHandle, Services
 from .events import Events, Output, Phase, no_events
+from .proxy import Proxy, reachable, upstream_of
 from .secrets import resolve
 from .spec import RunSpec, parse_serve
 
-LOCALHOST = "127.0.0.1"
 STOP_GRACE = 10.0  # seconds a stopped service may take to finish the requests it has
-CHUNK = 1 << 16
-
-
-# -- the proxy ---------------------------------------------------------------------------------
-
-
-class Proxy:
-    """A TCP proxy on 127.0.0.1:``port`` (a free one when None) to ``upstream`` (host, port),
-    which ``switch`` changes: connections made after it go to the new upstream, those open
-    finish where they were. ``served[upstream]`` counts the connections passed on: the
-    requests a service answered, since its server closes the connection after each answer
-    (HTTP/1.0)."""
-
-    def __init__(self, port: int | None = None, upstream: tuple[str, int] | None = None) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # A port a closed proxy left in TIME_WAIT is free again at once; one that listens is not.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOCALHOST, port or 0))
-            sock.listen(128)
-        except OSError as e:
-            sock.close()
-            raise Conflict(
-                f"Port {port} on {LOCALHOST} is in use ({e.strerror or e}): another program (or "
-                "another service) listens there. Pick another --port, or leave --port out for a "
-                "free one; nothing was built."
-            ) from None
-        self._sock = sock
-        self.port: int = sock.getsockname()[1]
-        self.upstream = upstream
-        self.served: dict[tuple[str, int], int] = {}
-        self._open: dict[tuple[str, int], int] = {}  # upstream -> connections still open
-        self._changed = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._accept, name=f"mlcontainer-proxy-{self.port}", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOCALHOST}:{self.port}"
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def switch(self, upstream: tuple[str, int]) -> tuple[str, int] | None:
-        """Send new connections to ``upstream``; the one they went to before."""
-        with self._changed:
-            old, self.upstream = self.upstream, upstream
-        return old
-
-    def drain(self, upstream: tuple[str, int] | None, timeout: float = STOP_GRACE) -> bool:
-        """Wait until no connection to ``upstream`` is open (up to ``timeout`` s)."""
-        if upstream is None:
-            return True
-        with self._changed:
-            return self._changed.wait_for(lambda: not self._open.get(upstream), timeout)
-
-    def close(self) -> None:
-        """Stop listening; connections open finish on their own."""
-        self._closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the proxy's thread
-        except OSError:
-            pass
-        self._sock.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return  # closed
-            with self._changed:
-                upstream = self.upstream
-                if upstream is not None:
-                    self.served[upstream] = self.served.get(upstream, 0) + 1
-                    self._open[upstream] = self._open.get(upstream, 0) + 1
-            if upstream is None:  # nothing serves yet: refused, as by a closed port
-                client.close()
-                continue
-            threading.Thread(
-                target=self._pipe,
-                args=(client, upstream),
-                name="mlcontainer-proxy-conn",
-                daemon=True,
-            ).start()
-
-    def _pipe(self, client: socket.socket, upstream: tuple[str, int]) -> None:
-        try:
-            try:
-                server = socket.create_connection(upstream, timeout=10)
-            except OSError:
-                return  # the container went away: the client sees the connection close
-            with server:
-                server.settimeout(None)
-                for s in (client, server):
-                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                _relay(client, server)
-        finally:
-            client.close()
-            with self._changed:
-                self._open[upstream] -= 1
-                if not self._open[upstream]:
-                    del self._open[upstream]
-                self._changed.notify_all()
-
-
-def _relay(a: socket.socket, b: socket.socket) -> None:
-    """Bytes both ways until both sides have finished sending; a side's end is passed on as
-    a half close, so a client that shuts its sending side still gets its answer."""
-    peer = {a: b, b: a}
-    sel = selectors.DefaultSelector()
-    for s in (a, b):
-        sel.register(s, selectors.EVENT_READ)
-    open_ = 2
-    try:
-        while open_:
-            for key, _ in sel.select():
-                src = key.fileobj
-                assert isinstance(src, socket.socket)
-                try:
-                    data = src.recv(CHUNK)
-                except OSError:
-                    data = b""
-                if data:
-                    try:
-                        peer[src].sendall(data)
-                        continue
-                    except OSError:
-                        return  # the other side is gone: nothing more can pass
-                sel.unregister(src)
-                open_ -= 1
-                try:
-                    peer[src].shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-    finally:
-        sel.close()
-
-
-def upstream_of(url: str) -> tuple[str, int] | None:
-    """(host, port) of a plain http:// URL a TCP proxy can front; None for any other."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
-        return None
-    return parts.hostname, parts.port or 80
 
 
 # -- the services of this process --------------------------------------------------------------
@@ -200,6 +49,7 @@ class Service:
     url: str  # what users call: the proxy's, or the backend's own where no proxy fronts it
     entry: str  # the cell's function it serves
     proxy: Proxy | None
+    upstream: tuple[str, int] | None  # where the proxy sends its requests
     workdir: Path
     store: Any = None
     mask: Callable[[str], str] = str
@@ -215,7 +65,7 @@ class Service:
     def requests(self) -> int | None:
         if self.proxy is None:
             return None
-        return self.proxy.served.get(upstream_of(self.handle.url) or ("", 0), 0)
+        return self.proxy.served.get(self.upstream or ("", 0), 0)
 
     def row(self) -> dict:
         return {
@@ -340,6 +190,8 @@ def serve(
     store, events = options.get("store"), options.get("events") or no_events
     assert spec.serve is not None, "a served spec"
     pool = services_of(backend, spec)
+    if spec.name is None:  # its snapshots go by its name: `mlcontainer serve NAME` serves the last
+        spec = replace(spec, name=spec.serve.name)
     name = spec.serve.name
     old = registry.get(name)
     # The address stays when a service is served again; a port taken is refused before work.
@@ -381,7 +233,12 @@ def serve(
             proxy.close()
         raise
     handle: ServiceHandle = started["handle"]
-    target = upstream_of(handle.url)
+    if reuse and proxy.closed:  # the old one ended meanwhile, and its proxy with it
+        try:
+            proxy = Proxy(proxy.port)
+        except Conflict:  # taken since: the address changes, the service comes up all the same
+            proxy = Proxy()
+    target = reachable(handle.direct) or upstream_of(handle.url)
     if target is None:  # served where a TCP proxy cannot front it (a cluster's API proxy)
         if not reuse:
             proxy.close()
@@ -397,6 +254,7 @@ def serve(
         url=url,
         entry=spec.serve.entry,
         proxy=own_proxy,
+        upstream=target if own_proxy is not None else None,
         workdir=started["workdir"],
         store=store,
         mask=started["mask"],
@@ -413,7 +271,8 @@ def serve(
         _end_now(pool, handle)
         shutil.rmtree(service.workdir, ignore_errors=True)
         raise
-    before = own_proxy.switch(target) if own_proxy is not None and target else None
+    if own_proxy is not None and target is not None:
+        own_proxy.switch(target)
     registry.put(service)
     service.watcher = threading.Thread(
         target=_watch, args=(service, registry), name=f"mlcontainer-service-{name}", daemon=True
@@ -423,7 +282,7 @@ def serve(
         # No gap: the old one stops once the connections it has are answered.
         old.replaced_by = outcome.run_id
         if old.proxy is not None:
-            old.proxy.drain(before if old.proxy is own_proxy else upstream_of(old.handle.url))
+            old.proxy.drain(old.upstream)
         _stop(old, STOP_GRACE)
     events(Phase.SERVING, name=name, url=url, snapshot=outcome.run_id)
     return service
@@ -459,7 +318,9 @@ def serve_snapshot(
         entry=entry or (was.entry if was else None),
         replicas=was.replicas if was else None,
     )
-    spec = replace(spec, serve=serve_spec)
+    # A name that was the service's (the default) follows the service's new name.
+    named = spec.name if was is None or spec.name != was.name else None
+    spec = replace(spec, serve=serve_spec, name=named)
     values = resolve(spec.secrets, os.environ, secrets_file)
     inputs = snapshots.recorded_inputs(store, record)
     service = serve(

@@ -86,7 +86,7 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
         help="serve a snapshot's cell again as a new snapshot"
         + ("" if for_magic else " (until Ctrl-C)"),
     )
-    p.add_argument("ref", metavar="ID")
+    p.add_argument("ref", metavar="ID|NAME")
     p.add_argument("--name", help="the service's name (default: the one it was served under)")
     p.add_argument("--port", help="the port on 127.0.0.1 to serve at (default: a free one)")
     p.add_argument("--entry", help="the cell's function to call (default: as recorded, predict)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -586,11 +587,17 @@ class DockerBackend(EnvironmentImages, Backend):
         if container is None:
             return False
         self._stopped.add(run_id)
+        self.end_container(container, grace)
+        return True
+
+    @staticmethod
+    def end_container(container, grace: float = 0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; at once without grace. The engine
+        takes whole seconds only: a fraction (10.0) makes it refuse the stop altogether."""
         if grace:
-            quietly(container.stop, timeout=grace)
+            quietly(container.stop, timeout=max(1, math.ceil(grace)))
         else:
             quietly(container.kill)
-        return True
 
     # -- what the sidebar asks ----------------------------------------------------------------
 

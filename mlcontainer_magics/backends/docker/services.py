@@ -14,8 +14,8 @@ from ...core.backend import Environment, RunResult, ServiceHandle, Services
 from ...core.events import Events, Output, Phase, no_events
 from ...core.spec import RunSpec
 from ...errors import ServiceFailed
-from ...runner import SERVE_COMMAND, SERVE_PORT, SERVING_MARK
-from .engine import LABEL, engine_errors, quietly, translated
+from ...runner import SERVE_COMMAND, SERVE_PORT, SERVING_MARK, serving_line
+from .engine import LABEL, engine_errors, translated
 
 HOST = "127.0.0.1"  # never published on other interfaces: the kernel's proxy is the way in
 
@@ -72,13 +72,16 @@ class DockerServices(Services):
                 if ready is not None:
                     raise ready
                 container.reload()
-                port = container.attrs["NetworkSettings"]["Ports"][f"{SERVE_PORT}/tcp"][0]
+                network = container.attrs["NetworkSettings"]
+                port = network["Ports"][f"{SERVE_PORT}/tcp"][0]
+                ip = network.get("IPAddress") or ""
                 handle = ServiceHandle(
                     name=spec.serve.name,
                     run_id=run_id,
                     url=f"http://{HOST}:{port['HostPort']}",
                     backend="docker",
                     ident=container.id,
+                    direct=f"http://{ip}:{SERVE_PORT}" if ip else "",
                     ref=container,
                 )
         except BaseException:
@@ -115,7 +118,7 @@ class DockerServices(Services):
                 pending += decoders["stdout"].decode(out)
                 *lines, pending = pending.split("\n")
                 for line in lines:
-                    if line.startswith(SERVING_MARK):
+                    if serving_line(line + "\n") is not None:
                         if pending:
                             output("stdout", pending)
                         return None
@@ -178,10 +181,7 @@ class DockerServices(Services):
         if container is None:
             return False
         self.backend._stopped.add(handle.run_id)
-        if grace:
-            quietly(container.stop, timeout=max(1, round(grace)))
-        else:
-            quietly(container.kill)
+        self.backend.end_container(container, grace)
         return True
 
     @translated("reading the service's log")
