@@ -495,6 +495,23 @@ def test_a_failed_redeploy_rolls_back_to_the_snapshot_that_served(k8s_fake):
     backend.remove_service("ocr")
 
 
+def test_a_deployment_the_cluster_refuses_says_why_and_leaves_nothing(k8s_fake):
+    from mlcontainer_magics.errors import KubernetesError
+
+    k8s_fake.fault(
+        403,
+        method="POST",
+        path="/deployments$",
+        reason="Forbidden",
+        message='deployments.apps "mlc-ocr" is forbidden: exceeded quota: compute, requested: '
+        "limits.cpu=2, used: limits.cpu=8, limited: limits.cpu=8",
+    )
+    with pytest.raises(KubernetesError, match="ResourceQuota of namespace mlc"):
+        deploy(backend_for(k8s_fake))
+    for resource in ("deployments", "services", "secrets"):
+        assert k8s_fake.list(resource, NS) == [], resource
+
+
 def test_the_progress_deadline_is_said(k8s_fake):
     k8s_fake.script("mlc-ocr", run=lambda pod: time.sleep(30) if not pod.cancelled else 0)
     k8s_fake.time_scale = 0.001  # progressDeadlineSeconds 600 -> 0.6 s

@@ -115,34 +115,13 @@ class ServiceMixin:
         events(Phase.STARTING)
         with self._cluster_errors("deploying the service", namespace):
             previous = _get(api.apps.read_namespaced_deployment, name, namespace)
-            # A 409: this snapshot's payload is there already (a change of replicas).
-            _created(api.core.create_namespaced_secret, namespace, secret)
-            if previous is None:
-                api.apps.create_namespaced_deployment(namespace, deployment)
-            else:
-                api.apps.patch_namespaced_deployment(
-                    name, namespace, _updates(deployment), _content_type=MERGE_PATCH
-                )
-            owner = _get(api.apps.read_namespaced_deployment, name, namespace)
-            with contextlib.suppress(Exception):  # best effort: removal deletes it by label
-                api.core.patch_namespaced_secret(
-                    secret["metadata"]["name"],
-                    namespace,
-                    [
-                        {
-                            "op": "add",
-                            "path": "/metadata/ownerReferences",
-                            "value": [objects.owner_reference(owner)],
-                        }
-                    ],
-                    _content_type=JSON_PATCH,
-                )
-            if _get(api.core.read_namespaced_service, name, namespace) is None:
-                _created(api.core.create_namespaced_service, namespace, svc)
-            else:
-                api.core.patch_namespaced_service(
-                    name, namespace, _updates(svc), _content_type=MERGE_PATCH
-                )
+        try:
+            with self._cluster_errors("deploying the service", namespace):
+                self._apply(api, namespace, secret, deployment, svc, previous)
+        except BaseException:
+            if previous is None:  # refused, or interrupted: nothing of a first one stays
+                self._undo(api, namespace, service, None)
+            raise
         try:
             self.rollout_status(service, wait=True, timeout=timeout, events=events)
         except BaseException as e:
@@ -163,6 +142,43 @@ class ServiceMixin:
             image=env.image,
             entry=entry,
         )
+
+    def _apply(self, api, namespace, secret, deployment, svc, previous) -> None:
+        """The Secret (kept when this snapshot's is there: a change of replicas), the
+        Deployment created or merge-patched (a rollout), owning the Secret, and the Service."""
+        name = deployment["metadata"]["name"]
+        _created(api.core.create_namespaced_secret, namespace, secret)
+        if previous is None:
+            api.apps.create_namespaced_deployment(namespace, deployment, _preload_content=False)
+        else:
+            api.apps.patch_namespaced_deployment(
+                name,
+                namespace,
+                _updates(deployment),
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        owner = _get(api.apps.read_namespaced_deployment, name, namespace)
+        with contextlib.suppress(Exception):  # best effort: removal deletes it by label
+            api.core.patch_namespaced_secret(
+                secret["metadata"]["name"],
+                namespace,
+                [
+                    {
+                        "op": "add",
+                        "path": "/metadata/ownerReferences",
+                        "value": [objects.owner_reference(owner)],
+                    }
+                ],
+                _content_type=JSON_PATCH,
+                _preload_content=False,
+            )
+        if _get(api.core.read_namespaced_service, name, namespace) is None:
+            _created(api.core.create_namespaced_service, namespace, svc)
+        else:
+            api.core.patch_namespaced_service(
+                name, namespace, _updates(svc), _content_type=MERGE_PATCH, _preload_content=False
+            )
 
     def rollout_status(
         self,
@@ -437,7 +453,7 @@ def _created(create, namespace: str, body: dict) -> bool:
     from kubernetes.client.rest import ApiException
 
     try:
-        create(namespace, body)
+        create(namespace, body, _preload_content=False)
     except ApiException as e:
         if e.status != 409:
             raise
