@@ -171,6 +171,7 @@ def serve_block(record: dict, name: str | None = None, entry: str | None = None)
         name or was.get("name") or record.get("name") or record["id"],
         entry=entry or was.get("entry"),
     )
+    assert serve is not None, "a name was given"
     if not defines(record.get("code") or "", serve.entry):
         raise SpecError(
             f"The cell of snapshot {record['id']} defines no function {serve.entry}(...), so "
@@ -180,12 +181,21 @@ def serve_block(record: dict, name: str | None = None, entry: str | None = None)
     return serve_manifest(serve, record["id"], record.get("lock"))
 
 
+def parse_replicas(value) -> int | None:
+    """--replicas: a number of pods (as --serve takes it); None when not given."""
+    if not value:
+        return None
+    serve = parse_serve("replicas", replicas=value)
+    assert serve is not None, "a name was given"
+    return serve.replicas
+
+
 def defines(code: str, name: str) -> bool:
     """Whether the cell binds ``name`` at its top level (a def, an assignment, an import,
     also under if/try/with): what the server calls. A cell that does not parse is not judged
     here (its run says what is wrong)."""
     try:
-        todo = list(ast.parse(code).body)
+        todo: list[ast.AST] = list(ast.parse(code).body)
     except (SyntaxError, ValueError):
         return True
     while todo:
@@ -329,7 +339,7 @@ def deploy_snapshot(
     where it is deployed. Returns the DeployedService; RolloutFailed says why it cannot."""
     record = store.get(ref)
     serving = serve_block(record, name, entry)
-    replicas = parse_serve(serving["name"], replicas=replicas).replicas if replicas else None
+    replicas = parse_replicas(replicas)
     spec = spec_from_record(record)
     # What a served cell cannot have (check_serve) means nothing to a Deployment: a run's --out
     # values stay in its pods, its session was this kernel's.

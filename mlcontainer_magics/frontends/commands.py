@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 
 from ..backends import BACKENDS, Backends
-from ..backends.export import deploy_snapshot, export
+from ..backends.export import deploy_snapshot, export, parse_replicas
 from ..config import KubernetesConfig
 from ..core import runs, services, snapshots, verbs
-from ..core.spec import parse_port, parse_serve
+from ..core.spec import parse_port
 from ..errors import NotFound, SpecError, VerificationFailed
 
 
@@ -237,7 +237,7 @@ def export_serve_options(args) -> dict:
         if given:
             raise SpecError(f"{', '.join(given)}: only with --serve; add --serve.")
         return {}
-    replicas = parse_serve("x", replicas=args.replicas).replicas if args.replicas else None
+    replicas = parse_replicas(args.replicas)
     return {"serve": True, "service": args.name, "entry": args.entry, "replicas": replicas}
 
 

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ...core.backend import Environment, RunResult, ServiceHandle, Services
 from ...core.events import Events, Output, Phase, no_events
@@ -28,7 +29,7 @@ from ...core.spec import MAX_REPLICAS, RunSpec
 from ...errors import KubernetesError, MlcError, NotFound, ServiceFailed
 from ...runner import SERVING_MARK
 from . import objects, serving
-from .client import Backoff, connection_errors, connection_problem
+from .client import Api, Backoff, connection_errors, connection_problem
 from .client import body_of as _json
 from .client import read_or_none as _get
 from .pods import PULL_PATIENCE, cannot_pull, cannot_schedule, cannot_start, failing_pull
@@ -77,6 +78,16 @@ class DeployedService:
 
 class ServiceMixin:
     """Deployments and Services of served cells (part of KubernetesBackend)."""
+
+    if TYPE_CHECKING:  # what KubernetesBackend gives it
+        name: str
+        config: Any
+
+        def connect(self) -> tuple[Api, str]: ...
+
+        def _cluster_errors(
+            self, action: str, namespace: str
+        ) -> contextlib.AbstractContextManager[None]: ...
 
     def deploy_service(
         self,
@@ -160,6 +171,7 @@ class ServiceMixin:
             )
         owner = _get(api.apps.read_namespaced_deployment, name, namespace)
         with contextlib.suppress(Exception):  # best effort: removal deletes it by label
+            assert owner is not None, "made a moment ago"
             api.core.patch_namespaced_secret(
                 secret["metadata"]["name"],
                 namespace,
