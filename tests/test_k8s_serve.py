@@ -442,6 +442,27 @@ def test_redeploy_patches_replicas_and_a_new_snapshot_rolls_out_without_a_gap(k8
     backend.remove_service("ocr")
 
 
+def test_a_kernels_service_is_pruned_once_the_kernel_is_gone_a_deployed_one_stays(k8s_fake):
+    import socket
+
+    from mlcontainer_magics.backends.kubernetes.services import ANNOTATION_OWNER
+
+    k8s_fake.script("mlc-", run=stub_server())
+    backend = backend_for(k8s_fake)
+    gone = f"{socket.gethostname()}:{2**22 + 7}"  # no such process
+    deploy(backend, service="ocr", owner=gone)
+    deploy(backend, service="lang", owner=gone)
+    deploy(backend, service="lang", run_id="snap-2")  # deployed again, by no kernel
+    annotations = k8s_fake.get("deployments", "mlc-lang", NS)["metadata"]["annotations"]
+    assert ANNOTATION_OWNER not in annotations
+    assert [s["owner"] for s in backend.deployed_services()] == [None, gone]
+    assert backend.prune_services() == [
+        f"removed service ocr (deployment/mlc-ocr in {NS}; its kernel {gone} is gone)"
+    ]
+    assert [s["name"] for s in backend.deployed_services()] == ["lang"]
+    backend.remove_service("lang")
+
+
 def test_an_image_the_nodes_cannot_pull_is_said_and_a_first_deploy_is_removed(k8s_fake):
     k8s_fake.script("mlc-ocr", scenario="image_pull")
     with pytest.raises(RolloutFailed, match=r"cannot pull the image .*image_pull_secret") as e:

@@ -300,7 +300,14 @@ class KubernetesBackend(ServiceMixin, Backend):
         self.docker.save_image(ref, path)
 
     def prune_orphans(self) -> list[str]:
-        return self.docker.prune_orphans()
+        """The engine's orphans, and the services on the cluster whose kernel is gone (when
+        the cluster answers: prune is not the place to fail for it)."""
+        done = self.docker.prune_orphans()
+        try:
+            done += self.prune_services()
+        except MlcError as e:
+            done.append(f"left the cluster's services as they are ({e})")
+        return done
 
     def prune_images(self, keep) -> list[str]:
         return self.docker.prune_images(keep)

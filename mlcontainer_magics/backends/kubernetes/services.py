@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from ...core.backend import Environment, RunResult, ServiceHandle, Services
 from ...core.events import Events, Output, Phase, no_events
+from ...core.owner import OWNER
+from ...core.owner import alive as owner_alive
 from ...core.spec import MAX_REPLICAS, RunSpec
 from ...errors import KubernetesError, MlcError, NotFound, ServiceFailed
 from ...runner import SERVING_MARK
@@ -35,6 +37,7 @@ from .client import read_or_none as _get
 from .pods import PULL_PATIENCE, cannot_pull, cannot_schedule, cannot_start, failing_pull
 
 MERGE_PATCH = "application/merge-patch+json"
+ANNOTATION_OWNER = "mlcontainer.org/owner"  # host:pid of the kernel a service lives as long as
 WAIT_POLL = 2.0  # seconds between two looks at a service's Deployment, while it serves
 # A service whose Deployment rolled to another snapshot (served again) ends when whoever served
 # it again stops it (the core, once the new one answers), or after this many seconds.
@@ -102,13 +105,16 @@ class ServiceMixin:
         secrets: Mapping[str, str] | None = None,
         events: Events = no_events,
         timeout: float | None = None,
+        owner: str | None = None,
     ) -> DeployedService:
         """Serve snapshot ``run_id``'s cell as ``service`` with ``replicas`` pods of
         ``env.image`` (pushed), its payload ``files`` (the run's folder, whose manifest.json
         carries the serve block): create the objects, or patch the Deployment and Service that
         serve ``service`` already (a rollout, no pod taken away before its replacement is
         ready), and wait until the rollout is done. RolloutFailed says why it cannot be: a
-        first deployment is then removed, a re-deployment rolled back to what served before."""
+        first deployment is then removed, a re-deployment rolled back to what served before.
+        ``owner`` (host:pid): the process it lives as long as (a kernel); prune removes it once
+        that process is gone. None: it stays until removed."""
         api, namespace = self.connect()
         settings = objects.settings_from(self.config, namespace)
         secret, deployment, svc = serving.service_manifests(
@@ -123,6 +129,8 @@ class ServiceMixin:
             replicas=replicas,
         )
         name = deployment["metadata"]["name"]
+        # Set, or (None) cleared by the merge patch: a deployed service outlives any kernel.
+        deployment["metadata"]["annotations"][ANNOTATION_OWNER] = owner
         events(Phase.STARTING)
         with self._cluster_errors("deploying the service", namespace):
             previous = _get(api.apps.read_namespaced_deployment, name, namespace)
@@ -160,6 +168,12 @@ class ServiceMixin:
         name = deployment["metadata"]["name"]
         _created(api.core.create_namespaced_secret, namespace, secret)
         if previous is None:
+            annotations = deployment["metadata"]["annotations"]
+            created = {k: v for k, v in annotations.items() if v is not None}
+            deployment = {
+                **deployment,
+                "metadata": {**deployment["metadata"], "annotations": created},
+            }
             api.apps.create_namespaced_deployment(namespace, deployment, _preload_content=False)
         else:
             api.apps.patch_namespaced_deployment(
@@ -340,6 +354,21 @@ class ServiceMixin:
                     raise
         return any(s["metadata"]["name"] != keep for s in listed)
 
+    def prune_services(self) -> list[str]:
+        """Remove the services whose kernel is gone (a `mlcontainer deploy`ed one has none:
+        it stays); a line per service removed."""
+        done = []
+        api, namespace = self.connect()
+        for found in self.deployed_services():
+            if found["owner"] and not owner_alive(found["owner"]):
+                if self.remove_service(found["name"]):
+                    done.append(
+                        f"removed service {found['name']} (deployment/"
+                        f"{serving.deployment_name(found['name'])} in {namespace}; its kernel "
+                        f"{found['owner']} is gone)"
+                    )
+        return done
+
     def deployed_services(self) -> list[dict]:
         """The services deployed in the namespace: name, snapshot, replicas (wanted, ready),
         image, url."""
@@ -364,6 +393,7 @@ class ServiceMixin:
                     "ready": (d.get("status") or {}).get("availableReplicas") or 0,
                     "image": _image(d),
                     "url": self.service_url(service),
+                    "owner": notes.get(ANNOTATION_OWNER),
                 }
             )
         return out
@@ -514,6 +544,7 @@ class KubernetesServices(Services):
                 secrets=secrets,
                 events=events,
                 timeout=spec.timeout,
+                owner=OWNER,  # it lives as long as this kernel
             )
         except RolloutFailed as e:
             raise ServiceFailed(str(e), reason="failed", stderr=e.logs) from None
