@@ -2,7 +2,16 @@
 
 from ._version import __version__
 
-__all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["__version__", "load_ipython_extension", "service", "unload_ipython_extension"]
+
+
+def __getattr__(name):
+    # `service` is imported when first used, so `%load_ext` does not pay for the client.
+    if name == "service":
+        from .client import service
+
+        return service
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython):

@@ -126,6 +126,37 @@ class RunError(MlcError):
         self.reason = reason  # error | timeout | oom | interrupted | stopped | killed
 
 
+class ServiceFailed(RunError):
+    """A service's container ended (or never became ready) before it served: the cell raised,
+    or defines no entry function. ``stdout``/``stderr`` hold all it printed."""
+
+    def __init__(
+        self,
+        message: str,
+        exit_code: int | None = None,
+        reason: str = "failed",
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        super().__init__(message, exit_code=exit_code, logs=stderr, reason=reason)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class ServiceError(MlcError):
+    """A served cell answered a call with an error; ``status`` is the HTTP status (None: no
+    answer) and ``payload`` its JSON (``error``, and for a 500 ``type`` and ``traceback``)."""
+
+    def __init__(self, message: str, status: int | None = None, payload=None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.payload = payload or {}
+
+
+class ServiceUnavailable(ServiceError, Unavailable):
+    """A served cell did not answer at all: not running, unreachable, or too slow."""
+
+
 class VerificationFailed(MlcError):
     """A rerun did not reproduce the recorded outputs; ``problems`` lists each difference."""
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import http.client
 import io
 import json
 import random
@@ -70,6 +71,7 @@ SCENARIOS = (
     "deadline",
     "hang",
     "evicted",  # by the node (memory pressure) while its image is pulled: it never runs
+    "crash_loop",  # a Deployment's pod whose container keeps exiting (CrashLoopBackOff)
 )
 
 # resource -> (group, version, kind, path prefix, namespaced name rule)
@@ -78,12 +80,21 @@ RESOURCES = {
     "pods": ("", "v1", "Pod", "/api/v1"),
     "secrets": ("", "v1", "Secret", "/api/v1"),
     "networkpolicies": ("networking.k8s.io", "v1", "NetworkPolicy", "/apis/networking.k8s.io/v1"),
+    "deployments": ("apps", "v1", "Deployment", "/apis/apps/v1"),
+    "replicasets": ("apps", "v1", "ReplicaSet", "/apis/apps/v1"),
+    "services": ("", "v1", "Service", "/api/v1"),
 }
 _ROUTE = re.compile(
-    r"^(?P<prefix>/api/v1|/apis/batch/v1|/apis/networking\.k8s\.io/v1)"
+    r"^(?P<prefix>/api/v1|/apis/batch/v1|/apis/apps/v1|/apis/networking\.k8s\.io/v1)"
     r"/namespaces/(?P<ns>[^/]+)/(?P<res>[a-z]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[a-z]+))?$"
 )
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_PROXY = re.compile(
+    r"^/api/v1/namespaces/(?P<ns>[^/]+)/services/(?:https?:)?(?P<name>[^/:]+)(?::(?P<port>[^/]+))?"
+    r"/proxy(?P<rest>/.*)?$"
+)
+POD_TEMPLATE_HASH = "pod-template-hash"
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
@@ -284,6 +295,12 @@ class PodRun:
         if self._container is not None:
             self._container.signal_handlers.append(handler)
 
+    def serve_at(self, port: int, host: str = "127.0.0.1") -> None:
+        """The container's port is reachable at ``host:port`` (a container of the test's):
+        the kubelet's readiness probes and the Service proxy go there."""
+        if self._container is not None:
+            self._container.endpoint = (host, port)
+
     def on_exec(self, handler: Callable[[list[str]], tuple[bytes, bytes, int]]) -> None:
         """Answer ``pods/exec`` of this pod: ``handler(command) -> (stdout, stderr, code)``."""
         if self._container is not None:
@@ -298,6 +315,7 @@ class _Container:
     kill_sent: bool = False
     signal_handlers: list = field(default_factory=list)
     exec_handler: Callable[[list[str]], tuple[bytes, bytes, int]] | None = None
+    endpoint: tuple[str, int] | None = None  # where its port is served (PodRun.serve_at)
 
     def signal(self, name: str) -> None:
         if name == "SIGTERM":
@@ -367,6 +385,8 @@ class FakeKubernetes:
         self._events: list[tuple[int, str, str, dict]] = []
         self._rv = 0
         self._logs: dict[tuple[str, str], list[tuple[str, str]]] = {}  # pod -> [(ts, line)]
+        # pod -> the log of its container's previous life (restarted: ?previous=true)
+        self._previous_logs: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self._scripts: list[tuple[str, Scenario]] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -383,6 +403,8 @@ class FakeKubernetes:
         # controller waits for every pod to be terminated and accounted for.
         self.final_condition_delay: float | None = None
         self._faults: list[Fault] = []
+        # A restarting container's back-off (10 s, 20 s, ... up to 300 s), times this.
+        self.restart_scale = 0.01
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -670,19 +692,24 @@ class FakeKubernetes:
                 if self._scenario_for(name).suspended_seconds is not None:
                     obj.setdefault("spec", {})["suspend"] = True  # a queue's webhook (Kueue)
                 self._default_job(obj)
+            elif resource == "deployments":
+                self._default_deployment(obj)
+            elif resource == "services":
+                self._default_service(obj)
             if dry_run:
                 return obj
             created = self._put(resource, obj, "ADDED")
+        if resource == "deployments":
+            self._spawn(self._drive_deployment, (namespace, name), f"deployment-{name}")
         if resource == "jobs":
-            thread = threading.Thread(
-                target=self._drive_job,
-                args=(namespace, name),
-                name=f"k8s-fake-job-{name}",
-                daemon=True,
-            )
-            thread.start()
-            self._threads.append(thread)
+            self._spawn(self._drive_job, (namespace, name), f"job-{name}")
         return created
+
+    def _spawn(self, target, args: tuple, name: str) -> None:
+        """A thread of the fake's controllers (stopped with the fake: they watch for it)."""
+        thread = threading.Thread(target=target, args=args, name=f"k8s-fake-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _validate(self, resource: str, obj: dict) -> None:
         name = obj["metadata"]["name"]
@@ -716,12 +743,53 @@ class FakeKubernetes:
                         )
                     ],
                 )
+        elif resource == "services" and (len(name) > 63 or not _DNS_1035.match(name)):
+            raise _invalid(
+                resource,
+                name,
+                [
+                    (
+                        "metadata.name",
+                        f'Invalid value: "{name}": a DNS-1035 label must consist of lower case '
+                        "alphanumeric characters or '-', start with an alphabetic character, and "
+                        "end with an alphanumeric character",
+                    )
+                ],
+            )
         elif len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
             raise _invalid(
                 resource,
                 name,
                 [("metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 subdomain')],
             )
+        if resource == "deployments":
+            spec = obj.get("spec") or {}
+            template = spec.get("template") or {}
+            wanted = (spec.get("selector") or {}).get("matchLabels") or {}
+            labels = (template.get("metadata") or {}).get("labels") or {}
+            if not wanted or any(labels.get(k) != v for k, v in wanted.items()):
+                raise _invalid(
+                    resource,
+                    name,
+                    [
+                        (
+                            "spec.template.metadata.labels",
+                            f"Invalid value: {labels}: `selector` does not match template `labels`",
+                        )
+                    ],
+                )
+            policy = (template.get("spec") or {}).get("restartPolicy", "Always")
+            if policy != "Always":
+                raise _invalid(
+                    resource,
+                    name,
+                    [
+                        (
+                            "spec.template.spec.restartPolicy",
+                            f'Unsupported value: "{policy}": supported values: "Always"',
+                        )
+                    ],
+                )
         if resource == "secrets":
             data = obj.get("data") or {}
             total = 0
@@ -835,7 +903,10 @@ class FakeKubernetes:
             propagation = "Orphan"  # batch/v1 Jobs still default to orphaning their pods
         obj = self._remove(resource, namespace, name, propagation)
         # A graceful (pods) or finalized (Foreground, Orphan) deletion answers with the object,
-        # marked for deletion; an immediate one with a Status.
+        # marked for deletion; an immediate one with a Status, but a Service's with the
+        # Service (its storage returns the deleted object).
+        if resource == "services":
+            return obj
         if resource == "pods" or propagation in ("Foreground", "Orphan"):
             if resource != "pods":
                 obj["metadata"]["finalizers"] = [
@@ -905,8 +976,26 @@ class FakeKubernetes:
                 after = {k: v for k, v in patched["spec"].items() if k not in mutable}
                 if before != after:
                     raise _invalid(resource, name, [("spec", "Invalid value: field is immutable")])
+            if resource == "deployments" and patched["spec"].get("selector") != current["spec"].get(
+                "selector"
+            ):
+                raise _invalid(
+                    resource,
+                    name,
+                    [("spec.selector", "Invalid value: field is immutable")],
+                )
+            if resource == "services" and patched["spec"].get("clusterIP") != current["spec"].get(
+                "clusterIP"
+            ):
+                raise _invalid(
+                    resource, name, [("spec.clusterIP", "Invalid value: field is immutable")]
+                )
+            if resource == "deployments":  # defaulted on every write, as on create
+                _default_pod_spec(patched["spec"]["template"]["spec"])
             if resource != "pods":
                 self._validate(resource, {k: v for k, v in patched.items() if k != "status"})
+            if resource != "pods" and patched.get("spec") != current.get("spec"):
+                patched["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
             current.clear()
             current.update(patched)
             self._record(resource, "MODIFIED", current)
@@ -987,6 +1076,13 @@ class FakeKubernetes:
         if wanted and wanted != container:
             return iter(())  # the sidecar's log: nothing of ours
         if query.get("previous") == "true":
+            with self._cond:
+                previous = self._previous_logs.get((namespace, name))
+            if previous is not None:
+                tail = int(query["tailLines"]) if query.get("tailLines") else None
+                lines = previous[-tail:] if tail else previous
+                stamp = query.get("timestamps") == "true"
+                return iter(["".join(f"{ts} {line}" if stamp else line for ts, line in lines)])
             raise ApiError(
                 400,
                 "BadRequest",
@@ -1195,6 +1291,25 @@ class FakeKubernetes:
 
         self._update("jobs", namespace, name, resume)
 
+    def _never_pull(self, namespace, pod_name, image, message, status: dict, sleep) -> None:
+        """The kubelet failing to pull ``image`` for ever: ErrImagePull, then ImagePullBackOff,
+        again and again (``status``: the container's status but its state)."""
+        pulls = 0
+        while True:
+            sleep(self.step * 3)
+            pulls += 1
+            state = (
+                {"reason": "ErrImagePull", "message": message}
+                if pulls % 2
+                else {
+                    "reason": "ImagePullBackOff",
+                    "message": f'Back-off pulling image "{image}": ErrImagePull: {message}',
+                }
+            )
+            self._set_pod(
+                namespace, pod_name, containerStatuses=[{**status, "state": {"waiting": state}}]
+            )
+
     def _kubelet_forgets(self, namespace: str, pod_name: str) -> None:
         """A pod marked for deletion goes once its container has ended."""
         with self._cond:
@@ -1388,23 +1503,7 @@ class FakeKubernetes:
                 f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
                 f'failed to resolve reference "{image}": not found'
             )
-            pulls = 0
-            while True:
-                clock.sleep(self.step * 3)
-                pulls += 1
-                state = (
-                    {"reason": "ErrImagePull", "message": message}
-                    if pulls % 2
-                    else {
-                        "reason": "ImagePullBackOff",
-                        "message": f'Back-off pulling image "{image}": ErrImagePull: {message}',
-                    }
-                )
-                self._set_pod(
-                    namespace,
-                    pod_name,
-                    containerStatuses=[{**waiting, "state": {"waiting": state}}],
-                )
+            self._never_pull(namespace, pod_name, image, message, waiting, clock.sleep)
         # The kubelet mounts Secret volumes and resolves env before the container starts.
         shown = None
         while True:
@@ -1638,6 +1737,593 @@ class FakeKubernetes:
             conditions.append(_condition("FailureTarget", "True", reason, message))
 
         self._update("jobs", namespace, name, change)
+
+    # -- Deployments, ReplicaSets, Services (the Deployment controller and the kubelet) ---------
+
+    def _default_deployment(self, deployment: dict) -> None:
+        """What the API server adds to a new Deployment."""
+        spec = deployment.setdefault("spec", {})
+        spec.setdefault("replicas", 1)
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("progressDeadlineSeconds", 600)
+        strategy = spec.setdefault("strategy", {"type": "RollingUpdate"})
+        if strategy.get("type", "RollingUpdate") == "RollingUpdate":
+            rolling = strategy.setdefault("rollingUpdate", {})
+            rolling.setdefault("maxSurge", "25%")
+            rolling.setdefault("maxUnavailable", "25%")
+        _default_pod_spec(spec["template"]["spec"])
+        deployment["status"] = {}
+
+    def _default_service(self, service: dict) -> None:
+        spec = service.setdefault("spec", {})
+        spec.setdefault("type", "ClusterIP")
+        spec.setdefault("sessionAffinity", "None")
+        if spec.get("clusterIP") != "None":
+            ip = f"10.96.{random.randint(0, 255)}.{random.randint(1, 254)}"
+            spec.setdefault("clusterIP", ip)
+            spec["clusterIPs"] = [spec["clusterIP"]]
+        spec.setdefault("ipFamilies", ["IPv4"])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+        for port in spec.get("ports") or []:
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port["port"])
+        service["status"] = {"loadBalancer": {}}
+
+    def _drive_deployment(self, namespace: str, name: str) -> None:
+        """The Deployment controller for one Deployment, until it is deleted."""
+        progress: dict = {}
+        while not self._stopping.is_set():
+            with self._cond:
+                deployment = self._objects["deployments"].get((namespace, name))
+                if deployment is None:
+                    return
+                deployment = copy.deepcopy(deployment)
+            self._reconcile(namespace, deployment, progress)
+            with self._cond:
+                self._cond.wait(self.step * 5)
+
+    def _reconcile(self, namespace: str, deployment: dict, progress: dict) -> None:
+        """One pass of the controller: a ReplicaSet per template (named by its hash), new pods
+        up to replicas + maxSurge, old pods removed while availability allows (maxUnavailable),
+        and the status a real controller reports, Progressing and Available conditions too."""
+        meta, spec = deployment["metadata"], deployment["spec"]
+        name, uid = meta["name"], meta["uid"]
+        template_hash = _template_hash(spec["template"])
+        rs_name = f"{name}-{template_hash}"
+        desired = spec.get("replicas", 1)
+        rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
+        surge = _scaled(rolling.get("maxSurge", "25%"), desired, up=True)
+        unavailable = _scaled(rolling.get("maxUnavailable", "25%"), desired, up=False)
+        if surge == 0 and unavailable == 0:
+            unavailable = 1
+        with self._cond:
+            owned = [
+                rs
+                for (ns, _), rs in self._objects["replicasets"].items()
+                if ns == namespace and _owned_by(rs, uid)
+            ]
+        if rs_name not in {rs["metadata"]["name"] for rs in owned}:
+            self._create_replica_set(namespace, deployment, rs_name, template_hash, len(owned) + 1)
+            progress.update(
+                hash=template_hash,
+                at=time.monotonic(),
+                reason="NewReplicaSetCreated",
+                message=f'Created new replica set "{rs_name}"',
+                mark=None,
+            )
+        elif progress.get("hash") != template_hash:  # a controller that started again
+            progress.update(hash=template_hash, at=time.monotonic(), mark=None)
+            progress.update(
+                reason="FoundNewReplicaSet", message=f'Found new replica set "{rs_name}"'
+            )
+        with self._cond:
+            rs_uids = {
+                rs["metadata"]["uid"]: rs["metadata"]["name"]
+                for (ns, _), rs in self._objects["replicasets"].items()
+                if ns == namespace and _owned_by(rs, uid)
+            }
+            pods = [
+                copy.deepcopy(p)
+                for (ns, _), p in self._objects["pods"].items()
+                if ns == namespace
+                and not p["metadata"].get("deletionTimestamp")
+                and any(r.get("uid") in rs_uids for r in p["metadata"].get("ownerReferences") or [])
+            ]
+        new = [p for p in pods if p["metadata"]["labels"].get(POD_TEMPLATE_HASH) == template_hash]
+        old = [p for p in pods if p not in new]
+        if len(new) < desired and len(new) + len(old) < desired + surge:
+            self._create_replica_pod(namespace, deployment, rs_name, template_hash)
+        elif len(new) > desired:
+            extra = sorted(new, key=lambda p: (_ready(p), p["metadata"]["creationTimestamp"]))
+            self._delete_pod(namespace, extra[0]["metadata"]["name"])
+            new.remove(extra[0])
+        available = sum(1 for p in new + old if _ready(p))
+        for pod in sorted(old, key=_ready):  # unready old pods first: they serve no one
+            if not _ready(pod):
+                self._delete_pod(namespace, pod["metadata"]["name"])
+                old.remove(pod)
+            elif available - 1 >= desired - unavailable:
+                self._delete_pod(namespace, pod["metadata"]["name"])
+                old.remove(pod)
+                available -= 1
+        ready_new = sum(1 for p in new if _ready(p))
+        complete = len(new) == desired and ready_new >= desired and not old
+        mark = (len(new), ready_new, len(old))
+        deadline = spec.get("progressDeadlineSeconds", 600) * self.time_scale
+        if complete:
+            progress.update(
+                reason="NewReplicaSetAvailable",
+                message=f'ReplicaSet "{rs_name}" has successfully progressed.',
+                at=time.monotonic(),
+                mark=mark,
+            )
+        elif progress.get("reason") == "ProgressDeadlineExceeded":
+            pass  # until the template changes
+        elif mark != progress.get("mark"):
+            progress.update(
+                reason="ReplicaSetUpdated",
+                message=f'ReplicaSet "{rs_name}" is progressing.',
+                at=time.monotonic(),
+                mark=mark,
+            )
+        elif time.monotonic() - progress["at"] > deadline:
+            progress.update(
+                reason="ProgressDeadlineExceeded",
+                message=f'ReplicaSet "{rs_name}" has timed out progressing.',
+            )
+        status = {
+            "observedGeneration": meta.get("generation", 1),
+            "replicas": len(new) + len(old),
+            "updatedReplicas": len(new),
+            "readyReplicas": available,
+            "availableReplicas": available,
+            "unavailableReplicas": max(0, len(new) + len(old) - available),
+        }
+        status = {k: v for k, v in status.items() if v or k == "observedGeneration"}
+        minimum = available >= desired - unavailable
+        conditions = [
+            (
+                "Available",
+                "True" if minimum else "False",
+                "MinimumReplicasAvailable" if minimum else "MinimumReplicasUnavailable",
+                "Deployment has minimum availability."
+                if minimum
+                else "Deployment does not have minimum availability.",
+            ),
+            (
+                "Progressing",
+                "False" if progress["reason"] == "ProgressDeadlineExceeded" else "True",
+                progress["reason"],
+                progress["message"],
+            ),
+        ]
+
+        def change(d):
+            before = {c["type"]: c for c in (d.get("status") or {}).get("conditions") or []}
+            status["conditions"] = []
+            for type_, state, reason, message in conditions:
+                old_c = before.get(type_) or {}
+                same = (old_c.get("status"), old_c.get("reason"), old_c.get("message")) == (
+                    state,
+                    reason,
+                    message,
+                )
+                status["conditions"].append(
+                    {
+                        "type": type_,
+                        "status": state,
+                        "lastUpdateTime": old_c["lastUpdateTime"] if same else _now(),
+                        "lastTransitionTime": old_c.get("lastTransitionTime", _now())
+                        if old_c.get("status") == state
+                        else _now(),
+                        "reason": reason,
+                        "message": message,
+                    }
+                )
+            d["status"] = status
+
+        with self._cond:
+            current = self._objects["deployments"].get((namespace, meta["name"]))
+            if current is None:
+                return
+            trial = copy.deepcopy(current)
+            change(trial)
+            if trial["status"] != current.get("status"):
+                current["status"] = trial["status"]
+                self._record("deployments", "MODIFIED", current)
+            for rs_uid, name_ in rs_uids.items():
+                rs = self._objects["replicasets"].get((namespace, name_))
+                if rs is None:
+                    continue
+                mine = [
+                    p
+                    for p in pods
+                    if any(r.get("uid") == rs_uid for r in p["metadata"]["ownerReferences"])
+                ]
+                rs_status = {"replicas": len(mine), "observedGeneration": 1}
+                ready = sum(1 for p in mine if _ready(p))
+                if ready:
+                    rs_status.update(readyReplicas=ready, availableReplicas=ready)
+                wanted = desired if name_ == rs_name else len(mine)
+                if rs.get("status") != rs_status or rs["spec"].get("replicas") != wanted:
+                    rs["status"], rs["spec"]["replicas"] = rs_status, wanted
+                    self._record("replicasets", "MODIFIED", rs)
+
+    def _create_replica_set(
+        self, namespace: str, deployment: dict, rs_name: str, template_hash: str, revision: int
+    ) -> None:
+        template = copy.deepcopy(deployment["spec"]["template"])
+        labels = {**(template["metadata"].get("labels") or {}), POD_TEMPLATE_HASH: template_hash}
+        template["metadata"]["labels"] = labels
+        selector = copy.deepcopy(deployment["spec"]["selector"])
+        selector.setdefault("matchLabels", {})[POD_TEMPLATE_HASH] = template_hash
+        rs = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": rs_name,
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "creationTimestamp": _now(),
+                "generation": 1,
+                "labels": dict(labels),
+                "annotations": {"deployment.kubernetes.io/revision": str(revision)},
+                "ownerReferences": [_controller_ref(deployment)],
+            },
+            "spec": {"replicas": 0, "selector": selector, "template": template},
+            "status": {"replicas": 0},
+        }
+        self._put("replicasets", rs, "ADDED")
+
+        def annotate(d):
+            d["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = str(
+                revision
+            )
+
+        self._update("deployments", namespace, deployment["metadata"]["name"], annotate)
+
+    def _create_replica_pod(
+        self, namespace: str, deployment: dict, rs_name: str, template_hash: str
+    ) -> None:
+        rs = self.get("replicasets", rs_name, namespace)
+        if rs is None:
+            return
+        template = rs["spec"]["template"]
+        name = f"{rs_name}-{_random_suffix()}"
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "generateName": f"{rs_name}-",
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "creationTimestamp": _now(),
+                "labels": dict(template["metadata"].get("labels") or {}),
+                "annotations": dict(template["metadata"].get("annotations") or {}),
+                "ownerReferences": [_controller_ref(rs)],
+            },
+            "spec": copy.deepcopy(template["spec"]),
+            "status": {"phase": "Pending", "qosClass": _qos(template["spec"])},
+        }
+        with self._cond:  # not for a ReplicaSet deleted meanwhile: its pod would be orphaned
+            if (namespace, rs_name) not in self._objects["replicasets"]:
+                return
+            self._put("pods", pod, "ADDED")
+        scenario = self._scenario_for(deployment["metadata"]["name"])
+        self._spawn(self._drive_replica_pod, (namespace, name, scenario), f"pod-{name}")
+
+    def _drive_replica_pod(self, namespace: str, pod_name: str, scenario: Scenario) -> None:
+        container = _Container()
+        with self._cond:
+            self._containers[(namespace, pod_name)] = container
+        try:
+            self._run_replica_pod(namespace, pod_name, scenario, container)
+        except _Gone:
+            pass
+        finally:
+            with self._cond:
+                self._containers.pop((namespace, pod_name), None)
+                self._cond.notify_all()
+            self._kubelet_forgets(namespace, pod_name)
+
+    def _pod_sleep(self, namespace: str, pod_name: str, seconds: float | None, container=None):
+        """Sleep, ending early (_Gone) when the pod goes, the fake stops, or (with
+        ``container``) the container gets a signal."""
+        end = None if seconds is None else time.monotonic() + seconds
+        with self._cond:
+            while True:
+                if self._stopping.is_set() or (namespace, pod_name) not in self._objects["pods"]:
+                    raise _Gone()
+                if container is not None and (container.term_sent or container.kill_sent):
+                    raise _Gone()
+                now = time.monotonic()
+                if end is not None and now >= end:
+                    return
+                self._cond.wait(0.05 if end is None else min(0.05, end - now))
+
+    def _run_replica_pod(self, namespace, pod_name, scenario: Scenario, container: _Container):
+        """The kubelet for a pod of a ReplicaSet (restartPolicy Always): scheduled, pulled,
+        started, probed for readiness (GET on the port the container serves at), restarted
+        with a back-off when its container ends (CrashLoopBackOff)."""
+        pod = self.get("pods", pod_name, namespace)
+        spec_container = _main_container(pod)
+        image, cname = spec_container["image"], spec_container["name"]
+        self._pod_sleep(namespace, pod_name, self.step, container)
+        if scenario.scenario == "unschedulable":
+            message = scenario.message or (
+                "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are "
+                "available: 3 No preemption victims found for incoming pod."
+            )
+            self._set_pod(
+                namespace,
+                pod_name,
+                conditions=[_condition("PodScheduled", "False", "Unschedulable", message)],
+            )
+            self._pod_sleep(namespace, pod_name, None, container)
+        self._schedule(namespace, pod_name, cname)
+        base = {"name": cname, "image": image, "imageID": "", "ready": False, "started": False}
+        self._set_pod(
+            namespace,
+            pod_name,
+            containerStatuses=[
+                {
+                    **base,
+                    "restartCount": 0,
+                    "lastState": {},
+                    "state": {"waiting": {"reason": "ContainerCreating"}},
+                }
+            ],
+        )
+        if scenario.scenario == "image_pull":
+            message = scenario.message or (
+                f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
+                f'failed to resolve reference "{image}": not found'
+            )
+            self._never_pull(
+                namespace,
+                pod_name,
+                image,
+                message,
+                {**base, "restartCount": 0, "lastState": {}},
+                lambda seconds: self._pod_sleep(namespace, pod_name, seconds, container),
+            )
+        while self._container_config_problem(namespace, pod) is not None:
+            self._pod_sleep(namespace, pod_name, self.step, container)
+        self._pod_sleep(namespace, pod_name, scenario.pending_seconds, container)
+        restarts, last = 0, {}
+        ip = f"10.244.0.{random.randint(2, 250)}"
+        while True:
+            started_at = _now()
+            container_id = "containerd://" + uuid.uuid4().hex + uuid.uuid4().hex
+            running = {
+                **base,
+                "imageID": _image_id(image),
+                "containerID": container_id,
+                "started": True,
+                "restartCount": restarts,
+                "lastState": last,
+            }
+
+            def show(ready: bool, running=running, started_at=started_at):
+                self._set_pod(
+                    namespace,
+                    pod_name,
+                    phase="Running",
+                    startTime=started_at,
+                    podIP=ip,
+                    podIPs=[{"ip": ip}],
+                    conditions=_pod_conditions(cname, ready=ready),
+                    containerStatuses=[
+                        {**running, "ready": ready, "state": {"running": {"startedAt": started_at}}}
+                    ],
+                )
+
+            show(False)
+            code = self._serve_container(namespace, pod_name, scenario, container, show)
+            if code is None:
+                return  # stopped: the pod is being deleted
+            restarts += 1
+            last = {
+                "terminated": {
+                    "exitCode": code,
+                    "reason": "Completed" if code == 0 else "Error",
+                    "startedAt": started_at,
+                    "finishedAt": _now(),
+                    "containerID": container_id,
+                }
+            }
+            with self._cond:
+                key = (namespace, pod_name)
+                self._previous_logs[key] = self._logs.pop(key, [])
+                self._rotated.pop(key, None)
+                self._log_size.pop(key, None)
+            back_off = min(10 * 2 ** (restarts - 1), 300)
+            self._set_pod(
+                namespace,
+                pod_name,
+                conditions=_pod_conditions(cname, ready=False),
+                containerStatuses=[
+                    {
+                        **running,
+                        "ready": False,
+                        "started": False,
+                        "restartCount": restarts,
+                        "lastState": last,
+                        "state": {
+                            "waiting": {
+                                "reason": "CrashLoopBackOff",
+                                "message": f"back-off {back_off}s restarting failed "
+                                f"container={cname} pod={pod_name}_{namespace}"
+                                f"({pod['metadata']['uid']})",
+                            }
+                        },
+                    }
+                ],
+            )
+            self._pod_sleep(namespace, pod_name, back_off * self.restart_scale, container)
+
+    def _serve_container(self, namespace, pod_name, scenario: Scenario, container, show):
+        """One life of a replica's container: its exit code, or None when the pod is being
+        deleted (SIGTERM). Readiness follows GET readinessProbe on the address the container
+        serves at (PodRun.serve_at); one that serves nowhere is ready once it runs."""
+        pod = self.get("pods", pod_name, namespace)
+        if pod is None:
+            raise _Gone()
+        container.endpoint = None
+        result: list = []
+        thread = None
+        if scenario.run is not None:
+            run = PodRun(
+                pod=pod,
+                files=self._pod_files(namespace, pod),
+                env=self._pod_env(namespace, pod),
+                _append=lambda text: self._append_log(namespace, pod_name, text),
+                _container=container,
+            )
+
+            def main():
+                try:
+                    result.append(scenario.run(run))
+                except BaseException as e:  # noqa: BLE001 - the container's failure
+                    result.append(e)
+
+            thread = threading.Thread(target=main, name=f"k8s-fake-run-{pod_name}", daemon=True)
+            thread.start()
+        else:
+            for line in scenario.logs:
+                self._append_log(namespace, pod_name, line if line.endswith("\n") else line + "\n")
+        probe = (_main_container(pod).get("readinessProbe") or {}).get("httpGet") or {}
+        ready, began = None, time.monotonic()
+        while True:
+            if container.term_sent or container.kill_sent or self._stopping.is_set():
+                if thread is not None:
+                    thread.join(30)
+                return None
+            if thread is not None and not thread.is_alive():
+                outcome = result[0] if result else 1
+                return outcome if isinstance(outcome, int) else 1
+            if thread is None and scenario.scenario != "success":
+                if time.monotonic() - began >= scenario.run_seconds:
+                    return scenario.code
+            now_ready = self._probe(container, probe) if thread is not None else True
+            if now_ready != ready:
+                ready = now_ready
+                show(ready)
+            with self._cond:
+                if (namespace, pod_name) not in self._objects["pods"]:
+                    raise _Gone()
+                self._cond.wait(self.step * 2)
+
+    def _probe(self, container: _Container, probe: dict) -> bool:
+        """An httpGet probe of the container: 200-399 within its timeout is a success."""
+        if container.endpoint is None:
+            return False
+        host, port = container.endpoint
+        connection = http.client.HTTPConnection(host, port, timeout=1)
+        try:
+            connection.request("GET", probe.get("path") or "/")
+            return 200 <= connection.getresponse().status < 400
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
+
+    def proxy(
+        self, namespace: str, name: str, port: str | None, method: str, rest: str, headers, body
+    ):
+        """The API server's service proxy: the request, to a ready endpoint of the Service
+        (a pod its selector picks, Ready, serving at an address of the test's), and its
+        answer as it is. Raises ApiError as the API server answers (404, 503)."""
+        self._check_namespace(namespace)
+        service = self.read("services", namespace, name)
+        ports = service["spec"].get("ports") or []
+        chosen = next((p for p in ports if port in (None, str(p["port"]), p.get("name"))), None)
+        if chosen is None:
+            raise ApiError(
+                503, "ServiceUnavailable", f'no endpoints available for service "{name}"'
+            )
+        selector = service["spec"].get("selector") or {}
+        with self._cond:
+            endpoints = [
+                self._containers[key].endpoint
+                for key, p in self._objects["pods"].items()
+                if key[0] == namespace
+                and selector
+                and all(
+                    (p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items()
+                )
+                and _ready(p)
+                and not p["metadata"].get("deletionTimestamp")
+                and key in self._containers
+                and self._containers[key].endpoint is not None
+            ]
+        if not endpoints:
+            raise ApiError(
+                503, "ServiceUnavailable", f'no endpoints available for service "{name}"'
+            )
+        host, target = random.choice(endpoints)
+        connection = http.client.HTTPConnection(host, target, timeout=300)
+        try:
+            connection.request(method, rest or "/", body=body, headers=headers)
+            answer = connection.getresponse()
+            return answer.status, answer.getheaders(), answer.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise ApiError(
+                503,
+                "ServiceUnavailable",
+                f"error trying to reach service: dial tcp 10.244.0.9:{target}: {e}",
+            ) from None
+        finally:
+            connection.close()
+
+
+def _default_pod_spec(spec: dict) -> None:
+    """What the API server adds to a pod template."""
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    for container in spec.get("containers") or []:
+        container.setdefault("terminationMessagePath", "/dev/termination-log")
+        container.setdefault("terminationMessagePolicy", "File")
+
+
+def _template_hash(template: dict) -> str:
+    """The pod-template-hash of a template: its ReplicaSet's name suffix."""
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+    return "".join("bcdfghjklmnpqrstvwxz2456789"[int(c, 16)] for c in digest[:10])
+
+
+def _scaled(value, replicas: int, up: bool) -> int:
+    """maxSurge (rounded up) or maxUnavailable (rounded down): a number or a percentage."""
+    if isinstance(value, int):
+        return value
+    share = int(str(value).rstrip("%")) * replicas
+    return -(-share // 100) if up else share // 100
+
+
+def _owned_by(obj: dict, uid: str) -> bool:
+    return any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or [])
+
+
+def _controller_ref(owner: dict) -> dict:
+    return {
+        "apiVersion": owner.get("apiVersion", "apps/v1"),
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _ready(pod: dict) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
 
 
 class _Gone(Exception):
@@ -1907,6 +2593,9 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        proxied = _PROXY.match(url.path)
+        if proxied:
+            return self._proxy(method, url, proxied, raw)
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -1938,6 +2627,54 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(e.code, e.status())
         except (BrokenPipeError, ConnectionResetError, _StreamCut):
             self.close_connection = True
+
+    def _proxy(self, method: str, url, match, raw: bytes) -> None:
+        """``/api/v1/namespaces/NS/services/NAME[:PORT]/proxy/PATH``: authenticated as any
+        request, then passed on to the Service's endpoint with its body and answered as it
+        answered."""
+        fake = self.fake
+        fake.requests.append(
+            {
+                "method": method,
+                "path": url.path,
+                "query": {},
+                "body": None,
+                "content_type": self.headers.get("Content-Type"),
+            }
+        )
+        try:
+            if self.headers.get("Authorization") != f"Bearer {fake.token}":
+                raise ApiError(401, "Unauthorized", "Unauthorized")
+            rest = (match.group("rest") or "/") + (f"?{url.query}" if url.query else "")
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() in ("content-type", "accept", "content-length")
+            }
+            status, answer_headers, body = fake.proxy(
+                match.group("ns"),
+                match.group("name"),
+                match.group("port"),
+                method,
+                rest,
+                headers,
+                raw if raw or method in ("POST", "PUT", "PATCH") else None,
+            )
+        except ApiError as e:
+            return self._json(e.code, e.status())
+        self.send_response(status)
+        for key, value in answer_headers:
+            if key.lower() not in (
+                "content-length",
+                "connection",
+                "transfer-encoding",
+                "date",
+                "server",
+            ):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _fault(self, fault: Fault) -> None:
         if fault.status == "reset":

@@ -50,6 +50,7 @@ from mlcontainer_magics.runner import (
     RUNNER_PATH,
     STDERR_MARK,
     mlc_runner,
+    runner_source,
 )
 
 kubernetes = pytest.importorskip("kubernetes")
@@ -242,7 +243,7 @@ def test_a_run_creates_secret_and_job_streams_and_leaves_the_job_for_its_ttl(
     assert result.container_id.startswith("mlc-run-1-")
     # The pod got the run's folder from the Secret, and the one-stream mode.
     assert seen["files"]["/mlc/cell.py"] == spec.code.encode()
-    assert b"def main()" in seen["files"]["/mlc/runner.py"]
+    assert seen["files"]["/mlc/runner.py"] == runner_source()
     assert json.loads(seen["files"]["/mlc/manifest.json"])["outputs"] == []
     assert seen["env"]["MLC_ONE_STREAM"] == "1" and seen["env"]["MODE"] == "test"
     assert seen["env"]["API_TOKEN"] == "s3"  # by reference to the Secret, never in the Job
@@ -747,11 +748,13 @@ def test_export_of_a_local_image_says_to_push_it(tmp_path):
 # -- with Docker: a real registry and the real runner ------------------------------------------
 
 
-def docker_pod(client, namespace, root: Path):
+def docker_pod(client, namespace, root: Path, serve: bool = False):
     """A ``run=`` callback for the fake: the pod's container, run for real on the engine with
     the Secret's files in a folder mounted at /mlc (and those mounted elsewhere, a --mount's,
     in a folder per top-level directory), the pod's env and its user; the container's output is
-    the pod's log, line by line as it comes."""
+    the pod's log, line by line as it comes. With ``serve`` (a Deployment's pod), its port is
+    published on 127.0.0.1 (the fake's probes and Service proxy go there) and its root
+    filesystem is read-only with /tmp writable, as the pod's securityContext says."""
 
     def container(pod):
         c = pod.pod["spec"]["containers"][0]
@@ -775,6 +778,11 @@ def docker_pod(client, namespace, root: Path):
         (folder / "out").mkdir()
         (folder / "out").chmod(0o777)
         uid = c["securityContext"]["runAsUser"]
+        network = {"network_mode": "none"}
+        if serve:
+            port = c["ports"][0]["containerPort"]
+            network = {"ports": {f"{port}/tcp": ("127.0.0.1", None)}}
+            network.update(read_only=True, tmpfs={"/tmp": f"uid={uid}"})
         made = client.containers.create(
             c["image"],
             c["command"],
@@ -782,10 +790,10 @@ def docker_pod(client, namespace, root: Path):
             environment=pod.env,
             working_dir=c["workingDir"],
             labels={LABEL: namespace},
-            network_mode="none",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             volumes=binds,
+            **network,
         )
 
         def exec_in(command):  # pods/exec, as the kubelet does it: in the running container
@@ -796,6 +804,10 @@ def docker_pod(client, namespace, root: Path):
         pod.on_signal(lambda name: made.kill(signal=name))  # the kubelet's SIGTERM, SIGKILL
         try:
             made.start()
+            if serve:
+                made.reload()
+                published = made.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]
+                pod.serve_at(int(published["HostPort"]))
             decoder, pending = codecs.getincrementaldecoder("utf-8")("replace"), ""
             for chunk in made.logs(stream=True, follow=True):
                 pending += decoder.decode(chunk)

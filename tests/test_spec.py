@@ -153,3 +153,68 @@ def test_a_trailing_newline_is_not_part_of_a_valid_name(make):
     # `$` matches before a final newline: every such check must take the whole text
     with pytest.raises(SpecError):
         make()
+
+
+# -- --serve ------------------------------------------------------------------------------------
+
+
+def _served(**fields):
+    return s.RunSpec(
+        code="def predict(x): return x", env_spec=s.EnvSpec("python:3.11-slim"), **fields
+    )
+
+
+def test_serve_flags_become_a_serve_spec():
+    assert s.parse_serve(None) is None
+    assert s.parse_serve("ocr") == s.ServeSpec("ocr", "predict", None, 1)
+    assert s.parse_serve("ocr", port="8000", entry="read", replicas="3") == s.ServeSpec(
+        "ocr", "read", 8000, 3
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        ({"name": "no spaces"}, "Name"),
+        ({"name": "m", "port": "0"}, r"--port '0': use a number from 1 to 65535"),
+        ({"name": "m", "port": "http"}, "--port 'http' is not a whole number"),
+        ({"name": "m", "port": "70000"}, "--port"),
+        ({"name": "m", "entry": "my-fn"}, "--entry 'my-fn' is not a Python function name"),
+        ({"name": "m", "replicas": "0"}, "--replicas"),
+        ({"name": None, "port": "8000", "replicas": "2"}, "--port, --replicas: only with --serve"),
+    ],
+)
+def test_bad_serve_flags_say_what_to_do(kwargs, words):
+    with pytest.raises(SpecError, match=words):
+        s.parse_serve(kwargs.pop("name"), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "fields,words",
+    [
+        ({"session": "warm"}, "--serve and --session do not go together"),
+        ({"outputs": ("y",)}, "--out does not go with --serve"),
+        ({"network": "none"}, "--network none does not go with --serve"),
+    ],
+)
+def test_a_served_spec_refuses_what_a_service_cannot_have(fields, words):
+    with pytest.raises(SpecError, match=words):
+        _served(serve=s.ServeSpec("m"), **fields)
+    _served(**fields)  # the same without --serve is fine
+
+
+def test_the_serve_block_of_the_manifest_names_the_snapshot_and_its_lock():
+    lock = [{"name": "six", "version": "1.16.0", "hashes": ["sha256:abc"]}]
+    block = s.serve_manifest(s.ServeSpec("m", "run"), "abc123", lock)
+    assert block == {
+        "name": "m",
+        "entry": "run",
+        "snapshot": "abc123",
+        "lock_digest": "sha256:" + s.digest(lock),
+    }
+    assert (
+        s.serve_manifest(s.ServeSpec("m"), "x", lock)["lock_digest"]
+        != s.serve_manifest(s.ServeSpec("m"), "x", lock[:0])["lock_digest"]
+    )
+    spec = _served(serve=s.ServeSpec("m", port=9000))
+    assert spec.to_dict()["serve"] == {"name": "m", "entry": "predict", "port": 9000, "replicas": 1}

@@ -24,7 +24,8 @@ PACKAGE = "mlcontainer_magics"
 ROOT = Path(__file__).resolve().parents[1]
 # Top to bottom; a tuple is a layer of independent siblings.
 LAYERS = [
-    ("frontends", "server", "store"),  # store: the public import path of the Store
+    # store: the public import path of the Store; client: of service(), a served cell's client
+    ("frontends", "server", "store", "client"),
     ("backends",),
     ("core",),
     ("runner",),

@@ -1,5 +1,8 @@
 """A snapshot as artifacts other tools run: a plain Docker build context that rebuilds the
-environment offline and reruns the cell, and (``--k8s``) a Kubernetes Job manifest.
+environment offline and reruns the cell, and (``--k8s``) a Kubernetes Job manifest. With
+``--serve`` the image serves the cell's function over HTTP instead (``runner.py --http``), and
+``--k8s`` writes the Deployment and Service that serve it on a cluster; ``deploy_snapshot``
+applies those on the cluster itself (``mlcontainer deploy``).
 
 It draws on both backends (the Docker build's pure renderers, the Kubernetes object builders)
 and asks the snapshot's backend only for what the contract declares (wheels, a saved image).
@@ -7,18 +10,26 @@ and asks the snapshot's backend only for what the contract declares (wheels, a s
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import shutil
+import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import KubernetesConfig
 from ..core.backend import Backend
+from ..core.events import no_events
 from ..core.formatting import format_size
+from ..core.secrets import resolve
 from ..core.snapshots import spec_from_record
+from ..core.spec import parse_serve, serve_manifest
 from ..errors import SpecError
-from ..runner import runner_source
+from ..runner import SERVE_PORT, runner_source
 from .docker import build as render
-from .kubernetes.export import write_job_manifest
+from .kubernetes.export import write_job_manifest, write_service_manifest
 from .kubernetes.objects import settings_from, with_secrets
 
 # -- export -----------------------------------------------------------------------------------
@@ -36,6 +47,35 @@ alone:
 - `mlc/cell.py` is the cell's code; `mlc/in/` holds the values it received; `mlc/runner.py`
   runs it as a notebook would (standard library only).
 - Recorded stdout: `expected-stdout.txt`.
+{data}{secrets}"""
+
+SERVE_README = """# Service {service}: snapshot {snapshot}
+
+A containerized notebook cell that serves its function `{entry}` over HTTP, exported by
+mlcontainer-magics. Build and run it with Docker alone:
+
+    docker build -t service-{snapshot} .
+    docker run --rm -p 127.0.0.1:{port}:{port} service-{snapshot}
+
+Once the cell has run (it prints a `serving:` line), call it:
+
+    curl -X POST -H 'Content-Type: application/json' -d '[1, 2, 3]' http://127.0.0.1:{port}/{entry}
+
+- `POST /{entry}` (also `POST /`): the body is the function's argument, decoded by its
+  Content-Type: `application/json`, `application/x-npy` (numpy .npy),
+  `application/vnd.apache.parquet` (a pandas DataFrame), anything else as raw bytes. The
+  answer comes back the same way; a JSON request gets JSON.
+- `GET /healthz`: `{{"status": "ok"}}` once the cell has run (the image's HEALTHCHECK asks it);
+  `GET /metadata`: the snapshot ({snapshot}), the lock digest, the function's signature and
+  how many requests it served.
+- Bad input gets a 4xx JSON error, an exception in `{entry}` a 500 JSON error with its
+  traceback; the server stays up. It runs as an unprivileged user (uid 1000) and ends
+  cleanly on SIGTERM (`docker stop`).
+- `Dockerfile` starts from `{base}` (image id `{base_id}` when recorded), installs the Debian
+  packages and the exact pins of `requirements.lock` (with hashes) from `wheels/`, offline.
+- `mlc/cell.py` is the cell's code, run once at start; `mlc/in/` holds the values it
+  received; `mlc/runner.py` runs and serves it (standard library only); `mlc/manifest.json`
+  names the service (its `serve` block).
 {data}{secrets}"""
 
 DATA_COPIED = """\
@@ -63,11 +103,21 @@ def export(
     k8s: bool = False,
     k8s_config: KubernetesConfig | None = None,
     data_limit: int = 100 * 2**20,
+    serve: bool = False,
+    entry: str | None = None,
+    service: str | None = None,
+    replicas: int | None = None,
 ) -> Path:
     """Write a folder that rebuilds and reruns the snapshot with plain `docker build`/`run`;
     with ``k8s``, also the Job that reruns it on a cluster (placed as ``k8s_config`` says).
-    Mounted inputs up to ``data_limit`` bytes in all are copied in; larger ones are listed."""
+    Mounted inputs up to ``data_limit`` bytes in all are copied in; larger ones are listed.
+
+    With ``serve``, the image serves the cell's ``entry`` function on port 8080 (a snapshot
+    that was a service keeps its name and entry; any other whose cell defines the function
+    serves it too), and ``k8s`` writes ``service.yaml`` (Deployment and Service, ``replicas``
+    pods) instead of the Job."""
     record = store.get(ref)
+    serving = serve_block(record, service, entry) if serve else None
     dest = Path(dest).expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         what = "is not empty" if dest.is_dir() else "is a file"
@@ -77,20 +127,26 @@ def export(
     staging = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_run_folder(staging / "mlc", record, spec, folder)
-        _write_build_context(staging, record, spec, backend, data_limit)
+        _write_run_folder(staging / "mlc", record, spec, folder, serving)
+        _write_build_context(staging, record, spec, backend, data_limit, serving)
         if tar:
             backend.save_image(
                 record.get("env_image_id") or spec.env_spec.base_image, staging / "image.tar"
             )
         if k8s:
             config = k8s_config or KubernetesConfig()
-            write_job_manifest(
-                record,
-                with_secrets(spec, {}),
-                staging,
-                settings_from(config, config.k8s_namespace or "default"),
-            )
+            settings = settings_from(config, config.k8s_namespace or "default")
+            if serving is not None:
+                write_service_manifest(
+                    record,
+                    with_secrets(spec, {}),
+                    staging,
+                    settings,
+                    serving,
+                    replicas=replicas or _recorded_replicas(record),
+                )
+            else:
+                write_job_manifest(record, with_secrets(spec, {}), staging, settings)
         if dest.exists():
             dest.rmdir()
         staging.rename(dest)
@@ -105,8 +161,67 @@ def export(
     return dest
 
 
-def _write_run_folder(mlc: Path, record: dict, spec, kept: Path) -> None:
-    """mlc/: the runner, the cell, the values it received and its manifest, as a run has them."""
+def serve_block(record: dict, name: str | None = None, entry: str | None = None) -> dict:
+    """The manifest's ``serve`` block for serving snapshot ``record``: the name and entry it
+    was served with (a service's snapshot), else ``name`` (default: the snapshot's name, or
+    its id) and ``entry`` (default ``predict``). SpecError when the cell defines no such
+    function: a snapshot of any run whose cell defines it can be served."""
+    was = (record.get("spec") or {}).get("serve") or record.get("service") or {}
+    serve = parse_serve(
+        name or was.get("name") or record.get("name") or record["id"],
+        entry=entry or was.get("entry"),
+    )
+    assert serve is not None, "a name was given"
+    if not defines(record.get("code") or "", serve.entry):
+        raise SpecError(
+            f"The cell of snapshot {record['id']} defines no function {serve.entry}(...), so "
+            "there is nothing to serve. Choose the function with --entry NAME, or serve a cell "
+            f"that defines `def {serve.entry}(x): ...`."
+        )
+    return serve_manifest(serve, record["id"], record.get("lock"))
+
+
+def parse_replicas(value) -> int | None:
+    """--replicas: a number of pods (as --serve takes it); None when not given."""
+    if not value:
+        return None
+    serve = parse_serve("replicas", replicas=value)
+    assert serve is not None, "a name was given"
+    return serve.replicas
+
+
+def defines(code: str, name: str) -> bool:
+    """Whether the cell binds ``name`` at its top level (a def, an assignment, an import,
+    also under if/try/with): what the server calls. A cell that does not parse is not judged
+    here (its run says what is wrong)."""
+    try:
+        todo: list[ast.AST] = list(ast.parse(code).body)
+    except (SyntaxError, ValueError):
+        return True
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == name:
+                return True
+            continue  # names bound inside are not the module's
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id == name:
+            return True
+        if isinstance(node, ast.alias) and (node.asname or node.name.split(".")[0]) == name:
+            return True
+        todo.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def _recorded_replicas(record: dict) -> int:
+    was = (record.get("spec") or {}).get("serve") or record.get("service") or {}
+    return int(was.get("replicas") or 1)
+
+
+def _write_run_folder(
+    mlc: Path, record: dict, spec, kept: Path, serving: dict | None = None
+) -> None:
+    """mlc/: the runner, the cell, the values it received and its manifest, as a run has them
+    (with ``serving``, the manifest's ``serve`` block)."""
     (mlc / "out").mkdir(parents=True)
     (mlc / "out" / ".keep").write_bytes(b"")
     (mlc / "runner.py").write_bytes(runner_source())
@@ -118,11 +233,13 @@ def _write_run_folder(mlc: Path, record: dict, spec, kept: Path) -> None:
         "outputs": list(spec.outputs),
         "host": {"python": "", "numpy": False, "pyarrow": False},
     }
+    if serving is not None:
+        manifest["serve"] = serving
     (mlc / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def _write_build_context(
-    staging: Path, record: dict, spec, backend: Backend, data_limit: int
+    staging: Path, record: dict, spec, backend: Backend, data_limit: int, serving: dict | None
 ) -> None:
     """The locked wheels, the mounted inputs, the Dockerfile and the README."""
     lock = record.get("lock") or []
@@ -147,6 +264,7 @@ def _write_build_context(
             has_lock=bool(lock),
             wheels=bool(lock),
             data=bool(inputs) and copied,
+            serve_port=SERVE_PORT if serving is not None else None,
         )
     )
     (staging / "expected-stdout.txt").write_text(record.get("stdout") or "")
@@ -160,13 +278,17 @@ def _write_build_context(
             else DATA_LISTED.format(limit=format_size(data_limit), id=record["id"], mounts=mounts)
         )
     (staging / "README.md").write_text(
-        EXPORT_README.format(
+        (SERVE_README if serving is not None else EXPORT_README).format(
             id=record["id"],
             name=f" ({record['name']})" if record.get("name") else "",
             base=spec.env_spec.base_image,
             base_id=(record.get("base_image_id") or "?")[:19],
             data=data_note,
             secrets=SECRETS_NOTE.format(names=", ".join(spec.secrets)) if spec.secrets else "",
+            port=SERVE_PORT,
+            service=(serving or {}).get("name"),
+            entry=(serving or {}).get("entry"),
+            snapshot=record["id"],
         )
     )
 
@@ -194,3 +316,61 @@ def _write_data(staging: Path, inputs: list[dict], copy: bool) -> None:
                 shutil.copy2(source, target)
     lines += ["", "Copied into `data/`." if copy else "Not copied: mount them when you run it."]
     (staging / "DATA.md").write_text("\n".join(lines) + "\n")
+
+
+# -- deploy -----------------------------------------------------------------------------------
+
+
+def deploy_snapshot(
+    store,
+    ref: str,
+    backend,
+    *,
+    name: str | None = None,
+    entry: str | None = None,
+    replicas: int | None = None,
+    events=no_events,
+    secrets_file: str | None = None,
+):
+    """Serve snapshot ``ref``'s cell on a cluster (``backend``: a KubernetesBackend) as a
+    Deployment of ``replicas`` pods (default: as it was served, else 1) and a Service: its
+    environment built from the recorded lock where the image is gone and pushed where the
+    registry lacks it, then created or patched (a rollout) and waited for. The record notes
+    where it is deployed. Returns the DeployedService; RolloutFailed says why it cannot."""
+    record = store.get(ref)
+    serving = serve_block(record, name, entry)
+    replicas = parse_replicas(replicas)
+    spec = spec_from_record(record)
+    # What a served cell cannot have (check_serve) means nothing to a Deployment: a run's --out
+    # values stay in its pods, its session was this kernel's.
+    spec = replace(spec, outputs=(), session=None, network="bridge", serve=None)
+    values = resolve(spec.secrets, os.environ, secrets_file)
+    backend.check_mounts(spec)
+    env = backend.ensure_environment(spec.env_spec, events=events, lock=record.get("lock") or None)
+    from .kubernetes.export import mount_files, payload_files
+
+    with tempfile.TemporaryDirectory(prefix="mlc-deploy-") as folder:
+        mlc = Path(folder) / "mlc"
+        _write_run_folder(mlc, record, spec, store.artifacts_dir(record["id"]), serving)
+        files = {**payload_files(mlc), **mount_files(spec)}
+    deployed = backend.deploy_service(
+        spec,
+        env,
+        files,
+        run_id=record["id"],
+        service=serving["name"],
+        entry=serving["entry"],
+        replicas=replicas or _recorded_replicas(record),
+        secrets=values,
+        events=events,
+    )
+    target = backend.target()
+    here = {**deployed.to_dict(), "context": target.get("context"), "at": time.time()}
+    kept = [
+        d
+        for d in store.get(record["id"]).get("deployed") or []
+        if (d.get("context"), d.get("namespace"), d.get("name"))
+        != (here["context"], here["namespace"], here["name"])
+    ]
+    store.update(record["id"], deployed=[*kept, here])
+    return deployed

@@ -3,7 +3,8 @@
 A backend builds environments, runs cells, stops and lists runs, and keeps its own house
 (prune). Warm sessions are an optional capability: ``sessions`` is None where a backend has
 none, and callers check for it. So are standby containers: ``claim_run_folder`` returns None
-where a backend has none. A backend raises only MlcError subclasses (errors.py): the
+where a backend has none. So are services (``--serve``): ``services`` is None where a backend
+serves no cells. A backend raises only MlcError subclasses (errors.py): the
 third-party errors of its engine or cluster are translated where it talks to them.
 """
 
@@ -13,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import CapabilityMissing
 from .events import Events, Output, no_events
@@ -25,6 +27,8 @@ __all__ = [
     "Output",
     "RunResult",
     "RunningRun",
+    "ServiceHandle",
+    "Services",
     "WarmSessions",
     "no_events",
 ]
@@ -100,6 +104,67 @@ class WarmSessions(ABC):
     @abstractmethod
     def names(self) -> list[str]:
         """The sessions running now."""
+
+
+@dataclass
+class ServiceHandle:
+    """One started service, as its backend knows it."""
+
+    name: str  # --serve NAME
+    run_id: str  # its snapshot
+    url: str  # where the backend serves it: a published port, a cluster Service's address
+    backend: str = ""
+    ident: str = ""  # what names it to the backend: a container id, a Deployment's name
+    # The same server one hop closer, where this machine may reach it so (a container's own
+    # address on the engine's bridge, skipping the engine's port forwarder); "" if none.
+    direct: str = ""
+    ref: Any = field(default=None, repr=False, compare=False)  # the backend's own object
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "ref"}
+
+
+class Services(ABC):
+    """Optional capability: a cell served over HTTP (``--serve``). Its container runs the cell
+    once, then ``runner.py --http SERVE_PORT`` answers requests until it is stopped."""
+
+    # More than one copy of a service behind one address: where the backend can (a Deployment).
+    max_replicas = 1
+
+    @abstractmethod
+    def start(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir: Path,
+        *,
+        run_id: str,
+        events: Events = no_events,
+        output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> ServiceHandle:
+        """Start the service and stream its output until its runner prints SERVING_MARK
+        (it answers: return its handle). Ended before that (the cell failed, no entry
+        function), or not ready within ``spec.timeout``: ServiceFailed with its output, and
+        nothing of it left. ``workdir`` stays the backend's until ``wait`` returns."""
+
+    @abstractmethod
+    def wait(self, handle: ServiceHandle) -> RunResult:
+        """Block until the service ends (stopped, crashed, killed from outside); its whole
+        log; what was left of it removed. Raises only MlcError (the engine went away)."""
+
+    @abstractmethod
+    def stop(self, handle: ServiceHandle, grace: float = 10.0) -> bool:
+        """Ask it to end, finishing requests in flight for up to ``grace`` seconds, then end
+        it; False when it was not running."""
+
+    @abstractmethod
+    def logs(self, handle: ServiceHandle) -> str:
+        """What it has printed so far: the cell's output, then one line per request."""
+
+    @abstractmethod
+    def running(self) -> list[ServiceHandle]:
+        """The services of this namespace running now, whichever process started them."""
 
 
 class Backend(ABC):
@@ -193,6 +258,11 @@ class Backend(ABC):
     @property
     def sessions(self) -> WarmSessions | None:
         """Warm sessions, where this backend has them; None where it has not."""
+        return None
+
+    @property
+    def services(self) -> Services | None:
+        """Served cells (--serve), where this backend has them; None where it has not."""
         return None
 
     # -- standby containers (optional) ---------------------------------------------------------

@@ -9,6 +9,7 @@ In the order a run sends them::
     cached(image, size) | building(image, apt, requirements, on)  build-log(line)...
     built(image, size)  pushing(image)  starting  scheduling(message)
     pulling(image, node)  running(container, session)  collecting  recorded(snapshot)
+    serving(name, url, snapshot)  [a served cell: it answers at url]
     finished(status, message, detail, exit_code)
 """
 
@@ -30,6 +31,7 @@ class Phase(str, Enum):
     SCHEDULING = "scheduling"  # a Kubernetes pod waiting for a node
     PULLING = "pulling"  # ... then for its image
     RUNNING = "running"
+    SERVING = "serving"  # a served cell answers: name, url, snapshot
     COLLECTING = "collecting"
     RECORDED = "recorded"  # the snapshot exists: its id
     FINISHED = "finished"  # sent by the front end once the outcome is known

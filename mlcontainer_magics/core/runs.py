@@ -16,9 +16,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import CapabilityMissing, RunError, SpecError, StoreError, StoreUnavailable
 from ..runner import MESSAGE_PREFIX, VALUES_EXIT, runner_source
@@ -26,7 +27,7 @@ from . import transfer
 from .backend import Backend, Environment, RunResult, WarmSessions
 from .events import REASONS, Events, Output, Phase, no_events
 from .secrets import Masker
-from .spec import RunSpec
+from .spec import RunSpec, serve_manifest
 
 
 @dataclass
@@ -132,12 +133,14 @@ def prepare_workdir(
     *,
     digests: bool = True,
     folder: Path | None = None,
+    serve: dict | None = None,
 ) -> tuple[Path, dict]:
     """The run's own folder, mounted at /mlc: runner, cell, manifest, values in, out/.
     In a warm session it is made inside the session's folder (``parent``), else in
     ``run_folder_root()`` when this run fits there; a folder the backend claimed (``folder``:
     a standby container's, out/ mounted already) is filled instead. Without ``digests`` the
-    inputs' records lack theirs (see transfer.BackgroundDigests)."""
+    inputs' records lack theirs (see transfer.BackgroundDigests). ``serve``: the manifest's
+    block for a served cell (spec.serve_manifest)."""
     if folder is not None:
         workdir = folder
     else:
@@ -153,6 +156,8 @@ def prepare_workdir(
             "outputs": list(spec.outputs),
             "host": transfer.host_capabilities(),
         }
+        if serve is not None:
+            manifest["serve"] = serve
         (workdir / "manifest.json").write_text(json.dumps(manifest))
         out = workdir / "out"
         out.mkdir(exist_ok=folder is not None)
@@ -163,9 +168,38 @@ def prepare_workdir(
     return workdir, records
 
 
-def execute(
+# What runs once the run's folder is ready: step(outcome, workdir, hashing, output, secrets)
+# returns True when the folder outlives it (a service's, until the service stops).
+Step = Callable[[RunOutcome, Path, transfer.BackgroundDigests, Output, Mapping[str, str]], bool]
+
+
+def execute(spec: RunSpec, backend: Backend, **options: Any) -> RunOutcome:
+    """Build (or reuse) the environment, run the cell and record the snapshot in ``store``.
+    ``options`` are run_steps' (inputs, events, output, rebuild, store, context, lock,
+    secrets, output_digests).
+
+    A failed cell raises nothing (see ``failure``). A run that never reached its container
+    (bad base, failed build, interrupt while building) leaves no snapshot behind. ``secrets``
+    are the values of ``spec.secrets``: given to the run, masked in its output, never recorded.
+    ``output_digests``: output name -> digest algorithm (a rerun's, as its record has them).
+    """
+    pool = _sessions_for(spec, backend)
+    store, events = options.get("store"), options.get("events") or no_events
+
+    def run_and_collect(outcome, workdir, hashing, masker, values) -> bool:
+        _run_and_collect(outcome, pool or backend, workdir, hashing, store, events, masker, values)
+        return False
+
+    outcome = run_steps(spec, backend, run_and_collect, pool=pool, **options)
+    if store:
+        _record_end(store, outcome)
+    return outcome
+
+
+def run_steps(
     spec: RunSpec,
     backend: Backend,
+    step: Step,
     *,
     inputs: dict | None = None,
     events: Events = no_events,
@@ -176,18 +210,15 @@ def execute(
     lock: list | None = None,
     secrets: Mapping[str, str] | None = None,
     output_digests: Mapping[str, str] | None = None,
+    pool: WarmSessions | None = None,
 ) -> RunOutcome:
-    """Build (or reuse) the environment, run the cell and record the snapshot in ``store``.
-
-    A failed cell raises nothing (see ``failure``). A run that never reached its container
-    (bad base, failed build, interrupt while building) leaves no snapshot behind. ``secrets``
-    are the values of ``spec.secrets``: given to the run, masked in its output, never recorded.
-    ``output_digests``: output name -> digest algorithm (a rerun's, as its record has them).
-    """
+    """The steps every run shares, around ``step`` (which runs the container): the record of
+    its start, its environment, its folder (kept with the snapshot) and status "running".
+    What fails before ``step`` leaves no snapshot; what fails in it is recorded as failed.
+    The caller records how a run that returns ended."""
     run_id = store.new_id({"spec": spec.to_dict()}) if store else uuid.uuid4().hex[:12]
     outcome = RunOutcome(run_id, spec, output_digests=dict(output_digests or {}))
     # Refused here, before anything is built or recorded.
-    pool = _sessions_for(spec, backend)
     secrets = _check_data(spec, backend, secrets)
     masker = Masker(output or (lambda stream, text: None), secrets.values())
     # Mounts need the digest machinery (xxhash, SQLite): imported only when there are some.
@@ -198,6 +229,7 @@ def execute(
         workdir = claimed = None
         hashing = None  # the inputs' digests, taken while the container runs
         started = False  # past this point the run is a snapshot, whatever happens
+        kept = False  # the step keeps the folder (a service's)
         try:
             t0 = time.perf_counter()
             outcome.env = backend.ensure_environment(
@@ -206,16 +238,18 @@ def execute(
             outcome.timings["environment"] = round(time.perf_counter() - t0, 3)
             parent = pool.workdir_parent(spec, outcome.env, events) if pool else None
             # A standby container's folder, where the backend has one ready for these settings
-            # and it lies where this run's folder would (not in RAM for large inputs).
-            claimed = None if pool else backend.claim_run_folder(spec, outcome.env)
+            # and it lies where this run's folder would (not in RAM for large inputs). Not for
+            # a service: its container is made to publish a port.
+            claimed = None if pool or spec.serve else backend.claim_run_folder(spec, outcome.env)
             if claimed is not None and not _same_root(claimed, run_folder_for(spec, inputs or {})):
                 backend.release_run_folder(claimed)
                 claimed = None
+            serve = serve_manifest(spec.serve, run_id, outcome.env.lock) if spec.serve else None
             workdir, outcome.inputs = prepare_workdir(
-                spec, inputs or {}, parent, digests=False, folder=claimed
+                spec, inputs or {}, parent, digests=False, folder=claimed, serve=serve
             )
-            kept = store.artifacts_dir(run_id) if store else None
-            hashing = transfer.BackgroundDigests(outcome.inputs, workdir, keep=kept)
+            kept_dir = store.artifacts_dir(run_id) if store else None
+            hashing = transfer.BackgroundDigests(outcome.inputs, workdir, keep=kept_dir)
             if store:
                 keep_inputs(store.artifacts_dir(run_id), workdir, values=False)
                 if mounts:
@@ -229,9 +263,7 @@ def execute(
             started = True
             before = mounts.before_writes(spec) if mounts else {}
             try:
-                _run_and_collect(
-                    outcome, pool or backend, workdir, hashing, store, events, masker, secrets
-                )
+                kept = step(outcome, workdir, hashing, masker, secrets)
             finally:
                 _mask_and_note_writes(outcome, masker, mounts, before, cache)
         except BaseException as e:
@@ -245,12 +277,10 @@ def execute(
         finally:
             if hashing is not None:
                 hashing.wait()  # it reads the folder about to go
-            if workdir is not None:
+            if workdir is not None and not kept:
                 remove_soon(workdir)
             if claimed is not None:
                 backend.release_run_folder(claimed)
-        if store:
-            _record_end(store, outcome)
         return outcome
     finally:
         if cache is not None:
@@ -371,6 +401,11 @@ def _record_failure(store, outcome: RunOutcome, error: BaseException, hashing) -
             hashing.fill(outcome.inputs)
     except Exception:  # the run's own error matters more
         pass
+    # What the container printed before it ended, where the step knows it (a service's).
+    printed = {}
+    if outcome.result is not None:
+        r = outcome.result
+        printed = {"stdout": r.stdout, "stderr": r.stderr, "exit_code": r.exit_code}
     store.update(
         outcome.run_id,
         status=status,
@@ -378,6 +413,7 @@ def _record_failure(store, outcome: RunOutcome, error: BaseException, hashing) -
         finished=time.time(),
         timings=outcome.timings,
         inputs=outcome.inputs,
+        **printed,
     )
 
 

@@ -12,7 +12,7 @@ from . import mounts, runs, transfer
 from . import secrets as secret_values
 from .datatree import DigestCache
 from .owner import alive as owner_alive
-from .spec import EnvSpec, MountSpec, RunSpec
+from .spec import EnvSpec, MountSpec, RunSpec, ServeSpec
 from .store import ACTIVE_STATUSES
 
 
@@ -41,6 +41,7 @@ def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
             value = environ[key]
         env.append((key, value))
     fields = {k: d.get(k) for k in ("name", "cpus", "memory", "gpus", "timeout", "session")}
+    serve = d.get("serve")
     return RunSpec(
         code=d["code"],
         env_spec=env_spec,
@@ -55,6 +56,7 @@ def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
             for m in d.get("mounts", ())
         ),
         secrets=tuple(d.get("secrets", ())),
+        serve=ServeSpec(**serve) if isinstance(serve, dict) else None,
         **fields,
     )
 
@@ -217,6 +219,8 @@ def prune(store, backend, backend_of=None) -> list[str]:
         # its kernel is alive and will record how it ends.
         if owner_alive(record.get("kernel")):
             continue
-        store.update(summary["id"], status="interrupted", reason="its kernel went away")
-        done.append(f"marked {summary['id']} interrupted (its kernel went away)")
+        # A service ends with its kernel: stopped, as its kernel would have recorded it.
+        status = "stopped" if summary.get("status") == "serving" else "interrupted"
+        store.update(summary["id"], status=status, reason="its kernel went away")
+        done.append(f"marked {summary['id']} {status} (its kernel went away)")
     return done

@@ -18,7 +18,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from ..errors import SpecError
-from ..runner import WORK_DIR
+from ..runner import DEFAULT_ENTRY, WORK_DIR
 
 NETWORKS = ("bridge", "none")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -34,6 +34,7 @@ MIN_MEMORY = 6 * 1024**2
 MIN_CPUS = 0.01
 # A longer timer overflows in the timer thread, which would silently run without a timeout.
 MAX_TIMEOUT = threading.TIMEOUT_MAX
+MAX_REPLICAS = 1000
 # An image reference as Docker parses it: [domain[:port]/]path[:tag][@digest], path lowercase.
 _DOMAIN = (
     r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
@@ -86,6 +87,16 @@ class MountSpec:
 
 
 @dataclass(frozen=True)
+class ServeSpec:
+    """``--serve NAME``: after the cell has run, its container serves ``entry`` over HTTP."""
+
+    name: str
+    entry: str = DEFAULT_ENTRY
+    port: int | None = None  # the host port of the URL users see; None: a free one
+    replicas: int = 1
+
+
+@dataclass(frozen=True)
 class RunSpec:
     code: str
     env_spec: EnvSpec
@@ -103,6 +114,11 @@ class RunSpec:
     secret_env: frozenset[str] = field(default_factory=frozenset)
     mounts: tuple[MountSpec, ...] = ()
     secrets: tuple[str, ...] = ()  # names only: values are given to a run, never recorded
+    serve: ServeSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.serve is not None:
+            check_serve(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -112,6 +128,76 @@ class RunSpec:
     def masked_env(self) -> dict[str, str]:
         """The environment as it may be recorded: values of secrets masked."""
         return {k: ("***" if k in self.secret_env or looks_secret(k) else v) for k, v in self.env}
+
+
+def parse_serve(name, *, port=None, entry=None, replicas=None) -> ServeSpec | None:
+    """``--serve NAME [--port PORT] [--entry FUNC] [--replicas N]``; None without --serve
+    (and then the other three are refused: they mean nothing alone)."""
+    if name is None:
+        given = [
+            f for f, v in (("--port", port), ("--entry", entry), ("--replicas", replicas)) if v
+        ]
+        if given:
+            raise SpecError(f"{', '.join(given)}: only with --serve NAME; add --serve NAME.")
+        return None
+    name = parse_name(name)
+    entry = entry or DEFAULT_ENTRY
+    if not _IDENT_RE.fullmatch(entry):
+        raise SpecError(f"--entry {entry!r} is not a Python function name; e.g. --entry predict.")
+    return ServeSpec(
+        name,
+        entry,
+        parse_port(port),
+        _int_flag("--replicas", replicas, 1, MAX_REPLICAS) or 1,
+    )
+
+
+def parse_port(value) -> int | None:
+    """--port: a TCP port, 1-65535; None when not given."""
+    return _int_flag("--port", value, 1, 65535)
+
+
+def _int_flag(flag: str, value, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise SpecError(f"{flag} {value!r} is not a whole number.") from None
+    if not low <= number <= high:
+        raise SpecError(f"{flag} {value!r}: use a number from {low} to {high}.")
+    return number
+
+
+def check_serve(spec: RunSpec) -> None:
+    """What a served cell cannot have, refused before any work."""
+    if spec.session:
+        raise SpecError(
+            "--serve and --session do not go together: a service runs in a container of its "
+            "own for as long as it serves. Drop --session."
+        )
+    if spec.network == "none":
+        raise SpecError(
+            "--network none does not go with --serve: a container without a network cannot "
+            "be reached. Drop --network none (the port is published on 127.0.0.1 only)."
+        )
+    if spec.outputs:
+        raise SpecError(
+            "--out does not go with --serve: the served container keeps running, and its "
+            "function's results come back as answers to requests. Drop --out (serve the "
+            "values from the cell's function instead)."
+        )
+
+
+def serve_manifest(serve: ServeSpec, run_id: str, lock) -> dict:
+    """The ``serve`` block of /mlc/manifest.json (the runner's --http reads it): what the
+    container serves, and which snapshot and lock it is."""
+    return {
+        "name": serve.name,
+        "entry": serve.entry,
+        "snapshot": run_id,
+        "lock_digest": "sha256:" + digest(list(lock or [])),
+    }
 
 
 def looks_secret(key: str) -> bool:

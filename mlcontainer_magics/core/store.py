@@ -16,8 +16,8 @@ id              12 hex chars from :meth:`Store.new_id` (any name-like string is 
 name            the user's ``--name``; several snapshots may share one (the newest wins in ``get``)
 notebook        path of the notebook the cell ran in
 cell            execution count or cell id
-status          one of ``STATUSES``: building, running, done, failed, stopped, timeout, oom,
-                interrupted
+status          one of ``STATUSES``: building, running, serving, done, failed, stopped, timeout,
+                oom, interrupted
 created         epoch seconds (float) when the run began; ``put`` fills in the current time
 finished        epoch seconds (float) when it ended
 duration        seconds (float) the cell ran
@@ -40,6 +40,8 @@ timings         phase -> seconds, e.g. ``{"build": 31.2, "run": 4.1}``
 host            ``{"hostname", "platform", "python", "docker"}``
 versions        package name -> version of the tools that made the run
 session         id of the kernel session the run belongs to
+service         a served cell's ``{"name", "url", "port", "entry", "replicas", "backend",
+                "started"}``; ``replaced_by`` the snapshot that took its place
 ==============  =================================================================================
 
 The summary columns (``SUMMARY_FIELDS``) are copied out of the record into indexed columns, so
@@ -72,8 +74,19 @@ from ..errors import (
     StoreUnavailable,
 )
 
-STATUSES = ("building", "running", "done", "failed", "stopped", "timeout", "oom", "interrupted")
-ACTIVE_STATUSES = ("building", "running")
+STATUSES = (
+    "building",
+    "running",
+    "serving",
+    "done",
+    "failed",
+    "stopped",
+    "timeout",
+    "oom",
+    "interrupted",
+)
+# A service (--serve) is "serving" from the moment it answers until it is stopped.
+ACTIVE_STATUSES = ("building", "running", "serving")
 SUMMARY_FIELDS = (
     "id",
     "name",

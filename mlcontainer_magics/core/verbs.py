@@ -85,6 +85,30 @@ def list_snapshots(
     return format_list(summaries)
 
 
+# -- services ------------------------------------------------------------------------------------
+
+
+def format_services(rows) -> str:
+    """A table of services (core.services.rows): name, URL, snapshot, requests, uptime; a
+    service of another process has no request count here ("-")."""
+    if not rows:
+        return ""
+    table = [("NAME", "URL", "SNAPSHOT", "REQUESTS", "UPTIME")] + [
+        (
+            _word(r.get("name")),
+            _word(r.get("url")),
+            _word(r.get("snapshot")),
+            MISSING if r.get("requests") is None else str(r["requests"]),
+            format_duration(r.get("uptime")),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    return "\n".join(
+        "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip() for row in table
+    )
+
+
 # -- show ----------------------------------------------------------------------------------------
 
 
@@ -207,6 +231,20 @@ def _run_lines(r: dict) -> list[str]:
         lines.append(_field("notebook", where))
     if r.get("session"):
         lines.append(_field("session", r["session"]))
+    service = _dict(r.get("service"))
+    if service:
+        copies = service.get("replicas") or 1
+        lines.append(
+            _field(
+                "service",
+                f"{_printable(service.get('name'))} at {_printable(service.get('url'))} "
+                f"(entry {_printable(service.get('entry'))}"
+                + (f", {copies} replicas" if copies != 1 else "")
+                + ")",
+            )
+        )
+    if r.get("replaced_by"):
+        lines.append(_field("replaced by", r["replaced_by"]))
     lines.append(_field("created", format_time(r.get("created"))))
     if r.get("finished") is not None or r.get("duration") is not None:
         lines.append(

@@ -18,6 +18,24 @@ def _write(stream: str, text: str) -> None:
     target.flush()
 
 
+def _serve_until_interrupted() -> int:
+    """`mlcontainer serve`: the service lives as long as this process; Ctrl-C stops it."""
+    import signal
+
+    from ..core.services import REGISTRY, STOP_GRACE
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt  # `kill PID` stops the service as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupt)
+    print("serving until Ctrl-C", file=sys.stderr, flush=True)
+    try:
+        REGISTRY.wait()
+    except KeyboardInterrupt:
+        REGISTRY.stop_all(grace=STOP_GRACE)
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -34,7 +52,9 @@ def main(argv=None) -> int:
             args, store=Store(settings.store_dir), backends=Backends(settings), output=_write
         )
         if text:
-            print(text)
+            print(text, flush=True)
+        if args.command == "serve":
+            return _serve_until_interrupted()
         return 0
     except VerificationFailed as e:
         print(f"mlcontainer: {e}", file=sys.stderr)

@@ -87,7 +87,9 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
           %container show ID [--json]        %container logs ID
           %container rerun ID [--verify]     %container diff A B
           %container export ID DIR [--tar]   %container rm ID [ID ...]
-          %container prune                  %container stop SESSION
+          %container prune                  %container stop NAME  (a service or session)
+          %container services               %container logs NAME  (a service's live log)
+          %container serve ID [--name NAME] [--port PORT]
 
         The same verbs run in a terminal as `mlcontainer VERB ...`.
         """
@@ -166,6 +168,18 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         help="Run in a warm session: the container and its state live on between cells.",
     )
     @argument(
+        "--serve",
+        metavar="NAME",
+        help="Serve the cell over HTTP after it has run: POST /predict calls its predict "
+        "function (see --entry), at http://127.0.0.1:PORT, until the kernel ends or "
+        "`%%container stop NAME`. Running the cell again replaces the service.",
+    )
+    @argument("--port", help="With --serve: the port on 127.0.0.1 (default: a free one).")
+    @argument("--entry", help="With --serve: the cell's function to serve (default: predict).")
+    @argument(
+        "--replicas", help="With --serve: copies of the service (more than 1: Kubernetes only)."
+    )
+    @argument(
         "--mount",
         nargs="+",
         action="append",
@@ -238,7 +252,7 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
 
         display.show()
         try:
-            outcome = runs.execute(
+            outcome, service, error = self._run_or_serve(
                 spec,
                 backend,
                 inputs=inputs,
@@ -250,26 +264,49 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
                 secrets=secret_values,
             )
             demux.close()
-            error = runs.outcome_error(outcome)
-            display(
-                Phase.FINISHED,
-                status=error.reason if error else "done",
-                message=str(error) if error else "done",
-                exit_code=outcome.result.exit_code,
-                detail=error.logs if error else "",
-            )
+            if error is not None:
+                display(
+                    Phase.FINISHED,
+                    status=error.reason,
+                    message=str(error),
+                    exit_code=error.exit_code,
+                    detail=error.logs,
+                )
+            elif service is not None:  # it lives on: the display ends saying where
+                display(Phase.FINISHED, status="serving", message=f"serving at {service.url}")
+            else:
+                display(Phase.FINISHED, status="done", message="done", exit_code=0)
         except BaseException as e:
             display.close(e)
             raise
         finally:
             demux.close()
             display.close()
+        if error is None and service is not None:
+            from .commands import served_line
+
+            print(f"[mlcontainer] {served_line(service)}")
+            return
         if error is None:
             self.shell.user_ns.update(outcome.values)
             return
         if self.raise_error and not args.no_raise_error:
             raise error
         print(f"[mlcontainer] {error}", file=sys.stderr)
+
+    @staticmethod
+    def _run_or_serve(spec, backend, **kwargs):
+        """(outcome, service, the error to raise): a run's outcome, or a served cell's service
+        (--serve), whose failed cell is a RunError like a run's."""
+        if spec.serve is None:
+            outcome = runs.execute(spec, backend, **kwargs)
+            return outcome, None, runs.outcome_error(outcome)
+        from ..core import services
+
+        try:
+            return None, services.serve(spec, backend, **kwargs), None
+        except RunError as e:
+            return None, None, e
 
     def _spec(self, args, cell: str, volumes=None) -> specs.RunSpec:
         """All validation happens here, before anything is built."""
@@ -320,6 +357,9 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
                     volumes=volumes,
                 ),
                 secrets=specs.parse_secret_names([s for group in args.secret for s in group]),
+                serve=specs.parse_serve(
+                    args.serve, port=args.port, entry=args.entry, replicas=args.replicas
+                ),
             )
         except SpecError as e:
             raise UsageError(str(e)) from None

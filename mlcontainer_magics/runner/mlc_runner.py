@@ -399,6 +399,14 @@ def run_cell(source, namespace, filename=CELL):
             publish(mime_bundle(value))
 
 
+def _from_cell(tb, cell):
+    """The traceback ``tb`` without the runner's own frames: it starts in the cell."""
+    start = tb
+    while start is not None and start.tb_frame.f_code.co_filename != cell:
+        start = start.tb_next
+    return start or tb
+
+
 def run_in(base, namespace):
     """Run base/cell.py with base/manifest.json's values in ``namespace``; exit status."""
     cell = os.path.join(base, "cell.py")
@@ -427,11 +435,7 @@ def run_in(base, namespace):
         sys.stderr.write(MESSAGE_PREFIX + "%s\n" % e)
         return VALUES_EXIT
     except BaseException as e:  # report any failure of user code as a traceback
-        tb = e.__traceback__
-        # Drop the runner's own frames so the traceback starts in the cell.
-        while tb is not None and tb.tb_frame.f_code.co_filename != cell:
-            tb = tb.tb_next
-        traceback.print_exception(type(e), e, tb or e.__traceback__)
+        traceback.print_exception(type(e), e, _from_cell(e.__traceback__, cell))
         sys.stderr.flush()
         return 130 if isinstance(e, KeyboardInterrupt) else 1
     if manifest.get("outputs") and not _term["signals"]:  # stopped: no values go back
@@ -563,16 +567,20 @@ def _stopped():
     return TERM_EXIT
 
 
-def main():
+def main(namespace=None):
+    """Run the cell in ``namespace`` (a fresh one unless given: --http then calls into it)."""
     import signal
     signal.signal(signal.SIGTERM, _on_sigterm)
     one_stream = os.environ.get(ONE_STREAM_ENV) == "1"
     if one_stream:
         sys.stderr = _MarkedStderr()
+    if namespace is None:
+        namespace = {}
+    namespace.update({"__name__": "__main__", "display": display})
     try:
         _install_display()
         _matplotlib_backend()
-        code = run_in(MLC, {"__name__": "__main__", "display": display})
+        code = run_in(MLC, namespace)
         if one_stream and not _term["signals"]:
             sys.stdout.flush()
             offer_out_files(OUT)
@@ -711,9 +719,375 @@ def standby(path):
     return state["code"]
 
 
+# -- HTTP: the cell served as a function (--http PORT) ---------------------------------------
+# The cell runs once as main() runs it; then its entry function answers POST /predict, a thread
+# per request (it may run concurrently). Bodies use the formats of --in/--out values. The
+# kernel's proxy, an export's `docker run -p` and a Kubernetes Service all talk to this.
+
+CONTAINER_PORT = 8080  # where the server listens inside the container
+SERVING_MARK = PREFIX + "serving:"  # + JSON {"port", "entry", "signature"}: ready for requests
+DEFAULT_ENTRY = "predict"
+MAX_BODY = 1 << 30  # bytes: a larger request body is refused (413) before it is read
+DRAIN_SECONDS = 10.0  # after SIGTERM, how long the requests in flight may take to finish
+REQUEST_IDLE = 120  # seconds a connection may stay silent before its thread gives up on it
+BODY_TYPES = {"json": "application/json", "npy": "application/x-npy",
+              "parquet": "application/vnd.apache.parquet", "bytes": "application/octet-stream"}
+_TYPE_FORMATS = {"application/json": "json", "application/x-npy": "npy",
+                 "application/vnd.apache.parquet": "parquet", "application/x-parquet": "parquet"}
+# What a body may be sent as, whoever reads it: never pickle (reading one runs its code).
+_ANY_READER = {"numpy": True, "pyarrow": True}
+_NEEDS = {"npy": ("numpy",), "parquet": ("pandas", "pyarrow")}
+
+
+class HttpError(Exception):
+    """A request that gets an error answer: its HTTP status and JSON payload."""
+
+    def __init__(self, status, message, **extra):
+        Exception.__init__(self, message)
+        self.status = status
+        self.payload = {"error": message}
+        self.payload.update(extra)
+
+
+def body_format(content_type):
+    """The value format of a Content-Type: json, npy, parquet, or bytes for any other."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    return _TYPE_FORMATS.get(media, "bytes")
+
+
+def decode_body(body, content_type):
+    """The value in ``body``, read by its Content-Type. HttpError 400 if it is not what the type
+    says; 415 (payload "needs": [modules]) if this Python lacks the library that reads it."""
+    import io
+    fmt = body_format(content_type)
+    if fmt == "bytes":
+        return body
+    if fmt == "json":
+        try:
+            return json.loads(body.decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError is one too
+            raise HttpError(400, "the body is not JSON (%s); send JSON, or set the Content-Type "
+                                 "to what it is" % e)
+    needs = _NEEDS[fmt]
+    try:
+        for module in needs:
+            __import__(module)
+    except ImportError:
+        raise HttpError(415, "a %s body needs %s to be read, and this Python lacks it"
+                        % (content_type, " and ".join(needs)), needs=list(needs))
+    try:
+        if fmt == "npy":
+            return sys.modules["numpy"].load(io.BytesIO(body), allow_pickle=False)
+        return sys.modules["pandas"].read_parquet(io.BytesIO(body))
+    except Exception as e:
+        raise HttpError(400, "the body is not %s (%s: %s)" % (content_type, type(e).__name__, e))
+
+
+def _jsonable(obj):
+    """json.dumps's default=: numpy arrays and scalars as lists and numbers, DataFrames as
+    records, dates as ISO 8601."""
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(obj, pd.DataFrame):
+        return obj.to_dict(orient="records")
+    if hasattr(obj, "dtype") and hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    raise TypeError("a %s is not JSON" % type(obj).__name__)
+
+
+def encode_value(value, want_json=False):
+    """(Content-Type, body) for a value: the format --out gives it (JSON, .npy, Parquet, bytes),
+    or JSON (arrays as lists, DataFrames as records) if ``want_json`` or it has no other."""
+    import io
+    fmt = choose_format(value, _ANY_READER)
+    if want_json and fmt in ("npy", "parquet"):
+        fmt = None
+    if fmt == "bytes":
+        return BODY_TYPES["bytes"], bytes(value)
+    if fmt in ("npy", "parquet"):
+        buf = io.BytesIO()
+        try:
+            if fmt == "npy":
+                sys.modules["numpy"].save(buf, value, allow_pickle=False)
+            else:
+                value.to_parquet(buf)
+        except Exception as e:  # e.g. a DataFrame whose column names are not strings
+            raise HttpError(500, "a %s cannot be sent as %s (%s: %s)"
+                            % (type(value).__name__, BODY_TYPES[fmt], type(e).__name__, e))
+        return BODY_TYPES[fmt], buf.getvalue()
+    try:
+        text = json.dumps(value, default=_jsonable, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise HttpError(500, "a %s cannot be sent as JSON (%s); use plain data (dicts, lists, "
+                             "numbers, strings; no NaN), bytes, a numpy array or a DataFrame"
+                        % (type(value).__name__, e))
+    return BODY_TYPES["json"], text.encode("utf-8")
+
+
+class _Service(object):
+    """What the request threads share: the entry function and the counters /metadata shows."""
+
+    def __init__(self, function, entry, serve):
+        self.function, self.entry, self.serve = function, entry, serve
+        try:
+            import inspect
+            self.signature = entry + str(inspect.signature(function))
+        except (TypeError, ValueError):  # a builtin or C function without one
+            self.signature = entry + "(...)"
+        self.entry_paths = ("/", "/" + DEFAULT_ENTRY, "/" + entry)
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        import threading
+        self.lock = threading.Condition()
+        self.requests = self.errors = self.in_flight = 0
+
+    def metadata(self):
+        with self.lock:
+            counts = {"requests": self.requests, "errors": self.errors}
+        meta = {"name": self.serve.get("name"), "snapshot": self.serve.get("snapshot"),
+                "lock_digest": self.serve.get("lock_digest"), "entry": self.entry,
+                "signature": self.signature, "started": self.started, "python": PY}
+        meta.update(counts)
+        return meta
+
+    def routes(self):
+        return ["POST /" + self.entry, "GET /healthz", "GET /metadata"]
+
+    def call(self, value, cell=CELL):
+        """The entry function's answer to ``value``; an exception in it is a 500 with its
+        traceback (also written to the log)."""
+        try:
+            return self.function(value)
+        except BaseException as e:  # whatever user code raises, the server answers and stays
+            lines = traceback.format_exception(type(e), e, _from_cell(e.__traceback__, cell))
+            sys.stderr.write("".join(lines))
+            raise HttpError(500, "%s raised %s: %s" % (self.entry, type(e).__name__, e),
+                            type=type(e).__name__, traceback="".join(lines))
+
+    def counted(self, delta_in_flight, error=None):
+        with self.lock:
+            self.in_flight += delta_in_flight
+            if error is not None:
+                self.requests += 1
+                self.errors += error
+            self.lock.notify_all()
+
+    def drain(self, seconds):
+        """Wait until no request is in flight, for at most ``seconds``; whether none is."""
+        deadline = time.monotonic() + seconds
+        with self.lock:
+            while self.in_flight and time.monotonic() < deadline:
+                self.lock.wait(deadline - time.monotonic())
+            return not self.in_flight
+
+
+def _http_handler(service):
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # one answer per connection: a replaced server keeps none
+        server_version = "mlcontainer"
+        timeout = REQUEST_IDLE
+        disable_nagle_algorithm = True  # headers and body leave at once, not 40 ms apart
+
+        def handle(self):
+            service.counted(+1)
+            try:
+                BaseHTTPRequestHandler.handle(self)
+            finally:
+                service.counted(-1)
+
+        def do_GET(self):
+            self.answer()
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+        def answer(self):
+            start = time.monotonic()
+            path = self.path.split("?", 1)[0]
+            is_call = path in service.entry_paths
+            self.body_read = False
+            try:
+                status, ctype, body = 200, BODY_TYPES["json"], None
+                if is_call:
+                    ctype, body = self.call(path)
+                elif path in ("/healthz", "/metadata"):
+                    self.allow("GET", path, "read it with GET %s" % path)
+                    answer = {"status": "ok"} if path == "/healthz" else service.metadata()
+                    body = json.dumps(answer).encode("utf-8")
+                else:
+                    raise HttpError(404, "there is no %s here; the routes are %s"
+                                    % (path, ", ".join(service.routes())),
+                                    routes=service.routes())
+            except HttpError as e:
+                status, ctype = e.status, BODY_TYPES["json"]
+                body = json.dumps(e.payload).encode("utf-8")
+                self.allowed = e.payload.get("allow")  # 405's Allow header
+            except Exception as e:  # a fault of the server itself: answer it, stay up
+                status, ctype = 500, BODY_TYPES["json"]
+                body = json.dumps({"error": "the server failed: %s: %s"
+                                   % (type(e).__name__, e)}).encode("utf-8")
+            if is_call and self.command == "POST":
+                service.counted(0, error=status >= 400)
+            self.send(status, ctype, body)
+            sys.stderr.write("%s %s %d %.1f ms\n" % (self.command, self.path, status,
+                                                     (time.monotonic() - start) * 1000))
+
+        def allow(self, method, path, hint):
+            if self.command != method:
+                raise HttpError(405, "%s %s is not served; %s" % (self.command, path, hint),
+                                allow=method)
+
+        def call(self, path):
+            self.allow("POST", path, "send the value with POST /%s" % service.entry)
+            want_json = "application/json" in (self.headers.get("Accept") or "")
+            ctype = self.headers.get("Content-Type")
+            try:
+                value = decode_body(self.read_body(), ctype)
+            except HttpError as e:
+                if e.status == 415:
+                    e.payload["error"] += ("; serve the cell with -r %s, or send JSON"
+                                           % " ".join(e.payload["needs"]))
+                raise
+            result = service.call(value)
+            return encode_value(result, want_json or body_format(ctype) == "json")
+
+        def read_body(self):
+            length = self.headers.get("Content-Length")
+            if length is None:
+                raise HttpError(411, "the request has no Content-Length; send the body with one "
+                                     "(chunked bodies are not read)")
+            try:
+                size = int(length)
+                if size < 0:
+                    raise ValueError(length)
+            except ValueError:
+                raise HttpError(400, "Content-Length %r is not a number of bytes" % length)
+            if size > MAX_BODY:
+                raise HttpError(413, "the body is %d bytes; at most %d (1 GiB) are read: send "
+                                     "less at a time" % (size, MAX_BODY))
+            body = self.rfile.read(size)
+            self.body_read = True
+            if len(body) < size:
+                raise HttpError(400, "the body ended after %d of its %d bytes" % (len(body), size))
+            return body
+
+        def send(self, status, ctype, body):
+            self.discard_body()
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            if getattr(self, "allowed", None):
+                self.send_header("Allow", self.allowed)
+            self.end_headers()
+            if self.command != "HEAD":
+                try:
+                    self.wfile.write(body)
+                except OSError:  # the client went away; the next one is served all the same
+                    pass
+
+        def discard_body(self):
+            """Read a small unread body before answering: closing a socket with data unread
+            resets the connection, and the client might never see the answer."""
+            if self.body_read:
+                return
+            try:
+                size = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                return
+            if 0 < size <= 1 << 20:
+                self.rfile.read(size)
+                self.body_read = True
+
+        def send_error(self, code, message=None, explain=None):
+            # Malformed requests, which BaseHTTPRequestHandler answers itself: JSON too.
+            self.body_read = True
+            body = json.dumps({"error": message or explain or "bad request"}).encode("utf-8")
+            self.send(code, BODY_TYPES["json"], body)
+            # (a request line too long to read leaves no path)
+            sys.stderr.write("%s %s %d\n" % (self.command, getattr(self, "path", ""), code))
+
+        def log_message(self, format, *args):
+            pass  # answer() writes the one line per request
+
+    return Handler
+
+
+def _http_server(address, handler):
+    import http.server
+    base = getattr(http.server, "ThreadingHTTPServer", None)
+    if base is None:  # Python 3.6
+        import socketserver
+
+        class base(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+    class Server(base):
+        request_queue_size = 128  # many clients connect at once
+        daemon_threads = True  # a request still running at exit does not hold the process
+
+        def server_bind(self):
+            # HTTPServer's looks the host's name up (getfqdn), which can hang without DNS.
+            import socketserver
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = self.server_address[:2]
+
+    return Server(address, handler)
+
+
+def serve_http(port=CONTAINER_PORT, host="0.0.0.0"):
+    """--http PORT [HOST]: run the cell as main() does; then serve its entry function until
+    SIGTERM, which stops accepting, lets the requests in flight finish (DRAIN_SECONDS) and
+    exits 0. Port 0 takes a free one (the serving line says which)."""
+    import signal
+    namespace = {}
+    code = main(namespace)
+    if code:
+        return code
+    manifest = {}
+    if os.path.exists(os.path.join(MLC, "manifest.json")):
+        with open(os.path.join(MLC, "manifest.json")) as f:
+            manifest = json.load(f)
+    serve = manifest.get("serve") or {}
+    entry = serve.get("entry") or DEFAULT_ENTRY
+    function = namespace.get(entry)
+    if not callable(function):
+        sys.stderr.write(MESSAGE_PREFIX + "the cell defines no function %s(...); define it to "
+                         "take the request's value and return the answer\n" % entry)
+        return VALUES_EXIT
+    service = _Service(function, entry, serve)
+    server = _http_server((host, port), _http_handler(service))
+
+    def on_sigterm(signum, frame):
+        if _term["signals"]:
+            _hard_exit()  # a second SIGTERM: do not wait for the requests any longer
+        _term["signals"] += 1
+        import threading
+        threading.Thread(target=server.shutdown).start()  # it waits for serve_forever's loop
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    sys.stdout.write(SERVING_MARK + json.dumps({"port": server.server_address[1], "entry": entry,
+                                                "signature": service.signature}) + "\n")
+    sys.stdout.flush()
+    server.serve_forever()
+    server.server_close()  # no new connections from here on
+    if not service.drain(DRAIN_SECONDS):
+        sys.stderr.write(MESSAGE_PREFIX + "%d request(s) still running after %g s; "
+                                          "exiting anyway\n" % (service.in_flight, DRAIN_SECONDS))
+    _flush_streams()
+    # A thread the cell started and never ended (not a daemon) would hold the exit: not long.
+    import threading
+    timer = threading.Timer(EXIT_GRACE, os._exit, (0,))
+    timer.daemon = True
+    timer.start()
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--standby":
         sys.exit(standby(sys.argv[2]))
+    elif len(sys.argv) > 2 and sys.argv[1] == "--http":
+        sys.exit(serve_http(int(sys.argv[2]), *sys.argv[3:4]))
     elif len(sys.argv) > 2 and sys.argv[1] == "--serve":
         serve(sys.argv[2])
     elif len(sys.argv) > 3 and sys.argv[1] == "--send":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -66,6 +67,8 @@ from .standby import (
     remove_folder,
     standby_key,
 )
+
+SECRETS_PREFIX = "mlc-secrets-"  # a run's folder of secret files (orphan cleanup knows it)
 
 
 def run_name(namespace: str, run_id: str) -> str:
@@ -432,6 +435,16 @@ class DockerBackend(EnvironmentImages, Backend):
     def remove_used(self, container) -> None:
         self._remove_or_remember(container)
 
+    # -- served cells (services.py) ------------------------------------------------------------
+
+    @property
+    def services(self):
+        from .services import DockerServices
+
+        if getattr(self, "_services", None) is None:
+            self._services = DockerServices(self)
+        return self._services
+
     # -- warm sessions (the protocol is in sessions.py) --------------------------------------
 
     @property
@@ -487,6 +500,11 @@ class DockerBackend(EnvironmentImages, Backend):
 
     def signal(self, container, sig: str) -> None:
         quietly(container.kill, signal=sig)
+
+    @staticmethod
+    def secret_files(secrets: Mapping[str, str] | None):
+        """A context: a folder of the secrets' files for SECRETS_DIR (None without secrets)."""
+        return _secret_files(secrets)
 
     def remove_container(self, container) -> None:
         quietly(container.remove, force=True, v=True)
@@ -569,11 +587,17 @@ class DockerBackend(EnvironmentImages, Backend):
         if container is None:
             return False
         self._stopped.add(run_id)
+        self.end_container(container, grace)
+        return True
+
+    @staticmethod
+    def end_container(container, grace: float = 0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; at once without grace. The engine
+        takes whole seconds only: a fraction (10.0) makes it refuse the stop altogether."""
         if grace:
-            quietly(container.stop, timeout=grace)
+            quietly(container.stop, timeout=max(1, math.ceil(grace)))
         else:
             quietly(container.kill)
-        return True
 
     # -- what the sidebar asks ----------------------------------------------------------------
 
@@ -604,7 +628,8 @@ class DockerBackend(EnvironmentImages, Backend):
         items = [
             _running_run(c)
             for c in self.client.containers.list(sparse=True, filters={"label": labels})
-            if _run_of(c)
+            # services are listed as such (services.running), not as runs
+            if _run_of(c) and (c.attrs.get("Labels") or {}).get(f"{LABEL}.role") != "service"
         ]
         return sorted(items, key=lambda r: r.started or "", reverse=True)
 
@@ -681,7 +706,7 @@ def _secret_files(secrets: Mapping[str, str] | None):
     if not secrets:
         yield None
         return
-    parent = tempfile.mkdtemp(prefix="mlc-secrets-")
+    parent = tempfile.mkdtemp(prefix=SECRETS_PREFIX)
     try:
         folder = os.path.join(parent, "s")
         os.mkdir(folder, 0o711)
@@ -699,15 +724,22 @@ def _secret_files(secrets: Mapping[str, str] | None):
 
 def _run_folders(container) -> list[str]:
     """Host folders this package made for a container (mlc-run-*, mlc-session-*,
-    mlc-standby-*), to remove."""
+    mlc-standby-*; a service's mlc-secrets-*, which lives as long as it), to remove."""
     out = []
     for mount in container.attrs.get("Mounts") or []:
         source = mount.get("Source") or ""
         name = os.path.basename(source.rstrip("/"))
+        parent = os.path.dirname(source.rstrip("/"))
         if (
             mount.get("Destination") == MLC_DIR
             and name.startswith(("mlc-run-", "mlc-session-", STANDBY_PREFIX))
             and os.path.isdir(source)
         ):
             out.append(source)
+        elif (
+            mount.get("Destination") == SECRETS_DIR
+            and os.path.basename(parent).startswith(SECRETS_PREFIX)
+            and os.path.isdir(parent)
+        ):
+            out.append(parent)
     return out

@@ -380,11 +380,15 @@ def _without_cert(net: BuildNetwork) -> BuildNetwork:
     return replace(net, cert_path=None)
 
 
-def dockerfile(base_image: str, apt=(), has_lock=True, wheels=False, data=False) -> str:
+def dockerfile(
+    base_image: str, apt=(), has_lock=True, wheels=False, data=False, serve_port: int | None = None
+) -> str:
     """A plain Dockerfile that rebuilds the environment and runs the cell: used by `export`.
 
     With ``wheels``, every locked file ships beside it, so the build needs no index: it works
-    offline, behind any proxy, and after a package is yanked.
+    offline, behind any proxy, and after a package is yanked. With ``serve_port`` the cell is
+    served (`runner.py --http PORT`): the port exposed, and a health check that needs nothing
+    but the image's Python.
     """
     out = [f"FROM {base_image}"]
     if apt:
@@ -415,6 +419,20 @@ def dockerfile(base_image: str, apt=(), has_lock=True, wheels=False, data=False)
         f"USER {RUN_USER}",
         f"WORKDIR {WORK_DIR}",
         "ENV " + " ".join(f"{k}={v}" for k, v in CONTAINER_ENV.items()),
-        "CMD " + json.dumps(list(RUNNER_COMMAND)),
     ]
+    command = list(RUNNER_COMMAND)
+    if serve_port is not None:
+        probe = (
+            "import urllib.request; urllib.request.urlopen("
+            f"'http://127.0.0.1:{serve_port}/healthz', timeout=3)"
+        )
+        out += [
+            f"EXPOSE {serve_port}",
+            # Healthy once the cell has run and the server answers; the cell may take a while
+            # to load its model (start-period).
+            "HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 "
+            "CMD " + json.dumps(["python", "-c", probe]),
+        ]
+        command += ["--http", str(serve_port)]
+    out.append("CMD " + json.dumps(command))
     return "\n".join(out) + "\n"

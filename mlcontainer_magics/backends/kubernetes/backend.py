@@ -60,22 +60,29 @@ from .client import (
     load_client,
     open_pod_log,
 )
+from .client import body_of as _json
+from .client import read_or_none as _get
 from .export import mount_files, payload_files
 from .pods import (
+    PULL_PATIENCE,
+    cannot_pull,
+    cannot_schedule,
+    cannot_start,
     container_terminated,
     disruption,
+    failing_pull,
     job_failure,
     job_final,
     job_outcome,
     job_suspended,
     pod_progress,
 )
+from .services import KubernetesServices, ServiceMixin
 
 WATCH_SECONDS = 5  # a watch of the pods is renewed this often; the Job is read again each time
 FINAL_WAIT = 30.0  # after the log ends, how long the pod may take to report its exit
 JOB_WAIT = 5.0  # after a nonzero exit, how long to wait for the Job to say why (deadline?)
 NO_POD_GRACE = 10.0  # the Job controller's pod may take this long, whatever schedule_timeout
-PULL_PATIENCE = 30.0  # a pull the kubelet retries (a registry timing out) may fail this long
 FINAL_LOG_TRIES = 10  # reads of the log's end, once the container has ended
 CLEANUP_PATIENCE = 5.0  # seconds a cleanup call retries: it must not hold up an interrupt
 
@@ -149,7 +156,7 @@ class _Run:
     abandon: bool = False  # delete the Job too when the run ends (it still runs or waits)
 
 
-class KubernetesBackend(Backend):
+class KubernetesBackend(ServiceMixin, Backend):
     name = "kubernetes"
     # Mounts: a PersistentVolumeClaim named in KubernetesConfig.volumes, or small read-only
     # files that travel with the Job.
@@ -293,7 +300,14 @@ class KubernetesBackend(Backend):
         self.docker.save_image(ref, path)
 
     def prune_orphans(self) -> list[str]:
-        return self.docker.prune_orphans()
+        """The engine's orphans, and the services on the cluster whose kernel is gone (when
+        the cluster answers: prune is not the place to fail for it)."""
+        done = self.docker.prune_orphans()
+        try:
+            done += self.prune_services()
+        except MlcError as e:
+            done.append(f"left the cluster's services as they are ({e})")
+        return done
 
     def prune_images(self, keep) -> list[str]:
         return self.docker.prune_images(keep)
@@ -592,28 +606,17 @@ class KubernetesBackend(Backend):
             events(Phase.PULLING, image=run.image, node=(pod.get("spec") or {}).get("nodeName", ""))
         if state == "image-pull":
             run.abandon = True  # the kubelet would retry forever
-            return _failed(
-                f"The cluster cannot pull the image {run.image}: {message}. Check that the "
-                "cluster's nodes can reach the registry (KubernetesConfig.registry as the "
-                "nodes see it) and, for a private registry, set "
-                "KubernetesConfig.image_pull_secret to a docker-registry Secret of namespace "
-                f"{run.namespace}."
-            )
+            return _failed(cannot_pull(run.image, message, run.namespace))
         if state == "image-retry":  # the kubelet retries; a registry may be slow for a while
             now = time.monotonic()
             if wait.pull_failing_since is None:
                 wait.pull_failing_since = now
             if now - wait.pull_failing_since >= max(wait.limit, PULL_PATIENCE):
                 run.abandon = True
-                return _failed(
-                    f"The cluster has failed to pull the image {run.image} for "
-                    f"{now - wait.pull_failing_since:.0f} s: {message}. Check that the "
-                    "cluster's nodes can reach the registry (KubernetesConfig.registry as the "
-                    "nodes see it)."
-                )
+                return _failed(failing_pull(run.image, message, now - wait.pull_failing_since))
         if state == "config-error":
             run.abandon = True
-            return _failed(f"The cluster cannot start the container: {message}.")
+            return _failed(cannot_start(message))
         if state == "unschedulable":
             now = time.monotonic()
             if wait.unschedulable_since is None:
@@ -621,13 +624,7 @@ class KubernetesBackend(Backend):
                 events(Phase.SCHEDULING, message=message)
             if now - wait.unschedulable_since >= wait.limit:
                 run.abandon = True
-                waited = f" within {wait.limit:g} s" if wait.limit else ""
-                return _failed(
-                    f"The cluster cannot schedule the pod{waited}: {message} Ask for less "
-                    "(--cpus, --memory, --gpus, or KubernetesConfig.default_cpus/"
-                    "default_memory), or check KubernetesConfig.node_selector and "
-                    "tolerations."
-                )
+                return _failed(cannot_schedule(message, wait.limit))
         return None
 
     def _ended_before_start(self, run: _Run, run_id: str, job: dict | None):
@@ -770,14 +767,24 @@ class KubernetesBackend(Backend):
                 return job
             time.sleep(0.1)
 
+    @property
+    def services(self) -> KubernetesServices:
+        """Served cells: a Deployment and a Service per name (services.py)."""
+        if getattr(self, "_services", None) is None:
+            self._services = KubernetesServices(self)
+        return self._services
+
     def stop(self, run_id: str, grace: float = 0) -> bool:
         """Delete the run's Job, found by its labels: its pod gets SIGTERM (the runner exits
-        at once); the Secret goes with the Job, the NetworkPolicy with the pod."""
+        at once); the Secret goes with the Job, the NetworkPolicy with the pod. A served
+        snapshot's Deployment and Service go (whichever process served it)."""
         api, namespace = self.connect()
         with self._cluster_errors("stopping the run", namespace):
             jobs = _jobs_of(api, namespace, run_id)
             if not jobs:
-                return False
+                served = [s for s in self.deployed_services() if s["snapshot"] == run_id]
+                removed = [self.remove_service(s["name"]) for s in served]  # every one
+                return any(removed)
             if run_id in self._active:
                 self._stopped.add(run_id)
             for job in jobs:
@@ -794,7 +801,9 @@ class KubernetesBackend(Backend):
         api, namespace = self.connect()
         with self._cluster_errors("listing runs", namespace):
             jobs = _jobs_of(api, namespace, run_id)
-        return any(not job_final(job) for job in jobs)
+        if any(not job_final(job) for job in jobs):
+            return True
+        return any(s["snapshot"] == run_id for s in self.deployed_services())
 
     def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
         """The Jobs of this package in the Kubernetes namespace that have not ended."""
@@ -888,8 +897,9 @@ class KubernetesBackend(Backend):
             f"The cluster does not allow your account this in namespace {namespace} while "
             f"{action} (403 Forbidden: {detail}). Ask an administrator for an RBAC Role in "
             f"{namespace} that allows create, get, list, watch, patch and delete on jobs, "
-            "secrets and networkpolicies, get, list and watch on pods and pods/log, and create "
-            "on pods/exec; or choose a namespace where you have it: "
+            "secrets and networkpolicies (and, to serve cells, deployments and services), get, "
+            "list and watch on pods and pods/log, and create on pods/exec; or choose a "
+            "namespace where you have it: "
             '`%config KubernetesConfig.k8s_namespace = "NAME"`.'
         )
 
@@ -1151,23 +1161,6 @@ def _add_env(job: dict, name: str, value: str) -> None:
     container = job["spec"]["template"]["spec"]["containers"][0]
     container["env"] = [v for v in container.get("env", []) if v["name"] != name]
     container["env"].append({"name": name, "value": value})
-
-
-def _json(response) -> dict:
-    """The body of a ``_preload_content=False`` response: plain dicts, as the builders make."""
-    return json.loads(response.data)
-
-
-def _get(read, name: str, namespace: str) -> dict | None:
-    """An object as a dict, or None when it does not exist (404)."""
-    from kubernetes.client.rest import ApiException
-
-    try:
-        return _json(read(name, namespace, _preload_content=False))
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
 
 
 def _delete_absent_ok(delete, name: str, namespace: str, **kwargs) -> None:

@@ -115,8 +115,8 @@ class _Patient:
 
 
 class Api:
-    """The official client's API groups, over one ApiClient. ``core``, ``batch`` and ``net``
-    retry transient answers; ``core_raw`` is the plain group (streams handle breaks
+    """The official client's API groups, over one ApiClient. ``core``, ``batch``, ``apps`` and
+    ``net`` retry transient answers; ``core_raw`` is the plain group (streams handle breaks
     themselves)."""
 
     def __init__(self, api_client, context: str = "") -> None:
@@ -129,6 +129,7 @@ class Api:
         self.core_raw = client.CoreV1Api(api_client)
         self.core: Any = _Patient(self.core_raw, self)
         self.batch: Any = _Patient(client.BatchV1Api(api_client), self)
+        self.apps: Any = _Patient(client.AppsV1Api(api_client), self)
         self.net: Any = _Patient(client.NetworkingV1Api(api_client), self)
         self.version: Any = _Patient(client.VersionApi(api_client), self)
 
@@ -340,3 +341,20 @@ def connection_problem(e) -> str:
     if at >= 0:
         return text[at:].split("'")[0].split('"')[0].rstrip(")").strip()
     return first_line(e)
+
+
+def body_of(response) -> dict:
+    """The body of a ``_preload_content=False`` response: plain dicts, as the builders make."""
+    return json.loads(response.data)
+
+
+def read_or_none(read, name: str, namespace: str) -> dict | None:
+    """An object as a dict, or None when it does not exist (404)."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return body_of(read(name, namespace, _preload_content=False))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise

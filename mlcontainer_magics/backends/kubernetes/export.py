@@ -1,8 +1,11 @@
-"""`mlcontainer export ID DIR --k8s`: the snapshot's run as Kubernetes objects, in ``job.yaml``.
+"""`mlcontainer export ID DIR --k8s`: the snapshot's run as Kubernetes objects, in ``job.yaml``
+(with ``--serve``: the service, in ``service.yaml``).
 
 ``kubectl apply -f job.yaml`` runs the exported cell as a Job, as the Kubernetes backend would:
 the Secret carries the export's ``mlc/`` folder (runner, cell, manifest, values in) and the
-Job mounts it at ``/mlc``. Pure apart from reading that folder and writing the one file.
+Job mounts it at ``/mlc``. ``service.yaml`` holds the same Secret, a Deployment that serves the
+cell and its Service, exactly as ``mlcontainer deploy`` applies them. Pure apart from reading
+that folder and writing the one file.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from ...core.spec import RunSpec
 from ...errors import SpecError
+from . import serving
 from .objects import (
     CLAIM_PREFIX,
     MOUNTED_PREFIX,
@@ -23,6 +27,7 @@ from .objects import (
 )
 
 FILE_NAME = "job.yaml"
+SERVICE_FILE_NAME = "service.yaml"
 
 
 def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSettings) -> Path:
@@ -33,24 +38,7 @@ def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSetting
     pushed, by digest).
     """
     folder = Path(folder)
-    if not (folder / "mlc").is_dir():
-        raise SpecError(
-            f"{folder / 'mlc'} is missing: write the export's mlc/ folder before job.yaml."
-        )
-    image = record.get("env_image") or spec.env_spec.base_image
-    files = payload_files(folder / "mlc")
-    # Mounted inputs the export carries (data/, at their container paths) travel as files.
-    if (folder / "data").is_dir():
-        files.update({MOUNTED_PREFIX + k: v for k, v in payload_files(folder / "data").items()})
-    spec = replace(
-        spec,
-        mounts=tuple(
-            m
-            for m in spec.mounts
-            if m.source.startswith(CLAIM_PREFIX)
-            or (folder / "data" / m.target.lstrip("/")).exists()
-        ),
-    )
+    image, spec, files = _payload(record, spec, folder, FILE_NAME)
     objects = run_manifests(
         spec,
         image=image,
@@ -63,6 +51,67 @@ def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSetting
     path = folder / FILE_NAME
     path.write_text(_header(record, spec, image, namespace) + to_yaml(*objects))
     return path
+
+
+def write_service_manifest(
+    record: dict, spec: RunSpec, folder, settings: K8sSettings, serve: dict, replicas: int = 1
+) -> Path:
+    """Write ``folder/service.yaml``: the Secret, the Deployment and the Service that serve
+    snapshot ``record``'s cell as ``serve`` (the manifest's serve block) says, with
+    ``replicas`` pods; its export already wrote ``folder/mlc`` (with that block)."""
+    folder = Path(folder)
+    image, spec, files = _payload(record, spec, folder, SERVICE_FILE_NAME)
+    objects = serving.service_manifests(
+        spec,
+        image=image,
+        snapshot_id=record["id"],
+        namespace=settings.namespace,
+        settings=settings,
+        service=serve["name"],
+        entry=serve["entry"],
+        replicas=replicas,
+        files=files,
+    )
+    ns, name = settings.namespace, serving.deployment_name(serve["name"])
+    port = serving.SERVE_PORT
+    lines = [
+        f"Snapshot {record['id']} served as {serve['name']!r} on Kubernetes, exported by "
+        "mlcontainer-magics.",
+        f"  kubectl apply -f {SERVICE_FILE_NAME}",
+        f"  kubectl rollout status -n {ns} deployment/{name}",
+        f"  kubectl port-forward -n {ns} service/{name} {port}:{serving.SERVICE_PORT}",
+        f"  curl -X POST -H 'Content-Type: application/json' -d '[1, 2]' "
+        f"http://127.0.0.1:{port}/{serve['entry']}",
+        "The Secret holds the cell, its inputs and the runner (the export's mlc/ folder),",
+        f"mounted at /mlc; the pods run the runner with --http {port}.",
+        *_image_and_secret_notes(spec, image),
+    ]
+    path = folder / SERVICE_FILE_NAME
+    path.write_text("".join(f"# {line}\n" for line in lines) + to_yaml(*objects))
+    return path
+
+
+def _payload(record: dict, spec: RunSpec, folder: Path, what: str):
+    """(image, spec, payload files) of an export's folder: the run's mlc/ and, for mounted
+    inputs the export carries (data/, at their container paths), their files."""
+    if not (folder / "mlc").is_dir():
+        raise SpecError(
+            f"{folder / 'mlc'} is missing: write the export's mlc/ folder before {what}."
+        )
+    image = record.get("env_image") or spec.env_spec.base_image
+    files = payload_files(folder / "mlc")
+    if (folder / "data").is_dir():
+        files.update({MOUNTED_PREFIX + k: v for k, v in payload_files(folder / "data").items()})
+    spec = replace(
+        spec,
+        mounts=tuple(
+            m
+            for m in spec.mounts
+            if m.source.startswith(CLAIM_PREFIX)
+            or (folder / "data" / m.target.lstrip("/")).exists()
+        ),
+    )
+    return image, spec, files
 
 
 def mount_files(spec: RunSpec) -> dict[str, bytes]:
@@ -101,6 +150,12 @@ def _header(record: dict, spec: RunSpec, image: str, namespace: str) -> str:
         "The Secret holds the cell, its inputs and the runner (the export's mlc/ folder),",
         "mounted at /mlc. --out values stay in the pod; rerun with mlcontainer to get them.",
     ]
+    lines += _image_and_secret_notes(spec, image)
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def _image_and_secret_notes(spec: RunSpec, image: str) -> list[str]:
+    lines = []
     if "/" not in image or not _has_registry(image):
         lines.append(
             f"The image {image} is local to the machine that ran the cell: push it "
@@ -113,7 +168,7 @@ def _header(record: dict, spec: RunSpec, image: str, namespace: str) -> str:
             + ", ".join(f'data["env.{k}"]' for k in secrets)
             + " of the Secret (base64)."
         )
-    return "".join(f"# {line}\n" for line in lines)
+    return lines
 
 
 def _has_registry(image: str) -> bool:

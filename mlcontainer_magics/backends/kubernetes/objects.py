@@ -435,23 +435,12 @@ def job_manifest(
     run_labels = labels(spec, snapshot_id)
     annotations = _annotations(spec, snapshot_id)
     claims = claim_mounts(spec)
-    pod_spec: dict = {
-        "restartPolicy": "Never",
-        "containers": [_container(spec, name, image, settings, files, claims)],
-        "volumes": _volumes(name, claims),
-        "securityContext": _copy(POD_SECURITY_CONTEXT),
-        "enableServiceLinks": False,
-    }
-    if settings.service_account:
-        pod_spec["serviceAccountName"] = settings.service_account
-    else:  # the cell has no business with the cluster's API
-        pod_spec["automountServiceAccountToken"] = False
-    if settings.image_pull_secret:
-        pod_spec["imagePullSecrets"] = [{"name": settings.image_pull_secret}]
-    if settings.node_selector:
-        pod_spec["nodeSelector"] = dict(settings.node_selector)
-    if settings.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    pod_spec = _pod_spec(
+        "Never",
+        _container(spec, name, image, settings, files, claims),
+        _volumes(name, claims),
+        settings,
+    )
 
     job_spec: dict = {"backoffLimit": settings.backoff_limit}
     if spec.timeout is not None:
@@ -474,6 +463,29 @@ def job_manifest(
         },
         "spec": job_spec,
     }
+
+
+def _pod_spec(restart: str, container: dict, volumes: list, settings: K8sSettings) -> dict:
+    """A pod of one container, placed and restricted as the settings say (Jobs and
+    Deployments alike)."""
+    pod_spec: dict = {
+        "restartPolicy": restart,
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": _copy(POD_SECURITY_CONTEXT),
+        "enableServiceLinks": False,
+    }
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    else:  # the cell has no business with the cluster's API
+        pod_spec["automountServiceAccountToken"] = False
+    if settings.image_pull_secret:
+        pod_spec["imagePullSecrets"] = [{"name": settings.image_pull_secret}]
+    if settings.node_selector:
+        pod_spec["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    return pod_spec
 
 
 def _container(spec: RunSpec, name: str, image: str, settings: K8sSettings, files, claims) -> dict:

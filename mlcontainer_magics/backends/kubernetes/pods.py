@@ -20,6 +20,7 @@ NEVER_PULLS = re.compile(
     r"|invalid reference|InvalidImageName|ErrImageNeverPull",
     re.IGNORECASE,
 )
+PULL_PATIENCE = 30.0  # a pull the kubelet retries (a registry timing out) may fail this long
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 
 
@@ -64,6 +65,28 @@ def pod_progress(pod: dict) -> tuple[str, str]:
     ):
         return "pulling", ""
     return "scheduling", ""
+
+
+# Restarts after which a container that keeps exiting is a crash loop, even before the kubelet
+# says CrashLoopBackOff.
+CRASH_RESTARTS = 3
+
+
+def crash_loop(pod: dict) -> str | None:
+    """Why a container of a restarting pod (a Deployment's) keeps ending, in words, once it
+    is a crash loop: the kubelet backs off (CrashLoopBackOff) or it restarted CRASH_RESTARTS
+    times. None otherwise."""
+    status = container_status(pod) or {}
+    waiting = (status.get("state") or {}).get("waiting") or {}
+    restarts = status.get("restartCount") or 0
+    if waiting.get("reason") != "CrashLoopBackOff" and restarts < CRASH_RESTARTS:
+        return None
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    code = last.get("exitCode")
+    how = f"exited with code {code}" if code is not None else "ended"
+    if last.get("reason") == "OOMKilled":
+        how = "ran out of memory (OOMKilled)"
+    return f"its container {how} and was restarted {restarts} time(s) (CrashLoopBackOff)"
 
 
 def container_terminated(pod: dict) -> dict | None:
@@ -115,3 +138,36 @@ def job_suspended(job: dict | None) -> bool:
     """A Job held by a queue (Kueue sets ``suspend``) makes no pod until it is admitted."""
     spec = (job or {}).get("spec") or {}
     return bool(spec.get("suspend")) or _condition(job, "Suspended") is not None
+
+
+# -- in words: why a pod cannot run (Jobs and Deployments say it alike) --------------------------
+
+
+def cannot_pull(image: str, message: str, namespace: str) -> str:
+    return (
+        f"The cluster cannot pull the image {image}: {message}. Check that the cluster's "
+        "nodes can reach the registry (KubernetesConfig.registry as the nodes see it) and, "
+        "for a private registry, set KubernetesConfig.image_pull_secret to a docker-registry "
+        f"Secret of namespace {namespace}."
+    )
+
+
+def failing_pull(image: str, message: str, seconds: float) -> str:
+    return (
+        f"The cluster has failed to pull the image {image} for {seconds:.0f} s: {message}. "
+        "Check that the cluster's nodes can reach the registry (KubernetesConfig.registry as "
+        "the nodes see it)."
+    )
+
+
+def cannot_schedule(message: str, limit: float) -> str:
+    waited = f" within {limit:g} s" if limit else ""
+    return (
+        f"The cluster cannot schedule the pod{waited}: {message} Ask for less (--cpus, "
+        "--memory, --gpus, or KubernetesConfig.default_cpus/default_memory), or check "
+        "KubernetesConfig.node_selector and tolerations."
+    )
+
+
+def cannot_start(message: str) -> str:
+    return f"The cluster cannot start the container: {message}."

@@ -13,7 +13,7 @@ Events, in the order a run sends them::
 
     resolving(base)  cached(image, size) | building(image, apt, requirements) build-log(line)...
     built(image, size)  starting  running(container)  collecting  recorded(snapshot)
-    finished(status, message, detail, exit_code)
+    serving(name, url, snapshot)  [a served cell]  finished(status, message, detail, exit_code)
 """
 
 from __future__ import annotations

@@ -115,6 +115,8 @@ class RunStatus:
     standby: bool = False  # the container was started before the cell, as a standby
     note: str = ""  # why a pod waits (the scheduler's words)
     snapshot: str = ""
+    service: str = ""  # --serve NAME, once it answers
+    url: str = ""  # ... and where
     progress: BuildProgress = field(default_factory=BuildProgress)
     log: tuple = ()  # the newest LOG_LIMIT build-log lines
     log_total: int = 0
@@ -240,6 +242,13 @@ def apply(
             container=str(info.get("container") or ""),
             standby=bool(info.get("standby")),
             note="",
+        )
+    if phase == Phase.SERVING:
+        return replace(
+            status,
+            service=str(info.get("name") or ""),
+            url=str(info.get("url") or ""),
+            snapshot=str(info.get("snapshot") or status.snapshot),
         )
     if phase == Phase.FINISHED:
         message, rest = _split_message(info.get("message"))

@@ -30,6 +30,7 @@ BADGES = {
     "pulling": "pulling",
     "running": "running",
     "collecting": "collecting",
+    "serving": "serving",
     "stopping": "stopping",
     "done": "done",
     "failed": "failed",
@@ -51,6 +52,7 @@ PHASE_TEXT = {
     "pulling": "pulling image",
     "running": "running",
     "collecting": "collecting results",
+    "serving": "serving",
 }
 
 
@@ -118,8 +120,12 @@ def _phase_line(s: RunStatus) -> str | None:
         return f"running in {where} {s.container}…" if s.container else "running…"
     if s.phase == Phase.COLLECTING:
         return "collecting results…"
+    if s.phase == Phase.SERVING:
+        return f"serving {s.service} at {s.url}"
     if s.phase == Phase.FINISHED:
         snap = f" · snapshot {s.snapshot}" if s.snapshot else ""
+        if s.status == "serving":
+            return None  # the serving line said it; the service lives on
         if s.status == "done":
             return f"done in {_times(s)}{snap}"
         message = f": {s.message}" if s.message else ""

@@ -29,6 +29,7 @@ COLORS = {
     "building": "#1565c0",
     "pushing": "#1565c0",
     "running": "#1565c0",
+    "serving": "#2e7d32",
     "stopping": "#ef6c00",
     "stopped": "#ef6c00",
     "interrupted": "#ef6c00",
@@ -126,6 +127,8 @@ class WidgetView:
         build = f'<br><span class="mlc-build" style="color:{GREY}">{_e(how)}</span>' if how else ""
         self.image.value = self._image_html(s) + build + data
         self.snapshot.value = f"snapshot <code>{_e(s.snapshot)}</code>" if s.snapshot else ""
+        if s.url:
+            self.snapshot.value += f' · <a href="{_e(s.url)}" target="_blank">{_e(s.url)}</a>'
         self.stop.layout.display = "" if self._has_stop and not s.finished else "none"
         self.stop.disabled = not self._has_stop or s.finished or s.stopping
         self.stop.description = "stopping…" if s.stopping else "Stop"
