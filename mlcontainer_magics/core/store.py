@@ -72,8 +72,18 @@ from ..errors import (
     StoreUnavailable,
 )
 
-STATUSES = ("building", "running", "done", "failed", "stopped", "timeout", "oom", "interrupted")
-ACTIVE_STATUSES = ("building", "running")
+STATUSES = (
+    "building",
+    "running",
+    "serving",
+    "done",
+    "failed",
+    "stopped",
+    "timeout",
+    "oom",
+    "interrupted",
+)
+ACTIVE_STATUSES = ("building", "running", "serving")
 SUMMARY_FIELDS = (
     "id",
     "name",
