@@ -107,7 +107,7 @@ export function errorText(e: unknown): string {
 }
 
 /** Statuses of a run that has not ended yet. */
-const ACTIVE = ['running', 'building'];
+const ACTIVE = ['running', 'building', 'serving'];
 
 export function isActive(status: unknown): boolean {
   return typeof status === 'string' && ACTIVE.includes(status);
@@ -253,4 +253,36 @@ export function recordWritten(record: { readonly [key: string]: unknown }): stri
     }
   }
   return lines;
+}
+
+/** `1 request`, `8 requests`. */
+export function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
+/** What a service's server says of itself: `predict(x) · 8 requests · 1 error · up 5m02s`. */
+export function serviceFacts(service: {
+  entry?: unknown;
+  signature?: unknown;
+  requests?: unknown;
+  errors?: unknown;
+  uptime?: unknown;
+}): string {
+  const parts: string[] = [];
+  const call = service.signature || service.entry;
+  if (typeof call === 'string' && call) {
+    parts.push(call);
+  }
+  const requests = num(service.requests);
+  if (requests !== null) {
+    parts.push(plural(requests, 'request'));
+  }
+  const errors = num(service.errors);
+  if (errors) {
+    parts.push(plural(errors, 'error'));
+  }
+  if (num(service.uptime) !== null) {
+    parts.push(`up ${formatDuration(service.uptime)}`);
+  }
+  return parts.join(' · ');
 }

@@ -14,11 +14,35 @@ const RUNNING = {
   started: null
 };
 
+const SERVICE = {
+  id: 'sv1',
+  name: 'ocr',
+  url: 'http://127.0.0.1:8123',
+  port: 8123,
+  entry: 'predict',
+  replicas: 1,
+  backend: 'docker',
+  status: 'serving',
+  created: 1_700_000_000,
+  notebook: 'nb/serve.ipynb',
+  notebook_path: 'nb/serve.ipynb',
+  answering: true,
+  message: null,
+  uptime: 62,
+  requests: 8,
+  errors: 0,
+  started: '2026-12-01T10:00:00+00:00',
+  signature: 'predict(x)',
+  python: '3.11',
+  lock_digest: null
+};
+
 /** A server whose routes all answer: engine up, one running run, three snapshots. */
 function healthy(): FakeServer {
   return new FakeServer()
     .on('GET status', { body: UP })
     .on('GET running', { body: { items: [RUNNING] } })
+    .on('GET services', { body: { items: [] } })
     .on('GET snapshots', { body: page(3, 3) })
     .install();
 }
@@ -55,6 +79,7 @@ describe('SidebarModel: loading', () => {
     expect(server.log[0]).toBe('GET status');
     expect(server.log.slice(1).sort()).toEqual([
       'GET running',
+      'GET services',
       `GET snapshots?limit=${PAGE}&offset=0`
     ]);
     expect(model.loading).toBe(false);
@@ -166,6 +191,67 @@ describe('SidebarModel: pages', () => {
   });
 });
 
+describe('SidebarModel: services', () => {
+  it('lists services apart from running cells', async () => {
+    healthy()
+      .on('GET services', { body: { items: [SERVICE] } })
+      .on('GET running', {
+        body: {
+          items: [
+            RUNNING,
+            { ...RUNNING, id: 'sv1', container: 'c2', snapshot_status: 'serving' }
+          ]
+        }
+      });
+    await model.refresh();
+    expect(model.services.map(s => s.id)).toEqual(['sv1']);
+    expect(model.runningCells.map(r => r.id)).toEqual(['r1']);
+    expect(model.problem).toBeNull();
+  });
+
+  it('shows a failing service list by the list, not as a problem', async () => {
+    healthy().on('GET services', { status: 500, body: { message: 'store is damaged' } });
+    await model.refresh();
+    expect(model.servicesError).toBe('store is damaged');
+    expect(model.problem).toBeNull();
+    expect(ids(model)).toEqual(['s0', 's1', 's2']);
+  });
+
+  it('stops a service by its snapshot id, and reloads the services', async () => {
+    const server = healthy().on('POST running/sv1/stop', { body: { stopped: [] } });
+    await model.stopRun('sv1');
+    expect(server.log.slice(0, 3)).toEqual([
+      'POST running/sv1/stop',
+      'GET running',
+      'GET services'
+    ]);
+  });
+
+  it('shows a snapshot asked for, loading older pages until it is listed', async () => {
+    const server = new FakeServer()
+      .on('GET status', { body: UP })
+      .on('GET running', { body: { items: [] } })
+      .on('GET services', { body: { items: [] } })
+      .on('GET snapshots', call =>
+        call.query.offset === '0'
+          ? { body: page(PAGE, PAGE + 2) }
+          : { body: page(2, PAGE + 2, PAGE) }
+      )
+      .install();
+    await model.refresh();
+    const focus = model.focus;
+    expect(focus).toBeNull();
+    await model.showSnapshot(`s${PAGE + 1}`);
+    expect(model.focus).toEqual({ id: `s${PAGE + 1}` });
+    expect(model.snapshots).toHaveLength(PAGE + 2);
+    expect(server.log.filter(c => c.startsWith('GET snapshots'))).toHaveLength(2);
+    // Asked again: a new focus, so its row opens again even if it was closed.
+    const first = model.focus;
+    await model.showSnapshot(`s${PAGE + 1}`);
+    expect(model.focus).not.toBe(first);
+  });
+});
+
 describe('SidebarModel: stop and delete', () => {
   it('stops a run, marked as stopping until the server answers, then reloads', async () => {
     let stoppingMeanwhile = false;
@@ -179,6 +265,7 @@ describe('SidebarModel: stop and delete', () => {
     expect(server.log).toEqual([
       'POST running/run%2F1/stop',
       'GET running',
+      'GET services',
       `GET snapshots?limit=${PAGE}&offset=0`
     ]);
     expect(server.calls[0].body).toEqual({});
@@ -250,14 +337,15 @@ describe('SidebarModel: polling', () => {
     expect(model.isPolling).toBe(true);
     await jest.advanceTimersByTimeAsync(0);
     const first = server.calls.length;
-    expect(first).toBe(3);
+    expect(first).toBe(4);
 
     await jest.advanceTimersByTimeAsync(POLL_MS);
-    expect(server.log.slice(first)).toEqual(['GET running']);
+    expect(server.log.slice(first)).toEqual(['GET running', 'GET services']);
 
     await jest.advanceTimersByTimeAsync(4 * POLL_MS);
     const slow = server.log.slice(first);
     expect(slow.filter(c => c === 'GET running')).toHaveLength(5);
+    expect(slow.filter(c => c === 'GET services')).toHaveLength(5);
     expect(slow.filter(c => c === 'GET status')).toHaveLength(1);
     expect(slow.filter(c => c.startsWith('GET snapshots'))).toHaveLength(1);
   });
@@ -271,9 +359,31 @@ describe('SidebarModel: polling', () => {
     await jest.advanceTimersByTimeAsync(POLL_MS);
     expect(server.log.slice(before)).toEqual([
       'GET running',
+      'GET services',
       `GET snapshots?limit=${PAGE}&offset=0`
     ]);
     expect(model.running).toEqual([]);
+  });
+
+  it('reloads snapshots as soon as the set of services changes, not as they count', async () => {
+    const server = healthy();
+    model.start();
+    await jest.advanceTimersByTimeAsync(0);
+    server.on('GET services', { body: { items: [SERVICE] } });
+    let before = server.calls.length;
+    await jest.advanceTimersByTimeAsync(POLL_MS);
+    expect(server.log.slice(before)).toEqual([
+      'GET running',
+      'GET services',
+      `GET snapshots?limit=${PAGE}&offset=0`
+    ]);
+    expect(model.services.map(s => s.requests)).toEqual([8]);
+
+    server.on('GET services', { body: { items: [{ ...SERVICE, requests: 9 }] } });
+    before = server.calls.length;
+    await jest.advanceTimersByTimeAsync(POLL_MS);
+    expect(server.log.slice(before)).toEqual(['GET running', 'GET services']);
+    expect(model.services.map(s => s.requests)).toEqual([9]);
   });
 
   it('does not poll while the page is hidden, nor after stop()', async () => {
