@@ -42,6 +42,8 @@ def handler_for(metadata: dict):
                     self._send(200, dict(metadata))
             elif self.path == "/healthz":
                 self._send(200, {"status": "ok"})
+            elif self.path == "/broken/metadata":  # as from a server that is not a service
+                self._send(200, ["not", "metadata"])
             else:
                 self._send(404, {"error": f"no route {self.path}"})
 

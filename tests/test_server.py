@@ -605,7 +605,7 @@ async def test_services_list_serving_snapshots_with_what_their_servers_say(
 
     hangs = items["f1f2f3f4f5f6"]
     assert hangs["answering"] is False
-    assert hangs["message"] == f"No answer from {silent_url}/metadata: nothing within 1 s."
+    assert hangs["message"] == "No answer to GET /metadata within 1 s."
     assert hangs["requests"] is None and hangs["uptime"] is None
     assert hangs["url"] == silent_url  # still shown: where it should be
 
@@ -625,14 +625,11 @@ async def test_serving_is_a_status_of_the_snapshot_list(jp_fetch, store, silent_
 @pytest.mark.parametrize(
     "url,why",
     [
-        ("{server}/nothing", "{server}/nothing/metadata answered 404, not its metadata."),
-        ("ftp://127.0.0.1/x", "The record has no http URL to ask ('ftp://127.0.0.1/x')."),
-        (None, "The record has no http URL to ask (None)."),
-        (
-            "http://127.0.0.1:1",
-            "No answer from http://127.0.0.1:1/metadata: connection refused (nothing listens "
-            "there).",
-        ),
+        ("{server}/nothing", "GET /metadata answered 404, not the service's metadata."),
+        ("{server}/broken", "GET /metadata answered something other than a JSON object."),
+        ("ftp://127.0.0.1/x", "Its record has no http URL to ask ('ftp://127.0.0.1/x')."),
+        (None, "Its record has no http URL to ask (None)."),
+        ("http://127.0.0.1:1", "Nothing listens at its URL (connection refused)."),
     ],
 )
 async def test_a_service_that_cannot_say_is_not_answering(
@@ -690,6 +687,7 @@ async def test_stop_a_real_service(jp_fetch, store, service_container):
     fake_service.post(url)
     (item,) = body(await jp_fetch("mlcontainer", "services"))["items"]
     assert item["id"] == sid and item["answering"] is True and item["requests"] == 1
+    assert item["stop_requested"] is False
     assert item["url"] == url
 
     # A service is a run that serves: the same stop, by its snapshot id.
@@ -704,7 +702,8 @@ async def test_stop_a_real_service(jp_fetch, store, service_container):
     # Said in its record first, for the kernel that records how it ended.
     assert store.get(sid)["stop_requested"] is True
     (item,) = body(await jp_fetch("mlcontainer", "services"))["items"]
-    assert item["answering"] is False and "No answer" in item["message"]
+    assert item["answering"] is False and item["stop_requested"] is True
+    assert item["message"] == "Nothing listens at its URL (connection refused)."
     # Nothing left to stop: 404 JSON.
     code, err = await error(
         jp_fetch, "mlcontainer", "running", sid, "stop", method="POST", body="{}"

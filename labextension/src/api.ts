@@ -96,6 +96,8 @@ export interface IService {
   created: number | null;
   notebook: string | null;
   notebook_path: string | null;
+  /** A stop was asked for: its kernel records the end once the container ends. */
+  stop_requested: boolean;
   /** Whether its server answered `GET {url}/metadata` just now; `message` says why not. */
   answering: boolean;
   message: string | null;

@@ -260,14 +260,14 @@ export function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
-/** What a service's server says of itself: `predict(x) · 8 requests · 1 error · up 5m02s`. */
+/** What a service's server says of itself: `predict(x)`, `8 requests`, `1 error`, `up 5m02s`. */
 export function serviceFacts(service: {
   entry?: unknown;
   signature?: unknown;
   requests?: unknown;
   errors?: unknown;
   uptime?: unknown;
-}): string {
+}): string[] {
   const parts: string[] = [];
   const call = service.signature || service.entry;
   if (typeof call === 'string' && call) {
@@ -284,5 +284,5 @@ export function serviceFacts(service: {
   if (num(service.uptime) !== null) {
     parts.push(`up ${formatDuration(service.uptime)}`);
   }
-  return parts.join(' · ');
+  return parts;
 }

@@ -364,17 +364,20 @@ describe('services', () => {
       requests: 1,
       uptime: 62
     };
-    expect(serviceFacts(service)).toBe('predict(x) · 1 request · up 1m02s');
-    expect(serviceFacts({ ...service, errors: 2 })).toBe(
-      'predict(x) · 1 request · 2 errors · up 1m02s'
-    );
+    expect(serviceFacts(service)).toEqual(['predict(x)', '1 request', 'up 1m02s']);
+    expect(serviceFacts({ ...service, errors: 2 })).toEqual([
+      'predict(x)',
+      '1 request',
+      '2 errors',
+      'up 1m02s'
+    ]);
   });
 
   it('says only what it knows of a service that does not answer', () => {
     expect(
       serviceFacts({ entry: 'ocr', signature: null, requests: null, uptime: null })
-    ).toBe('ocr');
-    expect(serviceFacts({})).toBe('');
-    expect(serviceFacts({ requests: '8', uptime: 'long', errors: NaN })).toBe('');
+    ).toEqual(['ocr']);
+    expect(serviceFacts({})).toEqual([]);
+    expect(serviceFacts({ requests: '8', uptime: 'long', errors: NaN })).toEqual([]);
   });
 });

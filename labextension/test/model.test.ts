@@ -26,6 +26,7 @@ const SERVICE = {
   created: 1_700_000_000,
   notebook: 'nb/serve.ipynb',
   notebook_path: 'nb/serve.ipynb',
+  stop_requested: false,
   answering: true,
   message: null,
   uptime: 62,

@@ -42,6 +42,7 @@ const SERVICE = {
   created: 1_700_000_000,
   notebook: 'nb/serve.ipynb',
   notebook_path: 'nb/serve.ipynb',
+  stop_requested: false,
   answering: true,
   message: null,
   uptime: 302,
@@ -367,7 +368,7 @@ it('lists services with their URL, snapshot and what their server says', async (
 it('says when a service does not answer, and why', async () => {
   serving({
     answering: false,
-    message: 'No answer from http://127.0.0.1:8123/metadata: nothing within 1 s.',
+    message: 'No answer to GET /metadata within 1 s.',
     requests: null,
     errors: null,
     uptime: null,
@@ -380,8 +381,23 @@ it('says when a service does not answer, and why', async () => {
   expect(texts('.mlc-RowMeta', row)).toEqual([
     'http://127.0.0.1:8123',
     'snapshot sv1 · predict',
-    'No answer from http://127.0.0.1:8123/metadata: nothing within 1 s.'
+    'No answer to GET /metadata within 1 s.'
   ]);
+});
+
+it('says a service is stopping once a stop was asked for', async () => {
+  serving({
+    answering: false,
+    stop_requested: true,
+    message: 'Nothing listens at its URL (connection refused).',
+    requests: null,
+    uptime: null
+  });
+  await show();
+  const row = el.querySelector('li.mlc-ServiceRow') as HTMLElement;
+  expect(texts('.mlc-Badge', row)).toEqual(['stopping']);
+  expect(row.querySelector('.mlc-Dot')?.className).toBe('mlc-Dot mlc-Dot-off');
+  expect(row.querySelector('.mlc-bad-text')).toBeNull(); // not an error: it was asked for
 });
 
 it("opens a service's snapshot from its id", async () => {

@@ -51,6 +51,7 @@ def service_item(record: dict) -> dict:
         "status": record.get("status"),
         "created": record.get("created"),
         "notebook": record.get("notebook"),
+        "stop_requested": record.get("stop_requested") is True,
         "answering": False,
         "message": None,
         "uptime": None,
@@ -77,7 +78,7 @@ async def fetch_metadata(url, timeout: float = METADATA_TIMEOUT) -> tuple[dict |
     """(the server's metadata, None), or (None, why there is none) after ``timeout`` at most."""
     target = metadata_url(url)
     if target is None:
-        return None, f"The record has no http URL to ask ({url!r})."
+        return None, f"Its record has no http URL to ask ({url!r})."
     client = AsyncHTTPClient(force_instance=True, max_body_size=METADATA_MAX_BYTES)
     request = HTTPRequest(
         target,
@@ -95,15 +96,15 @@ async def fetch_metadata(url, timeout: float = METADATA_TIMEOUT) -> tuple[dict |
     finally:
         client.close()
     if error is not None:
-        return None, f"No answer from {target}: {_no_answer(error, timeout)}."
+        return None, _no_answer(error, timeout)
     if response.code != 200:
-        return None, f"{target} answered {response.code}, not its metadata."
+        return None, f"GET /metadata answered {response.code}, not the service's metadata."
     try:
         data = json.loads(response.body)
     except ValueError:
         data = None
     if not isinstance(data, dict):
-        return None, f"{target} answered something other than its metadata (not a JSON object)."
+        return None, "GET /metadata answered something other than a JSON object."
     return data, None
 
 
@@ -111,10 +112,10 @@ def _no_answer(error: BaseException, timeout: float) -> str:
     # Tornado's timeouts are HTTPClientError 599 ("Timeout while connecting", "... during request").
     timed_out = isinstance(error, HTTPClientError) and error.code == 599
     if timed_out or isinstance(error, asyncio.TimeoutError):
-        return f"nothing within {timeout:g} s"
+        return f"No answer to GET /metadata within {timeout:g} s."
     if isinstance(error, ConnectionRefusedError):
-        return "connection refused (nothing listens there)"
-    return str(error) or type(error).__name__
+        return "Nothing listens at its URL (connection refused)."
+    return f"No answer to GET /metadata: {str(error) or type(error).__name__}."
 
 
 def with_metadata(item: dict, metadata: dict | None, message: str | None, now: float) -> dict:

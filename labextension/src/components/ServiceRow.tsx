@@ -13,33 +13,35 @@ export function ServiceRow({
   model
 }: ISidebarProps & { service: IService }): JSX.Element {
   const label = s.name || s.id;
-  const facts = serviceFacts(s);
+  const light = s.answering
+    ? 'mlc-Dot-ok'
+    : s.stop_requested
+      ? 'mlc-Dot-off'
+      : 'mlc-Dot-bad';
   return (
     <li
       className={`mlc-Row mlc-ServiceRow ${s.answering ? '' : 'mlc-not-answering'}`}
       data-snapshot={s.id}
       data-service={s.name ?? ''}
     >
-      <div className="mlc-RowMain">
-        <span
-          className={`mlc-Dot ${s.answering ? 'mlc-Dot-ok' : 'mlc-Dot-bad'}`}
-          aria-hidden="true"
-        />
+      <div className="mlc-RowMain mlc-ServiceMain">
+        <span className={`mlc-Dot ${light}`} aria-hidden="true" />
         <div className="mlc-RowText">
           <div className="mlc-RowTitle">
             <span className="mlc-Name">{label}</span>
-            {s.answering ? (
-              <StatusBadge status={s.status} />
-            ) : (
-              <span className="mlc-Badge mlc-bad" title={s.message || ''}>
-                not answering
-              </span>
-            )}
+            <ServiceBadge service={s} />
+            <span className="mlc-Spacer" />
+            <StopButton
+              model={model}
+              id={s.id}
+              label={label}
+              title={`Stop service ${label} (snapshot ${s.id})`}
+            />
           </div>
-          <div className="mlc-RowMeta">
+          <div className="mlc-RowMeta mlc-Wrap">
             {s.url ? (
               <a
-                className="mlc-Url mlc-Mono"
+                className="mlc-Url"
                 href={s.url}
                 target="_blank"
                 rel="noopener noreferrer"
@@ -51,24 +53,42 @@ export function ServiceRow({
               MISSING
             )}
           </div>
-          <div className="mlc-RowMeta">
-            {'snapshot '}
-            <SnapshotLink model={model} id={s.id} />
-            {facts && ` · ${facts}`}
+          <div className="mlc-RowMeta mlc-Wrap">
+            <span className="mlc-Fact">
+              {'snapshot '}
+              <SnapshotLink model={model} id={s.id} />
+            </span>
+            {serviceFacts(s).map(fact => (
+              <React.Fragment key={fact}>
+                {' · '}
+                <span className="mlc-Fact">{fact}</span>
+              </React.Fragment>
+            ))}
           </div>
-          {!s.answering && s.message && (
-            <div className="mlc-RowMeta mlc-bad-text" title={s.message}>
-              {s.message}
-            </div>
+          {!s.answering && !s.stop_requested && s.message && (
+            <div className="mlc-RowMeta mlc-Wrap mlc-bad-text">{s.message}</div>
           )}
         </div>
-        <StopButton
-          model={model}
-          id={s.id}
-          label={label}
-          title={`Stop service ${label} (snapshot ${s.id})`}
-        />
       </div>
     </li>
   );
+}
+
+/** `serving` while it answers; `stopping` once a stop was asked for; else `not answering`. */
+function ServiceBadge({ service: s }: { service: IService }): JSX.Element {
+  if (s.stop_requested) {
+    return (
+      <span className="mlc-Badge mlc-muted" title={s.message || ''}>
+        stopping
+      </span>
+    );
+  }
+  if (!s.answering) {
+    return (
+      <span className="mlc-Badge mlc-bad" title={s.message || ''}>
+        not answering
+      </span>
+    );
+  }
+  return <StatusBadge status={s.status} />;
 }
