@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -128,10 +129,11 @@ def service_record(sid: str, name: str, url: str, **fields) -> dict:
     }
 
 
-def run_container(client, namespace: str, sid: str, name: str):
+@contextmanager
+def serving_container(client, namespace: str, sid: str, name: str):
     """A real container serving as a service of snapshot ``sid``, labelled as the product
-    labels a service's container, its port published on 127.0.0.1; (container, its URL) once
-    it answers. The caller removes the container."""
+    labels a service's container, its port published on 127.0.0.1: (container, its URL) once
+    it answers; force-removed at the end."""
     from mlcontainer_magics.backends.docker.engine import make_labels
 
     container = client.containers.run(
@@ -145,23 +147,29 @@ def run_container(client, namespace: str, sid: str, name: str):
         ports={f"{CONTAINER_PORT}/tcp": ("127.0.0.1", None)},
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            container.reload()
-            bound = (container.ports or {}).get(f"{CONTAINER_PORT}/tcp")
-            if bound:
-                url = f"http://127.0.0.1:{bound[0]['HostPort']}"
-                try:
-                    with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310
-                        return container, url
-                except OSError:
-                    pass
-            if container.status == "exited" or time.monotonic() > deadline:
-                raise RuntimeError(f"the service container did not answer: {container.logs()!r}")
-            time.sleep(0.2)
-    except BaseException:
-        container.remove(force=True)
-        raise
+        yield container, _answering_url(container)
+    finally:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - already gone is fine
+            pass
+
+
+def _answering_url(container, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        container.reload()
+        bound = (container.ports or {}).get(f"{CONTAINER_PORT}/tcp")
+        if bound:
+            url = f"http://127.0.0.1:{bound[0]['HostPort']}"
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310
+                    return url
+            except OSError:
+                pass
+        if container.status == "exited" or time.monotonic() > deadline:
+            raise RuntimeError(f"the service container did not answer: {container.logs()!r}")
+        time.sleep(0.2)
 
 
 def post(url: str, path: str = "/predict") -> dict:

@@ -413,9 +413,8 @@ def test_server_extension_missing_is_said_plainly(start_lab, browser):
 
 
 @pytest.fixture
-def sleeper(start_lab):
-    """A running container labelled as the product labels a run; removed at teardown."""
-    from mlcontainer_magics.backends.docker.backend import make_labels
+def engine():
+    """A client of the Docker engine; the test is skipped without one."""
     from mlcontainer_magics.backends.docker.engine import connect
     from mlcontainer_magics.errors import EngineUnavailable
 
@@ -423,6 +422,16 @@ def sleeper(start_lab):
         client = connect(timeout=60)
     except EngineUnavailable as e:
         pytest.skip(str(e))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sleeper(engine):
+    """A running container labelled as the product labels a run; removed at teardown."""
+    from mlcontainer_magics.backends.docker.backend import make_labels
+
+    client = engine
     sid = uuid.uuid4().hex[:12]
     container = client.containers.run(
         "python:3.11-slim",
@@ -440,7 +449,6 @@ def sleeper(start_lab):
             container.remove(force=True)
         except Exception:  # noqa: BLE001 - already gone is fine
             pass
-        client.close()
 
 
 @pytest.mark.docker
@@ -467,28 +475,13 @@ def test_running_container_shows_and_stops(start_lab, browser, sleeper):
 
 
 @pytest.fixture
-def served():
+def served(engine):
     """A real container serving as service "ocr" (tests/fake_service.py answers /metadata as
     the runner does), labelled as the product labels a service; removed at teardown."""
-    from mlcontainer_magics.backends.docker.engine import connect
-    from mlcontainer_magics.errors import EngineUnavailable
-
-    try:
-        client = connect(timeout=60)
-    except EngineUnavailable as e:
-        pytest.skip(str(e))
     sid = uuid.uuid4().hex[:12]
-    container, url = fake_service.run_container(
-        client, os.environ["MLCONTAINER_NAMESPACE"], sid, "ocr"
-    )
-    try:
+    namespace = os.environ["MLCONTAINER_NAMESPACE"]
+    with fake_service.serving_container(engine, namespace, sid, "ocr") as (container, url):
         yield sid, container, url
-    finally:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone is fine
-            pass
-        client.close()
 
 
 @pytest.mark.docker

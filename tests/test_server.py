@@ -668,17 +668,10 @@ def test_started_times_read_as_the_runner_writes_them():
 def service_container(docker_client, store):
     """A real container serving as service "ocr" of a serving snapshot in the store."""
     sid = uuid.uuid4().hex[:12]
-    container, url = fake_service.run_container(
-        docker_client, os.environ["MLCONTAINER_NAMESPACE"], sid, "ocr"
-    )
-    store.put(service_record(sid, "ocr", url))
-    try:
+    namespace = os.environ["MLCONTAINER_NAMESPACE"]
+    with fake_service.serving_container(docker_client, namespace, sid, "ocr") as (container, url):
+        store.put(service_record(sid, "ocr", url))
         yield sid, container, url
-    finally:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone is fine
-            pass
 
 
 @pytest.mark.docker

@@ -1,6 +1,6 @@
 import { ApiError, api } from '../src/api';
 import { PAGE, POLL_MS, SidebarModel } from '../src/model';
-import { DOWN, FakeServer, page, summary, UP } from './fakeServer';
+import { DOWN, FakeServer, page, service, summary, UP } from './fakeServer';
 
 const RUNNING = {
   id: 'r1',
@@ -12,30 +12,6 @@ const RUNNING = {
   state: 'running',
   status: 'Up 3 seconds',
   started: null
-};
-
-const SERVICE = {
-  id: 'sv1',
-  name: 'ocr',
-  url: 'http://127.0.0.1:8123',
-  port: 8123,
-  entry: 'predict',
-  replicas: 1,
-  backend: 'docker',
-  status: 'serving',
-  created: 1_700_000_000,
-  notebook: 'nb/serve.ipynb',
-  notebook_path: 'nb/serve.ipynb',
-  stop_requested: false,
-  answering: true,
-  message: null,
-  uptime: 62,
-  requests: 8,
-  errors: 0,
-  started: '2026-12-01T10:00:00+00:00',
-  signature: 'predict(x)',
-  python: '3.11',
-  lock_digest: null
 };
 
 /** A server whose routes all answer: engine up, one running run, three snapshots. */
@@ -195,7 +171,7 @@ describe('SidebarModel: pages', () => {
 describe('SidebarModel: services', () => {
   it('lists services apart from running cells', async () => {
     healthy()
-      .on('GET services', { body: { items: [SERVICE] } })
+      .on('GET services', { body: { items: [service()] } })
       .on('GET running', {
         body: {
           items: [
@@ -351,11 +327,14 @@ describe('SidebarModel: polling', () => {
     expect(slow.filter(c => c.startsWith('GET snapshots'))).toHaveLength(1);
   });
 
-  it('reloads snapshots as soon as the set of running containers changes', async () => {
+  it.each([
+    ['running containers', 'GET running', { items: [] }],
+    ['services', 'GET services', { items: [service()] }]
+  ])('reloads snapshots as soon as the set of %s changes', async (_, route, items) => {
     const server = healthy();
     model.start();
     await jest.advanceTimersByTimeAsync(0);
-    server.on('GET running', { body: { items: [] } });
+    server.on(route, { body: items });
     const before = server.calls.length;
     await jest.advanceTimersByTimeAsync(POLL_MS);
     expect(server.log.slice(before)).toEqual([
@@ -363,25 +342,15 @@ describe('SidebarModel: polling', () => {
       'GET services',
       `GET snapshots?limit=${PAGE}&offset=0`
     ]);
-    expect(model.running).toEqual([]);
   });
 
-  it('reloads snapshots as soon as the set of services changes, not as they count', async () => {
-    const server = healthy();
+  it('does not reload snapshots as a service counts its requests', async () => {
+    const server = healthy().on('GET services', { body: { items: [service()] } });
     model.start();
     await jest.advanceTimersByTimeAsync(0);
-    server.on('GET services', { body: { items: [SERVICE] } });
-    let before = server.calls.length;
-    await jest.advanceTimersByTimeAsync(POLL_MS);
-    expect(server.log.slice(before)).toEqual([
-      'GET running',
-      'GET services',
-      `GET snapshots?limit=${PAGE}&offset=0`
-    ]);
     expect(model.services.map(s => s.requests)).toEqual([8]);
-
-    server.on('GET services', { body: { items: [{ ...SERVICE, requests: 9 }] } });
-    before = server.calls.length;
+    server.on('GET services', { body: { items: [service({ requests: 9 })] } });
+    const before = server.calls.length;
     await jest.advanceTimersByTimeAsync(POLL_MS);
     expect(server.log.slice(before)).toEqual(['GET running', 'GET services']);
     expect(model.services.map(s => s.requests)).toEqual([9]);

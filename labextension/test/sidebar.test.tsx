@@ -9,7 +9,7 @@ import { createRoot, Root } from 'react-dom/client';
 
 import { SidebarModel } from '../src/model';
 import { Sidebar } from '../src/panel';
-import { DOWN, FakeServer, summary, UP } from './fakeServer';
+import { DOWN, FakeServer, service, summary, UP } from './fakeServer';
 import { ui } from './stubs/apputils';
 
 (globalThis as any).IS_REACT_ACT_ENVIRONMENT = true;
@@ -30,29 +30,6 @@ const SERVED = summary('sv1', {
   finished: null,
   duration: null
 });
-const SERVICE = {
-  id: 'sv1',
-  name: 'ocr',
-  url: 'http://127.0.0.1:8123',
-  port: 8123,
-  entry: 'predict',
-  replicas: 1,
-  backend: 'docker',
-  status: 'serving',
-  created: 1_700_000_000,
-  notebook: 'nb/serve.ipynb',
-  notebook_path: 'nb/serve.ipynb',
-  stop_requested: false,
-  answering: true,
-  message: null,
-  uptime: 302,
-  requests: 8,
-  errors: 1,
-  started: '2026-12-01T10:00:00+00:00',
-  signature: 'predict(x)',
-  python: '3.11',
-  lock_digest: null
-};
 
 function server(): FakeServer {
   return new FakeServer()
@@ -312,9 +289,9 @@ it('stops a running container', async () => {
 });
 
 /** The fake server with a service "ocr" (snapshot sv1), whose container also runs. */
-function serving(service: Record<string, unknown> = {}): FakeServer {
+function serving(extra: Record<string, unknown> = {}): FakeServer {
   return server()
-    .on('GET services', { body: { items: [{ ...SERVICE, ...service }] } })
+    .on('GET services', { body: { items: [service(extra)] } })
     .on('GET running', {
       body: {
         items: [
@@ -332,7 +309,7 @@ function serving(service: Record<string, unknown> = {}): FakeServer {
     .on('GET snapshots', {
       body: { items: [SERVED, K8S, OLD], total: 3, limit: 50, offset: 0 }
     })
-    .on('GET snapshots/sv1', { body: { ...SERVED, service: SERVICE } })
+    .on('GET snapshots/sv1', { body: { ...SERVED, service: service() } })
     .on('GET snapshots/sv1/logs', {
       body: { id: 'sv1', logs: '', stdout: '', stderr: '' }
     });
