@@ -655,6 +655,14 @@ async def test_metadata_of_the_wrong_shape_is_left_out(jp_fetch, store):
     assert item["requests"] is None and item["uptime"] is None
 
 
+def test_a_record_removed_while_listing_is_left_out(store, silent_url, monkeypatch):
+    store.put(service_record("e1e2e3e4e5e6", "ocr", silent_url))
+    listed = store.list(limit=None, status="serving")
+    gone = dict(listed[0], id="f0f0f0f0f0f0")  # listed, then removed by another process
+    monkeypatch.setattr(store, "list", lambda **_: [gone, *listed])
+    assert [r["id"] for r in services.serving_records(store)] == ["e1e2e3e4e5e6"]
+
+
 def test_started_times_read_as_the_runner_writes_them():
     assert services.parse_time("2026-12-01T10:00:00+00:00") == 1796119200.0
     assert services.parse_time("2026-12-01T10:00:00Z") == 1796119200.0

@@ -260,15 +260,37 @@ export function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
-/** What a service's server says of itself: `predict(x)`, `8 requests`, `1 error`, `up 5m02s`. */
+/** Whether a URL is one to link to: http or https (a record's URL is only shown otherwise). */
+export function isHttpUrl(url: unknown): url is string {
+  return typeof url === 'string' && /^https?:\/\/[^/\s]/i.test(url);
+}
+
+/**
+ * What is known of a service: where it runs if not on docker, its replicas if not one, then
+ * what its server says: `predict(x)`, `8 requests`, `1 error`, `up 5m02s`.
+ */
 export function serviceFacts(service: {
   entry?: unknown;
   signature?: unknown;
   requests?: unknown;
   errors?: unknown;
   uptime?: unknown;
+  backend?: unknown;
+  replicas?: unknown;
 }): string[] {
   const parts: string[] = [];
+  // Where it runs, when it is not the one local container.
+  if (
+    typeof service.backend === 'string' &&
+    service.backend &&
+    service.backend !== 'docker'
+  ) {
+    parts.push(service.backend);
+  }
+  const replicas = num(service.replicas);
+  if (replicas !== null && replicas !== 1) {
+    parts.push(plural(replicas, 'replica'));
+  }
   const call = service.signature || service.entry;
   if (typeof call === 'string' && call) {
     parts.push(call);

@@ -10,6 +10,7 @@ import {
   formatTime,
   formatWhere,
   isActive,
+  isHttpUrl,
   MISSING,
   moreText,
   mountTitle,
@@ -371,6 +372,23 @@ describe('services', () => {
       '2 errors',
       'up 1m02s'
     ]);
+  });
+
+  it('says where a service runs and its replicas when not one docker container', () => {
+    expect(serviceFacts({ backend: 'docker', replicas: 1, entry: 'predict' })).toEqual([
+      'predict'
+    ]);
+    expect(
+      serviceFacts({ backend: 'kubernetes', replicas: 3, entry: 'predict' })
+    ).toEqual(['kubernetes', '3 replicas', 'predict']);
+  });
+
+  it('links only http and https URLs', () => {
+    expect(isHttpUrl('http://127.0.0.1:8123')).toBe(true);
+    expect(isHttpUrl('HTTPS://svc.example/x')).toBe(true);
+    for (const bad of ['javascript:alert(1)', 'http://', 'ftp://h/x', '', null, 3]) {
+      expect(isHttpUrl(bad)).toBe(false);
+    }
   });
 
   it('says only what it knows of a service that does not answer', () => {

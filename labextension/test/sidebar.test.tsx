@@ -377,6 +377,14 @@ it('says a service is stopping once a stop was asked for', async () => {
   expect(row.querySelector('.mlc-bad-text')).toBeNull(); // not an error: it was asked for
 });
 
+it('shows a URL that is not http(s) as text, not as a link', async () => {
+  serving({ url: 'javascript:alert(1)', answering: false, message: 'no http URL' });
+  await show();
+  const row = el.querySelector('li.mlc-ServiceRow') as HTMLElement;
+  expect(row.querySelector('a')).toBeNull();
+  expect(texts('.mlc-RowMeta', row)[0]).toBe('javascript:alert(1)');
+});
+
 it("opens a service's snapshot from its id", async () => {
   serving();
   await show();

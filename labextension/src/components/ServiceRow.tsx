@@ -1,7 +1,7 @@
 import * as React from 'react';
 
 import { IService } from '../api';
-import { MISSING, serviceFacts } from '../format';
+import { isHttpUrl, MISSING, serviceFacts } from '../format';
 import { SnapshotLink } from './SnapshotLink';
 import { StatusBadge } from './StatusBadge';
 import { StopButton } from './StopButton';
@@ -39,7 +39,7 @@ export function ServiceRow({
             />
           </div>
           <div className="mlc-RowMeta mlc-Wrap">
-            {s.url ? (
+            {isHttpUrl(s.url) ? (
               <a
                 className="mlc-Url"
                 href={s.url}
@@ -50,7 +50,7 @@ export function ServiceRow({
                 {s.url}
               </a>
             ) : (
-              MISSING
+              s.url || MISSING
             )}
           </div>
           <div className="mlc-RowMeta mlc-Wrap">
