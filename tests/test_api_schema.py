@@ -55,11 +55,12 @@ ENGINE_PATHS = {
     "/snapshots/{ref}/export",
 }
 
+from fake_service import service_record  # noqa: E402
 from test_server import RECORDS as SERVER_RECORDS  # noqa: E402
 
 NOW = time.time()
 # The REST tests' records, plus what a schema must also allow: extra fields, an absolute
-# notebook path, where a snapshot ran, and one more record.
+# notebook path, where a snapshot ran, one more record, and a service whose server is gone.
 RECORDS = [
     dict(SERVER_RECORDS[0], cell=3, custom={"anything": [1, "x"]}),
     dict(
@@ -71,6 +72,7 @@ RECORDS = [
     dict(SERVER_RECORDS[2], backend="docker", target={}),
     SERVER_RECORDS[3],
     {"id": "e5f6a1b2c3d4", "status": "building", "created": NOW - 5, "cell": None},
+    service_record("f6a1b2c3d4e5", "ocr", "http://127.0.0.1:1"),
 ]
 
 

@@ -21,6 +21,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import fake_service
 import pytest
 
 from mlcontainer_magics.core.store import Store
@@ -412,9 +413,8 @@ def test_server_extension_missing_is_said_plainly(start_lab, browser):
 
 
 @pytest.fixture
-def sleeper(start_lab):
-    """A running container labelled as the product labels a run; removed at teardown."""
-    from mlcontainer_magics.backends.docker.backend import make_labels
+def engine():
+    """A client of the Docker engine; the test is skipped without one."""
     from mlcontainer_magics.backends.docker.engine import connect
     from mlcontainer_magics.errors import EngineUnavailable
 
@@ -422,6 +422,16 @@ def sleeper(start_lab):
         client = connect(timeout=60)
     except EngineUnavailable as e:
         pytest.skip(str(e))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sleeper(engine):
+    """A running container labelled as the product labels a run; removed at teardown."""
+    from mlcontainer_magics.backends.docker.backend import make_labels
+
+    client = engine
     sid = uuid.uuid4().hex[:12]
     container = client.containers.run(
         "python:3.11-slim",
@@ -439,7 +449,6 @@ def sleeper(start_lab):
             container.remove(force=True)
         except Exception:  # noqa: BLE001 - already gone is fine
             pass
-        client.close()
 
 
 @pytest.mark.docker
@@ -462,6 +471,55 @@ def test_running_container_shows_and_stops(start_lab, browser, sleeper):
     row.wait_for(state="detached", timeout=30_000)
     container.reload()
     assert container.status != "running"
+    assert errors == [], errors
+
+
+@pytest.fixture
+def served(engine):
+    """A real container serving as service "ocr" (tests/fake_service.py answers /metadata as
+    the runner does), labelled as the product labels a service; removed at teardown."""
+    sid = uuid.uuid4().hex[:12]
+    namespace = os.environ["MLCONTAINER_NAMESPACE"]
+    with fake_service.serving_container(engine, namespace, sid, "ocr") as (container, url):
+        yield sid, container, url
+
+
+@pytest.mark.docker
+def test_services_show_with_their_url_and_stop(start_lab, browser, served):
+    sid, container, url = served
+    for _ in range(3):
+        fake_service.post(url)
+    lab = start_lab(RECORDS + [fake_service.service_record(sid, "ocr", url)], name="services")
+    page, errors = open_lab(browser, lab)
+    sidebar = page.locator(SIDEBAR)
+    row = sidebar.locator(f'li.mlc-ServiceRow[data-snapshot="{sid}"]')
+    row.wait_for(timeout=20_000)
+    row.get_by_text("3 requests").wait_for(timeout=20_000)
+    text = row.inner_text()
+    assert "ocr" in text and "serving" in text and url in text and sid in text
+    assert "predict(x)" in text and "up " in text
+    assert row.locator("a.mlc-Url").get_attribute("href") == url
+    # Its container is listed with the service, not with the running cells.
+    assert sidebar.locator(f'li.mlc-RunningRow[data-snapshot="{sid}"]').count() == 0
+    assert "Nothing is running" in sidebar.inner_text()
+    shot(page, "sidebar-services.png")
+
+    # The snapshot id opens the snapshot below.
+    row.locator("button.mlc-SnapshotLink").click()
+    snapshot = sidebar.locator(f'li.mlc-Row.mlc-open[data-snapshot="{sid}"]:not(.mlc-ServiceRow)')
+    snapshot.locator(".mlc-Details").wait_for(timeout=10_000)
+    assert "serving" in snapshot.inner_text()
+
+    # Stop: the container ends (a real, XSRF-checked POST), and the service stops answering.
+    row.get_by_role("button", name="Stop").click()
+    row.locator(".mlc-Badge", has_text="stopping").wait_for(timeout=30_000)
+    container.reload()
+    assert container.status != "running"
+    assert lab.store.get(sid)["stop_requested"] is True
+    shot(page, "sidebar-services-stopped.png")
+    # As the kernel's watcher records the end of it: off the list of services.
+    lab.store.update(sid, status="stopped", finished=time.time())
+    row.wait_for(state="detached", timeout=20_000)
     assert errors == [], errors
 
 

@@ -14,14 +14,16 @@ import time
 import uuid
 from pathlib import Path
 
+import fake_service
 import pytest
+from fake_service import service_record
 from tornado.httpclient import HTTPClientError
 
 from mlcontainer_magics.backends import Backends
 from mlcontainer_magics.backends.docker.backend import make_labels as run_labels
 from mlcontainer_magics.core.store import Store
 from mlcontainer_magics.errors import EngineUnavailable
-from mlcontainer_magics.server import handlers
+from mlcontainer_magics.server import handlers, services
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
@@ -357,6 +359,7 @@ async def test_action_plugs_in_through_settings(jp_fetch, jp_serverapp, store):
         ("POST", ("snapshots", "a1b2c3d4e5f6", "export")),
         ("GET", ("running",)),
         ("POST", ("running", "a1b2c3d4e5f6", "stop")),
+        ("GET", ("services",)),
         ("GET", ("status",)),
     ],
 )
@@ -398,7 +401,7 @@ with warnings.catch_warnings(record=True) as records:
 from mlcontainer_magics.server.handlers import BaseHandler
 ours = [r for rule in app.web_app.default_router.rules for r in getattr(rule.target, "rules", [])
         if isinstance(r.target, type) and issubclass(r.target, BaseHandler)]
-assert len(ours) == 8, ours
+assert len(ours) == 9, ours
 bad = [str(r.message) for r in records if issubclass(r.category, JupyterServerAuthWarning)]
 print("\\n".join(bad) or "OK")
 """
@@ -537,3 +540,173 @@ async def test_stop_unknown_is_404(jp_fetch, docker_client):
         jp_fetch, "mlcontainer", "running", "feedfacecafe", "stop", method="POST", body="{}"
     )
     assert code == 404 and "No running container" in err["message"]
+
+
+# -- services -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def metadata_server():
+    """A server answering /metadata as the runner does, in this process."""
+    server = fake_service.start("ocr", "e1e2e3e4e5e6", requests=7, errors=1)
+    yield fake_service.url_of(server)
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def silent_url():
+    """A URL whose server accepts connections and never answers."""
+    sock = fake_service.silent_port()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+async def test_services_none(jp_fetch):
+    assert body(await jp_fetch("mlcontainer", "services")) == {"items": []}
+
+
+async def test_services_list_serving_snapshots_with_what_their_servers_say(
+    jp_fetch, store, metadata_server, silent_url
+):
+    store.put_many(
+        [
+            service_record("e1e2e3e4e5e6", "ocr", metadata_server),
+            service_record("f1f2f3f4f5f6", "hangs", silent_url),
+            # Ended: a snapshot like any other, listed no more.
+            service_record("a9a8a7a6a5a4", "old", metadata_server, status="stopped"),
+        ]
+    )
+    t0 = time.monotonic()
+    data = body(await jp_fetch("mlcontainer", "services"))
+    # The server that never answers holds the list up for the timeout, not longer.
+    assert time.monotonic() - t0 < services.METADATA_TIMEOUT + 2
+    items = {i["id"]: i for i in data["items"]}
+    assert set(items) == {"e1e2e3e4e5e6", "f1f2f3f4f5f6"}
+
+    ocr = items["e1e2e3e4e5e6"]
+    assert ocr["answering"] is True and ocr["message"] is None
+    assert (ocr["name"], ocr["url"], ocr["entry"], ocr["replicas"], ocr["backend"]) == (
+        "ocr",
+        metadata_server,
+        "predict",
+        1,
+        "docker",
+    )
+    assert ocr["port"] == int(metadata_server.rsplit(":", 1)[1])
+    assert (ocr["requests"], ocr["errors"], ocr["signature"], ocr["python"]) == (
+        7,
+        1,
+        "predict(x)",
+        "3.11",
+    )
+    assert 0 <= ocr["uptime"] < 60 and ocr["started"]
+    assert ocr["status"] == "serving" and ocr["notebook_path"] == "nb/serve.ipynb"
+
+    hangs = items["f1f2f3f4f5f6"]
+    assert hangs["answering"] is False
+    assert hangs["message"] == "No answer to GET /metadata within 1 s."
+    assert hangs["requests"] is None and hangs["uptime"] is None
+    assert hangs["url"] == silent_url  # still shown: where it should be
+
+    # Requests served are counted live: each listing asks again.
+    fake_service.post(metadata_server)
+    again = body(await jp_fetch("mlcontainer", "services"))["items"]
+    assert {i["id"]: i["requests"] for i in again}["e1e2e3e4e5e6"] == 8
+
+
+async def test_serving_is_a_status_of_the_snapshot_list(jp_fetch, store, silent_url):
+    store.put(service_record("e1e2e3e4e5e6", "ocr", silent_url))
+    data = body(await jp_fetch("mlcontainer", "snapshots", params={"status": "serving"}))
+    assert [i["id"] for i in data["items"]] == ["e1e2e3e4e5e6"]
+    assert data["items"][0]["status"] == "serving"
+
+
+@pytest.mark.parametrize(
+    "url,why",
+    [
+        ("{server}/nothing", "GET /metadata answered 404, not the service's metadata."),
+        ("{server}/broken", "GET /metadata answered something other than a JSON object."),
+        ("ftp://127.0.0.1/x", "Its record has no http URL to ask ('ftp://127.0.0.1/x')."),
+        (None, "Its record has no http URL to ask (None)."),
+        ("http://127.0.0.1:1", "Nothing listens at its URL (connection refused)."),
+    ],
+)
+async def test_a_service_that_cannot_say_is_not_answering(
+    jp_fetch, store, metadata_server, url, why
+):
+    record = service_record("e1e2e3e4e5e6", "ocr", metadata_server)
+    record["service"]["url"] = url.format(server=metadata_server) if url else None
+    store.put(record)
+    (item,) = body(await jp_fetch("mlcontainer", "services"))["items"]
+    assert item["answering"] is False and item["requests"] is None
+    assert item["message"] == why.format(server=metadata_server)
+
+
+async def test_metadata_of_the_wrong_shape_is_left_out(jp_fetch, store):
+    server = fake_service.start("ocr", "e1e2e3e4e5e6", requests="many", started="yesterday")
+    try:
+        store.put(service_record("e1e2e3e4e5e6", "ocr", fake_service.url_of(server)))
+        (item,) = body(await jp_fetch("mlcontainer", "services"))["items"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert item["answering"] is True and item["signature"] == "predict(x)"
+    assert item["requests"] is None and item["uptime"] is None
+
+
+def test_a_record_removed_while_listing_is_left_out(store, silent_url, monkeypatch):
+    store.put(service_record("e1e2e3e4e5e6", "ocr", silent_url))
+    listed = store.list(limit=None, status="serving")
+    gone = dict(listed[0], id="f0f0f0f0f0f0")  # listed, then removed by another process
+    monkeypatch.setattr(store, "list", lambda **_: [gone, *listed])
+    assert [r["id"] for r in services.serving_records(store)] == ["e1e2e3e4e5e6"]
+
+
+def test_started_times_read_as_the_runner_writes_them():
+    assert services.parse_time("2026-12-01T10:00:00+00:00") == 1796119200.0
+    assert services.parse_time("2026-12-01T10:00:00Z") == 1796119200.0
+    assert services.parse_time("2026-12-01T10:00:00") == 1796119200.0
+    assert services.parse_time("2026-12-01T11:00:00+01:00") == 1796119200.0
+    for bad in ("", "soon", None, 12):
+        assert services.parse_time(bad) is None
+
+
+@pytest.fixture
+def service_container(docker_client, store):
+    """A real container serving as service "ocr" of a serving snapshot in the store."""
+    sid = uuid.uuid4().hex[:12]
+    namespace = os.environ["MLCONTAINER_NAMESPACE"]
+    with fake_service.serving_container(docker_client, namespace, sid, "ocr") as (container, url):
+        store.put(service_record(sid, "ocr", url))
+        yield sid, container, url
+
+
+@pytest.mark.docker
+async def test_stop_a_real_service(jp_fetch, store, service_container):
+    sid, container, url = service_container
+    fake_service.post(url)
+    (item,) = body(await jp_fetch("mlcontainer", "services"))["items"]
+    assert item["id"] == sid and item["answering"] is True and item["requests"] == 1
+    assert item["stop_requested"] is False
+    assert item["url"] == url
+
+    # A service is a run that serves: the same stop, by its snapshot id.
+    data = body(
+        await jp_fetch(
+            "mlcontainer", "running", sid, "stop", method="POST", body=json.dumps({"timeout": 5})
+        )
+    )
+    assert [s["container"] for s in data["stopped"]] == [container.id[:12]]
+    container.reload()
+    assert container.status != "running"
+    # Said in its record first, for the kernel that records how it ended.
+    assert store.get(sid)["stop_requested"] is True
+    (item,) = body(await jp_fetch("mlcontainer", "services"))["items"]
+    assert item["answering"] is False and item["stop_requested"] is True
+    assert item["message"] == "Nothing listens at its URL (connection refused)."
+    # Nothing left to stop: 404 JSON.
+    code, err = await error(
+        jp_fetch, "mlcontainer", "running", sid, "stop", method="POST", body="{}"
+    )
+    assert code == 404 and sid in err["message"]

@@ -80,6 +80,37 @@ export interface IRunning {
   snapshot_status?: string | null;
 }
 
+/** A snapshot that serves its cell over HTTP (status `serving`), and what its server said. */
+export interface IService {
+  /** The snapshot id: the run that Stop stops. */
+  id: string;
+  name: string | null;
+  /** Where to call it, e.g. `http://127.0.0.1:8123`. */
+  url: string | null;
+  port: number | null;
+  /** The function it calls, e.g. `predict`. */
+  entry: string | null;
+  replicas: number | null;
+  backend: string;
+  status: string | null;
+  created: number | null;
+  notebook: string | null;
+  notebook_path: string | null;
+  /** A stop was asked for: its kernel records the end once the container ends. */
+  stop_requested: boolean;
+  /** Whether its server answered `GET {url}/metadata` just now; `message` says why not. */
+  answering: boolean;
+  message: string | null;
+  /** Seconds since its server started. */
+  uptime: number | null;
+  requests: number | null;
+  errors: number | null;
+  started: string | null;
+  signature: string | null;
+  python: string | null;
+  lock_digest: string | null;
+}
+
 export interface IStatus {
   version: string;
   engine: {
@@ -174,6 +205,7 @@ export const api = {
   rerun: (id: string) => requestAPI<any>(`snapshots/${ref(id)}/rerun`, post()),
   export: (id: string) => requestAPI<any>(`snapshots/${ref(id)}/export`, post()),
   running: () => requestAPI<{ items: IRunning[] }>('running'),
+  services: () => requestAPI<{ items: IService[] }>('services'),
   stop: (id: string) =>
     requestAPI<{ stopped: IRunning[] }>(`running/${ref(id)}/stop`, post())
 };

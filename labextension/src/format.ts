@@ -107,7 +107,7 @@ export function errorText(e: unknown): string {
 }
 
 /** Statuses of a run that has not ended yet. */
-const ACTIVE = ['running', 'building'];
+const ACTIVE = ['running', 'building', 'serving'];
 
 export function isActive(status: unknown): boolean {
   return typeof status === 'string' && ACTIVE.includes(status);
@@ -253,4 +253,58 @@ export function recordWritten(record: { readonly [key: string]: unknown }): stri
     }
   }
   return lines;
+}
+
+/** `1 request`, `8 requests`. */
+export function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
+/** Whether a URL is one to link to: http or https (a record's URL is only shown otherwise). */
+export function isHttpUrl(url: unknown): url is string {
+  return typeof url === 'string' && /^https?:\/\/[^/\s]/i.test(url);
+}
+
+/**
+ * What is known of a service: where it runs if not on docker, its replicas if not one, then
+ * what its server says: `predict(x)`, `8 requests`, `1 error`, `up 5m02s`.
+ */
+export function serviceFacts(service: {
+  entry?: unknown;
+  signature?: unknown;
+  requests?: unknown;
+  errors?: unknown;
+  uptime?: unknown;
+  backend?: unknown;
+  replicas?: unknown;
+}): string[] {
+  const parts: string[] = [];
+  // Where it runs, when it is not the one local container.
+  if (
+    typeof service.backend === 'string' &&
+    service.backend &&
+    service.backend !== 'docker'
+  ) {
+    parts.push(service.backend);
+  }
+  const replicas = num(service.replicas);
+  if (replicas !== null && replicas !== 1) {
+    parts.push(plural(replicas, 'replica'));
+  }
+  const call = service.signature || service.entry;
+  if (typeof call === 'string' && call) {
+    parts.push(call);
+  }
+  const requests = num(service.requests);
+  if (requests !== null) {
+    parts.push(plural(requests, 'request'));
+  }
+  const errors = num(service.errors);
+  if (errors) {
+    parts.push(plural(errors, 'error'));
+  }
+  if (num(service.uptime) !== null) {
+    parts.push(`up ${formatDuration(service.uptime)}`);
+  }
+  return parts;
 }

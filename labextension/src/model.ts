@@ -1,6 +1,6 @@
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { ApiError, IRunning, ISnapshotSummary, IStatus, api } from './api';
+import { ApiError, IRunning, IService, ISnapshotSummary, IStatus, api } from './api';
 import { errorText } from './format';
 
 /** What stands between the user and the sidebar working, if anything. */
@@ -18,14 +18,19 @@ export const PAGE = 50;
 /**
  * The sidebar's state, refreshed from the server extension.
  *
- * Polls `running` every 2 s while `start()`ed (the panel is visible), and `status` plus the
- * snapshot list less often or when the set of running containers changes.
+ * Polls `running` and `services` every 2 s while `start()`ed (the panel is visible), and
+ * `status` plus the snapshot list less often or when the set of running containers or
+ * services changes.
  */
 export class SidebarModel {
   status: IStatus | null = null;
   problem: Problem | null = null;
   running: IRunning[] = [];
   runningError: string | null = null;
+  services: IService[] = [];
+  servicesError: string | null = null;
+  /** The snapshot last asked for from a running run or a service (a new object each time). */
+  focus: { id: string } | null = null;
   snapshots: ISnapshotSummary[] = [];
   total = 0;
   /** True until the first answer (or failure) arrives. */
@@ -34,6 +39,11 @@ export class SidebarModel {
 
   get changed(): ISignal<this, void> {
     return this._changed;
+  }
+
+  /** The running containers of cells; those of services are listed with the services. */
+  get runningCells(): IRunning[] {
+    return this.running.filter(r => r.snapshot_status !== 'serving');
   }
 
   get isPolling(): boolean {
@@ -67,7 +77,11 @@ export class SidebarModel {
   async refresh(): Promise<void> {
     await this._refreshStatus();
     if (this.problem?.kind !== 'no-extension') {
-      await Promise.all([this._refreshRunning(), this.refreshSnapshots()]);
+      await Promise.all([
+        this._refreshRunning(),
+        this._refreshServices(),
+        this.refreshSnapshots()
+      ]);
     }
     this.loading = false;
     this._emit();
@@ -105,6 +119,20 @@ export class SidebarModel {
     this._emit();
   }
 
+  /** Open a snapshot's row and bring it into view, loading older pages until it is listed. */
+  async showSnapshot(id: string): Promise<void> {
+    while (!this.snapshots.some(s => s.id === id) && this.snapshots.length < this.total) {
+      const before = this.snapshots.length;
+      await this.loadMore();
+      if (this.snapshots.length === before) {
+        break; // a page failed or added nothing: show what there is
+      }
+    }
+    this.focus = { id };
+    this._emit();
+  }
+
+  /** Stop a run, or a service (a run that serves): by its snapshot id. */
   async stopRun(id: string): Promise<void> {
     this.stopping.add(id);
     this._emit();
@@ -112,7 +140,7 @@ export class SidebarModel {
       await api.stop(id);
     } finally {
       this.stopping.delete(id);
-      await this._refreshRunning();
+      await Promise.all([this._refreshRunning(), this._refreshServices()]);
       await this.refreshSnapshots();
     }
   }
@@ -139,8 +167,11 @@ export class SidebarModel {
       if (this.problem?.kind === 'no-extension') {
         return;
       }
-      const changed = await this._refreshRunning();
-      if (slow || changed) {
+      const changes = await Promise.all([
+        this._refreshRunning(),
+        this._refreshServices()
+      ]);
+      if (slow || changes.some(Boolean)) {
         await this.refreshSnapshots();
       }
     } finally {
@@ -186,6 +217,18 @@ export class SidebarModel {
       }
     }
     return this.running.map(r => r.id).join(',') !== before;
+  }
+
+  /** Reload the services; whether the set of them changed. A failure shows by the list. */
+  private async _refreshServices(): Promise<boolean> {
+    const before = this.services.map(s => s.id).join(',');
+    try {
+      this.services = (await api.services()).items;
+      this.servicesError = null;
+    } catch (e) {
+      this.servicesError = errorText(e);
+    }
+    return this.services.map(s => s.id).join(',') !== before;
   }
 
   private _fail(e: unknown): void {

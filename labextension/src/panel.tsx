@@ -6,6 +6,7 @@ import * as React from 'react';
 import { EmptyState } from './components/EmptyState';
 import { ProblemBanner } from './components/ProblemBanner';
 import { RunningSection } from './components/RunningSection';
+import { ServicesSection } from './components/ServicesSection';
 import { SnapshotsSection } from './components/SnapshotsSection';
 import { ISidebarProps } from './components/types';
 import { containerIcon } from './icon';
@@ -60,7 +61,8 @@ export class MlcSidebar extends ReactWidget {
   }
 }
 
-/** The whole panel: header, what is wrong if anything, then running runs and snapshots. */
+/** The whole panel: header, what is wrong if anything, then running runs, services and
+ * snapshots. */
 export function Sidebar({ model, app }: ISidebarProps): JSX.Element {
   const problem = model.problem;
   // A new user: nothing to list (an engine that is down does not change that).
@@ -68,7 +70,8 @@ export function Sidebar({ model, app }: ISidebarProps): JSX.Element {
     !model.loading &&
     (!problem || problem.kind === 'engine-down') &&
     model.total === 0 &&
-    model.running.length === 0;
+    model.running.length === 0 &&
+    model.services.length === 0;
   return (
     <div className="mlc-Panel">
       <header className="mlc-Header">
@@ -91,6 +94,7 @@ export function Sidebar({ model, app }: ISidebarProps): JSX.Element {
           ) : (
             <>
               <RunningSection model={model} app={app} />
+              <ServicesSection model={model} app={app} />
               <SnapshotsSection model={model} app={app} />
             </>
           )}

@@ -102,6 +102,34 @@ export function summary(id: string, extra: Record<string, unknown> = {}): any {
   };
 }
 
+/** A service as `GET services` lists it ("ocr", snapshot sv1, answering), with `extra`. */
+export function service(extra: Record<string, unknown> = {}): any {
+  return {
+    id: 'sv1',
+    name: 'ocr',
+    url: 'http://127.0.0.1:8123',
+    port: 8123,
+    entry: 'predict',
+    replicas: 1,
+    backend: 'docker',
+    status: 'serving',
+    created: 1_700_000_000,
+    notebook: 'nb/serve.ipynb',
+    notebook_path: 'nb/serve.ipynb',
+    stop_requested: false,
+    answering: true,
+    message: null,
+    uptime: 302,
+    requests: 8,
+    errors: 1,
+    started: '2026-12-01T10:00:00+00:00',
+    signature: 'predict(x)',
+    python: '3.11',
+    lock_digest: null,
+    ...extra
+  };
+}
+
 /** A page of `n` snapshots, ids `<prefix>0`… starting at `from`. */
 export function page(n: number, total: number, from = 0, prefix = 's'): any {
   const items = Array.from({ length: n }, (_, i) => summary(`${prefix}${from + i}`));

@@ -10,13 +10,16 @@ import {
   formatTime,
   formatWhere,
   isActive,
+  isHttpUrl,
   MISSING,
   moreText,
   mountTitle,
+  plural,
   recordMounts,
   recordPackages,
   recordTimings,
   recordWritten,
+  serviceFacts,
   shortDigest,
   tailLog,
   toDate,
@@ -268,6 +271,7 @@ describe('small helpers', () => {
   it('isActive is true for runs that have not ended', () => {
     expect(isActive('running')).toBe(true);
     expect(isActive('building')).toBe(true);
+    expect(isActive('serving')).toBe(true);
     expect(isActive('done')).toBe(false);
     expect(isActive('RUNNING')).toBe(false);
     expect(isActive(null)).toBe(false);
@@ -344,5 +348,54 @@ describe('mounts and written files', () => {
     expect(truncate([1, 2], 20)).toEqual({ shown: [1, 2], more: 0 });
     expect(moreText(5)).toBe('and 5 more');
     expect(moreText(0)).toBe('');
+  });
+});
+
+describe('services', () => {
+  it('counts in words', () => {
+    expect(plural(0, 'request')).toBe('0 requests');
+    expect(plural(1, 'request')).toBe('1 request');
+    expect(plural(8, 'error')).toBe('8 errors');
+  });
+
+  it("says what a service's server said: call, requests, errors if any, uptime", () => {
+    const service = {
+      entry: 'predict',
+      signature: 'predict(x)',
+      requests: 1,
+      uptime: 62
+    };
+    expect(serviceFacts(service)).toEqual(['predict(x)', '1 request', 'up 1m02s']);
+    expect(serviceFacts({ ...service, errors: 2 })).toEqual([
+      'predict(x)',
+      '1 request',
+      '2 errors',
+      'up 1m02s'
+    ]);
+  });
+
+  it('says where a service runs and its replicas when not one docker container', () => {
+    expect(serviceFacts({ backend: 'docker', replicas: 1, entry: 'predict' })).toEqual([
+      'predict'
+    ]);
+    expect(
+      serviceFacts({ backend: 'kubernetes', replicas: 3, entry: 'predict' })
+    ).toEqual(['kubernetes', '3 replicas', 'predict']);
+  });
+
+  it('links only http and https URLs', () => {
+    expect(isHttpUrl('http://127.0.0.1:8123')).toBe(true);
+    expect(isHttpUrl('HTTPS://svc.example/x')).toBe(true);
+    for (const bad of ['javascript:alert(1)', 'http://', 'ftp://h/x', '', null, 3]) {
+      expect(isHttpUrl(bad)).toBe(false);
+    }
+  });
+
+  it('says only what it knows of a service that does not answer', () => {
+    expect(
+      serviceFacts({ entry: 'ocr', signature: null, requests: null, uptime: null })
+    ).toEqual(['ocr']);
+    expect(serviceFacts({})).toEqual([]);
+    expect(serviceFacts({ requests: '8', uptime: 'long', errors: NaN })).toEqual([]);
   });
 });

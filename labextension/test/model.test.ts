@@ -1,6 +1,6 @@
 import { ApiError, api } from '../src/api';
 import { PAGE, POLL_MS, SidebarModel } from '../src/model';
-import { DOWN, FakeServer, page, summary, UP } from './fakeServer';
+import { DOWN, FakeServer, page, service, summary, UP } from './fakeServer';
 
 const RUNNING = {
   id: 'r1',
@@ -19,6 +19,7 @@ function healthy(): FakeServer {
   return new FakeServer()
     .on('GET status', { body: UP })
     .on('GET running', { body: { items: [RUNNING] } })
+    .on('GET services', { body: { items: [] } })
     .on('GET snapshots', { body: page(3, 3) })
     .install();
 }
@@ -55,6 +56,7 @@ describe('SidebarModel: loading', () => {
     expect(server.log[0]).toBe('GET status');
     expect(server.log.slice(1).sort()).toEqual([
       'GET running',
+      'GET services',
       `GET snapshots?limit=${PAGE}&offset=0`
     ]);
     expect(model.loading).toBe(false);
@@ -166,6 +168,67 @@ describe('SidebarModel: pages', () => {
   });
 });
 
+describe('SidebarModel: services', () => {
+  it('lists services apart from running cells', async () => {
+    healthy()
+      .on('GET services', { body: { items: [service()] } })
+      .on('GET running', {
+        body: {
+          items: [
+            RUNNING,
+            { ...RUNNING, id: 'sv1', container: 'c2', snapshot_status: 'serving' }
+          ]
+        }
+      });
+    await model.refresh();
+    expect(model.services.map(s => s.id)).toEqual(['sv1']);
+    expect(model.runningCells.map(r => r.id)).toEqual(['r1']);
+    expect(model.problem).toBeNull();
+  });
+
+  it('shows a failing service list by the list, not as a problem', async () => {
+    healthy().on('GET services', { status: 500, body: { message: 'store is damaged' } });
+    await model.refresh();
+    expect(model.servicesError).toBe('store is damaged');
+    expect(model.problem).toBeNull();
+    expect(ids(model)).toEqual(['s0', 's1', 's2']);
+  });
+
+  it('stops a service by its snapshot id, and reloads the services', async () => {
+    const server = healthy().on('POST running/sv1/stop', { body: { stopped: [] } });
+    await model.stopRun('sv1');
+    expect(server.log.slice(0, 3)).toEqual([
+      'POST running/sv1/stop',
+      'GET running',
+      'GET services'
+    ]);
+  });
+
+  it('shows a snapshot asked for, loading older pages until it is listed', async () => {
+    const server = new FakeServer()
+      .on('GET status', { body: UP })
+      .on('GET running', { body: { items: [] } })
+      .on('GET services', { body: { items: [] } })
+      .on('GET snapshots', call =>
+        call.query.offset === '0'
+          ? { body: page(PAGE, PAGE + 2) }
+          : { body: page(2, PAGE + 2, PAGE) }
+      )
+      .install();
+    await model.refresh();
+    const focus = model.focus;
+    expect(focus).toBeNull();
+    await model.showSnapshot(`s${PAGE + 1}`);
+    expect(model.focus).toEqual({ id: `s${PAGE + 1}` });
+    expect(model.snapshots).toHaveLength(PAGE + 2);
+    expect(server.log.filter(c => c.startsWith('GET snapshots'))).toHaveLength(2);
+    // Asked again: a new focus, so its row opens again even if it was closed.
+    const first = model.focus;
+    await model.showSnapshot(`s${PAGE + 1}`);
+    expect(model.focus).not.toBe(first);
+  });
+});
+
 describe('SidebarModel: stop and delete', () => {
   it('stops a run, marked as stopping until the server answers, then reloads', async () => {
     let stoppingMeanwhile = false;
@@ -179,6 +242,7 @@ describe('SidebarModel: stop and delete', () => {
     expect(server.log).toEqual([
       'POST running/run%2F1/stop',
       'GET running',
+      'GET services',
       `GET snapshots?limit=${PAGE}&offset=0`
     ]);
     expect(server.calls[0].body).toEqual({});
@@ -250,30 +314,46 @@ describe('SidebarModel: polling', () => {
     expect(model.isPolling).toBe(true);
     await jest.advanceTimersByTimeAsync(0);
     const first = server.calls.length;
-    expect(first).toBe(3);
+    expect(first).toBe(4);
 
     await jest.advanceTimersByTimeAsync(POLL_MS);
-    expect(server.log.slice(first)).toEqual(['GET running']);
+    expect(server.log.slice(first)).toEqual(['GET running', 'GET services']);
 
     await jest.advanceTimersByTimeAsync(4 * POLL_MS);
     const slow = server.log.slice(first);
     expect(slow.filter(c => c === 'GET running')).toHaveLength(5);
+    expect(slow.filter(c => c === 'GET services')).toHaveLength(5);
     expect(slow.filter(c => c === 'GET status')).toHaveLength(1);
     expect(slow.filter(c => c.startsWith('GET snapshots'))).toHaveLength(1);
   });
 
-  it('reloads snapshots as soon as the set of running containers changes', async () => {
+  it.each([
+    ['running containers', 'GET running', { items: [] }],
+    ['services', 'GET services', { items: [service()] }]
+  ])('reloads snapshots as soon as the set of %s changes', async (_, route, items) => {
     const server = healthy();
     model.start();
     await jest.advanceTimersByTimeAsync(0);
-    server.on('GET running', { body: { items: [] } });
+    server.on(route, { body: items });
     const before = server.calls.length;
     await jest.advanceTimersByTimeAsync(POLL_MS);
     expect(server.log.slice(before)).toEqual([
       'GET running',
+      'GET services',
       `GET snapshots?limit=${PAGE}&offset=0`
     ]);
-    expect(model.running).toEqual([]);
+  });
+
+  it('does not reload snapshots as a service counts its requests', async () => {
+    const server = healthy().on('GET services', { body: { items: [service()] } });
+    model.start();
+    await jest.advanceTimersByTimeAsync(0);
+    expect(model.services.map(s => s.requests)).toEqual([8]);
+    server.on('GET services', { body: { items: [service({ requests: 9 })] } });
+    const before = server.calls.length;
+    await jest.advanceTimersByTimeAsync(POLL_MS);
+    expect(server.log.slice(before)).toEqual(['GET running', 'GET services']);
+    expect(model.services.map(s => s.requests)).toEqual([9]);
   });
 
   it('does not poll while the page is hidden, nor after stop()', async () => {

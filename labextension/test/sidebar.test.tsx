@@ -9,7 +9,7 @@ import { createRoot, Root } from 'react-dom/client';
 
 import { SidebarModel } from '../src/model';
 import { Sidebar } from '../src/panel';
-import { DOWN, FakeServer, summary, UP } from './fakeServer';
+import { DOWN, FakeServer, service, summary, UP } from './fakeServer';
 import { ui } from './stubs/apputils';
 
 (globalThis as any).IS_REACT_ACT_ENVIRONMENT = true;
@@ -23,6 +23,13 @@ const K8S = summary('k8s1', {
   image_size: 512_300_000
 });
 const OLD = summary('old1', { name: null });
+const SERVED = summary('sv1', {
+  name: 'ocr',
+  status: 'serving',
+  notebook: 'nb/serve.ipynb',
+  finished: null,
+  duration: null
+});
 
 function server(): FakeServer {
   return new FakeServer()
@@ -30,6 +37,7 @@ function server(): FakeServer {
     .on('GET running', {
       body: { items: [{ id: 'r1', container: 'c1', name: 'hello', state: 'running' }] }
     })
+    .on('GET services', { body: { items: [] } })
     .on('GET snapshots', { body: { items: [K8S, OLD], total: 2, limit: 50, offset: 0 } })
     .on('GET snapshots/k8s1', {
       body: {
@@ -133,6 +141,7 @@ it('lists running containers and snapshots with their counts', async () => {
   server();
   await show();
   expect(texts('.mlc-SectionTitle .mlc-Count')).toEqual(['1', '2']);
+  expect(el.querySelector('section[aria-label="Services"]')).toBeNull(); // none: no section
   const rows = Array.from(el.querySelectorAll('li.mlc-Row[data-snapshot]'));
   expect(rows.map(r => r.getAttribute('data-snapshot'))).toEqual(['r1', 'k8s1', 'old1']);
   expect(el.querySelector('li.mlc-RunningRow[data-snapshot="r1"]')).not.toBeNull();
@@ -277,6 +286,126 @@ it('stops a running container', async () => {
   await settle();
   expect(fake.log).toContain('POST running/r1/stop');
   expect(ui.notifications).toEqual([['success', 'Stopped hello.']]);
+});
+
+/** The fake server with a service "ocr" (snapshot sv1), whose container also runs. */
+function serving(extra: Record<string, unknown> = {}): FakeServer {
+  return server()
+    .on('GET services', { body: { items: [service(extra)] } })
+    .on('GET running', {
+      body: {
+        items: [
+          { id: 'r1', container: 'c1', name: 'hello', state: 'running' },
+          {
+            id: 'sv1',
+            container: 'c2',
+            name: 'ocr',
+            state: 'running',
+            snapshot_status: 'serving'
+          }
+        ]
+      }
+    })
+    .on('GET snapshots', {
+      body: { items: [SERVED, K8S, OLD], total: 3, limit: 50, offset: 0 }
+    })
+    .on('GET snapshots/sv1', { body: { ...SERVED, service: service() } })
+    .on('GET snapshots/sv1/logs', {
+      body: { id: 'sv1', logs: '', stdout: '', stderr: '' }
+    });
+}
+
+it('lists services with their URL, snapshot and what their server says', async () => {
+  serving();
+  await show();
+  expect(texts('section[aria-label] > .mlc-SectionTitle')).toEqual([
+    'Running 1',
+    'Services 1',
+    'Snapshots 3'
+  ]);
+  // The service's container is listed with the service, not with the running cells.
+  expect(el.querySelector('li.mlc-RunningRow[data-snapshot="sv1"]')).toBeNull();
+  const row = el.querySelector('li.mlc-ServiceRow[data-snapshot="sv1"]') as HTMLElement;
+  expect(row.getAttribute('data-service')).toBe('ocr');
+  expect(texts('.mlc-Name', row)).toEqual(['ocr']);
+  expect(row.querySelector('.mlc-Badge')?.className).toBe('mlc-Badge mlc-serving');
+  const link = row.querySelector('a.mlc-Url') as HTMLAnchorElement;
+  expect(link.href).toBe('http://127.0.0.1:8123/');
+  expect(link.textContent).toBe('http://127.0.0.1:8123');
+  expect(link.target).toBe('_blank');
+  expect(texts('.mlc-RowMeta', row)[1]).toBe(
+    'snapshot sv1 · predict(x) · 8 requests · 1 error · up 5m02s'
+  );
+  // In the snapshot list, serving is a status of its own.
+  const snap = el.querySelector('li.mlc-Row[data-snapshot="sv1"]:not(.mlc-ServiceRow)');
+  expect(snap?.querySelector('.mlc-Badge')?.className).toBe('mlc-Badge mlc-serving');
+  expect(snap?.textContent).toContain('serving for');
+});
+
+it('says when a service does not answer, and why', async () => {
+  serving({
+    answering: false,
+    message: 'No answer to GET /metadata within 1 s.',
+    requests: null,
+    errors: null,
+    uptime: null,
+    signature: null
+  });
+  await show();
+  const row = el.querySelector('li.mlc-ServiceRow') as HTMLElement;
+  expect(row.classList.contains('mlc-not-answering')).toBe(true);
+  expect(texts('.mlc-Badge', row)).toEqual(['not answering']);
+  expect(texts('.mlc-RowMeta', row)).toEqual([
+    'http://127.0.0.1:8123',
+    'snapshot sv1 · predict',
+    'No answer to GET /metadata within 1 s.'
+  ]);
+});
+
+it('says a service is stopping once a stop was asked for', async () => {
+  serving({
+    answering: false,
+    stop_requested: true,
+    message: 'Nothing listens at its URL (connection refused).',
+    requests: null,
+    uptime: null
+  });
+  await show();
+  const row = el.querySelector('li.mlc-ServiceRow') as HTMLElement;
+  expect(texts('.mlc-Badge', row)).toEqual(['stopping']);
+  expect(row.querySelector('.mlc-Dot')?.className).toBe('mlc-Dot mlc-Dot-off');
+  expect(row.querySelector('.mlc-bad-text')).toBeNull(); // not an error: it was asked for
+});
+
+it('shows a URL that is not http(s) as text, not as a link', async () => {
+  serving({ url: 'javascript:alert(1)', answering: false, message: 'no http URL' });
+  await show();
+  const row = el.querySelector('li.mlc-ServiceRow') as HTMLElement;
+  expect(row.querySelector('a')).toBeNull();
+  expect(texts('.mlc-RowMeta', row)[0]).toBe('javascript:alert(1)');
+});
+
+it("opens a service's snapshot from its id", async () => {
+  serving();
+  await show();
+  const row = el.querySelector('li.mlc-ServiceRow') as HTMLElement;
+  act(() => (row.querySelector('button.mlc-SnapshotLink') as HTMLElement).click());
+  await settle();
+  const snap = el.querySelector('li.mlc-Row[data-snapshot="sv1"]:not(.mlc-ServiceRow)');
+  expect(snap?.classList.contains('mlc-open')).toBe(true);
+  expect(snap?.querySelector('.mlc-Details dd.mlc-Mono')?.textContent).toBe('sv1');
+});
+
+it('stops a service', async () => {
+  const fake = serving().on('POST running/sv1/stop', { body: { stopped: [] } });
+  await show();
+  const row = el.querySelector('li.mlc-ServiceRow') as HTMLElement;
+  fake.on('GET services', { body: { items: [] } });
+  act(() => button(row, 'Stop').click());
+  await settle();
+  expect(fake.log).toContain('POST running/sv1/stop');
+  expect(ui.notifications).toEqual([['success', 'Stopped ocr.']]);
+  expect(el.querySelector('section[aria-label="Services"]')).toBeNull();
 });
 
 it('tells a new user how to start, also while the engine is down', async () => {

@@ -8,6 +8,7 @@
     POST   snapshots/{ref}/export    export under <root>/mlcontainer-exports/ ({"tar": true})
     GET    running                   {items, engine}: containers the product labelled, live
     POST   running/{ref}/stop        {stopped}: stops the running container(s) of a snapshot
+    GET    services                  {items}: snapshots serving now, with what each server says
     GET    status                    {version, engine: {up, version, message}, store}
 
 Rules kept here: every verb is ``@tornado.web.authenticated`` (writes are XSRF-checked by
@@ -23,6 +24,7 @@ import functools
 import json
 import os
 import re
+import time
 from datetime import datetime
 from http.client import responses
 from typing import Any, Callable
@@ -43,6 +45,7 @@ from ..errors import (
     StoreUnavailable,
     Unavailable,
 )
+from . import services
 
 API = "mlcontainer"
 
@@ -315,6 +318,15 @@ class StopHandler(BaseHandler):
         self.reply({"stopped": stopped})
 
 
+class ServicesHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self):
+        # Services are stopped through running/{id}/stop: a service is a run that serves.
+        records = await self._call(services.serving_records, self.store)
+        items = await services.describe(records, now=time.time())
+        self.reply({"items": [self.with_paths(i) for i in items]})
+
+
 class StatusHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self):
@@ -362,6 +374,7 @@ def setup_handlers(web_app) -> None:
         (rf"{base}/snapshots/{ref}/(rerun|export)/?", ActionHandler),
         (rf"{base}/running/?", RunningHandler),
         (rf"{base}/running/{ref}/stop/?", StopHandler),
+        (rf"{base}/services/?", ServicesHandler),
         (rf"{base}/status/?", StatusHandler),
         (rf"{base}/.*", NotFoundHandler),
     ]

@@ -22,9 +22,18 @@ export function SnapshotRow({
   app
 }: ISidebarProps & { snapshot: ISnapshotSummary }): JSX.Element {
   const [open, setOpen] = React.useState(false);
+  const row = React.useRef<HTMLLIElement>(null);
+  // Asked for from a running run or a service: open, and into view.
+  const focus = model.focus;
+  React.useEffect(() => {
+    if (focus?.id === s.id) {
+      setOpen(true);
+      row.current?.scrollIntoView?.({ block: 'nearest' });
+    }
+  }, [focus, s.id]);
   const Caret = open ? caretDownIcon : caretRightIcon;
   return (
-    <li className={`mlc-Row ${open ? 'mlc-open' : ''}`} data-snapshot={s.id}>
+    <li ref={row} className={`mlc-Row ${open ? 'mlc-open' : ''}`} data-snapshot={s.id}>
       <button
         className="mlc-RowMain mlc-RowToggle"
         aria-expanded={open}

@@ -5,6 +5,7 @@ export const STATUS_CLASS: Record<string, string> = {
   done: 'mlc-ok',
   running: 'mlc-active',
   building: 'mlc-active',
+  serving: 'mlc-serving',
   failed: 'mlc-bad',
   oom: 'mlc-bad',
   timeout: 'mlc-bad',
