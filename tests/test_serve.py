@@ -162,6 +162,31 @@ def test_proxy_passes_a_half_close_on():
             proxy.close()
 
 
+def test_the_serving_line_is_found_in_any_chunks_and_the_rest_passes_at_once():
+    from mlcontainer_magics.core.richoutput import ServingWatch
+    from mlcontainer_magics.runner import SERVING_MARK
+
+    line = SERVING_MARK + json.dumps({"port": 8080, "entry": "predict"}) + "\n"
+    text = "loading" + "." * 3 + " done\nready?\n" + line + "after\n"
+    for size in (1, 2, 5, 7, 64, len(text)):
+        watch, passed, ready = ServingWatch(), [], False
+        for i in range(0, len(text), size):
+            got, ready = watch.feed(text[i : i + size])
+            passed.append(got)
+            if ready:
+                break
+        after = text.index("after")  # what came in the same chunk as the line passes too
+        seen = "loading... done\nready?\n" + text[after : max(after, i + size)]
+        assert ready and "".join(passed) == seen, size
+    watch = ServingWatch()
+    assert watch.feed("50%\r") == ("50%\r", False)  # a line not ended passes at once
+    assert watch.feed("100%\n") == ("100%\n", False)
+    assert watch.feed(SERVING_MARK[:3]) == ("", False)  # but not what may be the mark's start
+    assert watch.feed("\n") == (SERVING_MARK[:3] + "\n", False)
+    assert watch.feed("x" + SERVING_MARK + "{}\n") == ("x" + SERVING_MARK + "{}\n", False)
+    assert watch.feed(SERVING_MARK[:4]) == ("", False) and watch.rest() == SERVING_MARK[:4]
+
+
 @pytest.mark.parametrize(
     "url,upstream",
     [

@@ -188,17 +188,18 @@ def serve(
     leaves no snapshot. ``options`` are runs.run_steps' (inputs, events, output, rebuild,
     store, context, lock, secrets)."""
     store, events = options.get("store"), options.get("events") or no_events
-    assert spec.serve is not None, "a served spec"
+    serving = spec.serve
+    assert serving is not None, "a served spec"
     pool = services_of(backend, spec)
     if spec.name is None:  # its snapshots go by its name: `mlcontainer serve NAME` serves the last
-        spec = replace(spec, name=spec.serve.name)
-    name = spec.serve.name
+        spec = replace(spec, name=serving.name)
+    name = serving.name
     old = registry.get(name)
     # The address stays when a service is served again; a port taken is refused before work.
-    if old is not None and old.proxy is not None and spec.serve.port in (None, old.proxy.port):
+    if old is not None and old.proxy is not None and serving.port in (None, old.proxy.port):
         proxy, reuse = old.proxy, True
     else:
-        proxy, reuse = Proxy(spec.serve.port), False
+        proxy, reuse = Proxy(serving.port), False
     started: dict = {}
 
     def start(outcome, workdir, hashing, masker, values) -> bool:
@@ -252,7 +253,7 @@ def serve(
         services=pool,
         backend=backend.name,
         url=url,
-        entry=spec.serve.entry,
+        entry=serving.entry,
         proxy=own_proxy,
         upstream=target if own_proxy is not None else None,
         workdir=started["workdir"],
