@@ -679,6 +679,8 @@ def test_prune_removes_the_services_of_a_process_that_died(docker_client):
     (container,) = _service_containers(docker_client, "orphan")
     folder = next(m["Source"] for m in container.attrs["Mounts"] if m["Destination"] == "/mlc")
     assert get(url.rsplit(":", 1)[0] + ":" + _published(container), "/healthz")[0] == 200
+    assert _store().get(run_id)["status"] == "serving"  # as its process last said...
+    assert run_id not in [r["snapshot"] for r in services.rows(_store())]  # ... not listed
     done = snapshots.prune(_store(), DockerBackend(namespace=NAMESPACE))
     assert any(container.name in line for line in done)
     assert _service_containers(docker_client, "orphan") == []

@@ -27,6 +27,8 @@ from ..errors import CapabilityMissing, Conflict, MlcError, NotFound, ServiceFai
 from . import runs, snapshots
 from .backend import Backend, RunResult, ServiceHandle, Services
 from .events import Events, Output, Phase, no_events
+from .owner import OWNER
+from .owner import alive as owner_alive
 from .proxy import Proxy, reachable, upstream_of
 from .secrets import resolve
 from .spec import RunSpec, parse_serve
@@ -193,6 +195,9 @@ def serve(
     pool = services_of(backend, spec)
     if spec.name is None:  # its snapshots go by its name: `mlcontainer serve NAME` serves the last
         spec = replace(spec, name=serving.name)
+    # Recorded as this process's, whichever front end: its service lives and ends with it.
+    context = dict(options.get("context") or {})
+    options["context"] = dict(context, kernel=context.get("kernel") or OWNER)
     name = serving.name
     old = registry.get(name)
     # The address stays when a service is served again; a port taken is refused before work.
@@ -422,30 +427,37 @@ def rows(store=None, registry: Registry = REGISTRY) -> list[dict]:
     mine = [s.row() for s in registry.all()]
     seen = {r["snapshot"] for r in mine}
     others = []
-    if store is not None:
-        for summary in store.list(limit=None, status="serving"):
-            if summary["id"] in seen:
-                continue
-            block = store.get(summary["id"]).get("service") or {}
-            began = block.get("started") or summary.get("created")
-            others.append(
-                {
-                    "name": block.get("name") or summary.get("name"),
-                    "url": block.get("url"),
-                    "snapshot": summary["id"],
-                    "backend": block.get("backend"),
-                    "requests": None,
-                    "uptime": time.time() - began if began else None,
-                    "here": False,
-                }
-            )
+    for record in _serving(store):
+        if record["id"] in seen:
+            continue
+        block = record.get("service") or {}
+        began = block.get("started") or record.get("created")
+        others.append(
+            {
+                "name": block.get("name") or record.get("name"),
+                "url": block.get("url"),
+                "snapshot": record["id"],
+                "backend": block.get("backend"),
+                "requests": None,
+                "uptime": time.time() - began if began else None,
+                "here": False,
+            }
+        )
     return sorted(mine, key=lambda r: r["name"]) + others
+
+
+def _serving(store) -> list[dict]:
+    """The records serving now, newest first: not those whose process died (until prune
+    marks them stopped, they still say serving)."""
+    if store is None:
+        return []
+    found = (store.get(s["id"]) for s in store.list(limit=None, status="serving"))
+    return [r for r in found if owner_alive(r.get("kernel"))]
 
 
 def serving_record(store, name: str) -> dict:
     """The newest snapshot recorded as serving under ``name`` (any process's)."""
-    for summary in store.list(limit=None, status="serving"):
-        record = store.get(summary["id"])
+    for record in _serving(store):
         if (record.get("service") or {}).get("name") == name:
             return record
     raise NotFound(f"No service {name!r} is serving; `%container services` lists those that are.")
