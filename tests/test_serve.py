@@ -740,23 +740,15 @@ def test_mlcontainer_stop_stops_a_service_another_process_serves(docker_client):
     cli = _cli("serve", run_id, "--name", "elsewhere")
     try:
         url, new_id = _served_by_cli(cli, "elsewhere")
-        listed = subprocess.run(
-            [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "services"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        row = next(r for r in listed.stdout.splitlines() if r.startswith("elsewhere "))
+        listed = _cli("services")
+        listed.wait(timeout=60)
+        row = next(r for r in listed.stdout.read().splitlines() if r.startswith("elsewhere "))
         assert row.split()[1:4] == [url, new_id, "-"]  # its requests are the other's to count
-        stop = subprocess.run(
-            [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "stop", "elsewhere"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        stop = _cli("stop", "elsewhere")
+        stop.wait(timeout=60)
         assert stop.returncode == 0 and f"stopped service elsewhere (snapshot {new_id})" in (
-            stop.stdout
-        ), stop.stderr
+            stop.stdout.read()
+        ), stop.stderr.read()
         assert cli.wait(timeout=60) == 0  # its one service ended: `serve` is done
     finally:
         if cli.poll() is None:
