@@ -162,6 +162,31 @@ def test_proxy_passes_a_half_close_on():
             proxy.close()
 
 
+def test_the_serving_line_is_found_in_any_chunks_and_the_rest_passes_at_once():
+    from mlcontainer_magics.core.richoutput import ServingWatch
+    from mlcontainer_magics.runner import SERVING_MARK
+
+    line = SERVING_MARK + json.dumps({"port": 8080, "entry": "predict"}) + "\n"
+    text = "loading" + "." * 3 + " done\nready?\n" + line + "after\n"
+    for size in (1, 2, 5, 7, 64, len(text)):
+        watch, passed, ready = ServingWatch(), [], False
+        for i in range(0, len(text), size):
+            got, ready = watch.feed(text[i : i + size])
+            passed.append(got)
+            if ready:
+                break
+        after = text.index("after")  # what came in the same chunk as the line passes too
+        seen = "loading... done\nready?\n" + text[after : max(after, i + size)]
+        assert ready and "".join(passed) == seen, size
+    watch = ServingWatch()
+    assert watch.feed("50%\r") == ("50%\r", False)  # a line not ended passes at once
+    assert watch.feed("100%\n") == ("100%\n", False)
+    assert watch.feed(SERVING_MARK[:3]) == ("", False)  # but not what may be the mark's start
+    assert watch.feed("\n") == (SERVING_MARK[:3] + "\n", False)
+    assert watch.feed("x" + SERVING_MARK + "{}\n") == ("x" + SERVING_MARK + "{}\n", False)
+    assert watch.feed(SERVING_MARK[:4]) == ("", False) and watch.rest() == SERVING_MARK[:4]
+
+
 @pytest.mark.parametrize(
     "url,upstream",
     [
@@ -654,6 +679,8 @@ def test_prune_removes_the_services_of_a_process_that_died(docker_client):
     (container,) = _service_containers(docker_client, "orphan")
     folder = next(m["Source"] for m in container.attrs["Mounts"] if m["Destination"] == "/mlc")
     assert get(url.rsplit(":", 1)[0] + ":" + _published(container), "/healthz")[0] == 200
+    assert _store().get(run_id)["status"] == "serving"  # as its process last said...
+    assert run_id not in [r["snapshot"] for r in services.rows(_store())]  # ... not listed
     done = snapshots.prune(_store(), DockerBackend(namespace=NAMESPACE))
     assert any(container.name in line for line in done)
     assert _service_containers(docker_client, "orphan") == []
@@ -713,23 +740,15 @@ def test_mlcontainer_stop_stops_a_service_another_process_serves(docker_client):
     cli = _cli("serve", run_id, "--name", "elsewhere")
     try:
         url, new_id = _served_by_cli(cli, "elsewhere")
-        listed = subprocess.run(
-            [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "services"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        row = next(r for r in listed.stdout.splitlines() if r.startswith("elsewhere "))
+        listed = _cli("services")
+        listed.wait(timeout=60)
+        row = next(r for r in listed.stdout.read().splitlines() if r.startswith("elsewhere "))
         assert row.split()[1:4] == [url, new_id, "-"]  # its requests are the other's to count
-        stop = subprocess.run(
-            [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "stop", "elsewhere"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        stop = _cli("stop", "elsewhere")
+        stop.wait(timeout=60)
         assert stop.returncode == 0 and f"stopped service elsewhere (snapshot {new_id})" in (
-            stop.stdout
-        ), stop.stderr
+            stop.stdout.read()
+        ), stop.stderr.read()
         assert cli.wait(timeout=60) == 0  # its one service ended: `serve` is done
     finally:
         if cli.poll() is None:

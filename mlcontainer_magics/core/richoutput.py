@@ -9,9 +9,46 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from ..runner import MARK, PREFIX  # the runner defines the marks
+from ..runner import MARK, PREFIX, SERVING_MARK, serving_line  # the runner defines the marks
 
-__all__ = ["MARK", "StdoutDemux"]
+__all__ = ["MARK", "ServingWatch", "StdoutDemux"]
+
+
+class ServingWatch:
+    """A service's stdout as it comes, up to its runner's serving line (SERVING_MARK): the
+    server answers from then on. ``feed(text)`` returns (the text to pass on, whether the line
+    came); the line itself is protocol, never passed on. Text passes at once, but for the
+    start of a line that may be the serving line, held until it is whole or cannot be."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self._mid_line = False  # part of this line was passed on: it is not the serving line
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        data, out = self._pending + text, []
+        self._pending = ""
+        while data:
+            end = data.find("\n")
+            if self._mid_line or end < 0:
+                if not self._mid_line and (
+                    data.startswith(SERVING_MARK) or SERVING_MARK.startswith(data)
+                ):
+                    self._pending = data
+                    break
+                upto = len(data) if end < 0 else end + 1
+                out.append(data[:upto])
+                data, self._mid_line = data[upto:], end < 0
+                continue
+            line, data = data[: end + 1], data[end + 1 :]
+            if serving_line(line) is not None:
+                return "".join(out) + data, True
+            out.append(line)
+        return "".join(out), False
+
+    def rest(self) -> str:
+        """What was held back when the stream ended."""
+        rest, self._pending = self._pending, ""
+        return rest
 
 
 class StdoutDemux:

@@ -27,6 +27,8 @@ from ..errors import CapabilityMissing, Conflict, MlcError, NotFound, ServiceFai
 from . import runs, snapshots
 from .backend import Backend, RunResult, ServiceHandle, Services
 from .events import Events, Output, Phase, no_events
+from .owner import OWNER
+from .owner import alive as owner_alive
 from .proxy import Proxy, reachable, upstream_of
 from .secrets import resolve
 from .spec import RunSpec, parse_serve
@@ -188,17 +190,21 @@ def serve(
     leaves no snapshot. ``options`` are runs.run_steps' (inputs, events, output, rebuild,
     store, context, lock, secrets)."""
     store, events = options.get("store"), options.get("events") or no_events
-    assert spec.serve is not None, "a served spec"
+    serving = spec.serve
+    assert serving is not None, "a served spec"
     pool = services_of(backend, spec)
     if spec.name is None:  # its snapshots go by its name: `mlcontainer serve NAME` serves the last
-        spec = replace(spec, name=spec.serve.name)
-    name = spec.serve.name
+        spec = replace(spec, name=serving.name)
+    # Recorded as this process's, whichever front end: its service lives and ends with it.
+    context = dict(options.get("context") or {})
+    options["context"] = dict(context, kernel=context.get("kernel") or OWNER)
+    name = serving.name
     old = registry.get(name)
     # The address stays when a service is served again; a port taken is refused before work.
-    if old is not None and old.proxy is not None and spec.serve.port in (None, old.proxy.port):
+    if old is not None and old.proxy is not None and serving.port in (None, old.proxy.port):
         proxy, reuse = old.proxy, True
     else:
-        proxy, reuse = Proxy(spec.serve.port), False
+        proxy, reuse = Proxy(serving.port), False
     started: dict = {}
 
     def start(outcome, workdir, hashing, masker, values) -> bool:
@@ -252,7 +258,7 @@ def serve(
         services=pool,
         backend=backend.name,
         url=url,
-        entry=spec.serve.entry,
+        entry=serving.entry,
         proxy=own_proxy,
         upstream=target if own_proxy is not None else None,
         workdir=started["workdir"],
@@ -421,30 +427,37 @@ def rows(store=None, registry: Registry = REGISTRY) -> list[dict]:
     mine = [s.row() for s in registry.all()]
     seen = {r["snapshot"] for r in mine}
     others = []
-    if store is not None:
-        for summary in store.list(limit=None, status="serving"):
-            if summary["id"] in seen:
-                continue
-            block = store.get(summary["id"]).get("service") or {}
-            began = block.get("started") or summary.get("created")
-            others.append(
-                {
-                    "name": block.get("name") or summary.get("name"),
-                    "url": block.get("url"),
-                    "snapshot": summary["id"],
-                    "backend": block.get("backend"),
-                    "requests": None,
-                    "uptime": time.time() - began if began else None,
-                    "here": False,
-                }
-            )
+    for record in _serving(store):
+        if record["id"] in seen:
+            continue
+        block = record.get("service") or {}
+        began = block.get("started") or record.get("created")
+        others.append(
+            {
+                "name": block.get("name") or record.get("name"),
+                "url": block.get("url"),
+                "snapshot": record["id"],
+                "backend": block.get("backend"),
+                "requests": None,
+                "uptime": time.time() - began if began else None,
+                "here": False,
+            }
+        )
     return sorted(mine, key=lambda r: r["name"]) + others
+
+
+def _serving(store) -> list[dict]:
+    """The records serving now, newest first: not those whose process died (until prune
+    marks them stopped, they still say serving)."""
+    if store is None:
+        return []
+    found = (store.get(s["id"]) for s in store.list(limit=None, status="serving"))
+    return [r for r in found if owner_alive(r.get("kernel"))]
 
 
 def serving_record(store, name: str) -> dict:
     """The newest snapshot recorded as serving under ``name`` (any process's)."""
-    for summary in store.list(limit=None, status="serving"):
-        record = store.get(summary["id"])
+    for record in _serving(store):
         if (record.get("service") or {}).get("name") == name:
             return record
     raise NotFound(f"No service {name!r} is serving; `%container services` lists those that are.")

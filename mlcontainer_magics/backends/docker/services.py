@@ -12,9 +12,10 @@ from pathlib import Path
 
 from ...core.backend import Environment, RunResult, ServiceHandle, Services
 from ...core.events import Events, Output, Phase, no_events
+from ...core.richoutput import ServingWatch
 from ...core.spec import RunSpec
 from ...errors import ServiceFailed
-from ...runner import SERVE_COMMAND, SERVE_PORT, SERVING_MARK, serving_line
+from ...runner import SERVE_COMMAND, SERVE_PORT, SERVING_MARK
 from .engine import LABEL, engine_errors, translated
 
 HOST = "127.0.0.1"  # never published on other interfaces: the kernel's proxy is the way in
@@ -100,7 +101,7 @@ class DockerServices(Services):
         """Pass on its output until the serving line (None) or its end (the failure)."""
         chunks: dict[str, list[str]] = {"stdout": [], "stderr": []}
         decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in chunks}
-        pending = ""  # stdout held back to the end of its line: it may be the serving line
+        watch = ServingWatch()
         timed_out = threading.Event()
         timer = None
         if timeout:
@@ -115,19 +116,16 @@ class DockerServices(Services):
                     output("stderr", text)
                 if not out:
                     continue
-                pending += decoders["stdout"].decode(out)
-                *lines, pending = pending.split("\n")
-                for line in lines:
-                    if serving_line(line + "\n") is not None:
-                        if pending:
-                            output("stdout", pending)
-                        return None
-                    chunks["stdout"].append(line + "\n")
-                    output("stdout", line + "\n")
+                text, ready = watch.feed(decoders["stdout"].decode(out))
+                if text:
+                    chunks["stdout"].append(text)
+                    output("stdout", text)
+                if ready:
+                    return None
         finally:
             if timer is not None:
                 timer.cancel()
-        chunks["stdout"].append(pending + decoders["stdout"].decode(b"", final=True))
+        chunks["stdout"].append(watch.rest() + decoders["stdout"].decode(b"", final=True))
         code = container.wait(timeout=60)["StatusCode"]
         container.reload()
         # "stopped" when the backend's stop(run_id) did it (the widget's Stop, the sidebar)
