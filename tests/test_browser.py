@@ -115,7 +115,11 @@ RECORDS = [
 ]
 NOTEBOOK = {
     "cells": [{"cell_type": "markdown", "id": "intro", "metadata": {}, "source": ["# Train"]}],
-    "metadata": {},
+    # A kernelspec that exists: without one JupyterLab asks for a kernel in a dialog, which may
+    # open late (on a busy machine) over the sidebar the test clicks next.
+    "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+    },
     "nbformat": 4,
     "nbformat_minor": 5,
 }
