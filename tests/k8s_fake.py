@@ -2167,7 +2167,8 @@ class FakeKubernetes:
     def _serve_container(self, namespace, pod_name, scenario: Scenario, container, show):
         """One life of a replica's container: its exit code, or None when the pod is being
         deleted (SIGTERM). Readiness follows GET readinessProbe on the address the container
-        serves at (PodRun.serve_at); one that serves nowhere is ready once it runs."""
+        serves at (PodRun.serve_at); one that serves nowhere is ready once it runs, unless
+        it is scripted to exit."""
         pod = self.get("pods", pod_name, namespace)
         if pod is None:
             raise _Gone()
@@ -2207,7 +2208,12 @@ class FakeKubernetes:
             if thread is None and scenario.scenario != "success":
                 if time.monotonic() - began >= scenario.run_seconds:
                     return scenario.code
-            now_ready = self._probe(container, probe) if thread is not None else True
+            # A scripted container that serves nowhere: ready if it is to succeed; one that is
+            # to exit (a crash loop) never answered its probe, as on a kubelet.
+            if thread is not None:
+                now_ready = self._probe(container, probe)
+            else:
+                now_ready = scenario.scenario == "success"
             if now_ready != ready:
                 ready = now_ready
                 show(ready)
