@@ -628,6 +628,101 @@ def test_the_services_contract_says_why_a_cell_cannot_serve(k8s_fake, tmp_path):
     assert k8s_fake.list("deployments", NS) == []
 
 
+# -- calling a service on the cluster by name, and prune -------------------------------------
+
+
+def runner_pod(folder, cell, **kwargs):
+    """A ``run=`` callback: the container is the real runner serving ``cell``, run as a
+    process of this machine (tests/test_serve_runner.py's Served), until the kubelet stops it."""
+    from test_serve_runner import Served
+
+    def container(pod):
+        served = Served(folder / pod.pod["metadata"]["name"], cell, **kwargs).ready()
+        try:
+            pod.serve_at(served.port)
+            pod.log("serving")
+            while not pod.cancelled:
+                time.sleep(0.01)
+            return 0
+        finally:
+            served.close()
+
+    return container
+
+
+def serving_record(store, backend, deployed, kernel, created):
+    """A record of the service ``deployed`` serving, as core.services.serve writes it."""
+    sid = store.new_id({"name": deployed.name})
+    block = {"name": deployed.name, "url": deployed.url, "port": None, "entry": "predict"}
+    store.put(
+        {
+            "id": sid,
+            "name": deployed.name,
+            "status": "serving",
+            "created": created,
+            "kernel": kernel,
+            "backend": "kubernetes",
+            "namespace": "mlctest",
+            "target": backend.target(),
+            "service": {**block, "replicas": 1, "backend": "kubernetes"},
+        }
+    )
+    return sid
+
+
+def test_a_kernel_calls_a_service_on_the_cluster_by_name(ip, k8s_fake, tmp_path):
+    """mlcontainer_magics.service(NAME) of a service served on Kubernetes: found in the
+    kernel's store (%config ContainerizeMagics.store_dir, not the environment's), passing over
+    a record whose process died, and called through the API server's service proxy with the
+    kubeconfig's credentials (the backend's transport): a call, health(), metadata(), errors."""
+    import dataclasses
+    import os
+    import socket
+
+    from test_serve_runner import ECHO
+
+    import mlcontainer_magics
+    from mlcontainer_magics.client import ServiceClient
+    from mlcontainer_magics.core.owner import OWNER
+    from mlcontainer_magics.errors import ServiceError
+
+    (tmp_path / "pods").mkdir()
+    k8s_fake.script("mlc-echo", run=runner_pod(tmp_path / "pods", ECHO, inputs={"scale": 3}))
+    backend = backend_for(k8s_fake)
+    deployed = deploy(backend, service="echo", owner=OWNER)
+    magics = ip.magics_manager.registry["ContainerizeMagics"]
+    before = magics.store_dir
+    ip.run_line_magic("config", f"KubernetesConfig.kubeconfig = {str(k8s_fake.kubeconfig)!r}")
+    ip.run_line_magic("config", f"ContainerizeMagics.store_dir = {str(tmp_path / 'kstore')!r}")
+    try:
+        store = magics.store
+        assert str(store.root) != os.environ["MLCONTAINER_STORE"]
+        now = time.time()
+        serving_record(store, backend, deployed, OWNER, now)
+        dead = f"{socket.gethostname()}:{2**22 + 7}"  # no such process
+        nowhere = dataclasses.replace(deployed, url="http://127.0.0.1:9")
+        serving_record(store, backend, nowhere, dead, now + 1)  # newer, but its process died
+
+        echo = mlcontainer_magics.service("echo")
+        assert echo.url == deployed.url
+        assert echo([1, 2]) == {"echo": [1, 2], "scale": 3}
+        assert echo.health() == {"status": "ok"}
+        assert echo.metadata()["name"] == "echo" and echo.entry == "predict"
+        with pytest.raises(ServiceError, match="answered 500: predict raised ValueError: boom"):
+            echo("boom")
+        # The same URL without the kubeconfig's credentials: the API server refuses.
+        with pytest.raises(ServiceError) as e:
+            ServiceClient(deployed.url).health()
+        assert e.value.status == 401
+
+        backend.remove_service("echo")
+        k8s_fake.wait_for(lambda: not k8s_fake.list("pods", NS))
+        with pytest.raises(ServiceError, match=r"service 'echo' \(http.*answered 404: .*mlc-echo"):
+            echo.health()
+    finally:
+        ip.run_line_magic("config", f"ContainerizeMagics.store_dir = {before!r}")
+
+
 # -- with Docker: plain docker build/run of the export, and pods of the real runner ------------
 
 
