@@ -650,9 +650,9 @@ def runner_pod(folder, cell, **kwargs):
     return container
 
 
-def serving_record(store, backend, deployed, kernel, created):
+def serving_record(store, backend, deployed, kernel, created, sid=None):
     """A record of the service ``deployed`` serving, as core.services.serve writes it."""
-    sid = store.new_id({"name": deployed.name})
+    sid = sid or store.new_id({"name": deployed.name})
     block = {"name": deployed.name, "url": deployed.url, "port": None, "entry": "predict"}
     store.put(
         {
@@ -721,6 +721,61 @@ def test_a_kernel_calls_a_service_on_the_cluster_by_name(ip, k8s_fake, tmp_path)
             echo.health()
     finally:
         ip.run_line_magic("config", f"ContainerizeMagics.store_dir = {before!r}")
+
+
+class EngineWithNothing:
+    """The default backend of a prune that is not the cluster: nothing of its own to prune."""
+
+    name = "docker"
+
+    def prune_orphans(self):
+        return []
+
+    def prune_images(self, keep):
+        return []
+
+
+def test_prune_stops_a_dead_kernels_service_on_the_cluster_and_marks_it_stopped(k8s_fake, tmp_path):
+    """prune (its default backend another than the cluster) stops, through the backend that
+    runs it, the service of a kernel that died, and records it stopped; a live kernel's stays;
+    a cluster that refuses leaves the record serving, saying why."""
+    import socket
+
+    from mlcontainer_magics.core import snapshots
+    from mlcontainer_magics.core.owner import OWNER
+    from mlcontainer_magics.core.store import Store
+
+    k8s_fake.script("mlc-", run=stub_server())
+    backend = backend_for(k8s_fake)
+    store = Store(tmp_path / "store")
+    dead = f"{socket.gethostname()}:{2**22 + 7}"  # no such process
+    ids = {}
+    for name, kernel in (("ocr", dead), ("lang", OWNER), ("mt", dead)):
+        ids[name] = store.new_id({"name": name})
+        deployed = deploy(backend, run_id=ids[name], service=name, owner=kernel)
+        serving_record(store, backend, deployed, kernel, time.time(), sid=ids[name])
+    # The cluster refuses to delete mt's Deployment (once): its record stays serving.
+    k8s_fake.fault(403, method="DELETE", path="/deployments/mlc-mt$", reason="Forbidden")
+
+    def backend_of(record):
+        return backend if record.get("backend") == "kubernetes" else EngineWithNothing()
+
+    done = snapshots.prune(store, EngineWithNothing(), backend_of=backend_of)
+    assert f"stopped service ocr ({ids['ocr']}) on kubernetes" in done
+    assert f"marked {ids['ocr']} stopped (its kernel went away)" in done
+    assert [line for line in done if line.startswith(f"left service {ids['mt']} serving: ")]
+    assert [d["metadata"]["name"] for d in k8s_fake.list("deployments", NS)] == [
+        "mlc-lang",
+        "mlc-mt",
+    ]
+    record = store.get(ids["ocr"])
+    assert (record["status"], record["reason"]) == ("stopped", "its kernel went away")
+    assert store.get(ids["lang"])["status"] == store.get(ids["mt"])["status"] == "serving"
+
+    done = snapshots.prune(store, EngineWithNothing(), backend_of=backend_of)  # once it can
+    assert f"marked {ids['mt']} stopped (its kernel went away)" in done
+    assert [d["metadata"]["name"] for d in k8s_fake.list("deployments", NS)] == ["mlc-lang"]
+    backend.remove_service("lang")
 
 
 # -- with Docker: plain docker build/run of the export, and pods of the real runner ------------
