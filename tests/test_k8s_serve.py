@@ -337,16 +337,22 @@ def stub_server(answers=None):
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
-            pod.serve_at(server.server_address[1])
-            pod.log("serving")
-            while not pod.cancelled:
-                time.sleep(0.01)
-            return 143
+            return serve_until_stopped(pod, server.server_address[1], 143)
         finally:
             server.shutdown()
             server.server_close()
 
     return container
+
+
+def serve_until_stopped(pod, port: int, code: int) -> int:
+    """The pod's container answers at ``port`` of this machine until the kubelet stops it;
+    then it exits with ``code``."""
+    pod.serve_at(port)
+    pod.log("serving")
+    while not pod.cancelled:
+        time.sleep(0.01)
+    return code
 
 
 def post_json(backend, service: str, body: bytes):
@@ -639,11 +645,7 @@ def runner_pod(folder, cell, **kwargs):
     def container(pod):
         served = Served(folder / pod.pod["metadata"]["name"], cell, **kwargs).ready()
         try:
-            pod.serve_at(served.port)
-            pod.log("serving")
-            while not pod.cancelled:
-                time.sleep(0.01)
-            return 0
+            return serve_until_stopped(pod, served.port, 0)
         finally:
             served.close()
 
