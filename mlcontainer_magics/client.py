@@ -1,8 +1,13 @@
 """Call a served cell as a function: ``ocr = mlcontainer_magics.service("ocr"); text = ocr(png)``.
 
-Plain urllib, no other dependency. Bodies are encoded and decoded by the runner's own functions
-(``encode_value``, ``decode_body``), so the client and the server in the container agree on the
-formats by construction: JSON, numpy ``.npy``, Parquet for DataFrames, raw bytes.
+Requests go through a transport: plain urllib to the service's URL, or, for a service on a
+cluster, its backend's (the API server's service proxy, with the kubeconfig's credentials).
+Bodies are encoded and decoded by the runner's own functions (``encode_value``,
+``decode_body``), so the client and the server in the container agree on the formats by
+construction: JSON, numpy ``.npy``, Parquet for DataFrames, raw bytes.
+
+A name is looked up in the kernel's store (``%config ContainerizeMagics.store_dir``) when
+the magics are loaded, else in the environment's.
 """
 
 from __future__ import annotations
