@@ -1,8 +1,13 @@
 """Call a served cell as a function: ``ocr = mlcontainer_magics.service("ocr"); text = ocr(png)``.
 
-Plain urllib, no other dependency. Bodies are encoded and decoded by the runner's own functions
-(``encode_value``, ``decode_body``), so the client and the server in the container agree on the
-formats by construction: JSON, numpy ``.npy``, Parquet for DataFrames, raw bytes.
+Requests go through a transport: plain urllib to the service's URL, or, for a service on a
+cluster, its backend's (the API server's service proxy, with the kubeconfig's credentials).
+Bodies are encoded and decoded by the runner's own functions (``encode_value``,
+``decode_body``), so the client and the server in the container agree on the formats by
+construction: JSON, numpy ``.npy``, Parquet for DataFrames, raw bytes.
+
+A name is looked up in the kernel's store (``%config ContainerizeMagics.store_dir``) when
+the magics are loaded, else in the environment's.
 """
 
 from __future__ import annotations
@@ -10,39 +15,32 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import TYPE_CHECKING
 
-from .errors import NotFound, ServiceError, ServiceUnavailable, SpecError
+from .errors import MlcError, NotFound, ServiceError, ServiceUnavailable, SpecError
 from .runner.mlc_runner import HttpError, decode_body, encode_value
+
+if TYPE_CHECKING:
+    from .core.backend import Transport
 
 DEFAULT_TIMEOUT = 60.0  # seconds a call may take, the function's own time included
 TRACEBACK_TAIL = 6  # lines of the remote traceback that a ServiceError's message shows
 
 
-def find_service(name: str) -> dict:
-    """The snapshot record of the newest running service called ``name`` (status "serving",
-    ``record["service"]["name"]``); NotFound names the running ones."""
-    from .config import MlcontainerSettings
-    from .core.store import Store
+def find_service(name: str, store=None) -> dict:
+    """The snapshot record of the newest service called ``name`` that a live process serves
+    (status "serving", ``record["service"]["name"]``), in ``store`` (default: this kernel's);
+    NotFound names those that run."""
+    from .core.services import serving_record
 
-    store = Store(MlcontainerSettings().store_dir)
-    running = []
-    for summary in store.list(status="serving", limit=None):
-        record = store.get(summary["id"])
-        found = (record.get("service") or {}).get("name")
-        if found == name:
-            return record
-        running.append(found)
-    if not running:
-        raise NotFound(
-            f"No service {name!r} is running, nor any other; start one with "
-            f"`%%containerize --serve {name}`, or pass its URL (http://HOST:PORT)."
-        )
-    raise NotFound(
-        f"No service {name!r} is running; running: {', '.join(sorted(set(map(str, running))))}."
-    )
+    try:
+        return serving_record(store if store is not None else _here()[0], name)
+    except NotFound as e:
+        raise NotFound(f"{e} Or pass its URL (http://HOST:PORT).") from None
 
 
 def service(name_or_url: str, *, entry: str | None = None, timeout: float = DEFAULT_TIMEOUT):
@@ -51,10 +49,45 @@ def service(name_or_url: str, *, entry: str | None = None, timeout: float = DEFA
     one the service was started with."""
     if name_or_url.startswith(("http://", "https://")):
         return ServiceClient(name_or_url, entry=entry, timeout=timeout)
-    info = find_service(name_or_url)["service"]
+    store, backends = _here()
+    record = find_service(name_or_url, store)
+    info = record["service"]
     return ServiceClient(
-        info["url"], entry=entry or info.get("entry"), name=name_or_url, timeout=timeout
+        info["url"],
+        entry=entry or info.get("entry"),
+        name=name_or_url,
+        timeout=timeout,
+        transport=_transport_of(record, backends),
     )
+
+
+def _here():
+    """The store and backends of this kernel's magics (``%config ContainerizeMagics.store_dir``
+    and the Kubernetes settings may differ from the environment's), else the environment's."""
+    # IPython is loaded where a kernel runs, and never imported here.
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    shell = get_ipython() if get_ipython is not None else None
+    magics = shell.magics_manager.registry.get("ContainerizeMagics") if shell else None
+    if magics is not None:
+        return magics.store, magics.backends
+    from .backends import Backends
+    from .config import MlcontainerSettings
+    from .core.store import Store
+
+    settings = MlcontainerSettings()
+    return Store(settings.store_dir), Backends(settings)
+
+
+def _transport_of(record: dict, backends) -> Transport | None:
+    """How to reach a recorded service: its URL as it is where it runs on this machine's
+    engine (the kernel's proxy); else through the backend that runs it (a cluster's API
+    server proxy, with the kubeconfig's credentials)."""
+    if ((record.get("service") or {}).get("backend") or "docker") == "docker":
+        return None
+    from .core.services import handle_of
+
+    pool = backends.for_record(record).services
+    return pool.transport(handle_of(record)) if pool is not None else None
 
 
 def _is_loopback(url: str) -> bool:
@@ -76,14 +109,13 @@ class ServiceClient:
         entry: str | None = None,
         name: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        transport: Transport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.name = name
         self.timeout = timeout
         self._entry = entry
-        # A proxy set in the environment cannot reach this machine's own loopback address.
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(self.url) else []
-        self._opener = urllib.request.build_opener(*handlers)
+        self._transport = transport or UrllibTransport(self.url)
 
     @property
     def entry(self) -> str:
@@ -115,25 +147,23 @@ class ServiceClient:
         return self._request("GET", "/metadata")
 
     def _request(self, method: str, path: str, body: bytes | None = None, headers=None):
-        request = urllib.request.Request(
-            self.url + path, data=body, headers=headers or {}, method=method
-        )
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                content_type, answer = response.headers.get("Content-Type"), response.read()
-        except urllib.error.HTTPError as e:
-            raise self._error(e.code, e.read()) from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            if isinstance(reason, socket.timeout):
-                raise ServiceUnavailable(
-                    f"{self._what()} did not answer {method} {path} within {self.timeout:g} s; "
-                    f"pass a longer timeout= to service()."
-                ) from None
+            status, answered, answer = self._transport(
+                method, path, body, headers or {}, self.timeout
+            )
+        except (TimeoutError, socket.timeout):
             raise ServiceUnavailable(
-                f"{self._what()} does not answer ({reason}); `%container services` lists the "
+                f"{self._what()} did not answer {method} {path} within {self.timeout:g} s; "
+                f"pass a longer timeout= to service()."
+            ) from None
+        except (OSError, MlcError) as e:
+            raise ServiceUnavailable(
+                f"{self._what()} does not answer ({e}); `%container services` lists the "
                 f"running ones."
             ) from None
+        if status >= 400:
+            raise self._error(status, answer)
+        content_type = next((v for k, v in answered.items() if k.lower() == "content-type"), None)
         try:
             return decode_body(answer, content_type)
         except HttpError as e:
@@ -148,8 +178,34 @@ class ServiceClient:
             payload = {"error": raw.decode("utf-8", "replace")[:500]}
         if not isinstance(payload, dict):
             payload = {"error": str(payload)}
-        message = f"{self._what()} answered {status}: {payload.get('error', '(no message)')}"
+        # The runner says "error"; an API server in between (a Status) says "message".
+        said = payload.get("error") or payload.get("message") or "(no message)"
+        message = f"{self._what()} answered {status}: {said}"
         tail = (payload.get("traceback") or "").rstrip().splitlines()[-TRACEBACK_TAIL:]
         if tail:
             message += "\nRemote traceback (end):\n" + "\n".join(tail)
         return ServiceError(message, status=status, payload=payload)
+
+
+class UrllibTransport:
+    """Plain HTTP to ``url`` (the default Transport): (status, headers, body) of any answer;
+    OSError when none comes (its reason: refused, TimeoutError)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        # A proxy set in the environment cannot reach this machine's own loopback address.
+        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(self.url) else []
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def __call__(self, method, path, body, headers, timeout):
+        request = urllib.request.Request(
+            self.url + path, data=body, headers=dict(headers), method=method
+        )
+        try:
+            with self._opener.open(request, timeout=timeout) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers or {}), e.read()
+        except urllib.error.URLError as e:  # what it wraps says why: refused, timed out
+            reason = e.reason
+            raise reason if isinstance(reason, OSError) else OSError(str(reason)) from None

@@ -337,16 +337,22 @@ def stub_server(answers=None):
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
-            pod.serve_at(server.server_address[1])
-            pod.log("serving")
-            while not pod.cancelled:
-                time.sleep(0.01)
-            return 143
+            return serve_until_stopped(pod, server.server_address[1], 143)
         finally:
             server.shutdown()
             server.server_close()
 
     return container
+
+
+def serve_until_stopped(pod, port: int, code: int) -> int:
+    """The pod's container answers at ``port`` of this machine until the kubelet stops it;
+    then it exits with ``code``."""
+    pod.serve_at(port)
+    pod.log("serving")
+    while not pod.cancelled:
+        time.sleep(0.01)
+    return code
 
 
 def post_json(backend, service: str, body: bytes):
@@ -626,6 +632,152 @@ def test_the_services_contract_says_why_a_cell_cannot_serve(k8s_fake, tmp_path):
         )
     assert "ZeroDivisionError: boom" in e.value.stderr
     assert k8s_fake.list("deployments", NS) == []
+
+
+# -- calling a service on the cluster by name, and prune -------------------------------------
+
+
+def runner_pod(folder, cell, **kwargs):
+    """A ``run=`` callback: the container is the real runner serving ``cell``, run as a
+    process of this machine (tests/test_serve_runner.py's Served), until the kubelet stops it."""
+    from test_serve_runner import Served
+
+    def container(pod):
+        served = Served(folder / pod.pod["metadata"]["name"], cell, **kwargs).ready()
+        try:
+            return serve_until_stopped(pod, served.port, 0)
+        finally:
+            served.close()
+
+    return container
+
+
+def serving_record(store, backend, deployed, kernel, created, sid=None):
+    """A record of the service ``deployed`` serving, as core.services.serve writes it."""
+    sid = sid or store.new_id({"name": deployed.name})
+    block = {"name": deployed.name, "url": deployed.url, "port": None, "entry": "predict"}
+    store.put(
+        {
+            "id": sid,
+            "name": deployed.name,
+            "status": "serving",
+            "created": created,
+            "kernel": kernel,
+            "backend": "kubernetes",
+            "namespace": "mlctest",
+            "target": backend.target(),
+            "service": {**block, "replicas": 1, "backend": "kubernetes"},
+        }
+    )
+    return sid
+
+
+def test_a_kernel_calls_a_service_on_the_cluster_by_name(ip, k8s_fake, tmp_path):
+    """mlcontainer_magics.service(NAME) of a service served on Kubernetes: found in the
+    kernel's store (%config ContainerizeMagics.store_dir, not the environment's), passing over
+    a record whose process died, and called through the API server's service proxy with the
+    kubeconfig's credentials (the backend's transport): a call, health(), metadata(), errors."""
+    import dataclasses
+    import os
+    import socket
+
+    from test_serve_runner import ECHO
+
+    import mlcontainer_magics
+    from mlcontainer_magics.client import ServiceClient
+    from mlcontainer_magics.core.owner import OWNER
+    from mlcontainer_magics.errors import ServiceError
+
+    (tmp_path / "pods").mkdir()
+    k8s_fake.script("mlc-echo", run=runner_pod(tmp_path / "pods", ECHO, inputs={"scale": 3}))
+    backend = backend_for(k8s_fake)
+    deployed = deploy(backend, service="echo", owner=OWNER)
+    magics = ip.magics_manager.registry["ContainerizeMagics"]
+    before = magics.store_dir
+    ip.run_line_magic("config", f"KubernetesConfig.kubeconfig = {str(k8s_fake.kubeconfig)!r}")
+    ip.run_line_magic("config", f"ContainerizeMagics.store_dir = {str(tmp_path / 'kstore')!r}")
+    try:
+        store = magics.store
+        assert str(store.root) != os.environ["MLCONTAINER_STORE"]
+        now = time.time()
+        serving_record(store, backend, deployed, OWNER, now)
+        dead = f"{socket.gethostname()}:{2**22 + 7}"  # no such process
+        nowhere = dataclasses.replace(deployed, url="http://127.0.0.1:9")
+        serving_record(store, backend, nowhere, dead, now + 1)  # newer, but its process died
+
+        echo = mlcontainer_magics.service("echo")
+        assert echo.url == deployed.url
+        assert echo([1, 2]) == {"echo": [1, 2], "scale": 3}
+        assert echo.health() == {"status": "ok"}
+        assert echo.metadata()["name"] == "echo" and echo.entry == "predict"
+        with pytest.raises(ServiceError, match="answered 500: predict raised ValueError: boom"):
+            echo("boom")
+        # The same URL without the kubeconfig's credentials: the API server refuses.
+        with pytest.raises(ServiceError) as e:
+            ServiceClient(deployed.url).health()
+        assert e.value.status == 401
+
+        backend.remove_service("echo")
+        k8s_fake.wait_for(lambda: not k8s_fake.list("pods", NS))
+        with pytest.raises(ServiceError, match=r"service 'echo' \(http.*answered 404: .*mlc-echo"):
+            echo.health()
+    finally:
+        ip.run_line_magic("config", f"ContainerizeMagics.store_dir = {before!r}")
+
+
+class EngineWithNothing:
+    """The default backend of a prune that is not the cluster: nothing of its own to prune."""
+
+    name = "docker"
+
+    def prune_orphans(self):
+        return []
+
+    def prune_images(self, keep):
+        return []
+
+
+def test_prune_stops_a_dead_kernels_service_on_the_cluster_and_marks_it_stopped(k8s_fake, tmp_path):
+    """prune (its default backend another than the cluster) stops, through the backend that
+    runs it, the service of a kernel that died, and records it stopped; a live kernel's stays;
+    a cluster that refuses leaves the record serving, saying why."""
+    import socket
+
+    from mlcontainer_magics.core import snapshots
+    from mlcontainer_magics.core.owner import OWNER
+    from mlcontainer_magics.core.store import Store
+
+    k8s_fake.script("mlc-", run=stub_server())
+    backend = backend_for(k8s_fake)
+    store = Store(tmp_path / "store")
+    dead = f"{socket.gethostname()}:{2**22 + 7}"  # no such process
+    ids = {}
+    for name, kernel in (("ocr", dead), ("lang", OWNER), ("mt", dead)):
+        ids[name] = store.new_id({"name": name})
+        deployed = deploy(backend, run_id=ids[name], service=name, owner=kernel)
+        serving_record(store, backend, deployed, kernel, time.time(), sid=ids[name])
+    # The cluster refuses to delete mt's Deployment (once): its record stays serving.
+    k8s_fake.fault(403, method="DELETE", path="/deployments/mlc-mt$", reason="Forbidden")
+
+    def backend_of(record):
+        return backend if record.get("backend") == "kubernetes" else EngineWithNothing()
+
+    done = snapshots.prune(store, EngineWithNothing(), backend_of=backend_of)
+    assert f"stopped service ocr ({ids['ocr']}) on kubernetes" in done
+    assert f"marked {ids['ocr']} stopped (its kernel went away)" in done
+    assert [line for line in done if line.startswith(f"left service {ids['mt']} serving: ")]
+    assert [d["metadata"]["name"] for d in k8s_fake.list("deployments", NS)] == [
+        "mlc-lang",
+        "mlc-mt",
+    ]
+    record = store.get(ids["ocr"])
+    assert (record["status"], record["reason"]) == ("stopped", "its kernel went away")
+    assert store.get(ids["lang"])["status"] == store.get(ids["mt"])["status"] == "serving"
+
+    done = snapshots.prune(store, EngineWithNothing(), backend_of=backend_of)  # once it can
+    assert f"marked {ids['mt']} stopped (its kernel went away)" in done
+    assert [d["metadata"]["name"] for d in k8s_fake.list("deployments", NS)] == ["mlc-lang"]
+    backend.remove_service("lang")
 
 
 # -- with Docker: plain docker build/run of the export, and pods of the real runner ------------

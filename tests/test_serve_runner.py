@@ -505,34 +505,47 @@ def test_a_service_that_does_not_answer_raises_service_unavailable(start):
 
 @pytest.fixture
 def services_store(tmp_path, monkeypatch):
-    """An empty snapshot store where service() looks for names; "serving" is a status in it."""
+    """An empty snapshot store where service() looks for names: the environment's, and the
+    magics' where a shell of this process has them loaded (a kernel's store wins)."""
     from mlcontainer_magics.core import store as store_module
 
-    monkeypatch.setenv("MLCONTAINER_STORE", str(tmp_path / "store"))
-    if "serving" not in store_module.STATUSES:  # until the core's side of issue 15 adds it
-        monkeypatch.setattr(store_module, "STATUSES", (*store_module.STATUSES, "serving"))
-    return store_module.Store(tmp_path / "store")
+    folder = str(tmp_path / "store")
+    monkeypatch.setenv("MLCONTAINER_STORE", folder)
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    magics = shell.magics_manager.registry.get("ContainerizeMagics") if shell else None
+    if magics is not None:
+        monkeypatch.setattr(magics, "store_dir", folder)
+    return store_module.Store(folder)
 
 
-def _record(store, name, url, status="serving", created=None):
+def _record(store, name, url, status="serving", created=None, kernel=None):
+    from mlcontainer_magics.core.owner import OWNER
+
     sid = store.new_id({"name": name})
     info = {"name": name, "url": url, "port": 0, "entry": "predict", "replicas": 1}
-    store.put({"id": sid, "status": status, "created": created, "service": info})
+    record = {"id": sid, "status": status, "created": created, "service": info}
+    store.put({**record, "kernel": kernel or OWNER})
 
 
 def test_a_name_is_the_newest_running_service_of_that_name(echo, services_store):
-    with pytest.raises(NotFound, match="No service 'echo' is running, nor any other"):
+    with pytest.raises(NotFound, match="No service 'echo' is running, nor any other; .* URL"):
         service("echo")
     now = time.time()
+    dead = f"{socket.gethostname()}:{2**22 + 7}"  # no such process
     _record(services_store, "echo", "http://127.0.0.1:9", created=now - 60)  # replaced
     _record(services_store, "echo", echo.url + "/", created=now)
     _record(services_store, "echo", "http://127.0.0.1:9", status="stopped", created=now + 1)
+    # Its process died: still "serving" in its record until prune, but not running.
+    _record(services_store, "echo", "http://127.0.0.1:9", created=now + 2, kernel=dead)
     _record(services_store, "ocr", "http://127.0.0.1:9", created=now)
+    _record(services_store, "gone", "http://127.0.0.1:9", created=now, kernel=dead)
     client = service("echo")
     assert repr(client) == f"ServiceClient('echo', url={echo.url!r}, entry='predict')"
     assert client([1]) == {"echo": [1], "scale": 3}
     with pytest.raises(NotFound, match="No service 'translate' is running; running: echo, ocr."):
         service("translate")
+    with pytest.raises(NotFound, match="No service 'gone' is running"):
+        service("gone")
 
 
 def test_service_is_exported_lazily():

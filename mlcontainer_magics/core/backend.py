@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from ..errors import CapabilityMissing
 from .events import Events, Output, no_events
@@ -28,6 +28,7 @@ __all__ = [
     "RunResult",
     "RunningRun",
     "ServiceHandle",
+    "Transport",
     "Services",
     "WarmSessions",
     "no_events",
@@ -124,6 +125,15 @@ class ServiceHandle:
         return {k: v for k, v in self.__dict__.items() if k != "ref"}
 
 
+# One HTTP request to a service: (method, path, body, headers, timeout) -> (status, headers,
+# body), whatever the status. Raises OSError (TimeoutError when it took longer than timeout) or
+# an MlcError when the request does not reach the service.
+Transport = Callable[
+    [str, str, Optional[bytes], Mapping[str, str], Optional[float]],
+    tuple[int, Mapping[str, str], bytes],
+]
+
+
 class Services(ABC):
     """Optional capability: a cell served over HTTP (``--serve``). Its container runs the cell
     once, then ``runner.py --http SERVE_PORT`` answers requests until it is stopped."""
@@ -165,6 +175,12 @@ class Services(ABC):
     @abstractmethod
     def running(self) -> list[ServiceHandle]:
         """The services of this namespace running now, whichever process started them."""
+
+    def transport(self, handle: ServiceHandle) -> Transport | None:
+        """Optional capability: how a client reaches the service where a plain HTTP request
+        to ``handle.url`` does not (a cluster's API server proxy, which wants the
+        kubeconfig's credentials). None (the default): its URL answers plain HTTP."""
+        return None
 
 
 class Backend(ABC):

@@ -456,11 +456,19 @@ def _serving(store) -> list[dict]:
 
 
 def serving_record(store, name: str) -> dict:
-    """The newest snapshot recorded as serving under ``name`` (any process's)."""
-    for record in _serving(store):
+    """The newest snapshot recorded as serving under ``name`` by a live process (any one's);
+    NotFound names those that are."""
+    records = _serving(store)
+    for record in records:
         if (record.get("service") or {}).get("name") == name:
             return record
-    raise NotFound(f"No service {name!r} is serving; `%container services` lists those that are.")
+    running = sorted({str((r.get("service") or {}).get("name")) for r in records})
+    if not running:
+        raise NotFound(
+            f"No service {name!r} is running, nor any other; start one with "
+            f"`%%containerize --serve {name}`."
+        )
+    raise NotFound(f"No service {name!r} is running; running: {', '.join(running)}.")
 
 
 def handle_of(record: dict) -> ServiceHandle:

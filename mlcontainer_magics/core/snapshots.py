@@ -7,7 +7,7 @@ import difflib
 import json
 import os
 
-from ..errors import SpecError, StoreError
+from ..errors import MlcError, SpecError, StoreError
 from . import mounts, runs, transfer
 from . import secrets as secret_values
 from .datatree import DigestCache
@@ -207,20 +207,33 @@ def _unified(a: str, b: str, name_a: str, name_b: str) -> str:
 def prune(store, backend, backend_of=None) -> list[str]:
     """Remove what no live run needs: orphaned containers, unreferenced environment images,
     and mark snapshots whose kernel died mid-run. ``backend_of(record)`` is the backend a
-    snapshot ran on (default: ``backend``), asked whether it still runs."""
+    snapshot ran on (default: ``backend``): asked whether it still runs, and to stop a
+    service whose kernel died (its kernel would have stopped it at exit)."""
     done = backend.prune_orphans()
     referenced = {s.get("env_image") for s in store.list(limit=None)} - {None}
     done += backend.prune_images(keep=referenced)
     for summary in store.list(limit=None, status=list(ACTIVE_STATUSES)):
         record = store.get(summary["id"])
-        if (backend_of(record) if backend_of else backend).is_running(summary["id"]):
-            continue
         # Still building, or running in a warm session (whose container has no run label):
         # its kernel is alive and will record how it ends.
         if owner_alive(record.get("kernel")):
             continue
-        # A service ends with its kernel: stopped, as its kernel would have recorded it.
-        status = "stopped" if summary.get("status") == "serving" else "interrupted"
+        runs_on = backend_of(record) if backend_of else backend
+        if summary.get("status") == "serving":
+            # A service ends with its kernel: stopped where it runs (a cluster's too), and
+            # recorded as its kernel would have.
+            name = (record.get("service") or {}).get("name")
+            try:
+                if runs_on.stop(summary["id"]):
+                    done.append(f"stopped service {name} ({summary['id']}) on {runs_on.name}")
+            except MlcError as e:
+                done.append(f"left service {summary['id']} serving: {e}")
+                continue
+            status = "stopped"
+        elif runs_on.is_running(summary["id"]):
+            continue
+        else:
+            status = "interrupted"
         store.update(summary["id"], status=status, reason="its kernel went away")
         done.append(f"marked {summary['id']} {status} (its kernel went away)")
     return done

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...core.backend import Environment, RunResult, ServiceHandle, Services
+from ...core.backend import Environment, RunResult, ServiceHandle, Services, Transport
 from ...core.events import Events, Output, Phase, no_events
 from ...core.owner import OWNER
 from ...core.owner import alive as owner_alive
@@ -643,6 +643,17 @@ class KubernetesServices(Services):
         if len(texts) == 1:
             return texts[0][1]
         return "".join(f"== {name} ==\n{text}" for name, text in texts)
+
+    def transport(self, handle: ServiceHandle) -> Transport:
+        """Requests through the API server's service proxy, with the kubeconfig's
+        credentials (call_service)."""
+
+        def call(method, path, body, headers, timeout):
+            return self.backend.call_service(
+                handle.name, path, method=method, body=body, headers=headers, timeout=timeout
+            )
+
+        return call
 
     def running(self) -> list[ServiceHandle]:
         return [
