@@ -10,6 +10,7 @@ never answers (``silent_port``).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sys
@@ -116,6 +117,9 @@ def service_record(sid: str, name: str, url: str, **fields) -> dict:
         "notebook": "nb/serve.ipynb",
         "status": "serving",
         "created": time.time() - 90,
+        # This process, as core.owner.OWNER says it (this file runs in containers too: no
+        # import of the package): a live kernel's record.
+        "kernel": f"{socket.gethostname()}:{os.getpid()}",
         "env_image": f"mlcontainer-env:{sid}",
         "service": {
             "name": name,

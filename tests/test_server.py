@@ -21,6 +21,7 @@ from tornado.httpclient import HTTPClientError
 
 from mlcontainer_magics.backends import Backends
 from mlcontainer_magics.backends.docker.backend import make_labels as run_labels
+from mlcontainer_magics.core.services import serving_records
 from mlcontainer_magics.core.store import Store
 from mlcontainer_magics.errors import EngineUnavailable
 from mlcontainer_magics.server import handlers, services
@@ -660,7 +661,7 @@ def test_a_record_removed_while_listing_is_left_out(store, silent_url, monkeypat
     listed = store.list(limit=None, status="serving")
     gone = dict(listed[0], id="f0f0f0f0f0f0")  # listed, then removed by another process
     monkeypatch.setattr(store, "list", lambda **_: [gone, *listed])
-    assert [r["id"] for r in services.serving_records(store)] == ["e1e2e3e4e5e6"]
+    assert [r["id"] for r in serving_records(store)] == ["e1e2e3e4e5e6"]
 
 
 def test_started_times_read_as_the_runner_writes_them():

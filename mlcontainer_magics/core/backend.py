@@ -268,8 +268,9 @@ class Backend(ABC):
         """Whether the run still has a container (or a Job) that has not ended."""
 
     @abstractmethod
-    def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
-        """The live runs of this namespace (or of every one), newest first."""
+    def running(self, *, all_namespaces: bool = False, services: bool = False) -> list[RunningRun]:
+        """The live runs of this namespace (or of every one), newest first; with ``services``,
+        also the containers that serve (listed as services elsewhere, but stopped as runs)."""
 
     @property
     def sessions(self) -> WarmSessions | None:

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from ..errors import CapabilityMissing, Conflict, MlcError, NotFound, ServiceFailed
+from ..errors import (
+    CapabilityMissing,
+    Conflict,
+    MlcError,
+    NotFound,
+    ServiceFailed,
+    SnapshotNotFound,
+)
 from . import runs, snapshots
 from .backend import Backend, RunResult, ServiceHandle, Services
 from .events import Events, Output, Phase, no_events
@@ -427,7 +434,7 @@ def rows(store=None, registry: Registry = REGISTRY) -> list[dict]:
     mine = [s.row() for s in registry.all()]
     seen = {r["snapshot"] for r in mine}
     others = []
-    for record in _serving(store):
+    for record in serving_records(store):
         if record["id"] in seen:
             continue
         block = record.get("service") or {}
@@ -446,19 +453,26 @@ def rows(store=None, registry: Registry = REGISTRY) -> list[dict]:
     return sorted(mine, key=lambda r: r["name"]) + others
 
 
-def _serving(store) -> list[dict]:
+def serving_records(store) -> list[dict]:
     """The records serving now, newest first: not those whose process died (until prune
-    marks them stopped, they still say serving)."""
+    marks them stopped, they still say serving), nor one removed since it was listed."""
     if store is None:
         return []
-    found = (store.get(s["id"]) for s in store.list(limit=None, status="serving"))
-    return [r for r in found if owner_alive(r.get("kernel"))]
+    found = []
+    for summary in store.list(limit=None, status="serving"):
+        try:
+            record = store.get(summary["id"])
+        except SnapshotNotFound:
+            continue
+        if owner_alive(record.get("kernel")):
+            found.append(record)
+    return found
 
 
 def serving_record(store, name: str) -> dict:
     """The newest snapshot recorded as serving under ``name`` by a live process (any one's);
     NotFound names those that are."""
-    records = _serving(store)
+    records = serving_records(store)
     for record in records:
         if (record.get("service") or {}).get("name") == name:
             return record

@@ -36,6 +36,7 @@ from tornado.ioloop import IOLoop
 
 from ..backends import Backends
 from ..core import runs, verbs
+from ..core import services as core_services
 from ..errors import (
     Conflict,
     MlcError,
@@ -307,7 +308,8 @@ class StopHandler(BaseHandler):
                 backend = self.backends.for_record(self.store.get(ref))
             except NotFound:
                 backend = self.backends.get(namespace=self.settings.get("mlcontainer_namespace"))
-            items = [r.to_dict() for r in backend.running(all_namespaces=True) if r.id == ref]
+            live = backend.running(all_namespaces=True, services=True)
+            items = [r.to_dict() for r in live if r.id == ref]
             if not runs.request_stop(self.store, backend, ref, grace=timeout):
                 return []
             return [dict(item, status="stopped") for item in items]
@@ -322,7 +324,7 @@ class ServicesHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self):
         # Services are stopped through running/{id}/stop: a service is a run that serves.
-        records = await self._call(services.serving_records, self.store)
+        records = await self._call(core_services.serving_records, self.store)
         items = await services.describe(records, now=time.time())
         self.reply({"items": [self.with_paths(i) for i in items]})
 

@@ -16,8 +16,6 @@ from urllib.parse import urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from ..errors import SnapshotNotFound
-
 METADATA_TIMEOUT = 1.0  # seconds, to connect and to answer together
 METADATA_MAX_BYTES = 64 * 1024  # a metadata answer is a few hundred bytes
 # What the list copies from a metadata answer, and the JSON type it accepts for each.
@@ -29,17 +27,6 @@ METADATA_FIELDS: dict[str, type] = {
     "python": str,
     "lock_digest": str,
 }
-
-
-def serving_records(store) -> list[dict]:
-    """The full records of every snapshot now serving, newest first."""
-    records = []
-    for summary in store.list(limit=None, status="serving"):
-        try:
-            records.append(store.get(summary["id"]))
-        except SnapshotNotFound:
-            pass  # removed since it was listed
-    return records
 
 
 def service_item(record: dict) -> dict:

@@ -621,7 +621,7 @@ class DockerBackend(EnvironmentImages, Backend):
         }
 
     @translated("listing running containers")
-    def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
+    def running(self, *, all_namespaces: bool = False, services: bool = False) -> list[RunningRun]:
         labels = [f"{LABEL}.managed=1"]
         if not all_namespaces:
             labels.append(f"{LABEL}.namespace={self.namespace}")
@@ -629,7 +629,8 @@ class DockerBackend(EnvironmentImages, Backend):
             _running_run(c)
             for c in self.client.containers.list(sparse=True, filters={"label": labels})
             # services are listed as such (services.running), not as runs
-            if _run_of(c) and (c.attrs.get("Labels") or {}).get(f"{LABEL}.role") != "service"
+            if _run_of(c)
+            and (services or (c.attrs.get("Labels") or {}).get(f"{LABEL}.role") != "service")
         ]
         return sorted(items, key=lambda r: r.started or "", reverse=True)
 

@@ -805,8 +805,9 @@ class KubernetesBackend(ServiceMixin, Backend):
             return True
         return any(s["snapshot"] == run_id for s in self.deployed_services())
 
-    def running(self, *, all_namespaces: bool = False) -> list[RunningRun]:
-        """The Jobs of this package in the Kubernetes namespace that have not ended."""
+    def running(self, *, all_namespaces: bool = False, services: bool = False) -> list[RunningRun]:
+        """The Jobs of this package in the Kubernetes namespace that have not ended (services
+        are Deployments: services.running() lists them)."""
         api, namespace = self.connect()
         with self._cluster_errors("listing runs", namespace):
             jobs = (
