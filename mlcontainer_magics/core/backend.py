@@ -130,6 +130,8 @@ class Services(ABC):
 
     # More than one copy of a service behind one address: where the backend can (a Deployment).
     max_replicas = 1
+    # --network none: the service reaches nothing, yet this machine reaches its port.
+    isolates = False
 
     @abstractmethod
     def start(

@@ -161,14 +161,21 @@ def _stop(service: Service, grace: float) -> None:
 
 
 def services_of(backend: Backend, spec: RunSpec) -> Services:
-    """The backend's services, refused (before any work) where it has none or cannot run
-    ``spec.serve.replicas`` copies."""
+    """The backend's services, refused (before any work) where it has none, cannot run
+    ``spec.serve.replicas`` copies or cannot serve without a network (``--network none``)."""
     assert spec.serve is not None, "a served spec"
     pool = backend.services
     if pool is None:
         raise CapabilityMissing(
             f"--serve is not supported with --backend {backend.name}. Serve the cell with "
             "--backend docker."
+        )
+    if spec.network == "none" and not pool.isolates:
+        raise CapabilityMissing(
+            f"--serve with --network none is not supported with --backend {backend.name}: "
+            "its pods would keep their network. Drop --network none, or serve the cell with "
+            "--backend docker (an internal network: no way out, its port reached from this "
+            "machine only); nothing was built."
         )
     if spec.serve.replicas > pool.max_replicas:
         raise CapabilityMissing(

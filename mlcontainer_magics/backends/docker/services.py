@@ -1,6 +1,13 @@
 """Served cells on Docker: one container per service, its runner's HTTP port published on
 127.0.0.1 only (a random host port), named ``<namespace>-service-<NAME>-<short id>`` and
-labelled as runs are (run id, owner) plus ``role=service`` and ``service=NAME``."""
+labelled as runs are (run id, owner) plus ``role=service`` and ``service=NAME``.
+
+With ``--network none`` the container joins ``<namespace>-serve-none`` instead: an internal
+bridge network (no route beyond it) whose containers cannot reach one another either. Nothing
+can be published from it: the kernel's proxy connects to the container's address on it, which
+only the machine the engine runs on reaches. Made on first use, kept, removed by prune once no
+container uses it.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +19,68 @@ from pathlib import Path
 
 from ...core.backend import Environment, RunResult, ServiceHandle, Services
 from ...core.events import Events, Output, Phase, no_events
+from ...core.proxy import reachable
 from ...core.richoutput import ServingWatch
 from ...core.spec import RunSpec
-from ...errors import ServiceFailed
+from ...errors import CapabilityMissing, ServiceFailed
 from ...runner import SERVE_COMMAND, SERVE_PORT, SERVING_MARK
-from .engine import LABEL, engine_errors, translated
+from .engine import LABEL, engine_errors, make_labels, translated
 
 HOST = "127.0.0.1"  # never published on other interfaces: the kernel's proxy is the way in
+ISOLATED_ROLE = "serve-network"  # LABEL.role of the internal network of --network none
 
 
 def container_name(namespace: str, name: str, run_id: str) -> str:
     return f"{namespace}-service-{name}-{run_id[:8]}"
 
 
+def isolated_network_name(namespace: str) -> str:
+    return f"{namespace}-serve-none"
+
+
+def isolated_network(client, namespace: str) -> str:
+    """The name of the namespace's internal network for services with ``--network none``,
+    made when there is none yet."""
+    import docker.errors
+
+    name = isolated_network_name(namespace)
+    if any(n.name == name for n in client.networks.list(names=[name])):
+        return name
+    try:
+        client.networks.create(
+            name,
+            driver="bridge",
+            internal=True,  # no route out: no internet, no other network
+            # ... and none between its containers: one service cannot call another.
+            options={"com.docker.network.bridge.enable_icc": "false"},
+            labels=make_labels(namespace, role=ISOLATED_ROLE),
+            check_duplicate=True,
+        )
+    except docker.errors.APIError as e:
+        if e.status_code != 409:  # 409: another process made it meanwhile
+            raise
+    return name
+
+
+def remove_isolated_networks(client, namespace: str) -> list[str]:
+    """Remove the namespace's internal networks no container uses (the engine refuses the
+    others); what was removed."""
+    import docker.errors
+
+    done = []
+    labels = [f"{LABEL}.namespace={namespace}", f"{LABEL}.role={ISOLATED_ROLE}"]
+    for network in client.networks.list(filters={"label": labels}):
+        try:
+            network.remove()
+        except docker.errors.APIError:
+            continue  # a service uses it (or it went meanwhile)
+        done.append(f"removed network {network.name}")
+    return done
+
+
 class DockerServices(Services):
+    isolates = True  # --network none: the internal network
+
     def __init__(self, backend) -> None:
         self.backend = backend
         # run id -> what a service holds until it ends: its secrets' folder
@@ -58,14 +113,13 @@ class DockerServices(Services):
                 opts["labels"].update(
                     {f"{LABEL}.role": "service", f"{LABEL}.service": spec.serve.name}
                 )
-                opts["ports"] = {f"{SERVE_PORT}/tcp": (HOST, None)}
+                isolated = spec.network == "none"
+                if isolated:  # an internal network publishes nothing
+                    opts["network_mode"] = isolated_network(self.client, self.backend.namespace)
+                else:
+                    opts["ports"] = {f"{SERVE_PORT}/tcp": (HOST, None)}
                 events(Phase.STARTING)
-                container = self.client.containers.create(
-                    env.image_id,
-                    list(SERVE_COMMAND),
-                    name=container_name(self.backend.namespace, spec.serve.name, run_id),
-                    **opts,
-                )
+                container = self._create(env.image_id, spec, run_id, opts)
                 stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
                 container.start()
                 events(Phase.RUNNING, container=container.id[:12])
@@ -73,16 +127,23 @@ class DockerServices(Services):
                 if ready is not None:
                     raise ready
                 container.reload()
-                network = container.attrs["NetworkSettings"]
-                port = network["Ports"][f"{SERVE_PORT}/tcp"][0]
-                ip = network.get("IPAddress") or ""
+                url, direct = _addresses(container)
+                if isolated and reachable(direct) is None:
+                    raise CapabilityMissing(
+                        f"--serve with --network none: this machine cannot reach the "
+                        f"service's container at {direct or 'its address'}, and nothing can "
+                        "be published from its internal network. That works where the Docker "
+                        "engine runs on this machine itself (Docker Engine on Linux), not "
+                        "through Docker Desktop's virtual machine or a remote DOCKER_HOST. "
+                        "Drop --network none (the port is then published on 127.0.0.1 only)."
+                    )
                 handle = ServiceHandle(
                     name=spec.serve.name,
                     run_id=run_id,
-                    url=f"http://{HOST}:{port['HostPort']}",
+                    url=url,
                     backend="docker",
                     ident=container.id,
-                    direct=f"http://{ip}:{SERVE_PORT}" if ip else "",
+                    direct=direct,
                     ref=container,
                 )
         except BaseException:
@@ -96,6 +157,21 @@ class DockerServices(Services):
         # engine keeps the log for `logs`.
         threading.Thread(target=_drain, args=(stream,), daemon=True).start()
         return handle
+
+    def _create(self, image_id: str, spec: RunSpec, run_id: str, opts: dict):
+        import docker.errors
+
+        assert spec.serve is not None, "a served spec"
+        name = container_name(self.backend.namespace, spec.serve.name, run_id)
+        command = list(SERVE_COMMAND)
+        try:
+            return self.client.containers.create(image_id, command, name=name, **opts)
+        except docker.errors.NotFound:
+            if spec.network != "none":
+                raise
+            # Its network was pruned between being found and being used: made again, once.
+            opts["network_mode"] = isolated_network(self.client, self.backend.namespace)
+            return self.client.containers.create(image_id, command, name=name, **opts)
 
     def _until_serving(self, container, stream, timeout, output, run_id) -> ServiceFailed | None:
         """Pass on its output until the serving line (None) or its end (the failure)."""
@@ -198,19 +274,32 @@ class DockerServices(Services):
         )
         out = []
         for c in found:
-            ports = (c.attrs.get("NetworkSettings") or {}).get("Ports") or {}
-            bound = (ports.get(f"{SERVE_PORT}/tcp") or [{}])[0]
+            url, direct = _addresses(c)
             out.append(
                 ServiceHandle(
                     name=c.labels.get(f"{LABEL}.service", ""),
                     run_id=c.labels.get(f"{LABEL}.run", ""),
-                    url=f"http://{HOST}:{bound.get('HostPort')}" if bound else "",
+                    url=url,
                     backend="docker",
                     ident=c.id,
+                    direct=direct,
                     ref=c,
                 )
             )
         return out
+
+
+def _addresses(container) -> tuple[str, str]:
+    """(url, direct) of a service's container: its port published on 127.0.0.1, and its own
+    address on its network. On the internal network of --network none nothing is published:
+    its own address is both."""
+    settings = container.attrs.get("NetworkSettings") or {}
+    bound = ((settings.get("Ports") or {}).get(f"{SERVE_PORT}/tcp") or [{}])[0]
+    ips = [settings.get("IPAddress")]
+    ips += [n.get("IPAddress") for n in (settings.get("Networks") or {}).values()]
+    ip = next((i for i in ips if i), "")
+    direct = f"http://{ip}:{SERVE_PORT}" if ip else ""
+    return (f"http://{HOST}:{bound['HostPort']}" if bound.get("HostPort") else direct), direct
 
 
 def _text(data: bytes) -> str:
