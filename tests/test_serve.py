@@ -6,6 +6,7 @@ and `mlcontainer serve ID`."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -211,6 +212,28 @@ def test_a_served_spec_survives_its_record():
     )
     record = json.loads(json.dumps({"id": "abc", "spec": spec.to_dict()}))
     assert snapshots.spec_from_record(record) == spec
+
+
+def test_network_none_is_refused_before_any_work_where_the_backend_cannot_isolate():
+    from mlcontainer_magics.backends.docker.services import DockerServices
+    from mlcontainer_magics.backends.kubernetes.services import KubernetesServices
+    from mlcontainer_magics.core import spec as specs
+
+    class Backend:
+        name = "kubernetes"
+        services = KubernetesServices(None)
+
+    spec = specs.RunSpec(
+        code="def predict(x): return x",
+        env_spec=specs.EnvSpec("python:3.11-slim"),
+        serve=specs.parse_serve("m"),
+        network="none",
+    )
+    with pytest.raises(CapabilityMissing, match=r"--network none.*--backend kubernetes.*docker"):
+        services.services_of(Backend(), spec)  # type: ignore[arg-type]
+    services.services_of(Backend(), dataclasses.replace(spec, network="bridge"))  # type: ignore[arg-type]
+    Backend.services = DockerServices(None)  # type: ignore[assignment]
+    assert services.services_of(Backend(), spec) is Backend.services  # type: ignore[arg-type]
 
 
 def test_services_table_and_status_line():
@@ -687,6 +710,95 @@ def test_prune_removes_the_services_of_a_process_that_died(docker_client):
     assert not os.path.exists(folder)
     record = _store().get(run_id)
     assert record["status"] == "stopped" and record["reason"] == "its kernel went away"
+
+
+PROBE_CELL = """
+import socket
+
+def predict(x):
+    # One connection attempt from inside the service: whether it gets through.
+    try:
+        socket.create_connection((x["host"], x["port"]), timeout=3).close()
+        return "connected"
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+"""
+
+
+def _probe(url, host, port) -> str:
+    status, _, body = get(url, "/predict", json.dumps({"host": host, "port": port}).encode())
+    assert status == 200, body
+    return json.loads(body)
+
+
+@docker
+@pytest.mark.usefixtures("no_leaks")
+def test_network_none_serves_through_the_proxy_and_reaches_nothing(docker_client, monkeypatch):
+    from mlcontainer_magics.backends.docker import services as docker_services
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core import snapshots
+    from mlcontainer_magics.core.owner import OWNER
+
+    network_name = f"{NAMESPACE}-serve-none"
+    shell = _shell()
+    outside = None
+    try:
+        _serve(shell, "--serve cut --network none", PROBE_CELL)
+        _serve(shell, "--serve cut2 --network none", PROBE_CELL)
+        cut, cut2 = services.REGISTRY.get("cut"), services.REGISTRY.get("cut2")
+        (container,) = _service_containers(docker_client, "cut")
+        # On the internal network only, nothing published; the proxy reaches it directly.
+        assert list(container.attrs["NetworkSettings"]["Networks"]) == [network_name]
+        assert not container.attrs["HostConfig"]["PortBindings"]
+        network = docker_client.networks.get(network_name)
+        assert network.attrs["Internal"] is True
+        assert network.attrs["Labels"][f"{LABEL}.namespace"] == NAMESPACE
+        assert cut.url.startswith("http://127.0.0.1:") and cut.handle.url == cut.handle.direct
+        assert get(cut.url, "/healthz")[0] == 200
+        # A container of ours on the default bridge, which this machine reaches...
+        outside = docker_client.containers.run(
+            container.image.id,
+            ["python", "-m", "http.server", "8080"],
+            detach=True,
+            labels={f"{LABEL}.namespace": NAMESPACE, f"{LABEL}.owner": OWNER},  # prune keeps it
+        )
+        outside.reload()
+        address = outside.attrs["NetworkSettings"]["IPAddress"]
+        assert wait_for(lambda: _answers(f"http://{address}:8080"), timeout=30)
+        # ... but the service does not: nor the other service, nor the internet (one try).
+        assert _probe(cut.url, address, 8080) != "connected"
+        cut2_host, cut2_port = upstream_of(cut2.handle.direct)
+        assert get(cut2.url, "/healthz")[0] == 200
+        assert _probe(cut.url, cut2_host, cut2_port) != "connected"
+        assert _probe(cut.url, "1.1.1.1", 443) != "connected"
+        # Listed with the address it is reached at.
+        listed = {h.name: h for h in DockerBackend(namespace=NAMESPACE).services.running()}
+        assert listed["cut"].url == cut.handle.direct
+        # A machine that cannot reach the container's address is told so; nothing is left.
+        monkeypatch.setattr(docker_services, "reachable", lambda url: None)
+        with pytest.raises(CapabilityMissing, match="cannot reach the service's container"):
+            _serve(shell, "--serve cut3 --network none", PROBE_CELL)
+        assert _service_containers(docker_client, "cut3") == []
+        assert services.REGISTRY.get("cut3") is None
+        # prune keeps the network while a service uses it, and removes it after.
+        done = DockerBackend(namespace=NAMESPACE).prune_orphans()
+        assert not any(network_name in line for line in done)
+    finally:
+        if outside is not None:
+            outside.remove(force=True)
+        for name in ("cut", "cut2"):
+            if services.REGISTRY.get(name) is not None:
+                services.REGISTRY.stop(name)
+        done = snapshots.prune(_store(), DockerBackend(namespace=NAMESPACE))
+    assert f"removed network {network_name}" in done
+    assert docker_client.networks.list(names=[network_name]) == []
+
+
+def _answers(url) -> bool:
+    try:
+        return get(url, timeout=2)[0] == 200
+    except OSError:
+        return False
 
 
 def _published(container) -> str:
