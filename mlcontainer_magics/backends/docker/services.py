@@ -6,7 +6,8 @@ With ``--network none`` the container joins ``<namespace>-serve-none`` instead: 
 bridge network (no route beyond it) whose containers cannot reach one another either. Nothing
 can be published from it: the kernel's proxy connects to the container's address on it, which
 only the machine the engine runs on reaches. Made on first use, kept, removed by prune once no
-container uses it.
+container uses it. Its gateway is that machine: unlike a run's ``--network none``, the container
+can connect to what listens there on all interfaces.
 """
 
 from __future__ import annotations
