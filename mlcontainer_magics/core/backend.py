@@ -130,8 +130,11 @@ class Services(ABC):
 
     # More than one copy of a service behind one address: where the backend can (a Deployment).
     max_replicas = 1
-    # --network none: the service reaches nothing, yet this machine reaches its port.
-    isolates = False
+
+    def why_not_without_network(self) -> str | None:
+        """Why this backend cannot serve a cell with ``--network none`` (a container with no
+        network at all that this machine still reaches), in the user's words; None if it can."""
+        return "its services keep their network; serve the cell with --backend docker"
 
     @abstractmethod
     def start(

@@ -29,7 +29,7 @@ from .backend import Backend, RunResult, ServiceHandle, Services
 from .events import Events, Output, Phase, no_events
 from .owner import OWNER
 from .owner import alive as owner_alive
-from .proxy import Proxy, reachable, upstream_of
+from .proxy import Address, Proxy, reachable, upstream_of
 from .secrets import resolve
 from .spec import RunSpec, parse_serve
 
@@ -51,7 +51,7 @@ class Service:
     url: str  # what users call: the proxy's, or the backend's own where no proxy fronts it
     entry: str  # the cell's function it serves
     proxy: Proxy | None
-    upstream: tuple[str, int] | None  # where the proxy sends its requests
+    upstream: Address | None  # where the proxy sends its requests
     workdir: Path
     store: Any = None
     mask: Callable[[str], str] = str
@@ -170,12 +170,11 @@ def services_of(backend: Backend, spec: RunSpec) -> Services:
             f"--serve is not supported with --backend {backend.name}. Serve the cell with "
             "--backend docker."
         )
-    if spec.network == "none" and not pool.isolates:
+    why = pool.why_not_without_network() if spec.network == "none" else None
+    if why:
         raise CapabilityMissing(
             f"--serve with --network none is not supported with --backend {backend.name}: "
-            "its pods would keep their network. Drop --network none, or serve the cell with "
-            "--backend docker (an internal network: no way out, its port reached from this "
-            "machine only); nothing was built."
+            f"{why}. Or drop --network none; nothing was built."
         )
     if spec.serve.replicas > pool.max_replicas:
         raise CapabilityMissing(

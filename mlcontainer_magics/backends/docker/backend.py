@@ -136,9 +136,8 @@ class DockerBackend(EnvironmentImages, Backend):
     @translated("pruning containers")
     def prune_orphans(self) -> list[str]:
         """Remove containers (and build volumes) of this namespace whose kernel process is gone
-        (another machine's are left to it), every standby container no run has claimed,
-        whoever made it: they are disposable, and their kernels make new ones; and the internal
-        network of services with --network none once none uses it."""
+        (another machine's are left to it), and every standby container no run has claimed,
+        whoever made it: they are disposable, and their kernels make new ones."""
         return self._prune_orphans(True)
 
     def _prune_orphans(self, all_standbys: bool) -> list[str]:
@@ -169,10 +168,6 @@ class DockerBackend(EnvironmentImages, Backend):
             if not owner_alive(v.attrs.get("Labels", {}).get(f"{LABEL}.owner", "")):
                 quietly(v.remove, force=True)
                 done.append(f"removed build volume {v.name}")
-        if all_standbys:  # asked for (`prune`): not behind a kernel that is about to serve
-            from .services import remove_isolated_networks
-
-            done += remove_isolated_networks(self.client, self.namespace)
         return done
 
     @translated("pruning images")

@@ -2,21 +2,21 @@
 127.0.0.1 only (a random host port), named ``<namespace>-service-<NAME>-<short id>`` and
 labelled as runs are (run id, owner) plus ``role=service`` and ``service=NAME``.
 
-With ``--network none`` the container joins ``<namespace>-serve-none`` instead: an internal
-bridge network (no route beyond it) whose containers cannot reach one another either. Nothing
-can be published from it: the kernel's proxy connects to the container's address on it, which
-only the machine the engine runs on reaches. Made on first use, kept, removed by prune once no
-container uses it. Its gateway is that machine: unlike a run's ``--network none``, the container
-can connect to what listens there on all interfaces.
+With ``--network none`` the container has no network at all, as a run's: its runner serves on
+a Unix socket in the run's folder (SERVE_SOCKET, in out/), and the kernel's proxy connects to
+that socket on this machine's side of the bind mount. A socket does not cross a virtual
+machine's boundary: that needs the engine on this machine (not a remote DOCKER_HOST, not
+Docker Desktop's virtual machine).
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import os
 import threading
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ...core.backend import Environment, RunResult, ServiceHandle, Services
 from ...core.events import Events, Output, Phase, no_events
@@ -24,64 +24,33 @@ from ...core.proxy import reachable
 from ...core.richoutput import ServingWatch
 from ...core.spec import RunSpec
 from ...errors import CapabilityMissing, ServiceFailed
-from ...runner import SERVE_COMMAND, SERVE_PORT, SERVING_MARK
-from .engine import LABEL, engine_errors, make_labels, translated
+from ...runner import (
+    MLC_DIR,
+    SERVE_COMMAND,
+    SERVE_PORT,
+    SERVE_SOCKET,
+    SERVE_SOCKET_COMMAND,
+    SERVING_MARK,
+    UNIX_PREFIX,
+)
+from .engine import LABEL, engine_errors, is_local, translated
 
 HOST = "127.0.0.1"  # never published on other interfaces: the kernel's proxy is the way in
-ISOLATED_ROLE = "serve-network"  # LABEL.role of the internal network of --network none
+# The longest path a Unix socket can have: 108 bytes with the NUL that ends it (Linux).
+SOCKET_PATH_MAX = 107
 
 
 def container_name(namespace: str, name: str, run_id: str) -> str:
     return f"{namespace}-service-{name}-{run_id[:8]}"
 
 
-def isolated_network_name(namespace: str) -> str:
-    return f"{namespace}-serve-none"
-
-
-def isolated_network(client, namespace: str) -> str:
-    """The name of the namespace's internal network for services with ``--network none``,
-    made when there is none yet."""
-    import docker.errors
-
-    name = isolated_network_name(namespace)
-    if any(n.name == name for n in client.networks.list(names=[name])):
-        return name
-    try:
-        client.networks.create(
-            name,
-            driver="bridge",
-            internal=True,  # no route out: no internet, no other network
-            # ... and none between its containers: one service cannot call another.
-            options={"com.docker.network.bridge.enable_icc": "false"},
-            labels=make_labels(namespace, role=ISOLATED_ROLE),
-            check_duplicate=True,
-        )
-    except docker.errors.APIError as e:
-        if e.status_code != 409:  # 409: another process made it meanwhile
-            raise
-    return name
-
-
-def remove_isolated_networks(client, namespace: str) -> list[str]:
-    """Remove the namespace's internal networks no container uses (the engine refuses the
-    others); what was removed."""
-    import docker.errors
-
-    done = []
-    labels = [f"{LABEL}.namespace={namespace}", f"{LABEL}.role={ISOLATED_ROLE}"]
-    for network in client.networks.list(filters={"label": labels}):
-        try:
-            network.remove()
-        except docker.errors.APIError:
-            continue  # a service uses it (or it went meanwhile)
-        done.append(f"removed network {network.name}")
-    return done
+def host_socket(workdir: Path | str) -> str:
+    """Where the socket of a service without a network is on this machine: in its run's
+    folder ``workdir``, as SERVE_SOCKET is in /mlc."""
+    return str(Path(workdir, PurePosixPath(SERVE_SOCKET).relative_to(MLC_DIR)))
 
 
 class DockerServices(Services):
-    isolates = True  # --network none: the internal network
-
     def __init__(self, backend) -> None:
         self.backend = backend
         # run id -> what a service holds until it ends: its secrets' folder
@@ -90,6 +59,15 @@ class DockerServices(Services):
     @property
     def client(self):
         return self.backend.client
+
+    def why_not_without_network(self) -> str | None:
+        if is_local():
+            return None
+        return (
+            "the engine runs on another machine (DOCKER_HOST), and a service without a network "
+            "is reached through a Unix socket in its run's folder, which does not cross to this "
+            "machine; serve it with an engine on this machine"
+        )
 
     def start(
         self,
@@ -114,13 +92,18 @@ class DockerServices(Services):
                 opts["labels"].update(
                     {f"{LABEL}.role": "service", f"{LABEL}.service": spec.serve.name}
                 )
-                isolated = spec.network == "none"
-                if isolated:  # an internal network publishes nothing
-                    opts["network_mode"] = isolated_network(self.client, self.backend.namespace)
+                unix = spec.network == "none"  # network_mode "none", as a run's
+                if unix:
+                    _check_socket_path(host_socket(workdir))
                 else:
                     opts["ports"] = {f"{SERVE_PORT}/tcp": (HOST, None)}
                 events(Phase.STARTING)
-                container = self._create(env.image_id, spec, run_id, opts)
+                container = self.client.containers.create(
+                    env.image_id,
+                    list(SERVE_SOCKET_COMMAND if unix else SERVE_COMMAND),
+                    name=container_name(self.backend.namespace, spec.serve.name, run_id),
+                    **opts,
+                )
                 stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
                 container.start()
                 events(Phase.RUNNING, container=container.id[:12])
@@ -129,14 +112,13 @@ class DockerServices(Services):
                     raise ready
                 container.reload()
                 url, direct = _addresses(container)
-                if isolated and reachable(direct) is None:
+                if unix and reachable(url) is None:
                     raise CapabilityMissing(
-                        f"--serve with --network none: this machine cannot reach the "
-                        f"service's container at {direct or 'its address'}, and nothing can "
-                        "be published from its internal network. That works where the Docker "
-                        "engine runs on this machine itself (Docker Engine on Linux), not "
-                        "through Docker Desktop's virtual machine or a remote DOCKER_HOST. "
-                        "Drop --network none (the port is then published on 127.0.0.1 only)."
+                        "--serve with --network none: this machine cannot connect to the "
+                        f"service's socket, {host_socket(workdir)}: the Docker engine shares "
+                        "this machine's folders but runs elsewhere (Docker Desktop's virtual "
+                        "machine). Drop --network none (the port is then published on "
+                        "127.0.0.1 only), or serve it with Docker Engine on this machine."
                     )
                 handle = ServiceHandle(
                     name=spec.serve.name,
@@ -158,21 +140,6 @@ class DockerServices(Services):
         # engine keeps the log for `logs`.
         threading.Thread(target=_drain, args=(stream,), daemon=True).start()
         return handle
-
-    def _create(self, image_id: str, spec: RunSpec, run_id: str, opts: dict):
-        import docker.errors
-
-        assert spec.serve is not None, "a served spec"
-        name = container_name(self.backend.namespace, spec.serve.name, run_id)
-        command = list(SERVE_COMMAND)
-        try:
-            return self.client.containers.create(image_id, command, name=name, **opts)
-        except docker.errors.NotFound:
-            if spec.network != "none":
-                raise
-            # Its network was pruned between being found and being used: made again, once.
-            opts["network_mode"] = isolated_network(self.client, self.backend.namespace)
-            return self.client.containers.create(image_id, command, name=name, **opts)
 
     def _until_serving(self, container, stream, timeout, output, run_id) -> ServiceFailed | None:
         """Pass on its output until the serving line (None) or its end (the failure)."""
@@ -292,15 +259,28 @@ class DockerServices(Services):
 
 def _addresses(container) -> tuple[str, str]:
     """(url, direct) of a service's container: its port published on 127.0.0.1, and its own
-    address on its network. On the internal network of --network none nothing is published:
-    its own address is both."""
-    settings = container.attrs.get("NetworkSettings") or {}
+    address on the engine's bridge ("" if none). Without a network: unix:PATH, its socket on
+    this machine, and no direct."""
+    attrs = container.attrs
+    if (attrs.get("HostConfig") or {}).get("NetworkMode") == "none":
+        mounts = attrs.get("Mounts") or []
+        folder = next((m["Source"] for m in mounts if m.get("Destination") == MLC_DIR), "")
+        return (f"{UNIX_PREFIX}{host_socket(folder)}" if folder else ""), ""
+    settings = attrs.get("NetworkSettings") or {}
     bound = ((settings.get("Ports") or {}).get(f"{SERVE_PORT}/tcp") or [{}])[0]
-    ips = [settings.get("IPAddress")]
-    ips += [n.get("IPAddress") for n in (settings.get("Networks") or {}).values()]
-    ip = next((i for i in ips if i), "")
-    direct = f"http://{ip}:{SERVE_PORT}" if ip else ""
-    return (f"http://{HOST}:{bound['HostPort']}" if bound.get("HostPort") else direct), direct
+    ip = settings.get("IPAddress") or ""
+    url = f"http://{HOST}:{bound['HostPort']}" if bound.get("HostPort") else ""
+    return url, (f"http://{ip}:{SERVE_PORT}" if ip else "")
+
+
+def _check_socket_path(path: str) -> None:
+    """Refuse a socket path too long for a Unix socket, before its container is made."""
+    if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+        raise CapabilityMissing(
+            f"--serve with --network none: the service's socket would be {path}, longer than "
+            f"a Unix socket's path may be ({SOCKET_PATH_MAX} bytes). Set MLCONTAINER_RUN_DIR "
+            "to a folder with a shorter path (e.g. /tmp), or drop --network none."
+        )
 
 
 def _text(data: bytes) -> str:
