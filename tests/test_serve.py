@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -214,7 +215,7 @@ def test_a_served_spec_survives_its_record():
     assert snapshots.spec_from_record(record) == spec
 
 
-def test_network_none_is_refused_before_any_work_where_the_backend_cannot_isolate():
+def test_network_none_is_refused_before_any_work_where_the_backend_cannot_isolate(monkeypatch):
     from mlcontainer_magics.backends.docker.services import DockerServices
     from mlcontainer_magics.backends.kubernetes.services import KubernetesServices
     from mlcontainer_magics.core import spec as specs
@@ -233,7 +234,13 @@ def test_network_none_is_refused_before_any_work_where_the_backend_cannot_isolat
         services.services_of(Backend(), spec)  # type: ignore[arg-type]
     services.services_of(Backend(), dataclasses.replace(spec, network="bridge"))  # type: ignore[arg-type]
     Backend.services = DockerServices(None)  # type: ignore[assignment]
+    Backend.name = "docker"
+    monkeypatch.delenv("DOCKER_HOST", raising=False)  # the engine of this machine
     assert services.services_of(Backend(), spec) is Backend.services  # type: ignore[arg-type]
+    # An engine elsewhere: its containers' sockets stay there.
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2376")
+    with pytest.raises(CapabilityMissing, match=r"--backend docker: the engine runs on another"):
+        services.services_of(Backend(), spec)  # type: ignore[arg-type]
 
 
 def test_services_table_and_status_line():
@@ -731,74 +738,86 @@ def _probe(url, host, port) -> str:
     return json.loads(body)
 
 
+# A process of its own, as another user of this machine: connects to the socket, asks /healthz.
+_HEALTH_OVER_SOCKET = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(b"GET /healthz HTTP/1.0\\r\\n\\r\\n")
+print(s.recv(65536).split(b" ")[1].decode())
+"""
+
+
 @docker
 @pytest.mark.usefixtures("no_leaks")
 def test_network_none_serves_through_the_proxy_and_reaches_nothing(docker_client, monkeypatch):
     from mlcontainer_magics.backends.docker import services as docker_services
     from mlcontainer_magics.backends.docker.backend import DockerBackend
-    from mlcontainer_magics.core import snapshots
-    from mlcontainer_magics.core.owner import OWNER
 
-    network_name = f"{NAMESPACE}-serve-none"
+    gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    # A service of this machine on all its interfaces: what the old design's containers reached.
+    listener = socket.create_server(("0.0.0.0", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(10)
     shell = _shell()
-    outside = None
     try:
         _serve(shell, "--serve cut --network none", PROBE_CELL)
-        _serve(shell, "--serve cut2 --network none", PROBE_CELL)
-        cut, cut2 = services.REGISTRY.get("cut"), services.REGISTRY.get("cut2")
+        cut = services.REGISTRY.get("cut")
         (container,) = _service_containers(docker_client, "cut")
-        # On the internal network only, nothing published; the proxy reaches it directly.
-        assert list(container.attrs["NetworkSettings"]["Networks"]) == [network_name]
-        assert not container.attrs["HostConfig"]["PortBindings"]
-        network = docker_client.networks.get(network_name)
-        assert network.attrs["Internal"] is True
-        assert network.attrs["Labels"][f"{LABEL}.namespace"] == NAMESPACE
-        assert cut.url.startswith("http://127.0.0.1:") and cut.handle.url == cut.handle.direct
+        # No network at all, as a run's; nothing published; its runner as the unprivileged user.
+        host_config = container.attrs["HostConfig"]
+        assert host_config["NetworkMode"] == "none" and not host_config["PortBindings"]
+        assert list(container.attrs["NetworkSettings"]["Networks"]) == ["none"]
+        assert container.attrs["Config"]["User"] == "1000:1000"
+        # Reached through the proxy, which connects to its socket in the run's folder.
+        path = upstream_of(cut.handle.url)
+        assert cut.handle.url == f"unix:{path}" and not cut.handle.direct
+        assert path == f"{cut.workdir}/out/serve.sock" and cut.upstream == path
+        assert cut.url.startswith("http://127.0.0.1:")
         assert get(cut.url, "/healthz")[0] == 200
-        # A container of ours on the default bridge, which this machine reaches...
-        outside = docker_client.containers.run(
+        assert os.stat(path).st_uid == 1000  # made by the container's user...
+        if os.getuid() == 0:  # ... and usable by another user of this machine
+            health = subprocess.run(
+                ["python3", "-c", _HEALTH_OVER_SOCKET, path],
+                user=65534,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert health.stdout.strip() == "200", health.stderr
+        # A container with a network reaches the listener through its gateway (this machine)...
+        docker_client.containers.run(
             container.image.id,
-            ["python", "-m", "http.server", "8080"],
-            detach=True,
-            labels={f"{LABEL}.namespace": NAMESPACE, f"{LABEL}.owner": OWNER},  # prune keeps it
+            ["python", "-c", f"import socket; socket.create_connection(({gateway!r}, {port}), 5)"],
+            remove=True,
         )
-        outside.reload()
-        address = outside.attrs["NetworkSettings"]["IPAddress"]
-        assert wait_for(lambda: _answers(f"http://{address}:8080"), timeout=30)
-        # ... but the service does not: nor the other service, nor the internet (one try).
-        assert _probe(cut.url, address, 8080) != "connected"
-        cut2_host, cut2_port = upstream_of(cut2.handle.direct)
-        assert get(cut2.url, "/healthz")[0] == 200
-        assert _probe(cut.url, cut2_host, cut2_port) != "connected"
-        assert _probe(cut.url, "1.1.1.1", 443) != "connected"
-        # Listed with the address it is reached at.
+        listener.accept()[0].close()
+        # ... the service does not; nor the internet (one try).
+        assert _probe(cut.url, gateway, port).startswith("OSError")
+        assert _probe(cut.url, "1.1.1.1", 443).startswith("OSError")
+        # Listed with the socket it is reached at.
         listed = {h.name: h for h in DockerBackend(namespace=NAMESPACE).services.running()}
-        assert listed["cut"].url == cut.handle.direct
-        # A machine that cannot reach the container's address is told so; nothing is left.
+        assert listed["cut"].url == cut.handle.url
+        # A machine that cannot connect to the socket (Docker Desktop) is told so; nothing left.
         monkeypatch.setattr(docker_services, "reachable", lambda url: None)
-        with pytest.raises(CapabilityMissing, match="cannot reach the service's container"):
+        with pytest.raises(CapabilityMissing, match="cannot connect to the service's socket"):
             _serve(shell, "--serve cut3 --network none", PROBE_CELL)
-        assert _service_containers(docker_client, "cut3") == []
-        assert services.REGISTRY.get("cut3") is None
-        # prune keeps the network while a service uses it, and removes it after.
-        done = DockerBackend(namespace=NAMESPACE).prune_orphans()
-        assert not any(network_name in line for line in done)
+        monkeypatch.undo()
+        # A run folder too deep for a socket's path: refused before its container is made.
+        deep = os.path.join(STORE, "d" * 90)
+        os.makedirs(deep, exist_ok=True)
+        monkeypatch.setenv("MLCONTAINER_RUN_DIR", deep)
+        with pytest.raises(CapabilityMissing, match="longer than a Unix socket's path may be"):
+            _serve(shell, "--serve cut4 --network none", PROBE_CELL)
+        for name in ("cut3", "cut4"):
+            assert _service_containers(docker_client, name) == []
+            assert services.REGISTRY.get(name) is None
+        assert os.listdir(deep) == []
     finally:
-        if outside is not None:
-            outside.remove(force=True)
-        for name in ("cut", "cut2"):
-            if services.REGISTRY.get(name) is not None:
-                services.REGISTRY.stop(name)
-        done = snapshots.prune(_store(), DockerBackend(namespace=NAMESPACE))
-    assert f"removed network {network_name}" in done
-    assert docker_client.networks.list(names=[network_name]) == []
-
-
-def _answers(url) -> bool:
-    try:
-        return get(url, timeout=2)[0] == 200
-    except OSError:
-        return False
+        listener.close()
+        if services.REGISTRY.get("cut") is not None:
+            services.REGISTRY.stop("cut")
+        shutil.rmtree(os.path.join(STORE, "d" * 90), ignore_errors=True)
 
 
 def _published(container) -> str:
