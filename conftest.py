@@ -43,6 +43,8 @@ def _objects(client, namespace=NAMESPACE):
     return {
         "containers": sorted(c.name for c in client.containers.list(all=True, filters=flt)),
         "volumes": sorted(v.name for v in client.volumes.list(filters=flt)),
+        # None is made (a service with --network none has none at all): none is left either.
+        "networks": sorted(n.name for n in client.networks.list(filters=flt)),
         # Unlabelled: what a container makes for a VOLUME its image declares, left behind
         # when the container is removed without its volumes.
         "anonymous volumes": sorted(

@@ -6,9 +6,11 @@ and `mlcontainer serve ID`."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -211,6 +213,34 @@ def test_a_served_spec_survives_its_record():
     )
     record = json.loads(json.dumps({"id": "abc", "spec": spec.to_dict()}))
     assert snapshots.spec_from_record(record) == spec
+
+
+def test_network_none_is_refused_before_any_work_where_the_backend_cannot_isolate(monkeypatch):
+    from mlcontainer_magics.backends.docker.services import DockerServices
+    from mlcontainer_magics.backends.kubernetes.services import KubernetesServices
+    from mlcontainer_magics.core import spec as specs
+
+    class Backend:
+        name = "kubernetes"
+        services = KubernetesServices(None)
+
+    spec = specs.RunSpec(
+        code="def predict(x): return x",
+        env_spec=specs.EnvSpec("python:3.11-slim"),
+        serve=specs.parse_serve("m"),
+        network="none",
+    )
+    with pytest.raises(CapabilityMissing, match=r"--network none.*--backend kubernetes.*docker"):
+        services.services_of(Backend(), spec)  # type: ignore[arg-type]
+    services.services_of(Backend(), dataclasses.replace(spec, network="bridge"))  # type: ignore[arg-type]
+    Backend.services = DockerServices(None)  # type: ignore[assignment]
+    Backend.name = "docker"
+    monkeypatch.delenv("DOCKER_HOST", raising=False)  # the engine of this machine
+    assert services.services_of(Backend(), spec) is Backend.services  # type: ignore[arg-type]
+    # An engine elsewhere: its containers' sockets stay there.
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2376")
+    with pytest.raises(CapabilityMissing, match=r"--backend docker: the engine runs on another"):
+        services.services_of(Backend(), spec)  # type: ignore[arg-type]
 
 
 def test_services_table_and_status_line():
@@ -687,6 +717,107 @@ def test_prune_removes_the_services_of_a_process_that_died(docker_client):
     assert not os.path.exists(folder)
     record = _store().get(run_id)
     assert record["status"] == "stopped" and record["reason"] == "its kernel went away"
+
+
+PROBE_CELL = """
+import socket
+
+def predict(x):
+    # One connection attempt from inside the service: whether it gets through.
+    try:
+        socket.create_connection((x["host"], x["port"]), timeout=3).close()
+        return "connected"
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+"""
+
+
+def _probe(url, host, port) -> str:
+    status, _, body = get(url, "/predict", json.dumps({"host": host, "port": port}).encode())
+    assert status == 200, body
+    return json.loads(body)
+
+
+# A process of its own, as another user of this machine: connects to the socket, asks /healthz.
+_HEALTH_OVER_SOCKET = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(b"GET /healthz HTTP/1.0\\r\\n\\r\\n")
+print(s.recv(65536).split(b" ")[1].decode())
+"""
+
+
+@docker
+@pytest.mark.usefixtures("no_leaks")
+def test_network_none_serves_through_the_proxy_and_reaches_nothing(docker_client, monkeypatch):
+    from mlcontainer_magics.backends.docker import services as docker_services
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+
+    gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    # A service of this machine on all its interfaces: what the old design's containers reached.
+    listener = socket.create_server(("0.0.0.0", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(10)
+    shell = _shell()
+    try:
+        _serve(shell, "--serve cut --network none", PROBE_CELL)
+        cut = services.REGISTRY.get("cut")
+        (container,) = _service_containers(docker_client, "cut")
+        # No network at all, as a run's; nothing published; its runner as the unprivileged user.
+        host_config = container.attrs["HostConfig"]
+        assert host_config["NetworkMode"] == "none" and not host_config["PortBindings"]
+        assert list(container.attrs["NetworkSettings"]["Networks"]) == ["none"]
+        assert container.attrs["Config"]["User"] == "1000:1000"
+        # Reached through the proxy, which connects to its socket in the run's folder.
+        path = upstream_of(cut.handle.url)
+        assert cut.handle.url == f"unix:{path}" and not cut.handle.direct
+        assert path == f"{cut.workdir}/out/serve.sock" and cut.upstream == path
+        assert cut.url.startswith("http://127.0.0.1:")
+        assert get(cut.url, "/healthz")[0] == 200
+        assert os.stat(path).st_uid == 1000  # made by the container's user...
+        if os.getuid() == 0:  # ... and usable by another user of this machine
+            health = subprocess.run(
+                ["python3", "-c", _HEALTH_OVER_SOCKET, path],
+                user=65534,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert health.stdout.strip() == "200", health.stderr
+        # A container with a network reaches the listener through its gateway (this machine)...
+        docker_client.containers.run(
+            container.image.id,
+            ["python", "-c", f"import socket; socket.create_connection(({gateway!r}, {port}), 5)"],
+            remove=True,
+        )
+        listener.accept()[0].close()
+        # ... the service does not; nor the internet (one try).
+        assert _probe(cut.url, gateway, port).startswith("OSError")
+        assert _probe(cut.url, "1.1.1.1", 443).startswith("OSError")
+        # Listed with the socket it is reached at.
+        listed = {h.name: h for h in DockerBackend(namespace=NAMESPACE).services.running()}
+        assert listed["cut"].url == cut.handle.url
+        # A machine that cannot connect to the socket (Docker Desktop) is told so; nothing left.
+        monkeypatch.setattr(docker_services, "reachable", lambda url: None)
+        with pytest.raises(CapabilityMissing, match="cannot connect to the service's socket"):
+            _serve(shell, "--serve cut3 --network none", PROBE_CELL)
+        monkeypatch.undo()
+        # A run folder too deep for a socket's path: refused before its container is made.
+        deep = os.path.join(STORE, "d" * 90)
+        os.makedirs(deep, exist_ok=True)
+        monkeypatch.setenv("MLCONTAINER_RUN_DIR", deep)
+        with pytest.raises(CapabilityMissing, match="longer than a Unix socket's path may be"):
+            _serve(shell, "--serve cut4 --network none", PROBE_CELL)
+        for name in ("cut3", "cut4"):
+            assert _service_containers(docker_client, name) == []
+            assert services.REGISTRY.get(name) is None
+        assert os.listdir(deep) == []
+    finally:
+        listener.close()
+        if services.REGISTRY.get("cut") is not None:
+            services.REGISTRY.stop("cut")
+        shutil.rmtree(os.path.join(STORE, "d" * 90), ignore_errors=True)
 
 
 def _published(container) -> str:

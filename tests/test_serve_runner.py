@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -44,6 +45,7 @@ from mlcontainer_magics.runner import (
 )
 
 NPY, PARQUET = "application/x-npy", "application/vnd.apache.parquet"
+HOST = "127.0.0.1"
 SERVE = {"name": "echo", "snapshot": "0123456789ab", "lock_digest": "sha256:feed"}
 # A model that loads (with an --in value), then answers each kind of body in kind.
 ECHO = """\
@@ -74,7 +76,7 @@ class Served:
     """``python runner.py --http 0 127.0.0.1`` on ``folder`` (laid out as /mlc), its output in
     files; ``ready()`` waits for the serving line."""
 
-    def __init__(self, folder: Path, cell: str, serve=None, inputs=None, env=None):
+    def __init__(self, folder: Path, cell: str, serve=None, inputs=None, env=None, where=None):
         folder.mkdir()
         source = runner_source()
         assert source.count(b'MLC = "/mlc"') == 1
@@ -97,7 +99,7 @@ class Served:
         self._out, self._err = folder / "stdout", folder / "stderr"
         with open(self._out, "wb") as out, open(self._err, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, str(folder / "runner.py"), "--http", "0", "127.0.0.1"],
+                [sys.executable, str(folder / "runner.py"), "--http", *(where or ("0", HOST))],
                 stdout=out,
                 stderr=err,
                 cwd=folder,
@@ -121,7 +123,7 @@ class Served:
         line = self.serving_line()
         assert line, f"no serving line (exit {self.proc.poll()}):\n{self.stdout}\n{self.stderr}"
         self.port = line["port"]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{HOST}:{self.port}" if self.port else None
         return self
 
     def wait(self, timeout: float = 30.0) -> int:
@@ -173,9 +175,16 @@ def http(url, path="/predict", body=None, content_type="application/json", heade
         return e.code, e.headers, e.read()
 
 
-def raw(port, head: bytes) -> tuple[int, dict]:
-    """Status and JSON of the answer to a hand-made request (what urllib will not send)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+def raw(where: int | str, head: bytes) -> tuple[int, dict]:
+    """Status and JSON of the answer to a hand-made request (what urllib will not send), to a
+    port of 127.0.0.1 or a Unix socket's path."""
+    if isinstance(where, str):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(where)
+    else:
+        s = socket.create_connection((HOST, where), timeout=30)
+    with s:
         s.sendall(head)
         s.shutdown(socket.SHUT_WR)  # a body shorter than its Content-Length ends here
         answer = b""
@@ -371,6 +380,73 @@ def test_16_concurrent_clients_all_get_their_answers(start, tmp_path, python):
         t.join(60)
     assert answers == {i: {"square": i * i} for i in range(16)}
     assert ocr.metadata()["requests"] == 16
+
+
+# == on a Unix socket (a service with --network none) ============================================
+
+
+@pytest.fixture
+def short_dir():
+    """A folder whose socket path fits a Unix socket's (pytest's tmp_path may not)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="mlc-sock-", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("python", ["3.7+", "3.6"])
+def test_on_a_unix_socket_it_serves_anyone_says_where_and_logs_each_request(
+    start, tmp_path, short_dir, python
+):
+    from mlcontainer_magics.core.proxy import Proxy
+
+    env = {}
+    if python == "3.6":  # no ThreadingHTTPServer: the runner makes its own
+        (tmp_path / "sitecustomize.py").write_text(
+            "import http.server\ndel http.server.ThreadingHTTPServer\n"
+        )
+        env["PYTHONPATH"] = str(tmp_path)
+    path = os.path.join(short_dir, "serve.sock")
+    # One left by a server that was killed: taken over.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()
+    served = start(ECHO, inputs={"scale": 2}, env=env, where=(f"unix:{path}",)).ready()
+    assert served.serving_line() == {
+        "port": None,
+        "socket": path,
+        "entry": "predict",
+        "signature": "predict(x)",
+    }
+    # Any user may connect: the host's user is rarely the container's.
+    assert stat.S_ISSOCK(os.stat(path).st_mode) and stat.S_IMODE(os.stat(path).st_mode) == 0o666
+    head = b"POST /predict HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n"
+    assert raw(path, head + b'"abc"') == (200, {"echo": "abc", "scale": 2})
+    assert raw(path, b"GET /healthz HTTP/1.0\r\n\r\n") == (200, {"status": "ok"})
+    assert raw(path, b"BREW /predict HTTP/1.0\r\n\r\n")[0] == 501  # answered by send_error
+    # The kernel's proxy fronts it: a TCP port here, the socket behind.
+    proxy = Proxy(upstream=path)
+    try:
+        assert service(proxy.url)([1, 2]) == {"echo": [1, 2], "scale": 2}
+        assert proxy.served == {path: 1}
+    finally:
+        proxy.close()
+    for line in (r"^POST /predict 200 \d+\.\d ms$", r"^GET /healthz 200 ", r"^BREW /predict 501$"):
+        assert wait_for(lambda: re.search(line, served.stderr, re.M), 10), served.stderr
+    assert "Traceback" not in served.stderr
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.wait(10) == 0
+
+
+def test_the_address_of_a_unix_socket_client_is_unix():
+    from mlcontainer_magics.runner.mlc_runner import _http_handler
+
+    handler = _http_handler(None)
+    request = handler.__new__(handler)  # as the server makes one, without the connection
+    for address, said in ((("10.0.0.1", 4711), "10.0.0.1"), ("", "unix"), ("/tmp/c.sock", "unix")):
+        request.client_address = address
+        assert request.address_string() == said
 
 
 # == the cell's outcome, and SIGTERM ==============================================================

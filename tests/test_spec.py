@@ -194,13 +194,18 @@ def test_bad_serve_flags_say_what_to_do(kwargs, words):
     [
         ({"session": "warm"}, "--serve and --session do not go together"),
         ({"outputs": ("y",)}, "--out does not go with --serve"),
-        ({"network": "none"}, "--network none does not go with --serve"),
     ],
 )
 def test_a_served_spec_refuses_what_a_service_cannot_have(fields, words):
     with pytest.raises(SpecError, match=words):
         _served(serve=s.ServeSpec("m"), **fields)
     _served(**fields)  # the same without --serve is fine
+
+
+def test_a_served_spec_may_have_no_network():
+    # Whether its backend can serve so is the backend's to say (core.services.services_of).
+    spec = _served(serve=s.ServeSpec("m"), network="none")
+    assert spec.network == "none" and spec.serve == s.ServeSpec("m")
 
 
 def test_the_serve_block_of_the_manifest_names_the_snapshot_and_its_lock():

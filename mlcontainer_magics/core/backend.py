@@ -113,7 +113,9 @@ class ServiceHandle:
 
     name: str  # --serve NAME
     run_id: str  # its snapshot
-    url: str  # where the backend serves it: a published port, a cluster Service's address
+    # where the backend serves it: a published port, a cluster Service's address, or
+    # unix:PATH, a Unix socket of this machine (a container without a network)
+    url: str
     backend: str = ""
     ident: str = ""  # what names it to the backend: a container id, a Deployment's name
     # The same server one hop closer, where this machine may reach it so (a container's own
@@ -136,10 +138,16 @@ Transport = Callable[
 
 class Services(ABC):
     """Optional capability: a cell served over HTTP (``--serve``). Its container runs the cell
-    once, then ``runner.py --http SERVE_PORT`` answers requests until it is stopped."""
+    once, then ``runner.py --http SERVE_PORT`` (or ``unix:PATH``) answers requests until it is
+    stopped."""
 
     # More than one copy of a service behind one address: where the backend can (a Deployment).
     max_replicas = 1
+
+    def why_not_without_network(self) -> str | None:
+        """Why this backend cannot serve a cell with ``--network none`` (a container with no
+        network at all that this machine still reaches), in the user's words; None if it can."""
+        return "its services keep their network; serve the cell with --backend docker"
 
     @abstractmethod
     def start(

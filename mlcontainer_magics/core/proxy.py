@@ -2,7 +2,8 @@
 
 One thread runs an event loop (selectors) for every connection: under the GIL that passes
 more requests per second than a thread per connection, and opens no thread per request.
-It passes bytes and knows nothing of HTTP.
+It passes bytes and knows nothing of HTTP. Its upstream is a (host, port), or the path of a
+Unix socket (a service without a network, reached through its run's folder).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import errno
 import selectors
 import socket
 import threading
+from typing import Union
 from urllib.parse import urlsplit
 
 from ..errors import Conflict
@@ -19,25 +21,33 @@ LOCALHOST = "127.0.0.1"
 CHUNK = 1 << 16
 DRAIN_WAIT = 10.0  # seconds drain() waits by default for the connections to an upstream
 
-Address = tuple[str, int]
+Address = Union[tuple[str, int], str]  # (host, port), or a Unix socket's path
 
 
 def upstream_of(url: str) -> Address | None:
-    """(host, port) of a plain http:// URL a TCP proxy can front; None for any other."""
+    """(host, port) of a plain http:// URL a TCP proxy can front, the path of a unix:PATH;
+    None for any other."""
     parts = urlsplit(url)
+    if parts.scheme == "unix" and parts.path.startswith("/"):
+        return parts.path
     if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
         return None
     return parts.hostname, parts.port or 80
 
 
 def reachable(url: str, timeout: float = 0.5) -> Address | None:
-    """``url``'s (host, port) if this machine can connect there now; else None."""
+    """``url``'s upstream (see upstream_of) if this machine can connect there now; else None."""
     target = upstream_of(url) if url else None
     if target is None:
         return None
     try:
-        socket.create_connection(target, timeout=timeout).close()
-    except OSError:
+        if isinstance(target, str):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+                unix.settimeout(timeout)
+                unix.connect(target)
+        else:
+            socket.create_connection(target, timeout=timeout).close()
+    except OSError:  # also a path too long for a Unix socket
         return None
     return target
 
@@ -180,10 +190,12 @@ class _Link:
     def __init__(self, proxy: Proxy, client: socket.socket, upstream: Address) -> None:
         self.proxy, self.upstream = proxy, upstream
         self.client = client
-        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        unix = isinstance(upstream, str)
+        self.server = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
         for s in (client, self.server):
             s.setblocking(False)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if s.family != socket.AF_UNIX:  # a Unix socket has no Nagle to turn off
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connected = False
         self.closed = False
         # per way (keyed by the reading socket): bytes not sent yet, and whether it has ended

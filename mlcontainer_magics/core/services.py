@@ -36,7 +36,7 @@ from .backend import Backend, RunResult, ServiceHandle, Services
 from .events import Events, Output, Phase, no_events
 from .owner import OWNER
 from .owner import alive as owner_alive
-from .proxy import Proxy, reachable, upstream_of
+from .proxy import Address, Proxy, reachable, upstream_of
 from .secrets import resolve
 from .spec import RunSpec, parse_serve
 
@@ -58,7 +58,7 @@ class Service:
     url: str  # what users call: the proxy's, or the backend's own where no proxy fronts it
     entry: str  # the cell's function it serves
     proxy: Proxy | None
-    upstream: tuple[str, int] | None  # where the proxy sends its requests
+    upstream: Address | None  # where the proxy sends its requests
     workdir: Path
     store: Any = None
     mask: Callable[[str], str] = str
@@ -168,14 +168,20 @@ def _stop(service: Service, grace: float) -> None:
 
 
 def services_of(backend: Backend, spec: RunSpec) -> Services:
-    """The backend's services, refused (before any work) where it has none or cannot run
-    ``spec.serve.replicas`` copies."""
+    """The backend's services, refused (before any work) where it has none, cannot run
+    ``spec.serve.replicas`` copies or cannot serve without a network (``--network none``)."""
     assert spec.serve is not None, "a served spec"
     pool = backend.services
     if pool is None:
         raise CapabilityMissing(
             f"--serve is not supported with --backend {backend.name}. Serve the cell with "
             "--backend docker."
+        )
+    why = pool.why_not_without_network() if spec.network == "none" else None
+    if why:
+        raise CapabilityMissing(
+            f"--serve with --network none is not supported with --backend {backend.name}: "
+            f"{why}. Or drop --network none; nothing was built."
         )
     if spec.serve.replicas > pool.max_replicas:
         raise CapabilityMissing(

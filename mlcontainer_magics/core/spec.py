@@ -176,11 +176,6 @@ def check_serve(spec: RunSpec) -> None:
             "--serve and --session do not go together: a service runs in a container of its "
             "own for as long as it serves. Drop --session."
         )
-    if spec.network == "none":
-        raise SpecError(
-            "--network none does not go with --serve: a container without a network cannot "
-            "be reached. Drop --network none (the port is published on 127.0.0.1 only)."
-        )
     if spec.outputs:
         raise SpecError(
             "--out does not go with --serve: the served container keeps running, and its "

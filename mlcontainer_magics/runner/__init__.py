@@ -24,6 +24,7 @@ from .mlc_runner import (
     PREFIX,
     SERVING_MARK,
     STDERR_MARK,
+    UNIX_PREFIX,
     VALUES_EXIT,
 )
 
@@ -33,6 +34,10 @@ OUT_DIR = OUT  # the cell's --out values, in files
 RUNNER_COMMAND = ("python", f"{MLC}/runner.py")
 SERVE_PORT = CONTAINER_PORT  # the port a service listens on in its container
 SERVE_COMMAND = (*RUNNER_COMMAND, "--http", str(SERVE_PORT))  # prints SERVING_MARK when ready
+# A service without a network (--network none) serves on a Unix socket in its out/ folder
+# instead (writable by the container's user; a service has no --out), reached from the host.
+SERVE_SOCKET = f"{OUT}/serve.sock"
+SERVE_SOCKET_COMMAND = (*RUNNER_COMMAND, "--http", f"{UNIX_PREFIX}{SERVE_SOCKET}")
 RUN_USER = "1000:1000"  # the unprivileged user cells run as, in every backend
 WORK_DIR = "/work"  # the cell's working directory: the notebook's folder, as far as mounted
 SECRETS_DIR = "/run/secrets"  # --secret NAME is also the file SECRETS_DIR/NAME
@@ -63,6 +68,8 @@ __all__ = [
     "SECRETS_DIR",
     "SERVE_COMMAND",
     "SERVE_PORT",
+    "SERVE_SOCKET",
+    "SERVE_SOCKET_COMMAND",
     "SERVING_MARK",
     "STDERR_MARK",
     "VALUES_EXIT",
@@ -78,8 +85,9 @@ def runner_source() -> bytes:
 
 
 def serving_line(stdout: str) -> dict | None:
-    """What a service's serving line says ({"port", "entry", "signature"}), if ``stdout`` (its
-    output so far) has it: the server is ready then."""
+    """What a service's serving line says ({"port", "entry", "signature"}; on a Unix socket
+    "port" None and "socket" its path), if ``stdout`` (its output so far) has it: the server
+    is ready then."""
     # split, not splitlines(): the marks hold \x1e, a line boundary to splitlines; the last
     # piece is a line still being written
     for line in stdout.split("\n")[:-1]:

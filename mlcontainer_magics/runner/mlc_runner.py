@@ -725,6 +725,9 @@ def standby(path):
 # kernel's proxy, an export's `docker run -p` and a Kubernetes Service all talk to this.
 
 CONTAINER_PORT = 8080  # where the server listens inside the container
+# --http unix:PATH: on a Unix socket instead (a container without a network, reached through
+# the run's folder); its serving line says {"port": null, "socket": PATH, ...}
+UNIX_PREFIX = "unix:"
 SERVING_MARK = PREFIX + "serving:"  # + JSON {"port", "entry", "signature"}: ready for requests
 DEFAULT_ENTRY = "predict"
 MAX_BODY = 1 << 30  # bytes: a larger request body is refused (413) before it is read
@@ -1010,11 +1013,26 @@ def _http_handler(service):
         def log_message(self, format, *args):
             pass  # answer() writes the one line per request
 
+        def setup(self):
+            # TCP_NODELAY is TCP's: a Unix socket's connection has no Nagle to turn off.
+            if not isinstance(self.client_address, tuple):  # a Unix socket's: no address
+                self.disable_nagle_algorithm = False
+            BaseHTTPRequestHandler.setup(self)
+
+        def address_string(self):
+            # A Unix socket's client has no (host, port) but "" (or the path it is bound to).
+            return self.client_address[0] if isinstance(self.client_address, tuple) else "unix"
+
     return Handler
 
 
 def _http_server(address, handler):
+    """A threading HTTP server on ``address``: (host, port), or (host, "unix:PATH") for a Unix
+    socket at PATH, which any user may connect to (the host's user is rarely the container's;
+    who reaches the run's folder is who could reach a port of 127.0.0.1)."""
     import http.server
+    import socket
+    unix = str(address[1]).startswith(UNIX_PREFIX)
     base = getattr(http.server, "ThreadingHTTPServer", None)
     if base is None:  # Python 3.6
         import socketserver
@@ -1026,19 +1044,28 @@ def _http_server(address, handler):
         request_queue_size = 128  # many clients connect at once
         daemon_threads = True  # a request still running at exit does not hold the process
 
+        address_family = socket.AF_UNIX if unix else socket.AF_INET
+
         def server_bind(self):
             # HTTPServer's looks the host's name up (getfqdn), which can hang without DNS.
             import socketserver
+            if unix and os.path.exists(self.server_address):
+                os.unlink(self.server_address)  # left by a server that was killed
             socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = self.server_address[:2]
+            if unix:
+                os.chmod(self.server_address, 0o666)
+                self.server_name, self.server_port = "localhost", 0
+            else:
+                self.server_name, self.server_port = self.server_address[:2]
 
-    return Server(address, handler)
+    return Server(address[1][len(UNIX_PREFIX):] if unix else address, handler)
 
 
 def serve_http(port=CONTAINER_PORT, host="0.0.0.0"):
     """--http PORT [HOST]: run the cell as main() does; then serve its entry function until
     SIGTERM, which stops accepting, lets the requests in flight finish (DRAIN_SECONDS) and
-    exits 0. Port 0 takes a free one (the serving line says which)."""
+    exits 0. Port 0 takes a free one (the serving line says which). ``port`` "unix:PATH"
+    (--http unix:PATH): on a Unix socket at PATH instead."""
     import signal
     namespace = {}
     code = main(namespace)
@@ -1066,8 +1093,12 @@ def serve_http(port=CONTAINER_PORT, host="0.0.0.0"):
         threading.Thread(target=server.shutdown).start()  # it waits for serve_forever's loop
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    sys.stdout.write(SERVING_MARK + json.dumps({"port": server.server_address[1], "entry": entry,
-                                                "signature": service.signature}) + "\n")
+    if isinstance(server.server_address, tuple):
+        where = {"port": server.server_address[1]}
+    else:
+        where = {"port": None, "socket": server.server_address}
+    where.update(entry=entry, signature=service.signature)
+    sys.stdout.write(SERVING_MARK + json.dumps(where) + "\n")
     sys.stdout.flush()
     server.serve_forever()
     server.server_close()  # no new connections from here on
@@ -1087,7 +1118,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--standby":
         sys.exit(standby(sys.argv[2]))
     elif len(sys.argv) > 2 and sys.argv[1] == "--http":
-        sys.exit(serve_http(int(sys.argv[2]), *sys.argv[3:4]))
+        where = sys.argv[2]
+        sys.exit(serve_http(where if where.startswith(UNIX_PREFIX) else int(where), *sys.argv[3:4]))
     elif len(sys.argv) > 2 and sys.argv[1] == "--serve":
         serve(sys.argv[2])
     elif len(sys.argv) > 3 and sys.argv[1] == "--send":

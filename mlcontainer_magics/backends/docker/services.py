@@ -1,28 +1,53 @@
 """Served cells on Docker: one container per service, its runner's HTTP port published on
 127.0.0.1 only (a random host port), named ``<namespace>-service-<NAME>-<short id>`` and
-labelled as runs are (run id, owner) plus ``role=service`` and ``service=NAME``."""
+labelled as runs are (run id, owner) plus ``role=service`` and ``service=NAME``.
+
+With ``--network none`` the container has no network at all, as a run's: its runner serves on
+a Unix socket in the run's folder (SERVE_SOCKET, in out/), and the kernel's proxy connects to
+that socket on this machine's side of the bind mount. A socket does not cross a virtual
+machine's boundary: that needs the engine on this machine (not a remote DOCKER_HOST, not
+Docker Desktop's virtual machine).
+"""
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import os
 import threading
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ...core.backend import Environment, RunResult, ServiceHandle, Services
 from ...core.events import Events, Output, Phase, no_events
+from ...core.proxy import reachable
 from ...core.richoutput import ServingWatch
 from ...core.spec import RunSpec
-from ...errors import ServiceFailed
-from ...runner import SERVE_COMMAND, SERVE_PORT, SERVING_MARK
-from .engine import LABEL, engine_errors, translated
+from ...errors import CapabilityMissing, ServiceFailed
+from ...runner import (
+    MLC_DIR,
+    SERVE_COMMAND,
+    SERVE_PORT,
+    SERVE_SOCKET,
+    SERVE_SOCKET_COMMAND,
+    SERVING_MARK,
+    UNIX_PREFIX,
+)
+from .engine import LABEL, engine_errors, is_local, translated
 
 HOST = "127.0.0.1"  # never published on other interfaces: the kernel's proxy is the way in
+# The longest path a Unix socket can have: 108 bytes with the NUL that ends it (Linux).
+SOCKET_PATH_MAX = 107
 
 
 def container_name(namespace: str, name: str, run_id: str) -> str:
     return f"{namespace}-service-{name}-{run_id[:8]}"
+
+
+def host_socket(workdir: Path | str) -> str:
+    """Where the socket of a service without a network is on this machine: in its run's
+    folder ``workdir``, as SERVE_SOCKET is in /mlc."""
+    return str(Path(workdir, PurePosixPath(SERVE_SOCKET).relative_to(MLC_DIR)))
 
 
 class DockerServices(Services):
@@ -34,6 +59,15 @@ class DockerServices(Services):
     @property
     def client(self):
         return self.backend.client
+
+    def why_not_without_network(self) -> str | None:
+        if is_local():
+            return None
+        return (
+            "the engine runs on another machine (DOCKER_HOST), and a service without a network "
+            "is reached through a Unix socket in its run's folder, which does not cross to this "
+            "machine; serve it with an engine on this machine"
+        )
 
     def start(
         self,
@@ -58,11 +92,15 @@ class DockerServices(Services):
                 opts["labels"].update(
                     {f"{LABEL}.role": "service", f"{LABEL}.service": spec.serve.name}
                 )
-                opts["ports"] = {f"{SERVE_PORT}/tcp": (HOST, None)}
+                unix = spec.network == "none"  # network_mode "none", as a run's
+                if unix:
+                    _check_socket_path(host_socket(workdir))
+                else:
+                    opts["ports"] = {f"{SERVE_PORT}/tcp": (HOST, None)}
                 events(Phase.STARTING)
                 container = self.client.containers.create(
                     env.image_id,
-                    list(SERVE_COMMAND),
+                    list(SERVE_SOCKET_COMMAND if unix else SERVE_COMMAND),
                     name=container_name(self.backend.namespace, spec.serve.name, run_id),
                     **opts,
                 )
@@ -73,16 +111,22 @@ class DockerServices(Services):
                 if ready is not None:
                     raise ready
                 container.reload()
-                network = container.attrs["NetworkSettings"]
-                port = network["Ports"][f"{SERVE_PORT}/tcp"][0]
-                ip = network.get("IPAddress") or ""
+                url, direct = _addresses(container)
+                if unix and reachable(url) is None:
+                    raise CapabilityMissing(
+                        "--serve with --network none: this machine cannot connect to the "
+                        f"service's socket, {host_socket(workdir)}: the Docker engine shares "
+                        "this machine's folders but runs elsewhere (Docker Desktop's virtual "
+                        "machine). Drop --network none (the port is then published on "
+                        "127.0.0.1 only), or serve it with Docker Engine on this machine."
+                    )
                 handle = ServiceHandle(
                     name=spec.serve.name,
                     run_id=run_id,
-                    url=f"http://{HOST}:{port['HostPort']}",
+                    url=url,
                     backend="docker",
                     ident=container.id,
-                    direct=f"http://{ip}:{SERVE_PORT}" if ip else "",
+                    direct=direct,
                     ref=container,
                 )
         except BaseException:
@@ -198,19 +242,45 @@ class DockerServices(Services):
         )
         out = []
         for c in found:
-            ports = (c.attrs.get("NetworkSettings") or {}).get("Ports") or {}
-            bound = (ports.get(f"{SERVE_PORT}/tcp") or [{}])[0]
+            url, direct = _addresses(c)
             out.append(
                 ServiceHandle(
                     name=c.labels.get(f"{LABEL}.service", ""),
                     run_id=c.labels.get(f"{LABEL}.run", ""),
-                    url=f"http://{HOST}:{bound.get('HostPort')}" if bound else "",
+                    url=url,
                     backend="docker",
                     ident=c.id,
+                    direct=direct,
                     ref=c,
                 )
             )
         return out
+
+
+def _addresses(container) -> tuple[str, str]:
+    """(url, direct) of a service's container: its port published on 127.0.0.1, and its own
+    address on the engine's bridge ("" if none). Without a network: unix:PATH, its socket on
+    this machine, and no direct."""
+    attrs = container.attrs
+    if (attrs.get("HostConfig") or {}).get("NetworkMode") == "none":
+        mounts = attrs.get("Mounts") or []
+        folder = next((m["Source"] for m in mounts if m.get("Destination") == MLC_DIR), "")
+        return (f"{UNIX_PREFIX}{host_socket(folder)}" if folder else ""), ""
+    settings = attrs.get("NetworkSettings") or {}
+    bound = ((settings.get("Ports") or {}).get(f"{SERVE_PORT}/tcp") or [{}])[0]
+    ip = settings.get("IPAddress") or ""
+    url = f"http://{HOST}:{bound['HostPort']}" if bound.get("HostPort") else ""
+    return url, (f"http://{ip}:{SERVE_PORT}" if ip else "")
+
+
+def _check_socket_path(path: str) -> None:
+    """Refuse a socket path too long for a Unix socket, before its container is made."""
+    if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+        raise CapabilityMissing(
+            f"--serve with --network none: the service's socket would be {path}, longer than "
+            f"a Unix socket's path may be ({SOCKET_PATH_MAX} bytes). Set MLCONTAINER_RUN_DIR "
+            "to a folder with a shorter path (e.g. /tmp), or drop --network none."
+        )
 
 
 def _text(data: bytes) -> str:
