@@ -307,6 +307,23 @@ def test_deploy_without_a_registry_says_how_to_set_one_and_makes_nothing(
     assert not [r for r in k8s_fake.requests if r["method"] != "GET"]
 
 
+def test_deploy_of_a_snapshot_without_network_is_refused_before_anything(
+    k8s_fake, tmp_path, monkeypatch, capsys
+):
+    from mlcontainer_magics.frontends import cli
+
+    store, run_id, _ = recorded(tmp_path)
+    store.update(run_id, spec=dict(store.get(run_id)["spec"], network="none"))
+    monkeypatch.setenv("MLCONTAINER_STORE", str(store.root))
+    monkeypatch.setenv("KUBECONFIG", str(k8s_fake.kubeconfig))
+    monkeypatch.setenv("MLCONTAINER_K8S_REGISTRY", "127.0.0.1:1/never-used")
+    assert cli.main(["deploy", run_id]) != 0
+    err = capsys.readouterr().err
+    assert "--network none is not supported with --backend kubernetes" in err
+    assert "nothing was built" in err
+    assert not [r for r in k8s_fake.requests if r["method"] != "GET"]
+
+
 # -- deploy against the fake ----------------------------------------------------------------
 
 

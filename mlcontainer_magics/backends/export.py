@@ -24,6 +24,7 @@ from ..core.backend import Backend
 from ..core.events import no_events
 from ..core.formatting import format_size
 from ..core.secrets import resolve
+from ..core.services import services_of
 from ..core.snapshots import spec_from_record
 from ..core.spec import parse_serve, serve_manifest
 from ..errors import SpecError
@@ -341,9 +342,13 @@ def deploy_snapshot(
     serving = serve_block(record, name, entry)
     replicas = parse_replicas(replicas)
     spec = spec_from_record(record)
-    # What a served cell cannot have (check_serve) means nothing to a Deployment: a run's --out
-    # values stay in its pods, its session was this kernel's.
-    spec = replace(spec, outputs=(), session=None, network="bridge", serve=None)
+    # Refused as `--serve --backend kubernetes` is, before any work: --network none (its pods
+    # would keep the cluster's network), more replicas than the backend runs.
+    served = parse_serve(serving["name"], entry=serving["entry"], replicas=replicas or 1)
+    services_of(backend, replace(spec, serve=served))
+    # What else a served cell cannot have (check_serve) means nothing to a Deployment: a run's
+    # --out values stay in its pods, its session was this kernel's.
+    spec = replace(spec, outputs=(), session=None, serve=None)
     values = resolve(spec.secrets, os.environ, secrets_file)
     backend.check_mounts(spec)
     env = backend.ensure_environment(spec.env_spec, events=events, lock=record.get("lock") or None)
