@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import CapabilityMissing, RunError, SpecError, StoreError, StoreUnavailable
 from ..runner import MESSAGE_PREFIX, VALUES_EXIT, runner_source
-from . import transfer
+from . import lineage, transfer
 from .backend import Backend, Environment, RunResult, WarmSessions
 from .events import REASONS, Events, Output, Phase, no_events
 from .secrets import Masker
@@ -43,6 +43,8 @@ class RunOutcome:
     mounts: list = field(default_factory=list)  # per mount: source, target, mode, digest, ...
     written: dict = field(default_factory=dict)  # writable mount -> {path: [size, digest]}
     output_digests: dict = field(default_factory=dict)  # name -> algorithm, else transfer's
+    kernel: str | None = None  # the kernel that ran it (context's): lineage stays within one
+    parents: list | None = None  # per input, where it came from (lineage.link), once known
 
     @property
     def ok(self) -> bool:
@@ -217,7 +219,12 @@ def run_steps(
     What fails before ``step`` leaves no snapshot; what fails in it is recorded as failed.
     The caller records how a run that returns ended."""
     run_id = store.new_id({"spec": spec.to_dict()}) if store else uuid.uuid4().hex[:12]
-    outcome = RunOutcome(run_id, spec, output_digests=dict(output_digests or {}))
+    outcome = RunOutcome(
+        run_id,
+        spec,
+        output_digests=dict(output_digests or {}),
+        kernel=(context or {}).get("kernel"),
+    )
     # Refused here, before anything is built or recorded.
     secrets = _check_data(spec, backend, secrets)
     masker = Masker(output or (lambda stream, text: None), secrets.values())
@@ -376,6 +383,8 @@ def _run_and_collect(
         hashing.fill(outcome.inputs)
     except OSError as e:
         raise _not_kept("inputs", store.artifacts_dir(run_id) if store else workdir, e) from None
+    if store:
+        link_inputs(store, outcome, events)
     t2 = time.perf_counter()
     outcome.timings["run"] = round(t2 - t1, 3)
     # The snapshot has its inputs by now: freed before the outputs are read, they do not add
@@ -399,6 +408,8 @@ def _record_failure(store, outcome: RunOutcome, error: BaseException, hashing) -
     try:
         if hashing is not None:
             hashing.fill(outcome.inputs)
+            if outcome.parents is None:
+                link_inputs(store, outcome)
     except Exception:  # the run's own error matters more
         pass
     # What the container printed before it ended, where the step knows it (a service's).
@@ -413,8 +424,22 @@ def _record_failure(store, outcome: RunOutcome, error: BaseException, hashing) -
         finished=time.time(),
         timings=outcome.timings,
         inputs=outcome.inputs,
+        parents=outcome.parents or [],
         **printed,
     )
+
+
+def link_inputs(store, outcome: RunOutcome, events: Events = no_events) -> None:
+    """Once the inputs' digests are known: which earlier snapshots of this kernel produced
+    them (outcome.parents, recorded at the run's end), told to the display. A run with no
+    kernel (the CLI's rerun) has no notebook to link within."""
+    if outcome.kernel is None or not outcome.inputs:
+        outcome.parents = []
+        return
+    outcome.parents, names = lineage.find_parents(
+        store, outcome.inputs, kernel=outcome.kernel, run_id=outcome.run_id
+    )
+    events(Phase.LINKED, parents=outcome.parents, names=names)
 
 
 def _record_end(store, outcome: RunOutcome) -> None:
@@ -512,6 +537,7 @@ def record_end(outcome: RunOutcome) -> dict:
         "stdout": r.stdout,
         "stderr": r.stderr,
         "inputs": outcome.inputs,
+        "parents": outcome.parents or [],
         "stdout_digest": text_digest(r.stdout),
         "outputs": outcome.outputs,
         "written": outcome.written,

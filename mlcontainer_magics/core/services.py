@@ -226,6 +226,8 @@ def serve(
             raise runs.failure(outcome) from None
         try:
             hashing.fill(outcome.inputs)
+            if store is not None:
+                runs.link_inputs(store, outcome, events)
         except BaseException:
             _end_now(pool, handle)
             raise
@@ -271,6 +273,7 @@ def serve(
                 outcome.run_id,
                 status="serving",
                 inputs=outcome.inputs,
+                parents=outcome.parents or [],
                 service=_block(service, spec),
             )
     except BaseException:
