@@ -57,7 +57,7 @@ def store(tmp_path):
 
 
 def test_link_names_the_producer_or_the_notebook():
-    inputs = {"text": {"digest": D["a"]}, "png": {"digest": D["b"]}, "late": {"format": "json"}}
+    inputs = {"text": D["a"], "png": D["b"], "late": None}
     producers = {D["a"]: [("s2", "summary"), ("s1", "text")]}
     assert lineage.link(inputs, producers) == [
         edge("text", "s1", "text", "a"),  # an output of the input's own name wins over newer
@@ -67,7 +67,27 @@ def test_link_names_the_producer_or_the_notebook():
 
 def test_link_takes_the_newest_producer_when_no_name_matches():
     producers = {D["a"]: [("new", "y"), ("old", "z")]}
-    assert lineage.link({"x": {"digest": D["a"]}}, producers) == [edge("x", "new", "y", "a")]
+    assert lineage.link({"x": D["a"]}, producers) == [edge("x", "new", "y", "a")]
+
+
+def test_background_digests_call_then_with_all_digests(tmp_path):
+    from mlcontainer_magics.core import transfer
+
+    records = transfer.write_inputs(
+        {"a": b"x" * 3_000_000, "b": [1, 2]}, tmp_path / "in", digests=False
+    )
+    seen = []
+    hashing = transfer.BackgroundDigests(records, tmp_path, then=seen.append)
+    hashing.fill(records)
+    assert seen == [{"a": records["a"]["digest"], "b": records["b"]["digest"]}]
+
+    def broken(digests):
+        raise RuntimeError("no store")
+
+    hashing = transfer.BackgroundDigests(records, tmp_path, then=broken)
+    hashing.wait()
+    with pytest.raises(RuntimeError, match="no store"):
+        hashing.fill(records)
 
 
 # -- the store's index ------------------------------------------------------------------------
@@ -92,7 +112,7 @@ def test_producers_are_of_the_same_kernel_newest_first_and_never_the_run_itself(
 
 def test_find_parents_reads_the_index(store):
     store.put(rec("aaaa00000001", 1.0, outputs=out(text="a"), name="ocr"))
-    inputs = {"text": {"digest": D["a"]}, "png": {"digest": D["b"]}}
+    inputs = {"text": D["a"], "png": D["b"]}
     parents, names = lineage.find_parents(store, inputs, kernel=K, run_id="bbbb00000001")
     assert parents == [edge("text", "aaaa00000001", "text", "a"), nb("png", "b")]
     assert names == {"aaaa00000001": "ocr"}
@@ -407,7 +427,10 @@ def test_a_notebook_value_passed_unchanged_is_shown_from_the_notebook(ip, engine
             "digest": first["outputs"]["size"]["digest"],
         },
     ]
-    assert f"inputs from: first ({first['id']}) · notebook: png" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    line = f"inputs from: first ({first['id']}) · notebook: png"
+    assert line in printed
+    assert printed.index(line) < printed.rindex("done in")  # before the run's last line
     text = lineage.format_lineage(lineage.graph(store, "second"))
     assert f"png ← notebook  {digest[:21]}" in text
     assert "size ← 1 first: size" in text

@@ -65,14 +65,13 @@ def _parents(record: Mapping) -> list[Mapping]:
 # -- linking a run --------------------------------------------------------------------------
 
 
-def link(inputs: Mapping, producers: Mapping[str, Sequence[tuple[str, str]]]) -> list[dict]:
-    """A run's ``parents``: per input with a digest, the snapshot that produced that digest,
-    else the notebook. ``producers``: digest -> [(snapshot, output name)], newest first; an
-    output of the input's own name wins (a --out NAME sets the kernel's NAME), then the newest.
-    """
+def link(digests: Mapping[str, str | None], producers: Mapping[str, Sequence]) -> list[dict]:
+    """A run's ``parents``: per input (name -> digest), the snapshot that produced that
+    digest, else the notebook. ``producers``: digest -> [(snapshot, output name)], newest
+    first; an output of the input's own name wins (a --out NAME sets the kernel's NAME), then
+    the newest."""
     parents = []
-    for name, rec in inputs.items():
-        digest = rec.get("digest") if isinstance(rec, Mapping) else None
+    for name, digest in digests.items():
         if not isinstance(digest, str):
             continue  # never digested (the run failed first): nothing to say
         found = list(producers.get(digest) or ())
@@ -84,17 +83,17 @@ def link(inputs: Mapping, producers: Mapping[str, Sequence[tuple[str, str]]]) ->
     return parents
 
 
-def find_parents(store, inputs: Mapping, *, kernel: str, run_id: str) -> tuple[list[dict], dict]:
-    """(parents, {snapshot: name}) of a run of ``kernel`` whose inputs have their digests:
-    one indexed store query by digest."""
-    digests = [r["digest"] for r in inputs.values() if isinstance(r.get("digest"), str)]
-    rows = store.producers(digests, kernel=kernel, exclude=run_id) if digests else []
+def find_parents(store, digests: Mapping, *, kernel: str, run_id: str) -> tuple[list[dict], dict]:
+    """(parents, {snapshot: name}) of a run of ``kernel`` whose inputs have these digests
+    (name -> digest): one indexed store query."""
+    known = [d for d in digests.values() if isinstance(d, str)]
+    rows = store.producers(known, kernel=kernel, exclude=run_id) if known else []
     producers: dict[str, list[tuple[str, str]]] = {}
     names = {}
     for digest, sid, output, name in rows:
         producers.setdefault(digest, []).append((sid, output))
         names[sid] = name
-    parents = link(inputs, producers)
+    parents = link(digests, producers)
     return parents, {p["snapshot"]: names[p["snapshot"]] for p in parents if "snapshot" in p}
 
 

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +257,9 @@ def run_steps(
                 spec, inputs or {}, parent, digests=False, folder=claimed, serve=serve
             )
             kept_dir = store.artifacts_dir(run_id) if store else None
-            hashing = transfer.BackgroundDigests(outcome.inputs, workdir, keep=kept_dir)
+            # The lineage is found as soon as the inputs' digests are: shown while it runs.
+            link = partial(link_inputs, store, outcome, events=events) if store else None
+            hashing = transfer.BackgroundDigests(outcome.inputs, workdir, keep=kept_dir, then=link)
             if store:
                 keep_inputs(store.artifacts_dir(run_id), workdir, values=False)
                 if mounts:
@@ -383,8 +386,6 @@ def _run_and_collect(
         hashing.fill(outcome.inputs)
     except OSError as e:
         raise _not_kept("inputs", store.artifacts_dir(run_id) if store else workdir, e) from None
-    if store:
-        link_inputs(store, outcome, events)
     t2 = time.perf_counter()
     outcome.timings["run"] = round(t2 - t1, 3)
     # The snapshot has its inputs by now: freed before the outputs are read, they do not add
@@ -408,8 +409,6 @@ def _record_failure(store, outcome: RunOutcome, error: BaseException, hashing) -
     try:
         if hashing is not None:
             hashing.fill(outcome.inputs)
-            if outcome.parents is None:
-                link_inputs(store, outcome)
     except Exception:  # the run's own error matters more
         pass
     # What the container printed before it ended, where the step knows it (a service's).
@@ -429,15 +428,15 @@ def _record_failure(store, outcome: RunOutcome, error: BaseException, hashing) -
     )
 
 
-def link_inputs(store, outcome: RunOutcome, events: Events = no_events) -> None:
-    """Once the inputs' digests are known: which earlier snapshots of this kernel produced
-    them (outcome.parents, recorded at the run's end), told to the display. A run with no
-    kernel (the CLI's rerun) has no notebook to link within."""
-    if outcome.kernel is None or not outcome.inputs:
+def link_inputs(store, outcome: RunOutcome, digests: dict, events: Events = no_events) -> None:
+    """Once the inputs' ``digests`` are known (name -> digest): which earlier snapshots of
+    this kernel produced them (outcome.parents, recorded at the run's end), told to the
+    display. A run with no kernel (the CLI's rerun) has no notebook to link within."""
+    if outcome.kernel is None or not digests:
         outcome.parents = []
         return
     outcome.parents, names = lineage.find_parents(
-        store, outcome.inputs, kernel=outcome.kernel, run_id=outcome.run_id
+        store, digests, kernel=outcome.kernel, run_id=outcome.run_id
     )
     events(Phase.LINKED, parents=outcome.parents, names=names)
 

@@ -226,8 +226,6 @@ def serve(
             raise runs.failure(outcome) from None
         try:
             hashing.fill(outcome.inputs)
-            if store is not None:
-                runs.link_inputs(store, outcome, events)
         except BaseException:
             _end_now(pool, handle)
             raise
