@@ -213,6 +213,7 @@ def test_lineage_json_shape():
         ("s3", 3, "translate", "done"),
     ]
     assert data["nodes"][0]["notebook"] == [{"input": "png", "digest": D["a"]}]
+    assert data["nodes"][2]["inputs"] == ["text", "lang", "target"]
     assert sorted((e["from"], e["to"], e["output"], e["input"]) for e in data["edges"]) == [
         ("s1", "s2", "text", "text"),
         ("s1", "s3", "text", "text"),
@@ -230,9 +231,9 @@ def test_format_lineage_lists_the_steps_with_their_values():
         "2  s2  detect     done",
         "     text ← 1 ocr: text",
         "3  s3  translate  done",
+        "     text ← 1 ocr: text",
         "     lang ← 2 detect: lang",
         f"     target ← notebook  xxh3-128:{'d' * 12}",
-        "     text ← 1 ocr: text",
     ]
 
 
@@ -445,3 +446,19 @@ def test_another_kernels_values_are_not_linked(ip, engine_store):
     store.update(store.get("make")["id"], kernel="elsewhere:1")
     cell(ip, "-n use --in a", "print(a)")
     assert [p.get("from") for p in store.get("use")["parents"]] == ["notebook"]
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+def test_a_served_cell_is_linked_too(ip, engine_store):
+    from mlcontainer_magics.core import services
+
+    store = engine_store
+    cell(ip, "-n weights --out w", "w = 3")
+    cell(ip, "--serve lineage-svc --in w", "def predict(x):\n    return x * w")
+    try:
+        served = store.get(services.REGISTRY.get("lineage-svc").run_id)
+        assert served["status"] == "serving"
+        assert [p.get("snapshot") for p in served["parents"]] == [store.get("weights")["id"]]
+    finally:
+        services.REGISTRY.stop("lineage-svc")

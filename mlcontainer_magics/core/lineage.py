@@ -104,7 +104,8 @@ def find_parents(store, digests: Mapping, *, kernel: str, run_id: str) -> tuple[
 class Graph:
     """The snapshots whose values led to ``root`` (itself included), and the values between.
 
-    nodes  id -> {"id", "name", "status", "created", "notebook": [{"input", "digest"}]}, or
+    nodes  id -> {"id", "name", "status", "created", "inputs": [names], "notebook": [{"input",
+           "digest"}]} (inputs in the order of its --in, those from the notebook), or
            {"id", "missing": True} for a parent since removed
     edges  {"from": parent, "to": child, "output": name there, "input": name here, "digest"}
     """
@@ -152,6 +153,7 @@ def _node(record: Mapping) -> dict:
         "name": record.get("name"),
         "status": record.get("status"),
         "created": record.get("created"),
+        "inputs": [p.get("input") for p in _parents(record)],  # in the order of its --in
         "notebook": [
             {"input": p.get("input"), "digest": p.get("digest")}
             for p in _parents(record)
@@ -238,16 +240,14 @@ def format_lineage(g: Graph) -> str:
             (n["input"], f"{NOTEBOOK}  {short_digest(n['digest'])}")
             for n in node.get("notebook", ())
         ]
-        lines.extend(f"     {name} ← {source}" for name, source in sorted(values, key=_first))
+        place = {name: i for i, name in enumerate(node.get("inputs", ()))}
+        values.sort(key=lambda pair: (place.get(pair[0], len(place)), str(pair[0])))
+        lines.extend(f"     {name} ← {source}" for name, source in values)
     return "\n".join(lines)
 
 
 def _label(node: Mapping) -> str:
     return str(node.get("name") or MISSING)
-
-
-def _first(pair: tuple) -> str:
-    return str(pair[0])
 
 
 def sources(parents: Iterable[Mapping], names: Mapping[str, str | None]) -> tuple[list, list]:
