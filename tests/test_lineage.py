@@ -295,12 +295,17 @@ def test_the_display_names_the_snapshots_a_step_consumed():
 
 
 @pytest.fixture
-def engine_store(tmp_path, ip, monkeypatch):
+def store_of_ip(tmp_path, ip, monkeypatch):
     root = tmp_path / "store"
     monkeypatch.setenv("MLCONTAINER_STORE", str(root))
     monkeypatch.setenv("MLCONTAINER_DISPLAY", "text")
     ip.run_line_magic("config", f"ContainerizeMagics.store_dir = {str(root)!r}")
     return Store(root)
+
+
+def on_engine(test):
+    """A test on the real Docker engine, which must leave nothing behind."""
+    return pytest.mark.docker(pytest.mark.usefixtures("no_leaks")(test))
 
 
 def cell(ip, line, code):
@@ -311,10 +316,9 @@ def newest(store) -> dict:
     return store.get(store.list(limit=1)[0]["id"])
 
 
-@pytest.mark.docker
-@pytest.mark.usefixtures("no_leaks")
-def test_three_chained_cells_are_a_lineage_of_three(ip, engine_store, capsys):
-    store = engine_store
+@on_engine
+def test_three_chained_cells_are_a_lineage_of_three(ip, store_of_ip, capsys):
+    store = store_of_ip
     ip.user_ns["words"] = ["bonjour", "le", "monde"]
     cell(ip, "-n ocr --in words --out text", "text = ' '.join(words)")
     cell(ip, "-n detect --in text --out lang", "lang = 'fr' if 'bonjour' in text else '?'")
@@ -369,10 +373,9 @@ def test_three_chained_cells_are_a_lineage_of_three(ip, engine_store, capsys):
     assert f"children    {translate['id']} (translate)" in shown
 
 
-@pytest.mark.docker
-@pytest.mark.usefixtures("no_leaks")
-def test_a_fan_in_is_a_dag(ip, engine_store):
-    store = engine_store
+@on_engine
+def test_a_fan_in_is_a_dag(ip, store_of_ip):
+    store = store_of_ip
     cell(ip, "-n left --out a", "a = [1, 2]")
     cell(ip, "-n right --out b", "b = {'k': 3}")
     cell(ip, "-n join --in a,b --out c", "c = a + [b['k']]")
@@ -388,10 +391,9 @@ def test_a_fan_in_is_a_dag(ip, engine_store):
     assert [c["id"] for c in store.children(left["id"])] == [join["id"]]
 
 
-@pytest.mark.docker
-@pytest.mark.usefixtures("no_leaks")
-def test_a_value_edited_in_the_notebook_breaks_the_link(ip, engine_store):
-    store = engine_store
+@on_engine
+def test_a_value_edited_in_the_notebook_breaks_the_link(ip, store_of_ip):
+    store = store_of_ip
     cell(ip, "-n make --out a", "a = [1, 2, 3]")
     ip.user_ns["a"].append(4)  # edited between the steps
     cell(ip, "-n use --in a --out n", "n = len(a)")
@@ -408,10 +410,9 @@ def test_a_value_edited_in_the_notebook_breaks_the_link(ip, engine_store):
     assert [p.get("snapshot") for p in store.get("again")["parents"]] == [make["id"]]
 
 
-@pytest.mark.docker
-@pytest.mark.usefixtures("no_leaks")
-def test_a_notebook_value_passed_unchanged_is_shown_from_the_notebook(ip, engine_store, capsys):
-    store = engine_store
+@on_engine
+def test_a_notebook_value_passed_unchanged_is_shown_from_the_notebook(ip, store_of_ip, capsys):
+    store = store_of_ip
     ip.user_ns["png"] = b"\x89PNG fake"
     cell(ip, "-n first --in png --out size", "size = len(png)")
     cell(ip, "-n second --in png,size --out ok", "ok = len(png) == size")
@@ -437,23 +438,21 @@ def test_a_notebook_value_passed_unchanged_is_shown_from_the_notebook(ip, engine
     assert "size ← 1 first: size" in text
 
 
-@pytest.mark.docker
-@pytest.mark.usefixtures("no_leaks")
-def test_another_kernels_values_are_not_linked(ip, engine_store):
+@on_engine
+def test_another_kernels_values_are_not_linked(ip, store_of_ip):
     """The same bytes produced in another kernel are this notebook's own value here."""
-    store = engine_store
+    store = store_of_ip
     cell(ip, "-n make --out a", "a = 'same'")
-    store.update(store.get("make")["id"], kernel="elsewhere:1")
+    store.update("make", kernel="elsewhere:1")
     cell(ip, "-n use --in a", "print(a)")
     assert [p.get("from") for p in store.get("use")["parents"]] == ["notebook"]
 
 
-@pytest.mark.docker
-@pytest.mark.usefixtures("no_leaks")
-def test_a_served_cell_is_linked_too(ip, engine_store):
+@on_engine
+def test_a_served_cell_is_linked_too(ip, store_of_ip):
     from mlcontainer_magics.core import services
 
-    store = engine_store
+    store = store_of_ip
     cell(ip, "-n weights --out w", "w = 3")
     cell(ip, "--serve lineage-svc --in w", "def predict(x):\n    return x * w")
     try:
