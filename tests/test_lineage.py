@@ -289,6 +289,14 @@ def test_the_display_names_the_snapshots_a_step_consumed():
         "[mlcontainer] inputs from: ocr (a1b2c3d4e5f6) · notebook: png"
     ]
     assert text_lines(after, after) == []
+    pytest.importorskip("ipywidgets")
+    from mlcontainer_magics.frontends.display.widget import WidgetView
+
+    view = WidgetView(on_click=None)
+    view.render(after, 2.0)
+    assert "inputs from: ocr (a1b2c3d4e5f6) · notebook: png" in view.image.value
+    view.render(before, 2.0)
+    assert "inputs from" not in view.image.value
 
 
 # -- on the real engine ---------------------------------------------------------------------
