@@ -469,3 +469,44 @@ def test_a_served_cell_is_linked_too(ip, store_of_ip):
         assert [p.get("snapshot") for p in served["parents"]] == [store.get("weights")["id"]]
     finally:
         services.REGISTRY.stop("lineage-svc")
+
+
+@on_engine
+def test_a_running_step_names_its_parents_as_soon_as_they_are_known(store, namespace):
+    """Through the core alone: the record has its parents when the display hears of them,
+    while the cell still runs (it sleeps)."""
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core import runs
+    from mlcontainer_magics.core.spec import EnvSpec, RunSpec
+
+    backend = DockerBackend(namespace=namespace)
+    context = {"kernel": "host:42"}
+
+    def spec(code, **io):
+        return RunSpec(code=code, env_spec=EnvSpec("python:3.11-slim"), **io)
+
+    first = runs.execute(spec("x = 41", outputs=("x",)), backend, store=store, context=context)
+    run, seen = {}, []
+
+    def events(phase, **info):
+        if phase == Phase.RECORDED:
+            run["id"] = info["snapshot"]
+        if phase == Phase.LINKED:
+            seen.append((info, store.get(run["id"])))
+
+    code = "import time\ntime.sleep(2)\ny = x + 1"
+    second = runs.execute(
+        spec(code, inputs=("x",), outputs=("y",)),
+        backend,
+        store=store,
+        inputs=first.values,
+        context=context,
+        events=events,
+    )
+    [(info, record)] = seen
+    assert second.values == {"y": 42}
+    assert info["names"] == {first.run_id: None}
+    # building or running: its status turns to running on the main thread meanwhile
+    assert record["status"] in ("building", "running") and "finished" not in record
+    assert record["parents"] == info["parents"] == store.get(second.run_id)["parents"]
+    assert [p["snapshot"] for p in record["parents"]] == [first.run_id]

@@ -430,14 +430,16 @@ def _record_failure(store, outcome: RunOutcome, error: BaseException, hashing) -
 
 def link_inputs(store, outcome: RunOutcome, digests: dict, events: Events = no_events) -> None:
     """Once the inputs' ``digests`` are known (name -> digest): which earlier snapshots of
-    this kernel produced them (outcome.parents, recorded at the run's end), told to the
-    display. A run with no kernel (the CLI's rerun) has no notebook to link within."""
+    this kernel produced them (outcome.parents), recorded at once (a running step's lineage
+    shows) and told to the display. A run with no kernel (the CLI's rerun) has no notebook to
+    link within."""
     if outcome.kernel is None or not digests:
         outcome.parents = []
         return
     outcome.parents, names = lineage.find_parents(
         store, digests, kernel=outcome.kernel, run_id=outcome.run_id
     )
+    store.update(outcome.run_id, parents=outcome.parents)
     events(Phase.LINKED, parents=outcome.parents, names=names)
 
 
