@@ -100,6 +100,8 @@ def test_producers_are_of_the_same_kernel_newest_first_and_never_the_run_itself(
             rec("aaaa00000002", 2.0, outputs=out(y="a"), name="second"),
             rec("aaaa00000003", 3.0, outputs=out(x="a"), kernel="host:2"),
             rec("aaaa00000004", 4.0, outputs=out(x="a")),
+            # failed for another output: the kernel got none of its values
+            rec("aaaa00000005", 5.0, outputs=out(x="a"), status="failed"),
         ]
     )
     rows = store.producers([D["a"], D["b"]], kernel=K, exclude="aaaa00000004")
@@ -151,8 +153,8 @@ def test_a_version_1_store_is_indexed_when_opened(tmp_path):
             rec("aaaa00000002", 2.0, parents=[edge("x", "aaaa00000001", "x", "a")]),
         ):
             conn.execute(
-                "INSERT INTO snapshots (id, created, record) VALUES (?, ?, ?)",
-                (r["id"], r["created"], json.dumps(r)),
+                "INSERT INTO snapshots (id, status, created, record) VALUES (?, ?, ?, ?)",
+                (r["id"], r["status"], r["created"], json.dumps(r)),
             )
         conn.execute("INSERT INTO snapshots (id, created, record) VALUES ('bad0', 3, '{')")
     old = Store(root)

@@ -552,7 +552,8 @@ class Store:
         self, digests, *, kernel: str, exclude: str | None = None
     ) -> builtins.list[tuple]:
         """(digest, snapshot, output name, snapshot name) of the --out values of ``kernel``'s
-        snapshots (but ``exclude``) whose digest is one of ``digests``; newest first."""
+        done snapshots (but ``exclude``) whose digest is one of ``digests``; newest first.
+        Only done: a run that failed (an output missing) gave the kernel none of its values."""
         digests = list(dict.fromkeys(digests))
         if not digests:
             return []
@@ -563,7 +564,7 @@ class Store:
                 "SELECT o.digest, o.snapshot, o.name, s.name FROM snapshot_outputs o "
                 "JOIN snapshots s ON s.id = o.snapshot "
                 f"WHERE o.digest IN ({', '.join('?' * len(digests))}) AND o.kernel = ? "
-                "AND o.snapshot != ? ORDER BY s.created DESC, s.rowid DESC",
+                "AND o.snapshot != ? AND s.status = 'done' ORDER BY s.created DESC, s.rowid DESC",
                 digests + [kernel, exclude or ""],
             )
         ]
