@@ -615,8 +615,8 @@ def _failing_upsert(monkeypatch, exc=RuntimeError("boom")):
     """Make every write fail after its row was written, before the commit."""
     original = Store._upsert
 
-    def upsert(self, conn, row):
-        original(self, conn, row)
+    def upsert(self, conn, *row_and_record):
+        original(self, conn, *row_and_record)
         raise exc
 
     monkeypatch.setattr(Store, "_upsert", upsert)
@@ -648,8 +648,8 @@ def test_a_failure_inside_update_keeps_the_old_record(store, monkeypatch):
 def test_a_failure_inside_put_many_saves_none(store, monkeypatch):
     original, calls = Store._upsert, []
 
-    def upsert(self, conn, row):
-        original(self, conn, row)
+    def upsert(self, conn, row, record):
+        original(self, conn, row, record)
         calls.append(row[0])
         if len(calls) == 3:
             raise RuntimeError("boom")
@@ -679,8 +679,8 @@ def _crash_in_the_middle_of_a_put(root):
     """Child process: die (no cleanup at all) after writing the row, before committing."""
     original = Store._upsert
 
-    def upsert(self, conn, row):
-        original(self, conn, row)
+    def upsert(self, conn, row, record):
+        original(self, conn, row, record)
         os._exit(3)
 
     Store._upsert = upsert

@@ -8,7 +8,8 @@ In the order a run sends them::
     mounted(mounts, seconds)  resolving(base)
     cached(image, size) | building(image, apt, requirements, on)  build-log(line)...
     built(image, size)  pushing(image)  starting  scheduling(message)
-    pulling(image, node)  running(container, session)  collecting  recorded(snapshot)
+    pulling(image, node)  running(container, session)  linked(parents, names)
+    collecting  recorded(snapshot)
     serving(name, url, snapshot)  [a served cell: it answers at url]
     finished(status, message, detail, exit_code)
 """
@@ -33,6 +34,7 @@ class Phase(str, Enum):
     RUNNING = "running"
     SERVING = "serving"  # a served cell answers: name, url, snapshot
     COLLECTING = "collecting"
+    LINKED = "linked"  # the inputs' lineage: parents (lineage.link), names {snapshot: name}
     RECORDED = "recorded"  # the snapshot exists: its id
     FINISHED = "finished"  # sent by the front end once the outcome is known
 

@@ -69,3 +69,10 @@ def format_size(size, binary: bool = False, *, short: bool = False, missing: str
         if round(n, decimals) < base or unit == units[-1]:  # else it would print as 1000.0 kB
             return f"{n:.{decimals}f} {unit}"
     raise AssertionError("unreachable")
+
+
+def short_digest(value) -> str:
+    """``xxh3-128:1234abcd5678`` of a digest that names its algorithm; else its first 12."""
+    text = str(value)
+    algo, sep, hexpart = text.partition(":")
+    return f"{algo}:{hexpart[:12]}" if sep else text[:12]

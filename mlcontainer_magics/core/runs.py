@@ -18,12 +18,13 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..errors import CapabilityMissing, RunError, SpecError, StoreError, StoreUnavailable
 from ..runner import MESSAGE_PREFIX, VALUES_EXIT, runner_source
-from . import transfer
+from . import lineage, transfer
 from .backend import Backend, Environment, RunResult, WarmSessions
 from .events import REASONS, Events, Output, Phase, no_events
 from .secrets import Masker
@@ -43,6 +44,8 @@ class RunOutcome:
     mounts: list = field(default_factory=list)  # per mount: source, target, mode, digest, ...
     written: dict = field(default_factory=dict)  # writable mount -> {path: [size, digest]}
     output_digests: dict = field(default_factory=dict)  # name -> algorithm, else transfer's
+    kernel: str | None = None  # the kernel that ran it (context's): lineage stays within one
+    parents: list | None = None  # per input, where it came from (lineage.link), once known
 
     @property
     def ok(self) -> bool:
@@ -217,7 +220,12 @@ def run_steps(
     What fails before ``step`` leaves no snapshot; what fails in it is recorded as failed.
     The caller records how a run that returns ended."""
     run_id = store.new_id({"spec": spec.to_dict()}) if store else uuid.uuid4().hex[:12]
-    outcome = RunOutcome(run_id, spec, output_digests=dict(output_digests or {}))
+    outcome = RunOutcome(
+        run_id,
+        spec,
+        output_digests=dict(output_digests or {}),
+        kernel=(context or {}).get("kernel"),
+    )
     # Refused here, before anything is built or recorded.
     secrets = _check_data(spec, backend, secrets)
     masker = Masker(output or (lambda stream, text: None), secrets.values())
@@ -249,7 +257,9 @@ def run_steps(
                 spec, inputs or {}, parent, digests=False, folder=claimed, serve=serve
             )
             kept_dir = store.artifacts_dir(run_id) if store else None
-            hashing = transfer.BackgroundDigests(outcome.inputs, workdir, keep=kept_dir)
+            # The lineage is found as soon as the inputs' digests are: shown while it runs.
+            link = partial(link_inputs, store, outcome, events=events) if store else None
+            hashing = transfer.BackgroundDigests(outcome.inputs, workdir, keep=kept_dir, then=link)
             if store:
                 keep_inputs(store.artifacts_dir(run_id), workdir, values=False)
                 if mounts:
@@ -413,8 +423,24 @@ def _record_failure(store, outcome: RunOutcome, error: BaseException, hashing) -
         finished=time.time(),
         timings=outcome.timings,
         inputs=outcome.inputs,
+        parents=outcome.parents or [],
         **printed,
     )
+
+
+def link_inputs(store, outcome: RunOutcome, digests: dict, events: Events = no_events) -> None:
+    """Once the inputs' ``digests`` are known (name -> digest): which earlier snapshots of
+    this kernel produced them (outcome.parents), recorded at once (a running step's lineage
+    shows) and told to the display. A run with no kernel (the CLI's rerun) has no notebook to
+    link within."""
+    if outcome.kernel is None or not digests:
+        outcome.parents = []
+        return
+    outcome.parents, names = lineage.find_parents(
+        store, digests, kernel=outcome.kernel, run_id=outcome.run_id
+    )
+    store.update(outcome.run_id, parents=outcome.parents)
+    events(Phase.LINKED, parents=outcome.parents, names=names)
 
 
 def _record_end(store, outcome: RunOutcome) -> None:
@@ -512,6 +538,7 @@ def record_end(outcome: RunOutcome) -> dict:
         "stdout": r.stdout,
         "stderr": r.stderr,
         "inputs": outcome.inputs,
+        "parents": outcome.parents or [],
         "stdout_digest": text_digest(r.stdout),
         "outputs": outcome.outputs,
         "written": outcome.written,

@@ -284,6 +284,7 @@ def serve(
                 outcome.run_id,
                 status="serving",
                 inputs=outcome.inputs,
+                parents=outcome.parents or [],
                 service=_block(service, spec),
             )
     except BaseException:

@@ -40,19 +40,25 @@ timings         phase -> seconds, e.g. ``{"build": 31.2, "run": 4.1}``
 host            ``{"hostname", "platform", "python", "docker"}``
 versions        package name -> version of the tools that made the run
 session         id of the kernel session the run belongs to
+kernel          the kernel (host:pid) that ran it; lineage links only within one kernel
+parents         per --in value, where it came from: ``{"input", "snapshot", "output", "digest"}``
+                (an earlier snapshot's --out value, by digest) or ``{"input", "from":
+                "notebook", "digest"}`` (see core/lineage.py)
 service         a served cell's ``{"name", "url", "port", "entry", "replicas", "backend",
                 "started"}``; ``replaced_by`` the snapshot that took its place
 ==============  =================================================================================
 
 The summary columns (``SUMMARY_FIELDS``) are copied out of the record into indexed columns, so
-listing and filtering never parse JSON. A write is one SQLite transaction: a crash or an error
-in the middle leaves the previous state, and ``update`` merges inside its transaction, so two
-processes updating the same record lose nothing. SQLite errors become :class:`StoreError` here
-and nowhere else.
+listing and filtering never parse JSON; likewise each snapshot's output digests and parents
+(tables ``snapshot_outputs``, ``snapshot_parents``) for lineage. A write is one SQLite
+transaction: a crash or an error in the middle leaves the previous state, and ``update``
+merges inside its transaction, so two processes updating the same record lose nothing. SQLite
+errors become :class:`StoreError` here and nowhere else.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -73,6 +79,7 @@ from ..errors import (
     StoreError,
     StoreUnavailable,
 )
+from .lineage import output_rows, parent_ids
 
 STATUSES = (
     "building",
@@ -100,7 +107,7 @@ SUMMARY_FIELDS = (
     "image_size",
     "session",
 )
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "store.sqlite3"
 ID_LENGTH = 12
 MIN_PREFIX = 4
@@ -143,8 +150,51 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(f"CREATE INDEX snapshots_by_{ident} ON snapshots ({column})")
 
 
+def _create_v2(conn: sqlite3.Connection) -> None:
+    """Lineage: each snapshot's --out digests (by kernel) and the snapshots it took --in values
+    from, as rows derived from its record (kept in step by every write), so that finding who
+    produced a digest, or a snapshot's children, reads an index and parses no JSON."""
+    conn.execute("""
+        CREATE TABLE snapshot_outputs (
+            snapshot TEXT NOT NULL,
+            name     TEXT NOT NULL,
+            digest   TEXT NOT NULL,
+            kernel   TEXT
+        )""")
+    conn.execute("CREATE INDEX snapshot_outputs_by_digest ON snapshot_outputs (digest, kernel)")
+    conn.execute("CREATE INDEX snapshot_outputs_by_snapshot ON snapshot_outputs (snapshot)")
+    conn.execute("CREATE TABLE snapshot_parents (snapshot TEXT NOT NULL, parent TEXT NOT NULL)")
+    conn.execute("CREATE INDEX snapshot_parents_by_parent ON snapshot_parents (parent)")
+    conn.execute("CREATE INDEX snapshot_parents_by_snapshot ON snapshot_parents (snapshot)")
+    for sid, text in conn.execute("SELECT id, record FROM snapshots").fetchall():
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue  # a damaged record: `get` says so
+        if isinstance(record, dict):
+            _index(conn, sid, record)
+
+
+def _index(conn: sqlite3.Connection, sid: str, record: dict) -> None:
+    """The lineage rows of one record (see _create_v2), replacing its old ones."""
+    _unindex(conn, sid)
+    conn.executemany(
+        "INSERT INTO snapshot_outputs (snapshot, name, digest, kernel) VALUES (?, ?, ?, ?)",
+        [(sid, name, digest, record.get("kernel")) for name, digest in output_rows(record)],
+    )
+    conn.executemany(
+        "INSERT INTO snapshot_parents (snapshot, parent) VALUES (?, ?)",
+        [(sid, parent) for parent in parent_ids(record)],
+    )
+
+
+def _unindex(conn: sqlite3.Connection, sid: str) -> None:
+    conn.execute("DELETE FROM snapshot_outputs WHERE snapshot = ?", (sid,))
+    conn.execute("DELETE FROM snapshot_parents WHERE snapshot = ?", (sid,))
+
+
 # _MIGRATIONS[n] upgrades a store at schema version n to n + 1 (0 is an empty file).
-_MIGRATIONS = {0: _create_v1}
+_MIGRATIONS = {0: _create_v1, 1: _create_v2}
 
 
 def _json_default(obj):
@@ -498,23 +548,57 @@ class Store:
         where, params = self._where(notebook, name, status)
         return self._read("count snapshots", f"SELECT COUNT(*) FROM snapshots{where}", params)[0][0]
 
+    def producers(
+        self, digests, *, kernel: str, exclude: str | None = None
+    ) -> builtins.list[tuple]:
+        """(digest, snapshot, output name, snapshot name) of the --out values of ``kernel``'s
+        done snapshots (but ``exclude``) whose digest is one of ``digests``; newest first.
+        Only done: a run that failed (an output missing) gave the kernel none of its values."""
+        digests = list(dict.fromkeys(digests))
+        if not digests:
+            return []
+        return [
+            tuple(row)
+            for row in self._read(
+                "look up values by digest",
+                "SELECT o.digest, o.snapshot, o.name, s.name FROM snapshot_outputs o "
+                "JOIN snapshots s ON s.id = o.snapshot "
+                f"WHERE o.digest IN ({', '.join('?' * len(digests))}) AND o.kernel = ? "
+                "AND o.snapshot != ? AND s.status = 'done' ORDER BY s.created DESC, s.rowid DESC",
+                digests + [kernel, exclude or ""],
+            )
+        ]
+
+    def children(self, sid: str) -> builtins.list[dict]:
+        """Summaries of the snapshots that took values from ``sid``, oldest first."""
+        columns = ", ".join(f"s.{c}" for c in SUMMARY_FIELDS)
+        rows = self._read(
+            "look up children",
+            f"SELECT DISTINCT {columns} FROM snapshot_parents p JOIN snapshots s "
+            "ON s.id = p.snapshot WHERE p.parent = ? ORDER BY s.created, s.rowid",
+            (sid,),
+        )
+        return [dict(zip(SUMMARY_FIELDS, row)) for row in rows]
+
     # -- writes --------------------------------------------------------------------------------
 
-    def _upsert(self, conn: sqlite3.Connection, row: tuple) -> None:
+    def _upsert(self, conn: sqlite3.Connection, row: tuple, record: dict) -> None:
         conn.execute(_UPSERT, row)
+        _index(conn, row[0], record)
 
     def put(self, record: dict) -> None:
         """Insert or replace the whole record, atomically. ``created`` defaults to now."""
         row = _encode(record)
         with self._transaction(f"save snapshot {row[0]}") as conn:
-            self._upsert(conn, row)
+            self._upsert(conn, row, record)
 
     def put_many(self, records) -> None:
         """``put`` every record in one transaction: all are saved or none."""
+        records = list(records)
         rows = [_encode(r) for r in records]
         with self._transaction(f"save {len(rows)} snapshots") as conn:
-            for row in rows:
-                self._upsert(conn, row)
+            for row, record in zip(rows, records):
+                self._upsert(conn, row, record)
 
     def update(self, ref: str, **fields) -> dict:
         """Merge ``fields`` into the record (top-level keys replace) in one transaction."""
@@ -525,8 +609,9 @@ class Store:
                     f"Snapshot {sid}: the id cannot be changed (to "
                     f"{fields['id']!r}); put a new record instead."
                 )
-            row = _encode({**self._decode(sid, text), **fields})
-            self._upsert(conn, row)
+            record = {**self._decode(sid, text), **fields}
+            row = _encode(record)
+            self._upsert(conn, row, record)
         return json.loads(row[-1])
 
     def remove(self, ref: str) -> dict:
@@ -534,6 +619,7 @@ class Store:
         with self._transaction(f"remove snapshot {ref!r}") as conn:
             sid, text = self._resolve(conn, ref)
             conn.execute("DELETE FROM snapshots WHERE id = ?", (sid,))
+            _unindex(conn, sid)
         folder = self.root / "artifacts" / sid
         try:
             shutil.rmtree(folder)

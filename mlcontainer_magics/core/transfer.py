@@ -17,6 +17,7 @@ import os
 import pickle
 import sys
 import types
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -247,9 +248,16 @@ def keep_digest(src: Path, dst: Path | None) -> str:
 class BackgroundDigests:
     """The inputs' digests, taken on another thread while the container starts and runs, and
     with ``keep`` (a snapshot's folder) the input files kept there in the same pass. Hashing
-    and copying release the GIL, so a large input costs the run next to no time."""
+    and copying release the GIL, so a large input costs the run next to no time. ``then``
+    is called on that thread with {name: digest} once all are known (a run's lineage)."""
 
-    def __init__(self, records: dict, workdir: Path, keep: Path | None = None) -> None:
+    def __init__(
+        self,
+        records: dict,
+        workdir: Path,
+        keep: Path | None = None,
+        then: Callable[[dict], object] | None = None,
+    ) -> None:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlcontainer-digest")
         self._futures = {
             name: pool.submit(
@@ -257,18 +265,27 @@ class BackgroundDigests:
             )
             for name, rec in records.items()
         }
+        # One worker: this runs after every digest is taken.
+        self._then = pool.submit(_with_digests, self._futures, then) if then else None
         pool.shutdown(wait=False)
 
     def fill(self, records: dict) -> dict:
-        """Wait for the digests and put them into ``records``; returns ``records``. An
-        OSError is a file that could not be kept."""
+        """Wait for the digests (and ``then``) and put them into ``records``; returns
+        ``records``. An OSError is a file that could not be kept; ``then``'s errors raise."""
         for name, future in self._futures.items():
             records[name]["digest"] = future.result()
+        if self._then is not None:
+            self._then.result()
         return records
 
     def wait(self) -> None:
-        for future in self._futures.values():
-            future.exception()  # done either way; a failure shows in fill()
+        for future in [*self._futures.values(), self._then]:
+            if future is not None:
+                future.exception()  # done either way; a failure shows in fill()
+
+
+def _with_digests(futures: dict, then: Callable[[dict], object]) -> None:
+    then({name: future.result() for name, future in futures.items()})
 
 
 def read_outputs(out_dir: Path, names, algorithms: dict | None = None) -> tuple[dict, dict]:

@@ -10,8 +10,16 @@ from __future__ import annotations
 import json
 import textwrap
 
-from ..errors import SnapshotActive, StoreError
-from .formatting import MISSING, as_number, format_duration, format_size, format_time
+from ..errors import SnapshotActive, SnapshotNotFound, StoreError
+from . import lineage
+from .formatting import (
+    MISSING,
+    as_number,
+    format_duration,
+    format_size,
+    format_time,
+    short_digest,
+)
 from .store import ACTIVE_STATUSES, STATUSES
 
 # format_duration/_time/_size come from .formatting with their defaults, the CLI's style:
@@ -34,12 +42,6 @@ def _printable(value) -> str:
 def _word(value) -> str:
     """A value as one whitespace-free word, for columns that `awk` splits."""
     return "_".join(_printable(value).split()) or MISSING
-
-
-def _short_digest(value) -> str:
-    text = str(value)
-    algo, sep, hexpart = text.partition(":")
-    return f"{algo}:{hexpart[:12]}" if sep else text[:12]
 
 
 # -- list ----------------------------------------------------------------------------------------
@@ -182,7 +184,7 @@ def _files(files) -> list[str]:
         if meta.get("size") is not None:
             bits.append(format_size(meta["size"]))
         if meta.get("digest"):
-            bits.append(_short_digest(meta["digest"]))
+            bits.append(short_digest(meta["digest"]))
         out.append(f"{name}: {', '.join(bits)}" if bits else str(name))
     return out
 
@@ -200,8 +202,10 @@ def format_where(record: dict) -> str:
     return f"{name} ({', '.join(bits)})" if bits else name
 
 
-def format_record(record: dict) -> str:
-    """A readable multi-line summary of one snapshot record; tolerant of missing fields."""
+def format_record(record: dict, children=(), names: dict | None = None) -> str:
+    """A readable multi-line summary of one snapshot record; tolerant of missing fields.
+    ``children``: summaries of the snapshots that took its values (Store.children);
+    ``names``: snapshot id -> name, for its parents."""
     r = _dict(record)
     spec = _dict(r.get("spec"))
     env_spec = _dict(spec.get("env_spec"))
@@ -210,6 +214,7 @@ def format_record(record: dict) -> str:
         + _image_lines(r, env_spec)
         + _spec_lines(r, spec, env_spec)
         + _data_lines(r, spec)
+        + _lineage_lines(r, children, names or {})
         + _provenance_lines(r)
         + _code_lines(r, spec)
     )
@@ -262,7 +267,7 @@ def _image_lines(r: dict, env_spec: dict) -> list[str]:
     if image or r.get("env_image_id") or r.get("image_size") is not None:
         bits = [str(image or MISSING)]
         if r.get("env_image_id"):
-            bits.append(_short_digest(r["env_image_id"]))
+            bits.append(short_digest(r["env_image_id"]))
         if r.get("image_size") is not None:
             bits.append(format_size(r["image_size"]))
         lines.append(_field("image", "  ".join(bits)))
@@ -270,7 +275,7 @@ def _image_lines(r: dict, env_spec: dict) -> list[str]:
     if base or r.get("base_image_id"):
         bits = [str(base or MISSING)]
         if r.get("base_image_id"):
-            bits.append(_short_digest(r["base_image_id"]))
+            bits.append(short_digest(r["base_image_id"]))
         lines.append(_field("base", "  ".join(bits)))
     return lines
 
@@ -324,7 +329,7 @@ def _data_lines(r: dict, spec: dict) -> list[str]:
     lines = []
     mounts = [
         f"{_printable(m.get('target'))}  {m.get('mode')}  {format_size(m.get('size'))}, "
-        f"{m.get('count')} file{'s' * (m.get('count') != 1)}  {_short_digest(m.get('digest'))}"
+        f"{m.get('count')} file{'s' * (m.get('count') != 1)}  {short_digest(m.get('digest'))}"
         for m in _items(r.get("mounts"))
         if isinstance(m, dict)
     ]
@@ -341,6 +346,28 @@ def _data_lines(r: dict, spec: dict) -> list[str]:
         lines.append(_field("data out", "\n".join(written[:20] + more)))
     if _items(spec.get("secrets")):
         lines.append(_field("secrets", _wrapped(_items(spec["secrets"]))))
+    return lines
+
+
+def _lineage_lines(r: dict, children, names: dict) -> list[str]:
+    """Where its --in values came from (a snapshot's output, or the notebook), and which
+    snapshots took its values."""
+    lines = []
+    parents = []
+    for p in _items(r.get("parents")):
+        if not isinstance(p, dict):
+            continue
+        if p.get("snapshot"):
+            sid = p["snapshot"]
+            name = f" ({names[sid]})" if names.get(sid) else ""
+            parents.append(f"{p.get('input')} ← {sid}{name}: {p.get('output')}")
+        else:
+            parents.append(f"{p.get('input')} ← notebook  {short_digest(p.get('digest'))}")
+    if parents:
+        lines.append(_field("parents", "\n".join(parents)))
+    kids = [f"{c['id']} ({c['name']})" if c.get("name") else c["id"] for c in children]
+    if kids:
+        lines.append(_field("children", _wrapped(kids)))
     return lines
 
 
@@ -387,7 +414,21 @@ def show(store, ref, as_json=False) -> str:
     record = store.get(ref)
     if as_json:
         return json.dumps(record, indent=2, sort_keys=True)
-    return format_record(record)
+    names = {}
+    for sid in lineage.parent_ids(record):
+        try:
+            names[sid] = store.get(sid).get("name")
+        except SnapshotNotFound:
+            names[sid] = "removed"
+    return format_record(record, store.children(record["id"]), names)
+
+
+def show_lineage(store, ref, as_json=False) -> str:
+    """The snapshots whose values led to ``ref``, in order: text, or nodes and edges as JSON."""
+    g = lineage.graph(store, ref)
+    if as_json:
+        return json.dumps(lineage.lineage_json(g), indent=2)
+    return lineage.format_lineage(g)
 
 
 # -- logs and rm --------------------------------------------------------------------------------

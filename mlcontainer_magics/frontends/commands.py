@@ -32,6 +32,12 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="ID")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "lineage", help="the snapshots whose values led to a snapshot, in the order they ran"
+    )
+    p.add_argument("ref", metavar="ID")
+    p.add_argument("--json", action="store_true", help="nodes and edges")
+
     p = sub.add_parser("logs", help="a running service's log (by NAME), or what a snapshot printed")
     p.add_argument("ref", metavar="NAME|ID")
 
@@ -122,6 +128,8 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
         return text or ("[]" if args.json else "no snapshots yet: run a %%containerize cell")
     if args.command == "show":
         return verbs.show(store, args.ref, as_json=args.json)
+    if args.command == "lineage":
+        return verbs.show_lineage(store, args.ref, as_json=args.json)
     if args.command == "logs":
         try:
             return services.logs(args.ref, store=store, backend_of=backends.for_record)

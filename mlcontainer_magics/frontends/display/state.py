@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from ...core.events import ENV_PHASES, REASONS, RUN_PHASES, STEP, Phase, step_name
+from ...core.lineage import sources
 
 __all__ = [
     "ENV_PHASES",
@@ -28,7 +29,9 @@ __all__ = [
 
 LOG_LIMIT = 200  # build-log lines a status keeps (the newest)
 # The events that move a run into a phase of its own; build-log and recorded only add to one.
-STEPS = tuple(p for p in Phase if p not in (Phase.BUILD_LOG, Phase.RECORDED, Phase.MOUNTED))
+STEPS = tuple(
+    p for p in Phase if p not in (Phase.BUILD_LOG, Phase.RECORDED, Phase.MOUNTED, Phase.LINKED)
+)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ class RunStatus:
     installer: str = ""  # what installed the packages: "uv" or "pip"
     build_steps: tuple = ()  # ((step, seconds), ...): resolve, install, bytecode, commit...
     wheels: Mapping = field(default_factory=dict)  # installed, cached, fetched, local: counts
+    consumed: tuple = ()  # ((snapshot, its name), ...): whose --out values came in
+    from_notebook: tuple = ()  # names of the --in values the notebook made
 
     @property
     def finished(self) -> bool:
@@ -182,6 +187,9 @@ def apply(
             for m in info.get("mounts") or ()
         )
         return replace(status, data=data, data_seconds=info.get("seconds"))
+    if phase == Phase.LINKED:
+        snapshots, notebook = sources(info.get("parents") or (), info.get("names") or {})
+        return replace(status, consumed=tuple(snapshots), from_notebook=tuple(notebook))
     if status.finished:
         return status
     if phase in ("done", "failed"):  # the older end events

@@ -160,6 +160,15 @@ def describe_data(s: RunStatus) -> str:
     return "data: " + ", ".join(parts) + took
 
 
+def describe_sources(s: RunStatus) -> str:
+    """ "inputs from: ocr (a1b2c3d4e5f6) · notebook: png": the snapshots whose values the run
+    took, and the values the notebook made; "" before that is known."""
+    parts = [f"{name} ({sid})" if name else sid for sid, name in s.consumed]
+    if s.from_notebook:
+        parts.append("notebook: " + ", ".join(s.from_notebook))
+    return "inputs from: " + " · ".join(parts) if parts else ""
+
+
 def text_lines(before: RunStatus, after: RunStatus) -> list[str]:
     """The lines to print for the change ``before`` -> ``after``: one per phase, never a repeat."""
     lines = []
@@ -169,6 +178,8 @@ def text_lines(before: RunStatus, after: RunStatus) -> list[str]:
         lines.append(f"could not stop: {after.stop_error}")
     if after.data and after.data != before.data:
         lines.append(describe_data(after))
+    if describe_sources(after) != describe_sources(before) and describe_sources(after):
+        lines.append(describe_sources(after))
     if after.phase != before.phase:
         line = _phase_line(after)
         if line:

@@ -16,6 +16,7 @@ from .text import (
     describe_build,
     describe_data,
     describe_progress,
+    describe_sources,
     fmt_seconds,
     fmt_size,
     plural,
@@ -125,7 +126,13 @@ class WidgetView:
         data = f'<br><span style="color:{GREY}">{_e(describe_data(s))}</span>' if s.data else ""
         how = describe_build(s)
         build = f'<br><span class="mlc-build" style="color:{GREY}">{_e(how)}</span>' if how else ""
-        self.image.value = self._image_html(s) + build + data
+        took = describe_sources(s)
+        took = (
+            f'<br><span class="mlc-inputs-from" style="color:{GREY}">{_e(took)}</span>'
+            if took
+            else ""
+        )
+        self.image.value = self._image_html(s) + build + data + took
         self.snapshot.value = f"snapshot <code>{_e(s.snapshot)}</code>" if s.snapshot else ""
         if s.url:
             self.snapshot.value += f' · <a href="{_e(s.url)}" target="_blank">{_e(s.url)}</a>'
