@@ -73,10 +73,12 @@ class Row:
     """One measured comparison: median of ours against median of its baseline."""
 
     measure: str
-    ours: list = field(default_factory=list)  # samples, seconds
-    baseline: list = field(default_factory=list)  # samples, seconds
-    target: float | None = None  # ours/baseline must be <= target
+    ours: list = field(default_factory=list)  # samples, in unit
+    baseline: list = field(default_factory=list)  # samples, in unit
+    target: float | None = None  # ours/baseline must be <= target (>= target if higher)
     primary: bool = True  # the row the scenario's verdict is on
+    higher: bool = False  # the more the better (a rate): the ratio must reach the target
+    unit: str = "s"  # of the samples: seconds, or a rate such as "req/s"
     ours_value: float | None = None  # when ours is derived (a difference)
     baseline_value: float | None = None
     ours_label: str = ""
@@ -88,7 +90,7 @@ class Row:
         r = ratio(o, b)
         verdict = None
         if judge and self.target is not None and r is not None:
-            verdict = r <= self.target
+            verdict = r >= self.target if self.higher else r <= self.target
         paired = None
         if (
             self.ours_value is None
@@ -105,6 +107,8 @@ class Row:
             "ratio": r,
             "paired_ratio": paired,
             "target": self.target,
+            "higher": self.higher,
+            "unit": self.unit,
             "pass": verdict,
             "primary": self.primary,
             "ours_label": self.ours_label,
@@ -137,9 +141,7 @@ class Scenario:
         primary = [r for r in rows if r["primary"]]
         # Several judged rows (scenario 6: CLI and REST): the worst one speaks for it.
         worst = max(
-            primary,
-            key=lambda r: (r["ratio"] is not None, (r["ratio"] or 0) / (r["target"] or 1)),
-            default=None,
+            primary, key=lambda r: (r["ratio"] is not None, shortfall(r) or 0), default=None
         )
         verdicts = [r["pass"] for r in primary]
         return {
@@ -157,9 +159,21 @@ class Scenario:
         }
 
 
-def _fmt_s(x):
+def shortfall(row: dict) -> float | None:
+    """How far a row's ratio is from its target: above 1 it misses it (1.2 = 20% short)."""
+    r, target = row["ratio"], row["target"]
+    if r is None or not target:
+        return None
+    if row.get("higher"):
+        return target / r if r > 0 else math.inf
+    return r / target
+
+
+def _fmt(x, unit="s"):
     if x is None:
         return "-"
+    if unit != "s":
+        return f"{x:.0f} {unit}"
     if abs(x) >= 10:
         return f"{x:.1f}s"
     if abs(x) >= 0.1:
@@ -180,9 +194,7 @@ def table(scenarios: dict, judge: bool) -> str:
             elif r["pass"] is None:
                 verdict = "-"
             else:
-                verdict = (
-                    "PASS" if r["pass"] else f"MISS +{(r['ratio'] / r['target'] - 1) * 100:.0f}%"
-                )
+                verdict = "PASS" if r["pass"] else f"MISS +{(shortfall(r) - 1) * 100:.0f}%"
             if not r["primary"] and verdict == "PASS":
                 verdict = "pass"  # lower case: a secondary row, not the scenario's verdict
             n = max(len(r["ours_samples"]), len(r["baseline_samples"]))
@@ -190,11 +202,13 @@ def table(scenarios: dict, judge: bool) -> str:
                 (
                     f"{d['number']}{'*' if r['primary'] else ' '}",
                     r["measure"],
-                    _fmt_s(r["ours"]),
-                    _fmt_s(r["baseline"]),
+                    _fmt(r["ours"], r["unit"]),
+                    _fmt(r["baseline"], r["unit"]),
                     "-" if r["ratio"] is None else f"{r['ratio']:.3f}",
                     "-" if r["paired_ratio"] is None else f"{r['paired_ratio']:.3f}",
-                    "-" if r["target"] is None else f"<= {r['target']:g}",
+                    "-"
+                    if r["target"] is None
+                    else f"{'>=' if r['higher'] else '<='} {r['target']:g}",
                     verdict,
                     str(n),
                 )

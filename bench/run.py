@@ -23,10 +23,14 @@ Scenarios (target: ours / baseline):
   9 second   scikit-learn 1.5.2 after scenario 3's 1.4.2 (same numpy, pandas), same namespace,
              vs its own hand-written Dockerfile, `docker build --no-cache` (+ `docker run`)
                                                                          <= 0.2
+  10 serve   a served cell's trivial /predict through the kernel's proxy, 16 keep-alive
+             clients, vs a plain ThreadingHTTPServer of the same function in the same image
+             under `docker run -p`: requests per second             >= 0.9
+             and p99 latency                                             <= 1.2
 
-Samples: --repeat N (default 5) pairs for scenario 7; 4N pairs for the cheap scenarios (1, 2,
-5, 6 CLI, 8), 20N for REST, 50N in-process; min(N, --cold-repeat) for 3, 4 and 9. A full run takes
-about 10-15 minutes, the cold builds most of it.
+Samples: --repeat N (default 5) pairs for scenario 7, 2N rounds for 10; 4N pairs for the cheap
+scenarios (1, 2, 5, 6 CLI, 8), 20N for REST, 50N in-process; min(N, --cold-repeat) for 3, 4 and 9.
+A full run takes about 10-15 minutes, the cold builds most of it.
 
 --short runs each scenario once with tiny sizes and checks correctness only (same output from
 ours and the baseline, no image built by scenarios 1 and 2); tests/test_bench.py runs it.
@@ -61,6 +65,7 @@ from harness import (  # noqa: E402
     JupyterServer,
     Row,
     Scenario,
+    alternate,
     docker,
     interrupts_become_keyboardinterrupt,
     median,
@@ -69,7 +74,7 @@ from harness import (  # noqa: E402
     timed_run,
 )
 
-ORDER = ["edited", "rerun", "cold", "add", "import", "list", "data", "session", "second"]
+ORDER = ["edited", "rerun", "cold", "add", "import", "list", "data", "session", "second", "serve"]
 TITLES = {
     "edited": "Edited cell, same environment",
     "rerun": "Unchanged re-run",
@@ -80,6 +85,7 @@ TITLES = {
     "data": "200 MB numpy array in and out",
     "session": "Warm session",
     "second": "A second environment sharing most wheels",
+    "serve": "A served cell's /predict under load",
 }
 WARM_REQ = "six==1.16.0"  # the environment of scenarios 1, 2 and 8
 DATA_REQ = "numpy==1.26.4"  # the container side of scenario 7
@@ -886,6 +892,87 @@ class Bench:
             "socket round trip into the running interpreter."
         )
 
+    def s_serve(self, sc):
+        from bench_serve import FUNCTION, answers, load, plain_run_argv, published_url
+
+        from mlcontainer_magics.core import services
+
+        name, clients, procs = "bench", 16, 16
+        warmup, duration = (0.2, 0.5) if self.short else (1.0, 3.0)
+        log("serve: serving the cell (untimed)")
+        _, _, rec = self.cell(f"--serve {name}", FUNCTION)
+        ours = services.REGISTRY.get(name)
+        plain = f"{self.ns}-plain-server"
+        try:
+            docker(*plain_run_argv(rec["env_image"], plain, {NS_LABEL: self.ns})[1:])
+            urls = {"ours": ours.url, "baseline": published_url(plain)}
+            sc.check("plain_server_answers", answers(urls["baseline"]), urls["baseline"])
+            sc.check("ours_answers", answers(urls["ours"]), urls["ours"])
+            sc.info["urls"] = urls
+            rows = {
+                "rps": Row(
+                    f"requests per second, {clients} keep-alive clients",
+                    target=0.9,
+                    higher=True,
+                    unit="req/s",
+                    ours_label=f"%%containerize --serve {name}: POST {ours.url}/predict "
+                    "(the kernel's proxy)",
+                    baseline_label="ThreadingHTTPServer, docker run -p 127.0.0.1::8080 "
+                    "(same image)",
+                ),
+                "p99": Row("p99 latency", target=1.2),
+                "p50": Row("p50 latency", target=None, primary=False),
+            }
+            sc.rows += rows.values()
+            runs: dict = {"ours": [], "baseline": []}
+
+            def side(key):
+                def measure():
+                    out = load(urls[key], clients, procs, warmup, duration)
+                    runs[key].append(out)
+                    for measure_, row in rows.items():
+                        (row.ours if key == "ours" else row.baseline).append(out[measure_])
+
+                return measure
+
+            log(f"serve: warm-up, then {max(1, 2 * self.n) if not self.short else 1} rounds")
+            for key in urls:  # warm-up, untimed: threads, caches, the proxy's first links
+                load(urls[key], clients, procs, warmup, warmup)
+            for i in range(1 if self.short else 2 * self.n):
+                alternate(i, side("ours"), side("baseline"))
+            meta = ours_metadata(ours.url)
+        finally:
+            docker("rm", "-f", plain, check=False)
+            from IPython.utils.capture import capture_output
+
+            with capture_output():
+                self.ip.run_line_magic("container", f"stop {name}")
+        for key, results in runs.items():
+            sc.check(
+                f"{key}_no_failures",
+                not any(r["failures"] for r in results),
+                str([r["failure_examples"] for r in results if r["failures"]]),
+            )
+            sc.info[key] = [
+                {k: v for k, v in r.items() if k != "failure_examples"} for r in results
+            ]
+        sc.check(
+            "ours_counted_every_request",
+            meta["errors"] == 0 and meta["requests"] >= sum(r["sent"] for r in runs["ours"]),
+            f"/metadata {meta} after {sum(r['sent'] for r in runs['ours'])} timed requests",
+        )
+        sc.notes.append(
+            f"Each round runs {clients} clients for {warmup:g} s of warm-up and {duration:g} s "
+            f"measured, in {procs} processes of their own (one http.client connection per "
+            "client, kept while the server keeps it, opened again when it closes it: the same "
+            "client code for both sides). Rounds alternate ours and the baseline; req/s, p50 and "
+            "p99 are each round's, the table their medians. The baseline is the same function "
+            "in the image ours runs in, a ThreadingHTTPServer without its access log, published "
+            "with plain `docker run -p 127.0.0.1::8080` (the engine's own proxy in front); ours "
+            "is what the notebook is given: the kernel's proxy in front of the runner's server, "
+            "which logs every request. client_cpu_cores is what the load generator itself used."
+        )
+
     # -- profile ------------------------------------------------------------------------------
 
     def profile(self) -> None:
@@ -1030,6 +1117,14 @@ def data_breakdown(value, folder: Path) -> dict:
     return {k: round(statistics.median(v), 4) for k, v in steps.items()}
 
 
+def ours_metadata(url: str) -> dict:
+    """A served cell's GET /metadata (its counters)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metadata", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
 def cell_output(stdout: str) -> str:
     """What the cell printed: the magic's own progress lines (text mode, outside a
     widget-capable kernel) start with "[mlcontainer]" and are left out."""
@@ -1117,7 +1212,7 @@ def main(argv=None) -> int:
         "--only",
         nargs="+",
         metavar="SCENARIO",
-        help=f"some of: {' '.join(ORDER)} (or their numbers 1-8)",
+        help=f"some of: {' '.join(ORDER)} (or their numbers 1-{len(ORDER)})",
     )
     prof = p.add_mutually_exclusive_group()
     prof.add_argument(
@@ -1132,7 +1227,7 @@ def main(argv=None) -> int:
     if args.only:
         names = []
         for x in args.only:
-            x = ORDER[int(x) - 1] if x.isdigit() and 1 <= int(x) <= 8 else x
+            x = ORDER[int(x) - 1] if x.isdigit() and 1 <= int(x) <= len(ORDER) else x
             if x not in ORDER:
                 p.error(f"unknown scenario {x!r}; pick from {' '.join(ORDER)}")
             names.append(x)

@@ -316,6 +316,30 @@ def test_one_access_log_line_per_request(echo):
         assert wait_for(lambda: re.search(line, echo.stderr, re.M), 10), echo.stderr
 
 
+def test_the_access_log_never_holds_a_request_and_writes_what_piled_up_at_once():
+    from mlcontainer_magics.runner import mlc_runner
+
+    unblocked, writes = threading.Event(), []
+
+    class UnreadPipe:  # a log nobody reads for a while: its first write blocks
+        def write(self, text):
+            writes.append(text)
+            unblocked.wait(30)
+
+        def flush(self):
+            pass
+
+    log = mlc_runner._AccessLog(UnreadPipe())
+    log.add("first\n")
+    assert wait_for(lambda: writes, 10)  # the writer is stuck in its write...
+    for i in range(100):
+        log.add(f"{i}\n")  # ... and the requests' lines are queued, not waited on
+    unblocked.set()
+    log.close()
+    assert writes == ["first\n", "".join(f"{i}\n" for i in range(100))]
+    assert not log.thread.is_alive()
+
+
 def test_a_body_the_container_cannot_read_is_415(start, tmp_path):
     # numpy "not installed": a stand-in that fails to import, first on the path.
     stubs = tmp_path / "stubs"

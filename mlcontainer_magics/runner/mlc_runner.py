@@ -829,10 +829,11 @@ def encode_value(value, want_json=False):
 
 
 class _Service(object):
-    """What the request threads share: the entry function and the counters /metadata shows."""
+    """What the request threads share: the entry function, the access log and the counters
+    /metadata shows."""
 
-    def __init__(self, function, entry, serve):
-        self.function, self.entry, self.serve = function, entry, serve
+    def __init__(self, function, entry, serve, log):
+        self.function, self.entry, self.serve, self.log = function, entry, serve, log
         try:
             import inspect
             self.signature = entry + str(inspect.signature(function))
@@ -884,6 +885,51 @@ class _Service(object):
             return not self.in_flight
 
 
+class _AccessLog(object):
+    """The server's one line per request, written by a thread of its own: a request never
+    waits for the log (the container engine reads it through a pipe, which may be slow), and
+    the lines that come meanwhile leave together, in one write every FLUSH_EVERY s at most."""
+
+    FLUSH_EVERY = 0.05
+
+    def __init__(self, stream):
+        import queue
+        import threading
+        self.stream = stream
+        self.lines = getattr(queue, "SimpleQueue", queue.Queue)()  # SimpleQueue: 3.7+
+        self.thread = threading.Thread(target=self._write, name="mlc-access-log")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def add(self, line):
+        self.lines.put(line)
+
+    def close(self, timeout=5.0):
+        """Write what is still queued, then end the writer."""
+        self.lines.put(None)
+        self.thread.join(timeout)
+
+    def _write(self):
+        import queue
+        while True:
+            batch = [self.lines.get()]
+            try:
+                while batch[-1] is not None:
+                    batch.append(self.lines.get_nowait())
+            except queue.Empty:
+                pass
+            text = "".join(line for line in batch if line is not None)
+            try:
+                if text:
+                    self.stream.write(text)
+                    self.stream.flush()
+            except (OSError, ValueError):  # the log went away: the requests are still served
+                pass
+            if batch[-1] is None:
+                return
+            time.sleep(self.FLUSH_EVERY)
+
+
 def _http_handler(service):
     from http.server import BaseHTTPRequestHandler
 
@@ -933,8 +979,8 @@ def _http_handler(service):
             if is_call and self.command == "POST":
                 service.counted(0, error=status >= 400)
             self.send(status, ctype, body)
-            sys.stderr.write("%s %s %d %.1f ms\n" % (self.command, self.path, status,
-                                                     (time.monotonic() - start) * 1000))
+            service.log.add("%s %s %d %.1f ms\n" % (self.command, self.path, status,
+                                                    (time.monotonic() - start) * 1000))
 
         def allow(self, method, path, hint):
             if self.command != method:
@@ -1008,7 +1054,7 @@ def _http_handler(service):
             body = json.dumps({"error": message or explain or "bad request"}).encode("utf-8")
             self.send(code, BODY_TYPES["json"], body)
             # (a request line too long to read leaves no path)
-            sys.stderr.write("%s %s %d\n" % (self.command, getattr(self, "path", ""), code))
+            service.log.add("%s %s %d\n" % (self.command, getattr(self, "path", ""), code))
 
         def log_message(self, format, *args):
             pass  # answer() writes the one line per request
@@ -1082,7 +1128,7 @@ def serve_http(port=CONTAINER_PORT, host="0.0.0.0"):
         sys.stderr.write(MESSAGE_PREFIX + "the cell defines no function %s(...); define it to "
                          "take the request's value and return the answer\n" % entry)
         return VALUES_EXIT
-    service = _Service(function, entry, serve)
+    service = _Service(function, entry, serve, _AccessLog(sys.stderr))
     server = _http_server((host, port), _http_handler(service))
 
     def on_sigterm(signum, frame):
@@ -1105,6 +1151,7 @@ def serve_http(port=CONTAINER_PORT, host="0.0.0.0"):
     if not service.drain(DRAIN_SECONDS):
         sys.stderr.write(MESSAGE_PREFIX + "%d request(s) still running after %g s; "
                                           "exiting anyway\n" % (service.in_flight, DRAIN_SECONDS))
+    service.log.close()
     _flush_streams()
     # A thread the cell started and never ended (not a daemon) would hold the exit: not long.
     import threading

@@ -136,9 +136,11 @@ class DockerServices(Services):
             held.close()
             raise
         self._held[run_id] = held
-        # Read on (and drop) what it prints: an unread attach would block its writes. The
-        # engine keeps the log for `logs`.
-        threading.Thread(target=_drain, args=(stream,), daemon=True).start()
+        # Detached once it serves: what it prints from here on (a line per request) goes to the
+        # engine's log alone (`logs`). Read here, each line would take this process's time,
+        # and the GIL its proxy needs for every request.
+        with contextlib.suppress(Exception):
+            stream.close()
         return handle
 
     def _until_serving(self, container, stream, timeout, output, run_id) -> ServiceFailed | None:
@@ -289,9 +291,3 @@ def _text(data: bytes) -> str:
     # Not splitlines(): it splits at the mark's own \x1e too.
     lines = text.split("\n")
     return "\n".join(line for line in lines if not line.startswith(SERVING_MARK))
-
-
-def _drain(stream) -> None:
-    with contextlib.suppress(Exception):
-        for _ in stream:
-            pass
