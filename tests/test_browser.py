@@ -591,7 +591,9 @@ def test_containerized_cells_in_a_real_notebook(start_lab, browser):
     sid = lab.store.get("browser-run")["id"]
     assert sid in quick.locator(".mlc-status").inner_text()
     element_shot(quick.locator(".mlc-status"), "status-widget-done.png")
-    page.locator(f'{SIDEBAR} li[data-snapshot="{sid}"]').wait_for(timeout=30_000)
+    # In the snapshot list (the Running list may still show its container for a poll or two).
+    snapshots = page.locator(f'{SIDEBAR} section[aria-label="Snapshots"]')
+    snapshots.locator(f'li[data-snapshot="{sid}"]').wait_for(timeout=30_000)
 
     long = page.locator(".jp-Cell").nth(2)
     long.locator(".jp-OutputArea").get_by_text("working").wait_for(timeout=120_000)
