@@ -13,7 +13,7 @@ from mlcontainer_magics.core import lineage, pipelines
 from mlcontainer_magics.core.backend import RunResult
 from mlcontainer_magics.core.runs import RunOutcome
 from mlcontainer_magics.core.store import Store
-from mlcontainer_magics.errors import RunError, StoreError, VerificationFailed
+from mlcontainer_magics.errors import BuildError, RunError, StoreError, VerificationFailed
 from mlcontainer_magics.frontends.commands import build_parser, run_verb
 
 D = {n: f"xxh3-128:{n * 32}" for n in "abcdefgh"}  # digests
@@ -280,12 +280,13 @@ def test_a_pipeline_of_conflicting_environments_reruns_and_verifies_without_its_
     new = reruns_of(store, pipeline)
     lines = proc.stdout.splitlines()
     for n, (was, now) in enumerate(zip(old, new), 1):
-        assert f"step {n}/3 {was['id']} -> {now['id']}: started" in lines  # as it happens
+        started = f"step {n}/3 {was['name']} {was['id']} -> {now['id']}: started"
+        assert started in lines  # as it happens
         assert f"step {n}/3 {was['name']} {was['id']} -> {now['id']}: done, verified" in lines
         assert now["pipeline"] == {"of": old[-1]["id"], "step": n, "steps": 3}
         assert now["env_cached"] is False  # rebuilt from its lock
         assert now["lock"] == was["lock"] and now["outputs"] == was["outputs"]
-    assert "step 1/3 " + old[0]["id"] + ": building its environment from the lock" in lines
+    assert f"step 1/3 ocr {old[0]['id']}: building its environment from the lock" in lines
     assert lines[-1] == "verified: the outputs of all 3 steps match the recorded digests"
     assert "ocr six 1.16.0" in proc.stdout  # what the steps print, as they print it
     # the re-run is a pipeline of its own, step for step the same
@@ -377,4 +378,11 @@ def test_a_fan_in_reruns_its_parents_first_and_a_failed_step_stops_the_pipeline(
     failed = store.get(store.list(limit=1)[0]["id"])
     assert failed["status"] == "failed" and failed["pipeline"]["step"] == 2
     assert failed["rerun_of"] == right["id"]
+
+    # a step whose environment cannot be built: the error names it, and nothing is left
+    store.update(left["id"], lock=[{"name": "mlctest-no-such-package", "version": "1.0"}])
+    count = store.count()
+    with pytest.raises(BuildError, match=rf"^step 1/3 left \({left['id']}\): "):
+        ip.run_line_magic("container", f"rerun {join['id']} --pipeline")
+    assert store.count() == count
     capsys.readouterr()

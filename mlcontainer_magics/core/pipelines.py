@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..errors import SpecError, StoreError
+from ..errors import MlcError, SpecError, StoreError
 from . import lineage, snapshots
 from .events import REASONS, no_events
 from .formatting import short_digest
@@ -144,9 +144,10 @@ def rerun_pipeline(
     records ``rerun_of`` and ``pipeline: {"of", "step", "steps"}``. A step that fails, or
     with ``verify`` one whose outputs or stdout differ from its record, stops the pipeline.
 
-    ``events`` hears every step's phases with ``step``, ``steps`` and ``rerun_of`` (the step's
-    old id) added. A step's values are let go once the steps that take them have run: only
-    the last step's outcome keeps its values."""
+    ``events`` hears every step's phases with ``step``, ``steps``, ``step_name`` and
+    ``rerun_of`` (the step's old id) added; an error that stops a step before it ran (a
+    failed build) names the step. A step's values are let go once the steps that take them
+    have run: only the last step's outcome keeps its values."""
     pipeline = plan(store, ref)
     last = pipeline.steps[-1]
     if last.record.get("service") or (last.record.get("spec") or {}).get("serve"):
@@ -159,24 +160,32 @@ def rerun_pipeline(
     outcomes: dict[int, RunOutcome] = {}
     last_use = _last_use(pipeline)
     for step in pipeline.steps:
-        step_events = _tagged(events, step=step.number, steps=count, rerun_of=step.id)
-        outcome, problems = snapshots.rerun_record(
-            store,
-            step.record,
-            backend_of(step.record),
-            inputs=_inputs(store, step, outcomes),
-            verify=verify,
-            events=step_events,
-            output=output,
-            secrets_file=secrets_file,
-            fields={"pipeline": {"of": pipeline.root, "step": step.number, "steps": count}},
-        )
+        tags = dict(step=step.number, steps=count, step_name=step.name, rerun_of=step.id)
+        try:
+            outcome, problems = snapshots.rerun_record(
+                store,
+                step.record,
+                backend_of(step.record),
+                inputs=_inputs(store, step, outcomes),
+                verify=verify,
+                events=_tagged(events, **tags),
+                output=output,
+                secrets_file=secrets_file,
+                fields={"pipeline": {"of": pipeline.root, "step": step.number, "steps": count}},
+            )
+        except MlcError as e:
+            # A step that never ran (its build failed, a secret is missing): the error says
+            # which, keeping its class and payload (a build's log).
+            if e.args and isinstance(e.args[0], str):
+                e.args = (f"{pipeline.label(step)} ({step.id}): {e.args[0]}", *e.args[1:])
+            raise
         outcomes[step.number] = outcome
         store.update(outcome.run_id, parents=_new_parents(step, outcome, outcomes))
         error = outcome_error(outcome)
         if error is not None:
             # Its outputs are missing, so comparing them would say nothing more.
-            status = REASONS.get(outcome.result.reason, outcome.result.reason)
+            reason = outcome.result.reason
+            status = "failed" if reason == "done" else REASONS.get(reason, reason)  # an --out
             problems = [f"the step {status}: {str(error).splitlines()[0]}"]
         elif not verify:
             problems = []

@@ -221,7 +221,7 @@ def rerun_pipeline(args, *, store, backends: Backends, output=None) -> str:
     say = (lambda text: output("stdout", text + "\n")) if output else (lambda text: None)
 
     def events(phase, **info):
-        label = f"step {info['step']}/{info['steps']} {info['rerun_of']}"
+        label = f"step {info['step']}/{info['steps']} {info['step_name']} {info['rerun_of']}"
         if phase == Phase.RECORDED:
             say(f"{label} -> {info['snapshot']}: started")
         elif phase == Phase.BUILDING:
