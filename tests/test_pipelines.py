@@ -328,6 +328,9 @@ def test_a_pipeline_of_conflicting_environments_reruns_and_verifies_without_its_
     assert e.value.problems == [f"output lang differs: recorded xxh3-128:0, now {now}"]
     assert f"step 3/3 translate {old[2]['id']}: not run" in str(e.value)
     assert store.count() == count + 2  # step 3 never ran
+    proc = cli("rerun", old[-1]["id"], "--pipeline", "--verify")
+    assert proc.returncode == 1, proc.stderr
+    assert f"NOT reproduced: step 2/3 detect ({old[1]['id']}) differs" in proc.stderr
 
 
 @on_engine
