@@ -8,9 +8,10 @@ import argparse
 from ..backends import BACKENDS, Backends
 from ..backends.export import deploy_snapshot, export, parse_replicas
 from ..config import KubernetesConfig
-from ..core import runs, services, snapshots, verbs
+from ..core import pipelines, runs, services, snapshots, verbs
+from ..core.events import Phase
 from ..core.spec import parse_port
-from ..errors import NotFound, SpecError, VerificationFailed
+from ..errors import NotFound, RunError, SpecError, VerificationFailed
 
 
 def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
@@ -49,10 +50,18 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", choices=BACKENDS, help="where to run it (default: where the snapshot ran)"
     )
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="re-run every step whose values led to ID, in order, each fed its parents' new values",
+    )
 
     p = sub.add_parser("diff", help="what changed between two snapshots")
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
+    p.add_argument(
+        "--pipeline", action="store_true", help="the pipelines that led to A and B, step by step"
+    )
 
     p = sub.add_parser("export", help="a folder that rebuilds the run with plain docker")
     p.add_argument("ref", metavar="ID")
@@ -153,6 +162,8 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
     if args.command == "rm":
         return verbs.rm(store, args.refs, force=args.force)
     if args.command == "diff":
+        if args.pipeline:
+            return pipelines.diff_pipelines(store, args.a, args.b)
         return snapshots.diff(store.get(args.a), store.get(args.b))
     if args.command == "export":
         record = store.get(args.ref)
@@ -180,6 +191,8 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
     if args.command == "prune":
         done = snapshots.prune(store, backends.get(), backend_of=backends.for_record)
         return "\n".join(done) or "nothing to prune"
+    if args.command == "rerun" and args.pipeline:
+        return rerun_pipeline(args, store=store, backends=backends, output=output)
     if args.command == "rerun":
         record = store.get(args.ref)  # before the rerun takes the same name
         backend = backends.for_record(record, override=args.backend)
@@ -200,6 +213,42 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
             )
         return line + ("\nverified: outputs match the recorded digests" if args.verify else "")
     raise SpecError(f"unknown command {args.command}")
+
+
+def rerun_pipeline(args, *, store, backends: Backends, output=None) -> str:
+    """`rerun ID --pipeline [--verify]`: one line per step; each step's start (and the
+    rebuild of an environment whose image is gone) said as it happens."""
+    say = (lambda text: output("stdout", text + "\n")) if output else (lambda text: None)
+
+    def events(phase, **info):
+        label = f"step {info['step']}/{info['steps']} {info['step_name']} {info['rerun_of']}"
+        if phase == Phase.RECORDED:
+            say(f"{label} -> {info['snapshot']}: started")
+        elif phase == Phase.BUILDING:
+            say(f"{label}: building its environment from the lock")
+
+    rerun = pipelines.rerun_pipeline(
+        store,
+        args.ref,
+        lambda record: backends.for_record(record, override=args.backend),
+        verify=args.verify,
+        events=events,
+        output=output,
+        secrets_file=backends.settings.secrets_file,
+    )
+    text = pipelines.format_rerun(rerun)
+    if rerun.first_difference is not None:
+        where = pipelines.stopped_at(rerun)
+        if args.verify:
+            raise VerificationFailed(
+                f"{text}\nNOT reproduced: {where} differs; the steps after it were not run",
+                rerun.problems,
+            )
+        raise RunError(f"{text}\nthe pipeline stopped at {where}", reason="failed")
+    count = len(rerun.steps)
+    if args.verify:
+        return text + f"\nverified: the outputs of all {count} steps match the recorded digests"
+    return text
 
 
 def served_line(service, rerun_of: str | None = None) -> str:
