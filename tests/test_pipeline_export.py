@@ -4,23 +4,27 @@ reproduced by run.sh with plain docker after every image of the chain is gone.""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 # the fixtures of the lineage tests: a real IPython shell and its store
 from test_lineage import cell, on_engine, store_of_ip  # noqa: F401
 
-from mlcontainer_magics.backends.export import export_pipeline
-from mlcontainer_magics.backends.pipeline_export import plan, run_script
+from mlcontainer_magics.backends.pipeline_export import export_pipeline, plan, run_script
 from mlcontainer_magics.core import transfer
 from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 from mlcontainer_magics.core.store import Store
 from mlcontainer_magics.errors import SpecError, StoreError
 from mlcontainer_magics.runner import mlc_runner
+
+pytest_plugins = ["k8s_fake"]
 
 K = "host:1"
 CHAIN = [  # name, code, inputs from the notebook, inputs from (step, output), outputs
@@ -341,3 +345,197 @@ def test_a_single_export_still_carries_its_values(store, tmp_path):
     manifest = json.loads((dest / "mlc" / "manifest.json").read_text())
     assert manifest["host"] == {"python": "", "numpy": False, "pyarrow": False}
     assert not (tmp_path / ".one.partial").exists()
+
+
+# -- pipeline.yaml: valid, and run by the fake Kubernetes API server --------------------------
+
+NS = "mlc"
+# Runs a step's runner here, as the container would: its /mlc given as the first argument.
+RUN_STEP = (
+    "import sys; sys.path.insert(0, sys.argv[1]); import runner; "
+    "sys.exit(runner.run_in(sys.argv[1], {'__name__': '__main__'}))"
+)
+
+
+def k8s_export(store, tmp_path, **config):
+    from mlcontainer_magics.config import KubernetesConfig
+
+    make_chain(store)
+    dest = export_pipeline(
+        store,
+        "translate",
+        tmp_path / "pipe",
+        backend=None,
+        k8s=True,
+        k8s_config=KubernetesConfig(k8s_namespace=NS, **config),
+    )
+    import yaml
+
+    return dest, list(yaml.safe_load_all((dest / "pipeline.yaml").read_text()))
+
+
+def test_pipeline_yaml_is_one_job_of_the_steps_in_order_and_valid(store, tmp_path):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    from mlcontainer_magics.backends.kubernetes.objects import (
+        CONTAINER_SECURITY_CONTEXT,
+        OLDEST_KUBERNETES,
+        POD_SECURITY_CONTEXT,
+    )
+
+    dest, docs = k8s_export(store, tmp_path, registry="r.example.com/team")
+    assert [d["kind"] for d in docs] == ["Secret", "Job"]
+    for doc in docs:
+        for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
+            kubernetes_validate.validate(doc, version, strict=True)
+    secret, job = docs
+    pod = job["spec"]["template"]["spec"]
+    steps = [*pod["initContainers"], *pod["containers"]]
+    assert [c["name"] for c in steps] == ["step-01-ocr", "step-02-detect", "step-03-translate"]
+    repository = "r.example.com/team/mlc-pipeline-0003aaaabbbb"
+    assert [c["image"] for c in steps] == [
+        f"{repository}:01-ocr",
+        f"{repository}:02-detect",
+        f"{repository}:03-translate",
+    ]
+    assert pod["securityContext"] == POD_SECURITY_CONTEXT and pod["restartPolicy"] == "Never"
+    assert all(c["securityContext"] == CONTAINER_SECURITY_CONTEXT for c in steps)
+    assert job["spec"]["backoffLimit"] == 0
+    mounts = {m["mountPath"]: m for m in steps[2]["volumeMounts"]}
+    assert mounts["/mlc/out"] == {"name": "values-03-translate", "mountPath": "/mlc/out"}
+    assert mounts["/mlc/in/lang.json"]["name"] == "values-02-detect"
+    assert mounts["/mlc/in/lang.json"]["subPath"] == "v-lang.json"
+    assert mounts["/mlc/in/lang.json"]["readOnly"] is True
+    words = {m["mountPath"]: m for m in steps[0]["volumeMounts"]}["/mlc/in/words.json"]
+    assert words["name"] == "inputs" and words["subPath"] == "01-ocr__words.json"
+    assert (
+        base64.b64decode(secret["data"]["01-ocr__words.json"])
+        == (dest / "inputs" / "01-ocr" / "words.json").read_bytes()
+    )
+    assert {v["name"] for v in pod["volumes"] if "emptyDir" in v} == {
+        "values-01-ocr",
+        "values-02-detect",
+        "values-03-translate",
+    }
+    assert "## On Kubernetes" in (dest / "README.md").read_text()
+    assert (dest / "pipeline.yaml").read_text().startswith("# The 3 steps that led to")
+
+
+def kubelet(dest: Path, where: Path, ran: list):
+    """Acts as each container of the pipeline's pod on the fake: the image's /mlc (what its
+    step's Dockerfile copies), its volumes as the kubelet mounts them (an emptyDir is a folder
+    shared by the pod's containers, a subPath one file of it; the Secret's files as the fake
+    gives them), then the runner, with this Python."""
+    volumes = where / "volumes"
+
+    def run(pod) -> int:
+        c = pod.container
+        ran.append(c["name"])
+        root = where / c["name"]
+        shutil.copytree(dest / "steps" / c["image"].rsplit(":", 1)[1] / "mlc", root)
+        specs = {v["name"]: v for v in pod.pod["spec"]["volumes"]}
+        for m in c["volumeMounts"]:
+            inside = root / Path(m["mountPath"]).relative_to("/mlc")
+            inside.parent.mkdir(parents=True, exist_ok=True)
+            if "emptyDir" not in specs[m["name"]]:
+                inside.write_bytes(pod.files[m["mountPath"]])
+                continue
+            shared = volumes / m["name"]
+            shared.mkdir(parents=True, exist_ok=True)
+            if "subPath" not in m:
+                shutil.rmtree(inside, ignore_errors=True)
+                inside.symlink_to(shared, target_is_directory=True)
+            elif (shared / m["subPath"]).is_file():
+                shutil.copyfile(shared / m["subPath"], inside)
+            else:  # a real kubelet would make an empty folder there
+                pod.log(f"{m['subPath']} is not in {m['name']}")
+                return 1
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN_STEP, str(root)],
+            capture_output=True,
+            text=True,
+            env={**pod.env, "PATH": os.environ["PATH"]},
+            timeout=120,
+        )
+        pod.log(proc.stdout + proc.stderr)
+        return proc.returncode
+
+    return run
+
+
+def applied(k8s_fake, docs) -> str:
+    from kubernetes import client
+
+    api = k8s_fake.api_client()
+    try:
+        for doc in docs:
+            if doc["kind"] == "Secret":
+                client.CoreV1Api(api).create_namespaced_secret(NS, doc)
+            else:
+                client.BatchV1Api(api).create_namespaced_job(NS, doc)
+    finally:
+        api.close()
+    return docs[1]["metadata"]["name"]
+
+
+def finished(k8s_fake, name, timeout=60.0) -> str:
+    def condition():
+        job = k8s_fake.get("jobs", name, NS) or {}
+        for c in job.get("status", {}).get("conditions") or []:
+            if c["type"] in ("Complete", "Failed") and c["status"] == "True":
+                return c["type"]
+        return None
+
+    found = k8s_fake.wait_for(condition, timeout=timeout)
+    assert found, f"job {name} did not finish"
+    return found
+
+
+def test_pipeline_yaml_runs_to_completion_on_the_fake(store, tmp_path, k8s_fake):
+    dest, docs = k8s_export(store, tmp_path)
+    ran: list = []
+    k8s_fake.script("mlc-pipeline", run=kubelet(dest, tmp_path / "node", ran))
+    name = applied(k8s_fake, docs)
+    assert finished(k8s_fake, name) == "Complete"
+    assert ran == ["step-01-ocr", "step-02-detect", "step-03-translate"]
+    [pod] = k8s_fake.pods_of(name, NS)
+    inits = pod["status"]["initContainerStatuses"]
+    assert [(s["name"], s["state"]["terminated"]["reason"]) for s in inits] == [
+        ("step-01-ocr", "Completed"),
+        ("step-02-detect", "Completed"),
+    ]
+    assert pod["status"]["phase"] == "Succeeded"
+    made = tmp_path / "node" / "volumes" / "values-03-translate" / "v-english.json"
+    recorded = store.get("translate")["outputs"]["english"]["digest"]
+    assert transfer.file_digest(made) == recorded
+    assert made.read_bytes() == b'"BONJOUR LE MONDEfr"'
+
+
+def test_a_failing_step_fails_the_job_and_the_next_never_run_on_the_fake(store, tmp_path, k8s_fake):
+    from kubernetes import client
+
+    dest, docs = k8s_export(store, tmp_path)
+    (dest / "steps" / "02-detect" / "mlc" / "cell.py").write_text("raise ValueError('no')\n")
+    ran: list = []
+    k8s_fake.script("mlc-pipeline", run=kubelet(dest, tmp_path / "node", ran))
+    name = applied(k8s_fake, docs)
+    assert finished(k8s_fake, name) == "Failed"
+    assert ran == ["step-01-ocr", "step-02-detect"]
+    [pod] = k8s_fake.pods_of(name, NS)
+    assert pod["status"]["phase"] == "Failed"
+    first, second = pod["status"]["initContainerStatuses"]
+    assert first["state"]["terminated"]["exitCode"] == 0
+    assert second["state"]["terminated"]["exitCode"] == 1
+    assert pod["status"]["containerStatuses"][0]["state"] == {
+        "waiting": {"reason": "PodInitializing"}
+    }
+    initialized = {c["type"]: c for c in pod["status"]["conditions"]}["Initialized"]
+    assert initialized["status"] == "False"
+    api = k8s_fake.api_client()
+    try:
+        core = client.CoreV1Api(api)
+        log = core.read_namespaced_pod_log(pod["metadata"]["name"], NS, container="step-02-detect")
+        assert "ValueError: no" in log
+        with pytest.raises(client.ApiException, match="waiting to start: PodInitializing"):
+            core.read_namespaced_pod_log(pod["metadata"]["name"], NS)
+    finally:
+        api.close()

@@ -362,14 +362,6 @@ def _write_data(staging: Path, inputs: list[dict], copy: bool) -> None:
     (staging / "DATA.md").write_text("\n".join(lines) + "\n")
 
 
-def export_pipeline(store, ref: str, dest, backend: Backend, **options) -> Path:
-    """The pipeline that led to snapshot ``ref``, exported: see pipeline_export.export_pipeline
-    (imported here on use: that module builds on this one)."""
-    from .pipeline_export import export_pipeline as export_steps
-
-    return export_steps(store, ref, dest, backend, **options)
-
-
 # -- deploy -----------------------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from ..errors import SpecError
 from ..runner import MLC_DIR, OUT_DIR
 from ..runner.mlc_runner import EXT
 from .export import _write_build_context, _write_run_folder, check_dest, export_spec, write_staged
+from .kubernetes.pipeline import K8S_README, write_pipeline_manifest
 
 RUN_SCRIPT = "run.sh"
 K8S_FILE = "pipeline.yaml"
@@ -207,9 +208,8 @@ def export_pipeline(
         script.chmod(0o755)
         (staging / "pipeline.json").write_text(json.dumps(describe(root, steps), indent=2))
         if k8s:
-            from .kubernetes.pipeline import write_pipeline_manifest
-
-            write_pipeline_manifest(root, steps, staging, k8s_config or KubernetesConfig())
+            config = k8s_config or KubernetesConfig()
+            write_pipeline_manifest(root, steps, staging, config, image_repository(root))
         (staging / "README.md").write_text(readme(root, steps, k8s=k8s))
 
     return write_staged(dest, write)
@@ -426,7 +426,5 @@ builds and pushes them. The images are tagged `$MLC_PIPELINE_IMAGE:NN-NAME` (def
             "recorded: set them in the environment before `sh run.sh`.\n"
         )
     if k8s:
-        from .kubernetes.pipeline import K8S_README
-
         text += K8S_README.format(file=K8S_FILE, repository=image_repository(root))
     return text

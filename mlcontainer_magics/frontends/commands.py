@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..backends import BACKENDS, Backends
-from ..backends.export import deploy_snapshot, export, export_pipeline, parse_replicas
+from ..backends.export import deploy_snapshot, export, parse_replicas
+from ..backends.pipeline_export import export_pipeline
 from ..config import KubernetesConfig
 from ..core import runs, services, snapshots, verbs
 from ..core.spec import parse_port
