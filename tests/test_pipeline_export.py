@@ -180,6 +180,23 @@ def test_run_sh_passes_the_recorded_run_options(store):
     )
 
 
+def test_a_fan_in_takes_each_value_from_its_own_step(store):
+    fan_in = [
+        ("left", "a = [1, 2]", {}, {}, ["a"]),
+        ("right", "b = {'k': k}", {"k": 3}, {}, ["b"]),
+        ("join", "c = a + [b['k']]", {}, {"a": (0, "a"), "b": (1, "b")}, ["c"]),
+    ]
+    make_chain(store, fan_in)
+    root, steps = plan(store, "join")
+    assert [s.folder for s in steps] == ["01-left", "02-right", "03-join"]
+    script = run_script(root, steps)
+    assert 'take "$HERE/inputs/02-right/k.json" "$VALUES/02-right/in/k.json"' in script
+    assert 'take "$VALUES/01-left/out/v-a.json" "$VALUES/03-join/in/a.json"' in script
+    assert 'take "$VALUES/02-right/out/v-b.json" "$VALUES/03-join/in/b.json"' in script
+    runs = [line for line in script.splitlines() if line.startswith("run_step ")]
+    assert runs == ["run_step 01-left", "run_step 02-right", "run_step 03-join"]
+
+
 def test_the_chain_s_start_may_be_any_step(store, tmp_path):
     make_chain(store)
     dest = export_pipeline(store, "detect", tmp_path / "pipe", backend=None)
@@ -204,7 +221,7 @@ def test_a_removed_step_is_refused(store, tmp_path):
 def test_a_step_without_its_spec_is_refused(store, tmp_path):
     _, detect, translate = make_chain(store)
     store.update(detect["id"], spec=None)
-    with pytest.raises(StoreError, match=f"{detect['id']} has no recorded spec"):
+    with pytest.raises(StoreError, match=f"Step 2 .*: Snapshot {detect['id']} has no recorded"):
         export_pipeline(store, translate["id"], tmp_path / "pipe", backend=None)
     assert nothing_left(tmp_path)
 
@@ -248,6 +265,8 @@ def test_the_cli_refuses_options_of_a_single_export(store, tmp_path):
     make_chain(store)
     args = build_parser().parse_args(["export", "translate", str(tmp_path / "p"), "--pipeline"])
     assert args.pipeline and not args.k8s
+    args = build_parser(for_magic=True).parse_args(["export", "x", "d", "--pipeline", "--k8s"])
+    assert args.pipeline and args.k8s
     args = build_parser().parse_args(
         ["export", "translate", str(tmp_path / "p"), "--pipeline", "--tar"]
     )

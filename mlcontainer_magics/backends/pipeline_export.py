@@ -30,7 +30,7 @@ from ..config import KubernetesConfig
 from ..core import lineage
 from ..core.backend import Backend
 from ..core.spec import RunSpec
-from ..errors import SpecError
+from ..errors import SpecError, StoreError
 from ..runner import MLC_DIR, OUT_DIR
 from ..runner.mlc_runner import EXT
 from .export import _write_build_context, _write_run_folder, check_dest, export_spec, write_staged
@@ -127,7 +127,10 @@ def plan(store, ref: str) -> tuple[str, list[ExportStep]]:
     steps = []
     for sid in order:
         record = records[sid]
-        spec = export_spec(record)  # StoreError for a record without its spec
+        try:
+            spec = export_spec(record)
+        except StoreError as e:  # a record without its spec: say which step it is
+            raise StoreError(f"Step {number[sid]} of the pipeline of {g.root}: {e}") from None
         edges = {e["input"]: e for e in g.edges if e["to"] == sid}
         inputs = []
         recorded = record.get("inputs") or {}
