@@ -201,6 +201,12 @@ def test_the_chain_s_start_may_be_any_step(store, tmp_path):
     make_chain(store)
     dest = export_pipeline(store, "detect", tmp_path / "pipe", backend=None)
     assert sorted(p.name for p in (dest / "steps").iterdir()) == ["01-ocr", "02-detect"]
+    one = export_pipeline(store, "ocr", tmp_path / "one", backend=None, k8s=True)
+    assert [p.name for p in (one / "steps").iterdir()] == ["01-ocr"]
+    import yaml
+
+    job = list(yaml.safe_load_all((one / "pipeline.yaml").read_text()))[1]
+    assert "initContainers" not in job["spec"]["template"]["spec"]  # a pipeline of one step
 
 
 # -- refusals: clear, before anything is written ---------------------------------------------

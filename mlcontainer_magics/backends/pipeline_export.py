@@ -34,10 +34,9 @@ from ..errors import SpecError, StoreError
 from ..runner import MLC_DIR, OUT_DIR
 from ..runner.mlc_runner import EXT
 from .export import _write_build_context, _write_run_folder, check_dest, export_spec, write_staged
-from .kubernetes.pipeline import K8S_README, write_pipeline_manifest
+from .kubernetes.pipeline import k8s_readme, k8s_repository, write_pipeline_manifest
 
 RUN_SCRIPT = "run.sh"
-K8S_FILE = "pipeline.yaml"
 IMAGE_ENV = "MLC_PIPELINE_IMAGE"  # run.sh: the repository its images are tagged in
 IN_DIR = f"{MLC_DIR}/in"
 # What run.sh and pipeline.yaml may write unquoted: step folders and value file names.
@@ -188,6 +187,8 @@ def export_pipeline(
     init containers and its container). ``data_limit`` as for a single export, per step."""
     root, steps = plan(store, ref)
     dest = check_dest(dest)
+    config = k8s_config or KubernetesConfig()
+    k8s_images = k8s_repository(image_repository(root), config)
 
     def write(staging: Path) -> None:
         listed = {}
@@ -211,9 +212,8 @@ def export_pipeline(
         script.chmod(0o755)
         (staging / "pipeline.json").write_text(json.dumps(describe(root, steps), indent=2))
         if k8s:
-            config = k8s_config or KubernetesConfig()
-            write_pipeline_manifest(root, steps, staging, config, image_repository(root))
-        (staging / "README.md").write_text(readme(root, steps, k8s=k8s))
+            write_pipeline_manifest(root, steps, staging, config, k8s_images)
+        (staging / "README.md").write_text(readme(root, steps, k8s_images if k8s else None))
 
     return write_staged(dest, write)
 
@@ -382,7 +382,8 @@ def _run_options(step: ExportStep, listed=None) -> list[str]:
 # -- README -----------------------------------------------------------------------------------
 
 
-def readme(root: str, steps: list[ExportStep], *, k8s: bool = False) -> str:
+def readme(root: str, steps: list[ExportStep], k8s_images: str | None = None) -> str:
+    """README.md; with ``k8s_images`` (pipeline.yaml's image repository), its part on it."""
     last = steps[-1]
     rows = []
     for s in steps:
@@ -394,12 +395,13 @@ def readme(root: str, steps: list[ExportStep], *, k8s: bool = False) -> str:
             f"{', '.join(s.spec.outputs) or '–'} |"
         )
     secrets = sorted({k for s in steps for k in s.spec.secrets})
-    text = f"""# Pipeline of snapshot {root}
+    named = f" ({last.record['name']})" if last.record.get("name") else ""
+    text = f"""# Pipeline of snapshot {root}{named}
 
-The {len(steps)} steps that led to snapshot {root}, exported by mlcontainer-magics: each step a
-containerized notebook cell with its own environment, the values passing from step to step as
-they did in the notebook. Run it with Docker alone (no mlcontainer-magics needed), from any
-folder:
+The {len(steps)} steps that led to snapshot {root}{named}, exported by mlcontainer-magics:
+each step a containerized notebook cell with its own environment, the values passing from step
+to step as they did in the notebook. Run it with Docker alone (no mlcontainer-magics needed),
+from any folder:
 
     sh run.sh
 
@@ -428,6 +430,6 @@ builds and pushes them. The images are tagged `$MLC_PIPELINE_IMAGE:NN-NAME` (def
             f"- The steps use the secrets {', '.join(secrets)}, whose values are never "
             "recorded: set them in the environment before `sh run.sh`.\n"
         )
-    if k8s:
-        text += K8S_README.format(file=K8S_FILE, repository=image_repository(root))
+    if k8s_images:
+        text += k8s_readme(k8s_images)
     return text

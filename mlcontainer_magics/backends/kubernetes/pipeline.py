@@ -51,21 +51,41 @@ INPUTS_VOLUME = "inputs"
 K8S_README = """
 ## On Kubernetes
 
-`{file}` runs the same steps on a cluster as one Job: steps 1 to n-1 are its init containers,
-which Kubernetes runs one after the other, each to completion (a failing one fails the Job),
-and the last step is its container. Each step runs its own image, the one `run.sh` builds.
-Push them where the cluster pulls from, and apply:
+`{file}` runs the same steps on a cluster as one Job: steps 1 to n-1 are its init
+containers, which Kubernetes runs one after the other, each to completion (a failing one fails
+the Job), and the last step is its container. Each step runs its own image, the one `run.sh`
+builds, `{repository}:NN-NAME`. Push them where the cluster pulls from, then apply:
 
-    MLC_PIPELINE_IMAGE=registry.example.com/team/{repository} sh run.sh push
+    MLC_PIPELINE_IMAGE={push} sh run.sh push
     kubectl apply -f {file}
-
-(`image:` in `{file}` names `{repository}`, under `KubernetesConfig.registry` when it was set;
-change it if you pushed elsewhere.) `kubectl logs job/NAME -c step-NN-NAME` shows a step's
-output. Values pass through an emptyDir volume per step, mounted as its `/mlc/out` and, file by
-file, as the `/mlc/in` files of the steps that read them; the notebook's values travel in the
-Secret. One Job rather than one per step: the values stay in the pod, with no volume to
-provision and no controller needed to order the steps. The outputs stay in the pod too.
+{change}
+`kubectl logs job/NAME -c step-NN-NAME` shows a step's output. Values pass through an emptyDir
+volume per step, mounted as its `/mlc/out` and, file by file, as the `/mlc/in` files of the
+steps that read them; the notebook's values travel in the Secret. One Job rather than one per
+step: the values stay in the pod, with no volume to provision and no controller needed to
+order the steps (the outputs stay in the pod too). The pod asks for the largest of its steps'
+resources, as Kubernetes counts init containers.
 """
+CHANGE_IMAGES = """
+(or push them under another name and change each `image:` in `{file}` to match).
+"""
+
+
+def k8s_readme(repository: str) -> str:
+    """The README's part on pipeline.yaml, whose images are ``repository:NN-NAME``."""
+    pushed = _has_registry(repository)
+    return K8S_README.format(
+        file=FILE_NAME,
+        repository=repository,
+        push=repository if pushed else f"registry.example.com/team/{repository}",
+        change="" if pushed else CHANGE_IMAGES.format(file=FILE_NAME),
+    )
+
+
+def k8s_repository(root_repository: str, config) -> str:
+    """Where pipeline.yaml's images are: under the configured registry, if any."""
+    registry = (config.registry or "").rstrip("/")
+    return f"{registry}/{root_repository}" if registry else root_repository
 
 
 def pipeline_manifests(
@@ -98,7 +118,8 @@ def pipeline_manifests(
         {"name": INPUTS_VOLUME, "secret": {"secretName": name, "defaultMode": 0o440}}
     ]
     pod_spec = _pod_spec("Never", containers[-1], volumes, settings)
-    pod_spec["initContainers"] = containers[:-1]
+    if containers[:-1]:
+        pod_spec["initContainers"] = containers[:-1]
     run_labels = labels(spec, root)
     annotations = {ANNOTATION_SNAPSHOT: root, ANNOTATION_NAME: spec.name}
     job_spec: dict = {"backoffLimit": settings.backoff_limit}
@@ -161,12 +182,9 @@ def _container(step, spec, secret: str, repository: str, settings, keys) -> dict
 
 def write_pipeline_manifest(root: str, steps, folder, config, repository: str) -> Path:
     """Write ``folder/pipeline.yaml`` for the export in ``folder`` (its ``inputs/`` written),
-    placed as KubernetesConfig ``config`` says; the step images are ``repository:NN-NAME``
-    (under the configured registry, if any)."""
+    placed as KubernetesConfig ``config`` says; the step images are ``repository:NN-NAME``."""
     folder = Path(folder)
     settings = settings_from(config, config.k8s_namespace or "default")
-    if settings.registry:
-        repository = f"{settings.registry.rstrip('/')}/{repository}"
     inputs = folder / "inputs"
     files = {
         p.relative_to(inputs).as_posix(): p.read_bytes()
