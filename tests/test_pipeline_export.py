@@ -312,13 +312,18 @@ def test_run_sh_reproduces_the_last_output_with_plain_docker(
         "-n detect -r six==1.16.0 --in text --out lang",
         "import six\nlang = 'fr' if 'bonjour' in text else '?'",
     )
-    cell(ip, "-n translate --in text,lang --out english", "english = text.upper() + lang")
+    cell(  # a pin that conflicts with the step before: each step has its own environment
+        ip,
+        "-n translate -r six==1.15.0 --in text,lang --out english",
+        "import six\nenglish = text.upper() + lang + six.__version__",
+    )
     records = [store.get(n) for n in ("ocr", "detect", "translate")]
     last = records[-1]
     dest = tmp_path / "exported"
     said = mlcontainer("export", last["id"], str(dest), "--pipeline")
     assert f"exported the pipeline to {dest}" in said
     assert list((dest / "steps" / "02-detect" / "wheels").glob("six-1.16.0*.whl"))
+    assert list((dest / "steps" / "03-translate" / "wheels").glob("six-1.15.0*.whl"))
 
     # a machine with none of the chain's environments (the base image stays: FROM needs it)
     for r in records:
@@ -348,7 +353,7 @@ def test_run_sh_reproduces_the_last_output_with_plain_docker(
     made = out / "v-english.json"
     assert transfer.file_digest(made, transfer.digest_algorithm(recorded)) == recorded
     kept = store.artifacts_dir(last["id"]) / "out" / "v-english.json"
-    assert made.read_bytes() == kept.read_bytes() == b'"BONJOUR LE MONDEfr"'
+    assert made.read_bytes() == kept.read_bytes() == b'"BONJOUR LE MONDEfr1.15.0"'
 
 
 def _exists(record) -> bool:
