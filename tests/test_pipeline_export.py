@@ -417,6 +417,16 @@ def test_pipeline_yaml_is_one_job_of_the_steps_in_order_and_valid(store, tmp_pat
     for doc in docs:
         for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
             kubernetes_validate.validate(doc, version, strict=True)
+    # the file itself, as a user would check it
+    tool = Path(sys.executable).with_name("kubernetes-validate")
+    for version in (f"{OLDEST_KUBERNETES}.0", kubernetes_validate.latest_version()):
+        checked = subprocess.run(
+            [str(tool), "--strict", "-k", version, str(dest / "pipeline.yaml")],
+            capture_output=True,
+            text=True,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert checked.stdout.count(" passed for resource ") == 2
     secret, job = docs
     pod = job["spec"]["template"]["spec"]
     steps = [*pod["initContainers"], *pod["containers"]]
