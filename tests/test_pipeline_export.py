@@ -180,6 +180,23 @@ def test_run_sh_passes_the_recorded_run_options(store):
     )
 
 
+def test_mounted_inputs_travel_with_their_step_or_are_mounted_by_run_sh(store, tmp_path):
+    ocr, _, translate = make_chain(store)
+    data = tmp_path / "my data"
+    data.mkdir()
+    (data / "table.csv").write_text("a,b\n1,2\n")
+    mount = {"source": str(data), "target": "/work/data", "mode": "ro", "size": 8, "count": 1}
+    store.update(ocr["id"], mounts=[mount])
+    small = export_pipeline(store, translate["id"], tmp_path / "small", backend=None)
+    copied = small / "steps" / "01-ocr" / "data" / "work" / "data" / "table.csv"
+    assert copied.read_text() == "a,b\n1,2\n"
+    assert "\nrun_step 01-ocr\n" in (small / "run.sh").read_text()
+    large = export_pipeline(store, translate["id"], tmp_path / "large", backend=None, data_limit=4)
+    assert not (large / "steps" / "01-ocr" / "data").exists()
+    assert (large / "steps" / "01-ocr" / "DATA.md").exists()
+    assert f"run_step 01-ocr -v '{data}:/work/data:ro'\n" in (large / "run.sh").read_text()
+
+
 def test_a_fan_in_takes_each_value_from_its_own_step(store):
     fan_in = [
         ("left", "a = [1, 2]", {}, {}, ["a"]),
