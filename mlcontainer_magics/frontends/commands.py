@@ -7,6 +7,7 @@ import argparse
 
 from ..backends import BACKENDS, Backends
 from ..backends.export import deploy_snapshot, export, parse_replicas
+from ..backends.pipeline_export import export_pipeline
 from ..config import KubernetesConfig
 from ..core import pipelines, runs, services, snapshots, verbs
 from ..core.events import Phase
@@ -68,6 +69,12 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
     p.add_argument("dest", metavar="DIR")
     p.add_argument("--tar", action="store_true", help="also write the image (docker save)")
     p.add_argument("--k8s", action="store_true", help="also write a Kubernetes Job manifest")
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="every step that led to ID (its lineage), with run.sh that runs them in order with "
+        "plain docker (with --k8s: pipeline.yaml, one Job running them in order)",
+    )
     # -- export --serve, deploy (served cells as artifacts and on a cluster) --
     p.add_argument(
         "--serve",
@@ -167,6 +174,22 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
         return snapshots.diff(store.get(args.a), store.get(args.b))
     if args.command == "export":
         record = store.get(args.ref)
+        if args.pipeline:
+            options = ("tar", "serve", "name", "entry", "replicas")
+            given = [f"--{k}" for k in options if getattr(args, k, None)]
+            if given:
+                raise SpecError(f"{', '.join(given)}: not with --pipeline; export one step for it.")
+            dest = export_pipeline(
+                store,
+                record["id"],
+                args.dest,
+                backends.for_record(record),
+                k8s=args.k8s,
+                k8s_config=KubernetesConfig(parent=backends.settings),
+                data_limit=backends.settings.export_data_limit,
+            )
+            k8s = "; pipeline.yaml runs it on Kubernetes" if args.k8s else ""
+            return f"exported the pipeline to {dest}: sh {dest}/run.sh (README.md says more{k8s})"
         dest = export(
             store,
             record["id"],
