@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 # the fixtures of the lineage tests: a real IPython shell and its store
-from test_lineage import cell, on_engine, store_of_ip  # noqa: F401
+from test_lineage import cell, on_engine
 
 from mlcontainer_magics.backends.pipeline_export import export_pipeline, plan, run_script
 from mlcontainer_magics.core import transfer
@@ -236,7 +236,7 @@ def nothing_left(tmp_path, name="pipe") -> bool:
 def test_a_removed_step_is_refused(store, tmp_path):
     ocr, _, translate = make_chain(store)
     store.remove(ocr["id"])
-    with pytest.raises(SpecError, match=rf"Step 1 .*{ocr['id']}, was removed.*step 2.*step 3"):
+    with pytest.raises(StoreError, match=rf"Step 1 \({ocr['id']}\) .* removed .*step 2.*step 3"):
         export_pipeline(store, translate["id"], tmp_path / "pipe", backend=None)
     assert nothing_left(tmp_path)
 

@@ -124,10 +124,8 @@ def test_a_removed_step_is_a_clear_error(store):
     with pytest.raises(StoreError) as e:
         pipelines.plan(store, "translate")
     message = str(e.value)
-    assert f"Snapshot {IDS['a']}, a step of the pipeline that led to {IDS['c']}, was removed" in (
-        message
-    )
-    assert f"went to {IDS['b']}, {IDS['c']}" in message
+    assert f"Step 1 ({IDS['a']}) of the pipeline that led to {IDS['c']} was removed" in message
+    assert f"went to step 2 ({IDS['b']}), step 3 ({IDS['c']})" in message
     assert f"mlcontainer rerun {IDS['c']}" in message
 
 

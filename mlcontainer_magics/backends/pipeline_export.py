@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import KubernetesConfig
-from ..core import lineage
+from ..core import pipelines
 from ..core.backend import Backend
 from ..core.spec import RunSpec
 from ..errors import SpecError, StoreError
@@ -102,70 +102,56 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def plan(store, ref: str) -> tuple[str, list[ExportStep]]:
-    """(root id, its steps in run order), each input's source resolved. SpecError (or
+    """(root id, its steps in run order), each input's source resolved: the pipeline's
+    (core.pipelines.plan) with the files the export writes and reads. SpecError (or
     StoreError) naming the step and what to do for what cannot be exported."""
-    g = lineage.graph(store, ref)
-    order = lineage.steps(g)
-    number = {sid: i for i, sid in enumerate(order, 1)}
-    width = max(2, len(str(len(order))))
-    for sid in order:
-        if g.nodes[sid].get("missing"):
-            users = sorted(
-                {f"step {number[e['to']]} ({e['to']})" for e in g.edges if e["from"] == sid}
-            )
-            raise SpecError(
-                f"Step {number[sid]} of the pipeline of {g.root}, snapshot {sid}, was removed, "
-                f"so what {', '.join(users)} took from it cannot be made again. Run its cell "
-                "again and the cells after it, then export the new last step."
-            )
-    records = {sid: store.get(sid) for sid in order}
+    pipeline = pipelines.plan(store, ref)
+    width = max(2, len(str(len(pipeline.steps))))
     folders = {
-        sid: f"{number[sid]:0{width}d}-{slug(records[sid].get('name') or '') or 'step'}"
-        for sid in order
+        s.number: f"{s.number:0{width}d}-{slug(s.record.get('name') or '') or 'step'}"
+        for s in pipeline.steps
     }
+    records = {s.number: s.record for s in pipeline.steps}
     steps = []
-    for sid in order:
-        record = records[sid]
+    for step in pipeline.steps:
+        record, sid = step.record, step.id
         try:
             spec = export_spec(record)
         except StoreError as e:  # a record without its spec: say which step it is
-            raise StoreError(f"Step {number[sid]} of the pipeline of {g.root}: {e}") from None
-        edges = {e["input"]: e for e in g.edges if e["to"] == sid}
-        inputs = []
+            raise StoreError(f"Step {step.number} of the pipeline of {pipeline.root}: {e}") from None
         recorded = record.get("inputs") or {}
-        names = [n for n in spec.inputs if n in recorded]  # in the order of its --in
-        for name in names + [n for n in recorded if n not in names]:
+        inputs = []
+        for name, source in step.sources.items():
+            if name not in recorded:
+                continue  # never written (the run failed first): nothing to pass
             file = str(recorded[name].get("file") or "")
             inside = file.removeprefix("in/")
             if not file.startswith("in/") or not _PLAIN.match(inside):
                 raise SpecError(
-                    f"Step {number[sid]} ({sid}): its input {name} was kept as {file!r}, not "
+                    f"Step {step.number} ({sid}): its input {name} was kept as {file!r}, not "
                     "a file of in/; this snapshot cannot be exported as a pipeline step."
                 )
-            edge = edges.get(name)
-            if edge is None:
+            if source[0] == pipelines.NOTEBOOK:
                 kept = store.artifacts_dir(sid) / file
                 if not kept.is_file():
                     raise SpecError(
-                        f"Step {number[sid]} ({sid}): the value of its input {name} that came "
+                        f"Step {step.number} ({sid}): the value of its input {name} that came "
                         f"from the notebook is not kept ({kept} is missing). Run its cell "
                         "again and export the pipeline of the new run."
                     )
-                source = Source("notebook", f"{folders[sid]}/{inside}")
+                where = Source("notebook", f"{folders[step.number]}/{inside}")
             else:
-                parent = records[edge["from"]]
-                made = (parent.get("outputs") or {}).get(edge["output"]) or {}
+                _, parent, output = source
+                made = (records[parent].get("outputs") or {}).get(output) or {}
                 if made.get("format") not in EXT:
                     raise SpecError(
-                        f"Step {number[edge['from']]} ({edge['from']}) recorded no output "
-                        f"{edge['output']}, which step {number[sid]} ({sid}) took as {name}."
+                        f"Step {parent} ({records[parent]['id']}) recorded no output "
+                        f"{output}, which step {step.number} ({sid}) took as {name}."
                     )
-                source = Source(
-                    "step", output_file(edge["output"], made["format"]), folders[edge["from"]]
-                )
-            inputs.append((name, inside, source))
-        steps.append(ExportStep(number[sid], folders[sid], record, spec, tuple(inputs)))
-    return g.root, steps
+                where = Source("step", output_file(output, made["format"]), folders[parent])
+            inputs.append((name, inside, where))
+        steps.append(ExportStep(step.number, folders[step.number], record, spec, tuple(inputs)))
+    return pipeline.root, steps
 
 
 # -- export -----------------------------------------------------------------------------------

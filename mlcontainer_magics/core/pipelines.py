@@ -72,16 +72,18 @@ def plan(store, ref: str) -> Pipeline:
 def pipeline_of(g: lineage.Graph, records: Mapping[str, dict]) -> Pipeline:
     """The graph's steps in order, with the records and where each input comes from. Pure."""
     order = lineage.steps(g)
+    number = {sid: i for i, sid in enumerate(order, 1)}
     gone = [sid for sid in order if sid not in records]
     if gone:
-        takers = sorted({e["to"] for e in g.edges if e["from"] in gone})
+        takers = sorted({e["to"] for e in g.edges if e["from"] == gone[0]}, key=number.get)
         raise StoreError(
-            f"Snapshot {gone[0]}, a step of the pipeline that led to {g.root}, was removed "
-            f"(its values went to {', '.join(takers)}): the pipeline cannot be re-run or "
-            f"exported as a whole. Rerun {g.root} alone (mlcontainer rerun {g.root}: it takes "
-            "its recorded inputs), or run the notebook's cells again to record the pipeline."
+            f"Step {number[gone[0]]} ({gone[0]}) of the pipeline that led to {g.root} was "
+            "removed (its values went to "
+            + ", ".join(f"step {number[t]} ({t})" for t in takers)
+            + "): the pipeline cannot be re-run or exported as a whole. Rerun "
+            f"{g.root} alone (mlcontainer rerun {g.root}: it takes its recorded inputs), or "
+            "run the notebook's cells again to record the pipeline."
         )
-    number = {sid: i for i, sid in enumerate(order, 1)}
     return Pipeline(
         g.root,
         tuple(Step(number[sid], records[sid], _sources(records[sid], number)) for sid in order),
