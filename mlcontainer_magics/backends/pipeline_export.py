@@ -118,7 +118,9 @@ def plan(store, ref: str) -> tuple[str, list[ExportStep]]:
         try:
             spec = export_spec(record)
         except StoreError as e:  # a record without its spec: say which step it is
-            raise StoreError(f"Step {step.number} of the pipeline of {pipeline.root}: {e}") from None
+            raise StoreError(
+                f"Step {step.number} of the pipeline of {pipeline.root}: {e}"
+            ) from None
         recorded = record.get("inputs") or {}
         inputs = []
         for name, source in step.sources.items():
