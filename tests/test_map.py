@@ -17,7 +17,7 @@ from IPython.core.error import UsageError
 from conftest import wait_for
 from mlcontainer_magics.core import maps, verbs
 from mlcontainer_magics.core import spec as specs
-from mlcontainer_magics.core.backend import Backend, ItemResult, RunResult, item_out_dir
+from mlcontainer_magics.core.backend import Backend, RunResult, item_out_dir
 from mlcontainer_magics.core.events import Phase
 from mlcontainer_magics.errors import CapabilityMissing, MapError, SpecError
 from mlcontainer_magics.frontends.display import RunStatus, apply, text_lines
@@ -178,7 +178,9 @@ class FakeItems(Backend):
         self.stops = 0
         self.stopped = threading.Event()
 
-    def run_item(self, spec, env, workdir, *, run_id, index, events=None, output=None, secrets=None):
+    def run_item(
+        self, spec, env, workdir, *, run_id, index, events=None, output=None, secrets=None
+    ):
         assert item_out_dir(workdir, index).is_dir()
         with self.lock:
             self.now += 1
@@ -259,7 +261,13 @@ def test_the_default_run_map_stops_every_item_on_cancel(tmp_path):
     cancel = threading.Event()
     threading.Timer(0.3, cancel.set).start()
     results = backend.run_map(
-        _spec(map=specs.MapSpec("x")), None, tmp_path, run_id="r", count=8, parallel=2, cancel=cancel
+        _spec(map=specs.MapSpec("x")),
+        None,
+        tmp_path,
+        run_id="r",
+        count=8,
+        parallel=2,
+        cancel=cancel,
     )
     assert backend.stops >= 1
     assert {r.reason for r in results} == {"stopped"}
@@ -357,7 +365,9 @@ def test_the_display_shows_the_maps_progress_and_failures():
     failure = {"index": 3, "reason": "failed", "why": "ValueError: boom"}
     info = dict(done=6, running=4, failed=1, count=12, rate=2.0, eta=3.0, failures=[failure])
     s2 = apply(s1, Phase.MAPPED, info, now=4.0)
-    assert describe_map(s2.items) == "6/12 items · 4 running · 1 failed · 2 items/s · about 3.0 s left"
+    assert (
+        describe_map(s2.items) == "6/12 items · 4 running · 1 failed · 2 items/s · about 3.0 s left"
+    )
     assert describe_failures(s2.items) == ["item 3: failed (ValueError: boom)"]
     lines = text_lines(s1, s2)
     assert "[mlcontainer] item 3: failed (ValueError: boom)" in lines
@@ -375,7 +385,9 @@ def test_the_widget_draws_a_maps_bar():
     view.render(s, now=2.0)
     assert (view.progress.value, view.progress.max, view.progress.layout.display) == (5, 8, "")
     assert view.progress.bar_style == "danger"
-    assert "5/8 items" in view.phase.value and "item 3: failed (ValueError: boom)" in view.image.value
+    assert (
+        "5/8 items" in view.phase.value and "item 3: failed (ValueError: boom)" in view.image.value
+    )
 
 
 # -- on the real engine --------------------------------------------------------------------------
@@ -591,3 +603,58 @@ def test_a_map_of_nothing_is_refused_before_anything_is_built(ip):
         cell(ip, "--map nope", "pass")
     with pytest.raises(UsageError, match="--retries: only with --map"):
         cell(ip, "--retries 2", "pass")
+
+
+def test_verify_items_names_each_item_that_differs():
+    def rec(*items):
+        return {"status": "done", "map": {"items": list(items)}}
+
+    y = {"y": {"digest": "xxh3-128:aa"}}
+    old = rec(
+        _item(0, outputs=y, stdout_digest="s0"),
+        _item(1, outputs=y, stdout_digest="s1"),
+    )
+    assert maps.verify_items(old, rec(_item(1, outputs=y, stdout_digest="s1"))) == []
+    other = {"y": {"digest": "xxh3-128:bb"}}
+    problems = maps.verify_items(
+        old,
+        rec(
+            _item(0, outputs=other, stdout_digest="s0"),
+            _item(1, "failed", outputs={}, stdout_digest="x"),
+        ),
+    )
+    assert problems == [
+        "item 0: output y differs: recorded xxh3-128:aa, now xxh3-128:bb",
+        "item 1: ended failed (recorded done)",
+        "item 1: stdout differs",
+        "item 1: output y differs: recorded xxh3-128:aa, now None",
+    ]
+    assert maps.item_algorithms(old) == {"y": "xxh3-128"}
+
+
+@on_engine
+def test_a_stop_from_outside_ends_the_map_and_starts_no_other_item(
+    ip, store_of_ip, docker_client, namespace
+):
+    from mlcontainer_magics.core import runs
+
+    store = store_of_ip
+    flt = {"label": f"org.mlcontainer.namespace={namespace}"}
+    magics = ip.magics_manager.registry["ContainerizeMagics"]
+
+    def stop_when_running():
+        if wait_for(lambda: len(docker_client.containers.list(filters=flt)) >= 2, timeout=120):
+            running = store.list(limit=1, status="running")
+            runs.request_stop(store, magics.backend, running[0]["id"])
+
+    ip.user_ns["xs"] = list(range(6))
+    threading.Thread(target=stop_when_running, daemon=True).start()
+    with pytest.raises(MapError) as e:
+        cell(ip, "-n stop-map --map xs --parallel 2", "import time\ntime.sleep(120)")
+    assert e.value.reason == "stopped"
+    assert docker_client.containers.list(all=True, filters=flt) == []
+    record = store.get("stop-map")
+    assert record["status"] == "stopped"
+    items = record["map"]["items"]
+    assert {i["reason"] for i in items} == {"stopped"}
+    assert sum(i["attempts"] for i in items) == 2  # the two that ran; no other started

@@ -470,6 +470,8 @@ class _ItemPool:
                 lines.close()
                 with self.lock:
                     self.running -= 1
+            if result.reason == "stopped":  # the run was stopped: so is every item
+                cancel.set()
             if result.reason == "done" or attempts > retries or result.reason not in RETRIED:
                 break
         if result is None:  # stopped before it started

@@ -154,7 +154,7 @@ def map_error(outcome: runs.RunOutcome) -> MapError | None:
 def item_algorithms(record: dict) -> dict:
     """Per --out name, the digest algorithm of a map's recorded items (a rerun digests its
     items' values the same way, so that --verify compares like with like)."""
-    found = {}
+    found: dict[str, str] = {}
     for item in (record.get("map") or {}).get("items") or []:
         for name, rec in (item.get("outputs") or {}).items():
             algo = transfer.digest_algorithm(rec.get("digest"))
@@ -280,19 +280,30 @@ def _run_items(
     outcome.timings["items"] = round(time.perf_counter() - t0, 3)
     events(Phase.STARTING)
     t1 = time.perf_counter()
-    results = backend.run_map(
-        spec,
-        outcome.env,
-        workdir,
-        run_id=run_id,
-        count=len(entries),
-        parallel=mapped.parallel,
-        retries=mapped.retries,
-        events=events,
-        output=output,
-        secrets=secrets,
-        cancel=threading.Event(),
-    )
+    cancel, over = threading.Event(), threading.Event()
+    if store is not None:  # a stop from the sidebar or the CLI: no item starts any more
+        threading.Thread(
+            target=_watch_stop,
+            args=(store, run_id, cancel, over),
+            name="mlcontainer-map-stop",
+            daemon=True,
+        ).start()
+    try:
+        results = backend.run_map(
+            spec,
+            outcome.env,
+            workdir,
+            run_id=run_id,
+            count=len(entries),
+            parallel=mapped.parallel,
+            retries=mapped.retries,
+            events=events,
+            output=output,
+            secrets=secrets,
+            cancel=cancel,
+        )
+    finally:
+        over.set()
     outcome.timings["run"] = round(time.perf_counter() - t1, 3)
     try:
         hashing.fill(outcome.inputs)
@@ -308,6 +319,21 @@ def _run_items(
     t2 = time.perf_counter()
     gather(outcome, entries, results, kept, algorithms)
     outcome.timings["collect"] = round(time.perf_counter() - t2, 3)
+
+
+STOP_POLL = 0.5  # seconds between looks at a running map's record for a stop request
+
+
+def _watch_stop(store, run_id: str, cancel: threading.Event, over: threading.Event) -> None:
+    """Set ``cancel`` once the map's record says someone asked it to stop (runs.request_stop,
+    from another process too), until ``over``."""
+    while not over.wait(STOP_POLL):
+        try:
+            if store.get(run_id).get("stop_requested"):
+                cancel.set()
+                return
+        except StoreError:
+            pass  # busy, or gone: look again
 
 
 def write_items(items: dict, workdir: Path, name: str, keep: Path | None = None) -> list[dict]:
@@ -348,7 +374,8 @@ def gather(
     values: dict[str, list] = {name: [None] * len(entries) for name in spec.outputs}
     records = []
     for entry, result in zip(entries, sorted(results, key=lambda r: r.index)):
-        outputs, problem = {}, None
+        outputs: dict = {}
+        problem = None
         if result.reason == "done" and spec.outputs and result.out_dir is not None:
             got, outputs = transfer.read_outputs(result.out_dir, spec.outputs, algorithms)
             problems = [f"--out {n}: {r['error']}" for n, r in outputs.items() if "error" in r]
@@ -388,7 +415,7 @@ def _gathered(values: dict[str, list], kept: Path | None) -> dict:
         return {}
     folder = kept / "out"
     folder.mkdir(parents=True, exist_ok=True)
-    records = {}
+    records: dict[str, dict] = {}
     for name, value in values.items():
         fmt = transfer.choose_format(value)
         try:

@@ -97,8 +97,7 @@ def rerun(
     spec = spec_from_record(record)
     if item is not None and spec.map is None:
         raise SpecError(
-            f"--item {item}: snapshot {record['id']} is not a map (--map); rerun it without "
-            "--item."
+            f"--item {item}: snapshot {record['id']} is not a map (--map); rerun it without --item."
         )
     values = secret_values.resolve(spec.secrets, os.environ, secrets_file)
     problems = []

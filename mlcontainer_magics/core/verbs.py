@@ -374,7 +374,8 @@ def _map_lines(r: dict) -> list[str]:
     ]
     words = []
     for item in items:
-        word = f"{item.get('index')}:{_word(item.get('reason'))} {format_duration(item.get('duration'))}"
+        took = format_duration(item.get("duration"))
+        word = f"{item.get('index')}:{_word(item.get('reason'))} {took}"
         if (item.get("attempts") or 1) > 1:
             word += f" x{item['attempts']}"
         words.append(word)

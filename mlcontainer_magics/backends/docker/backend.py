@@ -624,20 +624,37 @@ class DockerBackend(EnvironmentImages, Backend):
 
     @translated("stopping the run")
     def stop(self, run_id: str, grace: float = 0) -> bool:
-        """Stop the run's container: at once, or after ``grace`` seconds of SIGTERM."""
+        """Stop the run's container (a map's: every item's): at once, or after ``grace``
+        seconds of SIGTERM."""
         # Every container of the run: a map's items are several, each under its own key.
         mine = {
             key: c
             for key, c in list(self._runs.items())
             if key == run_id or key.startswith(_item_key(run_id, ""))
         }
-        found = {c.id: c for c in self._run_containers(run_id)}
-        found.update({c.id: c for c in mine.values()})
+        found = {c.id: c for c in mine.values()}
+        try:
+            found.update({c.id: c for c in self._run_containers(run_id) if c.id not in found})
+        except Exception:
+            if not found:  # nothing of it known here: the engine's error says why
+                raise
+            # else: stopped with what this process knows (an engine that stops answering
+            # does not keep its own runs from being killed)
         if not found:
             return False
         self._stopped.update(mine or {run_id: None})
-        for container in found.values():
-            self.end_container(container, grace)
+        if grace and len(found) > 1:  # a map's items, given their grace together
+            ends = [
+                threading.Thread(target=self.end_container, args=(c, grace), daemon=True)
+                for c in found.values()
+            ]
+            for t in ends:
+                t.start()
+            for t in ends:
+                t.join()
+        else:
+            for container in found.values():
+                self.end_container(container, grace)
         return True
 
     @staticmethod

@@ -124,8 +124,9 @@ def _map_lines(before: MapProgress | None, after: MapProgress | None) -> list[st
         return []
     old = before or MapProgress()
     seen = {f[0] for f in old.failures}
-    lines = [line for f, line in zip(after.failures, describe_failures(after, 10**9))
-             if f[0] not in seen]
+    lines = [
+        line for f, line in zip(after.failures, describe_failures(after, 10**9)) if f[0] not in seen
+    ]
     step = max(1, after.count // 4)
     if after.done // step != old.done // step or (after.done == after.count != old.done):
         lines.append(describe_map(after))
