@@ -86,7 +86,7 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
           %container list [-n N] [--name NAME] [--json]
           %container show ID [--json]        %container logs ID
           %container lineage ID [--json]     (the snapshots whose values led to ID)
-          %container rerun ID [--verify]     %container diff A B
+          %container rerun ID [--verify] [--item I]   %container diff A B
           %container export ID DIR [--tar]   %container rm ID [ID ...]
           %container prune                  %container stop NAME  (a service or session)
           %container services               %container logs NAME  (a service's live log)
