@@ -658,3 +658,34 @@ def test_a_stop_from_outside_ends_the_map_and_starts_no_other_item(
     items = record["map"]["items"]
     assert {i["reason"] for i in items} == {"stopped"}
     assert sum(i["attempts"] for i in items) == 2  # the two that ran; no other started
+
+
+def test_the_running_list_shows_a_map_as_one_entry_with_its_items():
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+
+    class C:
+        def __init__(self, cid, run, created, item=None):
+            labels = {
+                "org.mlcontainer.run": run,
+                "org.mlcontainer.snapshot": run,
+                "org.mlcontainer.role": "run",
+            }
+            if item is not None:
+                labels["org.mlcontainer.item"] = str(item)
+            self.id = cid
+            self.attrs = {"Id": cid, "Labels": labels, "Created": created, "Names": [f"/{cid}"]}
+
+    class Client:
+        class containers:
+            @staticmethod
+            def list(**kw):
+                return [
+                    C("a1", "map1", 3, 1),
+                    C("a0", "map1", 2, 0),
+                    C("b", "one", 4),
+                    C("a2", "map1", 5, 2),
+                ]
+
+    backend = DockerBackend(client=Client(), namespace="ns")
+    rows = backend.running()
+    assert [(r.id, r.items, r.container) for r in rows] == [("one", None, "b"), ("map1", 3, "a0")]

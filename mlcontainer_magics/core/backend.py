@@ -106,6 +106,7 @@ class RunningRun:
     status: str | None = None  # in the engine's words: "Up 3 seconds"
     started: str | None = None  # ISO 8601
     container_name: str | None = None
+    items: int | None = None  # a map's (--map): its item containers running now (one entry)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

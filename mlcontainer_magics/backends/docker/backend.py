@@ -699,7 +699,7 @@ class DockerBackend(EnvironmentImages, Backend):
             if _run_of(c)
             and (services or (c.attrs.get("Labels") or {}).get(f"{LABEL}.role") != "service")
         ]
-        return sorted(items, key=lambda r: r.started or "", reverse=True)
+        return sorted(_one_per_map(items), key=lambda r: r.started or "", reverse=True)
 
 
 def _item_key(run_id: str, item) -> str:
@@ -749,6 +749,22 @@ def _run_of(c) -> str | None:
     return next((n[len(prefix) :] for n in _names(c) if n.startswith(prefix)), None)
 
 
+def _one_per_map(runs: list[RunningRun]) -> list[RunningRun]:
+    """A map's item containers as one entry (its first-started container's), counting them:
+    the map is one run, stopped as one."""
+    out: list[RunningRun] = []
+    maps: dict[str, RunningRun] = {}
+    for run in sorted(runs, key=lambda r: r.started or ""):
+        if run.items is None or run.id is None:
+            out.append(run)
+        elif run.id in maps:
+            maps[run.id].items = (maps[run.id].items or 0) + 1
+        else:
+            maps[run.id] = run
+            out.append(run)
+    return out
+
+
 def _running_run(c) -> RunningRun:
     a = c.attrs
     labels = a.get("Labels") or {}
@@ -769,6 +785,7 @@ def _running_run(c) -> RunningRun:
         state=a.get("State"),
         status=a.get("Status"),
         started=started,
+        items=1 if labels.get(f"{LABEL}.item") else None,
     )
 
 
