@@ -62,7 +62,7 @@ def items_of(value: Any, name: str) -> list:
         raise SpecError(
             f"--map {name}: a {type(value).__name__} cannot be mapped; give a list, a tuple, a "
             "numpy array (mapped along its first axis) or a list of DataFrames"
-            + (f" (e.g. list({name}))" if _iterable(value) else "")
+            + (f" (e.g. list({name}))" if _listable(value) else "")
             + "."
         )
     if not items:
@@ -76,9 +76,11 @@ def items_of(value: Any, name: str) -> list:
     return items
 
 
-def _iterable(value) -> bool:
-    if isinstance(value, (str, bytes, bytearray, dict)):
-        return isinstance(value, dict)
+def _listable(value) -> bool:
+    """Whether list(value) would give the items someone meant (a dict's keys, a range's
+    numbers, a generator's values), for the hint; not text, whose items are characters."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return False
     try:
         iter(value)
     except TypeError:
