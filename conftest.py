@@ -138,6 +138,21 @@ def ip(namespace):
     yield shell
 
 
+@pytest.fixture
+def store_of_ip(tmp_path, ip, monkeypatch):
+    """A store of the test's own, which the ``ip`` shell (and the CLI, through the
+    environment) records in; the status display as text lines (capsys sees them)."""
+    from mlcontainer_magics.core.store import Store
+
+    root = tmp_path / "store"
+    monkeypatch.setenv("MLCONTAINER_STORE", str(root))
+    monkeypatch.setenv("MLCONTAINER_DISPLAY", "text")
+    ip.run_line_magic("config", f"ContainerizeMagics.store_dir = {str(root)!r}")
+    store = Store(root)
+    yield store
+    store.close()
+
+
 def env_images(client, namespace=NAMESPACE):
     return sorted(i.id for i in client.images.list(filters={"label": f"{LABEL}={namespace}"}))
 

@@ -14,6 +14,9 @@ is given, so a client sees what it would see on a cluster:
   ``tailLines``, ``timestamps``). A pod goes Pending -> Running -> Succeeded/Failed, with the
   container statuses a kubelet reports; it waits in ContainerCreating while a Secret it mounts
   is missing, and in CreateContainerConfigError while an env ``secretKeyRef`` cannot resolve.
+  Init containers run first, one after the other, each to completion (phase Pending,
+  ``initContainerStatuses``, condition Initialized); one that fails fails the pod, and its
+  main container never starts. Each has its own log (``/log?container=NAME``).
 * ``v1`` Secrets (1 MiB limit, key rules, ``immutable``) and ``networking.k8s.io/v1``
   NetworkPolicies: create, read, list, patch, delete; dependents (``ownerReferences``) are
   garbage-collected with their owner.
@@ -274,6 +277,8 @@ class PodRun:
     files: dict[str, bytes]  # absolute path -> content, from Secret volumes
     env: dict[str, str]  # resolved, secretKeyRef values included
     _append: Callable[[str], None] = field(repr=False, default=print)
+    # The container it runs, as the pod spec has it: an init container's, else the main one's.
+    container: dict = field(default_factory=dict)
     _container: _Container | None = field(repr=False, default=None)
 
     def log(self, text: str) -> None:
@@ -1071,6 +1076,23 @@ class FakeKubernetes:
                 f"a container name must be specified for pod {name}, choose one of: "
                 f"[{' '.join(names)}]",
             )
+        inits = [c["name"] for c in pod["spec"].get("initContainers") or []]
+        if wanted and wanted in inits:
+            status = next(
+                (
+                    c
+                    for c in pod["status"].get("initContainerStatuses") or []
+                    if c["name"] == wanted
+                ),
+                None,
+            )
+            if status is None or "waiting" in status["state"]:
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f'container "{wanted}" in pod "{name}" is waiting to start: PodInitializing',
+                )
+            return self._log_stream((namespace, f"{name}/{wanted}"), query)
         if wanted and wanted not in names:
             raise ApiError(400, "BadRequest", f"container {wanted} is not valid for pod {name}")
         if wanted and wanted != container:
@@ -1524,6 +1546,9 @@ class FakeKubernetes:
                 )
             clock.sleep(self.step)
         clock.sleep(scenario.pending_seconds)
+        failed = self._run_init_containers(namespace, pod_name, pod, scenario, clock, waiting)
+        if failed is not None:
+            return failed, "Error"
         started_at = _now()
         container_id = "containerd://" + uuid.uuid4().hex + uuid.uuid4().hex
         running = {
@@ -1582,9 +1607,89 @@ class FakeKubernetes:
         )
         return code, reason
 
-    def _run_container(self, namespace, pod_name, pod, scenario: Scenario, clock) -> int:
+    def _run_init_containers(self, namespace, pod_name, pod, scenario, clock, main_waiting):
+        """The kubelet runs a pod's init containers in order, each to completion, before its
+        main container: the pod stays Pending (Initialized False). Returns the exit code of
+        the first that fails (the pod is then Failed: restartPolicy Never), else None."""
+        inits = pod["spec"].get("initContainers") or []
+        if not inits:
+            return None
+        statuses = [
+            {
+                "name": c["name"],
+                "image": c["image"],
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "state": {"waiting": {"reason": "PodInitializing"}},
+            }
+            for c in inits
+        ]
+        main = {**main_waiting, "state": {"waiting": {"reason": "PodInitializing"}}}
+        names = [c["name"] for c in inits]
+        for i, spec_container in enumerate(inits):
+            started_at = _now()
+            container_id = "containerd://" + uuid.uuid4().hex + uuid.uuid4().hex
+            statuses[i].update(
+                imageID=_image_id(spec_container["image"]),
+                containerID=container_id,
+                started=True,
+                state={"running": {"startedAt": started_at}},
+            )
+            self._set_pod(
+                namespace,
+                pod_name,
+                phase="Pending",
+                conditions=_init_conditions(names[i:], main["name"]),
+                initContainerStatuses=copy.deepcopy(statuses),
+                containerStatuses=[main],
+            )
+            try:
+                code = self._run_container(
+                    namespace, pod_name, pod, scenario, clock, spec_container
+                )
+            except _Exit as e:
+                code = e.code
+            statuses[i].update(
+                started=False,
+                ready=code == 0,
+                state={
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": "Completed" if code == 0 else "Error",
+                        "startedAt": started_at,
+                        "finishedAt": _now(),
+                        "containerID": container_id,
+                    }
+                },
+            )
+            if code != 0:
+                self._set_pod(
+                    namespace,
+                    pod_name,
+                    phase="Failed",
+                    conditions=_init_conditions(names[i:], main["name"]),
+                    initContainerStatuses=copy.deepcopy(statuses),
+                    containerStatuses=[main],
+                )
+                return code
+        self._set_pod(namespace, pod_name, initContainerStatuses=copy.deepcopy(statuses))
+        return None
+
+    def _run_container(
+        self, namespace, pod_name, pod, scenario: Scenario, clock, spec_container=None
+    ) -> int:
         """The container's life: the script's lines, or the ``run`` callback (in a thread of
-        its own, so that SIGKILL ends it whatever it does). Raises _Exit on a signal."""
+        its own, so that SIGKILL ends it whatever it does). Raises _Exit on a signal.
+        ``spec_container``: an init container (its own log; without a ``run`` callback it
+        just succeeds), else the main one."""
+        init = spec_container is not None
+        spec_container = spec_container or _main_container(pod)
+        log_key = f"{pod_name}/{spec_container['name']}" if init else pod_name
+        if scenario.run is None and init:
+            clock.sleep(scenario.run_seconds)
+            return 0
         if scenario.run is None:
             for line in scenario.logs:
                 self._append_log(namespace, pod_name, line if line.endswith("\n") else line + "\n")
@@ -1595,10 +1700,11 @@ class FakeKubernetes:
             return scenario.code
         run = PodRun(
             pod=self.get("pods", pod_name, namespace),
-            files=self._pod_files(namespace, pod),
-            env=self._pod_env(namespace, pod),
-            _append=lambda text: self._append_log(namespace, pod_name, text),
+            files=self._pod_files(namespace, pod, spec_container),
+            env=self._pod_env(namespace, pod, spec_container),
+            _append=lambda text: self._append_log(namespace, log_key, text),
             _container=clock.container,
+            container=copy.deepcopy(spec_container),
         )
         result: list = []
 
@@ -1658,11 +1764,11 @@ class FakeKubernetes:
                     )
         return None
 
-    def _pod_files(self, namespace: str, pod: dict) -> dict[str, bytes]:
+    def _pod_files(self, namespace: str, pod: dict, container=None) -> dict[str, bytes]:
         files: dict[str, bytes] = {}
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
         with self._cond:
-            for mount in _main_container(pod).get("volumeMounts") or []:
+            for mount in (container or _main_container(pod)).get("volumeMounts") or []:
                 ref = volumes.get(mount["name"], {}).get("secret")
                 if not ref:
                     continue
@@ -1684,10 +1790,10 @@ class FakeKubernetes:
                         files[f"{mount['mountPath'].rstrip('/')}/{path}"] = data[key]
         return files
 
-    def _pod_env(self, namespace: str, pod: dict) -> dict[str, str]:
+    def _pod_env(self, namespace: str, pod: dict, container=None) -> dict[str, str]:
         env = {}
         with self._cond:
-            for var in _main_container(pod).get("env") or []:
+            for var in (container or _main_container(pod)).get("env") or []:
                 if "value" in var:
                     env[var["name"]] = var["value"]
                     continue
@@ -2446,6 +2552,19 @@ def _pod_conditions(container: str, ready: bool, completed: bool = False) -> lis
         _condition("Initialized", "True", "PodCompleted" if completed else None),
         _condition("Ready", "True" if ready else "False", not_ready, msg),
         _condition("ContainersReady", "True" if ready else "False", not_ready, msg),
+        _condition("PodScheduled", "True"),
+    ]
+
+
+def _init_conditions(waiting: list[str], main: str) -> list[dict]:
+    """A pod's conditions while init containers (``waiting``: those not yet done) run."""
+    inits = f"containers with incomplete status: [{' '.join(waiting)}]"
+    unready = f"containers with unready status: [{main}]"
+    return [
+        _condition("PodReadyToStartContainers", "True"),
+        _condition("Initialized", "False", "ContainersNotInitialized", inits),
+        _condition("Ready", "False", "ContainersNotReady", unready),
+        _condition("ContainersReady", "False", "ContainersNotReady", unready),
         _condition("PodScheduled", "True"),
     ]
 

@@ -304,15 +304,6 @@ def test_the_display_names_the_snapshots_a_step_consumed():
 # -- on the real engine ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def store_of_ip(tmp_path, ip, monkeypatch):
-    root = tmp_path / "store"
-    monkeypatch.setenv("MLCONTAINER_STORE", str(root))
-    monkeypatch.setenv("MLCONTAINER_DISPLAY", "text")
-    ip.run_line_magic("config", f"ContainerizeMagics.store_dir = {str(root)!r}")
-    return Store(root)
-
-
 def on_engine(test):
     """A test on the real Docker engine, which must leave nothing behind."""
     return pytest.mark.docker(pytest.mark.usefixtures("no_leaks")(test))

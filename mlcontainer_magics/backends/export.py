@@ -119,15 +119,11 @@ def export(
     pods) instead of the Job."""
     record = store.get(ref)
     serving = serve_block(record, service, entry) if serve else None
-    dest = Path(dest).expanduser()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        what = "is not empty" if dest.is_dir() else "is a file"
-        raise SpecError(f"{dest} exists and {what}; export into a new folder.")
-    spec = spec_from_record(record, environ={k: "" for k, _ in record["spec"].get("env", [])})
+    dest = check_dest(dest)
+    spec = export_spec(record)
     folder = store.artifacts_dir(record["id"])
-    staging = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+
+    def write(staging: Path) -> None:
         _write_run_folder(staging / "mlc", record, spec, folder, serving)
         _write_build_context(staging, record, spec, backend, data_limit, serving)
         if tar:
@@ -148,6 +144,27 @@ def export(
                 )
             else:
                 write_job_manifest(record, with_secrets(spec, {}), staging, settings)
+
+    return write_staged(dest, write)
+
+
+def check_dest(dest) -> Path:
+    """``dest`` as a Path, refused (SpecError) unless it is new or an empty folder."""
+    dest = Path(dest).expanduser()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        what = "is not empty" if dest.is_dir() else "is a file"
+        raise SpecError(f"{dest} exists and {what}; export into a new folder.")
+    return dest
+
+
+def write_staged(dest: Path, write) -> Path:
+    """Call ``write(staging)`` on a folder beside ``dest`` and rename it to ``dest`` once
+    complete: an export that fails half-way (or is interrupted) leaves nothing behind."""
+    staging = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        write(staging)
         if dest.exists():
             dest.rmdir()
         staging.rename(dest)
@@ -160,6 +177,13 @@ def export(
             ) from None
         raise
     return dest
+
+
+def export_spec(record: dict):
+    """The RunSpec of a snapshot as an export needs it: secret values are never recorded, and
+    an export carries none (empty stand-ins). StoreError for a record with no spec."""
+    recorded = record.get("spec") if isinstance(record.get("spec"), dict) else {}
+    return spec_from_record(record, environ={k: "" for k, _ in recorded.get("env", [])})
 
 
 def serve_block(record: dict, name: str | None = None, entry: str | None = None) -> dict:
@@ -219,20 +243,29 @@ def _recorded_replicas(record: dict) -> int:
 
 
 def _write_run_folder(
-    mlc: Path, record: dict, spec, kept: Path, serving: dict | None = None
+    mlc: Path,
+    record: dict,
+    spec,
+    kept: Path,
+    serving: dict | None = None,
+    *,
+    values: bool = True,
+    host: dict | None = None,
 ) -> None:
-    """mlc/: the runner, the cell, the values it received and its manifest, as a run has them
-    (with ``serving``, the manifest's ``serve`` block)."""
+    """mlc/: the runner, the cell, the values it received (without ``values``: none, they
+    come from elsewhere at run time) and its manifest, as a run has them (with ``serving``,
+    the manifest's ``serve`` block). ``host`` is what the manifest says the receiving side
+    reads, which decides the formats of the --out values (default: plain data only)."""
     (mlc / "out").mkdir(parents=True)
     (mlc / "out" / ".keep").write_bytes(b"")
     (mlc / "runner.py").write_bytes(runner_source())
     (mlc / "cell.py").write_text(record["code"], encoding="utf-8")
-    if (kept / "in").is_dir():
+    if values and (kept / "in").is_dir():
         shutil.copytree(kept / "in", mlc / "in")
     manifest = {
         "inputs": record.get("inputs") or {},
         "outputs": list(spec.outputs),
-        "host": {"python": "", "numpy": False, "pyarrow": False},
+        "host": host or {"python": "", "numpy": False, "pyarrow": False},
     }
     if serving is not None:
         manifest["serve"] = serving
@@ -240,9 +273,17 @@ def _write_run_folder(
 
 
 def _write_build_context(
-    staging: Path, record: dict, spec, backend: Backend, data_limit: int, serving: dict | None
-) -> None:
-    """The locked wheels, the mounted inputs, the Dockerfile and the README."""
+    staging: Path,
+    record: dict,
+    spec,
+    backend: Backend,
+    data_limit: int,
+    serving: dict | None,
+    readme: str | None = None,
+) -> list[dict]:
+    """The locked wheels, the mounted inputs, the Dockerfile and the README (``readme``: a
+    template with the same fields instead of the single export's). Returns the mounted
+    inputs too large to copy (they must be mounted at run time)."""
     lock = record.get("lock") or []
     if lock:
         (staging / "requirements.lock").write_text(render.lock_txt(lock))
@@ -278,8 +319,9 @@ def _write_build_context(
             if copied
             else DATA_LISTED.format(limit=format_size(data_limit), id=record["id"], mounts=mounts)
         )
+    template = readme or (SERVE_README if serving is not None else EXPORT_README)
     (staging / "README.md").write_text(
-        (SERVE_README if serving is not None else EXPORT_README).format(
+        template.format(
             id=record["id"],
             name=f" ({record['name']})" if record.get("name") else "",
             base=spec.env_spec.base_image,
@@ -292,6 +334,7 @@ def _write_build_context(
             snapshot=record["id"],
         )
     )
+    return [] if copied else inputs
 
 
 def _write_data(staging: Path, inputs: list[dict], copy: bool) -> None:

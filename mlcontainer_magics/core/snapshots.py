@@ -11,6 +11,7 @@ from ..errors import MlcError, SpecError, StoreError
 from . import mounts, runs, transfer
 from . import secrets as secret_values
 from .datatree import DigestCache
+from .events import Phase
 from .owner import alive as owner_alive
 from .spec import EnvSpec, MapSpec, MountSpec, RunSpec, ServeSpec
 from .store import ACTIVE_STATUSES
@@ -62,11 +63,14 @@ def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
     )
 
 
-def recorded_inputs(store, record: dict) -> dict:
-    """The values a snapshot's cell received, read back from its kept files."""
+def recorded_inputs(store, record: dict, names=None) -> dict:
+    """The values a snapshot's cell received (those of ``names``, default all), read back
+    from its kept files."""
     folder = store.artifacts_dir(record["id"])
     values = {}
     for name, entry in (record.get("inputs") or {}).items():
+        if names is not None and name not in names:
+            continue
         path = folder / entry["file"]
         if not path.exists():
             raise StoreError(
@@ -90,10 +94,42 @@ def rerun(
     item: int | None = None,
 ):
     """Run a snapshot again from its recorded lock and base (its secrets taken from this
-    environment or ``secrets_file``). Returns (outcome, problems); with ``verify``, a changed
-    input file is a problem named before anything runs. A map's every item runs again, or
-    ``item`` (its index) alone, and each is checked against its own record."""
+    environment or ``secrets_file``), with the values its cell received. Returns (outcome,
+    problems); with ``verify``, a changed input file is a problem named before anything runs.
+    A map's every item runs again, or ``item`` (its index) alone, each checked against its own
+    record."""
     record = store.get(ref)
+    return rerun_record(
+        store,
+        record,
+        backend,
+        inputs=recorded_inputs(store, record),
+        verify=verify,
+        events=events,
+        output=output,
+        context=context,
+        secrets_file=secrets_file,
+        item=item,
+    )
+
+
+def rerun_record(
+    store,
+    record: dict,
+    backend,
+    *,
+    inputs: dict,
+    verify: bool = False,
+    events=runs.no_events,
+    output=None,
+    context=None,
+    secrets_file: str | None = None,
+    fields: dict | None = None,
+    item: int | None = None,
+):
+    """``rerun`` of a record with the given ``inputs`` (name -> value): a pipeline's step
+    takes its parents' new values. ``fields`` are recorded in the new snapshot as soon as it
+    exists (with ``rerun_of``). Returns (outcome, problems)."""
     spec = spec_from_record(record)
     if item is not None and spec.map is None:
         raise SpecError(
@@ -115,6 +151,15 @@ def rerun(
             f"recorded {record['base_image_id'][:19]}"
         )
     ctx = dict(context or {}, rerun_of=record["id"])
+    extra = dict(fields or {}, rerun_of=record["id"])
+
+    def recorded(phase, **info):
+        # Said from the start, so that a step still running (or one that failed) says what
+        # it re-runs.
+        if phase == Phase.RECORDED:
+            store.update(info["snapshot"], **extra)
+        events(phase, **info)
+
     # Digested as recorded (sha256 in older snapshots), so that --verify compares like with like.
     algorithms = {
         name: algo
@@ -122,8 +167,8 @@ def rerun(
         if (algo := transfer.digest_algorithm(rec.get("digest"))) in transfer.ALGORITHMS
     }
     options = dict(
-        inputs=recorded_inputs(store, record),
-        events=events,
+        inputs=inputs,
+        events=recorded,
         output=output,
         store=store,
         context=ctx,
@@ -142,7 +187,7 @@ def rerun(
         )
     else:
         outcome = runs.execute(spec, backend, output_digests=algorithms, **options)
-    store.update(outcome.run_id, rerun_of=record["id"])
+    store.update(outcome.run_id, **extra)
     if verify:
         new = store.get(outcome.run_id)
         if spec.map is not None:
@@ -187,6 +232,15 @@ def diff(a: dict, b: dict) -> str:
         f"--- {a['id']} {a.get('name') or ''}".rstrip(),
         f"+++ {b['id']} {b.get('name') or ''}".rstrip(),
     ]
+    out += differences(a, b) or [
+        "no differences in code, packages, base, resources, data or outputs"
+    ]
+    return "\n".join(out)
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """diff's sections, without its header: empty when the two snapshots are the same (pure)."""
+    out = []
     if a.get("code") != b.get("code"):
         out += ["code:", _unified(a.get("code", ""), b.get("code", ""), a["id"], b["id"])]
     pa = {e["name"]: e["version"] for e in a.get("lock") or []}
@@ -211,9 +265,7 @@ def diff(a: dict, b: dict) -> str:
     out += mounts.diff_lines(a, b)
     if a.get("stdout") != b.get("stdout"):
         out += ["stdout:", _unified(a.get("stdout", ""), b.get("stdout", ""), a["id"], b["id"])]
-    if len(out) == 2:
-        out.append("no differences in code, packages, base, resources, data or outputs")
-    return "\n".join(out)
+    return out
 
 
 def _unified(a: str, b: str, name_a: str, name_b: str) -> str:

@@ -7,10 +7,12 @@ import argparse
 
 from ..backends import BACKENDS, Backends
 from ..backends.export import deploy_snapshot, export, parse_replicas
+from ..backends.pipeline_export import export_pipeline
 from ..config import KubernetesConfig
-from ..core import runs, services, snapshots, verbs
+from ..core import pipelines, runs, services, snapshots, verbs
+from ..core.events import Phase
 from ..core.spec import parse_port
-from ..errors import NotFound, SpecError, VerificationFailed
+from ..errors import NotFound, RunError, SpecError, VerificationFailed
 
 
 def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
@@ -50,6 +52,11 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
         "--backend", choices=BACKENDS, help="where to run it (default: where the snapshot ran)"
     )
     p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="re-run every step whose values led to ID, in order, each fed its parents' new values",
+    )
+    p.add_argument(
         "--item",
         type=int,
         metavar="I",
@@ -59,12 +66,21 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("diff", help="what changed between two snapshots")
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
+    p.add_argument(
+        "--pipeline", action="store_true", help="the pipelines that led to A and B, step by step"
+    )
 
     p = sub.add_parser("export", help="a folder that rebuilds the run with plain docker")
     p.add_argument("ref", metavar="ID")
     p.add_argument("dest", metavar="DIR")
     p.add_argument("--tar", action="store_true", help="also write the image (docker save)")
     p.add_argument("--k8s", action="store_true", help="also write a Kubernetes Job manifest")
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="every step that led to ID (its lineage), with run.sh that runs them in order with "
+        "plain docker (with --k8s: pipeline.yaml, one Job running them in order)",
+    )
     # -- export --serve, deploy (served cells as artifacts and on a cluster) --
     p.add_argument(
         "--serve",
@@ -159,9 +175,27 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
     if args.command == "rm":
         return verbs.rm(store, args.refs, force=args.force)
     if args.command == "diff":
+        if args.pipeline:
+            return pipelines.diff_pipelines(store, args.a, args.b)
         return snapshots.diff(store.get(args.a), store.get(args.b))
     if args.command == "export":
         record = store.get(args.ref)
+        if args.pipeline:
+            options = ("tar", "serve", "name", "entry", "replicas")
+            given = [f"--{k}" for k in options if getattr(args, k, None)]
+            if given:
+                raise SpecError(f"{', '.join(given)}: not with --pipeline; export one step for it.")
+            dest = export_pipeline(
+                store,
+                record["id"],
+                args.dest,
+                backends.for_record(record),
+                k8s=args.k8s,
+                k8s_config=KubernetesConfig(parent=backends.settings),
+                data_limit=backends.settings.export_data_limit,
+            )
+            k8s = "; pipeline.yaml runs it on Kubernetes" if args.k8s else ""
+            return f"exported the pipeline to {dest}: sh {dest}/run.sh (README.md says more{k8s})"
         dest = export(
             store,
             record["id"],
@@ -186,6 +220,12 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
     if args.command == "prune":
         done = snapshots.prune(store, backends.get(), backend_of=backends.for_record)
         return "\n".join(done) or "nothing to prune"
+    if args.command == "rerun" and args.pipeline:
+        if args.item is not None:
+            raise SpecError(
+                "--item re-runs one item of a map; --pipeline re-runs every step: use one."
+            )
+        return rerun_pipeline(args, store=store, backends=backends, output=output)
     if args.command == "rerun":
         record = store.get(args.ref)  # before the rerun takes the same name
         backend = backends.for_record(record, override=args.backend)
@@ -209,6 +249,42 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
             )
         return line + ("\nverified: outputs match the recorded digests" if args.verify else "")
     raise SpecError(f"unknown command {args.command}")
+
+
+def rerun_pipeline(args, *, store, backends: Backends, output=None) -> str:
+    """`rerun ID --pipeline [--verify]`: one line per step; each step's start (and the
+    rebuild of an environment whose image is gone) said as it happens."""
+    say = (lambda text: output("stdout", text + "\n")) if output else (lambda text: None)
+
+    def events(phase, **info):
+        label = f"step {info['step']}/{info['steps']} {info['step_name']} {info['rerun_of']}"
+        if phase == Phase.RECORDED:
+            say(f"{label} -> {info['snapshot']}: started")
+        elif phase == Phase.BUILDING:
+            say(f"{label}: building its environment from the lock")
+
+    rerun = pipelines.rerun_pipeline(
+        store,
+        args.ref,
+        lambda record: backends.for_record(record, override=args.backend),
+        verify=args.verify,
+        events=events,
+        output=output,
+        secrets_file=backends.settings.secrets_file,
+    )
+    text = pipelines.format_rerun(rerun)
+    if rerun.first_difference is not None:
+        where = pipelines.stopped_at(rerun)
+        if args.verify:
+            raise VerificationFailed(
+                f"{text}\nNOT reproduced: {where} differs; the steps after it were not run",
+                rerun.problems,
+            )
+        raise RunError(f"{text}\nthe pipeline stopped at {where}", reason="failed")
+    count = len(rerun.steps)
+    if args.verify:
+        return text + f"\nverified: the outputs of all {count} steps match the recorded digests"
+    return text
 
 
 def served_line(service, rerun_of: str | None = None) -> str:

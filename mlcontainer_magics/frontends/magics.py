@@ -86,7 +86,9 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
           %container list [-n N] [--name NAME] [--json]
           %container show ID [--json]        %container logs ID
           %container lineage ID [--json]     (the snapshots whose values led to ID)
-          %container rerun ID [--verify] [--item I]   %container diff A B
+          %container rerun ID [--verify] [--pipeline]   (--pipeline: every step that led to ID)
+          %container rerun ID [--verify] --item I       (one item of a map)
+          %container diff A B [--pipeline]
           %container export ID DIR [--tar]   %container rm ID [ID ...]
           %container prune                  %container stop NAME  (a service or session)
           %container services               %container logs NAME  (a service's live log)
