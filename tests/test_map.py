@@ -689,3 +689,31 @@ def test_the_running_list_shows_a_map_as_one_entry_with_its_items():
     backend = DockerBackend(client=Client(), namespace="ns")
     rows = backend.running()
     assert [(r.id, r.items, r.container) for r in rows] == [("one", None, "b"), ("map1", 3, "a0")]
+
+
+@on_engine
+def test_the_timeout_applies_to_each_item(ip, store_of_ip):
+    ip.user_ns["xs"] = [0, 30, 0]
+    cell(
+        ip,
+        "--map xs --parallel 3 --timeout 3 --out y --no-raise-error",
+        "import time\ntime.sleep(xs)\ny = xs + 1",
+    )
+    assert ip.user_ns["y"] == [1, None, 1]
+    items = newest(store_of_ip)["map"]["items"]
+    assert [i["reason"] for i in items] == ["done", "timeout", "done"]
+
+
+@on_engine
+def test_a_list_of_dataframes_maps_frame_by_frame(ip, store_of_ip):
+    frames = [pd.DataFrame({"a": range(i, i + 3)}) for i in (0, 10, 20)]
+    ip.user_ns["dfs"] = frames
+    cell(
+        ip,
+        "-r pandas==2.2.3 pyarrow==18.1.0 --no-capture --map dfs --out total,doubled",
+        "total = int(dfs['a'].sum())\ndoubled = dfs * 2",
+    )
+    assert ip.user_ns["total"] == [int(f["a"].sum()) for f in frames]
+    assert all(d.equals(f * 2) for d, f in zip(ip.user_ns["doubled"], frames))
+    items = newest(store_of_ip)["map"]["items"]
+    assert [i["outputs"]["doubled"]["format"] for i in items] == ["parquet"] * 3
