@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import MapError, SpecError, StoreError
+from ..errors import MapError, SpecError, StoreError, StoreUnavailable
 from . import runs, transfer
 from .backend import Backend, ItemResult, RunResult, item_out_dir
 from .events import REASONS, Phase, no_events
@@ -310,12 +310,17 @@ def _run_items(
     try:
         hashing.fill(outcome.inputs)
     except OSError as e:
-        raise StoreError(f"Could not keep the inputs of the snapshot {run_id}: {e}") from None
+        raise StoreUnavailable(
+            f"Could not keep the inputs of snapshot {run_id}: {e.strerror or e}. Free some "
+            "disk space, or set MLCONTAINER_STORE to another folder."
+        ) from None
     shutil.rmtree(workdir / "in", ignore_errors=True)
-    if store and any(r.reason in ("killed", "failed") for r in results):
-        if store.get(run_id).get("stop_requested"):  # from the sidebar, the widget or the CLI
+    if store and any(r.reason == "killed" for r in results):
+        # Killed by a stop from the sidebar, the widget or the CLI (another process's: this
+        # one's says "stopped" already); an item that failed on its own stays failed.
+        if store.get(run_id).get("stop_requested"):
             for r in results:
-                if r.reason in ("killed", "failed"):
+                if r.reason == "killed":
                     r.reason = "stopped"
     events(Phase.COLLECTING)
     t2 = time.perf_counter()
