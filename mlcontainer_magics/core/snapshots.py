@@ -13,7 +13,7 @@ from . import secrets as secret_values
 from .datatree import DigestCache
 from .events import Phase
 from .owner import alive as owner_alive
-from .spec import EnvSpec, MountSpec, RunSpec, ServeSpec
+from .spec import EnvSpec, MapSpec, MountSpec, RunSpec, ServeSpec
 from .store import ACTIVE_STATUSES
 
 
@@ -42,7 +42,7 @@ def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
             value = environ[key]
         env.append((key, value))
     fields = {k: d.get(k) for k in ("name", "cpus", "memory", "gpus", "timeout", "session")}
-    serve = d.get("serve")
+    serve, mapped = d.get("serve"), d.get("map")
     return RunSpec(
         code=d["code"],
         env_spec=env_spec,
@@ -58,6 +58,7 @@ def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
         ),
         secrets=tuple(d.get("secrets", ())),
         serve=ServeSpec(**serve) if isinstance(serve, dict) else None,
+        map=MapSpec(**mapped) if isinstance(mapped, dict) else None,
         **fields,
     )
 
@@ -90,10 +91,13 @@ def rerun(
     output=None,
     context=None,
     secrets_file: str | None = None,
+    item: int | None = None,
 ):
     """Run a snapshot again from its recorded lock and base (its secrets taken from this
     environment or ``secrets_file``), with the values its cell received. Returns (outcome,
-    problems); with ``verify``, a changed input file is a problem named before anything runs."""
+    problems); with ``verify``, a changed input file is a problem named before anything runs.
+    A map's every item runs again, or ``item`` (its index) alone, each checked against its own
+    record."""
     record = store.get(ref)
     return rerun_record(
         store,
@@ -105,6 +109,7 @@ def rerun(
         output=output,
         context=context,
         secrets_file=secrets_file,
+        item=item,
     )
 
 
@@ -120,11 +125,16 @@ def rerun_record(
     context=None,
     secrets_file: str | None = None,
     fields: dict | None = None,
+    item: int | None = None,
 ):
     """``rerun`` of a record with the given ``inputs`` (name -> value): a pipeline's step
     takes its parents' new values. ``fields`` are recorded in the new snapshot as soon as it
     exists (with ``rerun_of``). Returns (outcome, problems)."""
     spec = spec_from_record(record)
+    if item is not None and spec.map is None:
+        raise SpecError(
+            f"--item {item}: snapshot {record['id']} is not a map (--map); rerun it without --item."
+        )
     values = secret_values.resolve(spec.secrets, os.environ, secrets_file)
     problems = []
     if verify and spec.mounts:
@@ -156,9 +166,7 @@ def rerun_record(
         for name, rec in (record.get("outputs") or {}).items()
         if (algo := transfer.digest_algorithm(rec.get("digest"))) in transfer.ALGORITHMS
     }
-    outcome = runs.execute(
-        spec,
-        backend,
+    options = dict(
         inputs=inputs,
         events=recorded,
         output=output,
@@ -166,11 +174,26 @@ def rerun_record(
         context=ctx,
         lock=record.get("lock") or None,
         secrets=values,
-        output_digests=algorithms,
     )
+    if spec.map is not None:
+        from . import maps
+
+        outcome = maps.execute_map(
+            spec,
+            backend,
+            only=None if item is None else [item],
+            output_digests=maps.item_algorithms(record),
+            **options,
+        )
+    else:
+        outcome = runs.execute(spec, backend, output_digests=algorithms, **options)
     store.update(outcome.run_id, **extra)
     if verify:
-        problems += verify_against(record, store.get(outcome.run_id))
+        new = store.get(outcome.run_id)
+        if spec.map is not None:
+            problems += maps.verify_items(record, new)
+        else:
+            problems += verify_against(record, new)
     return outcome, problems
 
 

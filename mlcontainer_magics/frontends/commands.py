@@ -56,6 +56,12 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
         action="store_true",
         help="re-run every step whose values led to ID, in order, each fed its parents' new values",
     )
+    p.add_argument(
+        "--item",
+        type=int,
+        metavar="I",
+        help="a map's (--map) item I alone (default: every item), checked against its record",
+    )
 
     p = sub.add_parser("diff", help="what changed between two snapshots")
     p.add_argument("a", metavar="A")
@@ -215,6 +221,10 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
         done = snapshots.prune(store, backends.get(), backend_of=backends.for_record)
         return "\n".join(done) or "nothing to prune"
     if args.command == "rerun" and args.pipeline:
+        if args.item is not None:
+            raise SpecError(
+                "--item re-runs one item of a map; --pipeline re-runs every step: use one."
+            )
         return rerun_pipeline(args, store=store, backends=backends, output=output)
     if args.command == "rerun":
         record = store.get(args.ref)  # before the rerun takes the same name
@@ -226,9 +236,12 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
             verify=args.verify,
             output=output,
             secrets_file=backends.settings.secrets_file,
+            item=args.item,
         )
+        which = f" (item {args.item})" if args.item is not None else ""
         line = (
-            f"rerun {record['id']} as {outcome.run_id} on {backend.name}: {outcome.result.reason}"
+            f"rerun {record['id']}{which} as {outcome.run_id} on {backend.name}: "
+            f"{outcome.result.reason}"
         )
         if args.verify and problems:
             raise VerificationFailed(
