@@ -53,7 +53,8 @@ def server_version(info: Mapping | None) -> tuple[int, int] | None:
     if not info:
         return None
     try:
-        return int(info["major"]), int(re.match(r"\d+", str(info["minor"])).group())  # type: ignore[union-attr]
+        minor = re.match(r"\d+", str(info["minor"]))
+        return int(info["major"]), int(minor.group())  # type: ignore[union-attr]
     except (KeyError, TypeError, ValueError, AttributeError):
         pass
     m = _VERSION.match(str(info.get("gitVersion") or ""))
@@ -69,7 +70,7 @@ def per_index_backoff(version: tuple[int, int] | None) -> bool:
 
 def shared_backoff_note(version: tuple[int, int] | None, count: int, retries: int) -> str:
     """What a map loses on a cluster without per-index retries, in the user's words."""
-    where = f"Kubernetes {version[0]}.{version[1]}" if version else "This cluster (its version unknown)"
+    where = f"Kubernetes {version[0]}.{version[1]}" if version else "This cluster (version unknown)"
     return (
         f"{where} has no per-item retries (backoffLimitPerIndex, Kubernetes 1.29+): the map's "
         f"Job shares {count * retries} retries among its {count} items (--retries {retries} "
