@@ -126,6 +126,23 @@ class RunError(MlcError):
         self.reason = reason  # error | timeout | oom | interrupted | stopped | killed
 
 
+class MapError(RunError):
+    """Items of a map (``--map``) failed, once every item has ended; ``failed`` lists them as
+    the map's record does (index, reason, exit_code, attempts, error: the first lines of its
+    traceback)."""
+
+    def __init__(
+        self,
+        message: str,
+        failed=(),
+        exit_code: int | None = None,
+        logs: str = "",
+        reason: str = "failed",
+    ) -> None:
+        super().__init__(message, exit_code=exit_code, logs=logs, reason=reason)
+        self.failed = list(failed)
+
+
 class ServiceFailed(RunError):
     """A service's container ended (or never became ready) before it served: the cell raised,
     or defines no entry function. ``stdout``/``stderr`` hold all it printed."""

@@ -4,26 +4,35 @@ A backend builds environments, runs cells, stops and lists runs, and keeps its o
 (prune). Warm sessions are an optional capability: ``sessions`` is None where a backend has
 none, and callers check for it. So are standby containers: ``claim_run_folder`` returns None
 where a backend has none. So are services (``--serve``): ``services`` is None where a backend
-serves no cells. A backend raises only MlcError subclasses (errors.py): the
-third-party errors of its engine or cluster are translated where it talks to them.
+serves no cells. A map (``--map``) runs every item through ``run_map``, whose default runs one
+container per item with ``run_item`` (which a backend without one leaves refusing), and which
+a backend may override as a whole (a Kubernetes Indexed Job). A backend raises only MlcError
+subclasses (errors.py): the third-party errors of its engine or cluster are translated where it
+talks to them.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..errors import CapabilityMissing
-from .events import Events, Output, no_events
+from ..errors import CapabilityMissing, MlcError, RunError
+from .events import Events, Output, Phase, no_events
 from .spec import EnvSpec, RunSpec
 
 __all__ = [
     "Backend",
     "Environment",
     "Events",
+    "ItemResult",
     "Output",
     "RunResult",
     "RunningRun",
@@ -31,6 +40,7 @@ __all__ = [
     "Transport",
     "Services",
     "WarmSessions",
+    "item_out_dir",
     "no_events",
 ]
 
@@ -56,6 +66,31 @@ class RunResult:
     # Why the run ended, in the backend's words, when the cell's own output cannot say
     # (an image the cluster cannot pull, a Job deleted before its pod started, ...).
     message: str | None = None
+
+
+@dataclass
+class ItemResult:
+    """How one item of a map ended (its last attempt)."""
+
+    index: int  # its position in the map's items (the manifest's "map" items)
+    reason: str  # as RunResult's: done | failed | timeout | oom | interrupted | stopped | killed
+    exit_code: int | None
+    attempts: int  # 0: never started (the map was stopped first)
+    duration: float  # seconds, of its last attempt
+    stdout: str = ""
+    stderr: str = ""
+    out_dir: Path | None = None  # its --out values: item_out_dir(workdir, index)
+    message: str | None = None  # why it ended, in the backend's words (RunResult.message)
+
+
+def item_out_dir(workdir: Path, index: int) -> Path:
+    """Where item ``index`` of a map writes its --out values: ``workdir/out/NNNNN``, mounted
+    as the item container's /mlc/out."""
+    return Path(workdir) / "out" / f"{index:05d}"
+
+
+# Items whose failure another attempt may mend: not a map someone stopped.
+RETRIED = ("failed", "timeout", "oom", "killed")
 
 
 @dataclass
@@ -266,6 +301,54 @@ class Backend(ABC):
         ``secrets`` (the values of spec.secrets) reach the cell as environment variables and
         as files /run/secrets/NAME, and nowhere that outlives the run."""
 
+    def run_item(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir: Path,
+        *,
+        run_id: str,
+        index: int,
+        events: Events = no_events,
+        output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        """Optional capability: one item of a map (spec.map) as a container of its own, as
+        ``run`` runs a cell, but with ``item_out_dir(workdir, index)`` as its /mlc/out and
+        MLC_INDEX=index; labelled with ``run_id`` (and the item), so that ``stop(run_id)``
+        stops every item of the map at once. The default run_map runs items with it."""
+        raise CapabilityMissing(
+            f"--map is not supported with --backend {self.name}. Map the cell with --backend "
+            "docker, or loop over the items in the notebook."
+        )
+
+    def run_map(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir: Path,
+        *,
+        run_id: str,
+        count: int,
+        parallel: int | None = None,
+        retries: int = 0,
+        events: Events = no_events,
+        output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[ItemResult]:
+        """Run items 0..count-1 of the map whose folder is ``workdir`` (its manifest's "map"
+        block), at most ``parallel`` at once (None: this machine's cores), each retried up to
+        ``retries`` times; their results in item order, once every item has ended. Progress
+        goes to ``events`` as Phase.MAPPED. ``cancel`` set (or an interrupt): no item starts
+        any more and the running ones are stopped; an interrupt (or an error) is raised once
+        every item's container is gone.
+
+        The default: one container per item with ``run_item``."""
+        return _ItemPool(self, spec, env, workdir, run_id, events, output, secrets).run(
+            count, parallel or os.cpu_count() or 1, retries, cancel or threading.Event()
+        )
+
     @abstractmethod
     def stop(self, run_id: str, grace: float = 0) -> bool:
         """Stop a run started by this process or another (after ``grace`` seconds of asking it
@@ -313,3 +396,171 @@ class Backend(ABC):
     @abstractmethod
     def prune_images(self, keep) -> list[str]:
         """Remove this namespace's environment images but those tagged in ``keep``."""
+
+
+# -- the default run_map: a bounded pool of item containers -------------------------------------
+
+STOP_EVERY = 0.5  # seconds between stops of a map being stopped: an item may start meanwhile
+STOP_FOR = 120.0  # seconds a stopped map's containers may take to go
+
+
+class _ItemPool:
+    """Items of one map on a pool of ``parallel`` threads, each running one item's container
+    at a time through ``backend.run_item``."""
+
+    def __init__(self, backend, spec, env, workdir, run_id, events, output, secrets) -> None:
+        self.backend, self.spec, self.env = backend, spec, env
+        self.workdir, self.run_id, self.secrets = Path(workdir), run_id, secrets
+        self.events, self.output = events, output
+        self.lock = threading.Lock()
+        self.count = 0
+        self.done = self.running = 0
+        self.failed: list[dict] = []  # {index, reason, why}, as the display shows them
+        self.started_at = time.monotonic()
+
+    def run(
+        self, count: int, parallel: int, retries: int, cancel: threading.Event
+    ) -> list[ItemResult]:
+        self.count = count
+        self._progress()
+        pool = ThreadPoolExecutor(min(parallel, count), thread_name_prefix="mlcontainer-map")
+        futures = [pool.submit(self._item, i, retries, cancel) for i in range(count)]
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=STOP_EVERY)
+                for future in done:
+                    future.result()  # a worker's own error (the engine went away) ends the map
+                if cancel.is_set() and pending:
+                    # Stopped from outside (a stop button): running items end, none starts.
+                    self._stop_quietly()
+            return [f.result() for f in futures]
+        except BaseException:
+            cancel.set()
+            self._stop_all(futures)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _item(self, index: int, retries: int, cancel: threading.Event) -> ItemResult:
+        out = item_out_dir(self.workdir, index)
+        attempts, result, duration = 0, None, 0.0
+        while not cancel.is_set():
+            attempts += 1
+            _empty(out)  # what a failed attempt wrote is not the item's
+            with self.lock:
+                self.running += 1
+            self._progress()
+            lines = _Lines(self.output, self.lock)
+            t0 = time.monotonic()
+            try:
+                result = self.backend.run_item(
+                    self.spec,
+                    self.env,
+                    self.workdir,
+                    run_id=self.run_id,
+                    index=index,
+                    output=lines,
+                    secrets=self.secrets,
+                )
+            except RunError as e:  # the engine refused this container: the item failed
+                result = RunResult(e.exit_code, "failed", "", e.logs, message=str(e))
+            finally:
+                duration = time.monotonic() - t0
+                lines.close()
+                with self.lock:
+                    self.running -= 1
+            if result.reason == "done" or attempts > retries or result.reason not in RETRIED:
+                break
+        if result is None:  # stopped before it started
+            return ItemResult(index, "stopped", None, 0, 0.0, out_dir=out)
+        item = ItemResult(
+            index,
+            result.reason,
+            result.exit_code,
+            attempts,
+            round(duration, 3),
+            result.stdout,
+            result.stderr,
+            out,
+            result.message,
+        )
+        with self.lock:
+            self.done += 1
+            if item.reason != "done":
+                self.failed.append({"index": index, "reason": item.reason, "why": _why(item)})
+        self._progress()
+        return item
+
+    def _progress(self) -> None:
+        with self.lock:
+            elapsed = max(time.monotonic() - self.started_at, 1e-6)
+            rate = self.done / elapsed
+            left = self.count - self.done
+            info = dict(
+                done=self.done,
+                running=self.running,
+                failed=len(self.failed),
+                count=self.count,
+                rate=round(rate, 3),
+                eta=round(left / rate, 1) if rate > 0 else None,
+                failures=sorted(self.failed, key=lambda f: f["index"]),
+            )
+            self.events(Phase.MAPPED, **info)
+
+    def _stop_quietly(self) -> None:
+        try:
+            self.backend.stop(self.run_id)
+        except MlcError:
+            pass  # the engine went away: its items end anyway
+
+    def _stop_all(self, futures) -> None:
+        """Stop every item's container until no item runs (one may start between two stops);
+        a second interrupt does not cut this short: it would leave containers."""
+        deadline = time.monotonic() + STOP_FOR
+        while time.monotonic() < deadline:
+            try:
+                self._stop_quietly()
+                if not wait(futures, timeout=STOP_EVERY).not_done:
+                    return
+            except KeyboardInterrupt:
+                continue
+
+
+def _empty(folder: Path) -> None:
+    """``folder`` exists, empty, and the container's user may write there."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o777)
+
+
+def _why(item: ItemResult) -> str:
+    """One line of why an item failed: its exception's last line, else the backend's word."""
+    lines = [line for line in (item.stderr or "").strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else item.message or item.reason).strip()[:200]
+
+
+class _Lines:
+    """An item's output, passed on in whole lines: items running at once do not cut into
+    each other's lines (nor into the rich output's marked lines)."""
+
+    def __init__(self, output: Output | None, lock: threading.Lock) -> None:
+        self.output, self.lock = output, lock
+        self.partial = {"stdout": "", "stderr": ""}
+
+    def __call__(self, stream: str, text: str) -> None:
+        if self.output is None:
+            return
+        text = self.partial.get(stream, "") + text
+        head, sep, rest = text.rpartition("\n")
+        self.partial[stream] = rest
+        if sep:
+            with self.lock:
+                self.output(stream, head + sep)
+
+    def close(self) -> None:
+        for stream, text in self.partial.items():
+            if text and self.output is not None:
+                with self.lock:
+                    self.output(stream, text + "\n")
+        self.partial = {"stdout": "", "stderr": ""}

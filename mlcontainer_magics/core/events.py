@@ -9,6 +9,7 @@ In the order a run sends them::
     cached(image, size) | building(image, apt, requirements, on)  build-log(line)...
     built(image, size)  pushing(image)  starting  scheduling(message)
     pulling(image, node)  running(container, session)  linked(parents, names)
+    mapped(done, running, failed, count, rate, eta, failures)...  [a map: as items go]
     collecting  recorded(snapshot)
     serving(name, url, snapshot)  [a served cell: it answers at url]
     finished(status, message, detail, exit_code)
@@ -32,6 +33,10 @@ class Phase(str, Enum):
     SCHEDULING = "scheduling"  # a Kubernetes pod waiting for a node
     PULLING = "pulling"  # ... then for its image
     RUNNING = "running"
+    # A map's progress, as its items start and end: done, running, failed, count (items),
+    # rate (items ended per second), eta (seconds, None until one has ended), failures
+    # ([{index, reason, why}]: why, one line).
+    MAPPED = "mapped"
     SERVING = "serving"  # a served cell answers: name, url, snapshot
     COLLECTING = "collecting"
     LINKED = "linked"  # the inputs' lineage: parents (lineage.link), names {snapshot: name}
@@ -43,7 +48,14 @@ class Phase(str, Enum):
 
 
 ENV_PHASES = (Phase.RESOLVING, Phase.BUILDING, Phase.PUSHING)
-RUN_PHASES = (Phase.STARTING, Phase.SCHEDULING, Phase.PULLING, Phase.RUNNING, Phase.COLLECTING)
+RUN_PHASES = (
+    Phase.STARTING,
+    Phase.SCHEDULING,
+    Phase.PULLING,
+    Phase.RUNNING,
+    Phase.MAPPED,
+    Phase.COLLECTING,
+)
 
 # How a run ended (RunResult.reason), with the words a person reads in one line.
 REASONS = {

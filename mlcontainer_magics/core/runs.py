@@ -46,6 +46,7 @@ class RunOutcome:
     output_digests: dict = field(default_factory=dict)  # name -> algorithm, else transfer's
     kernel: str | None = None  # the kernel that ran it (context's): lineage stays within one
     parents: list | None = None  # per input, where it came from (lineage.link), once known
+    map: dict | None = None  # a map's record of its items (core/maps.py), once they ended
 
     @property
     def ok(self) -> bool:
@@ -195,7 +196,7 @@ def execute(spec: RunSpec, backend: Backend, **options: Any) -> RunOutcome:
 
     outcome = run_steps(spec, backend, run_and_collect, pool=pool, **options)
     if store:
-        _record_end(store, outcome)
+        record_outcome(store, outcome)
     return outcome
 
 
@@ -247,8 +248,13 @@ def run_steps(
             parent = pool.workdir_parent(spec, outcome.env, events) if pool else None
             # A standby container's folder, where the backend has one ready for these settings
             # and it lies where this run's folder would (not in RAM for large inputs). Not for
-            # a service: its container is made to publish a port.
-            claimed = None if pool or spec.serve else backend.claim_run_folder(spec, outcome.env)
+            # a service: its container is made to publish a port; nor for a map: its items'
+            # containers each have an out folder of their own.
+            claimed = (
+                None
+                if pool or spec.serve or spec.map
+                else backend.claim_run_folder(spec, outcome.env)
+            )
             if claimed is not None and not _same_root(claimed, run_folder_for(spec, inputs or {})):
                 backend.release_run_folder(claimed)
                 claimed = None
@@ -443,7 +449,8 @@ def link_inputs(store, outcome: RunOutcome, digests: dict, events: Events = no_e
     events(Phase.LINKED, parents=outcome.parents, names=names)
 
 
-def _record_end(store, outcome: RunOutcome) -> None:
+def record_outcome(store, outcome: RunOutcome) -> None:
+    """Record how a run that returned ended (a step's caller does, once it knows)."""
     end = record_end(outcome)
     try:
         store.update(outcome.run_id, **end)
@@ -545,6 +552,7 @@ def record_end(outcome: RunOutcome) -> dict:
         "finished": time.time(),
         "duration": outcome.timings.get("run"),
         "timings": outcome.timings,
+        **({"map": outcome.map} if outcome.map is not None else {}),
     }
 
 

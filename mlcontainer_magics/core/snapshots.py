@@ -12,7 +12,7 @@ from . import mounts, runs, transfer
 from . import secrets as secret_values
 from .datatree import DigestCache
 from .owner import alive as owner_alive
-from .spec import EnvSpec, MountSpec, RunSpec, ServeSpec
+from .spec import EnvSpec, MapSpec, MountSpec, RunSpec, ServeSpec
 from .store import ACTIVE_STATUSES
 
 
@@ -41,7 +41,7 @@ def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
             value = environ[key]
         env.append((key, value))
     fields = {k: d.get(k) for k in ("name", "cpus", "memory", "gpus", "timeout", "session")}
-    serve = d.get("serve")
+    serve, mapped = d.get("serve"), d.get("map")
     return RunSpec(
         code=d["code"],
         env_spec=env_spec,
@@ -57,6 +57,7 @@ def spec_from_record(record: dict, environ=os.environ) -> RunSpec:
         ),
         secrets=tuple(d.get("secrets", ())),
         serve=ServeSpec(**serve) if isinstance(serve, dict) else None,
+        map=MapSpec(**mapped) if isinstance(mapped, dict) else None,
         **fields,
     )
 

@@ -35,6 +35,8 @@ MIN_CPUS = 0.01
 # A longer timer overflows in the timer thread, which would silently run without a timeout.
 MAX_TIMEOUT = threading.TIMEOUT_MAX
 MAX_REPLICAS = 1000
+MAX_PARALLEL = 1000  # --parallel: containers of one map at once
+MAX_RETRIES = 100  # --retries: attempts of one item beyond its first
 # An image reference as Docker parses it: [domain[:port]/]path[:tag][@digest], path lowercase.
 _DOMAIN = (
     r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
@@ -97,6 +99,16 @@ class ServeSpec:
 
 
 @dataclass(frozen=True)
+class MapSpec:
+    """``--map NAME [--parallel P] [--retries K]``: the cell runs once per item of the notebook
+    value NAME, in a container of its own, with NAME bound to that item."""
+
+    name: str
+    parallel: int | None = None  # containers at once; None: the backend's default
+    retries: int = 0  # attempts of a failed item beyond its first
+
+
+@dataclass(frozen=True)
 class RunSpec:
     code: str
     env_spec: EnvSpec
@@ -115,10 +127,13 @@ class RunSpec:
     mounts: tuple[MountSpec, ...] = ()
     secrets: tuple[str, ...] = ()  # names only: values are given to a run, never recorded
     serve: ServeSpec | None = None
+    map: MapSpec | None = None
 
     def __post_init__(self) -> None:
         if self.serve is not None:
             check_serve(self)
+        if self.map is not None:
+            check_map(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -150,6 +165,47 @@ def parse_serve(name, *, port=None, entry=None, replicas=None) -> ServeSpec | No
         parse_port(port),
         _int_flag("--replicas", replicas, 1, MAX_REPLICAS) or 1,
     )
+
+
+def parse_map(name, *, parallel=None, retries=None) -> MapSpec | None:
+    """``--map NAME [--parallel P] [--retries K]``; None without --map (and then the other two
+    are refused: they mean nothing alone)."""
+    if name is None:
+        given = [f for f, v in (("--parallel", parallel), ("--retries", retries)) if v is not None]
+        if given:
+            raise SpecError(f"{', '.join(given)}: only with --map NAME; add --map NAME.")
+        return None
+    if not isinstance(name, str) or not _IDENT_RE.fullmatch(name):
+        raise SpecError(
+            f"--map {name!r} is not a Python variable name; name the notebook variable that "
+            "holds the items, e.g. --map shards."
+        )
+    return MapSpec(
+        name,
+        _int_flag("--parallel", parallel, 1, MAX_PARALLEL),
+        _int_flag("--retries", retries, 0, MAX_RETRIES) or 0,
+    )
+
+
+def check_map(spec: RunSpec) -> None:
+    """What a mapped cell cannot have, refused before any work."""
+    assert spec.map is not None, "a mapped spec"
+    name = spec.map.name
+    if name in spec.inputs:
+        raise SpecError(
+            f"--map {name} and --in {name}: the map sends each container one item of {name}; "
+            f"drop {name} from --in (the other --in values are sent to every item)."
+        )
+    if spec.serve is not None:
+        raise SpecError(
+            "--map and --serve do not go together: a service is one container that keeps "
+            "running. Drop one of them."
+        )
+    if spec.session:
+        raise SpecError(
+            "--map and --session do not go together: every item runs in a fresh container of "
+            "its own. Drop --session."
+        )
 
 
 def parse_port(value) -> int | None:

@@ -30,6 +30,10 @@ COLLECTED = MLC + "/collected"
 TAKING = "taking"  # beside out/: touched as --send goes, so a long transfer is not cut short
 COLLECT_WAIT_ENV = "MLC_COLLECT_WAIT"  # seconds without progress before the runner gives up
 ONE_STREAM_ENV = "MLC_ONE_STREAM"  # "1": everything on stdout (a Kubernetes pod's one log)
+# A map's item (manifest "map"): its position in the items; a Kubernetes Indexed Job sets
+# only JOB_COMPLETION_INDEX. The cell then sees MLC_INDEX as the item's own index.
+INDEX_ENV = "MLC_INDEX"
+JOB_INDEX_ENV = "JOB_COMPLETION_INDEX"
 MESSAGE_PREFIX = "mlcontainer: "  # starts a line of stderr that explains a values problem
 VALUES_EXIT = 2  # the exit status that goes with it
 TERM_EXIT = 143  # 128 + SIGTERM: the run was stopped by SIGTERM (a pod deleted, docker stop)
@@ -407,6 +411,27 @@ def _from_cell(tb, cell):
     return start or tb
 
 
+def map_item(mapped, environ=None):
+    """(name, entry) of the item this container runs, of the manifest's "map" block, and
+    MLC_INDEX set to the item's own index (a rerun of one item keeps its index)."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(INDEX_ENV) or environ.get(JOB_INDEX_ENV)
+    items = mapped.get("items") or []
+    try:
+        position = int(text)
+    except (TypeError, ValueError):
+        raise CellError("--map %s: this container runs one item, but %s (or %s) is %s; set it "
+                        "to the item's position, 0 to %d"
+                        % (mapped.get("name"), INDEX_ENV, JOB_INDEX_ENV,
+                           "unset" if text is None else repr(text), len(items) - 1))
+    if not 0 <= position < len(items):
+        raise CellError("--map %s: %s=%d, but there are %d items (0 to %d)"
+                        % (mapped.get("name"), INDEX_ENV, position, len(items), len(items) - 1))
+    entry = items[position]
+    environ[INDEX_ENV] = str(entry.get("index", position))
+    return mapped["name"], entry
+
+
 def run_in(base, namespace):
     """Run base/cell.py with base/manifest.json's values in ``namespace``; exit status."""
     cell = os.path.join(base, "cell.py")
@@ -427,6 +452,15 @@ def run_in(base, namespace):
                 raise CellError("--in %s cannot be read in the container (%s: %s); install "
                                 "what it needs with -r, or send plain data, arrays or "
                                 "DataFrames" % (name, type(e).__name__, e))
+        if manifest.get("map"):
+            name, entry = map_item(manifest["map"])
+            try:
+                namespace[name] = read_value(entry, base)
+            except CellError as e:
+                raise CellError("--map %s: %s" % (name, e))
+            except Exception as e:  # as an --in value's: what the item needs is missing
+                raise CellError("--map %s: item %s cannot be read in the container (%s: %s)"
+                                % (name, os.environ[INDEX_ENV], type(e).__name__, e))
         run_cell(source, namespace, cell)
         flush_figures()
     except (SystemExit, Terminated):

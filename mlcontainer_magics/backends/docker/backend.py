@@ -25,6 +25,7 @@ from ...core.backend import (
     RunningRun,
     RunResult,
     WarmSessions,
+    item_out_dir,
     no_events,
 )
 from ...core.events import Phase
@@ -35,6 +36,7 @@ from ...core.spec import RunSpec
 from ...errors import EngineUnavailable, RunError
 from ...runner import (
     CONTAINER_ENV,
+    INDEX_ENV,
     MLC_DIR,
     RUN_USER,
     RUNNER_COMMAND,
@@ -208,6 +210,31 @@ class DockerBackend(EnvironmentImages, Backend):
                 secrets_dir=secrets_dir,
             )
 
+    def run_item(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir,
+        *,
+        run_id: str,
+        index: int,
+        events: Events = no_events,
+        output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        with engine_errors("running an item of the map"), _secret_files(secrets) as secrets_dir:
+            return self._run(
+                spec,
+                env,
+                workdir,
+                run_id=run_id,
+                events=events,
+                output=output,
+                secrets=secrets or {},
+                secrets_dir=secrets_dir,
+                item=index,
+            )
+
     def _remove_lost(self) -> None:
         """Remove the containers of runs during which the engine went away, now it is back."""
         import docker.errors
@@ -240,11 +267,14 @@ class DockerBackend(EnvironmentImages, Backend):
         output: Output | None,
         secrets: Mapping[str, str],
         secrets_dir: str | None,
+        item: int | None = None,
     ) -> RunResult:
         import docker.errors
 
         output = output or (lambda stream, text: None)
-        kwargs = self._container_options(spec, run_id, workdir, secrets, secrets_dir)
+        kwargs = self._container_options(spec, run_id, workdir, secrets, secrets_dir, item)
+        # The items of a map run at once: each container is the run's under a key of its own.
+        key = run_id if item is None else _item_key(run_id, item)
         stdout: list[str] = []
         stderr: list[str] = []
         # A UTF-8 character may be split across two chunks of the stream.
@@ -254,7 +284,12 @@ class DockerBackend(EnvironmentImages, Backend):
         timed_out = threading.Event()
         container = stream = None
         # A standby container claimed for this folder (claim_run_folder): already started.
-        standby = self._standby_pool.take(workdir) if self._standby_pool is not None else None
+        # Never an item's: a standby's /mlc/out is its folder's.
+        standby = (
+            self._standby_pool.take(workdir)
+            if self._standby_pool is not None and item is None
+            else None
+        )
         finished = False  # the cell has ended: removing its container can wait
         try:
             events(Phase.STARTING)
@@ -265,7 +300,7 @@ class DockerBackend(EnvironmentImages, Backend):
                 container = self.client.containers.create(
                     env.image_id, list(RUNNER_COMMAND), **kwargs
                 )
-                self._runs[run_id] = container
+                self._runs[key] = container
                 stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
                 container.start()
             assert stream is not None, "attached before it runs"
@@ -305,8 +340,9 @@ class DockerBackend(EnvironmentImages, Backend):
             finally:
                 if timer is not None:
                     timer.cancel()
-            reason = self._reason(code, state, timed_out.is_set(), run_id)
-            quietly(self._replenish, spec, env)  # a standby is never the cell's failure
+            reason = self._reason(code, state, timed_out.is_set(), key)
+            if item is None:
+                quietly(self._replenish, spec, env)  # a standby is never the cell's failure
             return RunResult(code, reason, "".join(stdout), "".join(stderr), container.id)
         except docker.errors.APIError as e:
             hint = ""
@@ -319,8 +355,8 @@ class DockerBackend(EnvironmentImages, Backend):
                 f"The engine refused the run: {short(e)}.{hint}", logs="".join(stderr)
             ) from None
         finally:
-            self._runs.pop(run_id, None)
-            self._stopped.discard(run_id)
+            self._runs.pop(key, None)
+            self._stopped.discard(key)
             if container is not None and standby is not None and finished:
                 self._standby_pool.remove_used(container)  # type: ignore[union-attr]
             elif container is not None:
@@ -516,10 +552,18 @@ class DockerBackend(EnvironmentImages, Backend):
         workdir,
         secrets: Mapping[str, str] | None = None,
         secrets_dir: str | None = None,
+        item: int | None = None,
     ) -> dict:
+        """The container of a run (or of item ``item`` of a map: its own out folder, its
+        MLC_INDEX and label)."""
         import docker.types
 
         env = {**CONTAINER_ENV, **dict(spec.env), **dict(secrets or {})}
+        out = Path(workdir) / "out"
+        extra = {}
+        if item is not None:
+            env[INDEX_ENV] = str(item)
+            out, extra = item_out_dir(workdir, item), {"item": item}
         # With mounts the cell is this user, so it reads and writes the files as the user
         # would, and what it writes is the user's; else the image's unprivileged user.
         user = f"{os.getuid()}:{os.getgid()}" if spec.mounts else RUN_USER
@@ -534,6 +578,7 @@ class DockerBackend(EnvironmentImages, Backend):
                 snapshot=run_id,
                 name=spec.name or "",
                 owner=OWNER,
+                **extra,
             ),
             network_mode=spec.network,
             cap_drop=["ALL"],
@@ -544,7 +589,7 @@ class DockerBackend(EnvironmentImages, Backend):
             # The run's own folder and nothing else of the host: code in, values out.
             volumes={
                 str(workdir): {"bind": MLC_DIR, "mode": "ro"},
-                str(workdir / "out"): {"bind": f"{MLC_DIR}/out", "mode": "rw"},
+                str(out): {"bind": f"{MLC_DIR}/out", "mode": "rw"},
                 # ... and what the user named: --mount, and the secrets' own folder.
                 **{m.source: {"bind": m.target, "mode": m.mode} for m in spec.mounts},
                 **({secrets_dir: {"bind": SECRETS_DIR, "mode": "ro"}} if secrets_dir else {}),
@@ -580,14 +625,19 @@ class DockerBackend(EnvironmentImages, Backend):
     @translated("stopping the run")
     def stop(self, run_id: str, grace: float = 0) -> bool:
         """Stop the run's container: at once, or after ``grace`` seconds of SIGTERM."""
-        container = self._runs.get(run_id)
-        if container is None:
-            found = self._run_containers(run_id)
-            container = found[0] if found else None
-        if container is None:
+        # Every container of the run: a map's items are several, each under its own key.
+        mine = {
+            key: c
+            for key, c in list(self._runs.items())
+            if key == run_id or key.startswith(_item_key(run_id, ""))
+        }
+        found = {c.id: c for c in self._run_containers(run_id)}
+        found.update({c.id: c for c in mine.values()})
+        if not found:
             return False
-        self._stopped.add(run_id)
-        self.end_container(container, grace)
+        self._stopped.update(mine or {run_id: None})
+        for container in found.values():
+            self.end_container(container, grace)
         return True
 
     @staticmethod
@@ -633,6 +683,11 @@ class DockerBackend(EnvironmentImages, Backend):
             and (services or (c.attrs.get("Labels") or {}).get(f"{LABEL}.role") != "service")
         ]
         return sorted(items, key=lambda r: r.started or "", reverse=True)
+
+
+def _item_key(run_id: str, item) -> str:
+    """What names item ``item`` of the map ``run_id`` among this backend's runs."""
+    return f"{run_id}#{item}"
 
 
 def list_standbys(client, namespace: str) -> list[dict]:
