@@ -247,6 +247,7 @@ def test_on_an_old_fake_the_shared_backoff_limit_ends_every_item(tmp_path):
     from k8s_fake import FakeKubernetes
 
     with FakeKubernetes(namespaces=(NS,), k8s_version="1.28") as fake:
+        fake.restart_scale = 0.001  # six retries of item 0 before the Job fails
         fake.write_kubeconfig(tmp_path / "kubeconfig")
         api_client = fake.api_client()
         try:
@@ -337,3 +338,255 @@ def test_deleting_the_job_takes_every_pod_of_it(api, k8s_fake):
     batch.delete_namespaced_job(name, NS, propagation_policy="Background")
     k8s_fake.wait_for(lambda: not k8s_fake.pods_of(name, NS))
     assert not core.list_namespaced_pod(NS, label_selector=pod_selector("map-1")).items
+
+
+# -- run_map: the backend against the fake ------------------------------------------------------
+
+
+from test_k8s_backend import (  # noqa: E402
+    ENV,
+    Recorder,
+    backend_for,
+    interrupt_main_thread_when,
+    json_outputs,
+    runner_pod,
+    stderr_line,
+)
+
+from mlcontainer_magics.core import maps  # noqa: E402
+from mlcontainer_magics.core.spec import MapSpec  # noqa: E402
+from mlcontainer_magics.core.store import Store  # noqa: E402
+
+
+@pytest.fixture
+def backend(k8s_fake, monkeypatch):
+    b = backend_for(k8s_fake)
+    monkeypatch.setattr(b, "ensure_environment", lambda *a, **k: ENV)
+    return b
+
+
+def item_pod(compute=lambda x: x * 2, fails=lambda index, attempt: False, hold=None):
+    """A ``run=`` callback that plays the runner for one item of a map, as the real one does in
+    an Indexed Job's pod: item ``MLC_INDEX`` of the manifest's map block, read from the
+    Secret's files; it prints, then offers ``--out y`` (compute(x)) to be taken over exec.
+    ``fails(index, attempt)``: the cell raises instead (a traceback on stderr, exit 1)."""
+    attempts: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def container(pod):
+        manifest = json.loads(pod.files["/mlc/manifest.json"])
+        index = int(pod.env["MLC_INDEX"])
+        entry = manifest["map"]["items"][index]
+        x = json.loads(pod.files[f"/mlc/{entry['file']}"])
+        with lock:
+            attempts[index] = attempt = attempts.get(index, 0) + 1
+        pod.log(f"item {index}: x={x}")
+        if hold is not None:
+            hold(pod)
+        if fails(index, attempt):
+            pod.log(stderr_line("Traceback (most recent call last):\n"))
+            pod.log(stderr_line(f"ValueError: item {index} is bad\n"))
+            return 1
+        return runner_pod([], **json_outputs(y=compute(x)))(pod)
+
+    container.attempts = attempts
+    return container
+
+
+def map_spec(parallel=None, retries=0, **kw):
+    kw.setdefault("code", "y = x * 2\n")
+    kw.setdefault("outputs", ("y",))
+    return RunSpec(
+        env_spec=EnvSpec("python:3.11-slim"),
+        map=MapSpec("x", parallel, retries),
+        **kw,
+    )
+
+
+def execute(backend, tmp_path, spec, items, rec=None):
+    rec = rec or Recorder()
+    store = Store(tmp_path / "store")
+    outcome = maps.execute_map(
+        spec, backend, inputs={"x": items}, events=rec.event, output=rec.out, store=store
+    )
+    return outcome, rec, store
+
+
+def the_job(k8s_fake):
+    (job,) = [j for j in k8s_fake.list("jobs", NS) if j["spec"].get("completionMode")]
+    return job
+
+
+def test_a_map_is_one_indexed_job_that_runs_every_item_and_gathers_them_in_order(
+    backend, k8s_fake, tmp_path
+):
+    secrets = []
+
+    def hold(pod):  # the Secret as the pods see it
+        secrets.append(k8s_fake.get("secrets", the_job(k8s_fake)["metadata"]["name"], NS))
+
+    k8s_fake.script("mlc-", run=item_pod(hold=hold))
+    items = [3, 1, 4, 1, 5, 9, 2]
+    outcome, rec, store = execute(backend, tmp_path, map_spec(parallel=3), items)
+
+    assert outcome.ok and outcome.values == {"y": [x * 2 for x in items]}
+    job = the_job(k8s_fake)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 7, 3)
+    assert spec["backoffLimitPerIndex"] == 0
+    assert job["status"]["completedIndexes"] == "0-6"
+    assert k8s_fake.peak_running[(NS, job["metadata"]["name"])] == 3
+    # Each item's output came back, whole lines, as its pod printed them.
+    assert sorted(rec.text().splitlines()) == sorted(
+        f"item {i}: x={x}" for i, x in enumerate(items)
+    )
+    # One Secret carried the items (not the whole mapped value too) and went with the map.
+    keys = set(secrets[0]["data"])
+    assert {f"in__x__{i:05d}.json" for i in range(7)} <= keys
+    assert not any(k.startswith("in__x.") for k in keys)
+    assert k8s_fake.get("secrets", job["metadata"]["name"], NS) is None
+    record = store.get(outcome.run_id)
+    assert [i["reason"] for i in record["map"]["items"]] == ["done"] * 7
+    assert [i["attempts"] for i in record["map"]["items"]] == [1] * 7
+    mapped = [info for phase, info in rec.events if phase == "mapped"]
+    assert mapped[-1]["done"] == 7 and mapped[-1]["failed"] == 0 and mapped[-1]["count"] == 7
+    assert all(m["running"] <= 3 for m in mapped)
+
+
+def test_a_failing_item_is_reported_by_index_and_the_others_are_kept(backend, k8s_fake, tmp_path):
+    pod = item_pod(fails=lambda index, attempt: index == 2)
+    k8s_fake.script("mlc-", run=pod)
+    outcome, rec, store = execute(backend, tmp_path, map_spec(parallel=2, retries=1), [0, 1, 2, 3])
+
+    assert outcome.values == {"y": [0, 2, None, 6]}
+    assert pod.attempts == {0: 1, 1: 1, 2: 2, 3: 1}  # retried on its own, once
+    job = the_job(k8s_fake)
+    assert job["status"]["failedIndexes"] == "2"
+    assert {c["type"]: c["reason"] for c in job["status"]["conditions"]}["Failed"] == (
+        "FailedIndexes"
+    )
+    error = maps.map_error(outcome)
+    assert error is not None and "item 2" in str(error) and "1 of 4 items" in str(error)
+    (failed,) = [i for i in store.get(outcome.run_id)["map"]["items"] if i["reason"] != "done"]
+    assert failed["index"] == 2 and failed["attempts"] == 2 and failed["exit_code"] == 1
+    assert "ValueError: item 2 is bad" in failed["error"]
+    mapped = [info for phase, info in rec.events if phase == "mapped"][-1]
+    assert mapped["failed"] == 1 and mapped["failures"][0]["index"] == 2
+    assert "ValueError: item 2 is bad" in mapped["failures"][0]["why"]
+
+
+def test_retries_recover_an_item_that_fails_once(backend, k8s_fake, tmp_path):
+    pod = item_pod(fails=lambda index, attempt: index == 1 and attempt == 1)
+    k8s_fake.script("mlc-", run=pod)
+    outcome, _, store = execute(backend, tmp_path, map_spec(retries=2), [5, 6, 7])
+    assert outcome.ok and outcome.values == {"y": [10, 12, 14]}
+    assert [i["attempts"] for i in store.get(outcome.run_id)["map"]["items"]] == [1, 2, 1]
+
+
+def test_an_item_past_its_timeout_is_a_timeout(backend, k8s_fake, tmp_path):
+    def hold(pod):
+        if pod.env["MLC_INDEX"] == "0":
+            while True:
+                time.sleep(0.01)
+
+    k8s_fake.time_scale = 0.01
+    k8s_fake.script("mlc-", run=item_pod(hold=hold))
+    outcome, _, store = execute(backend, tmp_path, map_spec(timeout=300), [1, 2])
+    assert outcome.values == {"y": [None, 4]}
+    items = store.get(outcome.run_id)["map"]["items"]
+    assert [i["reason"] for i in items] == ["timeout", "done"]
+
+
+def test_interrupt_deletes_the_job_and_its_pods(backend, k8s_fake, tmp_path):
+    def hold(pod):
+        while not pod.cancelled:
+            time.sleep(0.01)
+
+    k8s_fake.script("mlc-", run=item_pod(hold=hold))
+    interrupt_main_thread_when(lambda: running(k8s_fake) == 2)
+    with pytest.raises(KeyboardInterrupt):
+        execute(backend, tmp_path, map_spec(parallel=2), [1, 2, 3, 4])
+    assert not k8s_fake.list("jobs", NS) and not k8s_fake.list("secrets", NS)
+    k8s_fake.wait_for(lambda: not k8s_fake.list("pods", NS))
+
+
+def test_stop_ends_every_item_stopped(backend, k8s_fake, workdirs):
+    def hold(pod):
+        while not pod.cancelled:
+            time.sleep(0.01)
+
+    k8s_fake.script("mlc-", run=item_pod(hold=hold))
+    spec = map_spec(parallel=2)
+    workdir = map_workdir(workdirs, spec, [1, 2, 3])
+    rec = Recorder()
+    followed = lambda: any(  # noqa: E731 - the backend follows both pods
+        phase == "mapped" and info["running"] == 2 for phase, info in list(rec.events)
+    )
+    stopper = threading.Thread(
+        target=lambda: (k8s_fake.wait_for(followed), backend.stop("map-stop"))
+    )
+    stopper.start()
+    results = backend.run_map(
+        spec, ENV, workdir, run_id="map-stop", count=3, parallel=2, events=rec.event
+    )
+    stopper.join()
+    assert [r.reason for r in results] == ["stopped"] * 3
+    assert [r.attempts for r in results] == [1, 1, 0]
+    assert not k8s_fake.list("jobs", NS)
+
+
+def test_cancel_deletes_the_job_and_the_items_end_stopped(backend, k8s_fake, workdirs):
+    def hold(pod):
+        while not pod.cancelled:
+            time.sleep(0.01)
+
+    k8s_fake.script("mlc-", run=item_pod(hold=hold))
+    spec = map_spec(parallel=1)
+    workdir = map_workdir(workdirs, spec, [1, 2])
+    cancel = threading.Event()
+    threading.Thread(
+        target=lambda: (k8s_fake.wait_for(lambda: k8s_fake.list("pods", NS)), cancel.set())
+    ).start()
+    results = backend.run_map(spec, ENV, workdir, run_id="map-c", count=2, cancel=cancel)
+    assert [r.reason for r in results] == ["stopped", "stopped"]
+    assert not k8s_fake.list("jobs", NS)
+
+
+def running(fake) -> int:
+    return sum(1 for p in fake.list("pods", NS) if p["status"].get("phase") == "Running")
+
+
+def map_workdir(workdirs, spec, items):
+    """A map's folder as core/maps.py writes it: the items and the manifest's map block."""
+    workdir = workdirs(spec)
+    entries = maps.write_items(dict(enumerate(items)), workdir, "x")
+    manifest = json.loads((workdir / "manifest.json").read_text())
+    manifest["map"] = maps.map_manifest("x", entries)
+    (workdir / "manifest.json").write_text(json.dumps(manifest))
+    return workdir
+
+
+def test_items_too_large_for_a_secret_fail_before_anything_is_sent(backend, k8s_fake, tmp_path):
+    items = ["x" * (400 * 1024) for _ in range(3)]
+    with pytest.raises(SpecError, match="items"):
+        execute(backend, tmp_path, map_spec(code="y = len(x)\n"), items)
+    assert not k8s_fake.list("secrets", NS) and not k8s_fake.list("jobs", NS)
+
+
+def test_an_old_cluster_shares_one_backoff_limit_and_is_told_so_once(tmp_path, monkeypatch):
+    from k8s_fake import FakeKubernetes
+
+    with FakeKubernetes(namespaces=(NS,), k8s_version="1.28") as fake:
+        fake.write_kubeconfig(tmp_path / "kubeconfig")
+        backend = backend_for(fake)
+        monkeypatch.setattr(backend, "ensure_environment", lambda *a, **k: ENV)
+        fake.script("mlc-", run=item_pod())
+        rec = Recorder()
+        outcome, _, _ = execute(backend, tmp_path, map_spec(retries=1), [1, 2], rec=rec)
+        assert outcome.ok and outcome.values == {"y": [2, 4]}
+        (job,) = fake.list("jobs", NS)
+        assert job["spec"]["backoffLimit"] == 2 and "backoffLimitPerIndex" not in job["spec"]
+        assert "Kubernetes 1.28 has no per-item retries" in rec.text("stderr")
+        again = Recorder()
+        execute(backend, tmp_path / "again", map_spec(retries=1), [1, 2], rec=again)
+        assert "per-item retries" not in again.text("stderr")

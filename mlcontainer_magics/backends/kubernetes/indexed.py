@@ -20,6 +20,7 @@ all items instead (:func:`per_index_backoff` decides, from the server's version)
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
@@ -200,6 +201,21 @@ def map_manifests(
             objects.network_policy_manifest(spec, snapshot_id=snapshot_id, namespace=namespace)
         )
     return out
+
+
+def map_payload(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The map's folder as its Secret carries it: only the values its manifest names (the
+    shared --in values and every item), not the mapped value whole, which the folder holds
+    too (the snapshot digests and keeps it) but no pod reads."""
+    try:
+        manifest = json.loads(files["manifest.json"])
+    except (KeyError, ValueError):
+        return dict(files)
+    named = {entry.get("file") for entry in (manifest.get("inputs") or {}).values()}
+    named |= {entry.get("file") for entry in (manifest.get("map") or {}).get("items") or []}
+    return {
+        path: data for path, data in files.items() if not path.startswith("in/") or path in named
+    }
 
 
 # -- reading an Indexed Job's status --------------------------------------------------------------
