@@ -590,3 +590,49 @@ def test_an_old_cluster_shares_one_backoff_limit_and_is_told_so_once(tmp_path, m
         again = Recorder()
         execute(backend, tmp_path / "again", map_spec(retries=1), [1, 2], rec=again)
         assert "per-item retries" not in again.text("stderr")
+
+
+# -- export --k8s of a map ----------------------------------------------------------------------
+
+
+def test_export_of_a_map_writes_its_indexed_job(backend, k8s_fake, tmp_path, monkeypatch):
+    import yaml
+
+    from mlcontainer_magics.backends.export import export
+    from mlcontainer_magics.runner import mlc_runner
+
+    monkeypatch.setenv("MLCONTAINER_K8S_NAMESPACE", "team-a")
+    k8s_fake.script("mlc-", run=item_pod())
+    spec = map_spec(parallel=2, retries=3, network="none", env=(("API_KEY", "s3cret"),))
+    outcome, _, store = execute(backend, tmp_path, spec, [10, 20, 30, 40, 50])
+    assert outcome.ok
+
+    dest = export(store, outcome.run_id, tmp_path / "export", backend=None, k8s=True)
+    text = (dest / "job.yaml").read_text()
+    docs = list(yaml.safe_load_all(text))
+    assert [d["kind"] for d in docs] == ["Secret", "Job", "NetworkPolicy"]
+    for doc in docs:
+        validate(doc)
+    secret, job, _ = docs
+    assert job["metadata"]["namespace"] == "team-a"
+    assert job["metadata"]["annotations"][indexed.ANNOTATION_MAP] == "x"
+    js = job["spec"]
+    assert (js["completionMode"], js["completions"], js["parallelism"]) == ("Indexed", 5, 2)
+    assert js["backoffLimitPerIndex"] == 3 and "backoffLimit" not in js
+    (container,) = js["template"]["spec"]["containers"]
+    assert container["image"] == ENV.image
+    assert {"name": "MLC_INDEX", "valueFrom": INDEX_REF} in container["env"]
+    assert "MLC_ONE_STREAM" not in json.dumps(container)  # kubectl logs reads it plainly
+    # The Secret holds every item and a manifest whose map block the runner reads.
+    payload = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    manifest = json.loads(payload["manifest.json"])
+    assert "x" not in manifest["inputs"] and manifest["map"]["count"] == 5
+    for index in range(5):
+        name, entry = mlc_runner.map_item(manifest["map"], {"JOB_COMPLETION_INDEX": str(index)})
+        key = entry["file"].replace("/", "__")
+        assert name == "x" and json.loads(payload[key]) == [10, 20, 30, 40, 50][index]
+    assert not any(k.startswith("in__x.") for k in payload)  # not the whole value too
+    assert payload["env.API_KEY"] == b"" and "s3cret" not in text
+    name = job["metadata"]["name"]
+    assert f"-l batch.kubernetes.io/job-name={name} --prefix" in text
+    assert "a map over x (5 items)" in text and "backoffLimit: 15" in text
