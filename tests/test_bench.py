@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = "edited rerun cold add import list data session second serve".split()
+SCENARIOS = "edited rerun cold add import list data session second serve map".split()
 
 
 @pytest.mark.docker

@@ -106,6 +106,7 @@ class RunningRun:
     status: str | None = None  # in the engine's words: "Up 3 seconds"
     started: str | None = None  # ISO 8601
     container_name: str | None = None
+    items: int | None = None  # a map's (--map): its item containers running now (one entry)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -470,6 +471,8 @@ class _ItemPool:
                 lines.close()
                 with self.lock:
                     self.running -= 1
+            if result.reason == "stopped":  # the run was stopped: so is every item
+                cancel.set()
             if result.reason == "done" or attempts > retries or result.reason not in RETRIED:
                 break
         if result is None:  # stopped before it started

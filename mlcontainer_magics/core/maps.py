@@ -116,6 +116,7 @@ def item_record(entry: dict, result: ItemResult, outputs: dict, problem: str | N
         "attempts": result.attempts,
         "duration": result.duration,
         "outputs": outputs,
+        "stdout_digest": runs.text_digest(result.stdout),
     }
     if reason != "done":
         error = short_traceback(result.stderr)
@@ -124,8 +125,8 @@ def item_record(entry: dict, result: ItemResult, outputs: dict, problem: str | N
 
 
 def map_error(outcome: runs.RunOutcome) -> MapError | None:
-    """The error a map raises once all its items have ended: which failed and why; None when
-    every item succeeded."""
+    """The error a map raises once all its items have ended: which items failed, how, and the
+    first lines of each one's traceback; None when every item succeeded."""
     block = outcome.map or {}
     failed = [i for i in block.get("items", []) if i.get("reason") != "done"]
     if not failed:
@@ -135,23 +136,60 @@ def map_error(outcome: runs.RunOutcome) -> MapError | None:
     for item in failed[:SHOWN_FAILURES]:
         how = REASONS.get(item["reason"], item["reason"])
         code = f", exit code {item['exit_code']}" if item.get("exit_code") is not None else ""
-        tries = f", {item['attempts']} attempts" if item.get("attempts", 1) > 1 else ""
+        tries = f", after {item['attempts']} attempts" if item.get("attempts", 1) > 1 else ""
         shown.append(f"item {item['index']}: {how}{code}{tries}")
-    more = f"\n... and {len(failed) - SHOWN_FAILURES} more" if len(failed) > SHOWN_FAILURES else ""
-    name = block.get("name")
+        shown += ["    " + line for line in (item.get("error") or "").splitlines()]
+    if len(failed) > SHOWN_FAILURES:
+        shown.append(f"... and {len(failed) - SHOWN_FAILURES} more (`mlcontainer show ID`)")
     head = (
-        f"{len(failed)} of {count} items of --map {name} failed; the others' --out values came "
-        "back (None in the failed items' places with --no-raise-error):\n"
-        + "\n".join(shown)
-        + more
-    )
-    logs = "\n\n".join(
-        f"item {item['index']}:\n{item.get('error') or item['reason']}"
-        for item in failed[:SHOWN_FAILURES]
+        f"{len(failed)} of {count} items of --map {block.get('name')} failed; the other items' "
+        "--out values came back (None in the failed items' places)."
     )
     reason = "stopped" if any(i["reason"] == "stopped" for i in failed) else "failed"
     exit_code = next((i["exit_code"] for i in failed if i.get("exit_code") is not None), None)
-    return MapError(head, failed=failed, exit_code=exit_code, logs=logs, reason=reason)
+    # The tracebacks are in the message: a front end shows them once, with the items.
+    return MapError("\n".join([head, *shown]), failed=failed, exit_code=exit_code, reason=reason)
+
+
+def item_algorithms(record: dict) -> dict:
+    """Per --out name, the digest algorithm of a map's recorded items (a rerun digests its
+    items' values the same way, so that --verify compares like with like)."""
+    found: dict[str, str] = {}
+    for item in (record.get("map") or {}).get("items") or []:
+        for name, rec in (item.get("outputs") or {}).items():
+            algo = transfer.digest_algorithm(rec.get("digest"))
+            if algo in transfer.ALGORITHMS:
+                found.setdefault(name, algo)
+    return found
+
+
+def verify_items(old: dict, new: dict) -> list[str]:
+    """Differences that make a map's rerun (of every item, or of some) not reproduce the
+    recorded one: per item, how it ended, what it printed and its --out digests."""
+    recorded = {i.get("index"): i for i in (old.get("map") or {}).get("items") or []}
+    problems = []
+    for item in (new.get("map") or {}).get("items") or []:
+        index = item.get("index")
+        was = recorded.get(index)
+        if was is None:
+            problems.append(f"item {index}: not in the recorded map")
+            continue
+        if item.get("reason") != was.get("reason"):
+            problems.append(
+                f"item {index}: ended {item.get('reason')} (recorded {was.get('reason')})"
+            )
+        if was.get("stdout_digest") and was["stdout_digest"] != item.get("stdout_digest"):
+            problems.append(f"item {index}: stdout differs")
+        for name, rec in (was.get("outputs") or {}).items():
+            now = (item.get("outputs") or {}).get(name) or {}
+            if rec.get("digest") != now.get("digest"):
+                problems.append(
+                    f"item {index}: output {name} differs: recorded {rec.get('digest')}, "
+                    f"now {now.get('digest')}"
+                )
+    if not (new.get("map") or {}).get("items"):
+        problems.append(f"the rerun ended {new.get('status')} before its items did")
+    return problems
 
 
 # -- a map, start to finish ---------------------------------------------------------------------
@@ -242,19 +280,30 @@ def _run_items(
     outcome.timings["items"] = round(time.perf_counter() - t0, 3)
     events(Phase.STARTING)
     t1 = time.perf_counter()
-    results = backend.run_map(
-        spec,
-        outcome.env,
-        workdir,
-        run_id=run_id,
-        count=len(entries),
-        parallel=mapped.parallel,
-        retries=mapped.retries,
-        events=events,
-        output=output,
-        secrets=secrets,
-        cancel=threading.Event(),
-    )
+    cancel, over = threading.Event(), threading.Event()
+    if store is not None:  # a stop from the sidebar or the CLI: no item starts any more
+        threading.Thread(
+            target=_watch_stop,
+            args=(store, run_id, cancel, over),
+            name="mlcontainer-map-stop",
+            daemon=True,
+        ).start()
+    try:
+        results = backend.run_map(
+            spec,
+            outcome.env,
+            workdir,
+            run_id=run_id,
+            count=len(entries),
+            parallel=mapped.parallel,
+            retries=mapped.retries,
+            events=events,
+            output=output,
+            secrets=secrets,
+            cancel=cancel,
+        )
+    finally:
+        over.set()
     outcome.timings["run"] = round(time.perf_counter() - t1, 3)
     try:
         hashing.fill(outcome.inputs)
@@ -270,6 +319,21 @@ def _run_items(
     t2 = time.perf_counter()
     gather(outcome, entries, results, kept, algorithms)
     outcome.timings["collect"] = round(time.perf_counter() - t2, 3)
+
+
+STOP_POLL = 0.5  # seconds between looks at a running map's record for a stop request
+
+
+def _watch_stop(store, run_id: str, cancel: threading.Event, over: threading.Event) -> None:
+    """Set ``cancel`` once the map's record says someone asked it to stop (runs.request_stop,
+    from another process too), until ``over``."""
+    while not over.wait(STOP_POLL):
+        try:
+            if store.get(run_id).get("stop_requested"):
+                cancel.set()
+                return
+        except StoreError:
+            pass  # busy, or gone: look again
 
 
 def write_items(items: dict, workdir: Path, name: str, keep: Path | None = None) -> list[dict]:
@@ -310,7 +374,8 @@ def gather(
     values: dict[str, list] = {name: [None] * len(entries) for name in spec.outputs}
     records = []
     for entry, result in zip(entries, sorted(results, key=lambda r: r.index)):
-        outputs, problem = {}, None
+        outputs: dict = {}
+        problem = None
         if result.reason == "done" and spec.outputs and result.out_dir is not None:
             got, outputs = transfer.read_outputs(result.out_dir, spec.outputs, algorithms)
             problems = [f"--out {n}: {r['error']}" for n, r in outputs.items() if "error" in r]
@@ -350,7 +415,7 @@ def _gathered(values: dict[str, list], kept: Path | None) -> dict:
         return {}
     folder = kept / "out"
     folder.mkdir(parents=True, exist_ok=True)
-    records = {}
+    records: dict[str, dict] = {}
     for name, value in values.items():
         fmt = transfer.choose_format(value)
         try:

@@ -87,12 +87,18 @@ def rerun(
     output=None,
     context=None,
     secrets_file: str | None = None,
+    item: int | None = None,
 ):
     """Run a snapshot again from its recorded lock and base (its secrets taken from this
     environment or ``secrets_file``). Returns (outcome, problems); with ``verify``, a changed
-    input file is a problem named before anything runs."""
+    input file is a problem named before anything runs. A map's every item runs again, or
+    ``item`` (its index) alone, and each is checked against its own record."""
     record = store.get(ref)
     spec = spec_from_record(record)
+    if item is not None and spec.map is None:
+        raise SpecError(
+            f"--item {item}: snapshot {record['id']} is not a map (--map); rerun it without --item."
+        )
     values = secret_values.resolve(spec.secrets, os.environ, secrets_file)
     problems = []
     if verify and spec.mounts:
@@ -115,9 +121,7 @@ def rerun(
         for name, rec in (record.get("outputs") or {}).items()
         if (algo := transfer.digest_algorithm(rec.get("digest"))) in transfer.ALGORITHMS
     }
-    outcome = runs.execute(
-        spec,
-        backend,
+    options = dict(
         inputs=recorded_inputs(store, record),
         events=events,
         output=output,
@@ -125,11 +129,26 @@ def rerun(
         context=ctx,
         lock=record.get("lock") or None,
         secrets=values,
-        output_digests=algorithms,
     )
+    if spec.map is not None:
+        from . import maps
+
+        outcome = maps.execute_map(
+            spec,
+            backend,
+            only=None if item is None else [item],
+            output_digests=maps.item_algorithms(record),
+            **options,
+        )
+    else:
+        outcome = runs.execute(spec, backend, output_digests=algorithms, **options)
     store.update(outcome.run_id, rerun_of=record["id"])
     if verify:
-        problems += verify_against(record, store.get(outcome.run_id))
+        new = store.get(outcome.run_id)
+        if spec.map is not None:
+            problems += maps.verify_items(record, new)
+        else:
+            problems += verify_against(record, new)
     return outcome, problems
 
 

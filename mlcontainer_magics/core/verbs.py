@@ -214,6 +214,7 @@ def format_record(record: dict, children=(), names: dict | None = None) -> str:
         + _image_lines(r, env_spec)
         + _spec_lines(r, spec, env_spec)
         + _data_lines(r, spec)
+        + _map_lines(r)
         + _lineage_lines(r, children, names or {})
         + _provenance_lines(r)
         + _code_lines(r, spec)
@@ -347,6 +348,53 @@ def _data_lines(r: dict, spec: dict) -> list[str]:
     if _items(spec.get("secrets")):
         lines.append(_field("secrets", _wrapped(_items(spec["secrets"]))))
     return lines
+
+
+def _map_lines(r: dict) -> list[str]:
+    """A map's items, compactly: how many ended how, one word per item (``3:done 1.2s``), and
+    the failed ones' last traceback line."""
+    block = _dict(r.get("map"))
+    if not block:
+        return []
+    items = [i for i in _items(block.get("items")) if isinstance(i, dict)]
+    counts: dict = {}
+    for item in items:
+        counts[item.get("reason")] = counts.get(item.get("reason"), 0) + 1
+    how = ", ".join(f"{n} {_printable(reason)}" for reason, n in counts.items())
+    settings = [f"--parallel {block['parallel']}" if block.get("parallel") else ""]
+    settings.append(f"--retries {block['retries']}" if block.get("retries") else "")
+    extra = ", ".join(x for x in settings if x)
+    lines = [
+        _field(
+            "map",
+            f"{_printable(block.get('name'))}: {block.get('count', len(items))} items"
+            + (f" ({extra})" if extra else "")
+            + (f"; {how}" if how else ""),
+        )
+    ]
+    words = []
+    for item in items:
+        took = format_duration(item.get("duration"))
+        word = f"{item.get('index')}:{_word(item.get('reason'))} {took}"
+        if (item.get("attempts") or 1) > 1:
+            word += f" x{item['attempts']}"
+        words.append(word)
+    if words:
+        lines.append(_field("items", _wrapped(words, "  ")))
+    failed = [
+        f"{item.get('index')}: {_printable(_last_line(item.get('error')) or item.get('reason'))}"
+        for item in items
+        if item.get("reason") != "done"
+    ]
+    if failed:
+        more = [f"and {len(failed) - 10} more"] if len(failed) > 10 else []
+        lines.append(_field("failed", "\n".join(failed[:10] + more)))
+    return lines
+
+
+def _last_line(text) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _lineage_lines(r: dict, children, names: dict) -> list[str]:

@@ -49,6 +49,12 @@ def build_parser(for_magic: bool = False) -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", choices=BACKENDS, help="where to run it (default: where the snapshot ran)"
     )
+    p.add_argument(
+        "--item",
+        type=int,
+        metavar="I",
+        help="a map's (--map) item I alone (default: every item), checked against its record",
+    )
 
     p = sub.add_parser("diff", help="what changed between two snapshots")
     p.add_argument("a", metavar="A")
@@ -190,9 +196,12 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
             verify=args.verify,
             output=output,
             secrets_file=backends.settings.secrets_file,
+            item=args.item,
         )
+        which = f" (item {args.item})" if args.item is not None else ""
         line = (
-            f"rerun {record['id']} as {outcome.run_id} on {backend.name}: {outcome.result.reason}"
+            f"rerun {record['id']}{which} as {outcome.run_id} on {backend.name}: "
+            f"{outcome.result.reason}"
         )
         if args.verify and problems:
             raise VerificationFailed(

@@ -86,7 +86,7 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
           %container list [-n N] [--name NAME] [--json]
           %container show ID [--json]        %container logs ID
           %container lineage ID [--json]     (the snapshots whose values led to ID)
-          %container rerun ID [--verify]     %container diff A B
+          %container rerun ID [--verify] [--item I]   %container diff A B
           %container export ID DIR [--tar]   %container rm ID [ID ...]
           %container prune                  %container stop NAME  (a service or session)
           %container services               %container logs NAME  (a service's live log)
@@ -175,6 +175,16 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         "function (see --entry), at http://127.0.0.1:PORT, until the kernel ends or "
         "`%%container stop NAME`. Running the cell again replaces the service.",
     )
+    @argument(
+        "--map",
+        metavar="NAME",
+        help="Run the cell once per item of the notebook variable NAME (a list, a tuple, a "
+        "numpy array along its first axis, a list of DataFrames), each in a fresh container "
+        "with NAME bound to its item and MLC_INDEX set; each --out comes back as a list in "
+        "item order (None for a failed item). --in values are shared by every item.",
+    )
+    @argument("--parallel", help="With --map: items running at once (default: the cores).")
+    @argument("--retries", help="With --map: retry a failed item up to this many times.")
     @argument("--port", help="With --serve: the port on 127.0.0.1 (default: a free one).")
     @argument("--entry", help="With --serve: the cell's function to serve (default: predict).")
     @argument(
@@ -224,6 +234,8 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         spec = self._spec(args, cell, volumes=backend.named_volumes())
         try:
             inputs = transfer.check_inputs(spec.inputs, self.shell.user_ns)
+            if spec.map is not None:  # its items are checked, before anything is built
+                inputs[spec.map.name] = _map_value(spec.map.name, self.shell.user_ns)
             secret_values = secrets.resolve(
                 [s for group in args.secret for s in group], os.environ, self.secrets_file
             )
@@ -288,8 +300,10 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
 
             print(f"[mlcontainer] {served_line(service)}")
             return
-        if error is None:
+        if error is None or (outcome is not None and outcome.map is not None):
+            # A map's items that succeeded are not lost with those that failed (None).
             self.shell.user_ns.update(outcome.values)
+        if error is None:
             return
         if self.raise_error and not args.no_raise_error:
             raise error
@@ -297,8 +311,13 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
 
     @staticmethod
     def _run_or_serve(spec, backend, **kwargs):
-        """(outcome, service, the error to raise): a run's outcome, or a served cell's service
-        (--serve), whose failed cell is a RunError like a run's."""
+        """(outcome, service, the error to raise): a run's (or a map's) outcome, or a served
+        cell's service (--serve), whose failed cell is a RunError like a run's."""
+        if spec.map is not None:
+            from ..core import maps
+
+            outcome = maps.execute_map(spec, backend, **kwargs)
+            return outcome, None, maps.map_error(outcome) or runs.outcome_error(outcome)
         if spec.serve is None:
             outcome = runs.execute(spec, backend, **kwargs)
             return outcome, None, runs.outcome_error(outcome)
@@ -361,9 +380,22 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
                 serve=specs.parse_serve(
                     args.serve, port=args.port, entry=args.entry, replicas=args.replicas
                 ),
+                map=specs.parse_map(args.map, parallel=args.parallel, retries=args.retries),
             )
         except SpecError as e:
             raise UsageError(str(e)) from None
+
+
+def _map_value(name: str, namespace: dict):
+    """The notebook value --map NAME maps, its items checked (maps.items_of): SpecError."""
+    from ..core import maps
+
+    if name not in namespace:
+        raise SpecError(
+            f"--map {name}: no such variable in the notebook; define it first or fix the name."
+        )
+    maps.items_of(namespace[name], name)
+    return namespace[name]
 
 
 def _parse(magic, line: str):

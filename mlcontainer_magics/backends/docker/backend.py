@@ -624,20 +624,37 @@ class DockerBackend(EnvironmentImages, Backend):
 
     @translated("stopping the run")
     def stop(self, run_id: str, grace: float = 0) -> bool:
-        """Stop the run's container: at once, or after ``grace`` seconds of SIGTERM."""
+        """Stop the run's container (a map's: every item's): at once, or after ``grace``
+        seconds of SIGTERM."""
         # Every container of the run: a map's items are several, each under its own key.
         mine = {
             key: c
             for key, c in list(self._runs.items())
             if key == run_id or key.startswith(_item_key(run_id, ""))
         }
-        found = {c.id: c for c in self._run_containers(run_id)}
-        found.update({c.id: c for c in mine.values()})
+        found = {c.id: c for c in mine.values()}
+        try:
+            found.update({c.id: c for c in self._run_containers(run_id) if c.id not in found})
+        except Exception:
+            if not found:  # nothing of it known here: the engine's error says why
+                raise
+            # else: stopped with what this process knows (an engine that stops answering
+            # does not keep its own runs from being killed)
         if not found:
             return False
         self._stopped.update(mine or {run_id: None})
-        for container in found.values():
-            self.end_container(container, grace)
+        if grace and len(found) > 1:  # a map's items, given their grace together
+            ends = [
+                threading.Thread(target=self.end_container, args=(c, grace), daemon=True)
+                for c in found.values()
+            ]
+            for t in ends:
+                t.start()
+            for t in ends:
+                t.join()
+        else:
+            for container in found.values():
+                self.end_container(container, grace)
         return True
 
     @staticmethod
@@ -682,7 +699,7 @@ class DockerBackend(EnvironmentImages, Backend):
             if _run_of(c)
             and (services or (c.attrs.get("Labels") or {}).get(f"{LABEL}.role") != "service")
         ]
-        return sorted(items, key=lambda r: r.started or "", reverse=True)
+        return sorted(_one_per_map(items), key=lambda r: r.started or "", reverse=True)
 
 
 def _item_key(run_id: str, item) -> str:
@@ -732,6 +749,22 @@ def _run_of(c) -> str | None:
     return next((n[len(prefix) :] for n in _names(c) if n.startswith(prefix)), None)
 
 
+def _one_per_map(runs: list[RunningRun]) -> list[RunningRun]:
+    """A map's item containers as one entry (its first-started container's), counting them:
+    the map is one run, stopped as one."""
+    out: list[RunningRun] = []
+    maps: dict[str, RunningRun] = {}
+    for run in sorted(runs, key=lambda r: r.started or ""):
+        if run.items is None or run.id is None:
+            out.append(run)
+        elif run.id in maps:
+            maps[run.id].items = (maps[run.id].items or 0) + 1
+        else:
+            maps[run.id] = run
+            out.append(run)
+    return out
+
+
 def _running_run(c) -> RunningRun:
     a = c.attrs
     labels = a.get("Labels") or {}
@@ -752,6 +785,7 @@ def _running_run(c) -> RunningRun:
         state=a.get("State"),
         status=a.get("Status"),
         started=started,
+        items=1 if labels.get(f"{LABEL}.item") else None,
     )
 
 

@@ -139,8 +139,10 @@ class RunDisplay:
                 return
             try:
                 self.show()
-                # Log lines redraw at most once an interval; the ticker draws those held back.
-                if phase != "build-log" or now - self._last_render >= self._interval:
+                # Log lines (and a map's items, which may end many a second) redraw at most
+                # once an interval; the ticker draws those held back.
+                often = phase in ("build-log", Phase.MAPPED)
+                if not often or now - self._last_render >= self._interval:
                     self._render(now)
             except Exception as e:  # a display must never fail the run it shows
                 self._give_up(e)

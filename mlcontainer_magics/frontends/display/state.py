@@ -1,6 +1,7 @@
 """The state of one run's display and its transitions: pure, no I/O, no widgets.
 
 BuildProgress + parse_build_line()   how far an environment build is, read from its log
+MapProgress                          how far a map's items are (Phase.MAPPED)
 RunStatus + apply()                  what the display knows, and the status after an event
 error_info()                         the finished event for a run that ended by an exception
 """
@@ -21,6 +22,7 @@ __all__ = [
     "RUN_PHASES",
     "STEPS",
     "BuildProgress",
+    "MapProgress",
     "RunStatus",
     "apply",
     "error_info",
@@ -96,6 +98,40 @@ _UV_SUMMARY = re.compile(r"^(Resolved|Prepared|Installed) (\d+) packages? in ")
 
 
 @dataclass(frozen=True)
+class MapProgress:
+    """How far a map's items are, as its last Phase.MAPPED said."""
+
+    done: int = 0  # ended, whichever way
+    running: int = 0
+    failed: int = 0
+    count: int = 0
+    rate: float = 0.0  # items ended per second
+    eta: float | None = None  # seconds left, once one has ended
+    failures: tuple = ()  # ((index, reason, why), ...), by index
+
+    @classmethod
+    def of(cls, info: Mapping) -> MapProgress:
+        def whole(key) -> int:
+            value = info.get(key)
+            return value if isinstance(value, int) else 0
+
+        rate, eta = info.get("rate"), info.get("eta")
+        return cls(
+            done=whole("done"),
+            running=whole("running"),
+            failed=whole("failed"),
+            count=whole("count"),
+            rate=float(rate) if isinstance(rate, (int, float)) else 0.0,
+            eta=float(eta) if isinstance(eta, (int, float)) else None,
+            failures=tuple(
+                (f.get("index"), str(f.get("reason", "")), str(f.get("why", "")))
+                for f in info.get("failures") or ()
+                if isinstance(f, Mapping)
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class RunStatus:
     """Everything the display shows about one run. Times are ``time.monotonic()`` seconds.
 
@@ -136,6 +172,7 @@ class RunStatus:
     wheels: Mapping = field(default_factory=dict)  # installed, cached, fetched, local: counts
     consumed: tuple = ()  # ((snapshot, its name), ...): whose --out values came in
     from_notebook: tuple = ()  # names of the --in values the notebook made
+    items: MapProgress | None = None  # a map's (--map), once its items run
 
     @property
     def finished(self) -> bool:
@@ -251,6 +288,8 @@ def apply(
             standby=bool(info.get("standby")),
             note="",
         )
+    if phase == Phase.MAPPED:
+        return replace(status, items=MapProgress.of(info))
     if phase == Phase.SERVING:
         return replace(
             status,

@@ -3,6 +3,7 @@
 text_lines()      pure: the lines a change of state prints in text mode
 choose_mode()     "widget", "text" or "off" for where we run
 fmt_seconds(), fmt_size(), describe_progress()   the words for times, sizes, a build
+describe_map(), describe_failures()              the words for a map's items
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 
 from ...core.events import ENV_PHASES, RUN_PHASES, Phase
 from ...core.formatting import format_duration, format_size
-from .state import BuildProgress, RunStatus
+from .state import BuildProgress, MapProgress, RunStatus
 
 PREFIX = "[mlcontainer]"
 ENV_VAR = "MLCONTAINER_DISPLAY"  # widget | text | off; unset: widget in a notebook kernel
@@ -29,6 +30,7 @@ BADGES = {
     "scheduling": "scheduling",
     "pulling": "pulling",
     "running": "running",
+    "mapped": "running",
     "collecting": "collecting",
     "serving": "serving",
     "stopping": "stopping",
@@ -51,6 +53,7 @@ PHASE_TEXT = {
     "scheduling": "waiting for a node",
     "pulling": "pulling image",
     "running": "running",
+    "mapped": "running the items",
     "collecting": "collecting results",
     "serving": "serving",
 }
@@ -89,6 +92,47 @@ def describe_progress(p: BuildProgress) -> str:
     return " · ".join(parts)
 
 
+def describe_map(p: MapProgress) -> str:
+    """ "7/12 items · 4 running · 1 failed · 2.3 items/s · about 2 s left"."""
+    parts = [f"{p.done}/{p.count} items"]
+    if p.running:
+        parts.append(f"{p.running} running")
+    if p.failed:
+        parts.append(f"{p.failed} failed")
+    if p.rate:
+        parts.append(f"{p.rate:.2g} items/s" if p.rate < 10 else f"{p.rate:.0f} items/s")
+    if p.eta is not None and p.done < p.count:
+        parts.append(f"about {fmt_seconds(p.eta)} left")
+    return " · ".join(parts)
+
+
+def describe_failures(p: MapProgress, limit: int = 5) -> list[str]:
+    """One line per failed item: "item 3: failed (ValueError: boom)"; the first ``limit``."""
+    lines = [
+        f"item {index}: {BADGES.get(reason, reason)}" + (f" ({why})" if why else "")
+        for index, reason, why in p.failures[:limit]
+    ]
+    if len(p.failures) > limit:
+        lines.append(f"and {len(p.failures) - limit} more")
+    return lines
+
+
+def _map_lines(before: MapProgress | None, after: MapProgress | None) -> list[str]:
+    """Text mode cannot redraw a bar: a line per new failure, and one per quarter of the
+    items done."""
+    if after is None or after == before:
+        return []
+    old = before or MapProgress()
+    seen = {f[0] for f in old.failures}
+    lines = [
+        line for f, line in zip(after.failures, describe_failures(after, 10**9)) if f[0] not in seen
+    ]
+    step = max(1, after.count // 4)
+    if after.done // step != old.done // step or (after.done == after.count != old.done):
+        lines.append(describe_map(after))
+    return lines
+
+
 def _times(s: RunStatus) -> str:
     """The duration a final line reports: the run's own if it ran, else the whole wait."""
     seconds = s.seconds(RUN_PHASES) if s.ran else s.elapsed(s.ended or 0.0)
@@ -118,6 +162,8 @@ def _phase_line(s: RunStatus) -> str | None:
     if s.phase == Phase.RUNNING:
         where = "standby container" if s.standby else "container"
         return f"running in {where} {s.container}…" if s.container else "running…"
+    if s.phase == Phase.MAPPED:
+        return f"running {plural(s.items.count, 'item')}…" if s.items else None
     if s.phase == Phase.COLLECTING:
         return "collecting results…"
     if s.phase == Phase.SERVING:
@@ -190,6 +236,7 @@ def text_lines(before: RunStatus, after: RunStatus) -> list[str]:
         lines.append(f"waiting for a node: {after.note}")
     elif after.finished and after.snapshot != before.snapshot:
         lines.append(f"snapshot {after.snapshot}")
+    lines += _map_lines(before.items, after.items)
     return [f"{PREFIX} {line}" for line in lines]
 
 

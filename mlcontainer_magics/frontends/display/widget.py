@@ -15,6 +15,8 @@ from .text import (
     PHASE_TEXT,
     describe_build,
     describe_data,
+    describe_failures,
+    describe_map,
     describe_progress,
     describe_sources,
     fmt_seconds,
@@ -30,6 +32,7 @@ COLORS = {
     "building": "#1565c0",
     "pushing": "#1565c0",
     "running": "#1565c0",
+    "mapped": "#1565c0",
     "serving": "#2e7d32",
     "stopping": "#ef6c00",
     "stopped": "#ef6c00",
@@ -120,8 +123,13 @@ class WidgetView:
         self.phase.value = _e(self._phase_text(s))
         done, total = s.progress.fraction
         building = s.phase == Phase.BUILDING and total > 0
-        self.progress.max, self.progress.value = (total, done) if building else (1, 0)
-        self.progress.layout.display = "" if building else "none"
+        if s.items is not None and s.items.count:  # a map: its items, to the end
+            self.progress.max, self.progress.value = s.items.count, s.items.done
+            self.progress.bar_style = "danger" if s.items.failed else ""
+            self.progress.layout.display = ""
+        else:
+            self.progress.max, self.progress.value = (total, done) if building else (1, 0)
+            self.progress.layout.display = "" if building else "none"
         self.elapsed.value = f'<span style="color:{GREY}">{_e(self._elapsed_text(s, now))}</span>'
         data = f'<br><span style="color:{GREY}">{_e(describe_data(s))}</span>' if s.data else ""
         how = describe_build(s)
@@ -132,7 +140,15 @@ class WidgetView:
             if took
             else ""
         )
-        self.image.value = self._image_html(s) + build + data + took
+        failures = describe_failures(s.items) if s.items is not None else []
+        failed = (
+            '<br><span class="mlc-map-failures" style="color:#c62828">'
+            + "<br>".join(_e(line) for line in failures)
+            + "</span>"
+            if failures
+            else ""
+        )
+        self.image.value = self._image_html(s) + build + data + took + failed
         self.snapshot.value = f"snapshot <code>{_e(s.snapshot)}</code>" if s.snapshot else ""
         if s.url:
             self.snapshot.value += f' · <a href="{_e(s.url)}" target="_blank">{_e(s.url)}</a>'
@@ -156,6 +172,8 @@ class WidgetView:
         text = PHASE_TEXT.get(s.phase, s.phase)
         if s.note:
             text += f" · {s.note}"
+        if s.items is not None:
+            text += f" · {describe_map(s.items)}"
         if s.phase == Phase.BUILDING:
             text += f" · adding to {s.parent}" if s.parent else ""
             progress = describe_progress(s.progress)
