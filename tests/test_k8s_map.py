@@ -636,3 +636,115 @@ def test_export_of_a_map_writes_its_indexed_job(backend, k8s_fake, tmp_path, mon
     name = job["metadata"]["name"]
     assert f"-l batch.kubernetes.io/job-name={name} --prefix" in text
     assert "a map over x (5 items)" in text and "backoffLimit: 15" in text
+
+
+# -- through the magic, the real runner in each pod ---------------------------------------------
+
+# The real runner, its /mlc moved to the folder that stands for the pod's (argv[1]).
+BOOT = (
+    "import sys; root = sys.argv[1]; sys.path.insert(0, root); import runner as r; "
+    "r.MLC, r.CELL, r.OUT, r.COLLECTED = root, root + '/cell.py', root + '/out', "
+    "root + '/collected'; sys.exit(r.main())"
+)
+
+
+def real_runner_pod(pod):
+    """A ``run=`` callback: the pod's container is the real runner (a process of this machine)
+    with the Secret's files in a folder standing for /mlc and the pod's env (MLC_INDEX from
+    the completion-index annotation, as the kubelet resolves it); its output is the pod's
+    log, its --out values taken over exec as from a pod."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from test_k8s_backend import runner_exec
+
+    root = Path(tempfile.mkdtemp(prefix="mlc-pod-"))
+    try:
+        for path, data in pod.files.items():
+            target = root / Path(path).relative_to("/mlc")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        (root / "out").mkdir()
+        pod.on_exec(lambda command: runner_exec(root, command))
+        env = {"PATH": os.environ["PATH"], **pod.env, "HOME": str(root)}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BOOT, str(root)],
+            env=env,
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        pod.on_signal(lambda name: proc.send_signal(getattr(signal, name)))
+        for line in proc.stdout:
+            pod.write(line.decode())
+        return proc.wait()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def k8s_ip(ip, k8s_fake, tmp_path, monkeypatch):
+    """The magics' shell, its Kubernetes backend on the fake (its environment stubbed: no
+    engine, no registry), its store in tmp_path."""
+    from mlcontainer_magics.frontends import magics
+
+    for key, value in [
+        ("kubeconfig", str(k8s_fake.kubeconfig)),
+        ("k8s_namespace", NS),
+        ("registry", "127.0.0.1:5000"),
+    ]:
+        ip.run_line_magic("config", f"KubernetesConfig.{key} = {value!r}")
+    ip.run_line_magic("config", f"ContainerizeMagics.store_dir = {str(tmp_path / 'store')!r}")
+    monkeypatch.setenv("MLCONTAINER_DISPLAY", "text")
+    monkeypatch.setattr(magics, "_publish", lambda bundle: None)
+    containerize = ip.magics_manager.registry["ContainerizeMagics"]
+    monkeypatch.setattr(
+        containerize.backend_for("kubernetes"), "ensure_environment", lambda *a, **k: ENV
+    )
+    return ip, containerize.store
+
+
+def test_the_magic_maps_over_the_cluster_with_the_real_runner_in_each_pod(k8s_ip, k8s_fake, capsys):
+    ip, store = k8s_ip
+    k8s_fake.script("mlc-", run=real_runner_pod)
+    xs = [3, 1, 4, 1, 5, 9, 2, 6]
+    ip.user_ns.update(xs=xs, k=10)
+    ip.run_cell_magic(
+        "containerize",
+        "--backend kubernetes -n kfan --map xs --parallel 3 --in k --out y",
+        "import os\n"
+        "print('item', os.environ['MLC_INDEX'], xs)\n"
+        "y = xs * k + int(os.environ['MLC_INDEX'])\n",
+    )
+    assert ip.user_ns["y"] == [x * 10 + i for i, x in enumerate(xs)]  # a loop in the kernel
+    out = capsys.readouterr().out
+    assert all(f"item {i} {x}\n" in out for i, x in enumerate(xs))
+    (job,) = k8s_fake.list("jobs", NS)
+    assert (job["spec"]["completions"], job["spec"]["parallelism"]) == (8, 3)
+    assert k8s_fake.peak_running[(NS, job["metadata"]["name"])] <= 3
+    record = store.get("kfan")
+    assert record["status"] == "done" and record["backend"] == "kubernetes"
+    assert record["map"]["count"] == 8
+    assert [i["reason"] for i in record["map"]["items"]] == ["done"] * 8
+
+
+def test_the_magic_reports_a_failing_item_with_its_traceback(k8s_ip, k8s_fake, capsys):
+    from mlcontainer_magics.errors import MapError
+
+    ip, store = k8s_ip
+    k8s_fake.script("mlc-", run=real_runner_pod)
+    ip.user_ns.update(xs=[1, 2, 0, 4])
+    with pytest.raises(MapError) as info:
+        ip.run_cell_magic("containerize", "--backend kubernetes --map xs --out y", "y = 12 // xs\n")
+    message = str(info.value)
+    assert "item 2" in message and "1 of 4 items" in message
+    assert "y = 12 // xs" in message and "ZeroDivisionError" in message
+    ip.run_cell_magic(
+        "containerize", "--backend kubernetes --map xs --out y --no-raise-error", "y = 12 // xs\n"
+    )
+    assert ip.user_ns["y"] == [12, 6, None, 3]
