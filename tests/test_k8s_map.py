@@ -591,6 +591,19 @@ def test_an_old_cluster_shares_one_backoff_limit_and_is_told_so_once(tmp_path, m
         execute(backend, tmp_path / "again", map_spec(retries=1), [1, 2], rec=again)
         assert "per-item retries" not in again.text("stderr")
 
+        # Without per-item retries, an item that fails ends the items still running.
+        def hold(pod):
+            while pod.env["MLC_INDEX"] != "0" and not pod.cancelled:
+                time.sleep(0.01)
+
+        fake.script("mlc-", run=item_pod(fails=lambda index, attempt: index == 0, hold=hold))
+        outcome, _, store = execute(backend, tmp_path / "shared", map_spec(parallel=2), [1, 2, 3])
+        items = store.get(outcome.run_id)["map"]["items"]
+        assert items[0]["reason"] == "failed" and "ValueError: item 0" in items[0]["error"]
+        assert items[1]["reason"] != "done" and "BackoffLimitExceeded" in items[1]["error"]
+        assert items[2] == {**items[2], "reason": "failed", "attempts": 0}
+        assert "BackoffLimitExceeded" in items[2]["error"] and outcome.values["y"] == [None] * 3
+
 
 # -- export --k8s of a map ----------------------------------------------------------------------
 

@@ -416,9 +416,6 @@ class KubernetesBackend(ServiceMixin, Backend):
             retries=retries,
             per_index=per_index,
         )
-        if not per_index and api.context not in self._shared_backoff_said:
-            self._shared_backoff_said.add(api.context)
-            output("stderr", f"Note: {indexed.shared_backoff_note(version, count, retries)}\n")
         secret, job, policies = manifests[0], manifests[1], manifests[2:]
         _add_env(job, ONE_STREAM_ENV, "1")  # each pod has one log: see the runner
         run = _Run(
@@ -435,6 +432,10 @@ class KubernetesBackend(ServiceMixin, Backend):
             with self._cluster_errors("running the map", namespace):
                 events(Phase.STARTING)
                 self._create(run, secret, job, policies)
+                if not per_index and api.context not in self._shared_backoff_said:
+                    self._shared_backoff_said.add(api.context)  # once per cluster
+                    note = indexed.shared_backoff_note(version, count, retries)
+                    output("stderr", f"Note: {note}\n")
                 events(Phase.SCHEDULING)
                 return mapped.follow(cancel or threading.Event())
         except BaseException:
