@@ -556,6 +556,18 @@ def running(fake) -> int:
     return sum(1 for p in fake.list("pods", NS) if p["status"].get("phase") == "Running")
 
 
+def test_an_image_the_cluster_cannot_pull_fails_every_item_and_the_job_goes(
+    backend, k8s_fake, workdirs
+):
+    k8s_fake.script("mlc-", scenario="image_pull")
+    spec = map_spec(parallel=2)
+    workdir = map_workdir(workdirs, spec, [1, 2, 3])
+    results = backend.run_map(spec, ENV, workdir, run_id="map-pull", count=3, parallel=2)
+    assert [(r.reason, r.attempts) for r in results] == [("failed", 0)] * 3
+    assert all("cannot pull the image" in r.message for r in results)
+    assert not k8s_fake.list("jobs", NS) and not k8s_fake.list("secrets", NS)
+
+
 def map_workdir(workdirs, spec, items):
     """A map's folder as core/maps.py writes it: the items and the manifest's map block."""
     workdir = workdirs(spec)

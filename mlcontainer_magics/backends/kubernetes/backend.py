@@ -1121,11 +1121,12 @@ class _MapRun:
                 break  # deleted (stopped, or by someone else), or no item can run
             if job_final(job) and not self._following():
                 break
-            if not pods:
-                failed = self.backend._queued(run, job, wait, self.events) or (
-                    None if wait.pod_seen else self.backend._no_pod_yet(run, wait)
+            if not pods:  # queued too long, no pod made, or the Job failed before any ran
+                ended = (
+                    self.backend._queued(run, job, wait, self.events)
+                    or self.backend._no_pod_yet(run, wait)
+                    or self.backend._ended_before_start(run, self.run_id, job)
                 )
-                ended = failed or self.backend._ended_before_start(run, self.run_id, job)
                 if ended is not None:
                     self.fatal = ended.message or "The Job ended before any item ran."
                     break
