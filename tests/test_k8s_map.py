@@ -378,6 +378,7 @@ def item_pod(compute=lambda x: x * 2, fails=lambda index, attempt: False, hold=N
         index = int(pod.env["MLC_INDEX"])
         entry = manifest["map"]["items"][index]
         x = json.loads(pod.files[f"/mlc/{entry['file']}"])
+        index = entry.get("index", index)  # the item's own, as the runner tells the cell
         with lock:
             attempts[index] = attempt = attempts.get(index, 0) + 1
         pod.log(f"item {index}: x={x}")
@@ -495,6 +496,22 @@ def test_an_item_past_its_timeout_is_a_timeout(backend, k8s_fake, tmp_path):
     assert outcome.values == {"y": [None, 4]}
     items = store.get(outcome.run_id)["map"]["items"]
     assert [i["reason"] for i in items] == ["timeout", "done"]
+
+
+def test_rerun_verify_of_a_map_on_the_cluster_every_item_or_one(
+    backend, k8s_fake, tmp_path, monkeypatch
+):
+    from mlcontainer_magics.core import snapshots
+
+    k8s_fake.script("mlc-", run=item_pod())
+    outcome, _, store = execute(backend, tmp_path, map_spec(parallel=2), [4, 5, 6])
+    monkeypatch.setattr(backend, "base_image_id", lambda base: ENV.base_image_id)
+    again, problems = snapshots.rerun(store, outcome.run_id, backend, verify=True)
+    assert problems == [] and again.values == {"y": [8, 10, 12]}
+    one, problems = snapshots.rerun(store, outcome.run_id, backend, verify=True, item=2)
+    assert problems == [] and one.values == {"y": [12]}
+    # The one item's Job: a single completion, its pod given index 0 of a one-item folder.
+    assert sorted(j["spec"]["completions"] for j in k8s_fake.list("jobs", NS)) == [1, 3, 3]
 
 
 def test_interrupt_deletes_the_job_and_its_pods(backend, k8s_fake, tmp_path):
