@@ -9,6 +9,12 @@ is given, so a client sees what it would see on a cluster:
   read, list, watch, patch, delete with ``propagationPolicy`` (a Job deleted without one
   orphans its pods, as on a real cluster). ``activeDeadlineSeconds``, ``backoffLimit`` and
   ``ttlSecondsAfterFinished`` are honoured, on a clock that ``time_scale`` can speed up.
+  Indexed Jobs (``completionMode: Indexed``): a pod per index with the completion-index
+  annotation and label and ``JOB_COMPLETION_INDEX``, at most ``parallelism`` at once,
+  ``backoffLimitPerIndex`` (dropped before 1.29, as a server with its gate off does),
+  ``completedIndexes``/``failedIndexes``, the pods' own ``activeDeadlineSeconds``, and the
+  Complete / Failed (FailedIndexes) conditions; ``fake.peak_running`` keeps the most pods of
+  one that ran at once. Env ``fieldRef`` values (the downward API) resolve.
 * ``v1`` Pods, created by the fake controller: read, list by label/field selector, watch,
   delete, and ``/log`` with ``follow=true`` streamed chunk by chunk as lines appear (also
   ``tailLines``, ``timestamps``). A pod goes Pending -> Running -> Succeeded/Failed, with the
@@ -410,6 +416,8 @@ class FakeKubernetes:
         self._faults: list[Fault] = []
         # A restarting container's back-off (10 s, 20 s, ... up to 300 s), times this.
         self.restart_scale = 0.01
+        # (namespace, Job) -> the most pods of an Indexed Job that ran at once.
+        self.peak_running: dict[tuple[str, str], int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -748,6 +756,9 @@ class FakeKubernetes:
                         )
                     ],
                 )
+            problem = _indexed_problem(obj.get("spec") or {}, policy)
+            if problem:
+                raise _invalid(resource, name, [problem])
         elif resource == "services" and (len(name) > 63 or not _DNS_1035.match(name)):
             raise _invalid(
                 resource,
@@ -836,13 +847,20 @@ class FakeKubernetes:
                 path = ".".join(str(p) for p in e.absolute_path) or "<root>"
                 raise _invalid(resource, name, [(path, e.message)]) from None
 
+    def _minor(self) -> tuple[int, int]:
+        major, minor = self.k8s_version.split(".")[:2]
+        return int(major), int(minor)
+
     def _default_job(self, job: dict) -> None:
         """What the API server and the Job controller add to a new Job."""
         meta, spec = job["metadata"], job.setdefault("spec", {})
         uid, name = meta["uid"], meta["name"]
+        if self._minor() < (1, 29):  # alpha in 1.28, its gate off: the server drops it
+            spec.pop("backoffLimitPerIndex", None)
         spec.setdefault("parallelism", 1)
         spec.setdefault("completions", 1)
-        spec.setdefault("backoffLimit", 6)
+        # With a per-index limit, the Job's own defaults to "never" (MaxInt32).
+        spec.setdefault("backoffLimit", 2147483647 if "backoffLimitPerIndex" in spec else 6)
         spec.setdefault("completionMode", "NonIndexed")
         spec.setdefault("suspend", False)
         spec.setdefault("manualSelector", False)
@@ -1256,6 +1274,22 @@ class FakeKubernetes:
                 uncountedTerminatedPods={},
             ),
         )
+        run = self._run_indexed if spec.get("completionMode") == "Indexed" else self._run_pods
+        if not run(namespace, name, job, scenario, clock):
+            return  # deleted, or the fake stops: no TTL to wait for
+        ttl = spec.get("ttlSecondsAfterFinished")
+        if ttl is not None:
+            clock.deadline = None
+            clock.sleep(ttl * self.time_scale, require_pod=False)
+            try:  # the TTL controller deletes in the foreground
+                self._remove("jobs", namespace, name, "Foreground")
+            except ApiError:
+                pass
+
+    def _run_pods(self, namespace: str, name: str, job: dict, scenario: Scenario, clock) -> bool:
+        """A Job's pods one after another, until one succeeds or backoffLimit more failed;
+        False when the Job (or the fake) went meanwhile."""
+        spec = job["spec"]
         failures = 0
         while True:
             pod_name = self._create_pod(job, scenario)
@@ -1267,7 +1301,7 @@ class FakeKubernetes:
                 code, reason = self._run_pod(namespace, pod_name, scenario, clock)
             except _Gone:
                 if self._stopping.is_set():
-                    return
+                    return False
                 code = None  # deleted before its container ran: a failed attempt
             finally:
                 with self._cond:
@@ -1275,12 +1309,12 @@ class FakeKubernetes:
             self._kubelet_forgets(namespace, pod_name)
             if clock.deadline_hit:
                 self._finish_job(namespace, name, False, *_DEADLINE, target_set=True)
-                break
+                return True
             if self.get("jobs", name, namespace) is None:
-                return  # deleted: no new pod
+                return False  # deleted: no new pod
             if code == 0:
                 self._finish_job(namespace, name, True, *_COMPLETED)
-                break
+                return True
             failures += 1
             self._update(
                 "jobs",
@@ -1290,15 +1324,174 @@ class FakeKubernetes:
             )
             if failures > spec.get("backoffLimit", 6):
                 self._finish_job(namespace, name, False, *_BACKOFF)
+                return True
+
+    # -- Indexed Jobs (completionMode: Indexed) -----------------------------------------------
+
+    def _run_indexed(self, namespace: str, name: str, job: dict, scenario: Scenario, clock) -> bool:
+        """The Job controller for an Indexed Job: a pod per index (annotated and labelled with
+        it, JOB_COMPLETION_INDEX in its containers' env), at most ``parallelism`` at once (read
+        again as it goes: a patch changes it), lowest index first. A failed index is retried
+        after a back-off: with backoffLimitPerIndex up to that many times on its own, then it
+        is a failed index and the others go on; without, while the Job's failures stay within
+        backoffLimit, past which the running pods are deleted and the Job fails. The status
+        says completedIndexes (and failedIndexes) as the controller writes them. False when
+        the Job (or the fake) went meanwhile."""
+        spec = job["spec"]
+        count = spec["completions"]
+        per_index = spec.get("backoffLimitPerIndex")
+        pending = list(range(count))
+        retry_at: dict[int, float] = {}
+        failures = dict.fromkeys(range(count), 0)
+        succeeded: set[int] = set()
+        failed: set[int] = set()
+        running: dict[int, str] = {}
+        ended: list[tuple[int, int | None]] = []  # (index, exit code) of pods that ended
+        total_failed = 0
+        ending: tuple[str, str] | None = None  # why the Job fails before its indexes ran
+        while True:
+            with self._cond:
+                current = self._objects["jobs"].get((namespace, name))
+            if current is None or self._stopping.is_set():
+                return False
+            if ending is None and clock.expired():
+                clock.deadline_hit, ending = True, _DEADLINE
+            elif ending is None and per_index is None and total_failed > spec["backoffLimit"]:
+                ending = _BACKOFF
+            if ending is not None:
+                if not _has_condition(current, "FailureTarget"):
+                    self._fail_target(namespace, name, *ending)
+                for pod_name in running.values():  # gracefully, as the controller does
+                    self._delete_pod(namespace, pod_name)
+            else:
+                now = time.monotonic()
+                for index in sorted(pending):
+                    if len(running) >= current["spec"].get("parallelism", 1):
+                        break
+                    if retry_at.get(index, 0.0) > now:
+                        continue
+                    pending.remove(index)
+                    running[index] = self._start_index_pod(
+                        namespace, job, scenario, index, failures[index], ended
+                    )
+                with self._cond:
+                    peak = self.peak_running.get((namespace, name), 0)
+                    self.peak_running[(namespace, name)] = max(peak, len(running))
+            self._index_status(namespace, name, succeeded, failed, total_failed, per_index)
+            if not running and (ending is not None or len(succeeded) + len(failed) == count):
                 break
-        ttl = spec.get("ttlSecondsAfterFinished")
-        if ttl is not None:
-            clock.deadline = None
-            clock.sleep(ttl * self.time_scale, require_pod=False)
-            try:  # the TTL controller deletes in the foreground
-                self._remove("jobs", namespace, name, "Foreground")
-            except ApiError:
+            with self._cond:
+                if not ended:
+                    self._cond.wait(self.step)
+                done, ended[:] = list(ended), []
+            for index, code in done:
+                running.pop(index, None)
+                if code == 0:
+                    succeeded.add(index)
+                    continue
+                failures[index] += 1
+                total_failed += 1
+                if per_index is not None and failures[index] > per_index:
+                    failed.add(index)
+                elif ending is None:
+                    pending.append(index)  # 10 s, 20 s, ... up to 6 min, times restart_scale
+                    delay = min(10 * 2 ** (failures[index] - 1), 360) * self.restart_scale
+                    retry_at[index] = time.monotonic() + delay
+        self._index_status(namespace, name, succeeded, failed, total_failed, per_index)
+        if ending is not None:
+            self._finish_job(namespace, name, False, *ending, target_set=True)
+        elif failed:
+            self._finish_job(namespace, name, False, *_FAILED_INDEXES)
+        else:
+            self._finish_job(namespace, name, True, *_COMPLETED)
+        return True
+
+    def _start_index_pod(
+        self, namespace: str, job: dict, scenario: Scenario, index: int, failures: int, ended
+    ) -> str:
+        """Create the pod of one index and let a kubelet thread run it; its exit code (None:
+        deleted before it ran) goes to ``ended``."""
+        pod_name = self._create_pod(job, scenario, index=index, index_failures=failures)
+        clock = _Clock(self, namespace, job["metadata"]["name"], time.monotonic(), None, scenario)
+        deadline = job["spec"]["template"]["spec"].get("activeDeadlineSeconds")
+        clock.pod_deadline = None if deadline is None else deadline * self.time_scale
+
+        def kubelet():
+            container = _Container()
+            clock.pod, clock.container = pod_name, container
+            with self._cond:
+                self._containers[(namespace, pod_name)] = container
+            code = None
+            try:
+                code = self._run_pod(namespace, pod_name, scenario, clock)[0]
+            except _Gone:
                 pass
+            except Exception:  # noqa: BLE001 - a run callback that raised: the container failed
+                code = 1
+            finally:
+                with self._cond:
+                    self._containers.pop((namespace, pod_name), None)
+            self._kubelet_forgets(namespace, pod_name)
+            with self._cond:
+                ended.append((index, code))
+                self._cond.notify_all()
+
+        self._spawn(kubelet, (), f"pod-{pod_name}")
+        return pod_name
+
+    def _index_status(
+        self, namespace: str, name: str, succeeded, failed, failures: int, per_index
+    ) -> None:
+        """The Job's counts from its pods, and its indexes; written only when they change."""
+        with self._cond:
+            job = self._objects["jobs"].get((namespace, name))
+            if job is None:
+                return
+            uid = job["metadata"]["uid"]
+            pods = [
+                p
+                for (ns, _), p in self._objects["pods"].items()
+                if ns == namespace and p["metadata"]["labels"].get("controller-uid") == uid
+            ]
+            live = [
+                p
+                for p in pods
+                if not _terminated(p)
+                and p["status"].get("phase")
+                not in (
+                    "Succeeded",
+                    "Failed",
+                )
+            ]
+            wanted = {
+                "active": sum(1 for p in live if not p["metadata"].get("deletionTimestamp")),
+                "ready": sum(1 for p in live if _ready(p)),
+                "terminating": sum(1 for p in live if p["metadata"].get("deletionTimestamp")),
+                "succeeded": len(succeeded),
+                "failed": failures,
+            }
+            if succeeded:
+                wanted["completedIndexes"] = format_indexes(succeeded)
+            if per_index is not None:
+                wanted["failedIndexes"] = format_indexes(failed)
+            if all(job["status"].get(k) == v for k, v in wanted.items()):
+                return
+            job["status"].update(wanted)
+            self._record("jobs", "MODIFIED", job)
+
+    def _deadline_pod(self, namespace: str, pod_name: str) -> None:
+        """The kubelet ends a pod past its activeDeadlineSeconds: Failed, DeadlineExceeded."""
+
+        def change(p):
+            p["status"].update(
+                reason="DeadlineExceeded",
+                message="Pod was active on the node longer than the specified deadline",
+            )
+
+        self._update("pods", namespace, pod_name, change)
+        container = self._containers.get((namespace, pod_name))
+        if container is not None:
+            container.signal("SIGKILL")
 
     def _hold_suspended(self, namespace: str, name: str, scenario: Scenario, clock) -> None:
         """A queue (Kueue) admitted the Job suspended: no pod until it resumes it."""
@@ -1402,16 +1595,20 @@ class FakeKubernetes:
         if container is not None:
             container.signal("SIGKILL")
 
-    def _create_pod(self, job: dict, scenario: Scenario) -> str:
+    def _create_pod(
+        self, job: dict, scenario: Scenario, index: int | None = None, index_failures: int = 0
+    ) -> str:
         meta, template = job["metadata"], job["spec"]["template"]
-        # generateName "JOB-", cut to 58 characters by the API server, then 5 random ones.
-        name = (meta["name"] + "-")[:58] + _random_suffix()
+        # generateName "JOB-" ("JOB-INDEX-" of an Indexed Job), cut to 58 characters by the
+        # API server, then 5 random ones.
+        generate = meta["name"] + "-" + ("" if index is None else f"{index}-")
+        name = generate[:58] + _random_suffix()
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
                 "name": name,
-                "generateName": meta["name"] + "-",
+                "generateName": generate,
                 "namespace": meta["namespace"],
                 "uid": str(uuid.uuid4()),
                 "creationTimestamp": _now(),
@@ -1436,10 +1633,16 @@ class FakeKubernetes:
                 0, {"name": scenario.sidecar, "image": "docker.io/istio/proxyv2:1.24.0"}
             )
             pod["metadata"]["annotations"][SIDECAR_ANNOTATION] = scenario.sidecar
+        if index is not None:
+            _index_pod(pod, job, index, index_failures)
         self._put("pods", pod, "ADDED")
-        self._update(
-            "jobs", meta["namespace"], meta["name"], lambda j: j["status"].update(active=1, ready=0)
-        )
+        if index is None:  # an Indexed Job's counts: _index_status
+            self._update(
+                "jobs",
+                meta["namespace"],
+                meta["name"],
+                lambda j: j["status"].update(active=1, ready=0),
+            )
         return name
 
     def _set_pod(self, namespace: str, pod: str, **status) -> None:
@@ -1570,7 +1773,8 @@ class FakeKubernetes:
             containerStatuses=[{**running, "state": {"running": {"startedAt": started_at}}}],
         )
         job_name = pod["metadata"]["labels"]["job-name"]
-        self._update("jobs", namespace, job_name, lambda j: j["status"].update(ready=1))
+        if COMPLETION_INDEX not in pod["metadata"]["annotations"]:  # else: _index_status
+            self._update("jobs", namespace, job_name, lambda j: j["status"].update(ready=1))
 
         clock.running_since = time.monotonic()
         try:
@@ -1797,6 +2001,12 @@ class FakeKubernetes:
                 if "value" in var:
                     env[var["name"]] = var["value"]
                     continue
+                field_ref = (var.get("valueFrom") or {}).get("fieldRef")
+                if field_ref:
+                    value = _field_value(pod, field_ref["fieldPath"])
+                    if value is not None:
+                        env[var["name"]] = value
+                    continue
                 ref = (var.get("valueFrom") or {}).get("secretKeyRef")
                 if ref:
                     secret = self._objects["secrets"].get((namespace, ref["name"])) or {}
@@ -1812,14 +2022,15 @@ class FakeKubernetes:
         (SuccessCriteriaMet, FailureTarget) comes first, the final one (Complete, Failed)
         only once every pod has terminated: a moment later."""
         interim, final = ("SuccessCriteriaMet", "Complete") if ok else ("FailureTarget", "Failed")
-        staged = tuple(int(x) for x in self.k8s_version.split(".")[:2]) >= (1, 31)
+        staged = self._minor() >= (1, 31)
 
         def add(*types):
             def change(j):
                 status = j["status"]
                 status.update(active=0, ready=0, terminating=0)
                 if ok:
-                    status.update(succeeded=1, completionTime=_now())
+                    succeeded = max(status.get("succeeded") or 0, 1)  # an Indexed Job's: all
+                    status.update(succeeded=succeeded, completionTime=_now())
                 conditions = [c for c in status.get("conditions") or [] if c["type"] != "Suspended"]
                 known = {c["type"] for c in conditions}
                 conditions += [
@@ -2453,6 +2664,9 @@ class _Exit(Exception):
 _DEADLINE = ("DeadlineExceeded", "Job was active longer than specified deadline")
 _COMPLETED = ("CompletionsReached", "Reached expected number of succeeded pods")
 _BACKOFF = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+_FAILED_INDEXES = ("FailedIndexes", "Job has failed indexes")
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+INDEX_FAILURES = "batch.kubernetes.io/job-index-failure-count"
 SIDECAR_ANNOTATION = "sidecar.fake.mlcontainer.org/injected"
 
 
@@ -2477,6 +2691,10 @@ class _Clock:
         self.deadline_hit = False
         self.running_since: float | None = None
         self.evicted = False
+        # A pod's activeDeadlineSeconds (an Indexed Job's item), counted here from its
+        # container's start (a kubelet counts from the pod's, the image pull included).
+        self.pod_deadline: float | None = None
+        self.pod_deadline_hit = False
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() - self.started >= self.deadline
@@ -2498,6 +2716,14 @@ class _Clock:
         ):
             self.evicted = True
             self.fake._evict(self.namespace, self.pod)
+        if (
+            self.pod_deadline is not None
+            and not self.pod_deadline_hit
+            and self.running_since is not None
+            and time.monotonic() - self.running_since >= self.pod_deadline
+        ):
+            self.pod_deadline_hit = True
+            self.fake._deadline_pod(self.namespace, self.pod)
 
     def check(self, require_pod: bool = True) -> None:
         self.tick()
@@ -2530,7 +2756,96 @@ class _Clock:
                     waits.append(end - now)
                 if self.deadline is not None and not self.deadline_hit:
                     waits.append(max(self.started + self.deadline - now, 0.001))
+                if self.pod_deadline is not None and self.running_since is not None:
+                    waits.append(max(self.running_since + self.pod_deadline - now, 0.001))
                 self.fake._cond.wait(min(waits))
+
+
+def format_indexes(indexes) -> str:
+    """Indexes as the Job controller writes them: "1,3-5,7" (two in a row: "3,4")."""
+    out, run = [], []
+    for i in sorted(indexes):
+        if run and i == run[-1] + 1:
+            run.append(i)
+            continue
+        if run:
+            out.append(_index_run(run))
+        run = [i]
+    if run:
+        out.append(_index_run(run))
+    return ",".join(out)
+
+
+def _index_run(run: list[int]) -> str:
+    if len(run) >= 3:
+        return f"{run[0]}-{run[-1]}"
+    return ",".join(str(i) for i in run)
+
+
+def _index_pod(pod: dict, job: dict, index: int, failures: int) -> None:
+    """What the Job controller puts in a pod of an Indexed Job: the index (annotation, and a
+    label since 1.28), the index's failures so far (with backoffLimitPerIndex), the hostname
+    JOB-INDEX and JOB_COMPLETION_INDEX in every container's env."""
+    meta = pod["metadata"]
+    meta["annotations"][COMPLETION_INDEX] = str(index)
+    meta["labels"][COMPLETION_INDEX] = str(index)
+    if job["spec"].get("backoffLimitPerIndex") is not None:
+        meta["annotations"][INDEX_FAILURES] = str(failures)
+    hostname = f"{job['metadata']['name']}-{index}"
+    if len(hostname) <= 63:
+        pod["spec"].setdefault("hostname", hostname)
+    ref = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}
+    for container in pod["spec"]["containers"]:
+        env = [v for v in container.get("env") or [] if v["name"] != "JOB_COMPLETION_INDEX"]
+        container["env"] = [*env, {"name": "JOB_COMPLETION_INDEX", "valueFrom": ref}]
+
+
+_FIELD = re.compile(r"^metadata\.(annotations|labels)\['([^']+)'\]$")
+
+
+def _field_value(pod: dict, path: str) -> str | None:
+    """A downward-API fieldRef of the pod, as the kubelet resolves it."""
+    m = _FIELD.match(path)
+    if m:
+        return (pod["metadata"].get(m.group(1)) or {}).get(m.group(2), "")
+    simple = {
+        "metadata.name": pod["metadata"].get("name"),
+        "metadata.namespace": pod["metadata"].get("namespace"),
+        "metadata.uid": pod["metadata"].get("uid"),
+        "spec.nodeName": pod["spec"].get("nodeName"),
+        "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+        "status.podIP": pod["status"].get("podIP"),
+        "status.hostIP": pod["status"].get("hostIP"),
+    }
+    return simple.get(path)
+
+
+def _indexed_problem(spec: dict, policy: str) -> tuple[str, str] | None:
+    """What the API server's validation says of a Job's Indexed fields (pkg/apis/batch)."""
+    indexed = spec.get("completionMode") == "Indexed"
+    if indexed and spec.get("completions") is None:
+        return ("spec.completions", "Required value: when completion mode is Indexed")
+    if indexed and spec["completions"] > 100_000:
+        return ("spec.completions", "Invalid value: must be less than or equal to 100000")
+    if spec.get("backoffLimitPerIndex") is not None:
+        if not indexed:
+            return (
+                "spec.backoffLimitPerIndex",
+                "Invalid value: requires indexed completion mode",
+            )
+        if policy != "Never":
+            return (
+                "spec.backoffLimitPerIndex",
+                'Invalid value: requires specifying the pod restart policy "Never"',
+            )
+    return None
+
+
+def _has_condition(obj: dict, type_: str) -> bool:
+    return any(
+        c.get("type") == type_ and c.get("status") == "True"
+        for c in (obj.get("status") or {}).get("conditions") or []
+    )
 
 
 def _condition(

@@ -269,7 +269,19 @@ def _write_run_folder(
     }
     if serving is not None:
         manifest["serve"] = serving
+    mapped = _map_block(kept)
+    if mapped is not None:  # each container runs one item: as the map ran (core/maps.py)
+        manifest["map"] = mapped
+        manifest["inputs"].pop(mapped.get("name"), None)
     (mlc / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _map_block(kept: Path) -> dict | None:
+    """The ``map`` block of a map's manifest, as its snapshot kept it; None for a run."""
+    try:
+        return json.loads((kept / "manifest.json").read_text()).get("map")
+    except (OSError, ValueError):
+        return None
 
 
 def _write_build_context(

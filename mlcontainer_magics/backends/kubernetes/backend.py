@@ -23,6 +23,8 @@ import hashlib
 import json
 import math
 import re
+import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
@@ -30,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from ...config import KubernetesConfig
-from ...core.backend import Backend, Environment, RunningRun, RunResult
+from ...core.backend import (
+    Backend,
+    Environment,
+    ItemResult,
+    RunningRun,
+    RunResult,
+    item_out_dir,
+)
 from ...core.events import Events, Output, Phase, no_events
 from ...core.formatting import format_size
 from ...core.richoutput import StdoutDemux
@@ -45,7 +54,7 @@ from ...errors import (
     SpecError,
 )
 from ...runner import COLLECTED, MARK, ONE_STREAM_ENV, OUT_DIR, RUNNER_COMMAND
-from . import objects
+from . import indexed, objects
 from . import registry as registries
 from .client import (
     API_PATIENCE,
@@ -181,6 +190,8 @@ class KubernetesBackend(ServiceMixin, Backend):
         self._docker = docker_backend
         self._active: dict[str, _Run] = {}
         self._stopped: set[str] = set()
+        self._versions: dict[int, tuple[int, int] | None] = {}  # id(api) -> server version
+        self._shared_backoff_said: set = set()  # contexts told they have no per-item retries
 
     # -- the pieces it builds on --------------------------------------------------------------
 
@@ -361,6 +372,92 @@ class KubernetesBackend(ServiceMixin, Backend):
             self._active.pop(run_id, None)
             self._stopped.discard(run_id)
             self._remove(run, job=run.abandon)
+
+    def run_map(
+        self,
+        spec: RunSpec,
+        env: Environment,
+        workdir,
+        *,
+        run_id: str,
+        count: int,
+        parallel: int | None = None,
+        retries: int = 0,
+        events: Events = no_events,
+        output: Output | None = None,
+        secrets: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[ItemResult]:
+        """The map as one Indexed Job (indexed.py): its folder, every item in it, in the Job's
+        Secret; a pod per item, at most ``parallel`` at once (None: every item at once, the
+        scheduler keeping what the nodes have no room for), each item retried on its own up
+        to ``retries`` times where the cluster can (1.29+; else from a budget all share, said
+        once). Each pod is followed as a run's is: its output streamed (in whole lines), its
+        --out values brought back over exec into ``item_out_dir(workdir, index)``. Results
+        in item order once the Job has ended. ``cancel`` set: the Job goes, its items end
+        "stopped"; an interrupt deletes the Job (and its pods) and is raised."""
+        output = output or (lambda stream, text: None)
+        workdir = Path(workdir)
+        api, namespace = self.connect()
+        settings = objects.settings_from(self.config, namespace)
+        # Too large for a Secret: a SpecError here, before anything is sent.
+        files = indexed.map_payload({**payload_files(workdir), **mount_files(spec)})
+        version = self._server_version(api)
+        per_index = indexed.per_index_backoff(version)
+        manifests = indexed.map_manifests(
+            objects.with_secrets(spec, secrets or {}),
+            image=env.image,
+            snapshot_id=run_id,
+            namespace=namespace,
+            settings=settings,
+            files=files,
+            count=count,
+            parallel=parallel,
+            retries=retries,
+            per_index=per_index,
+        )
+        secret, job, policies = manifests[0], manifests[1], manifests[2:]
+        _add_env(job, ONE_STREAM_ENV, "1")  # each pod has one log: see the runner
+        run = _Run(
+            api,
+            namespace,
+            job["metadata"]["name"],
+            objects.pod_selector(run_id),
+            env.image,
+            network_policy=bool(policies),
+        )
+        self._active[run_id] = run
+        mapped = _MapRun(self, run, run_id, workdir, count, retries, per_index, events, output)
+        try:
+            with self._cluster_errors("running the map", namespace):
+                events(Phase.STARTING)
+                self._create(run, secret, job, policies)
+                if not per_index and api.context not in self._shared_backoff_said:
+                    self._shared_backoff_said.add(api.context)  # once per cluster
+                    note = indexed.shared_backoff_note(version, count, retries)
+                    output("stderr", f"Note: {note}\n")
+                events(Phase.SCHEDULING)
+                return mapped.follow(cancel or threading.Event())
+        except BaseException:
+            run.abandon = True  # interrupted, or the cluster failed us: the Job goes at once
+            raise
+        finally:
+            self._active.pop(run_id, None)
+            self._remove(run, job=run.abandon)
+            mapped.join()  # their pods have ended, or go with the Job
+            self._stopped.discard(run_id)
+
+    def _server_version(self, api: Api) -> tuple[int, int] | None:
+        """(major, minor) of the cluster's API server, read once per connection; None when it
+        does not say (then a map takes the older cluster's way)."""
+        key = id(api)
+        if key not in self._versions:
+            try:
+                info = _json(api.version.get_code(_preload_content=False))
+            except Exception:  # noqa: BLE001 - no version: the safe way, said to the user
+                info = None
+            self._versions[key] = indexed.server_version(info)
+        return self._versions[key]
 
     def _create(self, run: _Run, secret: dict, job: dict, policies: list) -> None:
         """Secret and NetworkPolicy first (the pod mounts the one and must be covered by the
@@ -705,7 +802,11 @@ class KubernetesBackend(ServiceMixin, Backend):
                 continue
             backoff.sleep()
 
-    def _result(self, run: _Run, run_id: str, pod_name: str, sink: _LogSink) -> RunResult:
+    def _result(
+        self, run: _Run, run_id: str, pod_name: str, sink: _LogSink, item: bool = False
+    ) -> RunResult:
+        """How the pod's container ended. ``item``: a pod of a map, whose Job goes on with the
+        other items (its --timeout is the pod's own deadline, not the Job's)."""
         pod = self._terminated_pod(run, pod_name)
         term = container_terminated(pod) if pod is not None else None
         run.container_ended = pod is None or term is not None
@@ -724,8 +825,10 @@ class KubernetesBackend(ServiceMixin, Backend):
                 f"The cluster took the pod {pod_name} away ({evicted}). Run the cell again; "
                 "ask for the memory it uses (--memory) so that the node keeps room for it."
             )
+        elif item and ((pod or {}).get("status") or {}).get("reason") == "DeadlineExceeded":
+            reason = "timeout"
         else:
-            failed = job_failure(self._finished_job(run))
+            failed = None if item else job_failure(self._finished_job(run))
             if failed and failed[0] == "DeadlineExceeded":
                 reason = "timeout"
             elif term is None:
@@ -940,6 +1043,311 @@ class KubernetesBackend(ServiceMixin, Backend):
                 "again, or check the cluster's health (`kubectl get --raw /readyz`)."
             )
         return KubernetesError(f"The cluster answered {status} while {action}: {detail}.")
+
+
+# -- a map: one Indexed Job, a follower per pod ----------------------------------------------------
+
+MAP_POLL = (0.05, 1.0)  # seconds between reads of a map's Job and pods: while it changes, idle
+JOIN_WAIT = 10.0  # after the map, how long its followers may take to see their pods end
+
+
+class _MapRun:
+    """Follows the pods of one map's Indexed Job: each pod whose container runs (one per
+    attempt of an item) gets a thread that streams its log and brings its --out values back
+    as a single run's are (the backend's own _stream_log, _collect and _result), while this
+    one reads the Job and its pods, says the progress (Phase.MAPPED) and decides when the map
+    is over."""
+
+    def __init__(
+        self,
+        backend: KubernetesBackend,
+        run: _Run,
+        run_id: str,
+        workdir: Path,
+        count: int,
+        retries: int,
+        per_index: bool,
+        events: Events,
+        output: Output,
+    ) -> None:
+        self.backend, self.run, self.run_id, self.workdir = backend, run, run_id, workdir
+        self.count, self.retries, self.per_index = count, retries, per_index
+        self.events, self.output = events, output
+        self.lock = threading.Lock()  # guards what the followers write, and the output
+        self.changed = threading.Event()  # a follower ended: look again at once
+        self.followers: dict[str, threading.Thread] = {}  # pod name -> its follower
+        self.attempts = [0] * count
+        self.last: dict[int, tuple[RunResult, float]] = {}  # index -> its last attempt's end
+        self.failed_indexes: set[int] = set()  # of the Job's status: retried no more
+        self.fatal: str | None = None  # why no item can run (an image the cluster cannot pull)
+        self.started_at = time.monotonic()
+        self.pulling_shown = False
+        self.unschedulable: dict[str, float] = {}  # pod -> since when no node takes it
+        self.pull_failing: dict[str, float] = {}  # pod -> since when its pull fails (retried)
+        self.shown: tuple | None = None  # the progress last said
+
+    # -- the Job --------------------------------------------------------------------------
+
+    def follow(self, cancel: threading.Event) -> list[ItemResult]:
+        run, api = self.run, self.run.api
+        wait = _Waiting(limit=self.backend.config.schedule_timeout)
+        pause, job, seen = MAP_POLL[0], None, None
+        self._progress()
+        while True:
+            if cancel.is_set() and self.run_id not in self.backend._stopped:
+                self.backend._stopped.add(self.run_id)  # its items end "stopped"
+                _delete_absent_ok(
+                    api.batch.delete_namespaced_job,
+                    run.name,
+                    run.namespace,
+                    propagation_policy="Background",
+                )
+            job = _get(api.batch.read_namespaced_job, run.name, run.namespace)
+            pods = (
+                _json(
+                    api.core.list_namespaced_pod(
+                        run.namespace, label_selector=run.selector, _preload_content=False
+                    )
+                ).get("items")
+                or []
+            )
+            for pod in pods:
+                self._look_at(pod, wait)
+            self.failed_indexes = indexed.parse_indexes(
+                ((job or {}).get("status") or {}).get("failedIndexes")
+            )
+            self._progress()
+            if job is None or self.fatal is not None:
+                break  # deleted (stopped, or by someone else), or no item can run
+            if job_final(job) and not self._following():
+                break
+            if not pods:  # queued too long, no pod made, or the Job failed before any ran
+                ended = (
+                    self.backend._queued(run, job, wait, self.events)
+                    or self.backend._no_pod_yet(run, wait)
+                    or self.backend._ended_before_start(run, self.run_id, job)
+                )
+                if ended is not None:
+                    self.fatal = ended.message or "The Job ended before any item ran."
+                    break
+            now = (
+                (job or {}).get("status"),
+                [(p["metadata"]["name"], p["metadata"].get("resourceVersion")) for p in pods],
+            )
+            pause = MAP_POLL[0] if now != seen else min(pause * 2, MAP_POLL[1])
+            seen = now
+            if self.changed.wait(pause):
+                self.changed.clear()
+                pause = MAP_POLL[0]
+        if self.fatal is not None:
+            run.abandon = True  # the Job would wait, or retry, for ever
+        else:
+            self.join()  # a deleted Job's pods are going: their items end "stopped"
+        return self._results(job)
+
+    def _look_at(self, pod: dict, wait: _Waiting) -> None:
+        """A pod of the map: followed once its container runs (or ran); while it waits, the
+        reasons it might never run, as a single run's pod is judged."""
+        wait.pod_seen = True
+        name = pod["metadata"]["name"]
+        index = indexed.pod_index(pod)
+        if name in self.followers or index is None or not 0 <= index < self.count:
+            return
+        state, message = pod_progress(pod)
+        if state in ("running", "terminated"):
+            self.unschedulable.pop(name, None)
+            self.pull_failing.pop(name, None)
+            with self.lock:
+                self.attempts[index] += 1
+            thread = threading.Thread(
+                target=self._follow_pod,
+                args=(pod, index),
+                name=f"mlcontainer-map-{name}",
+                daemon=True,
+            )
+            self.followers[name] = thread
+            thread.start()
+            return
+        now = time.monotonic()
+        if state in ("pulling", "image-pull", "image-retry", "config-error"):
+            if not self.pulling_shown:
+                self.pulling_shown = True
+                node = (pod.get("spec") or {}).get("nodeName", "")
+                self.events(Phase.PULLING, image=self.run.image, node=node)
+        if state == "image-pull":
+            self.fatal = cannot_pull(self.run.image, message, self.run.namespace)
+        elif state == "image-retry":
+            since = self.pull_failing.setdefault(name, now)
+            if now - since >= max(wait.limit, PULL_PATIENCE):
+                self.fatal = failing_pull(self.run.image, message, now - since)
+        elif state == "config-error":
+            self.fatal = cannot_start(message)
+        elif state == "unschedulable":
+            if not self.unschedulable:
+                self.events(Phase.SCHEDULING, message=message)
+            since = self.unschedulable.setdefault(name, now)
+            # Items wait for room while others run; with none running, no node fits at all.
+            if not self._following() and now - since >= wait.limit:
+                self.fatal = cannot_schedule(message, wait.limit)
+        else:
+            self.pull_failing.pop(name, None)
+
+    def _following(self) -> bool:
+        return any(t.is_alive() for t in self.followers.values())
+
+    def join(self) -> None:
+        deadline = time.monotonic() + JOIN_WAIT
+        for thread in list(self.followers.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # -- one pod: one attempt of one item ---------------------------------------------------
+
+    def _follow_pod(self, pod: dict, index: int) -> None:
+        backend, run = self.backend, self.run
+        name = pod["metadata"]["name"]
+        out_dir = item_out_dir(self.workdir, index)
+        _empty(out_dir)  # what an earlier attempt brought back is not this one's
+        lines = _ItemLines(self.output, self.lock)
+        sink = _LogSink(
+            lines, lambda offer: backend._collect(run, self.run_id, name, offer, out_dir)
+        )
+        began = time.monotonic()
+        try:
+            with backend._cluster_errors(f"following item {index} of the map", run.namespace):
+                backend._guard_isolation(run, pod)
+                backend._stream_log(run, name, sink.feed)
+                sink.close()
+                lines.close()
+                result = backend._result(run, self.run_id, name, sink, item=True)
+        except Exception as e:  # noqa: BLE001 - this item's failure, not the map's
+            lines.close()
+            stopped = self.run_id in backend._stopped
+            result = RunResult(
+                None,
+                "stopped" if stopped else "failed",
+                "".join(sink.stdout),
+                "".join(sink.stderr),
+                container_id=name,
+                message=None if stopped else str(e),
+            )
+        with self.lock:
+            self.last[index] = (result, time.monotonic() - began)
+        self.changed.set()
+
+    # -- what the map says ------------------------------------------------------------------
+
+    def _ended(self, index: int) -> bool:
+        """Whether item ``index`` will run no more (a failed attempt may be retried)."""
+        last = self.last.get(index)
+        if last is None:
+            return False
+        reason = last[0].reason
+        if reason == "done" or index in self.failed_indexes or reason == "stopped":
+            return True
+        return self.per_index and self.attempts[index] > self.retries
+
+    def _progress(self) -> None:
+        with self.lock:
+            ended = [i for i in range(self.count) if self._ended(i)]
+            failures = [
+                {"index": i, "reason": self.last[i][0].reason, "why": _why(self.last[i][0])}
+                for i in ended
+                if self.last[i][0].reason != "done"
+            ]
+        running = sum(1 for t in self.followers.values() if t.is_alive())
+        shown = (len(ended), running, len(failures))
+        if shown == self.shown:
+            return
+        self.shown = shown
+        rate = len(ended) / max(time.monotonic() - self.started_at, 1e-6)
+        left = self.count - len(ended)
+        self.events(
+            Phase.MAPPED,
+            done=len(ended),
+            running=running,
+            failed=len(failures),
+            count=self.count,
+            rate=round(rate, 3),
+            eta=round(left / rate, 1) if rate > 0 else None,
+            failures=failures,
+        )
+
+    def _results(self, job: dict | None) -> list[ItemResult]:
+        """Each item's last attempt, in item order; an item that never ran says why."""
+        stopped = self.run_id in self.backend._stopped
+        failure = job_failure(job)
+        results = []
+        for index in range(self.count):
+            out_dir = item_out_dir(self.workdir, index)
+            if index in self.last:
+                result, duration = self.last[index]
+                message = result.message
+                if result.reason != "done" and failure and not message and not stopped:
+                    message = f"The Job failed ({failure[0]}: {failure[1]}) while it ran."
+                results.append(
+                    ItemResult(
+                        index,
+                        result.reason,
+                        result.exit_code,
+                        self.attempts[index],
+                        round(duration, 3),
+                        result.stdout,
+                        result.stderr,
+                        out_dir,
+                        message,
+                    )
+                )
+                continue
+            if stopped:
+                reason, message = "stopped", None
+            elif self.fatal is not None:
+                reason, message = "failed", self.fatal
+            elif failure is not None:
+                reason = "timeout" if failure[0] == "DeadlineExceeded" else "failed"
+                message = f"The Job failed ({failure[0]}: {failure[1]}) before item {index} ran."
+            else:
+                reason = "killed"
+                message = f"The Job {self.run.name} was deleted before item {index} ran."
+            attempts = self.attempts[index]  # a follower that did not end in time
+            results.append(
+                ItemResult(index, reason, None, attempts, 0.0, out_dir=out_dir, message=message)
+            )
+        return results
+
+
+class _ItemLines:
+    """An item's output passed on in whole lines, so that items running at once do not cut
+    into each other's lines (nor into the rich output's marked lines)."""
+
+    def __init__(self, output: Output, lock: threading.Lock) -> None:
+        self.output, self.lock = output, lock
+        self.partial = {"stdout": "", "stderr": ""}
+
+    def __call__(self, stream: str, text: str) -> None:
+        head, sep, rest = (self.partial.get(stream, "") + text).rpartition("\n")
+        self.partial[stream] = rest
+        if sep:
+            with self.lock:
+                self.output(stream, head + sep)
+
+    def close(self) -> None:
+        for stream, text in self.partial.items():
+            if text:
+                with self.lock:
+                    self.output(stream, text + "\n")
+        self.partial = {"stdout": "", "stderr": ""}
+
+
+def _empty(folder: Path) -> None:
+    """``folder`` exists and is empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _why(result: RunResult) -> str:
+    """One line of why an item failed: its exception's last line, else the backend's word."""
+    lines = [line for line in (result.stderr or "").strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else result.message or result.reason).strip()[:200]
 
 
 # -- reading the pod's log ---------------------------------------------------------------------

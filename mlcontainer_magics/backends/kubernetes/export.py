@@ -1,5 +1,5 @@
 """`mlcontainer export ID DIR --k8s`: the snapshot's run as Kubernetes objects, in ``job.yaml``
-(with ``--serve``: the service, in ``service.yaml``).
+(with ``--serve``: the service, in ``service.yaml``; a map's: its Indexed Job).
 
 ``kubectl apply -f job.yaml`` runs the exported cell as a Job, as the Kubernetes backend would:
 the Secret carries the export's ``mlc/`` folder (runner, cell, manifest, values in) and the
@@ -10,12 +10,13 @@ that folder and writing the one file.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 from ...core.spec import RunSpec
 from ...errors import SpecError
-from . import serving
+from . import indexed, serving
 from .objects import (
     CLAIM_PREFIX,
     MOUNTED_PREFIX,
@@ -39,18 +40,49 @@ def write_job_manifest(record: dict, spec: RunSpec, folder, settings: K8sSetting
     """
     folder = Path(folder)
     image, spec, files = _payload(record, spec, folder, FILE_NAME)
-    objects = run_manifests(
-        spec,
-        image=image,
-        snapshot_id=record["id"],
-        namespace=settings.namespace,
-        settings=settings,
-        files=files,
-    )
     namespace = settings.namespace
+    if spec.map is not None:
+        count = _map_count(folder, spec.map.name)
+        objects = indexed.map_manifests(
+            spec,
+            image=image,
+            snapshot_id=record["id"],
+            namespace=namespace,
+            settings=settings,
+            files=indexed.map_payload(files),
+            count=count,
+            parallel=spec.map.parallel,
+            retries=spec.map.retries,
+        )
+        header = _map_header(record, spec, image, namespace, count)
+    else:
+        objects = run_manifests(
+            spec,
+            image=image,
+            snapshot_id=record["id"],
+            namespace=namespace,
+            settings=settings,
+            files=files,
+        )
+        header = _header(record, spec, image, namespace)
     path = folder / FILE_NAME
-    path.write_text(_header(record, spec, image, namespace) + to_yaml(*objects))
+    path.write_text(header + to_yaml(*objects))
     return path
+
+
+def _map_count(folder: Path, name: str) -> int:
+    """How many items the export's folder holds, from its manifest's map block."""
+    try:
+        mapped = json.loads((folder / "mlc" / "manifest.json").read_text()).get("map") or {}
+    except (OSError, ValueError):
+        mapped = {}
+    items = mapped.get("items") or []
+    if not items:
+        raise SpecError(
+            f"{folder / 'mlc' / 'manifest.json'} lists no items of --map {name}: write the "
+            "export's mlc/ folder with the map's manifest before job.yaml."
+        )
+    return len(items)
 
 
 def write_service_manifest(
@@ -149,6 +181,29 @@ def _header(record: dict, spec: RunSpec, image: str, namespace: str) -> str:
         f"  kubectl logs -n {namespace} -f job/{name}",
         "The Secret holds the cell, its inputs and the runner (the export's mlc/ folder),",
         "mounted at /mlc. --out values stay in the pod; rerun with mlcontainer to get them.",
+    ]
+    lines += _image_and_secret_notes(spec, image)
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def _map_header(record: dict, spec: RunSpec, image: str, namespace: str, count: int) -> str:
+    assert spec.map is not None
+    name = job_name(record["id"], spec.name)
+    parallel = indexed.parallelism(count, spec.map.parallel)
+    lines = [
+        f"Snapshot {record['id']}, a map over {spec.map.name} ({count} items), as a Kubernetes "
+        "Indexed Job, exported by mlcontainer-magics.",
+        f"  kubectl apply -f {FILE_NAME}",
+        f"  kubectl logs -n {namespace} -f -l batch.kubernetes.io/job-name={name} --prefix "
+        f"--max-log-requests {max(parallel, 5)}",
+        f"  kubectl get job -n {namespace} {name} -o jsonpath='{{.status.completedIndexes}}'",
+        "The Secret holds the cell, every item, the shared inputs and the runner (the export's",
+        f"mlc/ folder), mounted at /mlc. Each pod runs one item: {spec.map.name} is item",
+        "MLC_INDEX (the pod's completion index) of mlc/manifest.json's map block. --out values",
+        "stay in the pods; rerun with mlcontainer to gather them.",
+        "backoffLimitPerIndex (retries of each item on its own) needs Kubernetes 1.29 or later;",
+        f"on an older cluster write backoffLimit: {count * spec.map.retries} instead "
+        "(retries shared by all items).",
     ]
     lines += _image_and_secret_notes(spec, image)
     return "".join(f"# {line}\n" for line in lines)

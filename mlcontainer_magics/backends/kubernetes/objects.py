@@ -60,9 +60,10 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # The API server refuses a Secret whose data adds up to more than 1 MiB.
 SECRET_MAX_BYTES = 1024 * 1024
 # The oldest Kubernetes (minor version) the objects are made for: they use only fields its API
-# has (no Job managedBy or successPolicy, which came in 1.30; nor podReplacementPolicy or
-# backoffLimitPerIndex, beta in 1.29), and the tests validate them strictly against its schema
-# and the newest one kubernetes-validate ships.
+# has (no Job managedBy or successPolicy, which came in 1.30; nor podReplacementPolicy; a map's
+# backoffLimitPerIndex, beta in 1.29, only where the cluster says it is that new: indexed.py),
+# and the tests validate them strictly against its schema and the newest one
+# kubernetes-validate ships.
 OLDEST_KUBERNETES = "1.29"
 
 _SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
@@ -540,6 +541,12 @@ def _volumes(name: str, claims) -> list[dict]:
     ]
 
 
+TOO_LARGE_ADVICE = (
+    "Pass fewer or smaller --inputs (load large data inside the cell from storage the cluster "
+    "can reach), or run with the Docker backend."
+)
+
+
 def secret_manifest(
     spec: RunSpec,
     *,
@@ -547,6 +554,7 @@ def secret_manifest(
     namespace: str,
     files: Mapping[str, bytes | str],
     owner: Mapping | None = None,
+    advice: str = TOO_LARGE_ADVICE,
 ) -> dict:
     """The ``v1`` Secret of a run: the payload ``files`` (path relative to /mlc -> content:
     the run's workdir without ``out/``; keys from :func:`payload_keys`) and ``env.<KEY>`` for
@@ -554,7 +562,7 @@ def secret_manifest(
 
     ``owner``, a created Job as returned by the API (it needs ``metadata.uid``), makes the
     Secret go when the Job goes (deleted, or expired by its TTL).
-    Raises SpecError when the payload is over Kubernetes' 1 MiB limit.
+    Raises SpecError when the payload is over Kubernetes' 1 MiB limit, ending with ``advice``.
     """
     _check_namespace(namespace)
     payload: dict[str, bytes] = {}
@@ -572,8 +580,7 @@ def secret_manifest(
         )
         raise SpecError(
             f"The run's code and inputs add up to {_size(total)} ({sizes}), over the 1 MiB "
-            "Kubernetes allows in a Secret. Pass fewer or smaller --inputs (load large data "
-            "inside the cell from storage the cluster can reach), or run with the Docker backend."
+            f"Kubernetes allows in a Secret. {advice}"
         )
     name = secret_name(snapshot_id, spec.name)
     metadata: dict = {
