@@ -55,14 +55,21 @@ export interface IGraphLayout {
 }
 
 export const SIZES = {
-  stepWidth: 104,
+  /** A step's box fits its name, within these bounds (a longer name is cut with "…"). */
+  minStepWidth: 84,
+  maxStepWidth: 160,
   notebookWidth: 76,
   nodeHeight: 38,
   rowGap: 10,
-  minGap: 36,
+  minGap: 40,
   maxGap: 112,
   pad: 4,
-  /** Of the 10px label font; estimated, as there is no DOM to measure in. */
+  /** Padding and border inside a box, both sides. */
+  nodePad: 16,
+  /** Of the bold name and the small id line; estimated, as there is no DOM to measure in. */
+  nameCharWidth: 8,
+  idCharWidth: 7,
+  /** Of the 10px label font. */
   charWidth: 6.2
 };
 
@@ -108,22 +115,35 @@ export function layoutLineage(
     key: string,
     kind: IGraphNode['kind'],
     n: ILineageNode | null
-  ): IGraphNode => ({
-    key,
-    kind,
-    label:
-      kind === 'notebook' ? 'notebook' : n?.missing ? 'removed' : n?.name || 'unnamed',
-    shortId: kind === 'notebook' ? '' : shortId(key),
-    step: kind === 'step' ? (n?.step ?? null) : null,
-    status: n?.missing ? null : (n?.status ?? null),
-    missing: !!n?.missing,
-    selected: key === lineage.snapshot,
-    layer: layer.get(key) as number,
-    x: 0,
-    y: 0,
-    width: kind === 'notebook' ? sizes.notebookWidth : sizes.stepWidth,
-    height: sizes.nodeHeight
-  });
+  ): IGraphNode => {
+    const label =
+      kind === 'notebook' ? 'notebook' : n?.missing ? 'removed' : n?.name || 'unnamed';
+    const step = kind === 'step' ? (n?.step ?? null) : null;
+    // The id line reads "3 · 7a7a7a".
+    const idLine = (step !== null ? `${step} · ` : '').length + 6;
+    const fits = Math.ceil(
+      Math.max(label.length * sizes.nameCharWidth, idLine * sizes.idCharWidth) +
+        sizes.nodePad
+    );
+    return {
+      key,
+      kind,
+      label,
+      shortId: kind === 'notebook' ? '' : shortId(key),
+      step,
+      status: n?.missing ? null : (n?.status ?? null),
+      missing: !!n?.missing,
+      selected: key === lineage.snapshot,
+      layer: layer.get(key) as number,
+      x: 0,
+      y: 0,
+      width:
+        kind === 'notebook'
+          ? sizes.notebookWidth
+          : Math.min(sizes.maxStepWidth, Math.max(sizes.minStepWidth, fits)),
+      height: sizes.nodeHeight
+    };
+  };
   if (start) {
     nodes.push(node(NOTEBOOK_KEY, 'notebook', null));
   }
@@ -160,7 +180,7 @@ export function layoutLineage(
   const layers = Math.max(0, ...nodes.map(n => n.layer)) + 1;
   const columns: IGraphNode[][] = Array.from({ length: layers }, () => []);
   nodes.forEach(n => columns[n.layer].push(n));
-  const maxLabel = (sizes.maxGap - 12) / sizes.charWidth;
+  const maxLabel = (sizes.maxGap - 16) / sizes.charWidth;
   const labelOf = (names: string[]) => {
     const text = names.join(', ');
     return text.length <= maxLabel ? text : `${text.slice(0, Math.floor(maxLabel) - 1)}…`;
@@ -170,7 +190,7 @@ export function layoutLineage(
       0,
       ...[...values.values()]
         .filter(v => layer.get(v.from) === l && layer.get(v.to) === l + 1)
-        .map(v => labelOf(v.names).length * sizes.charWidth + 12)
+        .map(v => labelOf(v.names).length * sizes.charWidth + 16)
     );
     return Math.min(sizes.maxGap, Math.max(sizes.minGap, Math.ceil(widest)));
   });

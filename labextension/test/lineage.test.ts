@@ -103,15 +103,29 @@ it('widens a gap for a long value name, and shortens one that is too long', () =
   };
   const layout = layoutLineage(long);
   const nodes = byKey(layout);
-  const gap1 = nodes['bbbbbb222222'].x - (nodes['aaaaaa111111'].x + SIZES.stepWidth);
+  const gap1 =
+    nodes['bbbbbb222222'].x - (nodes['aaaaaa111111'].x + nodes['aaaaaa111111'].width);
   expect(gap1).toBeGreaterThan(SIZES.minGap);
   expect(gap1).toBeGreaterThanOrEqual('extracted_text'.length * SIZES.charWidth);
-  const gap2 = nodes['cccccc333333'].x - (nodes['bbbbbb222222'].x + SIZES.stepWidth);
-  expect(gap2).toBe(SIZES.maxGap);
+  const gap2 =
+    nodes['cccccc333333'].x - (nodes['bbbbbb222222'].x + nodes['bbbbbb222222'].width);
+  expect(gap2).toBeLessThanOrEqual(SIZES.maxGap);
   const cut = layout.edges.find(e => e.to === 'cccccc333333') as any;
   expect(cut.label.endsWith('…')).toBe(true);
   expect(cut.label.length * SIZES.charWidth).toBeLessThanOrEqual(SIZES.maxGap);
   expect(cut.title).toBe('a_very_long_value_name_that_cannot_fit → doc');
+});
+
+it('sizes a box to its name, within bounds', () => {
+  const named = (name: string): ILineage => ({
+    ...CHAIN,
+    nodes: CHAIN.nodes.map(n => (n.id === 'cccccc333333' ? { ...n, name } : n))
+  });
+  const width = (name: string) => byKey(layoutLineage(named(name)))['cccccc333333'].width;
+  expect(width('a')).toBeGreaterThanOrEqual(SIZES.minStepWidth); // its id line fits
+  expect(width('detect-language')).toBeGreaterThanOrEqual(15 * SIZES.nameCharWidth);
+  expect(width('x'.repeat(80))).toBe(SIZES.maxStepWidth);
+  expect(width('detect-language')).toBeGreaterThan(width('ocr'));
 });
 
 it('puts a step with two parents one column after the later one (a fan-in)', () => {
