@@ -387,18 +387,23 @@ def test_sidebar_shows_a_pipelines_lineage(start_lab, browser):
     lab = start_lab(records)
     page, errors = open_lab(browser, lab)
     sidebar = page.locator(SIDEBAR)
-    # Wider than the default, as one makes the sidebar to look at a pipeline.
+    last = sidebar.locator(f'li.mlc-Row[data-snapshot="{translate["id"]}"]')
+    last.locator("button.mlc-RowToggle").click()
+    graph = last.locator(".mlc-Lineage")
+    graph.locator(".mlc-GraphNode").nth(3).wait_for(timeout=20_000)
+    # In the default (narrow) sidebar the graph scrolls sideways, the shown step in view.
+    pane = graph.locator(".mlc-Graph")
+    shown = pane.locator(f'[data-node="{translate["id"]}"]').bounding_box()
+    view = pane.bounding_box()
+    assert view["x"] <= shown["x"] and shown["x"] + shown["width"] <= view["x"] + view["width"]
+    element_shot(graph, "sidebar-lineage-narrow.png")
+    # Wider, as one makes the sidebar to look at a pipeline: all of it in view.
     handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first
     box = handle.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.down()
     page.mouse.move(box["x"] + 360, box["y"] + box["height"] / 2, steps=5)
     page.mouse.up()
-
-    last = sidebar.locator(f'li.mlc-Row[data-snapshot="{translate["id"]}"]')
-    last.locator("button.mlc-RowToggle").click()
-    graph = last.locator(".mlc-Lineage")
-    graph.locator(".mlc-GraphNode").nth(3).wait_for(timeout=20_000)
     assert graph.locator(".mlc-SubTitle").inner_text().lower() == "lineage (3 steps)"
 
     steps = graph.locator(".mlc-GraphNode-step")
@@ -437,7 +442,6 @@ def test_sidebar_shows_a_pipelines_lineage(start_lab, browser):
     for name in ("Re-run pipeline", "Export pipeline"):
         assert graph.get_by_role("button", name=name).is_visible()
     # Everything of the graph in view: nothing cut off at the sidebar's edge.
-    pane = graph.locator(".mlc-Graph")
     assert pane.evaluate("e => e.scrollWidth <= e.clientWidth"), "the graph scrolls"
     shot(page, "sidebar-lineage.png")
     element_shot(graph, "sidebar-lineage-graph.png")

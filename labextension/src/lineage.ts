@@ -62,12 +62,15 @@ export const SIZES = {
   nodeHeight: 38,
   rowGap: 10,
   minGap: 40,
+  /** How far above the top row an arc over a column goes, and the next one above it. */
+  arcRise: 14,
+  arcStep: 14,
   maxGap: 112,
   pad: 4,
   /** Padding and border inside a box, both sides. */
-  nodePad: 16,
+  nodePad: 20,
   /** Of the bold name and the small id line; estimated, as there is no DOM to measure in. */
-  nameCharWidth: 8,
+  nameCharWidth: 8.5,
   idCharWidth: 7,
   /** Of the 10px label font. */
   charWidth: 6.2
@@ -80,9 +83,23 @@ export function hasLineage(lineage: ILineage | null | undefined): boolean {
 
 export const shortId = (id: string): string => id.slice(0, 6);
 
+/** The width in pixels of a text in one of the graph's fonts. */
+export type Measure = (text: string, font: 'name' | 'id' | 'label') => number;
+
+/** An estimate from the number of characters, where nothing can measure text (tests). */
+export function estimate(sizes: typeof SIZES = SIZES): Measure {
+  const per = {
+    name: sizes.nameCharWidth,
+    id: sizes.idCharWidth,
+    label: sizes.charWidth
+  };
+  return (text, font) => text.length * per[font];
+}
+
 export function layoutLineage(
   lineage: ILineage,
-  sizes: typeof SIZES = SIZES
+  sizes: typeof SIZES = SIZES,
+  measure: Measure = estimate(sizes)
 ): IGraphLayout {
   const { nodes: steps, edges: stepEdges } = lineage;
   const byId = new Map(steps.map(n => [n.id, n]));
@@ -119,11 +136,9 @@ export function layoutLineage(
     const label =
       kind === 'notebook' ? 'notebook' : n?.missing ? 'removed' : n?.name || 'unnamed';
     const step = kind === 'step' ? (n?.step ?? null) : null;
-    // The id line reads "3 · 7a7a7a".
-    const idLine = (step !== null ? `${step} · ` : '').length + 6;
+    const idLine = `${step !== null ? `${step} · ` : ''}${shortId(key)}`;
     const fits = Math.ceil(
-      Math.max(label.length * sizes.nameCharWidth, idLine * sizes.idCharWidth) +
-        sizes.nodePad
+      Math.max(measure(label, 'name'), measure(idLine, 'id')) + sizes.nodePad
     );
     return {
       key,
@@ -180,17 +195,23 @@ export function layoutLineage(
   const layers = Math.max(0, ...nodes.map(n => n.layer)) + 1;
   const columns: IGraphNode[][] = Array.from({ length: layers }, () => []);
   nodes.forEach(n => columns[n.layer].push(n));
-  const maxLabel = (sizes.maxGap - 16) / sizes.charWidth;
+  const room = sizes.maxGap - 16;
   const labelOf = (names: string[]) => {
-    const text = names.join(', ');
-    return text.length <= maxLabel ? text : `${text.slice(0, Math.floor(maxLabel) - 1)}…`;
+    let text = names.join(', ');
+    if (measure(text, 'label') <= room) {
+      return text;
+    }
+    while (text.length > 1 && measure(`${text}…`, 'label') > room) {
+      text = text.slice(0, -1);
+    }
+    return `${text}…`;
   };
   const gaps = columns.map((_, l) => {
     const widest = Math.max(
       0,
       ...[...values.values()]
         .filter(v => layer.get(v.from) === l && layer.get(v.to) === l + 1)
-        .map(v => labelOf(v.names).length * sizes.charWidth + 16)
+        .map(v => measure(labelOf(v.names), 'label') + 16)
     );
     return Math.min(sizes.maxGap, Math.max(sizes.minGap, Math.ceil(widest)));
   });
@@ -207,6 +228,22 @@ export function layoutLineage(
     x += width + (l < layers - 1 ? gaps[l] : 0);
   });
 
+  // A value that skips a column (a step that also takes an earlier step's value) arcs over
+  // the boxes between, not through them; the shorter arcs lower, each its own height, with
+  // room for all of them above the top row.
+  const span = (v: { from: string; to: string }) =>
+    (layer.get(v.to) as number) - (layer.get(v.from) as number);
+  const arcs = [...values.values()]
+    .filter(v => span(v) > 1)
+    .sort(
+      (a, b) =>
+        span(a) - span(b) || (layer.get(a.from) as number) - (layer.get(b.from) as number)
+    );
+  const level = new Map(arcs.map((v, i) => [v, i]));
+  const lift = arcs.length ? sizes.arcRise + 12 + (arcs.length - 1) * sizes.arcStep : 0;
+  nodes.forEach(n => (n.y += lift));
+  const rowTop = sizes.pad + lift;
+
   const at = new Map(nodes.map(n => [n.key, n]));
   const edges: IGraphEdge[] = [...values.values()].map(v => {
     const a = at.get(v.from) as IGraphNode;
@@ -216,10 +253,17 @@ export function layoutLineage(
     const x2 = b.x;
     const y2 = b.y + b.height / 2;
     const mid = (x1 + x2) / 2;
-    const path =
-      y1 === y2
-        ? `M ${x1} ${y1} L ${x2} ${y2}`
-        : `M ${x1} ${y1} C ${mid} ${y1}, ${mid} ${y2}, ${x2} ${y2}`;
+    let path = `M ${x1} ${y1} L ${x2} ${y2}`;
+    let labelY = (y1 + y2) / 2 - 5;
+    if (level.has(v)) {
+      // The curve's highest point (half way) is at `peak`, above every box of the top row.
+      const peak = rowTop - sizes.arcRise - (level.get(v) as number) * sizes.arcStep;
+      const top = (peak - 0.125 * (y1 + y2)) / 0.75;
+      path = `M ${x1} ${y1} C ${x1 + 24} ${top}, ${x2 - 24} ${top}, ${x2} ${y2}`;
+      labelY = peak - 3;
+    } else if (y1 !== y2) {
+      path = `M ${x1} ${y1} C ${mid} ${y1}, ${mid} ${y2}, ${x2} ${y2}`;
+    }
     return {
       from: v.from,
       to: v.to,
@@ -227,13 +271,13 @@ export function layoutLineage(
       title: v.names.join(', '),
       path,
       labelX: mid,
-      labelY: (y1 + y2) / 2 - 5
+      labelY
     };
   });
   return {
     nodes,
     edges,
     width: Math.ceil(x + sizes.pad),
-    height: Math.ceil(sizes.pad * 2 + rows * row - sizes.rowGap)
+    height: Math.ceil(lift + sizes.pad * 2 + rows * row - sizes.rowGap)
   };
 }

@@ -128,6 +128,16 @@ it('sizes a box to its name, within bounds', () => {
   expect(width('detect-language')).toBeGreaterThan(width('ocr'));
 });
 
+it('sizes boxes and gaps by measured text when it can be measured', () => {
+  const wide = (text: string, font: string) => text.length * (font === 'label' ? 10 : 9);
+  const nodes = byKey(layoutLineage(CHAIN, SIZES, wide));
+  const ocr = nodes['aaaaaa111111'];
+  const detect = nodes['bbbbbb222222'];
+  expect(detect.width).toBe('detect-language'.length * 9 + SIZES.nodePad);
+  expect(ocr.width).toBe('1 · aaaaaa'.length * 9 + SIZES.nodePad); // its id line is longer
+  expect(detect.x - (ocr.x + ocr.width)).toBe(Math.max(SIZES.minGap, 4 * 10 + 16)); // "text"
+});
+
 it('puts a step with two parents one column after the later one (a fan-in)', () => {
   const fanIn: ILineage = {
     snapshot: 'dddddd444444',
@@ -155,6 +165,46 @@ it('puts a step with two parents one column after the later one (a fan-in)', () 
   expect(yz.label).toBe('y, z');
   expect(yz.path).toContain(' C ');
   expect(layout.edges).toHaveLength(2);
+});
+
+it('arcs a value that skips a column over the boxes between', () => {
+  const skip: ILineage = {
+    ...CHAIN,
+    edges: [...CHAIN.edges, edge('aaaaaa111111', 'cccccc333333', 'text')]
+  };
+  const layout = layoutLineage(skip);
+  const nodes = byKey(layout);
+  // Still a chain: translate one column after detect-language, all on one row.
+  expect(
+    ['aaaaaa111111', 'bbbbbb222222', 'cccccc333333'].map(k => nodes[k].layer)
+  ).toEqual([1, 2, 3]);
+  const arc = layout.edges.find(
+    e => e.from === 'aaaaaa111111' && e.to === 'cccccc333333'
+  ) as any;
+  const top = nodes['bbbbbb222222'].y;
+  const lift = SIZES.arcRise + 12;
+  expect(top).toBe(SIZES.pad + lift); // room above the row
+  expect(arc.path).toContain(' C ');
+  expect(arc.labelY).toBe(top - SIZES.arcRise - 3); // its name above the box it passes over
+  expect(arc.labelY).toBeGreaterThan(8); // and inside the drawing
+  expect(layout.height).toBe(lift + SIZES.nodeHeight + 2 * SIZES.pad);
+  // Another, longer one, from the notebook: higher, and more room for it.
+  const two = layoutLineage({
+    ...skip,
+    nodes: skip.nodes.map(n =>
+      n.id === 'cccccc333333'
+        ? { ...n, notebook: [{ input: 'glossary', digest: null }] }
+        : n
+    )
+  });
+  const [short, long] = ['aaaaaa111111', NOTEBOOK_KEY].map(
+    k => two.edges.find(e => e.from === k && e.to === 'cccccc333333') as any
+  );
+  expect(long.labelY).toBe(short.labelY - SIZES.arcStep);
+  expect(two.height).toBe(layout.height + SIZES.arcStep);
+  // The straight ones keep their place beside their boxes.
+  const doc = layout.edges.find(e => e.label === 'doc') as any;
+  expect(doc.path).toContain(' L ');
 });
 
 it('shows the snapshots that took the values of a first step after it', () => {

@@ -1,7 +1,7 @@
 import * as React from 'react';
 
 import { ILineage } from '../api';
-import { IGraphNode, layoutLineage } from '../lineage';
+import { IGraphNode, layoutLineage, Measure, SIZES } from '../lineage';
 import { STATUS_CLASS } from './StatusBadge';
 
 function nodeTitle(n: IGraphNode): string {
@@ -15,6 +15,40 @@ function nodeTitle(n: IGraphNode): string {
   return `${step}${n.label} (${n.key}), ${n.status || 'unknown'}`;
 }
 
+const FONT_CLASS = { name: 'mlc-GraphName', id: 'mlc-GraphId', label: 'mlc-GraphLabel' };
+
+/**
+ * Text widths in the theme's fonts, measured on a hidden element (the `probe`) once it is
+ * in the page; undefined (the layout's estimate) until then, and where nothing is laid out
+ * (jsdom).
+ */
+function useMeasure(probe: React.RefObject<HTMLSpanElement>): Measure | undefined {
+  const [measure, setMeasure] = React.useState<Measure | undefined>(undefined);
+  React.useLayoutEffect(() => {
+    const el = probe.current;
+    if (!el) {
+      return;
+    }
+    const widths = new Map<string, number>();
+    const m: Measure = (text, font) => {
+      const key = `${font}:${text}`;
+      let width = widths.get(key);
+      if (width === undefined) {
+        el.className = `mlc-GraphProbe ${FONT_CLASS[font]}`;
+        el.textContent = text;
+        width = el.getBoundingClientRect().width;
+        el.textContent = '';
+        widths.set(key, width);
+      }
+      return width;
+    };
+    if (m('mmmm', 'name') > 0) {
+      setMeasure(() => m);
+    }
+  }, [probe]);
+  return measure;
+}
+
 /**
  * A snapshot's lineage: steps as boxes coloured by status, values as arrows named by the
  * value, left to right in run order. A box opens that snapshot's details.
@@ -26,7 +60,12 @@ export function LineageGraph({
   lineage: ILineage;
   onOpen: (id: string) => void;
 }): JSX.Element {
-  const layout = React.useMemo(() => layoutLineage(lineage), [lineage]);
+  const probe = React.useRef<HTMLSpanElement>(null);
+  const measure = useMeasure(probe);
+  const layout = React.useMemo(
+    () => layoutLineage(lineage, SIZES, measure),
+    [lineage, measure]
+  );
   const box = React.useRef<HTMLDivElement>(null);
   // The shown snapshot is the last step, or near it: keep it in view in a narrow sidebar.
   React.useEffect(() => {
@@ -42,6 +81,7 @@ export function LineageGraph({
         className="mlc-GraphCanvas"
         style={{ width: layout.width, height: layout.height }}
       >
+        <span ref={probe} className="mlc-GraphProbe" aria-hidden="true" />
         <svg
           className="mlc-GraphEdges"
           width={layout.width}
@@ -70,7 +110,12 @@ export function LineageGraph({
             >
               <title>{e.title}</title>
               <path d={e.path} markerEnd="url(#mlc-arrow)" />
-              <text x={e.labelX} y={e.labelY} textAnchor="middle">
+              <text
+                className="mlc-GraphLabel"
+                x={e.labelX}
+                y={e.labelY}
+                textAnchor="middle"
+              >
                 {e.label}
               </text>
             </g>
