@@ -58,9 +58,9 @@ def _rerun_pipeline(store, record: dict, backends: Backends, override, verify: b
     """Every step that led to ``record``, re-run in order: the last new run as a rerun's
     answer, and each step's under ``pipeline``."""
     # Imported here: core/pipelines.py is newer than this module's other imports.
-    from ..core.pipelines import rerun_pipeline
+    from ..core import pipelines
 
-    result = rerun_pipeline(
+    result = pipelines.rerun_pipeline(
         store,
         record["id"],
         lambda rec: backends.for_record(rec, override=override),
