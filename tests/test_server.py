@@ -485,9 +485,15 @@ def fake_pipelines(monkeypatch):
         (dest / "run.sh").write_text("#!/bin/sh\n")
         return dest
 
-    module = types.ModuleType("mlcontainer_magics.core.pipelines")
-    module.rerun_pipeline = rerun_pipeline  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mlcontainer_magics.core.pipelines", module)
+    try:  # the real module once merged; a stand-in for it until then
+        from mlcontainer_magics.core import pipelines
+    except ImportError:
+        from mlcontainer_magics import core
+
+        pipelines = types.ModuleType("mlcontainer_magics.core.pipelines")
+        monkeypatch.setitem(sys.modules, pipelines.__name__, pipelines)
+        monkeypatch.setattr(core, "pipelines", pipelines, raising=False)
+    monkeypatch.setattr(pipelines, "rerun_pipeline", rerun_pipeline, raising=False)
     monkeypatch.setattr(export_module, "export_pipeline", export_pipeline, raising=False)
     return calls
 
