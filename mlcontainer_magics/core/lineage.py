@@ -269,7 +269,8 @@ def children_json(root: str, children: Iterable[Mapping]) -> dict:
     """The snapshots that took values from ``root`` (their full records, as Store.children
     lists them), as nodes and edges of lineage_json's shapes: what a view of ``root`` shows
     after it. Pure."""
-    nodes, edges = [], []
+    nodes: list[dict] = []
+    edges: list[dict] = []
     for record in children:
         nodes.append(_node(record))
         edges.extend(
