@@ -23,6 +23,7 @@ from pathlib import Path
 
 import fake_service
 import pytest
+from test_server import pipeline_records
 
 from mlcontainer_magics.core.store import Store
 
@@ -375,6 +376,86 @@ def test_sidebar_lists_snapshots_and_details(start_lab, browser):
     page.locator(".jp-Dialog").get_by_role("button", name="Delete").click()
     failed.wait_for(state="detached", timeout=10_000)
     assert lab.store.count() == 2
+    assert errors == [], errors
+
+
+def test_sidebar_shows_a_pipelines_lineage(start_lab, browser):
+    """Three chained steps (records with `parents`, as lineage writes them): the last one's
+    details show the graph, notebook -> ocr -> detect-language -> translate, and a box opens
+    its step, whose own graph leads on to the step that took its values."""
+    ocr, detect, translate = records = pipeline_records(time.time())
+    lab = start_lab(records)
+    page, errors = open_lab(browser, lab)
+    sidebar = page.locator(SIDEBAR)
+    last = sidebar.locator(f'li.mlc-Row[data-snapshot="{translate["id"]}"]')
+    last.locator("button.mlc-RowToggle").click()
+    graph = last.locator(".mlc-Lineage")
+    graph.locator(".mlc-GraphNode").nth(3).wait_for(timeout=20_000)
+    # In the default (narrow) sidebar the graph scrolls sideways, the shown step in view.
+    pane = graph.locator(".mlc-Graph")
+    shown = pane.locator(f'[data-node="{translate["id"]}"]').bounding_box()
+    view = pane.bounding_box()
+    assert view["x"] <= shown["x"] and shown["x"] + shown["width"] <= view["x"] + view["width"]
+    element_shot(graph, "sidebar-lineage-narrow.png")
+    # Wider, as one makes the sidebar to look at a pipeline: all of it in view.
+    handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first
+    box = handle.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 360, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    assert graph.locator(".mlc-SubTitle").inner_text().lower() == "lineage (3 steps)"
+
+    steps = graph.locator(".mlc-GraphNode-step")
+    assert [steps.nth(i).get_attribute("data-node") for i in range(steps.count())] == [
+        ocr["id"],
+        detect["id"],
+        translate["id"],
+    ]
+    texts = [steps.nth(i).inner_text().split("\n") for i in range(3)]
+    assert texts == [
+        ["ocr", f"1 · {ocr['id'][:6]}"],
+        ["detect-language", f"2 · {detect['id'][:6]}"],
+        ["translate", f"3 · {translate['id'][:6]}"],
+    ]
+    # Left to right in step order, on one line, after the notebook; the shown one marked.
+    start = graph.locator(".mlc-GraphNode-notebook")
+    boxes = [start.bounding_box()] + [steps.nth(i).bounding_box() for i in range(3)]
+    assert all(a["x"] + a["width"] < b["x"] for a, b in zip(boxes, boxes[1:])), boxes
+    assert len({round(b["y"]) for b in boxes}) == 1, boxes
+    assert "mlc-selected" in steps.nth(2).get_attribute("class")
+    assert "mlc-ok" in steps.nth(0).get_attribute("class")
+    assert "mlc-bad" in steps.nth(2).get_attribute("class")  # translate failed
+    # Two values between the steps, and the image from the notebook.
+    edges = graph.locator(".mlc-GraphEdge")
+    pairs = {
+        (edges.nth(i).get_attribute("data-from"), edges.nth(i).get_attribute("data-to")): (
+            edges.nth(i).locator("text").text_content()
+        )
+        for i in range(edges.count())
+    }
+    assert pairs == {
+        ("@notebook", ocr["id"]): "image",
+        (ocr["id"], detect["id"]): "text",
+        (detect["id"], translate["id"]): "doc",
+    }
+    for name in ("Re-run pipeline", "Export pipeline"):
+        assert graph.get_by_role("button", name=name).is_visible()
+    # Everything of the graph in view: nothing cut off at the sidebar's edge.
+    assert pane.evaluate("e => e.scrollWidth <= e.clientWidth"), "the graph scrolls"
+    shot(page, "sidebar-lineage.png")
+    element_shot(graph, "sidebar-lineage-graph.png")
+
+    # A box opens its step: ocr's details, whose graph goes on to the step that took its text.
+    steps.nth(0).click()
+    first = sidebar.locator(f'li.mlc-Row[data-snapshot="{ocr["id"]}"]')
+    first.locator(".mlc-Details .mlc-Lineage .mlc-GraphNode-child").wait_for(timeout=20_000)
+    first_graph = first.locator(".mlc-Lineage")
+    assert first_graph.locator(".mlc-GraphNode-child").get_attribute("data-node") == detect["id"]
+    assert "mlc-selected" in first_graph.locator(f'[data-node="{ocr["id"]}"]').get_attribute(
+        "class"
+    )
+    assert not first_graph.get_by_role("button", name="Re-run pipeline").count()
     assert errors == [], errors
 
 

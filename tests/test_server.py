@@ -86,6 +86,66 @@ RECORDS = [
 ]
 
 
+def pipeline_records(now: float = NOW) -> list[dict]:
+    """Three chained steps, as lineage records them: ocr takes an image from the notebook,
+    detect-language takes ocr's text, translate takes detect-language's doc."""
+
+    def out(digest):
+        return {"format": "pickle", "digest": digest, "size": 120}
+
+    return [
+        {
+            "id": "0c10c10c10c1",
+            "name": "ocr",
+            "notebook": "nb/pipeline.ipynb",
+            "kernel": "k1",
+            "status": "done",
+            "created": now - 300,
+            "duration": 12.5,
+            "outputs": {"text": out("xxh3-128:7e7e")},
+            "parents": [{"input": "image", "from": "notebook", "digest": "xxh3-128:1a1a"}],
+        },
+        {
+            "id": "de7ec7de7ec7",
+            "name": "detect-language",
+            "notebook": "nb/pipeline.ipynb",
+            "kernel": "k1",
+            "status": "done",
+            "created": now - 200,
+            "duration": 3.1,
+            "outputs": {"doc": out("xxh3-128:d0d0")},
+            "parents": [
+                {
+                    "input": "text",
+                    "snapshot": "0c10c10c10c1",
+                    "output": "text",
+                    "digest": "xxh3-128:7e7e",
+                }
+            ],
+        },
+        {
+            "id": "7a7a7a7a7a7a",
+            "name": "translate",
+            "notebook": "nb/pipeline.ipynb",
+            "kernel": "k1",
+            "status": "failed",
+            "created": now - 100,
+            "duration": 8.0,
+            "parents": [
+                {
+                    "input": "doc",
+                    "snapshot": "de7ec7de7ec7",
+                    "output": "doc",
+                    "digest": "xxh3-128:d0d0",
+                }
+            ],
+        },
+    ]
+
+
+PIPELINE = pipeline_records()
+
+
 @pytest.fixture
 def store(tmp_path):
     s = Store(tmp_path / "store")
@@ -205,6 +265,8 @@ async def test_delete_running_needs_force(jp_fetch, store):
         ("snapshots", "ffffffffffff"),
         ("snapshots", "nosuchname"),
         ("snapshots", "ffffffffffff", "logs"),
+        ("lineage", "ffffffffffff"),
+        ("lineage", "nosuchname"),
     ],
 )
 async def test_unknown_snapshot_404_json(jp_fetch, parts):
@@ -231,6 +293,7 @@ async def test_bad_ids_400(jp_fetch, ref):
     for parts, method in [
         (("snapshots", ref), "GET"),
         (("snapshots", ref, "logs"), "GET"),
+        (("lineage", ref), "GET"),
         (("snapshots", ref), "DELETE"),
         (("running", ref, "stop"), "POST"),
     ]:
@@ -259,6 +322,54 @@ async def test_unknown_endpoint_404_json(jp_fetch):
 def test_check_ref_accepts_ids_and_names():
     for ok in ("a1b2", "a1b2c3d4e5f6", "f" * 64, "train-v2.1_final", "Run7"):
         assert handlers.check_ref(ok) == ok
+
+
+# -- lineage ----------------------------------------------------------------------------------
+
+
+async def test_lineage_of_a_pipeline_in_step_order(jp_fetch, store):
+    store.put_many(PIPELINE)
+    ocr, detect, translate = (r["id"] for r in PIPELINE)
+    data = body(await jp_fetch("mlcontainer", "lineage", "translate"))  # a name works too
+    assert data["snapshot"] == translate
+    assert data["steps"] == [ocr, detect, translate]
+    assert [(n["id"], n["step"], n["name"], n["status"]) for n in data["nodes"]] == [
+        (ocr, 1, "ocr", "done"),
+        (detect, 2, "detect-language", "done"),
+        (translate, 3, "translate", "failed"),
+    ]
+    assert data["nodes"][0]["notebook"] == [{"input": "image", "digest": "xxh3-128:1a1a"}]
+    assert sorted((e["from"], e["to"], e["output"], e["input"]) for e in data["edges"]) == [
+        (ocr, detect, "text", "text"),
+        (detect, translate, "doc", "doc"),
+    ]
+    assert data["children"] == [] and data["child_edges"] == []
+
+
+async def test_lineage_names_the_snapshots_that_took_its_values(jp_fetch, store):
+    store.put_many(PIPELINE)
+    ocr, detect, _ = (r["id"] for r in PIPELINE)
+    data = body(await jp_fetch("mlcontainer", "lineage", ocr[:6]))
+    assert data["steps"] == [ocr] and data["edges"] == []
+    assert [(c["id"], c["name"], c["status"]) for c in data["children"]] == [
+        (detect, "detect-language", "done")
+    ]
+    assert data["child_edges"] == [
+        {"from": ocr, "to": detect, "output": "text", "input": "text", "digest": "xxh3-128:7e7e"}
+    ]
+
+
+async def test_lineage_of_a_snapshot_without_parents(jp_fetch):
+    data = body(await jp_fetch("mlcontainer", "lineage", "a1b2c3d4e5f6"))
+    assert data["steps"] == ["a1b2c3d4e5f6"] and data["edges"] == [] and data["children"] == []
+
+
+async def test_lineage_shows_a_removed_parent_as_missing(jp_fetch, store):
+    store.put_many(PIPELINE)
+    store.remove(PIPELINE[0]["id"])
+    data = body(await jp_fetch("mlcontainer", "lineage", PIPELINE[2]["id"]))
+    assert data["nodes"][0] == {"id": PIPELINE[0]["id"], "missing": True, "step": 1}
+    assert len(data["edges"]) == 2
 
 
 # -- rerun / export ---------------------------------------------------------------------------
@@ -346,6 +457,84 @@ async def test_action_plugs_in_through_settings(jp_fetch, jp_serverapp, store):
     ]
 
 
+class _Outcome:
+    def __init__(self, run_id, reason):
+        self.run_id = run_id
+        self.result = type("Result", (), {"reason": reason})()
+
+
+@pytest.fixture
+def fake_pipelines(monkeypatch):
+    """Stand-ins for core.pipelines.rerun_pipeline and backends.export.export_pipeline (their
+    own tests are theirs): what the actions call them with, and how they answer."""
+    import types
+
+    import mlcontainer_magics.backends.export as export_module
+
+    calls: list = []
+
+    def rerun_pipeline(store, ref, backend_of, *, verify=False, secrets_file=None, **kw):
+        calls.append(("rerun", ref, verify, backend_of(store.get(ref)).name))
+        steps = [(r["id"], _Outcome(f"new{i}", "done"), []) for i, r in enumerate(PIPELINE, 1)]
+        steps[-1] = (PIPELINE[-1]["id"], _Outcome("new3", "done"), ["doc differs"])
+        return types.SimpleNamespace(steps=steps, first_difference=3, ok=False)
+
+    def export_pipeline(store, ref, dest, backend, *, k8s=False, k8s_config=None, **kw):
+        calls.append(("export", ref, k8s, backend.name))
+        (dest / "steps").mkdir(parents=True)
+        (dest / "run.sh").write_text("#!/bin/sh\n")
+        return dest
+
+    try:  # the real module once merged; a stand-in for it until then
+        from mlcontainer_magics.core import pipelines
+    except ImportError:
+        from mlcontainer_magics import core
+
+        pipelines = types.ModuleType("mlcontainer_magics.core.pipelines")
+        monkeypatch.setitem(sys.modules, pipelines.__name__, pipelines)
+        monkeypatch.setattr(core, "pipelines", pipelines, raising=False)
+    monkeypatch.setattr(pipelines, "rerun_pipeline", rerun_pipeline, raising=False)
+    monkeypatch.setattr(export_module, "export_pipeline", export_pipeline, raising=False)
+    return calls
+
+
+async def test_rerun_pipeline_action(jp_fetch, store, fake_pipelines):
+    store.put_many(PIPELINE)
+    data = body(
+        await jp_fetch(
+            "mlcontainer",
+            "snapshots",
+            "translate",
+            "rerun",
+            method="POST",
+            body=json.dumps({"pipeline": True, "verify": True}),
+        )
+    )
+    assert fake_pipelines == [("rerun", PIPELINE[-1]["id"], True, "docker")]
+    assert data["id"] == "new3" and data["rerun_of"] == PIPELINE[-1]["id"]
+    assert data["verified"] is False and data["problems"] == ["doc differs"]
+    assert data["pipeline"]["first_difference"] == 3
+    assert [s["rerun_of"] for s in data["pipeline"]["steps"]] == [r["id"] for r in PIPELINE]
+
+
+async def test_export_pipeline_action(jp_fetch, jp_serverapp, store, fake_pipelines):
+    store.put_many(PIPELINE)
+    data = body(
+        await jp_fetch(
+            "mlcontainer",
+            "snapshots",
+            "translate",
+            "export",
+            method="POST",
+            body=json.dumps({"pipeline": True}),
+        )
+    )
+    assert fake_pipelines == [("export", PIPELINE[-1]["id"], False, "docker")]
+    assert data["path"].startswith("mlcontainer-exports/translate-pipeline-7a7a7a7a7a7a-")
+    assert data["files"] == ["run.sh", "steps"]
+    assert (Path(jp_serverapp.root_dir) / data["path"] / "run.sh").is_file()
+
+
 # -- auth -------------------------------------------------------------------------------------
 
 
@@ -358,6 +547,7 @@ async def test_action_plugs_in_through_settings(jp_fetch, jp_serverapp, store):
         ("DELETE", ("snapshots", "a1b2c3d4e5f6")),
         ("POST", ("snapshots", "a1b2c3d4e5f6", "rerun")),
         ("POST", ("snapshots", "a1b2c3d4e5f6", "export")),
+        ("GET", ("lineage", "a1b2c3d4e5f6")),
         ("GET", ("running",)),
         ("POST", ("running", "a1b2c3d4e5f6", "stop")),
         ("GET", ("services",)),
@@ -402,7 +592,7 @@ with warnings.catch_warnings(record=True) as records:
 from mlcontainer_magics.server.handlers import BaseHandler
 ours = [r for rule in app.web_app.default_router.rules for r in getattr(rule.target, "rules", [])
         if isinstance(r.target, type) and issubclass(r.target, BaseHandler)]
-assert len(ours) == 9, ours
+assert len(ours) == 10, ours
 bad = [str(r.message) for r in records if issubclass(r.category, JupyterServerAuthWarning)]
 print("\\n".join(bad) or "OK")
 """

@@ -111,6 +111,46 @@ export interface IService {
   lock_digest: string | null;
 }
 
+/** A snapshot in a lineage graph (`GET lineage/{id}`); a parent removed since is `missing`. */
+export interface ILineageNode {
+  id: string;
+  /** Its place in the run order, from 1 (children have none). */
+  step?: number;
+  name?: string | null;
+  status?: string | null;
+  created?: number | null;
+  missing?: boolean;
+  /** Its `--in` names, in order. */
+  inputs?: (string | null)[];
+  /** The inputs whose values came from the notebook. */
+  notebook?: { input: string | null; digest: string | null }[];
+}
+
+/** A value from one snapshot's `--out` to another's `--in`. */
+export interface ILineageEdge {
+  from: string;
+  to: string;
+  output: string | null;
+  input: string | null;
+  digest: string | null;
+}
+
+/** The steps that led to a snapshot (in run order), and the snapshots that took its values. */
+export interface ILineage {
+  snapshot: string;
+  steps: string[];
+  nodes: ILineageNode[];
+  edges: ILineageEdge[];
+  children: ILineageNode[];
+  child_edges: ILineageEdge[];
+}
+
+/** What rerun and export take: `pipeline` acts on every step that led to the snapshot. */
+export interface IActionOptions {
+  pipeline?: boolean;
+  verify?: boolean;
+}
+
 export interface IStatus {
   version: string;
   engine: {
@@ -202,8 +242,11 @@ export const api = {
       `snapshots/${ref(id)}${force ? '?force=1' : ''}`,
       { method: 'DELETE' }
     ),
-  rerun: (id: string) => requestAPI<any>(`snapshots/${ref(id)}/rerun`, post()),
-  export: (id: string) => requestAPI<any>(`snapshots/${ref(id)}/export`, post()),
+  lineage: (id: string) => requestAPI<ILineage>(`lineage/${ref(id)}`),
+  rerun: (id: string, options: IActionOptions = {}) =>
+    requestAPI<any>(`snapshots/${ref(id)}/rerun`, post(options)),
+  export: (id: string, options: IActionOptions = {}) =>
+    requestAPI<any>(`snapshots/${ref(id)}/export`, post(options)),
   running: () => requestAPI<{ items: IRunning[] }>('running'),
   services: () => requestAPI<{ items: IService[] }>('services'),
   stop: (id: string) =>

@@ -437,3 +437,95 @@ it('says it is loading before the first answer', async () => {
   await show(false);
   expect(texts('.mlc-Hint')[0]).toBe('Loading…');
 });
+
+/** k8s1 ("train") took old1's value `x`; old1 took `data` from the notebook. */
+const LINEAGE = {
+  snapshot: 'k8s1',
+  steps: ['old1', 'k8s1'],
+  nodes: [
+    {
+      id: 'old1',
+      step: 1,
+      name: null,
+      status: 'done',
+      inputs: ['data'],
+      notebook: [{ input: 'data', digest: 'xxh3-128:1a' }]
+    },
+    { id: 'k8s1', step: 2, name: 'train', status: 'failed', inputs: ['x'], notebook: [] }
+  ],
+  edges: [{ from: 'old1', to: 'k8s1', output: 'x', input: 'x', digest: 'xxh3-128:2b' }],
+  children: [],
+  child_edges: []
+};
+
+it('shows a lineage graph whose boxes open their snapshot', async () => {
+  const fake = server().on('GET lineage/k8s1', { body: LINEAGE });
+  await show();
+  const details = await open('k8s1');
+  expect(texts('.mlc-Lineage > .mlc-SubTitle', details)).toEqual(['Lineage (2 steps)']);
+  const nodes = Array.from(details.querySelectorAll('.mlc-GraphNode'));
+  expect(nodes.map(n => n.getAttribute('data-node'))).toEqual([
+    '@notebook',
+    'old1',
+    'k8s1'
+  ]);
+  expect(nodes.map(n => n.textContent)).toEqual([
+    'notebook',
+    'unnamed1 · old1',
+    'train2 · k8s1'
+  ]);
+  expect(nodes[1].className).toContain('mlc-ok');
+  expect(nodes[2].className).toContain('mlc-bad');
+  expect(nodes[2].className).toContain('mlc-selected');
+  expect(texts('.mlc-GraphEdge text', details)).toEqual(['data', 'x']);
+  // A box opens its snapshot's row.
+  act(() => (nodes[1] as HTMLElement).click());
+  await settle();
+  expect(el.querySelector('li[data-snapshot="old1"] .mlc-Details')).not.toBeNull();
+  expect(fake.log).toContain('GET lineage/k8s1');
+});
+
+it('re-runs and exports the whole pipeline', async () => {
+  const fake = server()
+    .on('GET lineage/k8s1', { body: LINEAGE })
+    .on('POST snapshots/k8s1/rerun', {
+      body: {
+        id: 'new2',
+        rerun_of: 'k8s1',
+        status: 'done',
+        verified: null,
+        problems: [],
+        pipeline: { steps: [{}, {}], first_difference: null }
+      }
+    })
+    .on('POST snapshots/k8s1/export', {
+      body: { path: 'mlcontainer-exports/train-pipeline-k8s1-1', files: ['run.sh'] }
+    });
+  await show();
+  const details = await open('k8s1');
+  act(() => button(details, 'Re-run pipeline').click());
+  await settle();
+  expect(texts('.mlc-Notice', details)).toEqual([
+    'Re-run pipeline: 2 steps ran again, the last as new2, done'
+  ]);
+  act(() => button(details, 'Export pipeline').click());
+  await settle();
+  expect(texts('.mlc-Notice', details)).toEqual([
+    'Export pipeline: written to mlcontainer-exports/train-pipeline-k8s1-1'
+  ]);
+  const posts = fake.calls.filter(c => c.method === 'POST');
+  expect(posts.map(c => [c.path, c.body])).toEqual([
+    ['snapshots/k8s1/rerun', { pipeline: true }],
+    ['snapshots/k8s1/export', { pipeline: true }]
+  ]);
+});
+
+it('shows no graph for a snapshot that took nothing from another', async () => {
+  server().on('GET lineage/k8s1', {
+    body: { ...LINEAGE, steps: ['k8s1'], nodes: [LINEAGE.nodes[1]], edges: [] }
+  });
+  await show();
+  const details = await open('k8s1');
+  expect(details.querySelector('.mlc-Lineage')).toBeNull();
+  expect(texts('button', details)).not.toContain('Re-run pipeline');
+});

@@ -263,3 +263,25 @@ def sources(parents: Iterable[Mapping], names: Mapping[str, str | None]) -> tupl
         elif p.get("from") == NOTEBOOK:
             notebook.append(str(p.get("input")))
     return snapshots, notebook
+
+
+def children_json(root: str, children: Iterable[Mapping]) -> dict:
+    """The snapshots that took values from ``root`` (their full records, as Store.children
+    lists them), as nodes and edges of lineage_json's shapes: what a view of ``root`` shows
+    after it. Pure."""
+    nodes: list[dict] = []
+    edges: list[dict] = []
+    for record in children:
+        nodes.append(_node(record))
+        edges.extend(
+            {
+                "from": root,
+                "to": record["id"],
+                "output": entry.get("output"),
+                "input": entry.get("input"),
+                "digest": entry.get("digest"),
+            }
+            for entry in _parents(record)
+            if entry.get("snapshot") == root
+        )
+    return {"children": nodes, "child_edges": edges}

@@ -2,7 +2,8 @@
 
 Exports go only into `<server root>/mlcontainer-exports/`, under a name the server chooses, so no
 request can write anywhere else. Reruns go to the backend (and namespace) the snapshot ran on,
-unless the request names another backend.
+unless the request names another backend. With ``{"pipeline": true}`` both act on every step that
+led to the snapshot (core/pipelines.py, backends/export.py's export_pipeline).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ Action = Callable[..., dict]
 
 
 def rerun_on(backends: Backends) -> Action:
-    """The rerun action: ``{"verify": bool, "backend": "docker" | "kubernetes"}``."""
+    """The rerun action: ``{"verify": bool, "backend": "docker" | "kubernetes", "pipeline":
+    bool}``."""
 
     def rerun(store, ref: str, options: dict) -> dict:
         from ..core import snapshots
@@ -29,8 +31,10 @@ def rerun_on(backends: Backends) -> Action:
         override = options.get("backend")
         if override is not None and override not in BACKENDS:
             raise SpecError(f"'backend' must be one of {', '.join(BACKENDS)}.")
-        backend = backends.for_record(record, override=override)
         verify = bool(options.get("verify"))
+        if options.get("pipeline"):
+            return _rerun_pipeline(store, record, backends, override, verify)
+        backend = backends.for_record(record, override=override)
         outcome, problems = snapshots.rerun(
             store,
             record["id"],
@@ -50,6 +54,39 @@ def rerun_on(backends: Backends) -> Action:
     return rerun
 
 
+def _rerun_pipeline(store, record: dict, backends: Backends, override, verify: bool) -> dict:
+    """Every step that led to ``record``, re-run in order: the last new run as a rerun's
+    answer, and each step's under ``pipeline``."""
+    # Imported here: core/pipelines.py is newer than this module's other imports.
+    from ..core import pipelines
+
+    result = pipelines.rerun_pipeline(
+        store,
+        record["id"],
+        lambda rec: backends.for_record(rec, override=override),
+        verify=verify,
+        secrets_file=backends.settings.secrets_file,
+    )
+    steps = [
+        {
+            "rerun_of": old_id,
+            "id": outcome.run_id,
+            "status": outcome.result.reason,
+            "problems": list(problems),
+        }
+        for old_id, outcome, problems in result.steps
+    ]
+    last = steps[-1] if steps else {"id": None, "status": None, "problems": []}
+    return {
+        "id": last["id"],
+        "rerun_of": record["id"],
+        "status": last["status"],
+        "verified": bool(result.ok) if verify else None,
+        "problems": [p for step in steps for p in step["problems"]],
+        "pipeline": {"steps": steps, "first_difference": result.first_difference},
+    }
+
+
 def export_under(root_dir, backends: Backends) -> Action:
     """The export action for a server whose files live in ``root_dir``."""
 
@@ -59,9 +96,26 @@ def export_under(root_dir, backends: Backends) -> Action:
         if not root_dir:
             raise SpecError("This server has no root directory to export into.")
         record = store.get(ref)
-        name = f"{record.get('name') or 'snapshot'}-{record['id']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        pipeline = bool(options.get("pipeline"))
+        kind = "-pipeline" if pipeline else ""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = f"{record.get('name') or 'snapshot'}{kind}-{record['id']}-{stamp}"
         dest = Path(root_dir) / EXPORTS / name
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if pipeline:
+            # Imported here: export_pipeline is newer than this module's other imports.
+            from ..backends.export import export_pipeline
+
+            export_pipeline(
+                store,
+                record["id"],
+                dest,
+                backends.for_record(record),
+                k8s=bool(options.get("k8s")),
+                k8s_config=KubernetesConfig(parent=backends.settings),
+                data_limit=backends.settings.export_data_limit,
+            )
+            return {"path": f"{EXPORTS}/{name}", "files": sorted(p.name for p in dest.iterdir())}
         export_snapshot(
             store,
             record["id"],

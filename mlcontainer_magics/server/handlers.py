@@ -4,8 +4,11 @@
     GET    snapshots/{ref}           the full record
     GET    snapshots/{ref}/logs      {id, logs, stdout, stderr}
     DELETE snapshots/{ref}           {removed} (?force=1 for a building/running one)
-    POST   snapshots/{ref}/rerun     run it again from its lock ({"verify": true} checks outputs)
-    POST   snapshots/{ref}/export    export under <root>/mlcontainer-exports/ ({"tar": true})
+    POST   snapshots/{ref}/rerun     run it again from its lock ({"verify": true} checks outputs;
+                                     {"pipeline": true} re-runs every step that led to it)
+    POST   snapshots/{ref}/export    export under <root>/mlcontainer-exports/ ({"tar": true};
+                                     {"pipeline": true} exports every step that led to it)
+    GET    lineage/{ref}             the steps and values that led to it, and what took its values
     GET    running                   {items, engine}: containers the product labelled, live
     POST   running/{ref}/stop        {stopped}: stops the running container(s) of a snapshot
     GET    services                  {items}: snapshots serving now, with what each server says
@@ -35,12 +38,13 @@ from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
 
 from ..backends import Backends
-from ..core import runs, verbs
+from ..core import lineage, runs, verbs
 from ..core import services as core_services
 from ..errors import (
     Conflict,
     MlcError,
     NotFound,
+    SnapshotNotFound,
     SpecError,
     StoreError,
     StoreUnavailable,
@@ -251,6 +255,26 @@ class LogsHandler(BaseHandler):
         self.reply(await self._call(record_logs, self.store, self.ref(ref)))
 
 
+def record_lineage(store, ref: str) -> dict:
+    """``lineage_json`` of the snapshot's graph (the steps that led to it, in order), plus
+    ``children`` and ``child_edges``: the snapshots that took its values, so that a view of a
+    pipeline's first step can lead on to the next."""
+    graph = lineage.graph(store, ref)
+    children = []
+    for child in store.children(graph.root):
+        try:
+            children.append(store.get(child["id"]))
+        except SnapshotNotFound:
+            continue  # removed since it was listed
+    return {**lineage.lineage_json(graph), **lineage.children_json(graph.root, children)}
+
+
+class LineageHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self, ref):
+        self.reply(await self._call(record_lineage, self.store, self.ref(ref)))
+
+
 class ActionHandler(BaseHandler):
     @tornado.web.authenticated
     async def post(self, ref, verb):
@@ -374,6 +398,7 @@ def setup_handlers(web_app) -> None:
         (rf"{base}/snapshots/{ref}/?", SnapshotHandler),
         (rf"{base}/snapshots/{ref}/logs/?", LogsHandler),
         (rf"{base}/snapshots/{ref}/(rerun|export)/?", ActionHandler),
+        (rf"{base}/lineage/{ref}/?", LineageHandler),
         (rf"{base}/running/?", RunningHandler),
         (rf"{base}/running/{ref}/stop/?", StopHandler),
         (rf"{base}/services/?", ServicesHandler),

@@ -1,7 +1,15 @@
 import { Clipboard, Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import * as React from 'react';
 
-import { ApiError, api, ILogs, ISnapshotRecord, ISnapshotSummary } from '../api';
+import {
+  ApiError,
+  api,
+  IActionOptions,
+  ILineage,
+  ILogs,
+  ISnapshotRecord,
+  ISnapshotSummary
+} from '../api';
 import {
   errorText,
   isActive,
@@ -10,7 +18,9 @@ import {
   recordTimings,
   recordWritten
 } from '../format';
+import { hasLineage } from '../lineage';
 import { DataIn, DataOut } from './DataList';
+import { LineageGraph } from './LineageGraph';
 import { LogView } from './LogView';
 import { PackageList } from './PackageList';
 import { SnapshotActions } from './SnapshotActions';
@@ -26,6 +36,7 @@ export function SnapshotDetails({
 }: ISidebarProps & { summary: ISnapshotSummary }): JSX.Element {
   const [record, setRecord] = React.useState<ISnapshotRecord | null>(null);
   const [logs, setLogs] = React.useState<ILogs | null>(null);
+  const [lineage, setLineage] = React.useState<ILineage | null>(null);
   const [notice, setNotice] = React.useState<string | null>(null);
   const [error, setError] = React.useState<string | null>(null);
   const id = summary.id;
@@ -40,6 +51,11 @@ export function SnapshotDetails({
       l => live && setLogs(l),
       () => undefined
     );
+    // No graph when there is none, or the server is older than the route.
+    api.lineage(id).then(
+      l => live && setLineage(l),
+      () => live && setLineage(null)
+    );
     return () => {
       live = false;
     };
@@ -49,15 +65,18 @@ export function SnapshotDetails({
   const r: ISnapshotRecord = record || (summary as ISnapshotRecord);
   const notebookPath = r.notebook_path ?? summary.notebook_path;
 
-  const verb = async (name: 'rerun' | 'export', label: string) => {
+  const verb = async (
+    name: 'rerun' | 'export',
+    label: string,
+    options: IActionOptions = {}
+  ) => {
     setNotice(null);
     setNotice(`${label}: working…`);
     try {
-      const result = await api[name](id);
+      const result = await api[name](id, options);
       setNotice(
         name === 'rerun'
-          ? `${label}: ran again as ${result.id}, ${result.status}` +
-              (result.verified === false ? ' (outputs differ)' : '')
+          ? `${label}: ${rerunText(result)}`
           : `${label}: written to ${result.path}`
       );
       await model.refreshSnapshots();
@@ -116,6 +135,33 @@ export function SnapshotDetails({
         onDelete={() => void remove()}
       />
       {notice && <div className="mlc-Notice">{notice}</div>}
+      {lineage && hasLineage(lineage) && (
+        <div className="mlc-Lineage">
+          <div className="mlc-SubTitle">
+            Lineage
+            {lineage.steps.length > 1 ? ` (${lineage.steps.length} steps)` : ''}
+          </div>
+          <LineageGraph lineage={lineage} onOpen={sid => void model.showSnapshot(sid)} />
+          {lineage.steps.length > 1 && (
+            <div className="mlc-Actions mlc-GraphActions">
+              <button
+                className="mlc-Button"
+                title="Run every step that led to this snapshot again, in order"
+                onClick={() => void verb('rerun', 'Re-run pipeline', { pipeline: true })}
+              >
+                Re-run pipeline
+              </button>
+              <button
+                className="mlc-Button"
+                title="Export every step, with a run.sh that runs them with plain docker"
+                onClick={() => void verb('export', 'Export pipeline', { pipeline: true })}
+              >
+                Export pipeline
+              </button>
+            </div>
+          )}
+        </div>
+      )}
       {/* Where it ran is known once the full record is here (summaries lack it). */}
       <SnapshotFields id={id} record={r} where={record} />
       <TimingsList timings={recordTimings(r)} />
@@ -125,4 +171,19 @@ export function SnapshotDetails({
       <LogView logs={logs} />
     </div>
   );
+}
+
+/** What a rerun answered: the new run, or for a pipeline, its steps and the first that differs. */
+export function rerunText(result: any): string {
+  const steps: any[] | undefined = result.pipeline?.steps;
+  const differs =
+    typeof result.pipeline?.first_difference === 'number'
+      ? ` (step ${result.pipeline.first_difference} differs)`
+      : result.verified === false
+        ? ' (outputs differ)'
+        : '';
+  const ran = steps
+    ? `${steps.length} step${steps.length === 1 ? '' : 's'} ran again, the last as`
+    : 'ran again as';
+  return `${ran} ${result.id}, ${result.status}${differs}`;
 }
