@@ -457,82 +457,76 @@ async def test_action_plugs_in_through_settings(jp_fetch, jp_serverapp, store):
     ]
 
 
-class _Outcome:
-    def __init__(self, run_id, reason):
-        self.run_id = run_id
-        self.result = type("Result", (), {"reason": reason})()
-
-
 @pytest.fixture
-def fake_pipelines(monkeypatch):
-    """Stand-ins for core.pipelines.rerun_pipeline and backends.export.export_pipeline (their
-    own tests are theirs): what the actions call them with, and how they answer."""
-    import types
+def real_pipeline(store, namespace):
+    """Two chained runs on the engine, in the server's store: the second took the first's
+    value (a lineage of two)."""
+    from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.core import runs
+    from mlcontainer_magics.core.spec import EnvSpec, RunSpec
 
-    import mlcontainer_magics.backends.export as export_module
-
-    calls: list = []
-
-    def rerun_pipeline(store, ref, backend_of, *, verify=False, secrets_file=None, **kw):
-        calls.append(("rerun", ref, verify, backend_of(store.get(ref)).name))
-        steps = [(r["id"], _Outcome(f"new{i}", "done"), []) for i, r in enumerate(PIPELINE, 1)]
-        steps[-1] = (PIPELINE[-1]["id"], _Outcome("new3", "done"), ["doc differs"])
-        return types.SimpleNamespace(steps=steps, first_difference=3, ok=False)
-
-    def export_pipeline(store, ref, dest, backend, *, k8s=False, k8s_config=None, **kw):
-        calls.append(("export", ref, k8s, backend.name))
-        (dest / "steps").mkdir(parents=True)
-        (dest / "run.sh").write_text("#!/bin/sh\n")
-        return dest
-
-    try:  # the real module once merged; a stand-in for it until then
-        from mlcontainer_magics.core import pipelines
-    except ImportError:
-        from mlcontainer_magics import core
-
-        pipelines = types.ModuleType("mlcontainer_magics.core.pipelines")
-        monkeypatch.setitem(sys.modules, pipelines.__name__, pipelines)
-        monkeypatch.setattr(core, "pipelines", pipelines, raising=False)
-    monkeypatch.setattr(pipelines, "rerun_pipeline", rerun_pipeline, raising=False)
-    monkeypatch.setattr(export_module, "export_pipeline", export_pipeline, raising=False)
-    return calls
+    backend, base, context = (
+        DockerBackend(namespace=namespace),
+        EnvSpec("python:3.11-slim"),
+        {"kernel": "server-test"},
+    )
+    first = runs.execute(
+        RunSpec(code="x = 21", env_spec=base, name="make", outputs=("x",)),
+        backend,
+        store=store,
+        context=context,
+    )
+    second = runs.execute(
+        RunSpec(code="y = x * 2", env_spec=base, name="double", inputs=("x",), outputs=("y",)),
+        backend,
+        inputs={"x": first.values["x"]},
+        store=store,
+        context=context,
+    )
+    assert [p.get("snapshot") for p in store.get(second.run_id)["parents"]] == [first.run_id]
+    return first.run_id, second.run_id
 
 
-async def test_rerun_pipeline_action(jp_fetch, store, fake_pipelines):
-    store.put_many(PIPELINE)
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+async def test_rerun_pipeline_action(jp_fetch, store, real_pipeline):
+    first, second = real_pipeline
     data = body(
         await jp_fetch(
             "mlcontainer",
             "snapshots",
-            "translate",
+            second,
             "rerun",
             method="POST",
             body=json.dumps({"pipeline": True, "verify": True}),
         )
     )
-    assert fake_pipelines == [("rerun", PIPELINE[-1]["id"], True, "docker")]
-    assert data["id"] == "new3" and data["rerun_of"] == PIPELINE[-1]["id"]
-    assert data["verified"] is False and data["problems"] == ["doc differs"]
-    assert data["pipeline"]["first_difference"] == 3
-    assert [s["rerun_of"] for s in data["pipeline"]["steps"]] == [r["id"] for r in PIPELINE]
+    steps = data["pipeline"]["steps"]
+    assert [s["rerun_of"] for s in steps] == [first, second]
+    assert [s["status"] for s in steps] == ["done", "done"]
+    assert data["verified"] is True and data["problems"] == []
+    assert data["pipeline"]["first_difference"] is None
+    assert data["id"] == steps[-1]["id"] and store.get(data["id"])["rerun_of"] == second
 
 
-async def test_export_pipeline_action(jp_fetch, jp_serverapp, store, fake_pipelines):
-    store.put_many(PIPELINE)
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaks")
+async def test_export_pipeline_action(jp_fetch, jp_serverapp, store, real_pipeline):
+    _, second = real_pipeline
     data = body(
         await jp_fetch(
             "mlcontainer",
             "snapshots",
-            "translate",
+            second,
             "export",
             method="POST",
             body=json.dumps({"pipeline": True}),
         )
     )
-    assert fake_pipelines == [("export", PIPELINE[-1]["id"], False, "docker")]
-    assert data["path"].startswith("mlcontainer-exports/translate-pipeline-7a7a7a7a7a7a-")
-    assert data["files"] == ["run.sh", "steps"]
-    assert (Path(jp_serverapp.root_dir) / data["path"] / "run.sh").is_file()
+    folder = Path(jp_serverapp.root_dir) / data["path"]
+    assert data["path"].startswith(f"mlcontainer-exports/double-pipeline-{second}-")
+    assert {"run.sh", "steps", "README.md", "pipeline.json"} <= set(data["files"])
+    assert sorted(p.name for p in (folder / "steps").iterdir()) == ["01-make", "02-double"]
 
 
 # -- auth -------------------------------------------------------------------------------------

@@ -182,8 +182,9 @@ def write_staged(dest: Path, write) -> Path:
 def export_spec(record: dict):
     """The RunSpec of a snapshot as an export needs it: secret values are never recorded, and
     an export carries none (empty stand-ins). StoreError for a record with no spec."""
-    recorded = record.get("spec") if isinstance(record.get("spec"), dict) else {}
-    return spec_from_record(record, environ={k: "" for k, _ in recorded.get("env", [])})
+    recorded = record.get("spec")
+    env = recorded.get("env", []) if isinstance(recorded, dict) else []
+    return spec_from_record(record, environ={k: "" for k, _ in env})
 
 
 def serve_block(record: dict, name: str | None = None, entry: str | None = None) -> dict:
@@ -262,8 +263,8 @@ def _write_run_folder(
     (mlc / "cell.py").write_text(record["code"], encoding="utf-8")
     if values and (kept / "in").is_dir():
         shutil.copytree(kept / "in", mlc / "in")
-    manifest = {
-        "inputs": record.get("inputs") or {},
+    manifest: dict = {
+        "inputs": dict(record.get("inputs") or {}),  # a copy: a map's item input leaves it
         "outputs": list(spec.outputs),
         "host": host or {"python": "", "numpy": False, "pyarrow": False},
     }

@@ -75,7 +75,9 @@ def pipeline_of(g: lineage.Graph, records: Mapping[str, dict]) -> Pipeline:
     number = {sid: i for i, sid in enumerate(order, 1)}
     gone = [sid for sid in order if sid not in records]
     if gone:
-        takers = sorted({e["to"] for e in g.edges if e["from"] == gone[0]}, key=number.get)
+        takers = sorted(
+            {e["to"] for e in g.edges if e["from"] == gone[0]}, key=lambda sid: number[sid]
+        )
         raise StoreError(
             f"Step {number[gone[0]]} ({gone[0]}) of the pipeline that led to {g.root} was "
             "removed (its values went to "
@@ -262,7 +264,7 @@ def format_rerun(rerun: PipelineRerun) -> str:
             lines.append(f"{head}: not run")
             continue
         outcome, problems = ran[step.id]
-        status = REASONS.get(outcome.result.reason, outcome.result.reason)
+        status = REASONS.get(outcome.reason, outcome.reason)
         if problems:
             lines.append(f"{head} -> {outcome.run_id}: {status}, NOT reproduced")
             lines += [f"  - {p}".replace("\n", "\n    ") for p in problems]
@@ -274,6 +276,7 @@ def format_rerun(rerun: PipelineRerun) -> str:
 
 def stopped_at(rerun: PipelineRerun) -> str:
     """``step 2/3 detect (abc123)``: the step that stopped the pipeline."""
+    assert rerun.first_difference is not None, "asked only of a rerun that stopped"
     step = rerun.pipeline.steps[rerun.first_difference - 1]
     return f"{rerun.pipeline.label(step)} ({step.id})"
 
@@ -299,6 +302,7 @@ def format_diff(a: Pipeline, b: Pipeline) -> str:
         sb = b.steps[i] if i < len(b.steps) else None
         if sa is None or sb is None:
             only, which = (sb, "B") if sa is None else (sa, "A")
+            assert only is not None, "i is below the longer one's length"
             out.append(f"step {i + 1} {only.name} {only.id}: only in {which}")
             changed.append(f"{i + 1} {only.name}")
             continue

@@ -52,6 +52,11 @@ class RunOutcome:
     def ok(self) -> bool:
         return self.result is not None and self.result.reason == "done"
 
+    @property
+    def reason(self) -> str:
+        """How it ended (RunResult.reason); "failed" for a run that never got a result."""
+        return self.result.reason if self.result is not None else "failed"
+
 
 # Run folders go to a RAM-backed filesystem (tmpfs) when one has room: a large value then
 # crosses at memory speed. On disk (ext4, measured 2026-12-01) a container's np.save of 200 MB

@@ -46,7 +46,7 @@ def rerun_on(backends: Backends) -> Action:
             "id": outcome.run_id,
             "rerun_of": record["id"],
             "backend": backend.name,
-            "status": outcome.result.reason,
+            "status": outcome.reason,
             "verified": (not problems) if verify else None,
             "problems": problems,
         }
@@ -57,8 +57,7 @@ def rerun_on(backends: Backends) -> Action:
 def _rerun_pipeline(store, record: dict, backends: Backends, override, verify: bool) -> dict:
     """Every step that led to ``record``, re-run in order: the last new run as a rerun's
     answer, and each step's under ``pipeline``."""
-    # Imported here: core/pipelines.py is newer than this module's other imports.
-    from ..core import pipelines
+    from ..core import pipelines  # on first use, as the other actions import theirs
 
     result = pipelines.rerun_pipeline(
         store,
@@ -67,11 +66,11 @@ def _rerun_pipeline(store, record: dict, backends: Backends, override, verify: b
         verify=verify,
         secrets_file=backends.settings.secrets_file,
     )
-    steps = [
+    steps: list[dict] = [
         {
             "rerun_of": old_id,
             "id": outcome.run_id,
-            "status": outcome.result.reason,
+            "status": outcome.reason,
             "problems": list(problems),
         }
         for old_id, outcome, problems in result.steps
@@ -103,8 +102,7 @@ def export_under(root_dir, backends: Backends) -> Action:
         dest = Path(root_dir) / EXPORTS / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         if pipeline:
-            # Imported here: export_pipeline is newer than this module's other imports.
-            from ..backends.export import export_pipeline
+            from ..backends.pipeline_export import export_pipeline
 
             export_pipeline(
                 store,

@@ -160,7 +160,7 @@ def container_name(step) -> str:
 
 def _container(step, spec, secret: str, repository: str, settings, keys) -> dict:
     """One step: its image, the runner, its out folder and, file by file, what it reads."""
-    mounts = [{"name": _values(step.folder), "mountPath": OUT_DIR}]
+    mounts: list[dict] = [{"name": _values(step.folder), "mountPath": OUT_DIR}]
     for _name, inside, source in step.inputs:
         path = f"{MLC_DIR}/in/{inside}"
         if source.kind == "notebook":
