@@ -269,9 +269,21 @@ def test_a_pipeline_of_conflicting_environments_reruns_and_verifies_without_its_
     assert [r["stdout"] for r in old[:2]] == ["ocr six 1.16.0\n", "1.15.0\n"]
     for record in old:
         # Each its own environment image, of this test session: never a shared base image.
-        labels = docker_client.images.get(record["env_image"]).labels
-        assert labels.get("org.mlcontainer.namespace") == namespace, record["env_image"]
-        docker_client.images.remove(record["env_image"], force=True)
+        image = docker_client.images.get(record["env_image"])
+        assert image.labels.get("org.mlcontainer.namespace") == namespace, record["env_image"]
+        # And every image of the session that holds the same lock (an earlier test may have
+        # rebuilt one from it): a rerun must find none to reuse.
+        lock_key = image.labels["org.mlcontainer.lock-key"]
+        same = docker_client.images.list(
+            filters={
+                "label": [
+                    f"org.mlcontainer.lock-key={lock_key}",
+                    f"org.mlcontainer.namespace={namespace}",
+                ]
+            }
+        )
+        for doomed in {i.id for i in [image, *same]}:
+            docker_client.images.remove(doomed, force=True)
 
     proc = cli("rerun", "translate", "--pipeline", "--verify")
     assert proc.returncode == 0, proc.stdout + proc.stderr
