@@ -169,9 +169,7 @@ def map_record(now: float = NOW, count: int = 12, failed=(7,)) -> dict:
             "exit_code": 0 if ok else 1,
             "attempts": 1 if ok and i != 3 else 2,
             "duration": round(1.1 + 0.37 * (i % 5), 2),
-            "outputs": {"score": {"format": "json", "digest": f"xxh3-128:{i:04x}ff"}}
-            if ok
-            else {},
+            "outputs": {"score": {"format": "json", "digest": f"xxh3-128:{i:04x}ff"}} if ok else {},
             "stdout_digest": "sha256:00",
         }
         if not ok:
@@ -184,7 +182,9 @@ def map_record(now: float = NOW, count: int = 12, failed=(7,)) -> dict:
         "notebook": "nb/sweep.ipynb",
         "kernel": "k1",
         "status": "failed" if failed else "done",
-        "reason": f"{len(failed)} items failed" if failed else "done",
+        "reason": (
+            f"{len(failed)} item{'s' if len(failed) > 1 else ''} failed" if failed else "done"
+        ),
         "created": now - 90,
         "finished": now - 60,
         "duration": 30.4,

@@ -90,13 +90,14 @@ export function itemCounts(items: IMapItem[]): string {
   return reasons.map(r => `${counts.get(r)} ${r}`).join(', ');
 }
 
-/** An item's facts after its index: `1.5s`, `1.5s · 2 attempts`. */
-export function itemFacts(item: IMapItem): string {
+/** An item's facts after its index: `1.5s`, `1.5s · 2 attempts`; `compact`: `1.5s ×2`, for
+ * the items' grid (whose cells say it in full as their tooltip). */
+export function itemFacts(item: IMapItem, compact = false): string {
   const parts = [item.duration === null ? MISSING : formatDuration(item.duration)];
   if (item.attempts > 1) {
-    parts.push(plural(item.attempts, 'attempt'));
+    parts.push(compact ? `×${item.attempts}` : plural(item.attempts, 'attempt'));
   }
-  return parts.join(' · ');
+  return parts.join(compact ? ' ' : ' · ');
 }
 
 /** A failed item's line: `item 7 · failed · exit 1 · 2 attempts · 2.6s`. */

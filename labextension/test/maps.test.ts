@@ -104,6 +104,8 @@ describe('an item', () => {
     expect(itemFacts(item())).toBe('1.5s');
     expect(itemFacts(item({ attempts: 2 }))).toBe('1.5s · 2 attempts');
     expect(itemFacts(item({ duration: null }))).toBe('–');
+    expect(itemFacts(item({ attempts: 3 }), true)).toBe('1.5s ×3');
+    expect(itemFacts(item(), true)).toBe('1.5s');
   });
 
   it('that failed says its index, how, its exit code and attempts', () => {

@@ -404,7 +404,7 @@ def gather(
         "done" if ok else ("stopped" if stopped else "failed"),
         "".join(r.stdout for r in ordered),
         "".join(r.stderr for r in ordered),
-        message=None if ok else f"{sum(r['reason'] != 'done' for r in records)} items failed",
+        message=None if ok else _failed_text(sum(r["reason"] != "done" for r in records)),
     )
     outcome.map = {
         "name": mapped.name,
@@ -413,6 +413,11 @@ def gather(
         "retries": mapped.retries,
         "items": records,
     }
+
+
+def _failed_text(n: int) -> str:
+    """A map's reason: ``1 item failed``, ``3 items failed``."""
+    return f"{n} item{'' if n == 1 else 's'} failed"
 
 
 def _gathered(values: dict[str, list], kept: Path | None) -> dict:

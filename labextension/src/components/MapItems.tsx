@@ -68,12 +68,12 @@ export function MapItems({
 }
 
 function ItemCell({ item }: { item: IMapItem }): JSX.Element {
-  const facts = itemFacts(item);
+  const facts = itemFacts(item, true);
   return (
     <li
       className={`mlc-MapItem mlc-MapItem-${itemTone(item.reason)}`}
       data-item={item.index}
-      title={`item ${item.index}: ${item.reason} · ${facts}`}
+      title={`item ${item.index}: ${item.reason} · ${itemFacts(item)}`}
     >
       <span className={`mlc-Dot mlc-Dot-${itemTone(item.reason)}`} aria-hidden="true" />
       <span className="mlc-MapIndex">{item.index}</span>
