@@ -65,6 +65,17 @@ def test_items_of_refuses_what_it_cannot_map(value, words):
     assert words in str(e.value)
 
 
+def test_encoded_size_is_about_an_items_file_at_least():
+    """What a backend's check_map is told of the items before anything is built."""
+    assert transfer.encoded_size("abc") == 5  # "abc" in JSON
+    assert transfer.encoded_size(b"\0" * 10) == 10 and transfer.encoded_size(b"") == 0
+    assert transfer.encoded_size(np.zeros((4, 8))) == 256
+    assert transfer.encoded_size([1.5, 2, {"a": None}]) == len('[1.5, 2, {"a": null}]')
+    assert transfer.encoded_size(object()) == 0  # pickled: not known without pickling it
+    # The default check_map (Docker's) refuses no size.
+    assert FakeItems().check_map(_spec(map=specs.MapSpec("x")), [10**9], 10**9) is None
+
+
 def test_an_item_that_cannot_be_sent_is_named_by_its_index():
     with pytest.raises(SpecError, match=r"^--map xs\[1\]: .*cannot be sent"):
         maps.items_of([1, threading.Lock()], "xs")

@@ -222,6 +222,12 @@ def execute_map(
             raise SpecError(
                 f"--item {index}: the map has {len(items)} items, 0 to {len(items) - 1}."
             )
+    # Before the environment is built (or pushed): a backend that cannot carry the items
+    # (too large for a Kubernetes Secret) says so now.
+    shared = sum(
+        transfer.encoded_size(inputs[n]) for n in spec.inputs if n != mapped.name and n in inputs
+    )
+    backend.check_map(spec, [transfer.encoded_size(items[i]) for i in chosen], shared)
     store, events = options.get("store"), options.get("events") or no_events
     algorithms = dict(options.get("output_digests") or {})
 
