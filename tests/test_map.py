@@ -576,6 +576,10 @@ def test_an_exported_map_runs_every_item_with_plain_docker(ip, store_of_ip, tmp_
         env={**os.environ, "MLCONTAINER_STORE": str(store.root)},
     )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        f"exported the map (4 items) to {dest}: docker build -t snapshot-{record['id']} {dest} "
+        f"&& sh {dest}/run-items.sh (README.md says how to run one item)"
+    )
     script = dest / "run-items.sh"
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
     text = script.read_text()
