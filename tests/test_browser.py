@@ -23,7 +23,7 @@ from pathlib import Path
 
 import fake_service
 import pytest
-from test_server import pipeline_records
+from test_server import map_record, pipeline_records
 
 from mlcontainer_magics.core.store import Store
 
@@ -456,6 +456,54 @@ def test_sidebar_shows_a_pipelines_lineage(start_lab, browser):
         "class"
     )
     assert not first_graph.get_by_role("button", name="Re-run pipeline").count()
+    assert errors == [], errors
+
+
+def test_sidebar_shows_a_map_with_its_items(start_lab, browser):
+    """A map (--map shards, 12 items, one failed) is one entry in the list that says so; its
+    details show every item (index, colour, duration, attempts) and the failed one's error,
+    whose traceback opens."""
+    record = map_record(time.time())
+    lab = start_lab([RECORDS[0], record])
+    page, errors = open_lab(browser, lab)
+    sidebar = page.locator(SIDEBAR)
+    row = sidebar.locator(f'li.mlc-Row[data-snapshot="{record["id"]}"]')
+    row.wait_for(timeout=20_000)
+    assert row.locator(".mlc-MapTag").inner_text() == "map · 12 items · 1 failed"
+    assert not sidebar.locator(f'li[data-snapshot="{RECORDS[0]["id"]}"] .mlc-MapTag').count()
+    row.locator("button.mlc-RowToggle").click()
+    grid = row.locator(".mlc-MapGrid")
+    grid.locator(".mlc-MapItem").nth(11).wait_for(timeout=20_000)
+    cells = grid.locator(".mlc-MapItem")
+    assert [cells.nth(i).get_attribute("data-item") for i in range(12)] == [
+        str(i) for i in range(12)
+    ]
+    assert "mlc-MapItem-bad" in cells.nth(7).get_attribute("class")
+    assert all("mlc-MapItem-ok" in cells.nth(i).get_attribute("class") for i in range(7))
+    assert cells.nth(3).inner_text().split() == ["3", "2.2s", "×2"]
+    assert cells.nth(3).get_attribute("title") == "item 3: done · 2.2s · 2 attempts"
+    assert cells.nth(0).inner_text().split() == ["0", "1.1s"]
+    details = row.locator(".mlc-Details")
+    assert "11 done, 1 failed · over shards · parallel 4 · retries 1" in details.inner_text()
+    failed = details.locator(".mlc-MapFailedItem")
+    assert failed.count() == 1
+    assert failed.locator("summary").inner_text().split("\n") == [
+        "item 7 · failed · exit 1 · 1.8s · 2 attempts",
+        "KeyError: 'n'",
+    ]
+    trace = failed.locator("pre.mlc-MapTrace")
+    assert not trace.is_visible()
+    failed.locator("summary").click()
+    trace.wait_for(state="visible", timeout=5_000)
+    assert "return int(shard['n'])" in trace.inner_text()
+    # Nothing of the items is cut off at the sidebar's edge.
+    assert grid.evaluate("e => e.scrollWidth <= e.clientWidth"), "the items scroll"
+    # In the default (narrow) sidebar the items sit several to a line.
+    tops = {round(cells.nth(i).bounding_box()["y"]) for i in range(12)}
+    assert len(tops) <= 6, tops
+    row.evaluate("e => e.scrollIntoView({block: 'start'})")
+    shot(page, "sidebar-map.png")
+    element_shot(row, "sidebar-map-details.png")
     assert errors == [], errors
 
 

@@ -602,6 +602,51 @@ def test_items_too_large_for_a_secret_fail_before_anything_is_sent(backend, k8s_
     assert not k8s_fake.list("secrets", NS) and not k8s_fake.list("jobs", NS)
 
 
+def test_a_map_too_large_for_the_secret_is_refused_before_the_image_is_built_or_pushed(
+    k8s_fake, tmp_path, monkeypatch
+):
+    """Plain data whose JSON adds up to over 1 MiB (no array, no text: sized as JSON) is
+    refused by the backend's check_map before ensure_environment: nothing was built nor pushed,
+    no Secret nor Job created, no snapshot recorded as running."""
+    from mlcontainer_magics.backends.kubernetes import registry as registries
+
+    built, pushed = [], []
+
+    class Docker:  # the environment's build: must not be reached
+        client = None
+
+        def ensure_environment(self, env_spec, **kw):
+            built.append(env_spec)
+            return ENV
+
+    monkeypatch.setattr(registries, "push_image", lambda *a, **k: pushed.append(a) or IMAGE)
+    backend = backend_for(k8s_fake, registry="127.0.0.1:5000", docker_backend=Docker())
+    items = [[0.123456789] * 30_000 for _ in range(4)]  # about 390 KiB of JSON each
+    with pytest.raises(SpecError) as info:
+        execute(backend, tmp_path, map_spec(code="y = len(x)\n"), items)
+    message = str(info.value)
+    assert "at least 1.5" in message and "4 items of" in message and "1 MiB" in message
+    assert "nothing was built or pushed" in message and "Docker backend" in message
+    assert built == [] and pushed == []
+    assert k8s_fake.list("secrets", NS) == [] and k8s_fake.list("jobs", NS) == []
+    assert Store(tmp_path / "store").count() == 0
+    # The same items, small enough, go on to the build and the push.
+    k8s_fake.script("mlc-", run=item_pod(compute=len))
+    outcome, _, _ = execute(backend, tmp_path, map_spec(code="y = len(x)\n"), [[1.0] * 10] * 4)
+    assert outcome.ok and len(built) == 1 and len(pushed) == 1
+
+
+def test_check_map_size_counts_items_shared_values_code_and_runner():
+    spec = map_spec()
+    indexed.check_map_size(spec, [300 * 1024] * 3, 50 * 1024, runner=20_000)  # < 1 MiB
+    with pytest.raises(
+        SpecError,
+        match=r"3 items of 900.0 KiB, the largest 300.0 KiB; the "
+        r"shared --in values 150.0 KiB",
+    ):
+        indexed.check_map_size(spec, [300 * 1024] * 3, 150 * 1024, runner=20_000)
+
+
 def test_an_old_cluster_shares_one_backoff_limit_and_is_told_so_once(tmp_path, monkeypatch):
     from k8s_fake import FakeKubernetes
 

@@ -4,7 +4,11 @@ then maps on the real engine."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +19,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from conftest import wait_for
-from mlcontainer_magics.core import maps, verbs
+from mlcontainer_magics.core import maps, runs, transfer, verbs
 from mlcontainer_magics.core import spec as specs
 from mlcontainer_magics.core.backend import Backend, RunResult, item_out_dir
 from mlcontainer_magics.core.events import Phase
@@ -59,6 +63,17 @@ def test_items_of_refuses_what_it_cannot_map(value, words):
     with pytest.raises(SpecError, match=r"^--map xs") as e:
         maps.items_of(value, "xs")
     assert words in str(e.value)
+
+
+def test_encoded_size_is_about_an_items_file_at_least():
+    """What a backend's check_map is told of the items before anything is built."""
+    assert transfer.encoded_size("abc") == 5  # "abc" in JSON
+    assert transfer.encoded_size(b"\0" * 10) == 10 and transfer.encoded_size(b"") == 0
+    assert transfer.encoded_size(np.zeros((4, 8))) == 256
+    assert transfer.encoded_size([1.5, 2, {"a": None}]) == len('[1.5, 2, {"a": null}]')
+    assert transfer.encoded_size(object()) == 0  # pickled: not known without pickling it
+    # The default check_map (Docker's) refuses no size.
+    assert FakeItems().check_map(_spec(map=specs.MapSpec("x")), [10**9], 10**9) is None
 
 
 def test_an_item_that_cannot_be_sent_is_named_by_its_index():
@@ -535,6 +550,106 @@ def test_a_failing_item_is_reported_by_index_and_the_others_are_kept(ip, store_o
     with pytest.raises(MapError) as e:
         cell(ip, "--map xs --parallel 2 --out y", "y = 12 // xs")
     assert [f["index"] for f in e.value.failed] == [2]
+
+
+@on_engine
+def test_an_exported_map_runs_every_item_with_plain_docker(ip, store_of_ip, tmp_path, namespace):
+    """`mlcontainer export ID DIR` of a map: the image runs the item MLC_INDEX says (and says
+    plainly that it needs one), run-items.sh runs all of them with plain docker, each item's
+    --out values in items/NNNNN/ with the digests the map recorded."""
+    store = store_of_ip
+    ip.user_ns.update(ws=["a", "bb", "ccc", "dddd"], k=3)
+    cell(
+        ip,
+        "-n lens --map ws --parallel 2 --in k --out n",
+        "import os\nn = [len(ws) * k, int(os.environ['MLC_INDEX'])]\n"
+        "print('item', os.environ['MLC_INDEX'])",
+    )
+    record = newest(store)
+    assert record["status"] == "done" and record["map"]["count"] == 4
+    dest = tmp_path / "exported"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "export", record["id"], dest],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MLCONTAINER_STORE": str(store.root)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        f"exported the map (4 items) to {dest}: docker build -t snapshot-{record['id']} {dest} "
+        f"&& sh {dest}/run-items.sh (README.md says how to run one item)"
+    )
+    script = dest / "run-items.sh"
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert text.startswith("#!/bin/sh\n") and "set -eu" in text
+    assert 'PARALLEL="${MLC_PARALLEL:-2}"' in text and "xargs -n 1 -P" in text
+    readme = (dest / "README.md").read_text()
+    assert "a map of 4 items" in readme
+    assert f'docker run --rm -e MLC_INDEX=3 -v "$PWD/out:/mlc/out" snapshot-{record["id"]}' in (
+        readme
+    )
+    assert "sh run-items.sh" in readme and "items/NNNNN/" in readme
+    manifest = json.loads((dest / "mlc" / "manifest.json").read_text())
+    assert manifest["map"]["count"] == 4 and "ws" not in manifest["inputs"]
+
+    image = f"{namespace}-map-export:{record['id']}"
+    try:
+        build = subprocess.run(
+            ["docker", "build", "-q", "-t", image, str(dest)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert build.returncode == 0, build.stderr[-3000:]
+        # Without MLC_INDEX the image runs nothing, and says what to do.
+        plain = subprocess.run(
+            ["docker", "run", "--rm", image], capture_output=True, text=True, timeout=120
+        )
+        assert plain.returncode == 2 and plain.stdout == ""
+        assert "MLC_INDEX is unset" in plain.stderr and "-e MLC_INDEX=0" in plain.stderr
+        assert "run-items.sh" in plain.stderr
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        run = subprocess.run(
+            ["sh", str(script)],
+            cwd=elsewhere,
+            env={**os.environ, "MLC_MAP_IMAGE": image},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(run.stdout.splitlines()[:-1]) == [f"item {i}: done" for i in range(4)]
+    assert run.stdout.splitlines()[-1].startswith("all 4 items done")
+    for item in record["map"]["items"]:
+        folder = dest / "items" / f"{item['index']:05d}"
+        recorded = item["outputs"]["n"]["digest"]
+        made = folder / "v-n.json"
+        assert transfer.file_digest(made, transfer.digest_algorithm(recorded)) == recorded
+        assert json.loads(made.read_text()) == [
+            len(ip.user_ns["ws"][item["index"]]) * 3,
+            item["index"],
+        ]
+        stdout = (folder / "stdout.txt").read_text()
+        assert stdout == f"item {item['index']}\n"
+        assert runs.text_digest(stdout) == item["stdout_digest"]
+        assert (folder / "exit-code").read_text() == "0\n"
+    gone = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
+    assert gone.returncode != 0
+    # Without the image, the script says how to build it, and runs nothing.
+    again = subprocess.run(
+        ["sh", str(script)],
+        env={**os.environ, "MLC_MAP_IMAGE": image},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 1 and f"build it first: docker build -t {image}" in again.stderr
+    assert (dest / "items" / "00003" / "v-n.json").exists()  # the last run's are kept
 
 
 @on_engine

@@ -145,6 +145,62 @@ def pipeline_records(now: float = NOW) -> list[dict]:
 
 PIPELINE = pipeline_records()
 
+MAP_TRACEBACK = (
+    "Traceback (most recent call last):\n"
+    '  File "/mlc/cell.py", line 4, in <module>\n'
+    "    value = parse(shard)\n"
+    '  File "/mlc/cell.py", line 2, in parse\n'
+    "    return int(shard['n'])\n"
+    "KeyError: 'n'"
+)
+
+
+def map_record(now: float = NOW, count: int = 12, failed=(7,)) -> dict:
+    """A done map of ``count`` items, ``--parallel 4 --retries 1``, as core/maps.py records it:
+    the items in ``failed`` failed after two attempts, with their traceback; another took two
+    attempts to succeed."""
+
+    def item(i):
+        ok = i not in failed
+        rec = {
+            "index": i,
+            "input_digest": f"xxh3-128:{i:04x}",
+            "reason": "done" if ok else "failed",
+            "exit_code": 0 if ok else 1,
+            "attempts": 1 if ok and i != 3 else 2,
+            "duration": round(1.1 + 0.37 * (i % 5), 2),
+            "outputs": {"score": {"format": "json", "digest": f"xxh3-128:{i:04x}ff"}} if ok else {},
+            "stdout_digest": "sha256:00",
+        }
+        if not ok:
+            rec["error"] = MAP_TRACEBACK
+        return rec
+
+    return {
+        "id": "3a93a93a93a9",
+        "name": "score-shards",
+        "notebook": "nb/sweep.ipynb",
+        "kernel": "k1",
+        "status": "failed" if failed else "done",
+        "reason": (
+            f"{len(failed)} item{'s' if len(failed) > 1 else ''} failed" if failed else "done"
+        ),
+        "created": now - 90,
+        "finished": now - 60,
+        "duration": 30.4,
+        "exit_code": 1 if failed else 0,
+        "env_image": "mlcontainer-env:3a93",
+        "image_size": 210_000_000,
+        "spec": {"map": {"name": "shards", "parallel": 4, "retries": 1}},
+        "map": {
+            "name": "shards",
+            "count": count,
+            "parallel": 4,
+            "retries": 1,
+            "items": [item(i) for i in range(count)],
+        },
+    }
+
 
 @pytest.fixture
 def store(tmp_path):
@@ -189,6 +245,28 @@ async def test_list_newest_first_with_total(jp_fetch):
     assert first["name"] == "train" and first["image_size"] == 420_000_000
     assert first["notebook_path"] == "nb/train.ipynb"
     assert "stdout" not in first  # summaries only
+
+
+async def test_list_says_which_snapshots_are_maps(jp_fetch, store):
+    """A map is one snapshot; its summary says so (its items, how many failed), and the full
+    record has every item."""
+    record = map_record()
+    running = dict(map_record(), id="4a94a94a94a9", status="running", created=NOW - 5)
+    for key in ("map", "finished", "duration", "exit_code", "reason"):
+        running.pop(key)
+    store.put_many([record, running])
+    items = {i["id"]: i for i in body(await jp_fetch("mlcontainer", "snapshots"))["items"]}
+    assert items[record["id"]]["map"] == {"name": "shards", "count": 12, "failed": 1, "parallel": 4}
+    assert items[running["id"]]["map"] == {
+        "name": "shards",
+        "count": None,
+        "failed": None,
+        "parallel": 4,
+    }
+    assert all(items[r["id"]]["map"] is None for r in RECORDS)
+    full = body(await jp_fetch("mlcontainer", "snapshots", record["id"]))
+    assert [i["index"] for i in full["map"]["items"]] == list(range(12))
+    assert full["map"]["items"][7]["error"].endswith("KeyError: 'n'")
 
 
 async def test_list_paginates(jp_fetch):

@@ -1,6 +1,8 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import type { IMapSummary } from './maps';
+
 /** The server extension's namespace under the server's base URL. */
 export const API_NAMESPACE = 'mlcontainer';
 
@@ -18,6 +20,8 @@ export interface ISnapshotSummary {
   env_image: string | null;
   image_size: number | null;
   session: string | null;
+  /** A map's (`--map`): its items and how many failed; null or absent for other runs. */
+  map?: IMapSummary | null;
 }
 
 /** A folder or file a cell saw, as its record keeps it (one line per mount). */
@@ -75,6 +79,8 @@ export interface IRunning {
   state: string | null;
   status: string | null;
   started: string | null;
+  /** A map's item containers running now: a map is one entry. */
+  items?: number | null;
   notebook?: string | null;
   notebook_path?: string | null;
   snapshot_status?: string | null;

@@ -529,3 +529,50 @@ it('shows no graph for a snapshot that took nothing from another', async () => {
   expect(details.querySelector('.mlc-Lineage')).toBeNull();
   expect(texts('button', details)).not.toContain('Re-run pipeline');
 });
+
+it('shows a running map as one entry with its items, and a map snapshot as a map', async () => {
+  const MAP = summary('map1', {
+    name: 'sweep',
+    status: 'running',
+    finished: null,
+    duration: null,
+    map: { name: 'shards', count: null, failed: null, parallel: 4 }
+  });
+  const DONE = summary('map0', {
+    name: 'sweep',
+    status: 'failed',
+    map: { name: 'shards', count: 12, failed: 2, parallel: 4 }
+  });
+  server()
+    .on('GET running', {
+      body: {
+        items: [
+          {
+            id: 'map1',
+            container: 'c9',
+            name: 'sweep',
+            state: 'running',
+            status: 'Up 3 seconds',
+            items: 4,
+            snapshot_status: 'running'
+          }
+        ]
+      }
+    })
+    .on('GET snapshots', {
+      body: { items: [MAP, DONE, K8S], total: 3, limit: 50, offset: 0 }
+    });
+  await show();
+  const running = el.querySelectorAll('li.mlc-RunningRow');
+  expect(running).toHaveLength(1);
+  expect(running[0].querySelector('.mlc-RowMeta')?.textContent).toContain(
+    'map · 4 items running · Up 3 seconds'
+  );
+  expect(texts('li[data-snapshot="map0"] .mlc-MapTag')).toEqual([
+    'map · 12 items · 2 failed'
+  ]);
+  expect(
+    texts('li.mlc-Row:not(.mlc-RunningRow)[data-snapshot="map1"] .mlc-MapTag')
+  ).toEqual(['map over shards']);
+  expect(el.querySelector('li[data-snapshot="k8s1"] .mlc-MapTag')).toBeNull();
+});

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -28,7 +29,7 @@ from ..core.services import services_of
 from ..core.snapshots import spec_from_record
 from ..core.spec import parse_serve, serve_manifest
 from ..errors import SpecError
-from ..runner import SERVE_PORT, runner_source
+from ..runner import OUT_DIR, SERVE_PORT, runner_source
 from .docker import build as render
 from .kubernetes.export import write_job_manifest, write_service_manifest
 from .kubernetes.objects import settings_from, with_secrets
@@ -79,6 +80,39 @@ Once the cell has run (it prints a `serving:` line), call it:
   names the service (its `serve` block).
 {data}{secrets}"""
 
+MAP_README = """# Snapshot {id}{name}: a map of {count} items
+
+A containerized notebook cell that ran once per item of the notebook value `{map_name}`
+(`%%containerize --map {map_name}`), exported by mlcontainer-magics. Each container runs one
+item, the one `MLC_INDEX` says (0 to {last}). Build the image with Docker alone:
+
+    docker build -t snapshot-{id} .
+
+Run one item, e.g. item 3 (its `--out` values land in the mounted folder):
+
+    mkdir -p out && chmod 0777 out
+    docker run --rm -e MLC_INDEX=3 -v "$PWD/out:/mlc/out" snapshot-{id}
+
+Run all of them, at most {parallel} at once (`MLC_PARALLEL=8 sh run-items.sh` for another
+bound; `MLC_MAP_IMAGE` names another image):
+
+    sh run-items.sh
+
+Each item's `--out` values land in `items/NNNNN/` (NNNNN its position, 00000 to {last_dir}),
+beside what it printed (`stdout.txt`, `stderr.txt`) and its exit status (`exit-code`); the
+script says which items failed and ends with status 1 if any did. Without `MLC_INDEX` the
+image runs nothing and says so.
+
+- `Dockerfile` starts from `{base}` (image id `{base_id}` when recorded), installs the Debian
+  packages and the exact pins of `requirements.lock` (with hashes) from `wheels/`, offline.
+- `mlc/cell.py` is the cell's code; `mlc/in/{map_name}/` holds the items, one file each, and
+  `mlc/in/` the values every item shares; `mlc/manifest.json` lists the items (its `map`
+  block) with their digests; `mlc/runner.py` runs the cell on one item as the notebook did
+  (standard library only).
+- `snapshot.json` is the map's record: its `map` block has each item's recorded output digests
+  (`--out` values) and how it ended; recorded stdout of all items: `expected-stdout.txt`.
+{data}{secrets}"""
+
 DATA_COPIED = """\
 - Mounted inputs travel in `data/` (at the paths the cell read them); `DATA.md` lists
   their recorded digests.
@@ -123,9 +157,23 @@ def export(
     spec = export_spec(record)
     folder = store.artifacts_dir(record["id"])
 
+    mapped = _map_block(folder) if serving is None else None
+
     def write(staging: Path) -> None:
         _write_run_folder(staging / "mlc", record, spec, folder, serving)
-        _write_build_context(staging, record, spec, backend, data_limit, serving)
+        listed = _write_build_context(
+            staging,
+            record,
+            spec,
+            backend,
+            data_limit,
+            serving,
+            readme=MAP_README if mapped is not None else None,
+        )
+        if mapped is not None:
+            script = staging / "run-items.sh"
+            script.write_text(run_items_script(record, spec, mapped, listed))
+            script.chmod(0o755)
         if tar:
             backend.save_image(
                 record.get("env_image_id") or spec.env_spec.base_image, staging / "image.tar"
@@ -285,6 +333,101 @@ def _map_block(kept: Path) -> dict | None:
         return None
 
 
+def docker_run_options(spec, record: dict, listed=None) -> list[str]:
+    """``docker run`` options that make a container as the run's was recorded: its network,
+    resources and environment (a secret's value from the caller's environment, never here),
+    and the mounted inputs too large to travel with it (``listed``)."""
+    out: list[str] = []
+    if spec.network == "none":
+        out += ["--network", "none"]
+    if spec.cpus is not None:
+        out += ["--cpus", str(spec.cpus)]
+    if spec.memory is not None:
+        out += ["--memory", str(spec.memory)]
+    if spec.gpus is not None:
+        out += ["--gpus", shlex.quote(str(spec.gpus))]
+    recorded = dict((record.get("spec") or {}).get("env") or [])
+    for key, value in spec.env:
+        secret = key in spec.secrets or recorded.get(key) == "***"
+        out += ["-e", shlex.quote(key if secret else f"{key}={value}")]
+    for key in spec.secrets:
+        if key not in dict(spec.env):
+            out += ["-e", shlex.quote(key)]
+    for m in listed or ():
+        out += ["-v", shlex.quote(f"{m['source']}:{m['target']}:ro")]
+    return out
+
+
+def run_items_script(record: dict, spec, mapped: dict, listed=None) -> str:
+    """run-items.sh of an exported map: every item with plain ``docker run --rm``, at most
+    the recorded --parallel at once (``xargs -P``), item NNNNN's --out values into
+    ``items/NNNNN/`` (mounted as /mlc/out), with what it printed and its exit status."""
+    count = int(mapped.get("count") or len(mapped.get("items") or []))
+    parallel = _recorded_parallel(record)
+    default = str(parallel) if parallel else "$(nproc 2>/dev/null || echo 2)"
+    options = " ".join(docker_run_options(spec, record, listed))
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            f"# Runs every item of the map {mapped.get('name')} of snapshot {record['id']}"
+            f" ({count} items) with plain docker,",
+            "# at most $MLC_PARALLEL at once; item NNNNN's --out values go to items/NNNNN/.",
+            "# Build the image first: docker build -t snapshot-" + record["id"] + " .",
+            "set -eu",
+            'HERE=$(cd "$(dirname "$0")" && pwd)',
+            f'IMAGE="${{MLC_MAP_IMAGE:-snapshot-{record["id"]}}}"',
+            f'PARALLEL="${{MLC_PARALLEL:-{default}}}"',
+            f"COUNT={count}",
+            "",
+            "# one item (run by xargs): run-items.sh --item POSITION",
+            'if [ "${1:-}" = --item ]; then',
+            '    dir="$HERE/items/$(printf %05d "$2")"',
+            '    rm -rf "$dir"',
+            '    mkdir -p "$dir"',
+            "    # The image runs as an unprivileged user (uid 1000), which must write there.",
+            '    chmod 0777 "$dir"',
+            "    status=0",
+            f'    docker run --rm {options + " " if options else ""}-e MLC_INDEX="$2" '
+            f'-v "$dir:{OUT_DIR}" "$IMAGE" \\',
+            '        >"$dir/stdout.txt" 2>"$dir/stderr.txt" || status=$?',
+            '    echo "$status" >"$dir/exit-code"',
+            '    if [ "$status" -ne 0 ]; then',
+            '        echo "item $2: failed (exit status $status):" \\',
+            '            "$(tail -n 1 "$dir/stderr.txt")" >&2',
+            "        exit 1",
+            "    fi",
+            '    echo "item $2: done"',
+            "    exit 0",
+            "fi",
+            "",
+            'if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then',
+            '    echo "run-items.sh: no image $IMAGE; build it first:" \\',
+            '        "docker build -t $IMAGE $HERE" >&2',
+            "    exit 1",
+            "fi",
+            'rm -rf "$HERE/items"',
+            'mkdir -p "$HERE/items"',
+            'echo "running $COUNT items of $IMAGE, at most $PARALLEL at once" >&2',
+            "seq 0 $((COUNT - 1)) |",
+            '    xargs -n 1 -P "$PARALLEL" sh "$HERE/run-items.sh" --item || true',
+            "failed=0",
+            "for position in $(seq 0 $((COUNT - 1))); do",
+            '    code="$HERE/items/$(printf %05d "$position")/exit-code"',
+            '    if [ ! -f "$code" ] || [ "$(cat "$code")" != 0 ]; then',
+            "        failed=$((failed + 1))",
+            "    fi",
+            "done",
+            'if [ "$failed" -ne 0 ]; then',
+            '    echo "run-items.sh: $failed of $COUNT items failed; their'
+            ' stderr.txt in $HERE/items/ says why" >&2',
+            "    exit 1",
+            "fi",
+            'echo "all $COUNT items done: their outputs are in $HERE/items/"',
+            "",
+        ]
+    )
+
+
 def _write_build_context(
     staging: Path,
     record: dict,
@@ -345,9 +488,32 @@ def _write_build_context(
             service=(serving or {}).get("name"),
             entry=(serving or {}).get("entry"),
             snapshot=record["id"],
+            **_map_fields(staging, record),
         )
     )
     return [] if copied else inputs
+
+
+def _recorded_parallel(record: dict) -> int | None:
+    """A map's --parallel as recorded; None: it was the backend's default."""
+    was = (record.get("map") or {}).get("parallel")
+    return was or ((record.get("spec") or {}).get("map") or {}).get("parallel")
+
+
+def _map_fields(staging: Path, record: dict) -> dict:
+    """MAP_README's fields, of the map block _write_run_folder wrote in mlc/manifest.json."""
+    try:
+        mapped = json.loads((staging / "mlc" / "manifest.json").read_text()).get("map") or {}
+    except (OSError, ValueError):
+        mapped = {}
+    count = int(mapped.get("count") or len(mapped.get("items") or []))
+    return {
+        "count": count,
+        "map_name": mapped.get("name"),
+        "last": count - 1,
+        "last_dir": f"{max(count - 1, 0):05d}",
+        "parallel": _recorded_parallel(record) or "as many as the machine has cores",
+    }
 
 
 def _write_data(staging: Path, inputs: list[dict], copy: bool) -> None:

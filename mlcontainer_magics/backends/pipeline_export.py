@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,14 @@ from ..core.spec import RunSpec
 from ..errors import SpecError, StoreError
 from ..runner import MLC_DIR, OUT_DIR
 from ..runner.mlc_runner import EXT
-from .export import _write_build_context, _write_run_folder, check_dest, export_spec, write_staged
+from .export import (
+    _write_build_context,
+    _write_run_folder,
+    check_dest,
+    docker_run_options,
+    export_spec,
+    write_staged,
+)
 from .kubernetes.pipeline import k8s_readme, k8s_repository, write_pipeline_manifest
 
 RUN_SCRIPT = "run.sh"
@@ -343,28 +349,8 @@ def run_script(root: str, steps: list[ExportStep], listed: dict | None = None) -
 
 
 def _run_options(step: ExportStep, listed=None) -> list[str]:
-    """``docker run`` options that make the step's container as it was recorded: its network,
-    resources and environment (a secret's value from the caller's environment, never here),
-    and the mounted inputs too large to travel with it."""
-    spec, out = step.spec, []
-    if spec.network == "none":
-        out += ["--network", "none"]
-    if spec.cpus is not None:
-        out += ["--cpus", str(spec.cpus)]
-    if spec.memory is not None:
-        out += ["--memory", str(spec.memory)]
-    if spec.gpus is not None:
-        out += ["--gpus", shlex.quote(str(spec.gpus))]
-    recorded = dict((step.record.get("spec") or {}).get("env") or [])
-    for key, value in spec.env:
-        secret = key in spec.secrets or recorded.get(key) == "***"
-        out += ["-e", shlex.quote(key if secret else f"{key}={value}")]
-    for key in spec.secrets:
-        if key not in dict(spec.env):
-            out += ["-e", shlex.quote(key)]
-    for m in listed or ():
-        out += ["-v", shlex.quote(f"{m['source']}:{m['target']}:ro")]
-    return out
+    """``docker run`` options that make the step's container as it was recorded."""
+    return docker_run_options(step.spec, step.record, listed)
 
 
 # -- README -----------------------------------------------------------------------------------

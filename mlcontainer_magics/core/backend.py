@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,6 +247,13 @@ class Backend(ABC):
                 "see this machine's files. Run the cell with --backend docker, or pass small "
                 "values with --in."
             )
+
+    def check_map(self, spec: RunSpec, item_sizes: Sequence[int], shared: int = 0) -> None:
+        """Refuse (SpecError), before the environment is built or pushed, a map (spec.map)
+        this backend cannot carry: ``item_sizes`` about the bytes of each item's file, at
+        least (transfer.encoded_size), ``shared`` those of the --in values every item
+        shares. The default refuses nothing."""
+        return None
 
     # -- where -----------------------------------------------------------------------------
 

@@ -222,6 +222,12 @@ def execute_map(
             raise SpecError(
                 f"--item {index}: the map has {len(items)} items, 0 to {len(items) - 1}."
             )
+    # Before the environment is built (or pushed): a backend that cannot carry the items
+    # (too large for a Kubernetes Secret) says so now.
+    shared = sum(
+        transfer.encoded_size(inputs[n]) for n in spec.inputs if n != mapped.name and n in inputs
+    )
+    backend.check_map(spec, [transfer.encoded_size(items[i]) for i in chosen], shared)
     store, events = options.get("store"), options.get("events") or no_events
     algorithms = dict(options.get("output_digests") or {})
 
@@ -404,7 +410,7 @@ def gather(
         "done" if ok else ("stopped" if stopped else "failed"),
         "".join(r.stdout for r in ordered),
         "".join(r.stderr for r in ordered),
-        message=None if ok else f"{sum(r['reason'] != 'done' for r in records)} items failed",
+        message=None if ok else _failed_text(sum(r["reason"] != "done" for r in records)),
     )
     outcome.map = {
         "name": mapped.name,
@@ -413,6 +419,11 @@ def gather(
         "retries": mapped.retries,
         "items": records,
     }
+
+
+def _failed_text(n: int) -> str:
+    """A map's reason: ``1 item failed``, ``3 items failed``."""
+    return f"{n} item{'' if n == 1 else 's'} failed"
 
 
 def _gathered(values: dict[str, list], kept: Path | None) -> dict:

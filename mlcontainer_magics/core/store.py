@@ -544,6 +544,38 @@ class Store:
         )
         return [dict(zip(SUMMARY_FIELDS, row)) for row in rows]
 
+    def map_summaries(self, ids) -> dict[str, dict]:
+        """Of those of ``ids`` that are maps (``--map``): ``{id: {"name", "count", "failed",
+        "parallel"}}``, read out of their records (``count`` and ``failed`` are None until
+        the items ended). For a page of the list, so only those records' JSON is parsed."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        rows = self._read(
+            "look up maps",
+            "SELECT id, coalesce(json_extract(record, '$.map.name'), "
+            "json_extract(record, '$.spec.map.name')), "
+            "json_extract(record, '$.map.count'), "
+            "(SELECT COUNT(*) FROM json_each(record, '$.map.items') "
+            " WHERE json_extract(value, '$.reason') IS NOT 'done'), "
+            "json_extract(record, '$.map.items') IS NOT NULL, "
+            "coalesce(json_extract(record, '$.map.parallel'), "
+            "json_extract(record, '$.spec.map.parallel')) "
+            f"FROM snapshots WHERE id IN ({', '.join('?' * len(ids))}) "
+            "AND coalesce(json_extract(record, '$.spec.map.name'), "
+            "json_extract(record, '$.map.name')) IS NOT NULL",
+            ids,
+        )
+        return {
+            sid: {
+                "name": name,
+                "count": count,
+                "failed": failed if ended else None,
+                "parallel": parallel,
+            }
+            for sid, name, count, failed, ended, parallel in rows
+        }
+
     def count(self, *, notebook=None, name=None, status=None) -> int:
         where, params = self._where(notebook, name, status)
         return self._read("count snapshots", f"SELECT COUNT(*) FROM snapshots{where}", params)[0][0]

@@ -67,6 +67,19 @@ def value_size(value) -> int:
     return 0
 
 
+def encoded_size(value) -> int:
+    """About the bytes a value's file takes, at least: arrays, bytes, text and DataFrames as
+    value_size says; plain data (JSON) as its JSON text; a value that would be pickled as 0
+    (knowing would cost the pickling). For a backend that bounds a payload (a map's items in
+    a Kubernetes Secret) before anything is built."""
+    size = value_size(value)
+    if size or isinstance(value, (bytes, bytearray)) or _is_ndarray(value):
+        return size + (2 if isinstance(value, str) else 0)
+    if json_exact(value):
+        return len(json.dumps(value).encode("utf-8"))
+    return 0
+
+
 def choose_format(value, *, peer_pyarrow: bool = True) -> str:
     if isinstance(value, (bytes, bytearray)) and type(value) in (bytes, bytearray):
         return "bytes"

@@ -4,6 +4,7 @@ CLI and the `%container` line magic (neither imports the other)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..backends import BACKENDS, Backends
 from ..backends.export import deploy_snapshot, export, parse_replicas
@@ -211,6 +212,12 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
             return (
                 f"exported to {dest}: docker build -t service {dest} && "
                 "docker run --rm -p 127.0.0.1:8080:8080 service (README.md says how to call it)"
+            )
+        if record.get("map") and (Path(dest) / "run-items.sh").is_file():
+            image = f"snapshot-{record['id']}"
+            return (
+                f"exported the map ({record['map'].get('count')} items) to {dest}: docker build "
+                f"-t {image} {dest} && sh {dest}/run-items.sh (README.md says how to run one item)"
             )
         return f"exported to {dest}: docker build -t snapshot {dest} && docker run --rm snapshot"
     if args.command == "deploy":

@@ -417,13 +417,18 @@ def map_item(mapped, environ=None):
     environ = os.environ if environ is None else environ
     text = environ.get(INDEX_ENV) or environ.get(JOB_INDEX_ENV)
     items = mapped.get("items") or []
+    if text is None:  # e.g. `docker run IMAGE` of an exported map
+        raise CellError("--map %s: this image runs one item of the %d at a time, the one %s "
+                        "says, and %s is unset: run e.g. `docker run --rm -e %s=0 IMAGE` "
+                        "(0 to %d), or every item with the export's run-items.sh"
+                        % (mapped.get("name"), len(items), INDEX_ENV, INDEX_ENV, INDEX_ENV,
+                           len(items) - 1))
     try:
         position = int(text)
     except (TypeError, ValueError):
-        raise CellError("--map %s: this container runs one item, but %s (or %s) is %s; set it "
+        raise CellError("--map %s: this container runs one item, but %s (or %s) is %r; set it "
                         "to the item's position, 0 to %d"
-                        % (mapped.get("name"), INDEX_ENV, JOB_INDEX_ENV,
-                           "unset" if text is None else repr(text), len(items) - 1))
+                        % (mapped.get("name"), INDEX_ENV, JOB_INDEX_ENV, text, len(items) - 1))
     if not 0 <= position < len(items):
         raise CellError("--map %s: %s=%d, but there are %d items (0 to %d)"
                         % (mapped.get("name"), INDEX_ENV, position, len(items), len(items) - 1))

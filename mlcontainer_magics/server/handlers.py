@@ -211,6 +211,8 @@ class SnapshotsHandler(BaseHandler):
 
         def page():
             items = self.store.list(limit=limit, offset=offset, **filters)
+            maps = self.store.map_summaries(i["id"] for i in items)
+            items = [dict(i, map=maps.get(i["id"])) for i in items]
             return items, self.store.count(**filters)
 
         items, total = await self._call(page)

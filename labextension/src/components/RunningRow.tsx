@@ -2,6 +2,7 @@ import * as React from 'react';
 
 import { IRunning } from '../api';
 import { basename, MISSING } from '../format';
+import { runningMapText } from '../maps';
 import { SnapshotLink } from './SnapshotLink';
 import { StatusBadge } from './StatusBadge';
 import { StopButton } from './StopButton';
@@ -23,6 +24,7 @@ export function RunningRow({
           </div>
           <div className="mlc-RowMeta">
             {run.notebook ? basename(run.notebook) + ' · ' : ''}
+            {typeof run.items === 'number' ? runningMapText(run.items) + ' · ' : ''}
             {run.status || MISSING} · {run.container}
             {run.snapshot_status && (
               <>

@@ -22,6 +22,7 @@ import { hasLineage } from '../lineage';
 import { DataIn, DataOut } from './DataList';
 import { LineageGraph } from './LineageGraph';
 import { LogView } from './LogView';
+import { MapItems } from './MapItems';
 import { PackageList } from './PackageList';
 import { SnapshotActions } from './SnapshotActions';
 import { SnapshotFields } from './SnapshotFields';
@@ -164,6 +165,7 @@ export function SnapshotDetails({
       )}
       {/* Where it ran is known once the full record is here (summaries lack it). */}
       <SnapshotFields id={id} record={r} where={record} />
+      <MapItems record={r} />
       <TimingsList timings={recordTimings(r)} />
       <PackageList packages={recordPackages(r)} />
       <DataIn mounts={recordMounts(r)} />

@@ -11,6 +11,7 @@ import {
   formatTime,
   isActive
 } from '../format';
+import { mapSummaryText } from '../maps';
 import { SnapshotDetails } from './SnapshotDetails';
 import { StatusBadge } from './StatusBadge';
 import { ISidebarProps } from './types';
@@ -59,6 +60,11 @@ export function SnapshotRow({
               ? ` · ${formatSize(s.image_size)}`
               : ''}
           </div>
+          {s.map && (
+            <div className="mlc-RowMeta mlc-MapTag" title={`--map ${s.map.name ?? ''}`}>
+              {mapSummaryText(s.map)}
+            </div>
+          )}
         </div>
       </button>
       {open && <SnapshotDetails summary={s} model={model} app={app} />}

@@ -53,7 +53,7 @@ from ...errors import (
     NamespaceMissing,
     SpecError,
 )
-from ...runner import COLLECTED, MARK, ONE_STREAM_ENV, OUT_DIR, RUNNER_COMMAND
+from ...runner import COLLECTED, MARK, ONE_STREAM_ENV, OUT_DIR, RUNNER_COMMAND, runner_source
 from . import indexed, objects
 from . import registry as registries
 from .client import (
@@ -372,6 +372,11 @@ class KubernetesBackend(ServiceMixin, Backend):
             self._active.pop(run_id, None)
             self._stopped.discard(run_id)
             self._remove(run, job=run.abandon)
+
+    def check_map(self, spec: RunSpec, item_sizes, shared: int = 0) -> None:
+        """A map whose items cannot travel in the Job's Secret is refused before the image
+        is built and pushed (indexed.check_map_size)."""
+        indexed.check_map_size(spec, item_sizes, shared, runner=len(runner_source()))
 
     def run_map(
         self,

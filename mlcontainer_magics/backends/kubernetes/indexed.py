@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from ...core.spec import RunSpec
 from ...errors import SpecError
@@ -201,6 +201,41 @@ def map_manifests(
             objects.network_policy_manifest(spec, snapshot_id=snapshot_id, namespace=namespace)
         )
     return out
+
+
+# Bytes of an item's line in the manifest's map block, at least ({"file": "in/x/00000.json",
+# "format": "json", "size": 1, "index": 0, "digest": "xxh3-128:" + 32 hex digits}).
+ITEM_ENTRY_BYTES = 100
+
+
+def check_map_size(
+    spec: RunSpec, item_sizes: Sequence[int], shared: int = 0, *, runner: int = 0
+) -> None:
+    """Refuse (SpecError) a map whose Secret would be over Kubernetes' 1 MiB for certain, from
+    what is known before anything is built: ``item_sizes`` (each item's file, at least),
+    ``shared`` (the --in values every item shares), the cell and ``runner`` (runner.py's
+    bytes). The Secret's exact size is checked again when it is made (secret_manifest)."""
+    items = sum(item_sizes)
+    total = (
+        items
+        + shared
+        + len(spec.code.encode("utf-8"))
+        + runner
+        + ITEM_ENTRY_BYTES * len(item_sizes)
+    )
+    if total <= objects.SECRET_MAX_BYTES:
+        return
+    largest = max(item_sizes, default=0)
+    parts = [f"{len(item_sizes)} items of {objects._size(items)}"]
+    if len(item_sizes) > 1:
+        parts[0] += f", the largest {objects._size(largest)}"
+    if shared:
+        parts.append(f"the shared --in values {objects._size(shared)}")
+    raise SpecError(
+        f"The map's items, code and inputs add up to at least {objects._size(total)} "
+        f"({'; '.join(parts)}), over the 1 MiB Kubernetes allows in the Job's Secret; nothing "
+        f"was built or pushed. {MAP_TOO_LARGE}"
+    )
 
 
 def map_payload(files: Mapping[str, bytes]) -> dict[str, bytes]:
