@@ -122,6 +122,32 @@ def stream_lines(chunks):
         yield pending.decode("utf-8", "replace")
 
 
+_CHORES: list[threading.Thread] = []
+_CHORES_LOCK = threading.Lock()
+
+
+def in_background(fn, *args) -> None:
+    """``fn(*args)``, quietly, off the caller's critical path: removing what a build no longer
+    needs (its container's files can take a second or two to delete). Not a daemon thread: the
+    interpreter waits for it at exit, so what it removes is gone before the process is."""
+    thread = threading.Thread(target=quietly, args=(fn, *args), name="mlcontainer-cleanup")
+    with _CHORES_LOCK:
+        _CHORES[:] = [t for t in _CHORES if t.is_alive()]
+        _CHORES.append(thread)
+    thread.start()
+
+
+def settle_background(timeout: float = 60.0) -> None:
+    """Wait (at most ``timeout`` seconds) until every ``in_background`` chore is done."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    with _CHORES_LOCK:
+        threads = list(_CHORES)
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0))
+
+
 def quietly(fn, *args, **kwargs) -> None:
     try:
         fn(*args, **kwargs)

@@ -37,6 +37,7 @@ from .archive import tar_bytes, untar_files
 from .engine import (
     LABEL,
     engine_errors,
+    in_background,
     is_local,
     make_labels,
     quietly,
@@ -214,6 +215,7 @@ class EnvironmentImages:
         self._ensure_volume(self.cache_volume)
         secrets = self.client.volumes.create(f"{self.namespace}-build-{build_id}", labels=labels)
         container = None
+        done = False
         log_lines: list[str] = []
         binds = [
             Mount(f"{render.HOST_DIR}/{i}", folder, type="bind", read_only=True)
@@ -250,12 +252,14 @@ class EnvironmentImages:
             if status != 0:
                 raise BuildError(_build_failure(log, status, doing), log=log)
             yield container, log
+            done = True
         except docker.errors.APIError as e:
             raise BuildError(f"{doing} failed: {short(e)}", log="\n".join(log_lines)) from None
         finally:
-            if container is not None:
-                quietly(container.remove, force=True, v=True)
-            quietly(secrets.remove, force=True)
+            if done:  # committed (or read): its files take a second or two to delete
+                in_background(_remove_build, container, secrets)
+            else:
+                _remove_build(container, secrets)
 
     def _build_network(self) -> BuildNetwork:
         net = self._network or host_build_network()
@@ -489,6 +493,14 @@ class _Build:
             "fetched": counts["prepared"],
             "local": local,
         }
+
+
+def _remove_build(container, secrets) -> None:
+    """A build's container and its volume of secrets (the volume only once the container,
+    which uses it, is gone)."""
+    if container is not None:
+        quietly(container.remove, force=True, v=True)
+    quietly(secrets.remove, force=True)
 
 
 def _no_host_uv() -> str | None:
