@@ -26,9 +26,11 @@ from ...core.requirements import (
     closest_locked_parent,
     closest_parent,
     extend_lock,
+    guess_locked_parent,
     lock_from_compiled,
     lock_from_report,
     lock_key,
+    locked_parent_score,
 )
 from ...core.spec import EnvSpec, digest
 from ...errors import BaseImageMissing, BuildError
@@ -136,8 +138,19 @@ class EnvironmentImages:
             # where uv cannot run there, pip resolves and installs instead.
             build.uv = True
         elif lock is None and env_spec.requirements:
-            # Lock first (uv, in a throwaway container of the base), then install exactly it.
-            self._resolve(build, events)
+            guess = self._guessed_parent(build) if _uv_worth_trying(base_id) else None
+            if guess is not None:
+                # Resolve in the build's own container, of the environment the lock will most
+                # likely build on (one container, not two); it installs once the lock is
+                # checked (lock_check). Else the lock says where to build: on another.
+                built = self._build(build, events, guess, resolve_on_guess=True)
+                if built is not None:
+                    return built
+                if build.found is not None:  # other words for the same packages
+                    return self._cached(build.found, tag, events)
+            else:
+                # Lock first (uv, in a throwaway container of the base), then install exactly it.
+                self._resolve(build, events)
             if build.lock is not None and not rebuild:
                 found = self._by_lock_key(lock_key(base_id, env_spec.apt, build.lock))
                 if found is not None:  # other words for the same packages
@@ -197,13 +210,21 @@ class EnvironmentImages:
 
     @contextlib.contextmanager
     def _build_container(
-        self, base_id: str, files: dict, script: str, events: Events, timed: list | None = None
+        self,
+        base_id: str,
+        files: dict,
+        script: str,
+        events: Events,
+        timed: list | None = None,
+        lock_check: Callable | None = None,
     ):
         """Run ``script`` from BUILD_DIR in a throwaway container of ``base_id``; yield it,
         stopped and successful, with its log (and, into ``timed``, (arrival time, line) pairs
         and the end time). BUILD_DIR is a volume of its own, so the CA bundle and index settings
         in it never enter the container's filesystem or a commit; the host's wheel folders and
-        uv are bind mounts, never committed either."""
+        uv are bind mounts, never committed either. When the script says it waits for its lock
+        to be checked (render.LOCK_CHECK), ``lock_check(container)`` gives the files that let
+        it go on (or stop), put into BUILD_DIR."""
         import docker.errors
         from docker.types import Mount
 
@@ -245,6 +266,12 @@ class EnvironmentImages:
                 if timed is not None:
                     timed.append((time.monotonic(), line))
                 events(Phase.BUILD_LOG, line=line)
+                if lock_check is not None and line.startswith(render.LOCK_CHECK):
+                    # the files in the order written: the script goes on once BUILD_DIR/go is
+                    # there, the rest complete by then
+                    container.put_archive(
+                        render.BUILD_DIR, tar_bytes(lock_check(container), mode=0o600)
+                    )
             status = container.wait()["StatusCode"]
             if timed is not None:
                 timed.append((time.monotonic(), None))
@@ -345,11 +372,25 @@ class EnvironmentImages:
                 continue  # not one of ours as this version writes them
         return closest_parent(candidates, env_spec.requirements, env_spec.apt)
 
-    def _build(self, build: _Build, events: Events, parent=None):
+    def _build(self, build: _Build, events: Events, parent=None, resolve_on_guess=False):
+        """Build ``build`` on ``parent`` (or its base) and commit it. With ``resolve_on_guess``
+        (no lock yet; ``parent`` a guess, guessed_parent): resolve in the build's container
+        first; where the lock is built already (``build.found``), or fits another environment
+        better, or uv cannot run there (``build.uv`` False), nothing is committed: None."""
         # With a parent the Debian packages are there already; a build without one does apt-get.
         # uv installs exactly the lock (removing what the parent has beyond it); pip, without a
         # lock, resolves and installs, adding to the parent's packages.
         env_spec = build.env_spec
+        if resolve_on_guess:
+            build.uv = True
+            events(
+                Phase.BUILDING,
+                image=build.tag,
+                apt=list(env_spec.apt),
+                requirements=list(env_spec.requirements),
+                on=parent.tags[0],
+                installer="uv",
+            )
         if build.lock is not None and not build.uv:
             build.uv = _uv_worth_trying(build.base_id)
         parent_lock = json.loads(parent.labels.get(f"{LABEL}.lock", "[]")) if parent else []
@@ -359,12 +400,24 @@ class EnvironmentImages:
             apt=() if parent is not None else env_spec.apt,
             lock=build.lock,
             installer="uv" if build.uv else "pip",
-            remove=remove if build.uv else (),
+            remove=remove if build.uv and not resolve_on_guess else (),
+            wait_for_go=resolve_on_guess,
         )
         start = parent.id if parent is not None else build.base_id
         timed: list = []
-        with self._build_container(start, files, "install.sh", events, timed) as (container, log):
+        check = (lambda c: self._lock_check(build, parent, c)) if resolve_on_guess else None
+        with self._build_container(start, files, "install.sh", events, timed, check) as (
+            container,
+            log,
+        ):
             got = untar_files(container.get_archive(render.BUILD_DIR)[0])
+            if resolve_on_guess and ("stop" in got or "no-uv" in got):
+                if "no-uv" in got:
+                    build.uv = False
+                    _say_no_uv(build, _why_no_uv(build, got["no-uv"]), events)
+                build.steps.update(render.step_seconds(timed[:-1], timed[-1][0]))
+                build.log.append(log)
+                return None
             if build.lock is None and build.uv:  # resolved in this container
                 if "no-uv" in got:
                     build.uv = False
@@ -414,6 +467,41 @@ class EnvironmentImages:
             wheels=build.wheels(log.splitlines()) if build.uv else None,
         )
         return self._environment(image, build.tag, cached=False, log="\n".join(build.log))
+
+    def _lock_check(self, build: _Build, guess, container) -> dict[str, bytes]:
+        """The files that let a build resolving on ``guess`` go on (BUILD_DIR/go, with what to
+        remove), or stop it: its lock is built already (``build.found``), or another
+        environment suits it better."""
+        got = untar_files(container.get_archive(f"{render.BUILD_DIR}/lock.txt")[0])
+        build.lock, build.sources = lock_from_compiled(got["lock.txt"].decode())
+        build.found = self._by_lock_key(lock_key(build.base_id, build.env_spec.apt, build.lock))
+        if build.found is not None:
+            return {"stop": b""}
+
+        def score(image):
+            return locked_parent_score(json.loads(image.labels.get(f"{LABEL}.lock", "[]")), lock)
+
+        lock = build.lock
+        best = self._locked_parent(build)
+        if best is None or score(guess) is None or score(guess) != score(best):
+            return {"stop": b""}  # another suits it better (a tie is as good)
+        guess_lock = json.loads(guess.labels.get(f"{LABEL}.lock", "[]"))
+        names = {e["name"] for e in build.lock}
+        remove = sorted({e["name"] for e in guess_lock} - names)
+        return {"remove.txt": "".join(f"{n}\n" for n in remove).encode(), "go": b""}
+
+    def _guessed_parent(self, build: _Build):
+        """The environment the requirements' lock will most likely build on, guessed before
+        resolving them (guess_locked_parent), or None."""
+        candidates = []
+        for image in self._env_images(build.base_id):
+            try:
+                lock = json.loads(image.labels[f"{LABEL}.lock"])
+                apt = json.loads(image.labels[f"{LABEL}.apt"])
+            except (KeyError, ValueError):
+                continue  # not one of ours as this version writes them
+            candidates.append((image, lock, apt))
+        return guess_locked_parent(candidates, build.env_spec.requirements, build.env_spec.apt)
 
     def _commit_once(self, container, lkey: str, tag: str, conf: dict):
         """The image of ``lkey``: an existing one tagged ``tag``, else this container committed.
@@ -471,6 +559,7 @@ class _Build:
     tag: str
     lock: list | None  # given (a rebuild from a record) or resolved by uv; None: pip resolves
     uv: bool = False
+    found: Any = None  # an image of the lock resolved, found at its lock check
     sources: dict = field(default_factory=dict)  # package -> the index or folder it came from
     steps: dict = field(default_factory=dict)  # step -> seconds
     log: list = field(default_factory=list)
