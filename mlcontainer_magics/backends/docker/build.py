@@ -342,8 +342,13 @@ def install_script(
             ]
         else:
             lines += _PIP_RESOLVE
-    lines.append(_PYTHON_VERSION)
+    lines += [_PYTHON_VERSION, f"echo '{BUILT}'", "exec sleep 3600"]
     return "\n".join(lines) + "\n"
+
+
+# The last line of a successful install.sh: all it writes is written, and it sleeps until it is
+# committed as it is and removed (no waiting for the container to exit first).
+BUILT = "mlc-build: built, to be committed"
 
 
 def build_files(

@@ -219,12 +219,13 @@ class EnvironmentImages:
         lock_check: Callable | None = None,
     ):
         """Run ``script`` from BUILD_DIR in a throwaway container of ``base_id``; yield it,
-        stopped and successful, with its log (and, into ``timed``, (arrival time, line) pairs
-        and the end time). BUILD_DIR is a volume of its own, so the CA bundle and index settings
-        in it never enter the container's filesystem or a commit; the host's wheel folders and
-        uv are bind mounts, never committed either. When the script says it waits for its lock
-        to be checked (render.LOCK_CHECK), ``lock_check(container)`` gives the files that let
-        it go on (or stop), put into BUILD_DIR."""
+        stopped and successful (or, once install.sh says render.BUILT, done and asleep), with
+        its log (and, into ``timed``, (arrival time, line) pairs and the end time). BUILD_DIR
+        is a volume of its own, so the CA bundle and index settings in it never enter the
+        container's filesystem or a commit; the host's wheel folders and uv are bind mounts,
+        never committed either. When the script says it waits for its lock to be checked
+        (render.LOCK_CHECK), ``lock_check(container)`` gives the files that let it go on (or
+        stop), put into BUILD_DIR."""
         import docker.errors
         from docker.types import Mount
 
@@ -261,7 +262,13 @@ class EnvironmentImages:
             )
             container.put_archive(render.BUILD_DIR, tar_bytes(files, mode=0o600))
             container.start()
-            for line in stream_lines(container.logs(stream=True, follow=True)):
+            logs = container.logs(stream=True, follow=True)
+            built = False
+            for line in stream_lines(logs):
+                if line == render.BUILT:  # all written: committed as it is, no exit to wait for
+                    built = True
+                    quietly(logs.close)
+                    break
                 log_lines.append(line)
                 if timed is not None:
                     timed.append((time.monotonic(), line))
@@ -272,7 +279,7 @@ class EnvironmentImages:
                     container.put_archive(
                         render.BUILD_DIR, tar_bytes(lock_check(container), mode=0o600)
                     )
-            status = container.wait()["StatusCode"]
+            status = 0 if built else container.wait()["StatusCode"]
             if timed is not None:
                 timed.append((time.monotonic(), None))
             log = "\n".join(log_lines)
@@ -508,7 +515,8 @@ class EnvironmentImages:
         Another process may commit the same lock meanwhile: the oldest image wins."""
         same = self._by_lock_key(lkey)
         if same is None:
-            image = container.commit(None, None, conf=conf)
+            # Not paused: nothing runs in it but the script's last `sleep` (render.BUILT).
+            image = container.commit(None, None, conf=conf, pause=False)
             found = self.client.images.list(
                 filters={
                     "label": [f"{LABEL}.lock-key={lkey}", f"{LABEL}.namespace={self.namespace}"]
