@@ -49,6 +49,7 @@ from .engine import (
     engine_errors,
     make_labels,
     quietly,
+    run_started,
     short,
     translated,
 )
@@ -268,6 +269,7 @@ class DockerBackend(EnvironmentImages, Backend):
                 self._runs[run_id] = container
                 stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
                 container.start()
+            run_started()  # what a build left to remove goes now
             assert stream is not None, "attached before it runs"
             events(Phase.RUNNING, container=container.id[:12], standby=standby is not None)
             timer = None
