@@ -374,6 +374,12 @@ class Bench:
                 dt, o, rec = self.cell(line, code, namespace=nsk)
                 rows["total"].ours.append(dt)
                 rows["build"].ours.append(rec["timings"]["environment"])
+                # the status display's step line ("uv resolve 0.3 s, uv install 1.1 s, ...")
+                steps = [x for x in self.last_stdout.splitlines() if " commit " in x]
+                scenario.info.setdefault("ours_build_steps", []).append(
+                    steps[-1].split("]", 1)[-1].strip() if steps else None
+                )
+                scenario.info.setdefault("ours_run_s", []).append(rec["timings"].get("run"))
                 scenario.check(
                     f"{what}_built_an_image",
                     rec.get("env_cached") is False,
