@@ -1,6 +1,9 @@
-"""Environment images of the Docker backend: resolve the requirements into a lock (uv, in a
-throwaway container of the base), install exactly the lock into a throwaway container (of the
-base, or of the environment sharing the most pins) and commit it.
+"""Environment images of the Docker backend: resolve the requirements into a lock with uv and
+install exactly the lock into a throwaway container (of the base, or of the environment sharing
+the most pins), then commit it. The lock is resolved in that same container where it can be
+(from the base; on the environment guessed from the requirements, checked once the lock is
+known), else in a throwaway container of the base first. The container is removed off the
+critical path, once the cell's first run has started.
 
 Why install-and-commit instead of `docker build`: the host's CA bundle and index credentials are
 handed to the installer through a throwaway volume, and its wheel folders and uv through
