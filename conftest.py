@@ -84,6 +84,9 @@ def pytest_sessionfinish(session, exitstatus):
     Docker objects too and do not run fixtures."""
     shutil.rmtree(STORE, ignore_errors=True)
     try:
+        from mlcontainer_magics.backends.docker.engine import settle_background
+
+        settle_background()
         docker_client = _client()
     except Exception:
         return  # no engine: nothing could have been made
@@ -118,8 +121,11 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture
 def no_leaks(docker_client, namespace):
     """Fails the test if it leaves a container or a build volume of its namespace behind."""
+    from mlcontainer_magics.backends.docker.engine import settle_background
+
     before = _objects(docker_client)
     yield
+    settle_background()  # what a build removes off its critical path: gone by now
     after = _objects(docker_client)
     leaked = {k: sorted(set(after[k]) - set(before[k])) for k in after}
     leaked["volumes"] = [v for v in leaked["volumes"] if not v.endswith("-pip-cache")]

@@ -110,6 +110,53 @@ def test_a_lock_whose_hash_does_not_match_fails_the_build_and_leaves_nothing(
         remove_images(docker_client, again)
 
 
+def test_a_build_resolving_on_a_guessed_environment_stops_where_the_lock_says_otherwise(
+    docker_client, monkeypatch, no_leaks
+):
+    """A new environment resolves in its own build container, of the environment it guesses
+    the lock will build on, and installs once the lock is checked. Where the lock is built
+    already (other words for the same packages), the build stops and the image is reused;
+    where it shares more pins with another environment, it is built on that one instead."""
+    backend = DockerBackend(namespace=NAMESPACE)
+    six = backend.ensure_environment(EnvSpec(BASE, (), ("six==1.16.0",)))
+    idna = backend.ensure_environment(EnvSpec(BASE, (), ("idna==3.7", "certifi==2024.8.30")))
+    envs = [six, idna]
+    try:
+        # other words: the lock check finds six's image; nothing is built or committed
+        events = Events()
+        again = backend.ensure_environment(EnvSpec(BASE, (), ("Six==1.16.0",)), events=events)
+        assert again.cached and again.image_id == six.image_id
+        assert events.of("building")[0]["on"] == six.image and not events.of("built")
+        # a wrong guess (six's environment, one pin shared): built on idna's (two) instead
+        monkeypatch.setattr(
+            DockerBackend, "_guessed_parent", lambda self, build: backend._find(six.image)
+        )
+        events = Events()
+        spec = EnvSpec(BASE, (), ("idna==3.7", "certifi==2024.8.30", "six==1.16.0"))
+        both = backend.ensure_environment(spec, events=events)
+        envs.append(both)
+        assert [i["on"] for i in events.of("building")] == [six.image, idna.image]
+        labels = docker_client.images.get(both.image_id).labels
+        assert labels["org.mlcontainer.parent"] == idna.image_id
+        have = installed(docker_client, both.image_id)
+        for e in both.lock:
+            assert have[e["name"]] == [e["version"], "uv"], e["name"]
+        assert events.of("built")[0]["wheels"]["installed"] == 1  # six, on idna's
+        # a right guess: resolved and installed in one container (no throwaway one)
+        monkeypatch.undo()
+        events = Events()
+        idna36 = backend.ensure_environment(
+            EnvSpec(BASE, (), ("idna==3.6", "certifi==2024.8.30")), events=events
+        )
+        envs.append(idna36)
+        assert [i["on"] for i in events.of("building")] == [idna.image]
+        steps = events.of("built")[0]["steps"]
+        assert {"uv resolve", "lock check", "uv install", "commit"} <= set(steps)
+        assert installed(docker_client, idna36.image_id)["idna"] == ["3.6", "uv"]
+    finally:
+        remove_images(docker_client, *reversed(envs))
+
+
 def _wheel(folder, name: str, version: str, code: str) -> None:
     """A pure-Python wheel that exists nowhere but in ``folder``."""
     dist = f"{name}-{version}.dist-info"

@@ -1095,10 +1095,12 @@ def test_prune_while_another_run_builds_leaves_it_alone(six_env, docker_client, 
     import socket
 
     from mlcontainer_magics.backends.docker.backend import DockerBackend
+    from mlcontainer_magics.backends.docker.engine import settle_background
     from mlcontainer_magics.core import runs, snapshots
     from mlcontainer_magics.core.spec import EnvSpec, RunSpec
     from mlcontainer_magics.core.store import Store
 
+    settle_background()  # six_env's build container, removed once committed: gone by now
     backend, store = DockerBackend(namespace=NAMESPACE), Store(STORE)
     spec = RunSpec(
         code="print('built')", env_spec=EnvSpec(BASE, (), (SIX,)), name="mlcrel-building"

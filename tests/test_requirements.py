@@ -113,3 +113,24 @@ def test_closest_locked_parent_shares_the_most_pins():
     assert closest_locked_parent([("sk14", sk14, ["tesseract-ocr"])], want, []) is None
     assert closest_locked_parent([("other", other + tiny, [])], lock(numpy="1"), []) is None
     assert closest_locked_parent([], want, []) is None
+
+
+def test_guess_locked_parent_goes_by_the_requirements_pins_then_names():
+    from mlcontainer_magics.core.requirements import guess_locked_parent
+
+    def lock(**pins):
+        return [{"name": n.replace("_", "-"), "version": v} for n, v in pins.items()]
+
+    sk14 = lock(numpy="1.26.4", scipy="1.13", scikit_learn="1.4.2", joblib="1")
+    sk15 = lock(numpy="1.26.4", scipy="1.13", scikit_learn="1.5.2", joblib="1")
+    tiny = lock(numpy="2.0")
+    cands = [("tiny", tiny, []), ("sk14", sk14, []), ("sk15", sk15, [])]
+    # the most exact pins: scikit-learn 1.5.2 (any spelling of its name) and numpy
+    assert guess_locked_parent(cands, ["numpy==1.26.4", "Scikit_Learn==1.5.2"], []) == "sk15"
+    # no pin matches: the most names, then the fewest packages
+    assert guess_locked_parent(cands, ["numpy"], []) == "tiny"
+    assert guess_locked_parent(cands, ["numpy", "joblib>=1"], []) == "sk14"
+    # other Debian packages, no name in common, nothing to guess from: none
+    assert guess_locked_parent([("sk14", sk14, ["tesseract-ocr"])], ["numpy"], []) is None
+    assert guess_locked_parent(cands, ["requests==2.32.3"], []) is None
+    assert guess_locked_parent(cands, ["not a requirement ("], []) is None

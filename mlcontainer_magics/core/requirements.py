@@ -93,17 +93,55 @@ def closest_locked_parent(candidates, lock, apt):
     environment that ``lock`` shares the most exact pins with, to install only the difference
     on (and remove what it has that the lock does not). None when none shares at least as many
     pins as it would have removed."""
-    wanted = {(e["name"], e["version"]) for e in lock}
     apt = sorted(apt)
     best, best_score = None, (0, 0)
     for key, cand_lock, cand_apt in candidates:
         if sorted(cand_apt) != apt:
             continue
-        have = {(e["name"], e["version"]) for e in cand_lock}
-        shared = len(have & wanted)
-        extra = len({n for n, _ in have} - {n for n, _ in wanted})
-        score = (shared, -extra)
-        if shared and extra <= shared and score > best_score:
+        score = locked_parent_score(cand_lock, lock)
+        if score is not None and score > best_score:
+            best, best_score = key, score
+    return best
+
+
+def locked_parent_score(cand_lock, lock) -> tuple[int, int] | None:
+    """How well an environment locked ``cand_lock`` suits building ``lock`` on it: (pins
+    shared, -names it has that ``lock`` lacks), the higher the better; None when it does not
+    (it shares no pin, or would have more removed than it shares)."""
+    wanted = {(e["name"], e["version"]) for e in lock}
+    have = {(e["name"], e["version"]) for e in cand_lock}
+    shared = len(have & wanted)
+    extra = len({n for n, _ in have} - {n for n, _ in wanted})
+    return (shared, -extra) if shared and extra <= shared else None
+
+
+def guess_locked_parent(candidates, requirements, apt):
+    """Of ``candidates`` (key, lock, apt), the one closest_locked_parent will most likely pick
+    once ``requirements`` are resolved, guessed before they are: the same Debian packages, and
+    the most of the requirements' exact pins (``name==version``) in its lock, then the most of
+    their names, then the fewest packages. None when none has any of them."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    wanted: dict[str, str | None] = {}
+    for text in requirements:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        pins = [
+            s.version for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version
+        ]
+        wanted[canonicalize_name(req.name)] = pins[0] if pins else None
+    apt = sorted(apt)
+    best, best_score = None, (0, 0, 0)
+    for key, cand_lock, cand_apt in candidates:
+        if sorted(cand_apt) != apt:
+            continue
+        have: dict[str, str] = {canonicalize_name(e["name"]): e["version"] for e in cand_lock}
+        pinned = sum(1 for n, v in wanted.items() if v is not None and have.get(n) == v)
+        named = sum(1 for n in wanted if n in have)
+        score = (pinned, named, -len(have))
+        if named and score > best_score:
             best, best_score = key, score
     return best
 

@@ -51,6 +51,7 @@ from .engine import (
     engine_errors,
     make_labels,
     quietly,
+    run_started,
     short,
     translated,
 )
@@ -303,6 +304,7 @@ class DockerBackend(EnvironmentImages, Backend):
                 self._runs[key] = container
                 stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
                 container.start()
+            run_started()  # what a build left to remove goes now
             assert stream is not None, "attached before it runs"
             events(Phase.RUNNING, container=container.id[:12], standby=standby is not None)
             timer = None

@@ -244,8 +244,30 @@ _PIP_RESOLVE = [
 ]
 
 
+# A build that resolves on the environment it guessed it would build on stops here, its lock
+# written, until the host has read it: it writes BUILD_DIR/go (and remove.txt) to go on, or
+# BUILD_DIR/stop (the lock is built already, or fits another environment better).
+LOCK_CHECK = f"{STEP}lock check"
+_WAIT_FOR_GO = [
+    f"echo '{LOCK_CHECK} (the host reads the lock)'",
+    "waited=0",
+    f"while [ ! -e {BUILD_DIR}/go ] && [ ! -e {BUILD_DIR}/stop ]; do",
+    "  waited=$((waited + 1))",
+    "  if [ $waited -gt 30000 ]; then echo 'the host never read the lock'; exit 1; fi",
+    "  sleep 0.02 2>/dev/null || sleep 1",
+    "done",
+    f"if [ -e {BUILD_DIR}/stop ]; then exit 0; fi",
+]
+
+
 def install_script(
-    apt=(), has_requirements=True, from_lock=False, installer="pip", remove=False, resolve=False
+    apt=(),
+    has_requirements=True,
+    from_lock=False,
+    installer="pip",
+    remove=False,
+    resolve=False,
+    wait_for_go=False,
 ) -> str:
     """Shell script run in a throwaway container whose filesystem becomes the environment image.
 
@@ -253,8 +275,11 @@ def install_script(
     command; the index settings are exported here, not in the container config, so they are not
     kept by `docker commit`. With uv it installs exactly BUILD_DIR/lock.txt (hash-checked),
     first removing what ``remove`` lists (packages of the environment it builds on that the
-    lock does not have), after resolving it there first with ``resolve`` (a build from the base
-    with nothing to build on: one container, not two); with pip it resolves and installs (or
+    lock does not have), after resolving it there first with ``resolve`` (one container, not
+    two); with ``wait_for_go`` as well (a build on the environment it guessed the lock would
+    share the most pins with), it stops after resolving until the host, having read the lock,
+    writes BUILD_DIR/go (with remove.txt) or BUILD_DIR/stop; where uv cannot run it then only
+    says so (BUILD_DIR/no-uv): pip builds elsewhere. With pip it resolves and installs (or
     installs a given lock).
     """
     lines = ["set -eu", *_PIP_ENV]
@@ -267,7 +292,9 @@ def install_script(
         ]
     if installer == "uv":
         lines += _UV_ENV
-        if resolve:  # where uv cannot run, say why (BUILD_DIR/no-uv) and let pip resolve
+        if resolve and wait_for_go:  # where uv cannot run, say why and stop: pip builds
+            fallback = [f"  cp {BUILD_DIR}/uv-version.txt {BUILD_DIR}/no-uv"]
+        elif resolve:  # where uv cannot run, say why (BUILD_DIR/no-uv) and let pip resolve
             fallback = [f"  cp {BUILD_DIR}/uv-version.txt {BUILD_DIR}/no-uv", *_PIP_RESOLVE]
         else:  # a recorded lock, rebuilt where uv cannot run: pip installs it the same
             fallback = [
@@ -280,12 +307,20 @@ def install_script(
             f"  {_PYTHON_VERSION}; exit 0",
             "fi",
             *(_UV_RESOLVE if resolve else []),
+            *(_WAIT_FOR_GO if resolve and wait_for_go else []),
         ]
-        if remove:
+        uninstall = [
+            f"echo '{STEP}uv uninstall' $(cat {BUILD_DIR}/remove.txt)",
+            f'"$UV" pip uninstall --python "$PY" -r {BUILD_DIR}/remove.txt',
+        ]
+        if resolve and wait_for_go:  # remove.txt comes with go
             lines += [
-                f"echo '{STEP}uv uninstall' $(cat {BUILD_DIR}/remove.txt)",
-                f'"$UV" pip uninstall --python "$PY" -r {BUILD_DIR}/remove.txt',
+                f"if [ -s {BUILD_DIR}/remove.txt ]; then",
+                *("  " + x for x in uninstall),
+                "fi",
             ]
+        elif remove:
+            lines += uninstall
         lines += [
             f"echo '{STEP}uv install (exactly the lock, hash-checked)'",
             # uv says what it installed (" + name==version"): the bytecode step needs the list.
@@ -307,8 +342,13 @@ def install_script(
             ]
         else:
             lines += _PIP_RESOLVE
-    lines.append(_PYTHON_VERSION)
+    lines += [_PYTHON_VERSION, f"echo '{BUILT}'", "exec sleep 3600"]
     return "\n".join(lines) + "\n"
+
+
+# The last line of a successful install.sh: all it writes is written, and it sleeps until it is
+# committed as it is and removed (no waiting for the container to exit first).
+BUILT = "mlc-build: built, to be committed"
 
 
 def build_files(
@@ -320,6 +360,7 @@ def build_files(
     ca_bundle=b"",
     installer="pip",
     remove=(),
+    wait_for_go=False,
 ) -> dict[str, bytes]:
     """Files to place in BUILD_DIR for install_script() and resolve_script()."""
     files = {
@@ -330,6 +371,7 @@ def build_files(
             installer,
             bool(remove),
             resolve=installer == "uv" and lock is None and bool(requirements),
+            wait_for_go=wait_for_go,
         ),
         "resolve.sh": resolve_script(),
         "pip.conf": pip_conf(net if ca_bundle else _without_cert(net)),

@@ -122,6 +122,57 @@ def stream_lines(chunks):
         yield pending.decode("utf-8", "replace")
 
 
+_CHORES: list[threading.Thread] = []
+_CHORES_LOCK = threading.Lock()
+_STARTS = threading.Condition()  # counts runs started (run_started)
+_starts = 0
+
+
+def in_background(fn, *args, until_a_run_starts: float = 0.0) -> None:
+    """``fn(*args)``, quietly, off the caller's critical path: removing what a build no longer
+    needs (its container's files can take seconds to delete). With ``until_a_run_starts``, it
+    waits (at most that many seconds) for the next run's container to have started: the
+    engine serves the run first, the deleting goes on while the cell runs. Not a daemon
+    thread: the interpreter waits for it at exit, so what it removes is gone before the
+    process is."""
+    with _STARTS:
+        seen = _starts
+
+    def chore() -> None:
+        if until_a_run_starts > 0:
+            with _STARTS:
+                _STARTS.wait_for(lambda: _starts > seen, until_a_run_starts)
+        quietly(fn, *args)
+
+    thread = threading.Thread(target=chore, name="mlcontainer-cleanup")
+    with _CHORES_LOCK:
+        _CHORES[:] = [t for t in _CHORES if t.is_alive()]
+        _CHORES.append(thread)
+    thread.start()
+
+
+def run_started() -> None:
+    """A run's container has started (or one waiting is told to go on): the chores waiting
+    for that go on."""
+    global _starts
+    with _STARTS:
+        _starts += 1
+        _STARTS.notify_all()
+
+
+def settle_background(timeout: float = 60.0) -> None:
+    """Wait (at most ``timeout`` seconds) until every ``in_background`` chore is done; those
+    waiting for a run to start wait no longer."""
+    import time
+
+    run_started()
+    deadline = time.monotonic() + timeout
+    with _CHORES_LOCK:
+        threads = list(_CHORES)
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0))
+
+
 def quietly(fn, *args, **kwargs) -> None:
     try:
         fn(*args, **kwargs)

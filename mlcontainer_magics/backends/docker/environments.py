@@ -1,6 +1,9 @@
-"""Environment images of the Docker backend: resolve the requirements into a lock (uv, in a
-throwaway container of the base), install exactly the lock into a throwaway container (of the
-base, or of the environment sharing the most pins) and commit it.
+"""Environment images of the Docker backend: resolve the requirements into a lock with uv and
+install exactly the lock into a throwaway container (of the base, or of the environment sharing
+the most pins), then commit it. The lock is resolved in that same container where it can be
+(from the base; on the environment guessed from the requirements, checked once the lock is
+known), else in a throwaway container of the base first. The container is removed off the
+critical path, once the cell's first run has started.
 
 Why install-and-commit instead of `docker build`: the host's CA bundle and index credentials are
 handed to the installer through a throwaway volume, and its wheel folders and uv through
@@ -26,9 +29,11 @@ from ...core.requirements import (
     closest_locked_parent,
     closest_parent,
     extend_lock,
+    guess_locked_parent,
     lock_from_compiled,
     lock_from_report,
     lock_key,
+    locked_parent_score,
 )
 from ...core.spec import EnvSpec, digest
 from ...errors import BaseImageMissing, BuildError
@@ -37,6 +42,7 @@ from .archive import tar_bytes, untar_files
 from .engine import (
     LABEL,
     engine_errors,
+    in_background,
     is_local,
     make_labels,
     quietly,
@@ -135,8 +141,19 @@ class EnvironmentImages:
             # where uv cannot run there, pip resolves and installs instead.
             build.uv = True
         elif lock is None and env_spec.requirements:
-            # Lock first (uv, in a throwaway container of the base), then install exactly it.
-            self._resolve(build, events)
+            guess = self._guessed_parent(build) if _uv_worth_trying(base_id) else None
+            if guess is not None:
+                # Resolve in the build's own container, of the environment the lock will most
+                # likely build on (one container, not two); it installs once the lock is
+                # checked (lock_check). Else the lock says where to build: on another.
+                built = self._build(build, events, guess, resolve_on_guess=True)
+                if built is not None:
+                    return built
+                if build.found is not None:  # other words for the same packages
+                    return self._cached(build.found, tag, events)
+            else:
+                # Lock first (uv, in a throwaway container of the base), then install exactly it.
+                self._resolve(build, events)
             if build.lock is not None and not rebuild:
                 found = self._by_lock_key(lock_key(base_id, env_spec.apt, build.lock))
                 if found is not None:  # other words for the same packages
@@ -196,13 +213,22 @@ class EnvironmentImages:
 
     @contextlib.contextmanager
     def _build_container(
-        self, base_id: str, files: dict, script: str, events: Events, timed: list | None = None
+        self,
+        base_id: str,
+        files: dict,
+        script: str,
+        events: Events,
+        timed: list | None = None,
+        lock_check: Callable | None = None,
     ):
         """Run ``script`` from BUILD_DIR in a throwaway container of ``base_id``; yield it,
-        stopped and successful, with its log (and, into ``timed``, (arrival time, line) pairs
-        and the end time). BUILD_DIR is a volume of its own, so the CA bundle and index settings
-        in it never enter the container's filesystem or a commit; the host's wheel folders and
-        uv are bind mounts, never committed either."""
+        stopped and successful (or, once install.sh says render.BUILT, done and asleep), with
+        its log (and, into ``timed``, (arrival time, line) pairs and the end time). BUILD_DIR
+        is a volume of its own, so the CA bundle and index settings in it never enter the
+        container's filesystem or a commit; the host's wheel folders and uv are bind mounts,
+        never committed either. When the script says it waits for its lock to be checked
+        (render.LOCK_CHECK), ``lock_check(container)`` gives the files that let it go on (or
+        stop), put into BUILD_DIR."""
         import docker.errors
         from docker.types import Mount
 
@@ -214,6 +240,7 @@ class EnvironmentImages:
         self._ensure_volume(self.cache_volume)
         secrets = self.client.volumes.create(f"{self.namespace}-build-{build_id}", labels=labels)
         container = None
+        done = False
         log_lines: list[str] = []
         binds = [
             Mount(f"{render.HOST_DIR}/{i}", folder, type="bind", read_only=True)
@@ -238,24 +265,39 @@ class EnvironmentImages:
             )
             container.put_archive(render.BUILD_DIR, tar_bytes(files, mode=0o600))
             container.start()
-            for line in stream_lines(container.logs(stream=True, follow=True)):
+            logs = container.logs(stream=True, follow=True)
+            built = False
+            for line in stream_lines(logs):
+                if line == render.BUILT:  # all written: committed as it is, no exit to wait for
+                    built = True
+                    quietly(logs.close)
+                    break
                 log_lines.append(line)
                 if timed is not None:
                     timed.append((time.monotonic(), line))
                 events(Phase.BUILD_LOG, line=line)
-            status = container.wait()["StatusCode"]
+                if lock_check is not None and line.startswith(render.LOCK_CHECK):
+                    # the files in the order written: the script goes on once BUILD_DIR/go is
+                    # there, the rest complete by then
+                    container.put_archive(
+                        render.BUILD_DIR, tar_bytes(lock_check(container), mode=0o600)
+                    )
+            status = 0 if built else container.wait()["StatusCode"]
             if timed is not None:
                 timed.append((time.monotonic(), None))
             log = "\n".join(log_lines)
             if status != 0:
                 raise BuildError(_build_failure(log, status, doing), log=log)
             yield container, log
+            done = True
         except docker.errors.APIError as e:
             raise BuildError(f"{doing} failed: {short(e)}", log="\n".join(log_lines)) from None
         finally:
-            if container is not None:
-                quietly(container.remove, force=True, v=True)
-            quietly(secrets.remove, force=True)
+            if done:  # committed (or read): its files take seconds to delete, after the
+                # first run's container has started (the engine is slower at both at once)
+                in_background(_remove_build, container, secrets, until_a_run_starts=1.5)
+            else:
+                _remove_build(container, secrets)
 
     def _build_network(self) -> BuildNetwork:
         net = self._network or host_build_network()
@@ -341,11 +383,25 @@ class EnvironmentImages:
                 continue  # not one of ours as this version writes them
         return closest_parent(candidates, env_spec.requirements, env_spec.apt)
 
-    def _build(self, build: _Build, events: Events, parent=None):
+    def _build(self, build: _Build, events: Events, parent=None, resolve_on_guess=False):
+        """Build ``build`` on ``parent`` (or its base) and commit it. With ``resolve_on_guess``
+        (no lock yet; ``parent`` a guess, guessed_parent): resolve in the build's container
+        first; where the lock is built already (``build.found``), or fits another environment
+        better, or uv cannot run there (``build.uv`` False), nothing is committed: None."""
         # With a parent the Debian packages are there already; a build without one does apt-get.
         # uv installs exactly the lock (removing what the parent has beyond it); pip, without a
         # lock, resolves and installs, adding to the parent's packages.
         env_spec = build.env_spec
+        if resolve_on_guess:
+            build.uv = True
+            events(
+                Phase.BUILDING,
+                image=build.tag,
+                apt=list(env_spec.apt),
+                requirements=list(env_spec.requirements),
+                on=parent.tags[0],
+                installer="uv",
+            )
         if build.lock is not None and not build.uv:
             build.uv = _uv_worth_trying(build.base_id)
         parent_lock = json.loads(parent.labels.get(f"{LABEL}.lock", "[]")) if parent else []
@@ -355,12 +411,24 @@ class EnvironmentImages:
             apt=() if parent is not None else env_spec.apt,
             lock=build.lock,
             installer="uv" if build.uv else "pip",
-            remove=remove if build.uv else (),
+            remove=remove if build.uv and not resolve_on_guess else (),
+            wait_for_go=resolve_on_guess,
         )
         start = parent.id if parent is not None else build.base_id
         timed: list = []
-        with self._build_container(start, files, "install.sh", events, timed) as (container, log):
+        check = (lambda c: self._lock_check(build, parent, c)) if resolve_on_guess else None
+        with self._build_container(start, files, "install.sh", events, timed, check) as (
+            container,
+            log,
+        ):
             got = untar_files(container.get_archive(render.BUILD_DIR)[0])
+            if resolve_on_guess and ("stop" in got or "no-uv" in got):
+                if "no-uv" in got:
+                    build.uv = False
+                    _say_no_uv(build, _why_no_uv(build, got["no-uv"]), events)
+                build.steps.update(render.step_seconds(timed[:-1], timed[-1][0]))
+                build.log.append(log)
+                return None
             if build.lock is None and build.uv:  # resolved in this container
                 if "no-uv" in got:
                     build.uv = False
@@ -411,12 +479,48 @@ class EnvironmentImages:
         )
         return self._environment(image, build.tag, cached=False, log="\n".join(build.log))
 
+    def _lock_check(self, build: _Build, guess, container) -> dict[str, bytes]:
+        """The files that let a build resolving on ``guess`` go on (BUILD_DIR/go, with what to
+        remove), or stop it: its lock is built already (``build.found``), or another
+        environment suits it better."""
+        got = untar_files(container.get_archive(f"{render.BUILD_DIR}/lock.txt")[0])
+        build.lock, build.sources = lock_from_compiled(got["lock.txt"].decode())
+        build.found = self._by_lock_key(lock_key(build.base_id, build.env_spec.apt, build.lock))
+        if build.found is not None:
+            return {"stop": b""}
+
+        def score(image):
+            return locked_parent_score(json.loads(image.labels.get(f"{LABEL}.lock", "[]")), lock)
+
+        lock = build.lock
+        best = self._locked_parent(build)
+        if best is None or score(guess) is None or score(guess) != score(best):
+            return {"stop": b""}  # another suits it better (a tie is as good)
+        guess_lock = json.loads(guess.labels.get(f"{LABEL}.lock", "[]"))
+        names = {e["name"] for e in build.lock}
+        remove = sorted({e["name"] for e in guess_lock} - names)
+        return {"remove.txt": "".join(f"{n}\n" for n in remove).encode(), "go": b""}
+
+    def _guessed_parent(self, build: _Build):
+        """The environment the requirements' lock will most likely build on, guessed before
+        resolving them (guess_locked_parent), or None."""
+        candidates = []
+        for image in self._env_images(build.base_id):
+            try:
+                lock = json.loads(image.labels[f"{LABEL}.lock"])
+                apt = json.loads(image.labels[f"{LABEL}.apt"])
+            except (KeyError, ValueError):
+                continue  # not one of ours as this version writes them
+            candidates.append((image, lock, apt))
+        return guess_locked_parent(candidates, build.env_spec.requirements, build.env_spec.apt)
+
     def _commit_once(self, container, lkey: str, tag: str, conf: dict):
         """The image of ``lkey``: an existing one tagged ``tag``, else this container committed.
         Another process may commit the same lock meanwhile: the oldest image wins."""
         same = self._by_lock_key(lkey)
         if same is None:
-            image = container.commit(None, None, conf=conf)
+            # Not paused: nothing runs in it but the script's last `sleep` (render.BUILT).
+            image = container.commit(None, None, conf=conf, pause=False)
             found = self.client.images.list(
                 filters={
                     "label": [f"{LABEL}.lock-key={lkey}", f"{LABEL}.namespace={self.namespace}"]
@@ -467,6 +571,7 @@ class _Build:
     tag: str
     lock: list | None  # given (a rebuild from a record) or resolved by uv; None: pip resolves
     uv: bool = False
+    found: Any = None  # an image of the lock resolved, found at its lock check
     sources: dict = field(default_factory=dict)  # package -> the index or folder it came from
     steps: dict = field(default_factory=dict)  # step -> seconds
     log: list = field(default_factory=list)
@@ -489,6 +594,14 @@ class _Build:
             "fetched": counts["prepared"],
             "local": local,
         }
+
+
+def _remove_build(container, secrets) -> None:
+    """A build's container and its volume of secrets (the volume only once the container,
+    which uses it, is gone)."""
+    if container is not None:
+        quietly(container.remove, force=True, v=True)
+    quietly(secrets.remove, force=True)
 
 
 def _no_host_uv() -> str | None:
