@@ -337,17 +337,23 @@ class EnvironmentImages:
             for image in self._env_images(build.base_id)
         )
 
-    def _locked_parent(self, build: _Build):
-        """The tagged environment of this namespace, base and Debian packages that shares the
-        most pins with ``build.lock`` (closest_locked_parent), or None."""
+    def _locked_images(self, base_id: str) -> list[tuple]:
+        """(image, lock, apt) of each environment of this namespace on ``base_id``: what a
+        new environment may build on."""
         candidates = []
-        for image in self._env_images(build.base_id):
+        for image in self._env_images(base_id):
             try:
                 lock = json.loads(image.labels[f"{LABEL}.lock"])
                 apt = json.loads(image.labels[f"{LABEL}.apt"])
             except (KeyError, ValueError):
                 continue  # not one of ours as this version writes them
             candidates.append((image, lock, apt))
+        return candidates
+
+    def _locked_parent(self, build: _Build):
+        """The tagged environment of this namespace, base and Debian packages that shares the
+        most pins with ``build.lock`` (closest_locked_parent), or None."""
+        candidates = self._locked_images(build.base_id)
         return closest_locked_parent(candidates, build.lock, build.env_spec.apt)
 
     def _env_images(self, base_id: str) -> list:
@@ -504,14 +510,7 @@ class EnvironmentImages:
     def _guessed_parent(self, build: _Build):
         """The environment the requirements' lock will most likely build on, guessed before
         resolving them (guess_locked_parent), or None."""
-        candidates = []
-        for image in self._env_images(build.base_id):
-            try:
-                lock = json.loads(image.labels[f"{LABEL}.lock"])
-                apt = json.loads(image.labels[f"{LABEL}.apt"])
-            except (KeyError, ValueError):
-                continue  # not one of ours as this version writes them
-            candidates.append((image, lock, apt))
+        candidates = self._locked_images(build.base_id)
         return guess_locked_parent(candidates, build.env_spec.requirements, build.env_spec.apt)
 
     def _commit_once(self, container, lkey: str, tag: str, conf: dict):

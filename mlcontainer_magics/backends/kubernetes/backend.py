@@ -348,17 +348,7 @@ class KubernetesBackend(ServiceMixin, Backend):
             settings=settings,
             files={**payload_files(workdir), **mount_files(spec)},
         )
-        secret, job, policies = manifests[0], manifests[1], manifests[2:]
-        _add_env(job, ONE_STREAM_ENV, "1")  # the pod has one log: see the runner
-        run = _Run(
-            api,
-            namespace,
-            job["metadata"]["name"],
-            objects.pod_selector(run_id),
-            env.image,
-            network_policy=bool(policies),
-        )
-        self._active[run_id] = run
+        run, (secret, job, *policies) = self._prepared(api, namespace, manifests, run_id, env)
         try:
             with self._cluster_errors("starting the run", namespace):
                 events(Phase.STARTING)
@@ -421,17 +411,7 @@ class KubernetesBackend(ServiceMixin, Backend):
             retries=retries,
             per_index=per_index,
         )
-        secret, job, policies = manifests[0], manifests[1], manifests[2:]
-        _add_env(job, ONE_STREAM_ENV, "1")  # each pod has one log: see the runner
-        run = _Run(
-            api,
-            namespace,
-            job["metadata"]["name"],
-            objects.pod_selector(run_id),
-            env.image,
-            network_policy=bool(policies),
-        )
-        self._active[run_id] = run
+        run, (secret, job, *policies) = self._prepared(api, namespace, manifests, run_id, env)
         mapped = _MapRun(self, run, run_id, workdir, count, retries, per_index, events, output)
         try:
             with self._cluster_errors("running the map", namespace):
@@ -451,6 +431,23 @@ class KubernetesBackend(ServiceMixin, Backend):
             self._remove(run, job=run.abandon)
             mapped.join()  # their pods have ended, or go with the Job
             self._stopped.discard(run_id)
+
+    def _prepared(self, api: Api, namespace: str, manifests: list, run_id: str, env) -> tuple:
+        """(the run to follow, its manifests): a Secret, a Job and the NetworkPolicies of a
+        run's or a map's, the Job's pods with one log each (see the runner); the run is
+        this process's active one for ``run_id`` until the caller removes it."""
+        job = manifests[1]
+        _add_env(job, ONE_STREAM_ENV, "1")
+        run = _Run(
+            api,
+            namespace,
+            job["metadata"]["name"],
+            objects.pod_selector(run_id),
+            env.image,
+            network_policy=len(manifests) > 2,
+        )
+        self._active[run_id] = run
+        return run, manifests
 
     def _server_version(self, api: Api) -> tuple[int, int] | None:
         """(major, minor) of the cluster's API server, read once per connection; None when it
