@@ -452,7 +452,10 @@ class Watch:
 
     def _poll(self):
         while not self.done.is_set():
-            self.most = max(self.most, len(self.client.containers.list(filters=self.flt)))
+            # sparse: counted as the engine lists them, none inspected (one removed between
+            # the list and its inspection would end this thread)
+            running = self.client.containers.list(filters=self.flt, sparse=True)
+            self.most = max(self.most, len(running))
             time.sleep(0.05)
 
     def stop(self) -> int:
