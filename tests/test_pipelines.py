@@ -272,7 +272,8 @@ def test_a_pipeline_of_conflicting_environments_reruns_and_verifies_without_its_
         image = docker_client.images.get(record["env_image"])
         assert image.labels.get("org.mlcontainer.namespace") == namespace, record["env_image"]
         # And every image of the session that holds the same lock (an earlier test may have
-        # rebuilt one from it): a rerun must find none to reuse.
+        # rebuilt one from it): a rerun must find none to reuse. Untagged, not removed: one
+        # that later environments were built on stays for them, unlisted, out of reach.
         lock_key = image.labels["org.mlcontainer.lock-key"]
         same = docker_client.images.list(
             filters={
@@ -282,8 +283,8 @@ def test_a_pipeline_of_conflicting_environments_reruns_and_verifies_without_its_
                 ]
             }
         )
-        for doomed in {i.id for i in [image, *same]}:
-            docker_client.images.remove(doomed, force=True)
+        for tag in {t for i in [image, *same] for t in i.tags}:
+            docker_client.images.remove(tag, force=True)
 
     proc = cli("rerun", "translate", "--pipeline", "--verify")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -46,6 +46,7 @@ from .engine import (
     is_local,
     make_labels,
     quietly,
+    settle_background,
     short,
     stream_lines,
     translated,
@@ -111,7 +112,13 @@ class EnvironmentImages:
     ) -> Environment:
         with engine_errors("preparing the environment"):
             self._remove_lost()
-            return self._ensure_environment(env_spec, events=events, rebuild=rebuild, lock=lock)
+            try:
+                return self._ensure_environment(env_spec, events=events, rebuild=rebuild, lock=lock)
+            except BaseException:
+                # A build that does not end in an environment leaves nothing by the time it
+                # raises: what an earlier step of it removes in the background goes now.
+                settle_background(timeout=30)
+                raise
 
     def _ensure_environment(
         self, env_spec: EnvSpec, *, events: Events, rebuild: bool, lock: list | None
