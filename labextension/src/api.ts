@@ -1,10 +1,18 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import type { IMapSummary } from './maps';
-
 /** The server extension's namespace under the server's base URL. */
 export const API_NAMESPACE = 'mlcontainer';
+
+/** What the snapshots list says of a map (`GET snapshots`' `map`); null for other runs. */
+export interface IMapSummary {
+  name: string | null;
+  /** Its items; null until they ended. */
+  count: number | null;
+  /** Its items that did not end done; null until they ended. */
+  failed: number | null;
+  parallel: number | null;
+}
 
 /** A snapshot summary, as `GET snapshots` lists them (newest first). */
 export interface ISnapshotSummary {

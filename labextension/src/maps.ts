@@ -1,16 +1,9 @@
 /** A map's (`--map NAME`) items as the sidebar shows them: pure, so Jest checks them. */
 
+import type { IMapSummary } from './api';
 import { formatDuration, MISSING, plural } from './format';
 
-/** What the snapshots list says of a map (`GET snapshots`' `map`); null for other runs. */
-export interface IMapSummary {
-  name: string | null;
-  /** Its items; null until they ended. */
-  count: number | null;
-  /** Its items that did not end done; null until they ended. */
-  failed: number | null;
-  parallel: number | null;
-}
+export type { IMapSummary };
 
 /** One item as the map's record keeps it (core/maps.py `item_record`). */
 export interface IMapItem {
