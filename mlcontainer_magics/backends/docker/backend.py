@@ -199,17 +199,9 @@ class DockerBackend(EnvironmentImages, Backend):
         output: Output | None = None,
         secrets: Mapping[str, str] | None = None,
     ) -> RunResult:
-        with engine_errors("running the cell"), _secret_files(secrets) as secrets_dir:
-            return self._run(
-                spec,
-                env,
-                workdir,
-                run_id=run_id,
-                events=events,
-                output=output,
-                secrets=secrets or {},
-                secrets_dir=secrets_dir,
-            )
+        return self._run_with_secrets(
+            "running the cell", spec, env, workdir, run_id, events, output, secrets
+        )
 
     def run_item(
         self,
@@ -223,7 +215,16 @@ class DockerBackend(EnvironmentImages, Backend):
         output: Output | None = None,
         secrets: Mapping[str, str] | None = None,
     ) -> RunResult:
-        with engine_errors("running an item of the map"), _secret_files(secrets) as secrets_dir:
+        return self._run_with_secrets(
+            "running an item of the map", spec, env, workdir, run_id, events, output, secrets, index
+        )
+
+    def _run_with_secrets(
+        self, doing: str, spec, env, workdir, run_id, events, output, secrets, item=None
+    ) -> RunResult:
+        """_run with the secrets as files of a folder of their own, engine errors said as
+        ``doing`` failing."""
+        with engine_errors(doing), _secret_files(secrets) as secrets_dir:
             return self._run(
                 spec,
                 env,
@@ -233,7 +234,7 @@ class DockerBackend(EnvironmentImages, Backend):
                 output=output,
                 secrets=secrets or {},
                 secrets_dir=secrets_dir,
-                item=index,
+                item=item,
             )
 
     def _remove_lost(self) -> None:
