@@ -51,7 +51,7 @@ from .engine import (
     engine_errors,
     make_labels,
     quietly,
-    run_started,
+    run_ended,
     short,
     translated,
 )
@@ -305,7 +305,6 @@ class DockerBackend(EnvironmentImages, Backend):
                 self._runs[key] = container
                 stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
                 container.start()
-            run_started()  # what a build left to remove goes now
             assert stream is not None, "attached before it runs"
             events(Phase.RUNNING, container=container.id[:12], standby=standby is not None)
             timer = None
@@ -364,6 +363,7 @@ class DockerBackend(EnvironmentImages, Backend):
                 self._standby_pool.remove_used(container)  # type: ignore[union-attr]
             elif container is not None:
                 self._remove_or_remember(container)
+            run_ended()  # what a build left to remove goes now
 
     # -- standby containers (the pool's books are in standby.py) ------------------------------
 

@@ -124,24 +124,24 @@ def stream_lines(chunks):
 
 _CHORES: list[threading.Thread] = []
 _CHORES_LOCK = threading.Lock()
-_STARTS = threading.Condition()  # counts runs started (run_started)
-_starts = 0
+_ENDS = threading.Condition()  # counts runs ended (run_ended)
+_ends = 0
 
 
-def in_background(fn, *args, until_a_run_starts: float = 0.0) -> None:
+def in_background(fn, *args, until_a_run_ends: float = 0.0) -> None:
     """``fn(*args)``, quietly, off the caller's critical path: removing what a build no longer
-    needs (its container's files can take seconds to delete). With ``until_a_run_starts``, it
-    waits (at most that many seconds) for the next run's container to have started: the
-    engine serves the run first, the deleting goes on while the cell runs. Not a daemon
-    thread: the interpreter waits for it at exit, so what it removes is gone before the
-    process is."""
-    with _STARTS:
-        seen = _starts
+    needs (its container's files can take seconds to delete). With ``until_a_run_ends``, it
+    waits (at most that many seconds) for the next run to end: deleting hundreds of megabytes
+    while the first cell imports its packages slowed that cell by a second on 2 cores, and a
+    user waits for the cell, not for the deleting. Not a daemon thread: the interpreter waits
+    for it at exit, so what it removes is gone before the process is."""
+    with _ENDS:
+        seen = _ends
 
     def chore() -> None:
-        if until_a_run_starts > 0:
-            with _STARTS:
-                _STARTS.wait_for(lambda: _starts > seen, until_a_run_starts)
+        if until_a_run_ends > 0:
+            with _ENDS:
+                _ENDS.wait_for(lambda: _ends > seen, until_a_run_ends)
         quietly(fn, *args)
 
     thread = threading.Thread(target=chore, name="mlcontainer-cleanup")
@@ -151,21 +151,20 @@ def in_background(fn, *args, until_a_run_starts: float = 0.0) -> None:
     thread.start()
 
 
-def run_started() -> None:
-    """A run's container has started (or one waiting is told to go on): the chores waiting
-    for that go on."""
-    global _starts
-    with _STARTS:
-        _starts += 1
-        _STARTS.notify_all()
+def run_ended() -> None:
+    """A run has ended (or one waiting is told to go on): the chores waiting for that go on."""
+    global _ends
+    with _ENDS:
+        _ends += 1
+        _ENDS.notify_all()
 
 
 def settle_background(timeout: float = 60.0) -> None:
     """Wait (at most ``timeout`` seconds) until every ``in_background`` chore is done; those
-    waiting for a run to start wait no longer."""
+    waiting for a run to end wait no longer."""
     import time
 
-    run_started()
+    run_ended()
     deadline = time.monotonic() + timeout
     with _CHORES_LOCK:
         threads = list(_CHORES)

@@ -300,9 +300,9 @@ class EnvironmentImages:
         except docker.errors.APIError as e:
             raise BuildError(f"{doing} failed: {short(e)}", log="\n".join(log_lines)) from None
         finally:
-            if done:  # committed (or read): its files take seconds to delete, after the
-                # first run's container has started (the engine is slower at both at once)
-                in_background(_remove_build, container, secrets, until_a_run_starts=1.5)
+            if done:  # committed (or read): its files take seconds to delete, once the first
+                # run has ended (a long one: once it has run for a while)
+                in_background(_remove_build, container, secrets, until_a_run_ends=15.0)
             else:
                 _remove_build(container, secrets)
 
