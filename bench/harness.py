@@ -36,6 +36,29 @@ def ratio(a, b):
     return a / b
 
 
+def busy_core_seconds() -> float:
+    """CPU time the whole machine has spent busy (every process and the kernel: the engine,
+    containerd, the shims, the containers, ours), in core-seconds since boot; Linux only."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Busy core-seconds spent while each labelled piece of work ran."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, list[float]] = {}
+
+    def measure(self, label: str, fn, *args):
+        b0 = busy_core_seconds()
+        try:
+            return fn(*args)
+        finally:
+            self.spent.setdefault(label, []).append(round(busy_core_seconds() - b0, 2))
+
+
 def alternate(i: int, ours, baseline):
     """Run both sides once, ours first on even repetitions, the baseline first on odd ones,
     so that drift in the machine's load falls on both sides alike."""

@@ -66,6 +66,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 from harness import (  # noqa: E402
     BENCH_LABEL,
     NS_LABEL,
+    CpuMeter,
     Janitor,
     JupyterServer,
     Row,
@@ -1071,15 +1072,18 @@ class Bench:
         self.cell(tiny_line, "pass")
         self.ip.user_ns["xs"] = list(range(min(count, parallel)))
         self.cell(sleep_line, sleep_code.replace(str(sleep), "0"))
-        most, rates = [], []
+        most, rates, waves_started = [], [], []
+        cpu = CpuMeter()  # the machine's busy core-seconds during each side's timed work
         for i in range(self.cold_n):
             self.ip.user_ns["xs"] = list(range(count))
 
             def ours_sleep():
-                dt, _, rec = self.cell(sleep_line, sleep_code)
+                began = time.time()
+                dt, _, rec = cpu.measure("ours_sleep", self.cell, sleep_line, sleep_code)
                 ideal.ours.append(dt)
                 spans = self.ip.user_ns["span"]
                 most.append(most_at_once(spans))
+                waves_started.append(wave_starts(spans, parallel, began))
                 sc.check("sleep_items_done", rec["status"] == "done", rec.get("reason", ""))
                 sc.check(
                     "sleep_items_in_order",
@@ -1092,7 +1096,11 @@ class Bench:
                 ideal.baseline.append(waves * sleep + dt)
 
             def plain_fanout():
-                fanout.baseline.append(self.docker_fanout(image, sleep_code, count, parallel)[0])
+                fanout.baseline.append(
+                    cpu.measure(
+                        "plain_fanout_sleep", self.docker_fanout, image, sleep_code, count, parallel
+                    )[0]
+                )
                 fanout.ours.append(ideal.ours[-1])
 
             alternate(i, ours_sleep, one_tiny_run)
@@ -1104,7 +1112,7 @@ class Bench:
             res = {}
 
             def ours_tiny():
-                dt, _, rec = self.cell(tiny_map, tiny_code)
+                dt, _, rec = cpu.measure("ours_tiny", self.cell, tiny_map, tiny_code)
                 tiny.ours.append(dt)
                 rates.append(round(n_tiny / dt, 2))
                 res["ours"] = [str(v) for v in self.ip.user_ns["y"]]
@@ -1118,14 +1126,40 @@ class Bench:
                 tiny.baseline.append(time.perf_counter() - t0)
                 res["base"] = out
 
-            alternate(i, ours_tiny, base_tiny)
-            dt, printed = self.docker_fanout(image, tiny_code, n_tiny, p_tiny)
+            alternate(i, ours_tiny, lambda: cpu.measure("sequential_tiny", base_tiny))
+            dt, printed = cpu.measure(
+                "plain_fanout_tiny", self.docker_fanout, image, tiny_code, n_tiny, p_tiny
+            )
             tiny_fanout.baseline.append(dt)
             tiny_fanout.ours.append(tiny.ours[-1])
             sc.check("same_output_fanout", printed == res["base"], f"{printed} vs {res['base']}")
             sc.check("same_output", res["ours"] == res["base"], f"{res['ours']} vs {res['base']}")
         sc.info["tiny_items_per_s"] = rates
-        sc.info["cores"] = os.cpu_count()
+        sc.info["cores"] = cores = os.cpu_count() or 1
+        sc.info["sleep_waves_running_after_s"] = waves_started
+        sc.info["busy_core_s"] = cpu.spent
+        # What the CPU allows: a side that spends c core-seconds per item cannot end n items in
+        # less than n * c / cores (row 1: less its items' sleeping, which costs no CPU).
+        per_item = {
+            label: round(median(spent) / (n_tiny if label.endswith("tiny") else count), 3)
+            for label, spent in cpu.spent.items()
+        }
+        sc.info["busy_core_s_per_item"] = per_item
+        floor = {
+            label: round(n_tiny * c / cores / median(tiny.baseline), 3)
+            for label, c in per_item.items()
+            if label.endswith("tiny")
+        }
+        sc.info["tiny_cpu_floor_ratio"] = floor
+        sc.notes.append(
+            "CPU (busy core-seconds of the whole machine per item, medians; other work on the "
+            "machine counts too: read it from a quiet run): "
+            + ", ".join(f"{k} {v}" for k, v in per_item.items())
+            + f". At that CPU per item, {n_tiny} tiny items on {cores} cores take at least "
+            + ", ".join(f"{v} ({k})" for k, v in floor.items())
+            + " of the sequential baseline's median wall time. Row 1's waves were all running "
+            f"(s after the cell began; after the first wave's first item ended): {waves_started}."
+        )
         sc.notes.append(
             "Ours is the whole --map cell as the notebook waits for it: the items written to "
             "the run's folder once, one container per item (created, attached, started, "
@@ -1250,6 +1284,20 @@ def most_at_once(spans) -> int:
         now += step
         most = max(most, now)
     return most
+
+
+def wave_starts(spans, parallel: int, began: float) -> list[float]:
+    """When each wave of items was all running: the first wave's last start after ``began``
+    (the cell's start), each later one's after the previous wave's first end (the first slot
+    that freed). Items' clocks are the containers' (the host's)."""
+    starts = sorted(s for s, _ in spans)
+    ends = sorted(e for _, e in spans)
+    out, ref = [], began
+    for w in range(0, len(starts), parallel):
+        wave = starts[w : w + parallel]
+        out.append(round(wave[-1] - ref, 3))
+        ref = ends[w] if w < len(ends) else ref
+    return out
 
 
 def data_breakdown(value, folder: Path) -> dict:
