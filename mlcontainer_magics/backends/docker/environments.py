@@ -301,8 +301,9 @@ class EnvironmentImages:
             raise BuildError(f"{doing} failed: {short(e)}", log="\n".join(log_lines)) from None
         finally:
             if done:  # committed (or read): its files take seconds to delete, once the first
-                # run has ended (a long one: once it has run for a while)
-                in_background(_remove_build, container, secrets, until_a_run_ends=15.0)
+                # run has ended, or 5 s on (a long run; no run at all: a process exiting waits
+                # for this before it ends)
+                in_background(_remove_build, container, secrets, until_a_run_ends=5.0)
             else:
                 _remove_build(container, secrets)
 
