@@ -103,10 +103,10 @@ beside what it printed (`stdout.txt`, `stderr.txt`) and its exit status (`exit-c
 script says which items failed and ends with status 1 if any did. Without `MLC_INDEX` the
 image runs nothing and says so.
 
-An item that exits non-zero runs again, up to {retries} more times as the map's `--retries`
-said (`MLC_RETRIES=2 sh run-items.sh` for another number), each attempt in a fresh container
-with its `items/NNNNN/` emptied first; `attempts` there says how many it took, and each retry
-is said on stderr. An interrupt (Ctrl-C) is not retried.
+An item that exits non-zero is run again as the map's `--retries {retries}` said, at most
+{retries} more times (`MLC_RETRIES=2 sh run-items.sh` for another number), each attempt in a
+fresh container with its `items/NNNNN/` emptied first; `attempts` there says how many it took,
+and the script says each retry on stderr. An interrupt (Ctrl-C) is not retried.
 
 - `Dockerfile` starts from `{base}` (image id `{base_id}` when recorded), installs the Debian
   packages and the exact pins of `requirements.lock` (with hashes) from `wheels/`, offline.
