@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -405,6 +406,42 @@ def test_the_widget_draws_a_maps_bar():
     )
 
 
+# -- run-items.sh of an exported map (pure: the script's text) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "record_map, spec_retries, default",
+    [({"retries": 2}, 0, "2"), (None, 1, "1"), ({"retries": 0}, 0, "0"), (None, 0, "0")],
+)
+def test_run_items_retries_as_the_map_recorded_unless_mlc_retries_says(
+    tmp_path, record_map, spec_retries, default
+):
+    from mlcontainer_magics.backends.export import run_items_script
+
+    spec = _spec(map=specs.MapSpec("x", 2, spec_retries))
+    record = {"id": "snap1", "spec": spec.to_dict()}
+    if record_map is not None:
+        record["map"] = {"name": "x", "count": 3, **record_map}
+    text = run_items_script(record, spec, {"name": "x", "count": 3})
+    assert f'RETRIES="${{MLC_RETRIES:-{default}}}"' in text
+    # each attempt empties the item's folder before its container runs; the last one's count
+    # is kept beside its exit status; each retry is said
+    loop = text[text.index("    while :; do") : text.index("    done")]
+    assert loop.index('rm -rf "$dir"') < loop.index("docker run --rm")
+    assert '[ "$attempt" -gt "$RETRIES" ]' in loop
+    assert "retrying ($((attempt + 1)) of $((RETRIES + 1)))" in loop
+    assert 'echo "$attempt" >"$dir/attempts"' in text
+    script = tmp_path / "run-items.sh"
+    script.write_text(text)
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
+    # a number that is not one is refused before anything runs
+    bad = subprocess.run(
+        ["sh", str(script)], env={**os.environ, "MLC_RETRIES": "two"}, capture_output=True
+    )
+    assert bad.returncode == 2 and b"MLC_RETRIES must be a whole number" in bad.stderr
+    assert not (tmp_path / "items").exists()
+
+
 # -- on the real engine --------------------------------------------------------------------------
 
 
@@ -653,6 +690,121 @@ def test_an_exported_map_runs_every_item_with_plain_docker(ip, store_of_ip, tmp_
     )
     assert again.returncode == 1 and f"build it first: docker build -t {image}" in again.stderr
     assert (dest / "items" / "00003" / "v-n.json").exists()  # the last run's are kept
+
+
+@on_engine
+def test_an_exported_map_retries_a_failed_item_with_plain_docker(
+    ip, store_of_ip, tmp_path, namespace
+):
+    """run-items.sh applies the map's recorded --retries: an item that fails on its first
+    attempt runs again in a fresh container, its folder emptied first, and items/NNNNN/attempts
+    says 2; without retries (MLC_RETRIES=0) the same item fails."""
+    store = store_of_ip
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    marks.chmod(0o777)  # the image's unprivileged user writes the marks
+    ip.user_ns["xs"] = [0, 1, 2]
+    cell(
+        ip,
+        f"--map xs --retries 1 --parallel 2 --mount {marks}:/marks:rw --out y",
+        "import os\n"
+        "mark = f'/marks/{xs}'\n"
+        "if xs == 1 and not os.path.exists(mark):\n"
+        "    open(mark, 'w').close()\n"
+        "    print('the first attempt')\n"
+        "    raise RuntimeError('the first attempt fails')\n"
+        "y = xs * 2\n"
+        "print('item', xs)",
+    )
+    record = newest(store)
+    assert [i["attempts"] for i in record["map"]["items"]] == [1, 2, 1]
+    dest = tmp_path / "exported"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "export", record["id"], dest],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MLCONTAINER_STORE": str(store.root)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    script = dest / "run-items.sh"
+    assert 'RETRIES="${MLC_RETRIES:-1}"' in script.read_text()
+    readme = " ".join((dest / "README.md").read_text().split())
+    assert "`--retries 1` said, at most 1 more times (`MLC_RETRIES=2 sh run-items.sh`" in readme
+    # A writable --mount does not travel with an export: a `docker` first on PATH mounts the
+    # marks folder into each item's container as the map had it, and runs the real one.
+    real = shutil.which("docker")
+    assert real
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    shim.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = run ]; then\n'
+        "    shift\n"
+        f'    exec {real} run -v {marks}:/marks "$@"\n'
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    shim.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}",
+        "MLC_MAP_IMAGE": f"{namespace}-map-retries:{record['id']}",
+    }
+
+    def run_items(**more):
+        (marks / "1").unlink()  # item 1 fails again on its first attempt
+        return subprocess.run(
+            ["sh", str(script)], env={**env, **more}, capture_output=True, text=True, timeout=600
+        )
+
+    try:
+        build = subprocess.run(
+            ["docker", "build", "-q", "-t", env["MLC_MAP_IMAGE"], str(dest)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert build.returncode == 0, build.stderr[-3000:]
+        run = run_items()
+        retried = shutil.copytree(
+            dest / "items", tmp_path / "retried"
+        )  # the next run's replace them
+        once = run_items(MLC_RETRIES="0")
+    finally:
+        subprocess.run(["docker", "rmi", "-f", env["MLC_MAP_IMAGE"]], capture_output=True)
+    # as recorded: item 1 failed, ran again, and ended with what the map recorded
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(run.stdout.splitlines()[:-1]) == [
+        "item 0: done",
+        "item 1: done after 2 attempts",
+        "item 2: done",
+    ]
+    assert (
+        "item 1: failed (exit status 1), retrying (2 of 2): RuntimeError: the first attempt fails"
+        in run.stderr.splitlines()
+    )
+    assert sum("retrying" in line for line in run.stderr.splitlines()) == 1
+    for item in record["map"]["items"]:
+        folder = retried / f"{item['index']:05d}"
+        assert (folder / "attempts").read_text() == f"{item['attempts']}\n"
+        assert (folder / "exit-code").read_text() == "0\n"
+        recorded = item["outputs"]["y"]["digest"]
+        made = folder / "v-y.json"
+        assert transfer.file_digest(made, transfer.digest_algorithm(recorded)) == recorded
+        assert json.loads(made.read_text()) == item["index"] * 2
+        # the failed attempt's output went with its emptied folder
+        assert (folder / "stdout.txt").read_text() == f"item {item['index']}\n"
+    # without retries the item fails, after one attempt, and the script says so
+    assert once.returncode == 1
+    assert "item 1: failed (exit status 1): RuntimeError: the first attempt fails" in once.stderr
+    assert "retrying" not in once.stderr and "1 of 3 items failed" in once.stderr
+    items = dest / "items"
+    assert (items / "00001" / "attempts").read_text() == "1\n"
+    assert (items / "00001" / "exit-code").read_text() == "1\n"
+    assert (items / "00001" / "stdout.txt").read_text() == "the first attempt\n"
+    assert not (items / "00001" / "v-y.json").exists()
+    assert (items / "00000" / "v-y.json").exists() and (items / "00002" / "v-y.json").exists()
 
 
 @on_engine

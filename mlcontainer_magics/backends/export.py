@@ -103,6 +103,11 @@ beside what it printed (`stdout.txt`, `stderr.txt`) and its exit status (`exit-c
 script says which items failed and ends with status 1 if any did. Without `MLC_INDEX` the
 image runs nothing and says so.
 
+An item that exits non-zero is run again as the map's `--retries {retries}` said, at most
+{retries} more times (`MLC_RETRIES=2 sh run-items.sh` for another number), each attempt in a
+fresh container with its `items/NNNNN/` emptied first; `attempts` there says how many it took,
+and the script says each retry on stderr. An interrupt (Ctrl-C) is not retried.
+
 - `Dockerfile` starts from `{base}` (image id `{base_id}` when recorded), installs the Debian
   packages and the exact pins of `requirements.lock` (with hashes) from `wheels/`, offline.
 - `mlc/cell.py` is the cell's code; `mlc/in/{map_name}/` holds the items, one file each, and
@@ -361,10 +366,17 @@ def docker_run_options(spec, record: dict, listed=None) -> list[str]:
 def run_items_script(record: dict, spec, mapped: dict, listed=None) -> str:
     """run-items.sh of an exported map: every item with plain ``docker run --rm``, at most
     the recorded --parallel at once (``xargs -P``), item NNNNN's --out values into
-    ``items/NNNNN/`` (mounted as /mlc/out), with what it printed and its exit status."""
+    ``items/NNNNN/`` (mounted as /mlc/out), with what it printed and its exit status.
+
+    An item that exits non-zero runs again, up to the recorded --retries times (MLC_RETRIES
+    overrides it), each attempt in a fresh container with its folder emptied first, as the
+    magic's map retries it (core/backend.py ``_ItemPool._item``); ``items/NNNNN/attempts``
+    says how many it took. An interrupt (SIGINT, SIGTERM) ends the item and is not retried,
+    as a stopped map's items are not."""
     count = int(mapped.get("count") or len(mapped.get("items") or []))
     parallel = _recorded_parallel(record)
     default = str(parallel) if parallel else "$(nproc 2>/dev/null || echo 2)"
+    retries = _recorded_retries(record)
     options = " ".join(docker_run_options(spec, record, listed))
     return "\n".join(
         [
@@ -372,31 +384,60 @@ def run_items_script(record: dict, spec, mapped: dict, listed=None) -> str:
             f"# Runs every item of the map {mapped.get('name')} of snapshot {record['id']}"
             f" ({count} items) with plain docker,",
             "# at most $MLC_PARALLEL at once; item NNNNN's --out values go to items/NNNNN/.",
+            "# A failed item runs again up to $MLC_RETRIES times, each time in a fresh container.",
             "# Build the image first: docker build -t snapshot-" + record["id"] + " .",
             "set -eu",
             'HERE=$(cd "$(dirname "$0")" && pwd)',
             f'IMAGE="${{MLC_MAP_IMAGE:-snapshot-{record["id"]}}}"',
             f'PARALLEL="${{MLC_PARALLEL:-{default}}}"',
+            f'RETRIES="${{MLC_RETRIES:-{retries}}}"',
             f"COUNT={count}",
+            'case "$RETRIES" in',
+            "    '' | *[!0-9]*)",
+            '        echo "run-items.sh: MLC_RETRIES must be a whole number of 0 or more,'
+            " not '$RETRIES'\" >&2",
+            "        exit 2",
+            "        ;;",
+            "esac",
             "",
             "# one item (run by xargs): run-items.sh --item POSITION",
             'if [ "${1:-}" = --item ]; then',
+            "    # An interrupt ends the item: a stopped item is not retried.",
+            "    trap 'exit 130' INT",
+            "    trap 'exit 143' TERM",
             '    dir="$HERE/items/$(printf %05d "$2")"',
-            '    rm -rf "$dir"',
-            '    mkdir -p "$dir"',
-            "    # The image runs as an unprivileged user (uid 1000), which must write there.",
-            '    chmod 0777 "$dir"',
-            "    status=0",
-            f'    docker run --rm {options + " " if options else ""}-e MLC_INDEX="$2" '
+            "    attempt=0",
+            "    while :; do",
+            "        attempt=$((attempt + 1))",
+            "        # Each attempt starts from an empty folder: what a failed one wrote is not"
+            " the item's.",
+            '        rm -rf "$dir"',
+            '        mkdir -p "$dir"',
+            "        # The image runs as an unprivileged user (uid 1000), which must write there.",
+            '        chmod 0777 "$dir"',
+            "        status=0",
+            f'        docker run --rm {options + " " if options else ""}-e MLC_INDEX="$2" '
             f'-v "$dir:{OUT_DIR}" "$IMAGE" \\',
-            '        >"$dir/stdout.txt" 2>"$dir/stderr.txt" || status=$?',
+            '            >"$dir/stdout.txt" 2>"$dir/stderr.txt" || status=$?',
+            '        if [ "$status" -eq 0 ] || [ "$attempt" -gt "$RETRIES" ]; then',
+            "            break",
+            "        fi",
+            '        echo "item $2: failed (exit status $status), retrying'
+            ' ($((attempt + 1)) of $((RETRIES + 1))):" \\',
+            '            "$(tail -n 1 "$dir/stderr.txt")" >&2',
+            "    done",
             '    echo "$status" >"$dir/exit-code"',
+            '    echo "$attempt" >"$dir/attempts"',
+            '    tries=""',
+            '    if [ "$attempt" -gt 1 ]; then',
+            '        tries=" after $attempt attempts"',
+            "    fi",
             '    if [ "$status" -ne 0 ]; then',
-            '        echo "item $2: failed (exit status $status):" \\',
+            '        echo "item $2: failed (exit status $status)$tries:" \\',
             '            "$(tail -n 1 "$dir/stderr.txt")" >&2',
             "        exit 1",
             "    fi",
-            '    echo "item $2: done"',
+            '    echo "item $2: done$tries"',
             "    exit 0",
             "fi",
             "",
@@ -407,7 +448,8 @@ def run_items_script(record: dict, spec, mapped: dict, listed=None) -> str:
             "fi",
             'rm -rf "$HERE/items"',
             'mkdir -p "$HERE/items"',
-            'echo "running $COUNT items of $IMAGE, at most $PARALLEL at once" >&2',
+            'echo "running $COUNT items of $IMAGE, at most $PARALLEL at once,"'
+            ' "a failed one retried up to $RETRIES times" >&2',
             "seq 0 $((COUNT - 1)) |",
             '    xargs -n 1 -P "$PARALLEL" sh "$HERE/run-items.sh" --item || true',
             "failed=0",
@@ -500,6 +542,14 @@ def _recorded_parallel(record: dict) -> int | None:
     return was or ((record.get("spec") or {}).get("map") or {}).get("parallel")
 
 
+def _recorded_retries(record: dict) -> int:
+    """A map's --retries as recorded: attempts of a failed item beyond its first."""
+    was = (record.get("map") or {}).get("retries")
+    if was is None:
+        was = ((record.get("spec") or {}).get("map") or {}).get("retries")
+    return int(was or 0)
+
+
 def _map_fields(staging: Path, record: dict) -> dict:
     """MAP_README's fields, of the map block _write_run_folder wrote in mlc/manifest.json."""
     try:
@@ -513,6 +563,7 @@ def _map_fields(staging: Path, record: dict) -> dict:
         "last": count - 1,
         "last_dir": f"{max(count - 1, 0):05d}",
         "parallel": _recorded_parallel(record) or "as many as the machine has cores",
+        "retries": _recorded_retries(record),
     }
 
 
