@@ -536,18 +536,20 @@ def _write_build_context(
     return [] if copied else inputs
 
 
+def _recorded_map_option(record: dict, name: str):
+    """A map's option as recorded: its map block's, else its spec's; None if neither has it."""
+    was = (record.get("map") or {}).get(name)
+    return was if was is not None else ((record.get("spec") or {}).get("map") or {}).get(name)
+
+
 def _recorded_parallel(record: dict) -> int | None:
     """A map's --parallel as recorded; None: it was the backend's default."""
-    was = (record.get("map") or {}).get("parallel")
-    return was or ((record.get("spec") or {}).get("map") or {}).get("parallel")
+    return _recorded_map_option(record, "parallel") or None
 
 
 def _recorded_retries(record: dict) -> int:
     """A map's --retries as recorded: attempts of a failed item beyond its first."""
-    was = (record.get("map") or {}).get("retries")
-    if was is None:
-        was = ((record.get("spec") or {}).get("map") or {}).get("retries")
-    return int(was or 0)
+    return int(_recorded_map_option(record, "retries") or 0)
 
 
 def _map_fields(staging: Path, record: dict) -> dict:
