@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import pickle
+import re
 import threading
 import time
 
@@ -353,7 +355,7 @@ from test_k8s_backend import (  # noqa: E402
     stderr_line,
 )
 
-from mlcontainer_magics.core import maps  # noqa: E402
+from mlcontainer_magics.core import maps, transfer  # noqa: E402
 from mlcontainer_magics.core.spec import MapSpec  # noqa: E402
 from mlcontainer_magics.core.store import Store  # noqa: E402
 
@@ -365,11 +367,14 @@ def backend(k8s_fake, monkeypatch):
     return b
 
 
-def item_pod(compute=lambda x: x * 2, fails=lambda index, attempt: False, hold=None):
+def item_pod(
+    compute=lambda x: x * 2, fails=lambda index, attempt: False, hold=None, read=json.loads
+):
     """A ``run=`` callback that plays the runner for one item of a map, as the real one does in
     an Indexed Job's pod: item ``MLC_INDEX`` of the manifest's map block, read from the
     Secret's files; it prints, then offers ``--out y`` (compute(x)) to be taken over exec.
-    ``fails(index, attempt)``: the cell raises instead (a traceback on stderr, exit 1)."""
+    ``fails(index, attempt)``: the cell raises instead (a traceback on stderr, exit 1).
+    ``read``: how the item's file is read (pickle.loads for items sent as pickle)."""
     attempts: dict[int, int] = {}
     lock = threading.Lock()
 
@@ -377,7 +382,7 @@ def item_pod(compute=lambda x: x * 2, fails=lambda index, attempt: False, hold=N
         manifest = json.loads(pod.files["/mlc/manifest.json"])
         index = int(pod.env["MLC_INDEX"])
         entry = manifest["map"]["items"][index]
-        x = json.loads(pod.files[f"/mlc/{entry['file']}"])
+        x = read(pod.files[f"/mlc/{entry['file']}"])
         index = entry.get("index", index)  # the item's own, as the runner tells the cell
         with lock:
             attempts[index] = attempt = attempts.get(index, 0) + 1
@@ -602,17 +607,15 @@ def test_items_too_large_for_a_secret_fail_before_anything_is_sent(backend, k8s_
     assert not k8s_fake.list("secrets", NS) and not k8s_fake.list("jobs", NS)
 
 
-def test_a_map_too_large_for_the_secret_is_refused_before_the_image_is_built_or_pushed(
-    k8s_fake, tmp_path, monkeypatch
-):
-    """Plain data whose JSON adds up to over 1 MiB (no array, no text: sized as JSON) is
-    refused by the backend's check_map before ensure_environment: nothing was built nor pushed,
-    no Secret nor Job created, no snapshot recorded as running."""
+@pytest.fixture
+def watched(k8s_fake, monkeypatch):
+    """(backend, built, pushed): a backend whose environment's build (by its Docker backend)
+    and push are noted, not done."""
     from mlcontainer_magics.backends.kubernetes import registry as registries
 
     built, pushed = [], []
 
-    class Docker:  # the environment's build: must not be reached
+    class Docker:  # the environment's build
         client = None
 
         def ensure_environment(self, env_spec, **kw):
@@ -621,6 +624,16 @@ def test_a_map_too_large_for_the_secret_is_refused_before_the_image_is_built_or_
 
     monkeypatch.setattr(registries, "push_image", lambda *a, **k: pushed.append(a) or IMAGE)
     backend = backend_for(k8s_fake, registry="127.0.0.1:5000", docker_backend=Docker())
+    return backend, built, pushed
+
+
+def test_a_map_too_large_for_the_secret_is_refused_before_the_image_is_built_or_pushed(
+    watched, k8s_fake, tmp_path
+):
+    """Plain data whose JSON adds up to over 1 MiB (no array, no text: sized as JSON) is
+    refused by the backend's check_map before ensure_environment: nothing was built nor pushed,
+    no Secret nor Job created, no snapshot recorded as running."""
+    backend, built, pushed = watched
     items = [[0.123456789] * 30_000 for _ in range(4)]  # about 390 KiB of JSON each
     with pytest.raises(SpecError) as info:
         execute(backend, tmp_path, map_spec(code="y = len(x)\n"), items)
@@ -634,6 +647,70 @@ def test_a_map_too_large_for_the_secret_is_refused_before_the_image_is_built_or_
     k8s_fake.script("mlc-", run=item_pod(compute=len))
     outcome, _, _ = execute(backend, tmp_path, map_spec(code="y = len(x)\n"), [[1.0] * 10] * 4)
     assert outcome.ok and len(built) == 1 and len(pushed) == 1
+
+
+def big_set(k: int) -> set:
+    """About 340 KiB pickled (70,000 ints of 5 bytes each), and not JSON: sent as pickle."""
+    return set(range(100_000 + k * 70_000, 100_000 + (k + 1) * 70_000))
+
+
+def test_a_map_of_pickled_items_too_large_for_the_secret_is_refused_before_the_build(
+    watched, k8s_fake, tmp_path
+):
+    """Items sent as pickle (sets, which JSON has not) adding up to over 1 MiB are measured by
+    pickling them as far as the Secret's limit, and refused before the image is built or
+    pushed; before, they counted as 0 and failed only when the Secret was made."""
+    backend, built, pushed = watched
+    items = [big_set(k) for k in range(4)]
+    assert {transfer.choose_format(i) for i in items} == {"pickle"}
+    with pytest.raises(SpecError) as info:
+        execute(backend, tmp_path, map_spec(code="y = len(x)\n"), items)
+    message = str(info.value)
+    assert re.search(
+        r"at least 1\.\d+ MiB \(4 items of 1\.\d+ MiB, the largest 342\.0 KiB\)", message
+    )
+    assert "over the 1 MiB" in message and "nothing was built or pushed" in message
+    assert built == [] and pushed == []
+    assert k8s_fake.list("secrets", NS) == [] and k8s_fake.list("jobs", NS) == []
+    assert Store(tmp_path / "store").count() == 0
+
+    # A shared --in value sent as pickle counts too, whatever the items.
+    store = Store(tmp_path / "shared")
+    spec = map_spec(code="y = len(x)\n", inputs=("table",))
+    table = {(i, i + 1): i for i in range(100_000)}  # tuple keys: pickle, about 1.2 MiB
+    with pytest.raises(SpecError, match=r"the shared --in values 1\.\d+ MiB"):
+        maps.execute_map(spec, backend, inputs={"x": [{1}], "table": table}, store=store)
+    assert built == [] and pushed == [] and store.count() == 0
+
+    # Pickled items that fit go on to the build and the push, and run.
+    k8s_fake.script("mlc-", run=item_pod(compute=len, read=pickle.loads))
+    outcome, _, _ = execute(backend, tmp_path / "small", map_spec(code="y = len(x)\n"), items[:2])
+    assert outcome.ok and outcome.values == {"y": [70_000, 70_000]}
+    assert len(built) == 1 and len(pushed) == 1
+
+
+def test_an_item_that_cannot_be_pickled_is_named_before_any_size_or_build(
+    watched, k8s_fake, tmp_path
+):
+    """An item pickle cannot write is the clear error it always was (check_inputs, in
+    items_of), not a size nor pickle's own error, and nothing is built."""
+    backend, built, pushed = watched
+    with pytest.raises(SpecError, match=r"^--map x\[1\]: a lock cannot be sent into a container"):
+        execute(backend, tmp_path, map_spec(), [{1}, threading.Lock()])
+    assert built == [] and pushed == [] and k8s_fake.list("secrets", NS) == []
+
+
+def test_map_sizes_are_exact_under_the_limit_and_over_it_when_the_total_is():
+    small = [{1, 2}, {(1, 2): 3}, [1, 2]]
+    exact = [len(pickle.dumps(v, protocol=transfer.PICKLE_PROTOCOL)) for v in small[:2]] + [6]
+    assert maps.map_sizes([], small, 1024 * 1024) == ([], exact)
+    assert maps.map_sizes([], small, None) == ([], [0, 0, 6])  # no bound: nothing pickled
+    # Over: the sizes add up to more than the limit, each pickled no further than what was
+    # left of it (a value after the limit is reached costs one frame at most).
+    shared, sizes = maps.map_sizes([big_set(0)], [big_set(k) for k in range(1, 20)], 500_000)
+    assert shared == [len(pickle.dumps(big_set(0), protocol=transfer.PICKLE_PROTOCOL))]
+    assert shared[0] + sum(sizes) > 500_000
+    assert sizes[0] > 500_000 - shared[0] and all(0 < n <= 64 * 1024 + 100 for n in sizes[1:])
 
 
 def test_check_map_size_counts_items_shared_values_code_and_runner():

@@ -77,6 +77,60 @@ def test_value_sizes_are_known_for_arrays_bytes_text_and_frames():
     assert transfer.value_size({"a": 1}) == 0
 
 
+class Point:  # pickled (by reference to this module), not JSON
+    def __init__(self, x):
+        self.x = x
+
+
+class Tripwire:
+    """Notes whether pickle got as far as it."""
+
+    reached = False
+
+    def __reduce__(self):
+        Tripwire.reached = True
+        return (Tripwire, ())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{1, 2, 3}, {(1, 2): "a", (3, 4): "b"}, [Point(1), Point(2.5)], frozenset(range(1000))],
+    ids=["set", "tuple-keys", "objects", "frozenset"],
+)
+def test_a_pickled_values_encoded_size_under_the_limit_is_its_files_size(value, tmp_path):
+    assert transfer.choose_format(value) == "pickle"
+    path = transfer.write_value(value, tmp_path, "v", "pickle")
+    size = path.stat().st_size
+    assert transfer.encoded_size(value, limit=1 << 20) == size
+    assert transfer.encoded_size(value, limit=size) == size  # at the limit: still exact
+    assert transfer.encoded_size(value, limit=size - 1) > size - 1  # one under: over it
+    # Without a limit, nothing is pickled: a backend without a bound (Docker) pays nothing.
+    assert transfer.encoded_size(value) == 0
+
+
+def test_a_large_pickled_value_is_measured_only_a_little_past_the_limit():
+    import pickle
+
+    Tripwire.reached = False
+    value = [set(range(1_000_000)), Tripwire()]  # about 4.6 MB pickled
+    limit = 100 * 1024
+    size = transfer.encoded_size(value, limit=limit)
+    assert limit < size <= limit + 2 * 64 * 1024  # over it, by at most about a pickle frame
+    assert not Tripwire.reached  # the pickling stopped there, long before the end
+    assert len(pickle.dumps(value, protocol=transfer.PICKLE_PROTOCOL)) > 30 * size
+    assert Tripwire.reached  # (the tripwire does trip when the whole value is pickled)
+    assert 0 < transfer.encoded_size({1}, limit=0)  # nothing is left: over at the first byte
+
+
+def test_a_value_pickle_cannot_write_is_an_error_not_a_size():
+    import threading
+
+    with pytest.raises(TypeError, match="lock"):
+        transfer.encoded_size([threading.Lock()], limit=1 << 20)
+    with pytest.raises(SpecError, match=r"^--in x: a list cannot be sent into a container"):
+        transfer.check_inputs(["x"], {"x": [threading.Lock()]})
+
+
 # -- where run folders are made --------------------------------------------------------------
 
 

@@ -255,6 +255,14 @@ class Backend(ABC):
         shares. The default refuses nothing."""
         return None
 
+    def map_size_limit(self) -> int | None:
+        """Optional capability: the bytes past which check_map refuses a map whatever else it
+        holds (a Kubernetes Secret's 1 MiB), so that the sizes it is given need be measured
+        only that far; a value that would be pickled is then pickled (into nothing) that far
+        to know its size (transfer.encoded_size). None (the default): check_map needs no
+        size of a pickled value, which then counts as 0 and costs nothing."""
+        return None
+
     # -- where -----------------------------------------------------------------------------
 
     @abstractmethod

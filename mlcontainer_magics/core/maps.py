@@ -10,7 +10,8 @@ digested) as an input too: the map's lineage links it as a run's ``--in`` values
 The run itself is ``runs.run_steps`` with a map step, as services are: the same record, the
 same environment, the same folder, the same failure recording.
 
-Pure: ``items_of`` (value -> items), ``map_manifest``, ``item_record``, ``map_error``.
+Pure: ``items_of`` (value -> items), ``map_sizes``, ``map_manifest``, ``item_record``,
+``map_error``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,23 @@ def _listable(value) -> bool:
     except TypeError:
         return False
     return True
+
+
+def map_sizes(shared: Sequence, items: Sequence, limit: int | None) -> tuple[list, list]:
+    """transfer.encoded_size of the shared --in values and of the items, for a backend's
+    check_map. With ``limit`` (Backend.map_size_limit), a pickled value is measured only as
+    far as what is left of it once the values before are counted: every size is exact while
+    the total is at most ``limit``, and once it is over, the sizes add up to more than
+    ``limit`` too, for no more pickling than ``limit`` bytes (and a frame per value after)."""
+    left = limit
+    sizes: list[list[int]] = [[], []]
+    for out, values in zip(sizes, (shared, items)):
+        for value in values:
+            size = transfer.encoded_size(value, None if left is None else max(left, 0))
+            out.append(size)
+            if left is not None:
+                left -= size
+    return sizes[0], sizes[1]
 
 
 def map_manifest(name: str, entries: Sequence[dict]) -> dict:
@@ -224,10 +242,12 @@ def execute_map(
             )
     # Before the environment is built (or pushed): a backend that cannot carry the items
     # (too large for a Kubernetes Secret) says so now.
-    shared = sum(
-        transfer.encoded_size(inputs[n]) for n in spec.inputs if n != mapped.name and n in inputs
+    shared_sizes, item_sizes = map_sizes(
+        [inputs[n] for n in spec.inputs if n != mapped.name and n in inputs],
+        [items[i] for i in chosen],
+        backend.map_size_limit(),
     )
-    backend.check_map(spec, [transfer.encoded_size(items[i]) for i in chosen], shared)
+    backend.check_map(spec, item_sizes, sum(shared_sizes))
     store, events = options.get("store"), options.get("events") or no_events
     algorithms = dict(options.get("output_digests") or {})
 

@@ -27,6 +27,9 @@ from ..errors import SpecError
 from ..runner.mlc_runner import EXT, json_exact
 
 PY = "{}.{}".format(*sys.version_info[:2])
+# Of a value written as pickle (write_value), and of what measures one (check_inputs,
+# encoded_size): the same bytes.
+PICKLE_PROTOCOL = 4
 
 
 def _is_ndarray(value) -> bool:
@@ -67,17 +70,50 @@ def value_size(value) -> int:
     return 0
 
 
-def encoded_size(value) -> int:
+def encoded_size(value, limit: int | None = None) -> int:
     """About the bytes a value's file takes, at least: arrays, bytes, text and DataFrames as
-    value_size says; plain data (JSON) as its JSON text; a value that would be pickled as 0
-    (knowing would cost the pickling). For a backend that bounds a payload (a map's items in
-    a Kubernetes Secret) before anything is built."""
+    value_size says; plain data (JSON) as its JSON text. For a backend that bounds a payload
+    (a map's items in a Kubernetes Secret) before anything is built.
+
+    A value that would be pickled counts as 0 without ``limit`` (knowing would cost the
+    pickling). With ``limit``, it is pickled as write_value pickles it, into a sink that only
+    counts: its exact size when that is at most ``limit``; else a number over ``limit`` (by at
+    most a pickle frame, ~64 KiB, or one large string or bytes), the pickling stopped there,
+    so the cost is bounded by ``limit``, not by the value. A value pickle cannot write raises
+    what pickle raises (check_inputs, run first, turns it into a clear SpecError)."""
     size = value_size(value)
     if size or isinstance(value, (bytes, bytearray)) or _is_ndarray(value):
         return size + (2 if isinstance(value, str) else 0)
     if json_exact(value):
         return len(json.dumps(value).encode("utf-8"))
-    return 0
+    if limit is None or choose_format(value) != "pickle":
+        return 0
+    sink = _Counter(max(limit, 0))
+    try:
+        pickle.Pickler(sink, protocol=PICKLE_PROTOCOL).dump(value)
+    except _OverLimit:
+        pass
+    return sink.count
+
+
+class _OverLimit(Exception):
+    """Raised by _Counter.write once past its limit: stops the pickling (private)."""
+
+
+class _Counter:
+    """A file-like that keeps no bytes: counts what is written, and raises _OverLimit once the
+    count is over ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes  # bytes, or a bytearray's own buffer
+        self.count += n
+        if self.count > self.limit:
+            raise _OverLimit
+        return n
 
 
 def choose_format(value, *, peer_pyarrow: bool = True) -> str:
@@ -106,7 +142,7 @@ def write_value(value, folder: Path, name: str, fmt: str) -> Path:
         value.to_parquet(path)
     else:
         with path.open("wb") as f:
-            pickle.dump(value, f, protocol=4)
+            pickle.dump(value, f, protocol=PICKLE_PROTOCOL)
     return path
 
 
@@ -175,7 +211,7 @@ def check_inputs(names, namespace: dict) -> dict:
     values = {n: namespace[n] for n in names}
     for name, value in values.items():
         if choose_format(value) == "pickle":
-            probe = _MainFinder(_Discard(), protocol=4)
+            probe = _MainFinder(_Discard(), protocol=PICKLE_PROTOCOL)
             try:
                 probe.dump(value)
             except Exception as e:  # pickle raises many types for unpicklable values

@@ -368,6 +368,10 @@ class KubernetesBackend(ServiceMixin, Backend):
         is built and pushed (indexed.check_map_size)."""
         indexed.check_map_size(spec, item_sizes, shared, runner=len(runner_source()))
 
+    def map_size_limit(self) -> int:
+        """All of a map travels in the Job's Secret: what is over its limit is refused."""
+        return objects.SECRET_MAX_BYTES
+
     def run_map(
         self,
         spec: RunSpec,
