@@ -101,17 +101,17 @@ class _OverLimit(Exception):
 
 
 class _Counter:
-    """A file-like that keeps no bytes: counts what is written, and raises _OverLimit once the
-    count is over ``limit``."""
+    """A file-like that keeps no bytes: counts what is written, and with ``limit`` raises
+    _OverLimit once the count is over it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.limit = limit
         self.count = 0
 
     def write(self, data) -> int:
         n = memoryview(data).nbytes  # bytes, or a bytearray's own buffer
         self.count += n
-        if self.count > self.limit:
+        if self.limit is not None and self.count > self.limit:
             raise _OverLimit
         return n
 
@@ -211,7 +211,7 @@ def check_inputs(names, namespace: dict) -> dict:
     values = {n: namespace[n] for n in names}
     for name, value in values.items():
         if choose_format(value) == "pickle":
-            probe = _MainFinder(_Discard(), protocol=PICKLE_PROTOCOL)
+            probe = _MainFinder(_Counter(), protocol=PICKLE_PROTOCOL)
             try:
                 probe.dump(value)
             except Exception as e:  # pickle raises many types for unpicklable values
@@ -226,11 +226,6 @@ def check_inputs(names, namespace: dict) -> dict:
                     "cell, or send plain data, numpy arrays, DataFrames or bytes."
                 )
     return values
-
-
-class _Discard:
-    def write(self, data) -> int:
-        return len(data)
 
 
 class _MainFinder(pickle.Pickler):
