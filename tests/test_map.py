@@ -592,6 +592,17 @@ def test_a_failing_item_is_reported_by_index_and_the_others_are_kept(ip, store_o
     assert [f["index"] for f in e.value.failed] == [2]
 
 
+def _export_with_cli(store, record, dest):
+    """`mlcontainer export ID DEST` of ``record``, as a user runs it (the finished process)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "export", record["id"], dest],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MLCONTAINER_STORE": str(store.root)},
+    )
+
+
 @on_engine
 def test_an_exported_map_runs_every_item_with_plain_docker(ip, store_of_ip, tmp_path, namespace):
     """`mlcontainer export ID DIR` of a map: the image runs the item MLC_INDEX says (and says
@@ -608,13 +619,7 @@ def test_an_exported_map_runs_every_item_with_plain_docker(ip, store_of_ip, tmp_
     record = newest(store)
     assert record["status"] == "done" and record["map"]["count"] == 4
     dest = tmp_path / "exported"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "export", record["id"], dest],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "MLCONTAINER_STORE": str(store.root)},
-    )
+    proc = _export_with_cli(store, record, dest)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == (
         f"exported the map (4 items) to {dest}: docker build -t snapshot-{record['id']} {dest} "
@@ -719,13 +724,7 @@ def test_an_exported_map_retries_a_failed_item_with_plain_docker(
     record = newest(store)
     assert [i["attempts"] for i in record["map"]["items"]] == [1, 2, 1]
     dest = tmp_path / "exported"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlcontainer_magics.frontends.cli", "export", record["id"], dest],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "MLCONTAINER_STORE": str(store.root)},
-    )
+    proc = _export_with_cli(store, record, dest)
     assert proc.returncode == 0, proc.stderr
     script = dest / "run-items.sh"
     assert 'RETRIES="${MLC_RETRIES:-1}"' in script.read_text()
