@@ -41,12 +41,13 @@ def busy_core_seconds() -> float:
     containerd, the shims, the containers, ours), in core-seconds since boot; Linux only."""
     with open("/proc/stat") as f:
         fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait; steal (fields[7]) is the hypervisor's
+    return (sum(fields[:7]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
-    """Busy core-seconds spent while each labelled piece of work ran."""
+    """Busy core-seconds spent while each labelled piece of work ran (with what it left to
+    finish in the background, where the caller waits for that too)."""
 
     def __init__(self) -> None:
         self.spent: dict[str, list[float]] = {}

@@ -1136,7 +1136,7 @@ class Bench:
             sc.check("same_output", res["ours"] == res["base"], f"{res['ours']} vs {res['base']}")
         sc.info["tiny_items_per_s"] = rates
         sc.info["cores"] = cores = os.cpu_count() or 1
-        sc.info["sleep_waves_running_after_s"] = waves_started
+        sc.info["sleep_waves_started_after_s"] = waves_started
         sc.info["busy_core_s"] = cpu.spent
         # What the CPU allows: a side that spends c core-seconds per item cannot end n items in
         # less than n * c / cores (row 1: less its items' sleeping, which costs no CPU).
@@ -1157,8 +1157,9 @@ class Bench:
             + ", ".join(f"{k} {v}" for k, v in per_item.items())
             + f". At that CPU per item, {n_tiny} tiny items on {cores} cores take at least "
             + ", ".join(f"{v} ({k})" for k, v in floor.items())
-            + " of the sequential baseline's median wall time. Row 1's waves were all running "
-            f"(s after the cell began; after the first wave's first item ended): {waves_started}."
+            + " of the sequential baseline's median wall time. Row 1's last item of each wave "
+            "had started (s after the cell began; after the first wave's first item ended): "
+            f"{waves_started}."
         )
         sc.notes.append(
             "Ours is the whole --map cell as the notebook waits for it: the items written to "
@@ -1287,9 +1288,10 @@ def most_at_once(spans) -> int:
 
 
 def wave_starts(spans, parallel: int, began: float) -> list[float]:
-    """When each wave of items was all running: the first wave's last start after ``began``
-    (the cell's start), each later one's after the previous wave's first end (the first slot
-    that freed). Items' clocks are the containers' (the host's)."""
+    """When the last item of each wave had started (its earlier items may have ended by
+    then): the first wave's after ``began`` (the cell's start), each later one's after the
+    previous wave's first end (the first slot that freed). Items' clocks are the
+    containers' (the host's)."""
     starts = sorted(s for s, _ in spans)
     ends = sorted(e for _, e in spans)
     out, ref = [], began

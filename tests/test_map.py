@@ -434,12 +434,28 @@ def test_run_items_retries_as_the_map_recorded_unless_mlc_retries_says(
     script = tmp_path / "run-items.sh"
     script.write_text(text)
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
-    # a number that is not one is refused before anything runs
-    bad = subprocess.run(
-        ["sh", str(script)], env={**os.environ, "MLC_RETRIES": "two"}, capture_output=True
-    )
-    assert bad.returncode == 2 and b"MLC_RETRIES must be a whole number" in bad.stderr
+    # a number that is not one (or that sh would read as octal, or too large for its test) is
+    # refused before anything runs
+    for wrong in ("two", "08", "010", "1000", "-1"):
+        bad = subprocess.run(
+            ["sh", str(script)], env={**os.environ, "MLC_RETRIES": wrong}, capture_output=True
+        )
+        assert bad.returncode == 2 and b"MLC_RETRIES must be a whole number" in bad.stderr, wrong
     assert not (tmp_path / "items").exists()
+
+
+@pytest.mark.parametrize(
+    "retries, words",
+    [
+        (0, "is not run again, as the map had no `--retries`"),
+        (1, "is run again up to 1 more time, as the map's `--retries 1` said"),
+        (3, "is run again up to 3 more times, as the map's `--retries 3` said"),
+    ],
+)
+def test_an_exported_maps_readme_says_what_a_failed_item_gets(retries, words):
+    from mlcontainer_magics.backends.export import _retried
+
+    assert _retried(retries).endswith(words)
 
 
 # -- on the real engine --------------------------------------------------------------------------
@@ -729,7 +745,10 @@ def test_an_exported_map_retries_a_failed_item_with_plain_docker(
     script = dest / "run-items.sh"
     assert 'RETRIES="${MLC_RETRIES:-1}"' in script.read_text()
     readme = " ".join((dest / "README.md").read_text().split())
-    assert "`--retries 1` said, at most 1 more times (`MLC_RETRIES=2 sh run-items.sh`" in readme
+    assert (
+        "up to 1 more time, as the map's `--retries 1` said (`MLC_RETRIES=2 sh run-items.sh`"
+        in readme
+    )
     # A writable --mount does not travel with an export: a `docker` first on PATH mounts the
     # marks folder into each item's container as the map had it, and runs the real one.
     real = shutil.which("docker")

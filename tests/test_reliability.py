@@ -1128,3 +1128,29 @@ def test_prune_while_another_run_builds_leaves_it_alone(six_env, docker_client, 
     finally:
         runner.join(120)
     assert outcome["o"].ok and store.get(rec["id"])["status"] == "done"
+
+
+def test_a_chore_waiting_for_a_run_goes_when_the_process_exits(tmp_path):
+    """What a build leaves to remove waits for the first run to end; a process that ran none
+    (a push, an export) must not sit out that wait at exit, and the chore must still run."""
+    done = tmp_path / "done"
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from mlcontainer_magics.backends.docker.engine import in_background
+        in_background(Path({str(done)!r}).write_text, "removed", until_a_run_ends=600)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert done.read_text() == "removed"
+
+
+def test_a_chore_waiting_for_a_run_goes_when_a_run_ends():
+    from mlcontainer_magics.backends.docker.engine import in_background, run_ended
+
+    went = threading.Event()
+    in_background(went.set, until_a_run_ends=600)
+    assert not went.wait(0.3), "went before any run ended"
+    run_ended()
+    assert went.wait(30)

@@ -103,8 +103,7 @@ beside what it printed (`stdout.txt`, `stderr.txt`) and its exit status (`exit-c
 script says which items failed and ends with status 1 if any did. Without `MLC_INDEX` the
 image runs nothing and says so.
 
-An item that exits non-zero is run again as the map's `--retries {retries}` said, at most
-{retries} more times (`MLC_RETRIES=2 sh run-items.sh` for another number), each attempt in a
+{retried} (`MLC_RETRIES=2 sh run-items.sh` for another number), each attempt in a
 fresh container with its `items/NNNNN/` emptied first; `attempts` there says how many it took,
 and the script says each retry on stderr. An interrupt (Ctrl-C) is not retried.
 
@@ -393,8 +392,8 @@ def run_items_script(record: dict, spec, mapped: dict, listed=None) -> str:
             f'RETRIES="${{MLC_RETRIES:-{retries}}}"',
             f"COUNT={count}",
             'case "$RETRIES" in',
-            "    '' | *[!0-9]*)",
-            '        echo "run-items.sh: MLC_RETRIES must be a whole number of 0 or more,'
+            "    '' | *[!0-9]* | 0[0-9]* | [0-9][0-9][0-9][0-9]*)",
+            '        echo "run-items.sh: MLC_RETRIES must be a whole number from 0 to 999,'
             " not '$RETRIES'\" >&2",
             "        exit 2",
             "        ;;",
@@ -565,8 +564,19 @@ def _map_fields(staging: Path, record: dict) -> dict:
         "last": count - 1,
         "last_dir": f"{max(count - 1, 0):05d}",
         "parallel": _recorded_parallel(record) or "as many as the machine has cores",
-        "retries": _recorded_retries(record),
+        "retried": _retried(_recorded_retries(record)),
     }
+
+
+def _retried(retries: int) -> str:
+    """The README's words for what run-items.sh does with an item that fails."""
+    if not retries:
+        return "An item that exits non-zero is not run again, as the map had no `--retries`"
+    times = "time" if retries == 1 else "times"
+    return (
+        f"An item that exits non-zero is run again up to {retries} more {times}, as the map's "
+        f"`--retries {retries}` said"
+    )
 
 
 def _write_data(staging: Path, inputs: list[dict], copy: bool) -> None:

@@ -357,13 +357,15 @@ class DockerBackend(EnvironmentImages, Backend):
                 f"The engine refused the run: {short(e)}.{hint}", logs="".join(stderr)
             ) from None
         finally:
-            self._runs.pop(key, None)
-            self._stopped.discard(key)
-            if container is not None and standby is not None and finished:
-                self._standby_pool.remove_used(container)  # type: ignore[union-attr]
-            elif container is not None:
-                self._remove_or_remember(container)
-            run_ended()  # what a build left to remove goes now
+            try:
+                self._runs.pop(key, None)
+                self._stopped.discard(key)
+                if container is not None and standby is not None and finished:
+                    self._standby_pool.remove_used(container)  # type: ignore[union-attr]
+                elif container is not None:
+                    self._remove_or_remember(container)
+            finally:
+                run_ended()  # what a build left to remove goes now
 
     # -- standby containers (the pool's books are in standby.py) ------------------------------
 
