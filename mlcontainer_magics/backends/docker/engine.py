@@ -133,8 +133,8 @@ def in_background(fn, *args, until_a_run_ends: float = 0.0) -> None:
     needs (its container's files can take seconds to delete). With ``until_a_run_ends``, it
     waits (at most that many seconds, and no longer than the main thread lives) for the next
     run's container to end: deleting hundreds of megabytes while the first cell imported its
-    packages slowed that run on 2 cores (2.5-2.9 s against 2.2-2.6 s). Not a daemon thread: the interpreter
-    waits for it at exit, so what it removes is gone before the process is."""
+    packages slowed that run on 2 cores (2.5-2.9 s against 2.2-2.6 s). Not a daemon thread:
+    the interpreter waits for it at exit, so what it removes is gone before the process is."""
     import time
 
     with _ENDS:
