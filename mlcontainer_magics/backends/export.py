@@ -23,7 +23,7 @@ from pathlib import Path
 from ..config import KubernetesConfig
 from ..core.backend import Backend
 from ..core.events import no_events
-from ..core.formatting import format_size
+from ..core.formatting import format_size, plural
 from ..core.secrets import resolve
 from ..core.services import services_of
 from ..core.snapshots import spec_from_record
@@ -377,11 +377,16 @@ def run_items_script(record: dict, spec, mapped: dict, listed=None) -> str:
     default = str(parallel) if parallel else "$(nproc 2>/dev/null || echo 2)"
     retries = _recorded_retries(record)
     options = " ".join(docker_run_options(spec, record, listed))
+    finished = (
+        "the item done: its outputs are"
+        if count == 1
+        else f"all {count} items done: their outputs are"
+    )
     return "\n".join(
         [
             "#!/bin/sh",
             f"# Runs every item of the map {mapped.get('name')} of snapshot {record['id']}"
-            f" ({count} items) with plain docker,",
+            f" ({plural(count, 'item')}) with plain docker,",
             "# at most $MLC_PARALLEL at once; item NNNNN's --out values go to items/NNNNN/.",
             "# A failed item runs again up to $MLC_RETRIES times, each time in a fresh container.",
             "# Build the image first: docker build -t snapshot-" + record["id"] + " .",
@@ -463,7 +468,7 @@ def run_items_script(record: dict, spec, mapped: dict, listed=None) -> str:
             ' stderr.txt in $HERE/items/ says why" >&2',
             "    exit 1",
             "fi",
-            'echo "all $COUNT items done: their outputs are in $HERE/items/"',
+            f'echo "{finished} in $HERE/items/"',
             "",
         ]
     )

@@ -76,3 +76,8 @@ def short_digest(value) -> str:
     text = str(value)
     algo, sep, hexpart = text.partition(":")
     return f"{algo}:{hexpart[:12]}" if sep else text[:12]
+
+
+def plural(n: int, word: str) -> str:
+    """``1 item``, ``3 items``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

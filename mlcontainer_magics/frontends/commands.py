@@ -12,6 +12,7 @@ from ..backends.pipeline_export import export_pipeline
 from ..config import KubernetesConfig
 from ..core import pipelines, runs, services, snapshots, verbs
 from ..core.events import Phase
+from ..core.formatting import plural
 from ..core.spec import parse_port
 from ..errors import NotFound, RunError, SpecError, VerificationFailed
 
@@ -216,7 +217,8 @@ def run_verb(args, *, store, backends: Backends, output=None) -> str:
         if record.get("map") and (Path(dest) / "run-items.sh").is_file():
             image = f"snapshot-{record['id']}"
             return (
-                f"exported the map ({record['map'].get('count')} items) to {dest}: docker build "
+                f"exported the map ({plural(int(record['map'].get('count') or 0), 'item')}) to "
+                f"{dest}: docker build "
                 f"-t {image} {dest} && sh {dest}/run-items.sh (README.md says how to run one item)"
             )
         return f"exported to {dest}: docker build -t snapshot {dest} && docker run --rm snapshot"

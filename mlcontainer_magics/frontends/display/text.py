@@ -12,7 +12,7 @@ import importlib.util
 from collections.abc import Mapping
 
 from ...core.events import ENV_PHASES, RUN_PHASES, Phase
-from ...core.formatting import format_duration, format_size
+from ...core.formatting import format_duration, format_size, plural
 from .state import BuildProgress, MapProgress, RunStatus
 
 PREFIX = "[mlcontainer]"
@@ -67,10 +67,6 @@ def fmt_seconds(seconds) -> str:
 def fmt_size(size) -> str:
     """Bytes as Docker shows them (powers of 1000): ``369 MB``, ``1.5 GB``; "" when unknown."""
     return format_size(size, short=True, missing="")
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def describe_progress(p: BuildProgress) -> str:
