@@ -143,6 +143,38 @@ def test_install_script_takes_values_only_from_files():
     assert "apt-get" not in render.install_script(apt=(), has_requirements=False)
 
 
+def _run_after_built(script: str, path: str, log):
+    """Run what install.sh does once it has said render.BUILT, with ``path`` as PATH."""
+    import subprocess
+
+    tail = script[script.index(f"echo '{render.BUILT}'") :]
+    env = {"PATH": path, "LOG": str(log)}
+    return subprocess.run(["/bin/sh", "-eu", "-c", tail], env=env, capture_output=True, text=True)
+
+
+def test_a_built_script_flushes_the_disks_while_committed_and_never_fails_for_it(tmp_path):
+    # The install's writes are flushed while the bytecode compiles, the commit's while it runs
+    # (a bounded number of times); then it sleeps until committed and removed.
+    script = render.install_script(installer="uv")
+    assert script.index("sync 2>/dev/null &") < script.index("compile bytecode")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sleep").write_text('#!/bin/sh\necho "sleep $*" >> "$LOG"\n')
+    (fake / "sync").write_text('#!/bin/sh\necho sync >> "$LOG"\nexit 1\n')  # a refused sync
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    log = tmp_path / "log"
+    done = _run_after_built(script, str(fake), log)
+    assert done.returncode == 0, done.stderr
+    lines = log.read_text().splitlines()
+    assert lines.count("sync") == 40 and lines[-1] == "sleep 3600"
+    # no sync in the image at all: straight to sleep
+    (fake / "sync").unlink()
+    log.unlink()
+    done = _run_after_built(render.install_script(has_requirements=True), str(fake), log)
+    assert done.returncode == 0 and log.read_text().splitlines() == ["sleep 3600"]
+
+
 REPORT = {
     "version": "1",
     "install": [

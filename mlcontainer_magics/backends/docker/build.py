@@ -329,6 +329,7 @@ def install_script(
             f"  cat {BUILD_DIR}/installed.log; exit 1",
             "fi",
             f"cat {BUILD_DIR}/installed.log",
+            _SYNC_IN_BACKGROUND,
             f"echo '{STEP}compile bytecode'",
             f'"$PY" {BUILD_DIR}/bytecode.py {BUILD_DIR}/installed.log',
         ]
@@ -342,8 +343,24 @@ def install_script(
             ]
         else:
             lines += _PIP_RESOLVE
-    lines += [_PYTHON_VERSION, f"echo '{BUILT}'", "exec sleep 3600"]
+    lines += [_PYTHON_VERSION, f"echo '{BUILT}'", *_SYNC_WHILE_COMMITTED, "exec sleep 3600"]
     return "\n".join(lines) + "\n"
+
+
+# The engine's first container of a new image waits until the filesystem's dirty pages are on
+# disk (its init layer's unmount syncs it): the installed files, the wheel cache's, the
+# commit's copy of them (~900 MB: 0.4-0.9 s after a cold build). Written while the bytecode
+# compiles and the commit runs instead, with the disk otherwise idle: `sync` in a container
+# syncs the whole machine's filesystems and changes nothing in this one's. A few seconds past
+# a commit's usual length it stops, so it never flushes a run's writes for long.
+_SYNC_IN_BACKGROUND = "if command -v sync >/dev/null; then sync 2>/dev/null & fi"
+_SYNC_WHILE_COMMITTED = [
+    "if command -v sync >/dev/null; then",
+    "  n=0; while [ $n -lt 40 ]; do",
+    "    sync 2>/dev/null || :; sleep 0.5 2>/dev/null || sleep 1; n=$((n + 1))",
+    "  done",
+    "fi",
+]
 
 
 # The last line of a successful install.sh: all it writes is written, and it sleeps until it is
