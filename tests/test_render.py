@@ -1,5 +1,7 @@
 """Pure rendering: pip settings, scripts, locks and the export Dockerfile, as text."""
 
+import os
+
 from mlcontainer_magics.backends.docker import build as render
 from mlcontainer_magics.backends.docker.pipconfig import (
     BuildNetwork,
@@ -117,6 +119,38 @@ def test_build_files_without_ca_do_not_name_one():
     files = render.build_files(BuildNetwork(cert_path="/missing.pem"), requirements=["six"])
     assert b"cert" not in files["pip.conf"] and "ca.pem" not in files
     assert files["requirements.txt"] == b"six\n"
+
+
+def test_the_host_settings_are_read_once_ahead_and_again_when_pips_variables_change(
+    monkeypatch,
+):
+    import time
+
+    from mlcontainer_magics.backends.docker import pipconfig
+    from mlcontainer_magics.frontends.magics import ContainerizeMagics
+
+    reads = []
+
+    def slow_read(*args, **kwargs):
+        reads.append(os.environ.get("PIP_INDEX_URL"))
+        time.sleep(0.3)  # pip's own start-up, as on the host
+        return PIP_LIST, None
+
+    monkeypatch.setattr(pipconfig, "read_config_list", slow_read)
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    pipconfig._read_build_network.cache_clear()
+    # a kernel loading the extension starts the reading; a build asking meanwhile waits for it
+    ContainerizeMagics()
+    time.sleep(0.05)
+    assert reads == [None]  # started at load
+    assert pipconfig.host_build_network().index_url == "https://user:pw@private.example/simple"
+    assert reads == [None]
+    pipconfig.host_build_network()
+    assert reads == [None]  # read once
+    monkeypatch.setenv("PIP_INDEX_URL", "https://var.example/simple")  # `%env` in a notebook
+    assert pipconfig.host_build_network().index_url == "https://var.example/simple"
+    assert reads == [None, "https://var.example/simple"]
+    pipconfig._read_build_network.cache_clear()
 
 
 def test_uv_scripts_take_values_only_from_files_and_install_exactly_the_lock():

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from ..config import BACKENDS, MlcontainerSettings
 from ..core.backend import Backend
 from ..errors import SpecError
@@ -40,6 +43,20 @@ def make_backend(
     raise SpecError(f"Unknown backend {name!r}; use one of {', '.join(BACKENDS)}.")
 
 
+def warm_up(name: str) -> None:
+    """Prepare, ahead of a front end's first cell, what backend ``name``'s first build would
+    wait for (safe from any thread; nothing for a backend with nothing to read)."""
+    if name == "docker":
+        from .docker.pipconfig import warm_up as read_pip_settings
+
+        read_pip_settings()
+
+
+def _warm_up_quietly(name: str) -> None:
+    with contextlib.suppress(Exception):  # only a head start: the first build reads again
+        warm_up(name)
+
+
 class Backends:
     """The backends one front end uses, each made on first use and kept (a kernel's sessions
     and a cluster's client live in them): one per name, namespace and target."""
@@ -52,6 +69,14 @@ class Backends:
         # A kernel keeps standby containers; a CLI process (gone in a moment) or the server not.
         self._standby = standby
         self._made: dict[tuple, Backend] = {}
+
+    def warm_up_in_background(self) -> None:
+        """Start warm_up for the configured backend in a daemon thread (a kernel does when the
+        extension loads: its first build then skips reading the host's settings)."""
+        name = self.settings.backend_name
+        threading.Thread(
+            target=_warm_up_quietly, args=(name,), daemon=True, name="mlcontainer-warm-up"
+        ).start()
 
     def get(
         self, name: str | None = None, *, namespace: str | None = None, target: dict | None = None

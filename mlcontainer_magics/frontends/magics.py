@@ -46,6 +46,7 @@ class ContainerizeMagics(Magics, MlcontainerSettings):
         # A kernel's Docker backend cleans up after kernels that died mid-run (their orphans).
         # ... and keeps standby containers (the standby settings).
         self.backends = Backends(self, clean_orphans=True, standby=True)
+        self.backends.warm_up_in_background()
         self._store = None
         if shell is not None:
             shell.set_custom_exc((MlcError,), _show_error)

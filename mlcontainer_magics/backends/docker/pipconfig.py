@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
@@ -195,8 +196,28 @@ def host_uv() -> str | None:
         return shutil.which("uv")
 
 
-@functools.lru_cache(maxsize=1)
+# What `pip config list` reads besides its files: PIP_* and where the files are.
+_CONFIG_PLACES = frozenset({"HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "VIRTUAL_ENV"})
+_READING = threading.Lock()
+
+
 def host_build_network() -> BuildNetwork:
-    """Read the host's pip settings once per process (a subprocess costs ~0.3 s)."""
+    """The host's pip settings as builds use them. A subprocess reads them (~0.3 s), once per
+    process for the variables pip reads (`%env PIP_INDEX_URL=...` in a notebook is seen by
+    the next build); a build that asks while warm_up reads waits for that reading."""
+    environ = {k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in _CONFIG_PLACES}
+    with _READING:
+        return _read_build_network(tuple(sorted(environ.items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_build_network(_variables: tuple) -> BuildNetwork:
     text, _ = read_config_list()
     return build_network(effective_settings(text, os.environ))
+
+
+def warm_up() -> None:
+    """Read ahead what a kernel's first build would wait for (the host's pip settings, where
+    uv is), in the background while the user writes the first cell."""
+    host_uv()
+    host_build_network()
