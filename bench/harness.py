@@ -45,6 +45,14 @@ def busy_core_seconds() -> float:
     return (sum(fields[:7]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def stolen_core_seconds() -> float:
+    """CPU time the hypervisor gave to others while this machine wanted it (steal), in
+    core-seconds since boot; Linux only. A cloud machine's steal comes and goes: it explains
+    a slow repetition that the load average does not."""
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+
+
 class CpuMeter:
     """Busy core-seconds spent while each labelled piece of work ran (with what it left to
     finish in the background, where the caller waits for that too)."""

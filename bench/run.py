@@ -76,6 +76,7 @@ from harness import (  # noqa: E402
     interrupts_become_keyboardinterrupt,
     median,
     no_interrupts,
+    stolen_core_seconds,
     table,
     timed_run,
 )
@@ -406,7 +407,11 @@ class Bench:
 
             def built(scenario, what, line, code, rows):
                 """One of our cells that must build an image: its times into ``rows``."""
+                s0 = stolen_core_seconds()
                 dt, o, rec = self.cell(line, code, namespace=nsk)
+                scenario.info.setdefault("ours_stolen_s", []).append(
+                    round(stolen_core_seconds() - s0, 2)
+                )
                 rows["total"].ours.append(dt)
                 rows["build"].ours.append(rec["timings"]["environment"])
                 # the status display's step line ("uv resolve 0.3 s, uv install 1.1 s, ...")
@@ -447,6 +452,7 @@ class Bench:
                 tag = f"{self.ns}-docker:c{k}"
                 log(f"cold {k}: docker build --no-cache")
                 env = {**self.env, "DOCKER_BUILDKIT": "0"}
+                s0 = stolen_core_seconds()
                 t0 = time.perf_counter()
                 dtb, _ = docker("build", "--no-cache", "--rm", "-q", "-t", tag, str(ctx), env=env)
                 dtr, proc = docker(
@@ -461,6 +467,9 @@ class Bench:
                 )
                 cold_rows["total"].baseline.append(time.perf_counter() - t0)
                 cold_rows["build"].baseline.append(dtb)
+                sc.info.setdefault("baseline_stolen_s", []).append(
+                    round(stolen_core_seconds() - s0, 2)
+                )
                 out["base3"] = proc.stdout
                 if k == 0:
                     size = self.client.images.get(tag).attrs.get("Size")

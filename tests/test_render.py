@@ -201,7 +201,7 @@ def test_a_built_script_flushes_the_disks_while_committed_and_never_fails_for_it
     done = _run_after_built(script, str(fake), log)
     assert done.returncode == 0, done.stderr
     lines = log.read_text().splitlines()
-    assert lines.count("sync") == 40 and lines[-1] == "sleep 3600"
+    assert lines.count("sync") == 20 and lines[-1] == "sleep 3600"
     # no sync in the image at all: straight to sleep
     (fake / "sync").unlink()
     log.unlink()
