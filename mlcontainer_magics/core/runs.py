@@ -244,6 +244,7 @@ def run_steps(
         hashing = None  # the inputs' digests, taken while the container runs
         started = False  # past this point the run is a snapshot, whatever happens
         kept = False  # the step keeps the folder (a service's)
+        failed = False  # then the folder goes before the error reaches the caller
         try:
             t0 = time.perf_counter()
             outcome.env = backend.ensure_environment(
@@ -288,6 +289,7 @@ def run_steps(
             finally:
                 _mask_and_note_writes(outcome, masker, mounts, before, cache)
         except BaseException as e:
+            failed = True
             if store and not started:
                 if hashing is not None:
                     hashing.wait()  # it writes into the snapshot's folder about to go
@@ -299,7 +301,10 @@ def run_steps(
             if hashing is not None:
                 hashing.wait()  # it reads the folder about to go
             if workdir is not None and not kept:
-                remove_soon(workdir)
+                if failed:  # a refusal or a failure leaves nothing by the time it is raised
+                    shutil.rmtree(workdir, ignore_errors=True)
+                else:
+                    remove_soon(workdir)
             if claimed is not None:
                 backend.release_run_folder(claimed)
         return outcome
