@@ -476,6 +476,7 @@ class Bench:
                     sc.info["docker_image_size"] = size
                 if second_sc is not None:
                     log(f"cold {k}: docker build --no-cache of the second environment")
+                    s0 = stolen_core_seconds()
                     t0 = time.perf_counter()
                     dtb9, _ = docker(
                         "build", "--no-cache", "--rm", "-q", "-t", f"{tag}9", str(ctx9), env=env
@@ -492,6 +493,9 @@ class Bench:
                     )
                     second_rows["total"].baseline.append(time.perf_counter() - t0)
                     second_rows["build"].baseline.append(dtb9)
+                    second_sc.info.setdefault("baseline_stolen_s", []).append(
+                        round(stolen_core_seconds() - s0, 2)
+                    )
                     out["base9"] = proc9.stdout
 
             sides = (ours, baseline) if k % 2 == 0 else (baseline, ours)

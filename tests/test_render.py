@@ -1,7 +1,5 @@
 """Pure rendering: pip settings, scripts, locks and the export Dockerfile, as text."""
 
-import os
-
 from mlcontainer_magics.backends.docker import build as render
 from mlcontainer_magics.backends.docker.pipconfig import (
     BuildNetwork,
@@ -124,25 +122,28 @@ def test_build_files_without_ca_do_not_name_one():
 def test_the_host_settings_are_read_once_ahead_and_again_when_pips_variables_change(
     monkeypatch,
 ):
+    import threading
     import time
 
     from mlcontainer_magics.backends.docker import pipconfig
     from mlcontainer_magics.frontends.magics import ContainerizeMagics
 
     reads = []
+    reading = threading.Event()
 
-    def slow_read(*args, **kwargs):
-        reads.append(os.environ.get("PIP_INDEX_URL"))
+    def slow_read(*args, environ, **kwargs):
+        reads.append(environ.get("PIP_INDEX_URL"))
+        reading.set()
         time.sleep(0.3)  # pip's own start-up, as on the host
         return PIP_LIST, None
 
     monkeypatch.setattr(pipconfig, "read_config_list", slow_read)
     monkeypatch.delenv("PIP_INDEX_URL", raising=False)
-    pipconfig._read_build_network.cache_clear()
+    monkeypatch.delenv("MLCONTAINER_BACKEND", raising=False)
+    monkeypatch.setattr(pipconfig, "_READ", {})  # nothing read yet, and nothing kept after
     # a kernel loading the extension starts the reading; a build asking meanwhile waits for it
     ContainerizeMagics()
-    time.sleep(0.05)
-    assert reads == [None]  # started at load
+    assert reading.wait(10) and reads == [None]  # started at load
     assert pipconfig.host_build_network().index_url == "https://user:pw@private.example/simple"
     assert reads == [None]
     pipconfig.host_build_network()
@@ -150,7 +151,6 @@ def test_the_host_settings_are_read_once_ahead_and_again_when_pips_variables_cha
     monkeypatch.setenv("PIP_INDEX_URL", "https://var.example/simple")  # `%env` in a notebook
     assert pipconfig.host_build_network().index_url == "https://var.example/simple"
     assert reads == [None, "https://var.example/simple"]
-    pipconfig._read_build_network.cache_clear()
 
 
 def test_uv_scripts_take_values_only_from_files_and_install_exactly_the_lock():
@@ -190,21 +190,25 @@ def test_a_built_script_flushes_the_disks_while_committed_and_never_fails_for_it
     # The install's writes are flushed while the bytecode compiles, the commit's while it runs
     # (a bounded number of times); then it sleeps until committed and removed.
     script = render.install_script(installer="uv")
-    assert script.index("sync 2>/dev/null &") < script.index("compile bytecode")
+    assert script.index("sync -f / || sync; } 2>/dev/null &") < script.index("compile bytecode")
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "sleep").write_text('#!/bin/sh\necho "sleep $*" >> "$LOG"\n')
-    (fake / "sync").write_text('#!/bin/sh\necho sync >> "$LOG"\nexit 1\n')  # a refused sync
-    for f in fake.iterdir():
-        f.chmod(0o755)
-    log = tmp_path / "log"
-    done = _run_after_built(script, str(fake), log)
-    assert done.returncode == 0, done.stderr
-    lines = log.read_text().splitlines()
-    assert lines.count("sync") == 20 and lines[-1] == "sleep 3600"
+    for refused in (False, True):
+        # the filesystem of its layers (sync -f /); where that is refused, every one
+        status = "exit 1" if refused else "exit 0"
+        (fake / "sync").write_text(f'#!/bin/sh\necho "sync $*" >> "$LOG"\n{status}\n')
+        for f in fake.iterdir():
+            f.chmod(0o755)
+        log = tmp_path / f"log-{refused}"
+        done = _run_after_built(script, str(fake), log)
+        assert done.returncode == 0, done.stderr
+        lines = log.read_text().splitlines()
+        assert lines.count("sync -f /") == 20 and lines[-1] == "sleep 3600"
+        assert lines.count("sync ") == (20 if refused else 0)
     # no sync in the image at all: straight to sleep
     (fake / "sync").unlink()
-    log.unlink()
+    log = tmp_path / "log"
     done = _run_after_built(render.install_script(has_requirements=True), str(fake), log)
     assert done.returncode == 0 and log.read_text().splitlines() == ["sleep 3600"]
 

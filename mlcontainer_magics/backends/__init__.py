@@ -47,13 +47,13 @@ def warm_up(name: str) -> None:
     """Prepare, ahead of a front end's first cell, what backend ``name``'s first build would
     wait for (safe from any thread; nothing for a backend with nothing to read)."""
     if name == "docker":
-        from .docker.pipconfig import warm_up as read_pip_settings
+        from .docker.pipconfig import warm_up as docker_warm_up
 
-        read_pip_settings()
+        docker_warm_up()
 
 
 def _warm_up_quietly(name: str) -> None:
-    with contextlib.suppress(Exception):  # only a head start: the first build reads again
+    with contextlib.suppress(Exception):  # only a head start: a build reads what this missed
         warm_up(name)
 
 

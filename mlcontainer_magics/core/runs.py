@@ -300,13 +300,15 @@ def run_steps(
         finally:
             if hashing is not None:
                 hashing.wait()  # it reads the folder about to go
-            if workdir is not None and not kept:
-                if failed:  # a refusal or a failure leaves nothing by the time it is raised
-                    shutil.rmtree(workdir, ignore_errors=True)
-                else:
-                    remove_soon(workdir)
-            if claimed is not None:
-                backend.release_run_folder(claimed)
+            try:
+                if workdir is not None and not kept:
+                    if failed:  # a refusal or a failure leaves nothing by the time it is raised
+                        shutil.rmtree(workdir, ignore_errors=True)
+                    else:
+                        remove_soon(workdir)
+            finally:  # a second interrupt during that removal still frees the standby's claim
+                if claimed is not None:
+                    backend.release_run_folder(claimed)
         return outcome
     finally:
         if cache is not None:

@@ -349,23 +349,27 @@ def install_script(
 
 # The engine's first container of a new image waits until the filesystem's dirty pages are on
 # disk (its init layer's unmount syncs it): the installed files, the wheel cache's, the
-# commit's copy of them (~900 MB: 0.4-0.9 s after a cold build). Written while the bytecode
-# compiles and the commit runs instead, with the disk otherwise idle: `sync` in a container
-# syncs the whole machine's filesystems and changes nothing in this one's. Once a second: every
-# 0.5 s slowed the commit by as much as it saved (its file creations wait on each flush). It
-# stops a while past a commit's usual length, so it never flushes a run's writes for long.
-_SYNC_IN_BACKGROUND = "if command -v sync >/dev/null; then sync 2>/dev/null & fi"
+# commit's copy of them (~900 MB: 0.4-0.9 s after a cold build). Written while uv's bytecode
+# compiles and while the commit runs instead, with the disk otherwise idle. `sync -f /` flushes
+# the filesystem under this container's layers (the engine's: the commit's and the volumes'
+# too), not the machine's other mounts (a hung network one would hang it); `sync` where -f is
+# unknown. Neither changes a file of this container. Once a second: every 0.5 s slowed the
+# commit by as much as it saved (its file creations wait on each flush). The loop ends with the
+# container, removed once the first run has ended (5 s after the commit at most).
+_SYNC = "{ sync -f / || sync; } 2>/dev/null"
+_SYNC_IN_BACKGROUND = f"if command -v sync >/dev/null; then {_SYNC} & fi"
 _SYNC_WHILE_COMMITTED = [
     "if command -v sync >/dev/null; then",
     "  n=0; while [ $n -lt 20 ]; do",
-    "    sync 2>/dev/null || :; sleep 1; n=$((n + 1))",
+    f"    {_SYNC} || :; sleep 1; n=$((n + 1))",
     "  done",
     "fi",
 ]
 
 
-# The last line of a successful install.sh: all it writes is written, and it sleeps until it is
-# committed as it is and removed (no waiting for the container to exit first).
+# The last line of a successful install.sh: all it writes is written; it then flushes the disks
+# and sleeps (_SYNC_WHILE_COMMITTED) until committed as it is and removed (no waiting for the
+# container to exit first).
 BUILT = "mlc-build: built, to be committed"
 
 

@@ -229,7 +229,7 @@ class EnvironmentImages:
         lock_check: Callable | None = None,
     ):
         """Run ``script`` from BUILD_DIR in a throwaway container of ``base_id``; yield it,
-        stopped and successful (or, once install.sh says render.BUILT, done and asleep), with
+        stopped and successful (or, once install.sh says render.BUILT, done and waiting), with
         its log (and, into ``timed``, (arrival time, line) pairs and the end time). BUILD_DIR
         is a volume of its own, so the CA bundle and index settings in it never enter the
         container's filesystem or a commit; the host's wheel folders and uv are bind mounts,
@@ -526,7 +526,8 @@ class EnvironmentImages:
         Another process may commit the same lock meanwhile: the oldest image wins."""
         same = self._by_lock_key(lkey)
         if same is None:
-            # Not paused: nothing runs in it but the script's last `sleep` (render.BUILT).
+            # Not paused: after render.BUILT its script only sleeps and flushes the disks,
+            # which changes none of its files.
             image = container.commit(None, None, conf=conf, pause=False)
             found = self.client.images.list(
                 filters={

@@ -196,24 +196,26 @@ def host_uv() -> str | None:
         return shutil.which("uv")
 
 
-# What `pip config list` reads besides its files: PIP_* and where the files are.
-_CONFIG_PLACES = frozenset({"HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "VIRTUAL_ENV"})
+# Besides its files, `pip config list` reads PIP_* and where its files are.
+_CONFIG_PLACES = frozenset({"HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS"})
 _READING = threading.Lock()
+_READ: dict[tuple, BuildNetwork] = {}
 
 
 def host_build_network() -> BuildNetwork:
     """The host's pip settings as builds use them. A subprocess reads them (~0.3 s), once per
     process for the variables pip reads (`%env PIP_INDEX_URL=...` in a notebook is seen by
-    the next build); a build that asks while warm_up reads waits for that reading."""
-    environ = {k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in _CONFIG_PLACES}
+    the next build; an edited pip.conf is not); a build that asks while warm_up reads waits
+    for that reading."""
+    environ = dict(os.environ)  # one snapshot: the key, pip and the settings agree
+    key = tuple(
+        sorted((k, v) for k, v in environ.items() if k.startswith("PIP_") or k in _CONFIG_PLACES)
+    )
     with _READING:
-        return _read_build_network(tuple(sorted(environ.items())))
-
-
-@functools.lru_cache(maxsize=4)
-def _read_build_network(_variables: tuple) -> BuildNetwork:
-    text, _ = read_config_list()
-    return build_network(effective_settings(text, os.environ))
+        if key not in _READ:
+            text, _ = read_config_list(environ=environ)
+            _READ[key] = build_network(effective_settings(text, environ))
+        return _READ[key]
 
 
 def warm_up() -> None:
