@@ -577,10 +577,9 @@ def _retried(retries: int) -> str:
     """The README's words for what run-items.sh does with an item that fails."""
     if not retries:
         return "An item that exits non-zero is not run again, as the map had no `--retries`"
-    times = "time" if retries == 1 else "times"
     return (
-        f"An item that exits non-zero is run again up to {retries} more {times}, as the map's "
-        f"`--retries {retries}` said"
+        f"An item that exits non-zero is run again up to {plural(retries, 'more time')}, as "
+        f"the map's `--retries {retries}` said"
     )
 
 
