@@ -98,11 +98,16 @@ def test_widget_final_state_says_done_with_the_snapshot_id(frontend):
         "from mlcontainer_magics.core.store import Store\nprint(Store().get('widget-done')['id'])"
     )
     assert reply["status"] == "ok"
-    ids = [
-        m["content"]["text"].strip()
-        for m in _drain(frontend)
-        if m["msg_type"] == "stream" and len(m["content"]["text"].strip()) == 12
-    ]
+    # The reply (shell) can come before the printed id (iopub): wait for the id a while.
+    ids: list[str] = []
+    deadline = time.monotonic() + 10
+    while not ids and time.monotonic() < deadline:
+        ids = [
+            m["content"]["text"].strip()
+            for m in _drain(frontend)
+            if m["msg_type"] == "stream" and len(m["content"]["text"].strip()) == 12
+        ]
+        time.sleep(0.05)
     assert ids and f'data-snapshot="{ids[-1]}"' in html, sid
 
 
